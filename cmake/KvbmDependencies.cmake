@@ -1,0 +1,23 @@
+# Every dependency comes from Debian's packages (scripts/install-deps).
+find_package(Threads REQUIRED)
+
+set(KVBM_HAVE_CUDA 0)
+if(KVBM_CUDA)
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(KVBM_HAVE_CUDA 1)
+    message(STATUS "kvbm: CUDA ${CUDAToolkit_VERSION} at ${CUDAToolkit_BIN_DIR}")
+  else()
+    message(STATUS "kvbm: CUDA toolkit not found; building without CUDA")
+  endif()
+endif()
+
+if(KVBM_BUILD_TESTS)
+  find_package(GTest REQUIRED)
+endif()
+if(KVBM_BUILD_TOOLS)
+  find_package(CLI11 REQUIRED)
+endif()
+if(KVBM_BUILD_BENCH)
+  find_package(benchmark REQUIRED)
+endif()

@@ -1,0 +1,120 @@
+// Errors as values: every kvbm call that can fail returns a Result<T> (or Status).
+//
+// An Error carries a typed code and a message that names the offending values
+// ("offset 4096 + size 8192 exceeds storage size 8192"). Result<T> holds either a T
+// or an Error; it is a plain value type and may be moved between threads.
+#pragma once
+
+#include <cstdlib>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace kvbm {
+
+enum class ErrorCode {
+  AllocationFailed,
+  OutOfBounds,
+  RegistrationFailed,
+  AlreadyRegistered,
+  NotRegistered,
+  DeviceUnavailable,
+  InvalidArgument,
+  Io,
+  Unsupported,
+  NotFound,
+  Timeout,
+  Remote,  // the peer failed, disappeared or sent something we cannot accept
+  Cancelled,
+  Internal,
+};
+
+std::string_view to_string(ErrorCode code);
+
+struct Error {
+  ErrorCode code;
+  std::string message;
+
+  // "InvalidArgument: size must be > 0"
+  std::string to_string() const;
+};
+
+// Shorthand used throughout: return kvbm::err(ErrorCode::Io, "open ", path, ": ", strerror(e));
+template <typename... Parts>
+Error err(ErrorCode code, Parts&&... parts) {
+  std::string msg;
+  auto append = [&msg](auto&& p) {
+    using P = std::decay_t<decltype(p)>;
+    if constexpr (std::is_arithmetic_v<P> && !std::is_same_v<P, char>) {
+      msg += std::to_string(p);
+    } else {
+      msg += p;
+    }
+  };
+  (append(std::forward<Parts>(parts)), ...);
+  return Error{code, std::move(msg)};
+}
+
+template <typename T>
+class [[nodiscard]] Result {
+ public:
+  Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
+  Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
+
+  bool ok() const { return v_.index() == 0; }
+  explicit operator bool() const { return ok(); }
+
+  // Precondition: ok(). Accessing the value of an error aborts with the error's text,
+  // so misuse is loud rather than undefined.
+  T& value() & { return check(), std::get<0>(v_); }
+  const T& value() const& { return check(), std::get<0>(v_); }
+  T&& value() && { return check(), std::get<0>(std::move(v_)); }
+  T* operator->() { return &value(); }
+  const T* operator->() const { return &value(); }
+  T& operator*() & { return value(); }
+  const T& operator*() const& { return value(); }
+
+  // Precondition: !ok().
+  const Error& error() const { return std::get<1>(v_); }
+  ErrorCode code() const { return error().code; }
+
+ private:
+  void check() const;
+  std::variant<T, Error> v_;
+};
+
+template <>
+class [[nodiscard]] Result<void> {
+ public:
+  Result() = default;
+  Result(Error error) : error_(std::move(error)), ok_(false) {}  // NOLINT
+
+  bool ok() const { return ok_; }
+  explicit operator bool() const { return ok_; }
+  const Error& error() const { return error_; }
+  ErrorCode code() const { return error_.code; }
+
+ private:
+  Error error_{ErrorCode::Internal, {}};
+  bool ok_ = true;
+};
+
+using Status = Result<void>;
+
+[[noreturn]] void abort_on_bad_access(const Error& error);
+
+template <typename T>
+void Result<T>::check() const {
+  if (!ok()) abort_on_bad_access(error());
+}
+
+}  // namespace kvbm
+
+// Propagates an error from an expression yielding Result<...>/Status.
+#define KVBM_TRY(expr)                                      \
+  do {                                                      \
+    auto kvbm_try_result_ = (expr);                         \
+    if (!kvbm_try_result_) return kvbm_try_result_.error(); \
+  } while (0)

@@ -1,0 +1,64 @@
+// DiskStorage: a file of a fixed size, created with a unique name in a directory
+// (default: the system temp dir), its space reserved with fallocate, and opened with
+// O_DIRECT where the file system allows it (otherwise buffered, and direct_io() says so).
+//
+// The file is removed when the storage is destroyed, or earlier by unlink(): the bytes
+// stay reachable through fd() until destruction. Addresses of a Disk storage are file
+// offsets (addr() is 0) and its StorageType id is the fd.
+#pragma once
+
+#include <cstddef>
+#include <filesystem>
+#include <string>
+
+#include "kvbm/result.h"
+#include "kvbm/storage/registration.h"
+
+namespace kvbm {
+
+class DiskStorage final : public RegisterableStorage {
+ public:
+  // InvalidArgument for size 0; Io (naming the directory) when it is missing or not
+  // writable; AllocationFailed (naming size and file) when the space cannot be reserved.
+  static Result<DiskStorage> allocate(size_t size, const std::filesystem::path& dir = {});
+
+  DiskStorage(DiskStorage&& other) noexcept;
+  DiskStorage& operator=(DiskStorage&& other) noexcept;
+  ~DiskStorage() override;
+
+  StorageType type() const override { return StorageType::disk(fd_); }
+  uint64_t addr() const override { return 0; }
+  size_t size() const override { return size_; }
+
+  int fd() const { return fd_; }
+  const std::filesystem::path& path() const { return path_; }
+  // True when the file was opened with O_DIRECT.
+  bool direct_io() const { return direct_io_; }
+
+  // Removes the file's name now; the fd keeps the data. Io if unlink(2) fails.
+  Status unlink();
+  bool unlinked() const { return unlinked_; }
+
+ private:
+  DiskStorage(int fd, size_t size, std::filesystem::path path, bool direct)
+      : fd_(fd), size_(size), path_(std::move(path)), direct_io_(direct) {}
+  void reset() noexcept;
+
+  int fd_ = -1;
+  size_t size_ = 0;
+  std::filesystem::path path_;
+  bool direct_io_ = false;
+  bool unlinked_ = false;
+};
+
+class DiskAllocator {
+ public:
+  explicit DiskAllocator(std::filesystem::path dir = {}) : dir_(std::move(dir)) {}
+  Result<DiskStorage> allocate(size_t size) const { return DiskStorage::allocate(size, dir_); }
+  const std::filesystem::path& dir() const { return dir_; }
+
+ private:
+  std::filesystem::path dir_;
+};
+
+}  // namespace kvbm

@@ -1,0 +1,54 @@
+#include "support/test_support.h"
+
+#include <stdlib.h>
+
+#include <cstring>
+#include <mutex>
+
+namespace kvbm::testing {
+
+TempDir::TempDir() {
+  std::string tmpl = (std::filesystem::temp_directory_path() / "kvbm-test-XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = tmpl;
+}
+
+TempDir::~TempDir() {
+  std::error_code ec;
+  std::filesystem::permissions(path_, std::filesystem::perms::owner_all,
+                               std::filesystem::perm_options::add, ec);
+  std::filesystem::remove_all(path_, ec);
+}
+
+struct LogCapture::State {
+  mutable std::mutex mu;
+  std::vector<std::string> lines;
+};
+
+LogCapture::LogCapture() : state_(std::make_shared<State>()), previous_level_(log_level()) {
+  auto state = state_;
+  previous_ = set_log_sink([state](LogLevel, std::string_view msg) {
+    std::lock_guard<std::mutex> lock(state->mu);
+    state->lines.emplace_back(msg);
+  });
+  set_log_level(LogLevel::Debug);
+}
+
+LogCapture::~LogCapture() {
+  set_log_sink(previous_);
+  set_log_level(previous_level_);
+}
+
+std::vector<std::string> LogCapture::lines() const {
+  std::lock_guard<std::mutex> lock(state_->mu);
+  return state_->lines;
+}
+
+bool LogCapture::contains(const std::string& needle) const {
+  for (const auto& l : lines()) {
+    if (l.find(needle) != std::string::npos) return true;
+  }
+  return false;
+}
+
+}  // namespace kvbm::testing

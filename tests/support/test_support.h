@@ -1,0 +1,66 @@
+// Shared test helpers.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/pattern.h"
+#include "kvbm/cuda.h"
+#include "kvbm/log.h"
+#include "kvbm/result.h"
+
+namespace kvbm::testing {
+
+// Skips the current test (with CUDA's reason) unless a GPU is usable.
+#define KVBM_REQUIRE_GPU()                                                     \
+  do {                                                                         \
+    auto kvbm_gpu_count_ = ::kvbm::cuda_device_count();                        \
+    if (!kvbm_gpu_count_) GTEST_SKIP() << kvbm_gpu_count_.error().to_string(); \
+  } while (0)
+
+// Asserts that a Result failed with `code` and that its message contains `needle`.
+#define EXPECT_ERROR(result, error_code, needle)                                     \
+  do {                                                                               \
+    const auto& kvbm_r_ = (result);                                                  \
+    ASSERT_FALSE(kvbm_r_.ok()) << "expected " << ::kvbm::to_string(error_code);      \
+    EXPECT_EQ(kvbm_r_.code(), error_code) << kvbm_r_.error().to_string();            \
+    EXPECT_NE(kvbm_r_.error().message.find(needle), std::string::npos)               \
+        << "message '" << kvbm_r_.error().message << "' lacks '" << (needle) << "'"; \
+  } while (0)
+
+// A fresh directory under the temp dir, removed with its contents on destruction.
+class TempDir {
+ public:
+  TempDir();
+  ~TempDir();
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  const std::filesystem::path& path() const { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// Captures kvbm log lines for the lifetime of the object.
+class LogCapture {
+ public:
+  LogCapture();
+  ~LogCapture();
+  std::vector<std::string> lines() const;
+  bool contains(const std::string& needle) const;
+
+ private:
+  struct State;
+  std::shared_ptr<State> state_;
+  LogSink previous_;
+  LogLevel previous_level_;
+};
+
+using detail::fill_pattern;
+using detail::find_pattern_mismatch;
+
+}  // namespace kvbm::testing
