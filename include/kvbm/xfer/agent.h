@@ -1,0 +1,144 @@
+// The transfer agent, in the shape of NIXL's: a named agent owns backends (UCX, ...),
+// registers memory, publishes its metadata, loads its peers' metadata, and READs or
+// WRITEs their registered memory, with notifications.
+//
+//   auto a = kvbm::xfer::Agent::create("prefill-0").value();
+//   auto reg = a->register_memory({MemType::Dram, {{addr, len, 0}}}).value();
+//   std::string md = a->local_metadata().value();           // give to peers
+//   std::string peer = a->load_remote_metadata(peer_md).value();
+//   auto req = a->create_request(Op::Write, local, remote, peer, "block 7 ready").value();
+//   req->post(); req->wait(std::chrono::seconds(5));
+//
+// Ownership: Agent is held by unique_ptr; registrations and requests it returns must be
+// destroyed before it. Thread safety: every Agent method may be called from many
+// threads at once. A Request may be used from one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvbm/result.h"
+#include "kvbm/storage/registration.h"
+#include "kvbm/xfer/types.h"
+
+namespace kvbm::xfer {
+
+// Backend creation parameters, passed through to the backend ("queue_depth" = "64").
+using BackendParams = std::map<std::string, std::string>;
+
+struct AgentConfig {
+  // Backends created with the agent. Others can be added with create_backend().
+  std::vector<std::string> backends = {"UCX"};
+  // true: an internal thread drives communication. false: the caller drives it through
+  // Request::wait/status and Agent::progress (lowest latency, no extra thread).
+  bool progress_thread = true;
+  // A request that involves a peer which stops answering ends in an error after this.
+  std::chrono::milliseconds peer_timeout{10000};
+  // Largest metadata blob accepted from a peer (side channel and load_remote_metadata).
+  size_t max_metadata_bytes = 64 << 20;
+};
+
+// The registration of memory with an agent. Deregisters on release() or destruction.
+// Also a storage RegistrationHandle, so a storage can own it (Agent::register_storage).
+class MemoryRegistration : public RegistrationHandle {
+ public:
+  ~MemoryRegistration() override = default;
+  virtual const std::string& agent_name() const = 0;
+  // The registered regions.
+  virtual const DescList& regions() const = 0;
+};
+
+enum class XferState : uint8_t { Idle, InProgress, Done, Error };
+const char* to_string(XferState state);
+
+// A prepared transfer. Created validated; post() starts it, and it can be posted again
+// once it is Done or Error. Destroying a request that is in flight cancels it.
+class Request {
+ public:
+  virtual ~Request() = default;
+  // Starts the transfer. InvalidArgument if it is already in progress; Remote if the
+  // peer is known to be gone.
+  virtual Status post() = 0;
+  // Current state; drives progress when the agent has no progress thread.
+  virtual XferState state() = 0;
+  // The error of a request in state Error.
+  virtual Error error() const = 0;
+  // Waits until Done (OK) or Error (its error); Timeout if neither within `timeout`.
+  virtual Status wait(std::chrono::milliseconds timeout) = 0;
+};
+
+class Agent {
+ public:
+  // The storage registration key Agent::register_storage uses (the seed's "nixl").
+  static constexpr const char* kRegistrationKey = "agent";
+
+  // InvalidArgument for an empty name or an unknown backend in the config; the
+  // backend's error if one cannot start.
+  static Result<std::unique_ptr<Agent>> create(std::string name, AgentConfig config = {});
+  virtual ~Agent() = default;
+
+  virtual const std::string& name() const = 0;
+
+  // Adds a backend ("UCX"). AlreadyRegistered if present; NotFound for an unknown type.
+  virtual Status create_backend(const std::string& type, const BackendParams& params = {}) = 0;
+  virtual std::vector<std::string> backends() const = 0;
+
+  // Registers every region with each backend that handles its memory type (or only
+  // with `backend`, when given). Regions must be non-empty and must not overlap regions
+  // registered already.
+  virtual Result<std::unique_ptr<MemoryRegistration>> register_memory(
+      const DescList& regions, const std::string& backend = {}) = 0;
+
+  // Registers a storage's whole region and hands the registration to the storage under
+  // kRegistrationKey; it is released with the storage or by storage.deregister(key).
+  virtual Status register_storage(RegisterableStorage& storage,
+                                  const std::string& backend = {}) = 0;
+
+  // This agent's metadata: name, each backend's connection data, registered regions.
+  virtual Result<std::string> local_metadata() const = 0;
+  // Loads a peer's metadata (replacing older metadata of the same agent); returns its
+  // name. InvalidArgument for bytes that do not decode; InvalidArgument for our own name.
+  virtual Result<std::string> load_remote_metadata(std::string_view bytes) = 0;
+  // Forgets a peer: its connections and remote regions. NotFound if unknown.
+  virtual Status invalidate_remote(const std::string& agent) = 0;
+  virtual bool has_remote(const std::string& agent) const = 0;
+
+  // Serves local_metadata() to peers over TCP on host:port (port 0: any free port) and
+  // returns the bound port. The listener stops with the agent.
+  virtual Result<uint16_t> listen(const std::string& host, uint16_t port) = 0;
+  // Fetches a peer's metadata from its listener and loads it; returns the peer's name.
+  // Timeout, Io (refused, reset), InvalidArgument (garbage, oversized).
+  virtual Result<std::string> fetch_remote_metadata(
+      const std::string& host, uint16_t port,
+      std::chrono::milliseconds timeout = std::chrono::seconds(5)) = 0;
+
+  // Prepares a READ or WRITE between local and remote descriptors, validating first:
+  // equal counts and lengths, every local range inside a region registered here, every
+  // remote range inside a region of the peer's metadata, a known peer, and a memory-type
+  // pair some backend supports. `notification`, if set, reaches the peer after the data
+  // is complete and visible there.
+  virtual Result<std::unique_ptr<Request>> create_request(
+      Op op, const DescList& local, const DescList& remote, const std::string& remote_agent,
+      std::optional<std::string> notification = std::nullopt) = 0;
+
+  // Sends a notification with no data. NotFound for an unknown agent.
+  virtual Status gen_notif(const std::string& agent, std::string_view message) = 0;
+  // Returns and clears the notifications received, in order per sender.
+  virtual std::vector<Notification> get_notifs() = 0;
+
+  // Drives communication once (only needed without a progress thread).
+  virtual void progress() = 0;
+
+ protected:
+  Agent() = default;
+  Agent(const Agent&) = delete;
+  Agent& operator=(const Agent&) = delete;
+};
+
+}  // namespace kvbm::xfer

@@ -1,0 +1,49 @@
+// The metadata side channel: a TCP listener that serves a blob (the agent's current
+// metadata) to whoever connects, and the client that fetches it.
+//
+// Wire: the server writes an 8-byte magic "KVBMMD01", a little-endian uint64 length,
+// then the payload, and closes. The client bounds the size (max_bytes) and the time.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "kvbm/result.h"
+
+namespace kvbm::xfer::detail {
+
+class SideChannelServer {
+ public:
+  // Produces the bytes to serve, per connection (so peers always get current metadata).
+  using Provider = std::function<Result<std::string>()>;
+
+  // Binds host:port (port 0: any free port) and starts serving on its own thread.
+  // Io naming host and port when binding fails; InvalidArgument for a bad host.
+  static Result<std::unique_ptr<SideChannelServer>> start(const std::string& host, uint16_t port,
+                                                          Provider provider);
+  ~SideChannelServer();  // stops the thread and closes the socket
+  uint16_t port() const { return port_; }
+
+ private:
+  SideChannelServer() = default;
+  void serve();
+
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: tells serve() to stop
+  uint16_t port_ = 0;
+  Provider provider_;
+  std::thread thread_;
+};
+
+// Connects, reads one blob, closes. Timeout when the whole exchange exceeds `timeout`;
+// Io for a refused or reset connection; InvalidArgument for a wrong magic, a length over
+// `max_bytes`, or a short payload.
+Result<std::string> fetch_blob(const std::string& host, uint16_t port,
+                               std::chrono::milliseconds timeout, size_t max_bytes);
+
+}  // namespace kvbm::xfer::detail
