@@ -1,5 +1,7 @@
 # Every dependency comes from Debian's packages (scripts/install-deps).
 find_package(Threads REQUIRED)
+# Agent metadata's wire form (src/xfer/metadata.proto); linked privately into libkvbm.
+find_package(Protobuf REQUIRED)
 
 set(KVBM_HAVE_CUDA 0)
 if(KVBM_CUDA)

@@ -1,0 +1,180 @@
+// Agent metadata <-> its protobuf wire form (metadata.proto). Decoding treats the bytes as
+// hostile: size-checked before parsing, then every field validated before anything is
+// copied out, each failure an InvalidArgument that names the offending value.
+#include "xfer/metadata.h"
+
+#include <google/protobuf/io/coded_stream.h>
+#include <google/protobuf/io/zero_copy_stream_impl_lite.h>
+
+#include <climits>
+#include <cstdio>
+#include <limits>
+
+#include "xfer/metadata.pb.h"  // generated into the build dir
+
+namespace kvbm::xfer::detail {
+namespace {
+
+constexpr size_t kMaxNameBytes = 256;
+constexpr size_t kMaxRegions = 1'000'000;
+constexpr size_t kMaxBackendFieldBytes = size_t{1} << 20;  // a backend name, a remote_info
+
+// A name from the wire, fit for an error message: quoted, non-printable bytes escaped,
+// long ones cut (they may be up to a MiB of anything).
+std::string quoted(std::string_view s) {
+  constexpr size_t kShown = 64;
+  std::string out = "'";
+  for (size_t i = 0; i < s.size() && i < kShown; ++i) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') {
+      out += static_cast<char>(c);
+    } else {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", c);
+      out += buf;
+    }
+  }
+  out += "'";
+  if (s.size() > kShown) out += "... (" + std::to_string(s.size()) + " bytes)";
+  return out;
+}
+
+wire::MemType to_wire(MemType type) {
+  switch (type) {
+    case MemType::Dram:
+      return wire::MEM_DRAM;
+    case MemType::Vram:
+      return wire::MEM_VRAM;
+    case MemType::File:
+      return wire::MEM_FILE;
+    case MemType::Unknown:
+      return wire::MEM_UNKNOWN;
+  }
+  // An out-of-range value goes out as it is; every decoder rejects it.
+  return static_cast<wire::MemType>(type);
+}
+
+// proto3 enums are open: the parser keeps any number, so the range is checked here.
+bool from_wire(int type, MemType* out) {
+  switch (type) {
+    case wire::MEM_DRAM:
+      *out = MemType::Dram;
+      return true;
+    case wire::MEM_VRAM:
+      *out = MemType::Vram;
+      return true;
+    case wire::MEM_FILE:
+      *out = MemType::File;
+      return true;
+    case wire::MEM_UNKNOWN:
+      *out = MemType::Unknown;
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+std::string encode_metadata(const AgentMetadata& metadata) {
+  wire::AgentMetadata w;
+  w.set_version(AgentMetadata::kVersion);
+  w.set_name(metadata.name);
+  for (const auto& [name, data] : metadata.backends) (*w.mutable_backends())[name] = data;
+  w.mutable_regions()->Reserve(static_cast<int>(metadata.regions.size()));
+  for (const auto& r : metadata.regions) {
+    auto* out = w.add_regions();
+    out->set_type(to_wire(r.type));
+    out->set_addr(r.desc.addr);
+    out->set_len(r.desc.len);
+    out->set_dev_id(r.desc.dev_id);
+    for (const auto& [backend, info] : r.remote_info) (*out->mutable_remote_info())[backend] = info;
+  }
+  // Deterministic, so equal metadata always gives equal bytes (maps otherwise go out in
+  // hash order). A message over protobuf's 2 GiB limit cannot be written: it comes out
+  // empty, which no decoder accepts (version 0).
+  std::string bytes;
+  {
+    google::protobuf::io::StringOutputStream stream(&bytes);
+    google::protobuf::io::CodedOutputStream coded(&stream);
+    coded.SetSerializationDeterministic(true);
+    if (!w.SerializeToCodedStream(&coded)) bytes.clear();
+  }
+  return bytes;
+}
+
+Result<AgentMetadata> decode_metadata(std::string_view bytes, size_t max_bytes) {
+  if (bytes.size() > max_bytes) {
+    return err(ErrorCode::InvalidArgument, "metadata of ", bytes.size(),
+               " bytes exceeds the limit of ", max_bytes, " bytes");
+  }
+  if (bytes.size() > static_cast<size_t>(INT_MAX)) {
+    return err(ErrorCode::InvalidArgument, "metadata of ", bytes.size(),
+               " bytes exceeds protobuf's limit of ", INT_MAX, " bytes");
+  }
+  wire::AgentMetadata w;
+  if (!w.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+    return err(ErrorCode::InvalidArgument, "metadata: ", bytes.size(),
+               " bytes do not parse as kvbm.wire.AgentMetadata");
+  }
+
+  if (w.version() != AgentMetadata::kVersion) {
+    return err(ErrorCode::InvalidArgument, "metadata version ", w.version(), " is not supported (",
+               AgentMetadata::kVersion, " is)");
+  }
+  if (w.name().empty()) return err(ErrorCode::InvalidArgument, "metadata: agent name is empty");
+  if (w.name().size() > kMaxNameBytes) {
+    return err(ErrorCode::InvalidArgument, "metadata: agent name ", quoted(w.name()), " of ",
+               w.name().size(), " bytes exceeds ", kMaxNameBytes, " bytes");
+  }
+  for (const auto& [backend, data] : w.backends()) {
+    if (backend.size() > kMaxBackendFieldBytes) {
+      return err(ErrorCode::InvalidArgument, "metadata: backend name ", quoted(backend),
+                 " exceeds ", kMaxBackendFieldBytes, " bytes");
+    }
+  }
+  if (static_cast<size_t>(w.regions_size()) > kMaxRegions) {
+    return err(ErrorCode::InvalidArgument, "metadata: ", w.regions_size(),
+               " regions exceed the limit of ", kMaxRegions);
+  }
+
+  AgentMetadata m;
+  m.name = w.name();
+  for (const auto& [backend, data] : w.backends()) m.backends.emplace(backend, data);
+  m.regions.reserve(static_cast<size_t>(w.regions_size()));
+  for (int i = 0; i < w.regions_size(); ++i) {
+    const auto& r = w.regions(i);
+    RegionMetadata region;
+    if (!from_wire(static_cast<int>(r.type()), &region.type)) {
+      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": unknown memory type ",
+                 static_cast<int>(r.type()));
+    }
+    if (r.len() == 0) {
+      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": empty (addr ", r.addr(),
+                 ", len 0)");
+    }
+    // The end (addr + len, exclusive) must itself be a representable address.
+    if (r.len() > std::numeric_limits<uint64_t>::max() - r.addr()) {
+      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": addr ", r.addr(), " + len ",
+                 r.len(), " overflows");
+    }
+    region.desc = {r.addr(), r.len(), r.dev_id()};
+    for (const auto& [backend, info] : r.remote_info()) {
+      if (w.backends().find(backend) == w.backends().end()) {
+        return err(ErrorCode::InvalidArgument, "metadata region ", i,
+                   ": remote_info names backend ", quoted(backend),
+                   ", which the metadata does not list");
+      }
+      if (info.size() > kMaxBackendFieldBytes) {
+        return err(ErrorCode::InvalidArgument, "metadata region ", i, ": remote_info of backend ",
+                   quoted(backend), " is ", info.size(), " bytes, over the limit of ",
+                   kMaxBackendFieldBytes);
+      }
+      region.remote_info.emplace(backend, info);
+    }
+    m.regions.push_back(std::move(region));
+  }
+  return m;
+}
+
+}  // namespace kvbm::xfer::detail
