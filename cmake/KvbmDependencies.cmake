@@ -2,6 +2,8 @@
 find_package(Threads REQUIRED)
 # Agent metadata's wire form (src/xfer/metadata.proto); linked privately into libkvbm.
 find_package(Protobuf REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
 
 set(KVBM_HAVE_CUDA 0)
 if(KVBM_CUDA)

@@ -1,0 +1,53 @@
+// RemoteDescriptor (the seed's NixlRemoteDescriptor): a RemoteStorage, the name of the
+// agent that registered it, and an optional notification for that agent to receive
+// after a READ or WRITE of it. Serializable to bytes (CBOR) and to JSON, so it can be
+// sent to another node; decoding treats its input as untrusted. Thread safety: a value.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "kvbm/remote/remote_storage.h"
+#include "kvbm/result.h"
+#include "kvbm/xfer/types.h"
+
+namespace kvbm {
+
+class RemoteDescriptor {
+ public:
+  static constexpr uint32_t kVersion = 1;
+
+  RemoteDescriptor(RemoteStorage storage, std::string agent)
+      : storage_(storage), agent_(std::move(agent)) {}
+
+  const RemoteStorage& storage() const { return storage_; }
+  size_t size() const { return storage_.size(); }
+  const std::string& agent_name() const { return agent_; }
+
+  void set_notif(std::string notif) { notif_ = std::move(notif); }
+  void clear_notif() { notif_.reset(); }
+  const std::optional<std::string>& notif() const { return notif_; }
+
+  // The descriptor list a READ or WRITE request takes for the remote side.
+  xfer::DescList to_desc_list() const { return storage_.to_desc_list(); }
+
+  std::string to_bytes() const;  // CBOR
+  std::string to_json() const;
+  // InvalidArgument naming the problem: not CBOR/JSON, wrong version, a missing or
+  // mistyped field, an unknown memory type, an empty agent name, addr + size overflow,
+  // input over 1 MiB.
+  static Result<RemoteDescriptor> from_bytes(std::string_view bytes);
+  static Result<RemoteDescriptor> from_json(std::string_view json);
+
+  bool operator==(const RemoteDescriptor& o) const {
+    return storage_ == o.storage_ && agent_ == o.agent_ && notif_ == o.notif_;
+  }
+
+ private:
+  RemoteStorage storage_;
+  std::string agent_;
+  std::optional<std::string> notif_;
+};
+
+}  // namespace kvbm

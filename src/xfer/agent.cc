@@ -1,0 +1,565 @@
+#include <algorithm>
+#include <cstdio>
+
+#include "kvbm/log.h"
+#include "kvbm/xfer/mem_type.h"
+#include "xfer/agent_impl.h"
+#include "xfer/memory_registration_impl.h"
+#include "xfer/metadata.h"
+#include "xfer/request_impl.h"
+
+namespace kvbm::xfer {
+
+Result<std::unique_ptr<Agent>> Agent::create(std::string name, AgentConfig config) {
+  if (name.empty()) return err(ErrorCode::InvalidArgument, "agent name must not be empty");
+  if (name.size() > 256) {
+    return err(ErrorCode::InvalidArgument, "agent name of ", name.size(), " bytes exceeds 256");
+  }
+  if (config.peer_timeout.count() <= 0) {
+    return err(ErrorCode::InvalidArgument, "peer_timeout must be > 0 ms, got ",
+               config.peer_timeout.count());
+  }
+  auto agent = std::make_unique<detail::AgentImpl>(std::move(name), std::move(config));
+  KVBM_TRY(agent->start());
+  return std::unique_ptr<Agent>(std::move(agent));
+}
+
+namespace detail {
+namespace {
+
+std::string hex(uint64_t v) {
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+std::string describe(const Desc& d) {
+  return "addr " + hex(d.addr) + " len " + std::to_string(d.len) + " dev " +
+         std::to_string(d.dev_id);
+}
+
+bool contains(const Desc& region, const Desc& d) {
+  return d.addr >= region.addr && d.len <= region.len && d.addr - region.addr <= region.len - d.len;
+}
+
+// The entry of `map` whose region holds all of `d`, or nullptr.
+template <typename Entry>
+Entry* find_region(const std::map<RegionKey, std::shared_ptr<Entry>>& map, MemType type,
+                   const Desc& d) {
+  auto it = map.upper_bound(RegionKey{type, d.dev_id, d.addr});
+  if (it == map.begin()) return nullptr;
+  --it;
+  const auto& [t, dev, addr] = it->first;
+  if (t != type || dev != d.dev_id || !contains(it->second->desc, d)) return nullptr;
+  return it->second.get();
+}
+
+template <typename Entry>
+bool overlaps_any(const std::map<RegionKey, std::shared_ptr<Entry>>& map, MemType type,
+                  const Desc& d) {
+  auto it = map.lower_bound(RegionKey{type, d.dev_id, d.addr});
+  if (it != map.end()) {
+    const auto& [t, dev, addr] = it->first;
+    if (t == type && dev == d.dev_id && addr < d.addr + d.len) return true;
+  }
+  if (it != map.begin()) {
+    --it;
+    const auto& [t, dev, addr] = it->first;
+    if (t == type && dev == d.dev_id && it->second->desc.addr + it->second->desc.len > d.addr) {
+      return true;
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
+AgentImpl::AgentImpl(std::string name, AgentConfig config)
+    : name_(std::move(name)),
+      config_(std::move(config)),
+      alive_(std::make_shared<AgentImpl*>(this)) {}
+
+Status AgentImpl::start() {
+  for (const auto& type : config_.backends) KVBM_TRY(create_backend(type, {}));
+  if (config_.progress_thread) progress_thread_ = std::thread([this] { progress_loop(); });
+  return {};
+}
+
+AgentImpl::~AgentImpl() {
+  alive_.reset();
+  {
+    std::lock_guard<std::mutex> lock(listen_mu_);
+    side_channel_.reset();
+  }
+  stop_ = true;
+  if (progress_thread_.joinable()) progress_thread_.join();
+  // Peers and regions go before the backends that made them.
+  std::map<std::string, std::shared_ptr<RemotePeer>> remotes;
+  std::map<RegionKey, std::shared_ptr<LocalRegionEntry>> local;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    remotes.swap(remotes_);
+    local.swap(local_);
+  }
+  for (auto& [name, peer] : remotes) {
+    peer->gone = true;
+    for (Backend* b : peer->connected) b->disconnect(name);
+  }
+  remotes.clear();
+  local.clear();
+  for (size_t i = backend_count(); i-- > 0;) backends_[i].reset();
+}
+
+BackendEnv AgentImpl::make_env() {
+  BackendEnv env;
+  env.agent_name = name_;
+  env.peer_timeout = config_.peer_timeout;
+  env.on_notification = [this](Notification n) { add_notification(std::move(n)); };
+  env.on_completion = [this] { notify_progress(); };
+  return env;
+}
+
+Status AgentImpl::create_backend(const std::string& type, const BackendParams& params) {
+  std::lock_guard<std::mutex> lock(backend_create_mu_);
+  if (backend_named(type) != nullptr) {
+    return err(ErrorCode::AlreadyRegistered, "agent '", name_, "' already has backend '", type,
+               "'");
+  }
+  const size_t n = backend_count();
+  if (n == kMaxBackends) {
+    return err(ErrorCode::InvalidArgument, "agent '", name_, "' has the maximum of ", kMaxBackends,
+               " backends");
+  }
+  auto backend = make_backend(type, make_env(), params);
+  if (!backend) return backend.error();
+  // A backend that can reach its own agent serves transfers whose peer is this agent.
+  if (auto st = (*backend)->connect(name_, (*backend)->connection_info()); !st) {
+    log(LogLevel::Debug, "backend " + type + " has no loopback: " + st.error().to_string());
+  }
+  backends_[n] = std::move(*backend);
+  backend_count_.store(n + 1, std::memory_order_release);
+  return {};
+}
+
+std::vector<std::string> AgentImpl::backends() const {
+  std::vector<std::string> names;
+  for (size_t i = 0; i < backend_count(); ++i) names.push_back(backends_[i]->name());
+  return names;
+}
+
+Backend* AgentImpl::backend_named(const std::string& name) const {
+  for (size_t i = 0; i < backend_count(); ++i) {
+    if (backends_[i]->name() == name) return backends_[i].get();
+  }
+  return nullptr;
+}
+
+Result<std::unique_ptr<MemoryRegistration>> AgentImpl::register_memory(const DescList& list,
+                                                                       const std::string& backend) {
+  if (list.descs.empty()) return err(ErrorCode::InvalidArgument, "no regions to register");
+  if (list.type == MemType::Unknown) {
+    return err(ErrorCode::InvalidArgument, "cannot register memory of type UNKNOWN");
+  }
+  std::vector<Backend*> chosen;
+  if (!backend.empty()) {
+    Backend* b = backend_named(backend);
+    if (b == nullptr)
+      return err(ErrorCode::NotFound, "agent '", name_, "' has no backend '", backend, "'");
+    if (!b->can_register(list.type)) {
+      return err(ErrorCode::Unsupported, "backend ", backend, " does not register ",
+                 to_string(list.type));
+    }
+    chosen.push_back(b);
+  } else {
+    for (size_t i = 0; i < backend_count(); ++i) {
+      if (backends_[i]->can_register(list.type)) chosen.push_back(backends_[i].get());
+    }
+    if (chosen.empty()) {
+      return err(ErrorCode::Unsupported, "no backend of agent '", name_, "' registers ",
+                 to_string(list.type), " memory");
+    }
+  }
+
+  std::vector<std::pair<RegionKey, std::shared_ptr<LocalRegionEntry>>> made;
+  for (size_t i = 0; i < list.descs.size(); ++i) {
+    const Desc& d = list.descs[i];
+    if (d.len == 0) return err(ErrorCode::InvalidArgument, "region ", i, " has length 0");
+    if (d.addr + d.len < d.addr) {
+      return err(ErrorCode::InvalidArgument, "region ", i, ": ", describe(d), " overflows");
+    }
+    auto entry = std::make_shared<LocalRegionEntry>();
+    entry->type = list.type;
+    entry->desc = d;
+    for (Backend* b : chosen) {
+      auto region = b->register_region(list.type, d);
+      if (!region) {
+        return err(ErrorCode::RegistrationFailed, "registering region ", i, " (", describe(d),
+                   ") with ", b->name(), ": ", region.error().message);
+      }
+      std::shared_ptr<LocalRegion> shared = std::move(*region);
+      auto view = b->load_remote_region(name_, list.type, d, shared->remote_info());
+      if (view) entry->loopback.items.emplace_back(b, std::move(*view));
+      entry->regions.items.emplace_back(b, std::move(shared));
+    }
+    made.emplace_back(RegionKey{list.type, d.dev_id, d.addr}, std::move(entry));
+  }
+
+  std::vector<RegionKey> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < made.size(); ++i) {
+      const Desc& d = made[i].second->desc;
+      bool self_overlap = false;
+      for (size_t j = 0; j < i; ++j) {
+        const Desc& o = made[j].second->desc;
+        if (d.dev_id == o.dev_id && d.addr < o.addr + o.len && o.addr < d.addr + d.len)
+          self_overlap = true;
+      }
+      if (self_overlap || overlaps_any(local_, list.type, d)) {
+        return err(ErrorCode::InvalidArgument, "region ", i, " (", describe(d),
+                   ") overlaps memory already registered with agent '", name_, "'");
+      }
+    }
+    for (auto& [key, entry] : made) {
+      local_.emplace(key, entry);
+      keys.push_back(key);
+    }
+  }
+  return std::unique_ptr<MemoryRegistration>(
+      std::make_unique<MemoryRegistrationImpl>(alive_, name_, list, std::move(keys)));
+}
+
+Status AgentImpl::register_storage(RegisterableStorage& storage, const std::string& backend) {
+  if (storage.is_registered(kRegistrationKey)) {
+    return err(ErrorCode::AlreadyRegistered, storage.type().to_string(),
+               " storage is already registered with an agent");
+  }
+  auto list = desc_list_of(storage);
+  if (!list) return list.error();
+  auto reg = register_memory(*list, backend);
+  if (!reg) return reg.error();
+  return storage.register_handle(kRegistrationKey, std::move(*reg));
+}
+
+void AgentImpl::deregister(const std::vector<RegionKey>& keys) {
+  std::vector<std::shared_ptr<LocalRegionEntry>> dropped;  // released outside the lock
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& k : keys) {
+    auto it = local_.find(k);
+    if (it == local_.end()) continue;
+    dropped.push_back(std::move(it->second));
+    local_.erase(it);
+  }
+}
+
+Result<std::string> AgentImpl::local_metadata() const {
+  AgentMetadata md;
+  md.name = name_;
+  for (size_t i = 0; i < backend_count(); ++i) {
+    md.backends[backends_[i]->name()] = backends_[i]->connection_info();
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  md.regions.reserve(local_.size());
+  for (const auto& [key, entry] : local_) {
+    RegionMetadata r;
+    r.type = entry->type;
+    r.desc = entry->desc;
+    for (const auto& [b, region] : entry->regions.items)
+      r.remote_info[b->name()] = region->remote_info();
+    md.regions.push_back(std::move(r));
+  }
+  return encode_metadata(md);
+}
+
+Result<std::string> AgentImpl::load_remote_metadata(std::string_view bytes) {
+  auto md = decode_metadata(bytes, config_.max_metadata_bytes);
+  if (!md) return md.error();
+  if (md->name == name_) {
+    return err(ErrorCode::InvalidArgument, "metadata of agent '", name_,
+               "' is this agent's own; transfers to itself need no metadata");
+  }
+  std::lock_guard<std::mutex> load_lock(load_mu_);
+  auto peer = std::make_shared<RemotePeer>();
+  peer->name = md->name;
+  for (const auto& [bname, conn] : md->backends) {
+    Backend* b = backend_named(bname);
+    if (b == nullptr) continue;  // a transport we lack; others may still do
+    if (auto st = b->connect(md->name, conn); !st) {
+      return err(ErrorCode::Remote, "connecting to agent '", md->name, "' over ", bname, ": ",
+                 st.error().message);
+    }
+    peer->connected.push_back(b);
+  }
+  for (size_t i = 0; i < md->regions.size(); ++i) {
+    const RegionMetadata& r = md->regions[i];
+    auto entry = std::make_shared<RemoteRegionEntry>();
+    entry->type = r.type;
+    entry->desc = r.desc;
+    for (const auto& [bname, info] : r.remote_info) {
+      Backend* b = backend_named(bname);
+      if (b == nullptr ||
+          std::find(peer->connected.begin(), peer->connected.end(), b) == peer->connected.end())
+        continue;
+      auto region = b->load_remote_region(md->name, r.type, r.desc, info);
+      if (!region) {
+        return err(ErrorCode::InvalidArgument, "agent '", md->name, "' region ", i, " (",
+                   describe(r.desc), ") for ", bname, ": ", region.error().message);
+      }
+      entry->regions.items.emplace_back(b, std::move(*region));
+    }
+    peer->regions[RegionKey{r.type, r.desc.dev_id, r.desc.addr}] = std::move(entry);
+  }
+  std::shared_ptr<RemotePeer> old;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto& slot = remotes_[md->name];
+    old = std::move(slot);
+    slot = std::move(peer);
+  }
+  if (old) old->gone = true;  // its requests fail on the next post; connections were replaced
+  return md->name;
+}
+
+Status AgentImpl::invalidate_remote(const std::string& agent) {
+  std::shared_ptr<RemotePeer> peer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = remotes_.find(agent);
+    if (it == remotes_.end())
+      return err(ErrorCode::NotFound, "agent '", agent, "' is not known to '", name_, "'");
+    peer = std::move(it->second);
+    remotes_.erase(it);
+  }
+  peer->gone = true;
+  for (Backend* b : peer->connected) b->disconnect(agent);
+  return {};
+}
+
+bool AgentImpl::has_remote(const std::string& agent) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return remotes_.count(agent) != 0;
+}
+
+Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
+  std::lock_guard<std::mutex> lock(listen_mu_);
+  if (side_channel_) {
+    return err(ErrorCode::InvalidArgument, "agent '", name_, "' already listens on port ",
+               side_channel_->port());
+  }
+  auto server = SideChannelServer::start(host, port, [this] { return local_metadata(); });
+  if (!server) return server.error();
+  side_channel_ = std::move(*server);
+  return side_channel_->port();
+}
+
+Result<std::string> AgentImpl::fetch_remote_metadata(const std::string& host, uint16_t port,
+                                                     std::chrono::milliseconds timeout) {
+  auto bytes = fetch_blob(host, port, timeout, config_.max_metadata_bytes);
+  if (!bytes) return bytes.error();
+  return load_remote_metadata(*bytes);
+}
+
+Result<std::unique_ptr<Request>> AgentImpl::create_request(
+    Op op, const DescList& local, const DescList& remote, const std::string& remote_agent,
+    std::optional<std::string> notification) {
+  const bool self = remote_agent == name_;
+  if (local.descs.empty())
+    return err(ErrorCode::InvalidArgument, "a request needs at least one descriptor");
+  if (local.descs.size() != remote.descs.size()) {
+    return err(ErrorCode::InvalidArgument, "descriptor counts differ: ", local.descs.size(),
+               " local vs ", remote.descs.size(), " remote");
+  }
+  for (size_t i = 0; i < local.descs.size(); ++i) {
+    if (local.descs[i].len != remote.descs[i].len) {
+      return err(ErrorCode::InvalidArgument, "descriptor ", i, ": local length ",
+                 local.descs[i].len, " != remote length ", remote.descs[i].len);
+    }
+    if (local.descs[i].len == 0)
+      return err(ErrorCode::InvalidArgument, "descriptor ", i, " has length 0");
+  }
+
+  std::unique_lock<std::mutex> lock(mu_);
+  std::shared_ptr<RemotePeer> peer;
+  if (!self) {
+    auto it = remotes_.find(remote_agent);
+    if (it == remotes_.end()) {
+      return err(ErrorCode::NotFound, "agent '", remote_agent, "' is not known to '", name_,
+                 "': load its metadata first");
+    }
+    peer = it->second;
+    std::lock_guard<std::mutex> f(peer->failure_mu);
+    if (peer->failure)
+      return err(ErrorCode::Remote, "agent '", remote_agent, "' failed: ", peer->failure->message);
+  }
+
+  const size_t n = local.descs.size();
+  std::vector<LocalRegionEntry*> locals(n);
+  std::vector<const BackendHandles<RemoteRegion>*> remotes(n);
+  for (size_t i = 0; i < n; ++i) {
+    locals[i] = find_region(local_, local.type, local.descs[i]);
+    if (locals[i] == nullptr) {
+      return err(ErrorCode::OutOfBounds, "local descriptor ", i, " (", to_string(local.type), " ",
+                 describe(local.descs[i]), ") is not inside memory registered with agent '", name_,
+                 "'");
+    }
+    if (self) {
+      LocalRegionEntry* e = find_region(local_, remote.type, remote.descs[i]);
+      remotes[i] = e ? &e->loopback : nullptr;
+    } else {
+      RemoteRegionEntry* e = find_region(peer->regions, remote.type, remote.descs[i]);
+      remotes[i] = e ? &e->regions : nullptr;
+    }
+    if (remotes[i] == nullptr) {
+      return err(ErrorCode::OutOfBounds, "remote descriptor ", i, " (", to_string(remote.type), " ",
+                 describe(remote.descs[i]), ") is not inside memory agent '", remote_agent,
+                 "' has registered");
+    }
+  }
+
+  Backend* chosen = nullptr;
+  for (size_t b = 0; b < backend_count() && chosen == nullptr; ++b) {
+    Backend* cand = backends_[b].get();
+    if (!cand->supports(local.type, remote.type)) continue;
+    bool all = true;
+    for (size_t i = 0; i < n && all; ++i) {
+      all = locals[i]->regions.find(cand) != nullptr && remotes[i]->find(cand) != nullptr;
+    }
+    if (all) chosen = cand;
+  }
+  if (chosen == nullptr) {
+    return err(ErrorCode::Unsupported, "no backend of agent '", name_, "' moves ",
+               to_string(local.type), " <-> ", to_string(remote.type), " with agent '",
+               remote_agent, "' for these descriptors");
+  }
+  if (notification && !chosen->supports_notifications()) {
+    return err(ErrorCode::Unsupported, "backend ", chosen->name(), " cannot deliver notifications");
+  }
+
+  std::vector<Segment> segments(n);
+  std::vector<std::shared_ptr<void>> keep;  // regions stay alive while the request exists
+  for (size_t i = 0; i < n; ++i) {
+    segments[i].local = local.descs[i];
+    segments[i].remote = remote.descs[i];
+    segments[i].local_region = locals[i]->regions.find(chosen);
+    segments[i].remote_region = remotes[i]->find(chosen);
+    if (i == 0 || segments[i].local_region != segments[i - 1].local_region) {
+      for (auto& [b, r] : locals[i]->regions.items) {
+        if (b == chosen) keep.push_back(r);
+      }
+    }
+    if (i == 0 || segments[i].remote_region != segments[i - 1].remote_region) {
+      const auto* handles = remotes[i];
+      for (auto& [b, r] : handles->items) {
+        if (b == chosen) keep.push_back(r);
+      }
+    }
+  }
+  lock.unlock();
+
+  auto prepared = chosen->prepare(op, remote_agent, std::move(segments), std::move(notification));
+  if (!prepared) return prepared.error();
+  return std::unique_ptr<Request>(std::make_unique<RequestImpl>(
+      this, chosen, std::move(peer), std::move(*prepared), std::move(keep)));
+}
+
+Status AgentImpl::gen_notif(const std::string& agent, std::string_view message) {
+  std::shared_ptr<RemotePeer> peer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = remotes_.find(agent);
+    if (it != remotes_.end()) peer = it->second;
+  }
+  if (!peer && agent != name_)
+    return err(ErrorCode::NotFound, "agent '", agent, "' is not known to '", name_, "'");
+  std::vector<Backend*> candidates;
+  if (peer) {
+    candidates = peer->connected;
+  } else {
+    for (size_t i = 0; i < backend_count(); ++i) candidates.push_back(backends_[i].get());
+  }
+  for (Backend* b : candidates) {
+    if (b->supports_notifications()) return b->send_notification(agent, message);
+  }
+  return err(ErrorCode::Unsupported, "no backend connecting '", name_, "' to '", agent,
+             "' carries notifications");
+}
+
+void AgentImpl::add_notification(Notification n) {
+  std::lock_guard<std::mutex> lock(notif_mu_);
+  notifs_.push_back(std::move(n));
+}
+
+std::vector<Notification> AgentImpl::get_notifs() {
+  if (!config_.progress_thread) progress();
+  std::vector<Notification> out;
+  std::lock_guard<std::mutex> lock(notif_mu_);
+  out.swap(notifs_);
+  return out;
+}
+
+void AgentImpl::progress() {
+  size_t events = 0;
+  for (size_t i = 0; i < backend_count(); ++i) events += backends_[i]->progress();
+  if (events > 0) notify_progress();
+}
+
+void AgentImpl::notify_progress() {
+  if (waiters_.load(std::memory_order_acquire) == 0) return;
+  {
+    std::lock_guard<std::mutex> lock(wait_mu_);
+    ++progress_events_;
+  }
+  wait_cv_.notify_all();
+}
+
+void AgentImpl::wait_for_progress(std::chrono::steady_clock::time_point until) {
+  if (!config_.progress_thread) {
+    progress();
+    return;
+  }
+  waiters_.fetch_add(1, std::memory_order_acq_rel);
+  {
+    std::unique_lock<std::mutex> lock(wait_mu_);
+    const uint64_t seen = progress_events_;
+    // Bounded wait: completions that raced with the check above are seen within 1 ms.
+    auto limit = std::min(until, std::chrono::steady_clock::now() + std::chrono::milliseconds(1));
+    wait_cv_.wait_until(lock, limit, [&] { return progress_events_ != seen; });
+  }
+  waiters_.fetch_sub(1, std::memory_order_acq_rel);
+}
+
+void AgentImpl::progress_loop() {
+  // Spin while there is traffic; back off to short sleeps when idle, so that TCP's
+  // emulated RMA (which needs the target to progress) keeps moving.
+  int idle = 0;
+  while (!stop_.load(std::memory_order_acquire)) {
+    size_t events = 0;
+    for (size_t i = 0; i < backend_count(); ++i) events += backends_[i]->progress();
+    if (events > 0) {
+      notify_progress();
+      idle = 0;
+      continue;
+    }
+    if (++idle < 512) {
+      std::this_thread::yield();
+    } else {
+      std::this_thread::sleep_for(std::chrono::microseconds(idle < 4096 ? 20 : 200));
+    }
+  }
+}
+
+void AgentImpl::peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend* backend,
+                               const Error& why) {
+  if (!peer || peer->gone) return;  // a gone peer's connection already belongs to its successor
+  {
+    std::lock_guard<std::mutex> f(peer->failure_mu);
+    if (peer->failure) return;
+    peer->failure = why;
+  }
+  log(LogLevel::Warn, "agent '" + name_ + "': peer '" + peer->name + "' failed: " + why.message);
+  // Ends every request in flight with that peer; other peers are untouched.
+  backend->disconnect(peer->name);
+}
+
+}  // namespace detail
+}  // namespace kvbm::xfer

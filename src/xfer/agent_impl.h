@@ -1,0 +1,139 @@
+// The Agent implementation: registered regions, known peers, request validation and
+// backend choice, notifications, the progress thread and the metadata side channel.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include "kvbm/xfer/agent.h"
+#include "xfer/backend.h"
+#include "xfer/side_channel.h"
+
+namespace kvbm::xfer::detail {
+
+// Regions are kept sorted by (type, device id, start address) so that the region that
+// holds a range is found with one ordered lookup.
+using RegionKey = std::tuple<MemType, uint64_t, uint64_t>;
+
+template <typename Handle>
+struct BackendHandles {
+  std::vector<std::pair<Backend*, std::shared_ptr<Handle>>> items;
+  Handle* find(const Backend* b) const {
+    for (const auto& [backend, h] : items) {
+      if (backend == b) return h.get();
+    }
+    return nullptr;
+  }
+};
+
+struct LocalRegionEntry {
+  MemType type;
+  Desc desc;
+  BackendHandles<LocalRegion> regions;    // one per backend it is registered with
+  BackendHandles<RemoteRegion> loopback;  // the same memory as a peer of ourselves sees it
+};
+
+struct RemoteRegionEntry {
+  MemType type;
+  Desc desc;
+  BackendHandles<RemoteRegion> regions;
+};
+
+struct RemotePeer {
+  std::string name;
+  std::vector<Backend*> connected;
+  std::map<RegionKey, std::shared_ptr<RemoteRegionEntry>> regions;
+  // Set when the peer is invalidated, replaced by newer metadata, or timed out.
+  std::atomic<bool> gone{false};
+  std::mutex failure_mu;
+  std::optional<Error> failure;
+};
+
+class AgentImpl final : public Agent {
+ public:
+  AgentImpl(std::string name, AgentConfig config);
+  ~AgentImpl() override;
+  Status start();
+
+  const std::string& name() const override { return name_; }
+  Status create_backend(const std::string& type, const BackendParams& params) override;
+  std::vector<std::string> backends() const override;
+
+  Result<std::unique_ptr<MemoryRegistration>> register_memory(const DescList& regions,
+                                                              const std::string& backend) override;
+  Status register_storage(RegisterableStorage& storage, const std::string& backend) override;
+
+  Result<std::string> local_metadata() const override;
+  Result<std::string> load_remote_metadata(std::string_view bytes) override;
+  Status invalidate_remote(const std::string& agent) override;
+  bool has_remote(const std::string& agent) const override;
+
+  Result<uint16_t> listen(const std::string& host, uint16_t port) override;
+  Result<std::string> fetch_remote_metadata(const std::string& host, uint16_t port,
+                                            std::chrono::milliseconds timeout) override;
+
+  Result<std::unique_ptr<Request>> create_request(Op op, const DescList& local,
+                                                  const DescList& remote,
+                                                  const std::string& remote_agent,
+                                                  std::optional<std::string> notification) override;
+
+  Status gen_notif(const std::string& agent, std::string_view message) override;
+  std::vector<Notification> get_notifs() override;
+  void progress() override;
+
+  // For requests and registrations.
+  const AgentConfig& config() const { return config_; }
+  bool has_progress_thread() const { return config_.progress_thread; }
+  void deregister(const std::vector<RegionKey>& keys);
+  void peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend* backend, const Error& why);
+  // Blocks until some backend completes something or `until` passes.
+  void wait_for_progress(std::chrono::steady_clock::time_point until);
+
+ private:
+  static constexpr size_t kMaxBackends = 8;
+  size_t backend_count() const { return backend_count_.load(std::memory_order_acquire); }
+  Backend* backend_named(const std::string& name) const;
+  BackendEnv make_env();
+  void progress_loop();
+  void notify_progress();
+  void add_notification(Notification n);
+
+  const std::string name_;
+  const AgentConfig config_;
+
+  // Backends are only ever added, so the progress thread reads them without the lock.
+  std::array<std::unique_ptr<Backend>, kMaxBackends> backends_;
+  std::atomic<size_t> backend_count_{0};
+  std::mutex backend_create_mu_;
+
+  mutable std::mutex mu_;  // local_, remotes_
+  std::map<RegionKey, std::shared_ptr<LocalRegionEntry>> local_;
+  std::map<std::string, std::shared_ptr<RemotePeer>> remotes_;
+  std::mutex load_mu_;  // serializes metadata loads (connect + region import)
+
+  std::mutex notif_mu_;
+  std::vector<Notification> notifs_;
+
+  std::mutex wait_mu_;
+  std::condition_variable wait_cv_;
+  std::atomic<int> waiters_{0};
+  uint64_t progress_events_ = 0;
+
+  std::atomic<bool> stop_{false};
+  std::thread progress_thread_;
+
+  std::mutex listen_mu_;
+  std::unique_ptr<SideChannelServer> side_channel_;
+
+  // Registrations hold a weak reference, so that one outliving the agent fails cleanly.
+  std::shared_ptr<AgentImpl*> alive_;
+};
+
+}  // namespace kvbm::xfer::detail

@@ -1,0 +1,38 @@
+// The backend types compiled into this build, by name.
+#include "xfer/backend.h"
+#include "xfer/backends/ucx/ucx_backend.h"
+
+namespace kvbm::xfer::detail {
+namespace {
+
+struct Entry {
+  const char* name;
+  BackendFactory factory;
+};
+
+const std::vector<Entry>& registry() {
+  static const std::vector<Entry> entries = {
+      {"UCX", make_ucx_backend},
+  };
+  return entries;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> make_backend(const std::string& type, const BackendEnv& env,
+                                              const BackendParams& params) {
+  for (const auto& e : registry()) {
+    if (type == e.name) return e.factory(env, params);
+  }
+  std::string known;
+  for (const auto& e : registry()) known += std::string(known.empty() ? "" : ", ") + e.name;
+  return err(ErrorCode::NotFound, "unknown backend '", type, "' (this build has: ", known, ")");
+}
+
+std::vector<std::string> known_backends() {
+  std::vector<std::string> names;
+  for (const auto& e : registry()) names.emplace_back(e.name);
+  return names;
+}
+
+}  // namespace kvbm::xfer::detail

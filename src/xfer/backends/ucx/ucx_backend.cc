@@ -1,0 +1,629 @@
+#include "xfer/backends/ucx/ucx_backend.h"
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <random>
+#include <set>
+#include <sstream>
+
+#include "kvbm/log.h"
+
+namespace kvbm::xfer::detail {
+namespace {
+
+constexpr unsigned kNotifAmId = 7;
+constexpr uint32_t kNotifMagic = 0x4b564e31;  // "KVN1"
+constexpr size_t kMaxNotifBytes = 1 << 20;
+constexpr size_t kMaxReorder = 4096;
+
+// Precedes the sender's name in every notification's active-message header.
+struct NotifHeader {
+  uint32_t magic;
+  uint32_t name_len;
+  uint64_t connection;  // the sender's connection id: sequence numbers restart per connection
+  uint64_t seq;
+};
+
+// This machine's identity (its boot id), published with the worker address so that a
+// peer knows whether shared memory can reach us.
+std::string host_identity() {
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(f, id);
+  return id.empty() ? "unknown-host" : id;
+}
+
+// Whether UCX_TLS leaves UCX any shared-memory transport.
+bool tls_allows_shared_memory() {
+  const char* env = std::getenv("UCX_TLS");
+  if (env == nullptr || *env == '\0' || *env == '^') return true;
+  std::istringstream in(env);
+  for (std::string t; std::getline(in, t, ',');) {
+    for (const char* shm : {"all", "sm", "shm", "posix", "sysv", "cma", "knem", "xpmem", "mm"}) {
+      if (t == shm) return true;
+    }
+  }
+  return false;
+}
+
+Error ucx_error(ErrorCode code, std::string_view what, ucs_status_t s) {
+  return err(code, what, ": ", ucs_status_string(s));
+}
+
+class UcxBackend;
+
+struct UcxPeer;
+
+class UcxRemoteRegion final : public RemoteRegion {
+ public:
+  UcxRemoteRegion(UcxBackend* backend, std::shared_ptr<UcxPeer> peer, ucp_rkey_h rkey)
+      : backend(backend), peer(std::move(peer)), rkey(rkey) {}
+  ~UcxRemoteRegion() override;
+
+  UcxBackend* backend;
+  std::shared_ptr<UcxPeer> peer;
+  ucp_rkey_h rkey;  // null once the peer's connection is closed
+};
+
+struct UcxPeer {
+  std::string name;
+  ucp_ep_h ep = nullptr;
+  std::optional<Error> failure;  // set when the connection failed or was closed
+  std::set<UcxRemoteRegion*> regions;
+  uint64_t connection = 0;
+  uint64_t next_seq = 0;
+};
+
+class UcxLocalRegion final : public LocalRegion {
+ public:
+  UcxLocalRegion(UcxBackend* backend, ucp_mem_h memh, std::string rkey)
+      : backend(backend), memh(memh), rkey(std::move(rkey)) {}
+  ~UcxLocalRegion() override;
+  std::string remote_info() const override { return rkey; }
+
+  UcxBackend* backend;
+  ucp_mem_h memh;
+  std::string rkey;
+};
+
+// State one post() shares with UCX callbacks; outlives the request if it is cancelled.
+struct Completion {
+  UcxBackend* backend = nullptr;
+  std::shared_ptr<UcxPeer> peer;
+  const std::optional<std::string>* notification = nullptr;  // the request's, or `owned`
+  std::optional<std::string> owned;  // a notification sent without data (gen_notif)
+  std::string notif_buffer;          // header + name, alive until the send completes
+  std::atomic<XferState> state{XferState::InProgress};
+  Error error{ErrorCode::Internal, ""};
+  bool cancelled = false;  // guarded by the backend lock
+};
+
+// Receive-side ordering of one sender's notifications.
+struct Inbox {
+  uint64_t connection = 0;
+  uint64_t next_seq = 0;
+  std::map<uint64_t, std::string> pending;
+};
+
+class UcxRequest;
+
+class UcxBackend final : public Backend {
+ public:
+  explicit UcxBackend(BackendEnv env) : env_(std::move(env)) {
+    std::random_device rd;
+    connection_seed_ = (uint64_t{rd()} << 32) ^ rd();
+  }
+  ~UcxBackend() override;
+  Status init();
+
+  const std::string& name() const override { return name_; }
+  bool can_register(MemType type) const override { return type == MemType::Dram; }
+  bool supports(MemType local, MemType remote) const override {
+    return local == MemType::Dram && remote == MemType::Dram;
+  }
+  // "<boot id>\n<UCX worker address>"
+  std::string connection_info() const override { return host_ + "\n" + address_; }
+
+  Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
+  Status connect(const std::string& agent, std::string_view connection_info) override;
+  void disconnect(const std::string& agent) override;
+  Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string& agent, MemType type,
+                                                           const Desc& region,
+                                                           std::string_view remote_info) override;
+  Result<std::unique_ptr<BackendRequest>> prepare(Op op, const std::string& agent,
+                                                  std::vector<Segment> segments,
+                                                  std::optional<std::string> notification) override;
+  bool supports_notifications() const override { return true; }
+  Status send_notification(const std::string& agent, std::string_view message) override;
+  size_t progress() override;
+
+  // Everything below runs with mu_ held.
+  std::mutex mu_;
+  ucp_context_h context_ = nullptr;
+  ucp_worker_h worker_ = nullptr;
+
+  void fail(Completion* c, Error e);
+  void data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status);
+  void finish(Completion* c, ucs_status_t status);
+  Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c);
+  void close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why);
+  void deliver(const NotifHeader& h, std::string sender, std::string message);
+  static ucs_status_t on_am(void* arg, const void* header, size_t header_length, void* data,
+                            size_t length, const ucp_am_recv_param_t* param);
+  static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status);
+
+  const std::string name_ = "UCX";
+  BackendEnv env_;
+  std::string address_;
+  const std::string host_ = host_identity();
+  std::map<std::string, std::shared_ptr<UcxPeer>> peers_;
+  std::map<std::string, Inbox> inboxes_;
+  std::vector<std::pair<ucp_ep_h, ucs_status_t>> failed_eps_;  // noted in callbacks, handled after
+  uint64_t connection_seed_;
+  size_t events_ = 0;  // completions seen during the current progress() call
+};
+
+class UcxRequest final : public BackendRequest {
+ public:
+  struct Item {
+    void* local;
+    uint64_t remote;
+    size_t len;
+    ucp_mem_h memh;
+    UcxRemoteRegion* remote_region;
+  };
+
+  UcxRequest(UcxBackend* backend, Op op, std::shared_ptr<UcxPeer> peer, std::vector<Item> items,
+             std::optional<std::string> notification)
+      : backend_(backend),
+        op_(op),
+        peer_(std::move(peer)),
+        items_(std::move(items)),
+        notification_(std::move(notification)) {}
+
+  ~UcxRequest() override {
+    if (!current_) return;
+    std::lock_guard<std::mutex> lock(backend_->mu_);
+    // Callbacks still hold the completion; they see the flag and send no notification.
+    current_->cancelled = true;
+  }
+
+  Status post() override;
+  XferState poll() override {
+    return current_ ? current_->state.load(std::memory_order_acquire) : XferState::Idle;
+  }
+  Error error() const override {
+    return current_ ? current_->error : err(ErrorCode::Internal, "not posted");
+  }
+
+ private:
+  UcxBackend* backend_;
+  Op op_;
+  std::shared_ptr<UcxPeer> peer_;
+  std::vector<Item> items_;
+  std::optional<std::string> notification_;
+  std::shared_ptr<Completion> current_;
+};
+
+UcxRemoteRegion::~UcxRemoteRegion() {
+  std::lock_guard<std::mutex> lock(backend->mu_);
+  if (rkey != nullptr) ucp_rkey_destroy(rkey);
+  peer->regions.erase(this);
+}
+
+UcxLocalRegion::~UcxLocalRegion() {
+  std::lock_guard<std::mutex> lock(backend->mu_);
+  if (ucs_status_t s = ucp_mem_unmap(backend->context_, memh); s != UCS_OK) {
+    log(LogLevel::Error, ucx_error(ErrorCode::RegistrationFailed, "ucp_mem_unmap", s).to_string());
+  }
+}
+
+Status UcxBackend::init() {
+  ucp_config_t* config = nullptr;
+  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
+    return ucx_error(ErrorCode::Internal, "ucp_config_read", s);
+  }
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = UCP_FEATURE_RMA | UCP_FEATURE_AM;
+  params.mt_workers_shared = 0;
+  ucs_status_t s = ucp_init(&params, config, &context_);
+  ucp_config_release(config);
+  if (s != UCS_OK) return ucx_error(ErrorCode::Internal, "ucp_init", s);
+
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call is made under mu_
+  if (s = ucp_worker_create(context_, &wp, &worker_); s != UCS_OK) {
+    return ucx_error(ErrorCode::Internal, "ucp_worker_create", s);
+  }
+  ucp_address_t* addr = nullptr;
+  size_t addr_len = 0;
+  if (s = ucp_worker_get_address(worker_, &addr, &addr_len); s != UCS_OK) {
+    return ucx_error(ErrorCode::Internal, "ucp_worker_get_address", s);
+  }
+  address_.assign(reinterpret_cast<const char*>(addr), addr_len);
+  ucp_worker_release_address(worker_, addr);
+
+  ucp_am_handler_param_t am{};
+  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                  UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  am.id = kNotifAmId;
+  am.cb = &UcxBackend::on_am;
+  am.arg = this;
+  am.flags = UCP_AM_FLAG_WHOLE_MSG;
+  if (s = ucp_worker_set_am_recv_handler(worker_, &am); s != UCS_OK) {
+    return ucx_error(ErrorCode::Internal, "ucp_worker_set_am_recv_handler", s);
+  }
+  return {};
+}
+
+UcxBackend::~UcxBackend() {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto peers = peers_;
+  for (auto& [name, peer] : peers)
+    close_peer_locked(peer, err(ErrorCode::Cancelled, "backend shut down"));
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  if (context_ != nullptr) ucp_cleanup(context_);
+}
+
+Result<std::unique_ptr<LocalRegion>> UcxBackend::register_region(MemType type, const Desc& region) {
+  if (type != MemType::Dram)
+    return err(ErrorCode::Unsupported, "UCX registers DRAM only, not ", to_string(type));
+  std::lock_guard<std::mutex> lock(mu_);
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = reinterpret_cast<void*>(region.addr);
+  mp.length = region.len;
+  ucp_mem_h memh = nullptr;
+  if (ucs_status_t s = ucp_mem_map(context_, &mp, &memh); s != UCS_OK) {
+    return ucx_error(ErrorCode::RegistrationFailed, "ucp_mem_map", s);
+  }
+  void* packed = nullptr;
+  size_t packed_len = 0;
+  if (ucs_status_t s = ucp_rkey_pack(context_, memh, &packed, &packed_len); s != UCS_OK) {
+    ucp_mem_unmap(context_, memh);
+    return ucx_error(ErrorCode::RegistrationFailed, "ucp_rkey_pack", s);
+  }
+  std::string rkey(static_cast<const char*>(packed), packed_len);
+  ucp_rkey_buffer_release(packed);
+  return std::unique_ptr<LocalRegion>(
+      std::make_unique<UcxLocalRegion>(this, memh, std::move(rkey)));
+}
+
+void UcxBackend::on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  // Called from inside ucp_worker_progress: only note it; progress() closes the peer.
+  static_cast<UcxBackend*>(arg)->failed_eps_.emplace_back(ep, status);
+}
+
+Status UcxBackend::connect(const std::string& agent, std::string_view connection_info) {
+  const size_t nl = connection_info.find('\n');
+  if (nl == std::string_view::npos || nl > 128 || nl + 1 == connection_info.size()) {
+    return err(ErrorCode::InvalidArgument, "malformed UCX connection data for agent '", agent, "'");
+  }
+  // Shared memory is the fast path on one host, but UCX 1.13's shared-memory transports
+  // cannot report a failed peer, so they are only selectable without peer error handling.
+  // Elsewhere (another host, or UCX_TLS without shared memory) UCX watches the peer.
+  const bool same_host = connection_info.substr(0, nl) == host_;
+  const bool peer_errors = !(same_host && tls_allows_shared_memory());
+  std::lock_guard<std::mutex> lock(mu_);
+  ucp_ep_params_t ep{};
+  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  std::string address(connection_info.substr(nl + 1));  // a copy: aligned, and ours
+  ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
+  ep.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+  ep.err_handler.cb = &UcxBackend::on_ep_error;
+  ep.err_handler.arg = this;
+  auto peer = std::make_shared<UcxPeer>();
+  peer->name = agent;
+  peer->connection = connection_seed_++;
+  if (ucs_status_t s = ucp_ep_create(worker_, &ep, &peer->ep); s != UCS_OK) {
+    return ucx_error(ErrorCode::Remote, "ucp_ep_create to agent '" + agent + "'", s);
+  }
+  if (auto it = peers_.find(agent); it != peers_.end()) {
+    close_peer_locked(it->second,
+                      err(ErrorCode::Remote, "connection to agent '", agent, "' was replaced"));
+  }
+  peers_[agent] = std::move(peer);
+  return {};
+}
+
+void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why) {
+  if (!peer->failure) peer->failure = std::move(why);
+  for (UcxRemoteRegion* r : peer->regions) {
+    if (r->rkey != nullptr) ucp_rkey_destroy(r->rkey);
+    r->rkey = nullptr;
+  }
+  if (peer->ep != nullptr) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(peer->ep, &p);
+    if (UCS_PTR_IS_PTR(req)) {
+      // A forced close does not wait for the peer; it completes within a few progress calls.
+      for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; ++i) {
+        ucp_worker_progress(worker_);
+      }
+      ucp_request_free(req);
+    }
+    peer->ep = nullptr;
+  }
+  auto it = peers_.find(peer->name);
+  if (it != peers_.end() && it->second == peer) peers_.erase(it);
+}
+
+void UcxBackend::disconnect(const std::string& agent) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(agent);
+  if (it == peers_.end()) return;
+  auto peer = it->second;
+  close_peer_locked(peer, err(ErrorCode::Remote, "agent '", agent, "' was disconnected"));
+  inboxes_.erase(agent);
+}
+
+Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::string& agent,
+                                                                     MemType type, const Desc&,
+                                                                     std::string_view remote_info) {
+  if (type != MemType::Dram)
+    return err(ErrorCode::Unsupported, "UCX reaches DRAM only, not ", to_string(type));
+  if (remote_info.empty()) return err(ErrorCode::InvalidArgument, "empty UCX remote key");
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(agent);
+  if (it == peers_.end())
+    return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
+  std::string copy(remote_info);  // aligned, and alive for the unpack
+  ucp_rkey_h rkey = nullptr;
+  if (ucs_status_t s = ucp_ep_rkey_unpack(it->second->ep, copy.data(), &rkey); s != UCS_OK) {
+    return ucx_error(ErrorCode::InvalidArgument, "ucp_ep_rkey_unpack", s);
+  }
+  auto region = std::make_unique<UcxRemoteRegion>(this, it->second, rkey);
+  it->second->regions.insert(region.get());
+  return std::unique_ptr<RemoteRegion>(std::move(region));
+}
+
+Result<std::unique_ptr<BackendRequest>> UcxBackend::prepare(
+    Op op, const std::string& agent, std::vector<Segment> segments,
+    std::optional<std::string> notification) {
+  if (notification && notification->size() > kMaxNotifBytes) {
+    return err(ErrorCode::InvalidArgument, "notification of ", notification->size(),
+               " bytes exceeds ", kMaxNotifBytes);
+  }
+  std::shared_ptr<UcxPeer> peer;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(agent);
+    if (it == peers_.end())
+      return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
+    peer = it->second;
+  }
+  std::vector<UcxRequest::Item> items;
+  items.reserve(segments.size());
+  for (const Segment& s : segments) {
+    auto* local = static_cast<UcxLocalRegion*>(s.local_region);
+    auto* remote = static_cast<UcxRemoteRegion*>(s.remote_region);
+    if (remote->peer != peer) {
+      return err(ErrorCode::Remote, "remote key of agent '", agent,
+                 "' belongs to an older connection");
+    }
+    items.push_back(
+        {reinterpret_cast<void*>(s.local.addr), s.remote.addr, s.local.len, local->memh, remote});
+  }
+  return std::unique_ptr<BackendRequest>(std::make_unique<UcxRequest>(
+      this, op, std::move(peer), std::move(items), std::move(notification)));
+}
+
+void UcxBackend::fail(Completion* c, Error e) {
+  c->error = std::move(e);
+  c->state.store(XferState::Error, std::memory_order_release);
+  ++events_;
+}
+
+void UcxBackend::finish(Completion* c, ucs_status_t status) {
+  if (status != UCS_OK) {
+    fail(c, ucx_error(ErrorCode::Remote, "notification to agent '" + c->peer->name + "'", status));
+    return;
+  }
+  c->state.store(XferState::Done, std::memory_order_release);
+  ++events_;
+}
+
+// The data of a request is complete at the target (the flush returned): now, and only
+// now, its notification goes out.
+void UcxBackend::data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status) {
+  if (status != UCS_OK) {
+    const char* what =
+        c->peer->failure ? c->peer->failure->message.c_str() : ucs_status_string(status);
+    fail(c.get(),
+         err(ErrorCode::Remote, "transfer with agent '", c->peer->name, "' failed: ", what));
+    return;
+  }
+  if (c->cancelled || !c->notification->has_value()) {
+    finish(c.get(), UCS_OK);
+    return;
+  }
+  if (auto st = send_am(*c->peer, **c->notification, c); !st) fail(c.get(), st.error());
+}
+
+Status UcxBackend::send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c) {
+  if (peer.failure || peer.ep == nullptr) {
+    return err(ErrorCode::Remote, "agent '", peer.name,
+               "': ", peer.failure ? peer.failure->message : "not connected");
+  }
+  NotifHeader h{kNotifMagic, static_cast<uint32_t>(env_.agent_name.size()), peer.connection,
+                peer.next_seq++};
+  c->notif_buffer.assign(reinterpret_cast<const char*>(&h), sizeof h);
+  c->notif_buffer += env_.agent_name;
+  ucp_request_param_t p{};
+  p.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_AM_SEND_FLAG_EAGER;
+  p.user_data = new std::shared_ptr<Completion>(c);
+  p.cb.send = [](void* request, ucs_status_t status, void* user) {
+    auto* holder = static_cast<std::shared_ptr<Completion>*>(user);
+    (*holder)->backend->finish(holder->get(), status);
+    delete holder;
+    ucp_request_free(request);
+  };
+  ucs_status_ptr_t r = ucp_am_send_nbx(peer.ep, kNotifAmId, c->notif_buffer.data(),
+                                       c->notif_buffer.size(), message.data(), message.size(), &p);
+  if (UCS_PTR_IS_PTR(r)) return {};  // the callback finishes, and frees the request
+  delete static_cast<std::shared_ptr<Completion>*>(p.user_data);
+  if (UCS_PTR_IS_ERR(r))
+    return ucx_error(ErrorCode::Remote, "ucp_am_send_nbx to agent '" + peer.name + "'",
+                     UCS_PTR_STATUS(r));
+  finish(c.get(), UCS_OK);
+  return {};
+}
+
+Status UcxBackend::send_notification(const std::string& agent, std::string_view message) {
+  if (message.size() > kMaxNotifBytes) {
+    return err(ErrorCode::InvalidArgument, "notification of ", message.size(), " bytes exceeds ",
+               kMaxNotifBytes);
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(agent);
+  if (it == peers_.end())
+    return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
+  auto c = std::make_shared<Completion>();
+  c->backend = this;
+  c->peer = it->second;
+  c->owned = std::string(message);  // alive until the send completes, with the completion
+  c->notification = &c->owned;
+  return send_am(*it->second, *c->owned, c);
+}
+
+Status UcxRequest::post() {
+  std::lock_guard<std::mutex> lock(backend_->mu_);
+  if (current_ && current_->state.load() == XferState::InProgress) {
+    return err(ErrorCode::InvalidArgument, "UCX request is already in progress");
+  }
+  if (peer_->failure)
+    return err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message);
+  auto c = std::make_shared<Completion>();
+  c->backend = backend_;
+  c->peer = peer_;
+  c->notification = &notification_;
+  current_ = c;
+  for (const Item& it : items_) {
+    if (it.remote_region->rkey == nullptr) {
+      backend_->fail(c.get(),
+                     err(ErrorCode::Remote, "connection to agent '", peer_->name, "' is closed"));
+      return c->error;
+    }
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
+    p.memh = it.memh;
+    ucs_status_ptr_t r =
+        op_ == Op::Write
+            ? ucp_put_nbx(peer_->ep, it.local, it.len, it.remote, it.remote_region->rkey, &p)
+            : ucp_get_nbx(peer_->ep, it.local, it.len, it.remote, it.remote_region->rkey, &p);
+    if (UCS_PTR_IS_ERR(r)) {
+      backend_->fail(c.get(),
+                     ucx_error(ErrorCode::Remote, op_ == Op::Write ? "ucp_put_nbx" : "ucp_get_nbx",
+                               UCS_PTR_STATUS(r)));
+      return c->error;
+    }
+    // Completion is observed through the flush below; this request needs no callback.
+    if (r != nullptr) ucp_request_free(r);
+  }
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.user_data = new std::shared_ptr<Completion>(c);
+  p.cb.send = [](void* request, ucs_status_t status, void* user) {
+    auto* holder = static_cast<std::shared_ptr<Completion>*>(user);
+    (*holder)->backend->data_complete(*holder, status);
+    delete holder;
+    // Freed here, not after posting: a request freed early never calls back.
+    ucp_request_free(request);
+  };
+  ucs_status_ptr_t r = ucp_ep_flush_nbx(peer_->ep, &p);
+  if (UCS_PTR_IS_PTR(r)) return {};
+  delete static_cast<std::shared_ptr<Completion>*>(p.user_data);
+  backend_->data_complete(c, UCS_PTR_STATUS(r));
+  return {};
+}
+
+ucs_status_t UcxBackend::on_am(void* arg, const void* header, size_t header_length, void* data,
+                               size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxBackend*>(arg);
+  // Bytes from the network: check every length before use.
+  NotifHeader h{};
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0 || header_length < sizeof h ||
+      length > kMaxNotifBytes) {
+    log(LogLevel::Warn, "UCX: dropped a malformed notification");
+    return UCS_OK;
+  }
+  std::memcpy(&h, header, sizeof h);
+  if (h.magic != kNotifMagic || h.name_len == 0 || h.name_len != header_length - sizeof h) {
+    log(LogLevel::Warn, "UCX: dropped a notification with a bad header");
+    return UCS_OK;
+  }
+  std::string sender(static_cast<const char*>(header) + sizeof h, h.name_len);
+  self->deliver(h, std::move(sender), std::string(static_cast<const char*>(data), length));
+  return UCS_OK;
+}
+
+void UcxBackend::deliver(const NotifHeader& h, std::string sender, std::string message) {
+  Inbox& box = inboxes_[sender];
+  if (box.connection != h.connection) box = Inbox{h.connection, 0, {}};
+  if (h.seq != box.next_seq) {
+    if (h.seq > box.next_seq && box.pending.size() < kMaxReorder) {
+      box.pending.emplace(h.seq, std::move(message));
+      return;
+    }
+    log(LogLevel::Warn,
+        "UCX: notification sequence from '" + sender + "' broken; delivering as received");
+    box.next_seq = h.seq;
+  }
+  ++box.next_seq;
+  ++events_;
+  env_.on_notification(Notification{sender, std::move(message)});
+  for (auto it = box.pending.begin(); it != box.pending.end() && it->first == box.next_seq;) {
+    env_.on_notification(Notification{sender, std::move(it->second)});
+    ++box.next_seq;
+    it = box.pending.erase(it);
+  }
+}
+
+size_t UcxBackend::progress() {
+  std::lock_guard<std::mutex> lock(mu_);
+  events_ = 0;
+  while (ucp_worker_progress(worker_) != 0) {
+  }
+  if (!failed_eps_.empty()) {
+    auto failed = std::move(failed_eps_);
+    failed_eps_.clear();
+    for (auto& [ep, status] : failed) {
+      for (auto& [name, peer] : peers_) {
+        if (peer->ep != ep) continue;
+        close_peer_locked(peer, ucx_error(ErrorCode::Remote,
+                                          "connection to agent '" + name + "' failed", status));
+        break;
+      }
+    }
+    ++events_;
+  }
+  return events_;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
+                                                  const BackendParams& params) {
+  if (!params.empty()) {
+    return err(ErrorCode::InvalidArgument, "UCX backend takes no parameters, got '",
+               params.begin()->first, "' (configure UCX through UCX_* environment variables)");
+  }
+  auto backend = std::make_unique<UcxBackend>(env);
+  KVBM_TRY(backend->init());
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace kvbm::xfer::detail

@@ -1,0 +1,73 @@
+#include "kvbm/log.h"
+#include "xfer/request_impl.h"
+
+namespace kvbm::xfer::detail {
+
+RequestImpl::~RequestImpl() {
+  // Destroying the backend request cancels what is still in flight.
+  request_.reset();
+}
+
+Status RequestImpl::post() {
+  if (state_ == XferState::InProgress) {
+    return err(ErrorCode::InvalidArgument, "request is already in progress; wait for it first");
+  }
+  if (peer_) {
+    if (peer_->gone) {
+      return err(ErrorCode::Remote, "agent '", peer_->name,
+                 "' was invalidated or replaced by newer metadata; create the request again");
+    }
+    std::lock_guard<std::mutex> lock(peer_->failure_mu);
+    if (peer_->failure)
+      return err(ErrorCode::Remote, "agent '", peer_->name, "' failed: ", peer_->failure->message);
+  }
+  if (auto st = request_->post(); !st) {
+    state_ = XferState::Error;
+    error_ = st.error();
+    return st;
+  }
+  state_ = XferState::InProgress;
+  deadline_ = std::chrono::steady_clock::now() + agent_->config().peer_timeout;
+  return {};
+}
+
+XferState RequestImpl::state() {
+  if (state_ != XferState::InProgress) return state_;
+  if (!agent_->has_progress_thread()) agent_->progress();
+  XferState s = request_->poll();
+  if (s == XferState::Done) {
+    state_ = s;
+  } else if (s == XferState::Error) {
+    state_ = s;
+    error_ = request_->error();
+  } else if (std::chrono::steady_clock::now() >= deadline_) {
+    const auto ms = agent_->config().peer_timeout.count();
+    error_ = err(ErrorCode::Timeout, "transfer with agent '", peer_ ? peer_->name : agent_->name(),
+                 "' did not complete within ", ms, " ms");
+    state_ = XferState::Error;
+    agent_->peer_timed_out(peer_, backend_, error_);
+  }
+  return state_;
+}
+
+Status RequestImpl::wait(std::chrono::milliseconds timeout) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    switch (state()) {
+      case XferState::Done:
+        return {};
+      case XferState::Error:
+        return error_;
+      case XferState::Idle:
+        return err(ErrorCode::InvalidArgument, "request was never posted");
+      case XferState::InProgress:
+        break;
+    }
+    if (std::chrono::steady_clock::now() >= until) {
+      return err(ErrorCode::Timeout, "request still in progress after ", timeout.count(), " ms");
+    }
+    agent_->wait_for_progress(until);
+  }
+}
+
+}  // namespace kvbm::xfer::detail

@@ -1,0 +1,43 @@
+// Request as the agent returns it: a backend request plus the peer-timeout rule, the
+// wait loop, and the regions it keeps alive.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "kvbm/xfer/agent.h"
+#include "xfer/agent_impl.h"
+#include "xfer/backend.h"
+
+namespace kvbm::xfer::detail {
+
+class RequestImpl final : public Request {
+ public:
+  RequestImpl(AgentImpl* agent, Backend* backend, std::shared_ptr<RemotePeer> peer,
+              std::unique_ptr<BackendRequest> request,
+              std::vector<std::shared_ptr<void>> keep_alive)
+      : agent_(agent),
+        backend_(backend),
+        peer_(std::move(peer)),
+        request_(std::move(request)),
+        keep_alive_(std::move(keep_alive)) {}
+  ~RequestImpl() override;
+
+  Status post() override;
+  XferState state() override;
+  Error error() const override { return error_; }
+  Status wait(std::chrono::milliseconds timeout) override;
+
+ private:
+  AgentImpl* agent_;
+  Backend* backend_;
+  std::shared_ptr<RemotePeer> peer_;  // null for transfers within this agent
+  std::unique_ptr<BackendRequest> request_;
+  std::vector<std::shared_ptr<void>> keep_alive_;
+  XferState state_ = XferState::Idle;
+  Error error_{ErrorCode::Internal, "request has not failed"};
+  std::chrono::steady_clock::time_point deadline_;
+};
+
+}  // namespace kvbm::xfer::detail

@@ -1,0 +1,141 @@
+// The second agent of the two-process tests: owns one registered host buffer filled
+// with a known pattern, serves its metadata on 127.0.0.1, and answers commands on stdin
+// (one per line; replies on stdout):
+//   check OFF LEN SEED POFF   -> OK | BAD <index>     (bytes vs pattern SEED at POFF)
+//   fill SEED | zero          -> OK
+//   fetch PORT                -> OK <name> | ERR <message>
+//   expect MSG TIMEOUT_MS [OFF LEN SEED POFF]
+//                             -> OK | BAD <index> | TIMEOUT   (checks bytes on arrival)
+//   notifs                    -> NOTIFS <agent>:<msg> ...     (and clears them)
+//   notify AGENT MSG          -> OK | ERR <message>
+//   register BYTES SEED       -> OK <addr>   (another buffer, registered)
+//   quit
+// Usage: agent_peer NAME BYTES SEED [poll]
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+#include <deque>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/pattern.h"
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+
+using namespace kvbm;
+
+int main(int argc, char** argv) {
+  if (argc < 4) return 2;
+  const std::string name = argv[1];
+  const size_t bytes = std::stoull(argv[2]);
+  const uint64_t seed = std::stoull(argv[3]);
+  xfer::AgentConfig config;
+  config.progress_thread = !(argc > 4 && std::string(argv[4]) == "poll");
+  auto agent = xfer::Agent::create(name, config);
+  if (!agent) {
+    std::cout << "ERR " << agent.error().to_string() << std::endl;
+    return 1;
+  }
+  auto buf = SystemAllocator().allocate(bytes);
+  if (!buf) return 1;
+  detail::fill_pattern(buf->data(), bytes, seed);
+  if (auto st = (*agent)->register_storage(*buf); !st) {
+    std::cout << "ERR " << st.error().to_string() << std::endl;
+    return 1;
+  }
+  auto port = (*agent)->listen("127.0.0.1", 0);
+  if (!port) {
+    std::cout << "ERR " << port.error().to_string() << std::endl;
+    return 1;
+  }
+  std::cout << "READY " << *port << " " << buf->addr() << std::endl;
+
+  std::vector<SystemStorage> extra;
+  std::deque<xfer::Notification> inbox;
+  auto pull = [&] {
+    for (auto& n : (*agent)->get_notifs()) inbox.push_back(std::move(n));
+  };
+  auto check = [&](std::istringstream& in) -> std::string {
+    size_t off = 0, len = 0, poff = 0;
+    uint64_t s = 0;
+    in >> off >> len >> s >> poff;
+    if (off + len > bytes) return "BAD range";
+    size_t bad = detail::find_pattern_mismatch(static_cast<char*>(buf->data()) + off, len, s, poff);
+    return bad == SIZE_MAX ? "OK" : "BAD " + std::to_string(bad);
+  };
+
+  std::string line;
+  while (std::getline(std::cin, line)) {
+    std::istringstream in(line);
+    std::string cmd;
+    in >> cmd;
+    std::string reply;
+    if (cmd == "check") {
+      reply = check(in);
+    } else if (cmd == "fill") {
+      uint64_t s = 0;
+      in >> s;
+      detail::fill_pattern(buf->data(), bytes, s);
+      reply = "OK";
+    } else if (cmd == "zero") {
+      std::memset(buf->data(), 0, bytes);
+      reply = "OK";
+    } else if (cmd == "fetch") {
+      int p = 0;
+      in >> p;
+      auto r = (*agent)->fetch_remote_metadata("127.0.0.1", static_cast<uint16_t>(p));
+      reply = r ? "OK " + *r : "ERR " + r.error().to_string();
+    } else if (cmd == "expect") {
+      std::string msg;
+      long timeout_ms = 0;
+      in >> msg >> timeout_ms;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+      reply = "TIMEOUT";
+      while (std::chrono::steady_clock::now() < until) {
+        pull();
+        auto it =
+            std::find_if(inbox.begin(), inbox.end(), [&](auto& n) { return n.message == msg; });
+        if (it != inbox.end()) {
+          inbox.erase(it);
+          reply = in.rdbuf()->in_avail() > 0 ? check(in) : "OK";  // checked the moment it arrived
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
+    } else if (cmd == "notifs") {
+      pull();
+      reply = "NOTIFS";
+      for (auto& n : inbox) reply += " " + n.agent + ":" + n.message;
+      inbox.clear();
+    } else if (cmd == "notify") {
+      std::string to, msg;
+      in >> to >> msg;
+      auto st = (*agent)->gen_notif(to, msg);
+      reply = st ? "OK" : "ERR " + st.error().to_string();
+    } else if (cmd == "register") {
+      size_t n = 0;
+      uint64_t s = 0;
+      in >> n >> s;
+      auto more = SystemAllocator().allocate(n);
+      if (!more) {
+        reply = "ERR " + more.error().to_string();
+      } else {
+        detail::fill_pattern(more->data(), n, s);
+        auto st = (*agent)->register_storage(*more);
+        reply = st ? "OK " + std::to_string(more->addr()) : "ERR " + st.error().to_string();
+        extra.push_back(std::move(*more));
+      }
+    } else if (cmd == "quit") {
+      break;
+    } else {
+      reply = "ERR unknown command " + cmd;
+    }
+    std::cout << reply << std::endl;
+  }
+  extra.clear();
+  return 0;
+}

@@ -1,0 +1,281 @@
+// Two agents in two processes (this test and tests/integration/agent_peer), over UCX
+// shared memory and over TCP on loopback: READ and WRITE with every byte checked,
+// notifications after the data, a peer killed mid-transfer, many threads at once.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+#include "support/child_process.h"
+#include "support/test_support.h"
+
+namespace kvbm::xfer {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::ChildProcess;
+
+constexpr size_t kPeerBytes = 80 << 20;
+constexpr uint64_t kPeerSeed = 11;
+
+struct Transport {
+  const char* name;
+  const char* tls;
+};
+
+// A peer process plus what the test learned from its READY line.
+struct Peer {
+  std::unique_ptr<ChildProcess> process;
+  uint16_t port = 0;
+  uint64_t addr = 0;
+};
+
+Peer start_peer(const std::string& name, const char* tls, bool poll = false) {
+  Peer p;
+  std::vector<std::string> argv = {testing::helper_path("agent_peer"), name,
+                                   std::to_string(kPeerBytes), std::to_string(kPeerSeed)};
+  if (poll) argv.push_back("poll");
+  p.process =
+      std::make_unique<ChildProcess>(argv, std::map<std::string, std::string>{{"UCX_TLS", tls}});
+  auto ready = p.process->read_line();
+  if (!ready || ready->rfind("READY ", 0) != 0) {
+    ADD_FAILURE() << "peer did not start: " << ready.value_or("<nothing>");
+    return p;
+  }
+  std::istringstream in(ready->substr(6));
+  in >> p.port >> p.addr;
+  return p;
+}
+
+class TwoAgents : public ::testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override {
+    setenv("UCX_TLS", GetParam().tls, 1);
+    peer = start_peer("peer", GetParam().tls);
+    ASSERT_NE(peer.port, 0);
+    AgentConfig config;
+    config.peer_timeout = 3s;
+    auto a = Agent::create("initiator", config);
+    ASSERT_TRUE(a.ok()) << a.error().to_string();
+    agent = std::move(*a);
+    ASSERT_TRUE(agent->register_storage(local).ok());
+    auto name = agent->fetch_remote_metadata("127.0.0.1", peer.port);
+    ASSERT_TRUE(name.ok()) << name.error().to_string();
+    ASSERT_EQ(*name, "peer");
+  }
+  void TearDown() override {
+    if (peer.process) peer.process->send("quit");
+  }
+
+  DescList local_descs(const std::vector<std::pair<size_t, size_t>>& off_len) const {
+    DescList d(MemType::Dram);
+    for (auto [off, len] : off_len) d.add(local.addr() + off, len);
+    return d;
+  }
+  DescList peer_descs(const std::vector<std::pair<size_t, size_t>>& off_len) const {
+    DescList d(MemType::Dram);
+    for (auto [off, len] : off_len) d.add(peer.addr + off, len);
+    return d;
+  }
+  Status run(Op op, const DescList& l, const DescList& r, std::optional<std::string> notif = {}) {
+    auto req = agent->create_request(op, l, r, "peer", std::move(notif));
+    if (!req) return req.error();
+    KVBM_TRY((*req)->post());
+    return (*req)->wait(30s);
+  }
+
+  // Declared before `local`, so destroyed after it: registrations go before their agent.
+  std::unique_ptr<Agent> agent;
+  SystemStorage local = [] {
+    auto s = SystemAllocator().allocate(kPeerBytes);
+    testing::fill_pattern(s->data(), kPeerBytes, 21);
+    return std::move(*s);
+  }();
+  Peer peer;
+};
+
+// Descriptor sizes from 1 byte to 64 MiB at odd offsets, laid out without overlap.
+std::vector<std::pair<size_t, size_t>> layout(size_t shift) {
+  std::vector<size_t> sizes = {1, 7, 4096, 65537, 1 << 20, (8 << 20) + 3, 64 << 20};
+  std::vector<std::pair<size_t, size_t>> out;
+  size_t off = shift;
+  for (size_t s : sizes) {
+    out.emplace_back(off, s);
+    off += s + 13;
+  }
+  return out;
+}
+
+TEST_P(TwoAgents, WriteOneByteTo64MiBAtUnalignedOffsets) {
+  auto src = layout(3), dst = layout(5);
+  ASSERT_TRUE(run(Op::Write, local_descs(src), peer_descs(dst)).ok());
+  for (size_t i = 0; i < src.size(); ++i) {
+    std::ostringstream cmd;
+    cmd << "check " << dst[i].first << " " << dst[i].second << " 21 " << src[i].first;
+    EXPECT_EQ(peer.process->ask(cmd.str()), "OK")
+        << "descriptor " << i << " of " << dst[i].second << " bytes";
+  }
+}
+
+TEST_P(TwoAgents, ReadOneByteTo64MiBAtUnalignedOffsets) {
+  auto dst = layout(9), src = layout(1);
+  ASSERT_TRUE(run(Op::Read, local_descs(dst), peer_descs(src)).ok());
+  for (size_t i = 0; i < src.size(); ++i) {
+    const char* got = static_cast<const char*>(local.data()) + dst[i].first;
+    EXPECT_EQ(testing::find_pattern_mismatch(got, dst[i].second, kPeerSeed, src[i].first), SIZE_MAX)
+        << "descriptor " << i;
+  }
+}
+
+TEST_P(TwoAgents, ThousandScatteredDescriptors) {
+  std::vector<size_t> order(1024);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), std::mt19937(7));
+  std::vector<std::pair<size_t, size_t>> chunks;
+  for (size_t i : order) chunks.emplace_back(i * 4096, 4096);
+  ASSERT_TRUE(run(Op::Write, local_descs(chunks), peer_descs(chunks)).ok());
+  EXPECT_EQ(peer.process->ask("check 0 4194304 21 0"), "OK");
+}
+
+TEST_P(TwoAgents, NotificationArrivesOnlyAfterTheData) {
+  for (uint64_t seed : {31, 32, 33}) {
+    testing::fill_pattern(local.data(), 32 << 20, seed);
+    // The peer checks all 32 MiB the moment the notification arrives.
+    ASSERT_TRUE(peer.process->send("expect w" + std::to_string(seed) + " 20000 0 33554432 " +
+                                   std::to_string(seed) + " 0"));
+    ASSERT_TRUE(run(Op::Write, local_descs({{0, 32 << 20}}), peer_descs({{0, 32 << 20}}),
+                    "w" + std::to_string(seed))
+                    .ok());
+    EXPECT_EQ(peer.process->read_line(), "OK");
+  }
+}
+
+TEST_P(TwoAgents, ReadCarriesANotificationToo) {
+  ASSERT_TRUE(peer.process->send("expect r1 20000"));
+  ASSERT_TRUE(run(Op::Read, local_descs({{0, 1 << 20}}), peer_descs({{0, 1 << 20}}), "r1").ok());
+  EXPECT_EQ(peer.process->read_line(), "OK");
+}
+
+TEST_P(TwoAgents, NotificationsBothWaysInOrder) {
+  for (int i = 0; i < 100; ++i) ASSERT_TRUE(agent->gen_notif("peer", "m" + std::to_string(i)).ok());
+  std::string expected = "NOTIFS";
+  for (int i = 0; i < 100; ++i) expected += " initiator:m" + std::to_string(i);
+  std::string got;
+  for (int tries = 0; tries < 200 && got.size() < expected.size(); ++tries) {
+    auto line = peer.process->ask("notifs");
+    ASSERT_TRUE(line);
+    got += got.empty() ? *line : line->substr(6);
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(got, expected);
+
+  auto port = agent->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  EXPECT_EQ(peer.process->ask("fetch " + std::to_string(*port)), "OK initiator");
+  EXPECT_EQ(peer.process->ask("notify initiator hello"), "OK");
+  std::vector<Notification> back;
+  for (int i = 0; i < 1000 && back.empty(); ++i) {
+    back = agent->get_notifs();
+    std::this_thread::sleep_for(2ms);
+  }
+  EXPECT_EQ(back, (std::vector<Notification>{{"peer", "hello"}}));
+}
+
+TEST_P(TwoAgents, RepostAfterCompletion) {
+  auto req = agent->create_request(Op::Write, local_descs({{0, 1 << 20}}),
+                                   peer_descs({{4096, 1 << 20}}), "peer");
+  ASSERT_TRUE(req.ok());
+  for (uint64_t seed : {41, 42, 43}) {
+    testing::fill_pattern(local.data(), 1 << 20, seed);
+    ASSERT_TRUE((*req)->post().ok());
+    ASSERT_TRUE((*req)->wait(10s).ok());
+    EXPECT_EQ(peer.process->ask("check 4096 1048576 " + std::to_string(seed) + " 0"), "OK");
+  }
+}
+
+TEST_P(TwoAgents, NewerMetadataReplacesOlder) {
+  auto reply = peer.process->ask("register 65536 77");
+  ASSERT_TRUE(reply && reply->rfind("OK ", 0) == 0) << reply.value_or("");
+  const uint64_t addr = std::stoull(reply->substr(3));
+  DescList remote(MemType::Dram, {{addr, 65536, 0}});
+  EXPECT_ERROR(agent->create_request(Op::Read, local_descs({{0, 65536}}), remote, "peer"),
+               ErrorCode::OutOfBounds, "remote descriptor 0");
+  auto old = agent->create_request(Op::Read, local_descs({{0, 16}}), peer_descs({{0, 16}}), "peer");
+  ASSERT_TRUE(old.ok());
+  ASSERT_TRUE(agent->fetch_remote_metadata("127.0.0.1", peer.port).ok());
+  EXPECT_ERROR((*old)->post(), ErrorCode::Remote, "newer metadata");
+  ASSERT_TRUE(run(Op::Read, local_descs({{0, 65536}}), remote).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(local.data(), 65536, 77), SIZE_MAX);
+}
+
+TEST_P(TwoAgents, ManyThreadsPostingAtOnce) {
+  constexpr int kThreads = 8, kRounds = 10;
+  constexpr size_t kSlice = 1 << 20;
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const size_t off = t * kSlice;
+      auto w = agent->create_request(Op::Write, local_descs({{off, kSlice}}),
+                                     peer_descs({{off, kSlice}}), "peer");
+      auto r = agent->create_request(Op::Read, local_descs({{40 * kSlice + off, kSlice}}),
+                                     peer_descs({{off, kSlice}}), "peer");
+      if (!w || !r) return void(++failures);
+      for (int i = 0; i < kRounds; ++i) {
+        if (!(*w)->post() || !(*w)->wait(30s) || !(*r)->post() || !(*r)->wait(30s))
+          return void(++failures);
+        const char* back = static_cast<const char*>(local.data()) + 40 * kSlice + off;
+        if (testing::find_pattern_mismatch(back, kSlice, 21, off) != SIZE_MAX) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+}
+
+TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
+  auto req = agent->create_request(Op::Write, local_descs({{0, 64 << 20}}),
+                                   peer_descs({{0, 64 << 20}}), "peer");
+  ASSERT_TRUE(req.ok());
+  ASSERT_TRUE((*req)->post().ok());
+  peer.process->kill_now();
+  peer.process->wait();
+  // Whatever was in flight ends; the next transfers fail within the peer timeout (3 s).
+  const auto start = std::chrono::steady_clock::now();
+  (void)(*req)->wait(10s);
+  Status later = (*req)->post();
+  if (later) later = (*req)->wait(10s);
+  const auto elapsed = std::chrono::steady_clock::now() - start;
+  EXPECT_FALSE(later.ok());
+  EXPECT_TRUE(later.code() == ErrorCode::Remote || later.code() == ErrorCode::Timeout)
+      << later.error().to_string();
+  EXPECT_LT(elapsed, 8s) << "no error within the peer timeout";
+
+  // The agent goes on serving other peers.
+  Peer second = start_peer("second", GetParam().tls);
+  ASSERT_NE(second.port, 0);
+  ASSERT_TRUE(agent->fetch_remote_metadata("127.0.0.1", second.port).ok());
+  auto again =
+      agent->create_request(Op::Read, local_descs({{0, 1 << 20}}),
+                            DescList(MemType::Dram, {{second.addr, 1 << 20, 0}}), "second");
+  ASSERT_TRUE(again.ok()) << again.error().to_string();
+  ASSERT_TRUE((*again)->post().ok());
+  ASSERT_TRUE((*again)->wait(10s).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(local.data(), 1 << 20, kPeerSeed), SIZE_MAX);
+  second.process->send("quit");
+}
+
+INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgents,
+                         ::testing::Values(Transport{"shm", "sm,self"},
+                                           Transport{"tcp", "tcp,self"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+}  // namespace
+}  // namespace kvbm::xfer

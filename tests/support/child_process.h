@@ -1,0 +1,48 @@
+// A child process driven over pipes: the test writes command lines to its stdin and
+// reads reply lines from its stdout. Used for the two-agent tests (tests/integration).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kvbm::testing {
+
+class ChildProcess {
+ public:
+  // Starts `argv[0]` with the given arguments and extra environment variables.
+  ChildProcess(std::vector<std::string> argv, std::map<std::string, std::string> env = {});
+  ~ChildProcess();  // kills the child if it is still running, and reaps it
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  bool started() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  // Sends one line (a newline is appended).
+  bool send(const std::string& line);
+  // Reads one line, without its newline; nullopt on EOF or timeout.
+  std::optional<std::string> read_line(
+      std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  // send() then read_line().
+  std::optional<std::string> ask(const std::string& line,
+                                 std::chrono::milliseconds timeout = std::chrono::seconds(30));
+  void kill_now();  // SIGKILL
+  // Waits for exit; returns the exit status (or -signal) or nullopt on timeout.
+  std::optional<int> wait(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
+ private:
+  pid_t pid_ = -1;
+  int in_ = -1;   // child's stdin
+  int out_ = -1;  // child's stdout
+  std::string buffer_;
+  bool reaped_ = false;
+};
+
+// Path of a helper program built next to the test binaries.
+std::string helper_path(const std::string& name);
+
+}  // namespace kvbm::testing

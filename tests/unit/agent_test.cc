@@ -1,0 +1,261 @@
+// One agent (or two in one process): construction, registration, validation of every
+// request argument, metadata errors, loopback transfers, notifications, lifecycles.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <thread>
+
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+#include "kvbm/xfer/mem_type.h"
+#include "support/test_support.h"
+
+namespace kvbm::xfer {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config = {}) {
+  auto a = Agent::create(name, std::move(config));
+  EXPECT_TRUE(a.ok()) << a.error().to_string();
+  return a.ok() ? std::move(*a) : nullptr;
+}
+
+SystemStorage make_buffer(size_t size, uint64_t seed) {
+  auto s = SystemAllocator().allocate(size);
+  testing::fill_pattern(s->data(), size, seed);
+  return std::move(*s);
+}
+
+DescList dram(uint64_t addr, uint64_t len) {
+  return DescList(MemType::Dram, {Desc{addr, len, 0}});
+}
+
+TEST(AgentCreate, RejectsBadArguments) {
+  EXPECT_ERROR(Agent::create(""), ErrorCode::InvalidArgument, "name");
+  EXPECT_ERROR(Agent::create(std::string(300, 'x')), ErrorCode::InvalidArgument, "300");
+  AgentConfig bad_backend;
+  bad_backend.backends = {"FOO"};
+  EXPECT_ERROR(Agent::create("a", bad_backend), ErrorCode::NotFound, "'FOO'");
+  AgentConfig bad_timeout;
+  bad_timeout.peer_timeout = 0ms;
+  EXPECT_ERROR(Agent::create("a", bad_timeout), ErrorCode::InvalidArgument, "peer_timeout");
+}
+
+TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
+  AgentConfig none;
+  none.backends = {};
+  auto a = make_agent("a", none);
+  EXPECT_TRUE(a->backends().empty());
+  EXPECT_ERROR(a->register_memory(dram(0x1000, 16)), ErrorCode::Unsupported, "no backend");
+  ASSERT_TRUE(a->create_backend("UCX").ok());
+  EXPECT_EQ(a->backends(), std::vector<std::string>{"UCX"});
+  EXPECT_ERROR(a->create_backend("UCX"), ErrorCode::AlreadyRegistered, "UCX");
+  EXPECT_ERROR(a->create_backend("NOPE"), ErrorCode::NotFound, "NOPE");
+  auto b = make_agent("b", none);
+  EXPECT_ERROR(b->create_backend("UCX", {{"bogus", "1"}}), ErrorCode::InvalidArgument, "bogus");
+}
+
+TEST(AgentRegister, ValidatesRegions) {
+  auto a = make_agent("a");
+  auto buf = make_buffer(1 << 16, 1);
+  EXPECT_ERROR(a->register_memory(DescList(MemType::Dram)), ErrorCode::InvalidArgument,
+               "no regions");
+  EXPECT_ERROR(a->register_memory(dram(buf.addr(), 0)), ErrorCode::InvalidArgument, "length 0");
+  EXPECT_ERROR(a->register_memory(dram(UINT64_MAX - 4, 16)), ErrorCode::InvalidArgument,
+               "overflows");
+  EXPECT_ERROR(a->register_memory(DescList(MemType::Unknown, {{buf.addr(), 16, 0}})),
+               ErrorCode::InvalidArgument, "UNKNOWN");
+  EXPECT_ERROR(a->register_memory(DescList(MemType::Vram, {{buf.addr(), 16, 0}})),
+               ErrorCode::Unsupported, "VRAM");
+  EXPECT_ERROR(a->register_memory(dram(buf.addr(), 16), "GDS"), ErrorCode::NotFound, "'GDS'");
+
+  auto reg = a->register_memory(dram(buf.addr(), 4096));
+  ASSERT_TRUE(reg.ok()) << reg.error().to_string();
+  EXPECT_EQ((*reg)->agent_name(), "a");
+  EXPECT_EQ((*reg)->regions(), dram(buf.addr(), 4096));
+  EXPECT_ERROR(a->register_memory(dram(buf.addr() + 100, 16)), ErrorCode::InvalidArgument,
+               "overlaps");
+  EXPECT_ERROR(a->register_memory(dram(buf.addr() - 8, 16)), ErrorCode::InvalidArgument,
+               "overlaps");
+  DescList twice(MemType::Dram, {{buf.addr() + 8192, 100, 0}, {buf.addr() + 8192 + 50, 100, 0}});
+  EXPECT_ERROR(a->register_memory(twice), ErrorCode::InvalidArgument, "overlaps");
+  // Released registrations free the range again.
+  (*reg).reset();
+  EXPECT_TRUE(a->register_memory(dram(buf.addr() + 100, 16)).ok());
+}
+
+TEST(AgentRegister, StorageOwnsItsRegistration) {
+  auto a = make_agent("a");
+  auto buf = make_buffer(1 << 16, 1);
+  ASSERT_TRUE(a->register_storage(buf).ok());
+  EXPECT_TRUE(buf.is_registered(Agent::kRegistrationKey));
+  auto* handle =
+      dynamic_cast<MemoryRegistration*>(buf.registration_handle(Agent::kRegistrationKey));
+  ASSERT_NE(handle, nullptr);
+  EXPECT_EQ(handle->agent_name(), "a");
+  EXPECT_ERROR(a->register_storage(buf), ErrorCode::AlreadyRegistered, "already registered");
+  NullStorage null(64);
+  EXPECT_ERROR(a->register_storage(null), ErrorCode::InvalidArgument, "Null");
+
+  auto other = make_buffer(4096, 2);
+  DescList self_target = dram(buf.addr(), 4096);
+  ASSERT_TRUE(a->register_storage(other).ok());
+  // Deregistering through the storage removes the region from the agent.
+  ASSERT_TRUE(buf.deregister(Agent::kRegistrationKey).ok());
+  EXPECT_ERROR(a->create_request(Op::Write, dram(other.addr(), 4096), self_target, "a"),
+               ErrorCode::OutOfBounds, "remote descriptor 0");
+}
+
+TEST(AgentRegister, RegistrationOutlivingAgentFailsCleanly) {
+  auto buf = make_buffer(4096, 1);
+  auto a = make_agent("a");
+  auto reg = a->register_memory(dram(buf.addr(), 4096));
+  ASSERT_TRUE(reg.ok());
+  a.reset();
+  EXPECT_ERROR((*reg)->release(), ErrorCode::RegistrationFailed, "destroyed");
+}
+
+class LoopbackTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    agent = make_agent("self");
+    ASSERT_TRUE(agent->register_storage(src).ok());
+    ASSERT_TRUE(agent->register_storage(dst).ok());
+  }
+  std::unique_ptr<Agent> agent;
+  SystemStorage src = make_buffer(1 << 20, 3);
+  SystemStorage dst = make_buffer(1 << 20, 4);
+};
+
+TEST_F(LoopbackTest, WriteAndReadWithinOneAgent) {
+  DescList local(MemType::Dram, {{src.addr() + 1, 1000, 0}, {src.addr() + 5000, 70000, 0}});
+  DescList remote(MemType::Dram, {{dst.addr() + 77, 1000, 0}, {dst.addr() + 200000, 70000, 0}});
+  auto req = agent->create_request(Op::Write, local, remote, "self");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  EXPECT_EQ((*req)->state(), XferState::Idle);
+  ASSERT_TRUE((*req)->post().ok());
+  auto w = (*req)->wait(5s);
+  ASSERT_TRUE(w.ok()) << w.error().to_string();
+  auto* d = static_cast<const char*>(dst.data());
+  EXPECT_EQ(testing::find_pattern_mismatch(d + 77, 1000, 3, 1), SIZE_MAX);
+  EXPECT_EQ(testing::find_pattern_mismatch(d + 200000, 70000, 3, 5000), SIZE_MAX);
+
+  // READ pulls the other way: fetch dst's bytes (pattern 4) into src.
+  auto rd = agent->create_request(Op::Read, dram(src.addr(), 4096), dram(dst.addr() + 500000, 4096),
+                                  "self");
+  ASSERT_TRUE(rd.ok());
+  ASSERT_TRUE((*rd)->post().ok());
+  ASSERT_TRUE((*rd)->wait(5s).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(src.data(), 4096, 4, 500000), SIZE_MAX);
+}
+
+TEST_F(LoopbackTest, RequestLifecycle) {
+  auto req =
+      agent->create_request(Op::Write, dram(src.addr(), 4096), dram(dst.addr(), 4096), "self");
+  ASSERT_TRUE(req.ok());
+  EXPECT_ERROR((*req)->wait(10ms), ErrorCode::InvalidArgument, "never posted");
+  for (uint64_t seed : {10, 11, 12}) {  // a completed request can be posted again
+    testing::fill_pattern(src.data(), 4096, seed);
+    ASSERT_TRUE((*req)->post().ok());
+    ASSERT_TRUE((*req)->wait(5s).ok());
+    EXPECT_EQ((*req)->state(), XferState::Done);
+    EXPECT_EQ(testing::find_pattern_mismatch(dst.data(), 4096, seed), SIZE_MAX);
+  }
+}
+
+TEST_F(LoopbackTest, EveryValidationError) {
+  const DescList l = dram(src.addr(), 4096), r = dram(dst.addr(), 4096);
+  EXPECT_ERROR(
+      agent->create_request(Op::Write, DescList(MemType::Dram), DescList(MemType::Dram), "self"),
+      ErrorCode::InvalidArgument, "at least one");
+  DescList two(MemType::Dram, {{src.addr(), 16, 0}, {src.addr() + 16, 16, 0}});
+  EXPECT_ERROR(agent->create_request(Op::Write, two, r, "self"), ErrorCode::InvalidArgument,
+               "2 local vs 1 remote");
+  EXPECT_ERROR(
+      agent->create_request(Op::Write, dram(src.addr(), 100), dram(dst.addr(), 200), "self"),
+      ErrorCode::InvalidArgument, "local length 100 != remote length 200");
+  EXPECT_ERROR(agent->create_request(Op::Write, dram(src.addr(), 0), dram(dst.addr(), 0), "self"),
+               ErrorCode::InvalidArgument, "length 0");
+  EXPECT_ERROR(agent->create_request(Op::Write, dram(src.addr() + (1 << 20) - 8, 16),
+                                     dram(dst.addr(), 16), "self"),
+               ErrorCode::OutOfBounds, "local descriptor 0");
+  EXPECT_ERROR(agent->create_request(Op::Write, dram(0x10, 16), dram(dst.addr(), 16), "self"),
+               ErrorCode::OutOfBounds, "local descriptor 0");
+  EXPECT_ERROR(agent->create_request(Op::Write, l, dram(dst.addr() + (1 << 20) - 8, 4096), "self"),
+               ErrorCode::OutOfBounds, "remote descriptor 0");
+  EXPECT_ERROR(
+      agent->create_request(Op::Write, l, DescList(MemType::Vram, {{dst.addr(), 4096, 0}}), "self"),
+      ErrorCode::OutOfBounds, "VRAM");
+  EXPECT_ERROR(agent->create_request(Op::Write, l, r, "stranger"), ErrorCode::NotFound,
+               "'stranger'");
+  EXPECT_ERROR(agent->create_request(Op::Write, l, r, "self", std::string((1 << 20) + 1, 'n')),
+               ErrorCode::InvalidArgument, "notification");
+}
+
+TEST(AgentMetadata, GarbageOwnAndOversized) {
+  auto a = make_agent("a");
+  EXPECT_ERROR(a->load_remote_metadata("definitely not metadata"), ErrorCode::InvalidArgument, "");
+  EXPECT_ERROR(a->load_remote_metadata(""), ErrorCode::InvalidArgument, "");
+  auto own = a->local_metadata();
+  ASSERT_TRUE(own.ok());
+  EXPECT_ERROR(a->load_remote_metadata(*own), ErrorCode::InvalidArgument, "own");
+
+  AgentConfig tiny;
+  tiny.max_metadata_bytes = 16;
+  auto b = make_agent("b", tiny);
+  EXPECT_ERROR(b->load_remote_metadata(*own), ErrorCode::InvalidArgument, "");
+  for (size_t cut = 0; cut < own->size(); cut += 7) {  // every truncation fails cleanly
+    auto r = b->load_remote_metadata(std::string_view(*own).substr(0, cut));
+    EXPECT_FALSE(r.ok());
+  }
+}
+
+TEST(AgentMetadata, TwoAgentsInOneProcess) {
+  auto a = make_agent("a"), b = make_agent("b");
+  auto abuf = make_buffer(1 << 20, 5), bbuf = make_buffer(1 << 20, 6);
+  ASSERT_TRUE(a->register_storage(abuf).ok());
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  auto port = b->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok()) << port.error().to_string();
+  EXPECT_ERROR(b->listen("127.0.0.1", 0), ErrorCode::InvalidArgument, "already listens");
+  auto name = a->fetch_remote_metadata("127.0.0.1", *port);
+  ASSERT_TRUE(name.ok()) << name.error().to_string();
+  EXPECT_EQ(*name, "b");
+  EXPECT_TRUE(a->has_remote("b"));
+
+  auto req = a->create_request(Op::Read, dram(abuf.addr(), 1 << 20), dram(bbuf.addr(), 1 << 20),
+                               "b", "got-it");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  ASSERT_TRUE((*req)->post().ok());
+  ASSERT_TRUE((*req)->wait(5s).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(abuf.data(), 1 << 20, 6), SIZE_MAX);
+  std::vector<Notification> got;
+  for (int i = 0; i < 500 && got.empty(); ++i) {
+    got = b->get_notifs();
+    std::this_thread::sleep_for(2ms);
+  }
+  EXPECT_EQ(got, (std::vector<Notification>{{"a", "got-it"}}));
+
+  // Invalidation: the prepared request fails to post, new ones cannot be made.
+  ASSERT_TRUE(a->invalidate_remote("b").ok());
+  EXPECT_FALSE(a->has_remote("b"));
+  EXPECT_ERROR((*req)->post(), ErrorCode::Remote, "invalidated");
+  EXPECT_ERROR(a->create_request(Op::Read, dram(abuf.addr(), 16), dram(bbuf.addr(), 16), "b"),
+               ErrorCode::NotFound, "'b'");
+  EXPECT_ERROR(a->invalidate_remote("b"), ErrorCode::NotFound, "'b'");
+  EXPECT_ERROR(a->gen_notif("b", "x"), ErrorCode::NotFound, "'b'");
+}
+
+TEST(AgentSideChannel, FetchErrors) {
+  auto a = make_agent("a");
+  auto b = make_agent("b");
+  auto port = b->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  b.reset();  // listener gone with its agent
+  EXPECT_ERROR(a->fetch_remote_metadata("127.0.0.1", *port, 2s), ErrorCode::Io, "");
+  EXPECT_ERROR(a->listen("256.1.1.1", 0), ErrorCode::InvalidArgument, "256.1.1.1");
+}
+
+}  // namespace
+}  // namespace kvbm::xfer
