@@ -60,11 +60,15 @@ int main(int argc, char** argv) {
     for (auto& n : (*agent)->get_notifs()) inbox.push_back(std::move(n));
   };
   auto check = [&](std::istringstream& in) -> std::string {
+    // Bytes a peer wrote may have been copied in by our progress thread; progress()
+    // synchronizes with it, so they are visible to this thread from here on.
+    (*agent)->progress();
     size_t off = 0, len = 0, poff = 0;
     uint64_t s = 0;
     in >> off >> len >> s >> poff;
     if (off + len > bytes) return "BAD range";
     size_t bad = detail::find_pattern_mismatch(static_cast<char*>(buf->data()) + off, len, s, poff);
+    (*agent)->progress();  // and our reads are done before the progress thread writes again
     return bad == SIZE_MAX ? "OK" : "BAD " + std::to_string(bad);
   };
 

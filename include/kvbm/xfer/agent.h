@@ -132,7 +132,9 @@ class Agent {
   // Returns and clears the notifications received, in order per sender.
   virtual std::vector<Notification> get_notifs() = 0;
 
-  // Drives communication once (only needed without a progress thread).
+  // Drives communication once (only needed without a progress thread). With one, it
+  // also makes bytes that peers WROTE into this agent's memory visible to the calling
+  // thread, as does receiving the WRITE's notification.
   virtual void progress() = 0;
 
  protected:
