@@ -110,6 +110,19 @@ TEST(RemoteDescriptor, JsonRoundTrip) {
   EXPECT_EQ(j["notif"], *d.notif());
 }
 
+TEST(RemoteDescriptor, JsonReplacesInvalidUtf8BytesKeepThem) {
+  RemoteDescriptor d(RemoteStorage(4096, 64, MemType::Dram, 0), "agent\xff");
+  d.set_notif("\xc3(");  // not UTF-8
+  auto back = RemoteDescriptor::from_json(d.to_json());
+  ASSERT_TRUE(back.ok()) << back.error().to_string();
+  EXPECT_EQ(back->storage(), d.storage());
+  EXPECT_EQ(back->agent_name(), "agent\xef\xbf\xbd") << "U+FFFD replaces the bad byte";
+  EXPECT_NE(back->notif(), d.notif());
+  auto exact = RemoteDescriptor::from_bytes(d.to_bytes());
+  ASSERT_TRUE(exact.ok()) << exact.error().to_string();
+  EXPECT_EQ(*exact, d);
+}
+
 TEST(RemoteDescriptor, DecodesAWellFormedForeignEncoding) {
   json j = valid_object();
   j["notif"] = "text notif";  // CBOR may carry the notification as text too
