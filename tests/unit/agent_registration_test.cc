@@ -203,8 +203,10 @@ TEST(AgentRegistrationDisk, SuccessUnlinksTheFileAndKeepsTheData) {
   Status st;
   if (!agent_registers_files(*agent, *d, &st)) {
     EXPECT_TRUE(std::filesystem::exists(path)) << "a failed registration must not unlink";
-    GTEST_SKIP() << "no backend of this agent registers FILE memory (backends: UCX only): "
-                 << st.error().to_string();
+    std::string backends;
+    for (const auto& b : agent->backends()) backends += " " + b;
+    GTEST_SKIP() << "no backend of this agent (" << backends
+                 << " ) registers FILE memory: " << st.error().to_string();
   }
   ASSERT_TRUE(st.ok()) << st.error().to_string();
   EXPECT_TRUE(d->unlinked());
