@@ -97,6 +97,7 @@ int main(int argc, char** argv) {
   std::printf("A: descriptor %s\n", desc->to_json().c_str());
 
   // B is another process: this program again, in its "decode" role.
+  std::fflush(stdout);
   pid_t child = fork();
   if (child == 0) {
     execl("/proc/self/exe", argv[0], "decode", std::to_string(*port).c_str(),
@@ -114,7 +115,7 @@ int main(int argc, char** argv) {
   waitpid(child, &status, 0);
   if (got.empty()) return die("A", kvbm::err(kvbm::ErrorCode::Timeout, "no notification from B"));
   std::printf("A: notification from '%s': \"%s\"\n", got[0].agent.c_str(), got[0].message.c_str());
-  const bool ok =
-      WIFEXITED(status) && WEXITSTATUS(status) == 0 && got[0].message == "blocks 0-63 received";
+  const bool ok = WIFEXITED(status) && WEXITSTATUS(status) == 0 &&
+                  got[0].agent == "decode-worker" && got[0].message == "blocks 0-63 received";
   return ok ? 0 : 1;
 }

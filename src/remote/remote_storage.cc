@@ -18,6 +18,10 @@ Status check_range(size_t offset, size_t size, size_t total) {
 
 Result<RemoteStorage> RemoteStorage::from_storage_with_offset(const Storage& storage, size_t offset,
                                                               size_t size) {
+  // A description of memory elsewhere has no local region; its sub-range is a slice.
+  if (const auto* remote = dynamic_cast<const RemoteStorage*>(&storage)) {
+    return remote->slice(offset, size);
+  }
   auto whole = xfer::desc_list_of(storage);
   if (!whole) return whole.error();
   KVBM_TRY(check_range(offset, size, storage.size()));

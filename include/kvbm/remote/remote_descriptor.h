@@ -36,7 +36,8 @@ class RemoteDescriptor {
   std::string to_json() const;
   // InvalidArgument naming the problem: not CBOR/JSON, wrong version, a missing or
   // mistyped field, an unknown memory type, an empty agent name, addr + size overflow,
-  // input over 1 MiB.
+  // input over 1 MiB, CBOR nested deeper than 32 levels. Unknown fields are ignored.
+  // JSON carries the notification as text (invalid UTF-8 is replaced); bytes carry it exactly.
   static Result<RemoteDescriptor> from_bytes(std::string_view bytes);
   static Result<RemoteDescriptor> from_json(std::string_view json);
 

@@ -34,7 +34,8 @@ class RemoteStorage final : public Storage {
 
   // The descriptor of `size` bytes at `offset` inside a local storage (a sub-region).
   // OutOfBounds, naming offset, size and total, when the range does not fit (overflow
-  // safe); InvalidArgument for storages that are not local memory.
+  // safe); InvalidArgument for storages with no memory (Null). For a RemoteStorage
+  // this is slice().
   static Result<RemoteStorage> from_storage_with_offset(const Storage& storage, size_t offset,
                                                         size_t size);
   // The same rule on a RemoteStorage: a sub-region of a description.
