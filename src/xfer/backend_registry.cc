@@ -1,5 +1,6 @@
 // The backend types compiled into this build, by name.
 #include "xfer/backend.h"
+#include "xfer/backends/posix/posix_backend.h"
 #include "xfer/backends/ucx/ucx_backend.h"
 
 namespace kvbm::xfer::detail {
@@ -13,6 +14,7 @@ struct Entry {
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
       {"UCX", make_ucx_backend},
+      {"POSIX", make_posix_backend},
   };
   return entries;
 }
