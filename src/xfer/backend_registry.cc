@@ -1,5 +1,6 @@
 // The backend types compiled into this build, by name.
 #include "xfer/backend.h"
+#include "xfer/backends/gds/gds_backend.h"
 #include "xfer/backends/posix/posix_backend.h"
 #include "xfer/backends/ucx/ucx_backend.h"
 
@@ -15,6 +16,7 @@ const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
       {"UCX", make_ucx_backend},
       {"POSIX", make_posix_backend},
+      {"GDS", make_gds_backend},  // not a default: needs a GPU
   };
   return entries;
 }
