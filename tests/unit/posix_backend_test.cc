@@ -6,6 +6,7 @@
 
 #include <cstring>
 #include <filesystem>
+#include <thread>
 #include <vector>
 
 #include "kvbm/remote.h"
@@ -313,6 +314,15 @@ TEST(PosixBackend, PeersFilesAreNotReachable) {
   ASSERT_TRUE(buf && register_with_agent(*buf, *b));
   EXPECT_ERROR(b->create_request(Op::Read, dram(buf->addr(), 4096), file(fd, 0, 4096), "a"),
                ErrorCode::Unsupported, "moves only its own files");
+  // Notifications to a peer skip POSIX (own agent only) and go over UCX.
+  ASSERT_TRUE(b->gen_notif("a", "hi"));
+  std::vector<Notification> got;
+  for (int i = 0; i < 5000 && got.empty(); ++i) {
+    got = a->get_notifs();
+    if (got.empty()) std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0], (Notification{"b", "hi"}));
   reg->reset();
   ::close(fd);
 }
