@@ -477,9 +477,15 @@ Status AgentImpl::gen_notif(const std::string& agent, std::string_view message) 
   } else {
     for (size_t i = 0; i < backend_count(); ++i) candidates.push_back(backends_[i].get());
   }
+  // Some backends notify only their own agent (POSIX, GDS): Unsupported moves on to the next.
+  std::optional<Status> last;
   for (Backend* b : candidates) {
-    if (b->supports_notifications()) return b->send_notification(agent, message);
+    if (!b->supports_notifications()) continue;
+    Status st = b->send_notification(agent, message);
+    if (st || st.code() != ErrorCode::Unsupported) return st;
+    last = std::move(st);
   }
+  if (last) return *last;
   return err(ErrorCode::Unsupported, "no backend connecting '", name_, "' to '", agent,
              "' carries notifications");
 }

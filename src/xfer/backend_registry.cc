@@ -1,5 +1,7 @@
 // The backend types compiled into this build, by name.
 #include "xfer/backend.h"
+#include "xfer/backends/gds/gds_backend.h"
+#include "xfer/backends/posix/posix_backend.h"
 #include "xfer/backends/ucx/ucx_backend.h"
 
 namespace kvbm::xfer::detail {
@@ -13,6 +15,8 @@ struct Entry {
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
       {"UCX", make_ucx_backend},
+      {"POSIX", make_posix_backend},
+      {"GDS", make_gds_backend},  // not a default: needs a GPU
   };
   return entries;
 }

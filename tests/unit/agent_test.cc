@@ -43,6 +43,8 @@ TEST(AgentCreate, RejectsBadArguments) {
 }
 
 TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
+  auto d = make_agent("defaults");
+  EXPECT_EQ(d->backends(), (std::vector<std::string>{"UCX", "POSIX"}));
   AgentConfig none;
   none.backends = {};
   auto a = make_agent("a", none);

@@ -33,8 +33,9 @@ namespace kvbm::xfer {
 using BackendParams = std::map<std::string, std::string>;
 
 struct AgentConfig {
-  // Backends created with the agent. Others can be added with create_backend().
-  std::vector<std::string> backends = {"UCX"};
+  // Backends created with the agent (UCX: host memory; POSIX: this agent's own files).
+  // Others ("GDS") can be added with create_backend().
+  std::vector<std::string> backends = {"UCX", "POSIX"};
   // true: an internal thread drives communication. false: the caller drives it through
   // Request::wait/status and Agent::progress (lowest latency, no extra thread).
   bool progress_thread = true;

@@ -1,0 +1,177 @@
+// DRAM <-> FILE through the agent's POSIX backend, next to the machine's own ceilings
+// measured in the same run: raw UringBatch on a plain O_DIRECT file, and dd oflag/iflag=direct.
+//
+//   file_bench [--mib 1024] [--req-kib 1024] [--qd 32] [--dir /path]
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "common/pattern.h"
+#include "common/uring_batch.h"
+#include "kvbm/remote.h"
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+
+namespace {
+
+using namespace kvbm;
+using namespace kvbm::xfer;
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+[[noreturn]] void die(const std::string& what) {
+  std::fprintf(stderr, "file_bench: %s\n", what.c_str());
+  std::exit(1);
+}
+
+struct Options {
+  uint64_t mib = 1024;
+  uint64_t req_kib = 1024;
+  unsigned qd = 32;
+  std::filesystem::path dir = std::filesystem::temp_directory_path();
+};
+
+// Posts `reqs` keeping `qd` in flight; returns seconds.
+double run_requests(std::vector<std::unique_ptr<Request>>& reqs, unsigned qd) {
+  const auto t0 = Clock::now();
+  std::deque<Request*> inflight;
+  for (auto& r : reqs) {
+    if (inflight.size() == qd) {
+      if (auto st = inflight.front()->wait(std::chrono::seconds(60)); !st)
+        die(st.error().to_string());
+      inflight.pop_front();
+    }
+    if (auto st = r->post(); !st) die(st.error().to_string());
+    inflight.push_back(r.get());
+  }
+  for (Request* r : inflight) {
+    if (auto st = r->wait(std::chrono::seconds(60)); !st) die(st.error().to_string());
+  }
+  return seconds_since(t0);
+}
+
+double run_dd(const std::string& args) {
+  const auto t0 = Clock::now();
+  const std::string cmd = "dd " + args + " status=none";
+  if (std::system(cmd.c_str()) != 0) die("failed: " + cmd);
+  return seconds_since(t0);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--mib") {
+      o.mib = std::stoull(v);
+    } else if (k == "--req-kib") {
+      o.req_kib = std::stoull(v);
+    } else if (k == "--qd") {
+      o.qd = static_cast<unsigned>(std::stoul(v));
+    } else if (k == "--dir") {
+      o.dir = v;
+    } else {
+      die("unknown option " + k);
+    }
+  }
+  const uint64_t req = o.req_kib << 10, total = o.mib << 20, n = total / req;
+  if (n == 0 || o.qd == 0) die("need --mib >= request size and --qd > 0");
+  const uint64_t slots = std::min<uint64_t>(n, 64);  // DRAM ring reused across the file
+
+  // 1. Through the agent.
+  AgentConfig cfg;
+  cfg.backends = {};
+  auto agent = Agent::create("bench", cfg);
+  if (!agent) die(agent.error().to_string());
+  Agent& a = **agent;
+  if (auto st = a.create_backend("POSIX", {{"queue_depth", std::to_string(o.qd)}}); !st)
+    die(st.error().to_string());
+  auto disk = DiskStorage::allocate(total, o.dir);
+  if (!disk) die(disk.error().to_string());
+  if (!disk->direct_io()) std::printf("note: %s does not support O_DIRECT\n", o.dir.c_str());
+  auto src = SystemAllocator().allocate(slots * req);
+  auto dst = SystemAllocator().allocate(slots * req);
+  if (!src || !dst) die("allocation failed");
+  for (uint64_t s = 0; s < slots; ++s) {
+    kvbm::detail::fill_pattern(static_cast<char*>(src->data()) + s * req, req, s);
+  }
+  if (auto st = register_with_agent(*disk, a); !st) die(st.error().to_string());
+  if (auto st = register_with_agent(*src, a); !st) die(st.error().to_string());
+  if (auto st = register_with_agent(*dst, a); !st) die(st.error().to_string());
+  std::vector<std::unique_ptr<Request>> writes, reads;
+  for (uint64_t i = 0; i < n; ++i) {
+    DescList f(MemType::File, {{i * req, req, static_cast<uint64_t>(disk->fd())}});
+    auto w = a.create_request(Op::Write,
+                              DescList(MemType::Dram, {{src->addr() + (i % slots) * req, req, 0}}),
+                              f, "bench");
+    auto r = a.create_request(
+        Op::Read, DescList(MemType::Dram, {{dst->addr() + (i % slots) * req, req, 0}}), f, "bench");
+    if (!w || !r) die((w ? r.error() : w.error()).to_string());
+    writes.push_back(std::move(*w));
+    reads.push_back(std::move(*r));
+  }
+  const double agent_w = run_requests(writes, o.qd);
+  const double agent_r = run_requests(reads, o.qd);
+  for (uint64_t s = 0; s < slots; ++s) {
+    if (kvbm::detail::find_pattern_mismatch(static_cast<char*>(dst->data()) + s * req, req, s) !=
+        SIZE_MAX)
+      die("verification failed in slot " + std::to_string(s));
+  }
+  writes.clear();
+  reads.clear();
+
+  // 2. Ceiling: raw UringBatch on a plain O_DIRECT file, same request size and depth.
+  const auto raw_path = o.dir / "kvbm-file-bench-raw";
+  const int fd = ::open(raw_path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd < 0) die("open " + raw_path.string() + ": " + std::strerror(errno));
+  if (::fallocate(fd, 0, 0, static_cast<off_t>(total)) != 0) die("fallocate raw file");
+  auto batch = kvbm::detail::UringBatch::create(o.qd);
+  if (!batch) die(batch.error().to_string());
+  std::vector<kvbm::detail::FileOp> wops, rops;
+  for (uint64_t i = 0; i < n; ++i) {
+    wops.push_back({kvbm::detail::FileOp::Kind::Write, fd, i * req,
+                    static_cast<char*>(src->data()) + (i % slots) * req, req});
+    rops.push_back({kvbm::detail::FileOp::Kind::Read, fd, i * req,
+                    static_cast<char*>(dst->data()) + (i % slots) * req, req});
+  }
+  auto t0 = Clock::now();
+  if (auto st = (*batch)->run(wops); !st) die(st.error().to_string());
+  const double raw_w = seconds_since(t0);
+  t0 = Clock::now();
+  if (auto st = (*batch)->run(rops); !st) die(st.error().to_string());
+  const double raw_r = seconds_since(t0);
+  ::close(fd);
+
+  // 3. dd with direct I/O, 1 MiB blocks.
+  const std::string count = std::to_string(total >> 20);
+  const double dd_w = run_dd("if=/dev/zero of=" + raw_path.string() + " bs=1M count=" + count +
+                             " oflag=direct conv=notrunc");
+  const double dd_r =
+      run_dd("if=" + raw_path.string() + " of=/dev/null bs=1M count=" + count + " iflag=direct");
+  std::filesystem::remove(raw_path);
+
+  auto gbs = [&](double s) { return static_cast<double>(total) / s / 1e9; };
+  std::printf("file_bench: %llu MiB in %llu KiB requests, queue depth %u, dir %s\n",
+              static_cast<unsigned long long>(o.mib), static_cast<unsigned long long>(o.req_kib),
+              o.qd, o.dir.c_str());
+  std::printf("%-24s %10s %10s\n", "path", "write GB/s", "read GB/s");
+  std::printf("%-24s %10.2f %10.2f\n", "agent POSIX (DRAM<->FILE)", gbs(agent_w), gbs(agent_r));
+  std::printf("%-24s %10.2f %10.2f\n", "raw UringBatch O_DIRECT", gbs(raw_w), gbs(raw_r));
+  std::printf("%-24s %10.2f %10.2f\n", "dd bs=1M direct", gbs(dd_w), gbs(dd_r));
+  std::printf("%-24s %9.0f%% %9.0f%%\n", "agent / raw uring", 100 * raw_w / agent_w,
+              100 * raw_r / agent_r);
+  std::printf("%-24s %9.0f%% %9.0f%%\n", "agent / dd", 100 * dd_w / agent_w, 100 * dd_r / agent_r);
+  return 0;
+}

@@ -1,0 +1,556 @@
+#include "xfer/backends/gds/gds_backend.h"
+
+#include <climits>
+
+#if KVBM_HAVE_CUDA
+#include <dlfcn.h>
+#include <fcntl.h>
+#include <sys/types.h>
+
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <map>
+#include <mutex>
+#include <thread>
+
+#include "common/cuda_util.h"
+#include "common/uring_batch.h"
+#include "kvbm/log.h"
+#endif
+
+namespace kvbm::xfer::detail {
+
+#if !KVBM_HAVE_CUDA
+
+Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv&, const BackendParams&) {
+  return err(ErrorCode::DeviceUnavailable, "GDS backend: kvbm was built without CUDA");
+}
+std::string gds_path(const Backend&) {
+  return {};
+}
+
+#else
+
+namespace {
+
+using kvbm::detail::FileOp;
+using kvbm::detail::UringBatch;
+
+// The few cuFile declarations we use, from the public cufile.h API (never included: the
+// header and library are optional at build and run time).
+namespace cufile {
+struct Error {
+  int err;     // CUfileOpError; 0 is CU_FILE_SUCCESS
+  int cu_err;  // CUresult
+};
+using Handle = void*;
+struct Descr {
+  int type;  // CU_FILE_HANDLE_TYPE_OPAQUE_FD = 1
+  union {
+    int fd;
+    void* handle;
+  } handle;
+  const void* fs_ops;
+};
+constexpr int kHandleTypeOpaqueFd = 1;
+
+struct Api {
+  void* lib = nullptr;
+  Error (*driver_open)() = nullptr;
+  Error (*driver_close)() = nullptr;
+  Error (*handle_register)(Handle*, Descr*) = nullptr;
+  void (*handle_deregister)(Handle) = nullptr;
+  Error (*buf_register)(const void*, size_t, int) = nullptr;
+  Error (*buf_deregister)(const void*) = nullptr;
+  ssize_t (*read)(Handle, void*, size_t, off_t, off_t) = nullptr;
+  ssize_t (*write)(Handle, const void*, size_t, off_t, off_t) = nullptr;
+};
+
+// Opens libcufile and its driver once per process; the reason it could not, otherwise.
+Result<const Api*> open_api() {
+  static Api api;
+  static std::optional<Error> failure;
+  static std::string why;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    api.lib = ::dlopen("libcufile.so.0", RTLD_NOW | RTLD_LOCAL);
+    if (api.lib == nullptr) {
+      const char* e = ::dlerror();
+      why = std::string("dlopen(libcufile.so.0): ") + (e ? e : "unknown error");
+      return;
+    }
+    auto sym = [](const char* name) { return ::dlsym(api.lib, name); };
+    api.driver_open = reinterpret_cast<decltype(api.driver_open)>(sym("cuFileDriverOpen"));
+    void* close = sym("cuFileDriverClose_v2");
+    if (close == nullptr) close = sym("cuFileDriverClose");
+    api.driver_close = reinterpret_cast<decltype(api.driver_close)>(close);
+    api.handle_register =
+        reinterpret_cast<decltype(api.handle_register)>(sym("cuFileHandleRegister"));
+    api.handle_deregister =
+        reinterpret_cast<decltype(api.handle_deregister)>(sym("cuFileHandleDeregister"));
+    api.buf_register = reinterpret_cast<decltype(api.buf_register)>(sym("cuFileBufRegister"));
+    api.buf_deregister = reinterpret_cast<decltype(api.buf_deregister)>(sym("cuFileBufDeregister"));
+    api.read = reinterpret_cast<decltype(api.read)>(sym("cuFileRead"));
+    api.write = reinterpret_cast<decltype(api.write)>(sym("cuFileWrite"));
+    if (!api.driver_open || !api.handle_register || !api.handle_deregister || !api.buf_register ||
+        !api.buf_deregister || !api.read || !api.write) {
+      why = "libcufile.so.0 lacks a cuFile symbol";
+      return;
+    }
+    const Error e = api.driver_open();
+    if (e.err != 0) {
+      why = "cuFileDriverOpen failed: cuFile error " + std::to_string(e.err) + ", CUresult " +
+            std::to_string(e.cu_err);
+      return;
+    }
+    // The driver stays open for the process: cuFile state is process-wide.
+  });
+  if (!why.empty()) return err(ErrorCode::Unsupported, why);
+  return &api;
+}
+
+}  // namespace cufile
+
+constexpr uint64_t kAlign = 4096;
+
+// A cuFile handle of a file, shared by its FILE region and the loopback view of it.
+struct FileHandle {
+  const cufile::Api* api;
+  cufile::Handle fh;
+  ~FileHandle() { api->handle_deregister(fh); }
+};
+
+class GdsLocalRegion final : public LocalRegion {
+ public:
+  GdsLocalRegion(MemType t, Desc d, const cufile::Api* api, std::shared_ptr<FileHandle> fh,
+                 bool buf_reg)
+      : type(t), desc(d), api_(api), file(std::move(fh)), buf_registered_(buf_reg) {}
+  ~GdsLocalRegion() override {
+    if (buf_registered_) {
+      const cufile::Error e = api_->buf_deregister(reinterpret_cast<const void*>(desc.addr));
+      if (e.err != 0) log(LogLevel::Error, "cuFileBufDeregister failed: " + std::to_string(e.err));
+    }
+  }
+  std::string remote_info() const override { return {}; }
+  const MemType type;
+  const Desc desc;
+
+ private:
+  const cufile::Api* api_;
+
+ public:
+  const std::shared_ptr<FileHandle> file;  // FILE regions on the cuFile path
+
+ private:
+  bool buf_registered_;
+};
+
+class GdsRemoteRegion final : public RemoteRegion {
+ public:
+  GdsRemoteRegion(MemType t, Desc d, std::shared_ptr<FileHandle> fh)
+      : type(t), desc(d), file(std::move(fh)) {}
+  const MemType type;
+  const Desc desc;
+  const std::shared_ptr<FileHandle> file;
+};
+
+struct Piece {
+  bool to_file;  // VRAM -> file (else file -> VRAM)
+  int fd;
+  uint64_t file_off;
+  uint64_t dev_addr;
+  uint64_t len;
+  int device;
+  cufile::Handle fh;  // null: bounce
+};
+
+struct Job {
+  std::vector<Piece> pieces;
+  std::optional<std::string> notification;
+  std::atomic<XferState> state{XferState::Idle};
+  Error error{ErrorCode::Internal, "no error"};
+};
+
+class GdsBackend;
+
+class GdsRequest final : public BackendRequest {
+ public:
+  GdsRequest(GdsBackend* b, std::shared_ptr<Job> job) : backend_(b), job_(std::move(job)) {}
+  ~GdsRequest() override;
+  Status post() override;
+  XferState poll() override { return job_->state.load(std::memory_order_acquire); }
+  Error error() const override { return job_->error; }
+
+ private:
+  GdsBackend* backend_;
+  std::shared_ptr<Job> job_;
+};
+
+class GdsBackend final : public Backend {
+ public:
+  GdsBackend(BackendEnv env, const cufile::Api* api, std::unique_ptr<UringBatch> batch,
+             void* staging, size_t staging_bytes)
+      : env_(std::move(env)),
+        api_(api),
+        batch_(std::move(batch)),
+        staging_(static_cast<char*>(staging)),
+        staging_bytes_(staging_bytes) {
+    worker_ = std::thread([this] { work(); });
+  }
+  ~GdsBackend() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    worker_.join();
+    cudaFreeHost(staging_);
+  }
+
+  const char* path() const { return api_ ? "cufile" : "bounce"; }
+
+  const std::string& name() const override { return name_; }
+  bool can_register(MemType t) const override { return t == MemType::Vram || t == MemType::File; }
+  bool supports(MemType l, MemType r) const override {
+    return (l == MemType::Vram && r == MemType::File) || (l == MemType::File && r == MemType::Vram);
+  }
+  std::string connection_info() const override { return {}; }
+
+  Result<std::unique_ptr<LocalRegion>> register_region(MemType t, const Desc& d) override {
+    if (!can_register(t)) {
+      return err(ErrorCode::Unsupported, "GDS backend does not register ", to_string(t));
+    }
+    std::shared_ptr<FileHandle> file;
+    bool buf_reg = false;
+    if (t == MemType::File) {
+      if (d.dev_id > static_cast<uint64_t>(INT_MAX) ||
+          ::fcntl(static_cast<int>(d.dev_id), F_GETFD) < 0) {
+        return err(ErrorCode::InvalidArgument, "FILE region fd ", d.dev_id, " is not open");
+      }
+      if (api_ != nullptr) {
+        cufile::Descr descr{};
+        descr.type = cufile::kHandleTypeOpaqueFd;
+        descr.handle.fd = static_cast<int>(d.dev_id);
+        cufile::Handle fh = nullptr;
+        const cufile::Error e = api_->handle_register(&fh, &descr);
+        if (e.err != 0) {
+          return err(ErrorCode::RegistrationFailed, "cuFileHandleRegister(fd ", d.dev_id,
+                     "): cuFile error ", e.err, ", CUresult ", e.cu_err);
+        }
+        file = std::make_shared<FileHandle>(FileHandle{api_, fh});
+        std::lock_guard<std::mutex> lock(mu_);
+        handles_[RegionKey{d.dev_id, d.addr}] = file;
+      }
+    } else {
+      KVBM_TRY(kvbm::detail::check_device(static_cast<int>(d.dev_id)));
+      if (api_ != nullptr) {
+        // Optional for cuFile (unregistered buffers are bounced inside cuFile): log, go on.
+        const cufile::Error e = api_->buf_register(reinterpret_cast<const void*>(d.addr), d.len, 0);
+        buf_reg = e.err == 0;
+        if (!buf_reg) {
+          log(LogLevel::Info, "cuFileBufRegister(" + std::to_string(d.len) +
+                                  " bytes) failed: cuFile error " + std::to_string(e.err));
+        }
+      }
+    }
+    return std::unique_ptr<LocalRegion>(
+        std::make_unique<GdsLocalRegion>(t, d, api_, std::move(file), buf_reg));
+  }
+
+  Status connect(const std::string&, std::string_view) override { return {}; }
+  void disconnect(const std::string&) override {}
+  Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string& agent, MemType t,
+                                                           const Desc& d,
+                                                           std::string_view) override {
+    if (!can_register(t)) {
+      return err(ErrorCode::Unsupported, "GDS backend has no ", to_string(t), " regions");
+    }
+    std::shared_ptr<FileHandle> file;
+    if (t == MemType::File && agent == env_.agent_name) {  // the loopback view of our file
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = handles_.find(RegionKey{d.dev_id, d.addr});
+      if (it != handles_.end()) file = it->second.lock();
+    }
+    return std::unique_ptr<RemoteRegion>(std::make_unique<GdsRemoteRegion>(t, d, std::move(file)));
+  }
+
+  Result<std::unique_ptr<BackendRequest>> prepare(Op op, const std::string& agent,
+                                                  std::vector<Segment> segments,
+                                                  std::optional<std::string> notif) override {
+    if (agent != env_.agent_name) {
+      return err(ErrorCode::Unsupported, "GDS backend of agent '", env_.agent_name,
+                 "' moves only its own files, not those of agent '", agent, "'");
+    }
+    auto job = std::make_shared<Job>();
+    job->notification = std::move(notif);
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const Segment& s = segments[i];
+      auto* l = static_cast<GdsLocalRegion*>(s.local_region);
+      auto* r = static_cast<GdsRemoteRegion*>(s.remote_region);
+      if (!supports(l->type, r->type)) {
+        return err(ErrorCode::Unsupported, "GDS backend: segment ", i, " is ", to_string(l->type),
+                   " <-> ", to_string(r->type), "; only VRAM <-> FILE");
+      }
+      const bool remote_is_file = r->type == MemType::File;
+      const Desc& file = remote_is_file ? s.remote : s.local;
+      const Desc& mem = remote_is_file ? s.local : s.remote;
+      const bool file_read = (op == Op::Read) == remote_is_file;
+      const auto& fh = remote_is_file ? r->file : l->file;
+      job->pieces.push_back({!file_read, static_cast<int>(file.dev_id), file.addr, mem.addr,
+                             file.len, static_cast<int>(mem.dev_id), fh ? fh->fh : nullptr});
+    }
+    return std::unique_ptr<BackendRequest>(std::make_unique<GdsRequest>(this, std::move(job)));
+  }
+
+  bool supports_notifications() const override { return true; }
+  Status send_notification(const std::string& agent, std::string_view message) override {
+    if (agent != env_.agent_name) {
+      return err(ErrorCode::Unsupported, "GDS backend notifies only its own agent");
+    }
+    if (env_.on_notification) env_.on_notification({agent, std::string(message)});
+    return {};
+  }
+  size_t progress() override { return 0; }
+
+  Status submit(const std::shared_ptr<Job>& job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job->state.store(XferState::InProgress, std::memory_order_release);
+      queue_.push_back(job);
+    }
+    cv_.notify_one();
+    return {};
+  }
+  void cancel(Job* job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      it = it->get() == job ? queue_.erase(it) : std::next(it);
+    }
+    done_cv_.wait(lock, [&] { return running_.get() != job; });
+  }
+
+ private:
+  Status run_cufile(const Piece& p) {
+    kvbm::detail::DeviceGuard guard(p.device);
+    uint64_t done = 0;
+    while (done < p.len) {
+      void* dev = reinterpret_cast<void*>(p.dev_addr);
+      const ssize_t n =
+          p.to_file ? api_->write(p.fh, dev, p.len - done, off_t(p.file_off + done), off_t(done))
+                    : api_->read(p.fh, dev, p.len - done, off_t(p.file_off + done), off_t(done));
+      if (n < 0) {
+        const std::string why =
+            n == -1 ? std::string(std::strerror(errno)) : "cuFile error " + std::to_string(-n);
+        return err(ErrorCode::Io, p.to_file ? "cuFileWrite" : "cuFileRead", " fd ", p.fd,
+                   " offset ", p.file_off, " len ", p.len, ": ", why);
+      }
+      if (n == 0) {
+        return err(ErrorCode::Io, "cuFileRead fd ", p.fd, " offset ", p.file_off, " len ", p.len,
+                   ": read past end of file at offset ", p.file_off + done);
+      }
+      done += static_cast<uint64_t>(n);
+    }
+    return {};
+  }
+
+  // Bounce: pack pieces (split at staging size) into the pinned buffer, 4096-aligned, so
+  // one io_uring run and one stream sync serve many pieces.
+  Status run_bounce(const std::vector<Piece>& pieces) {
+    struct Slot {
+      const Piece* p;
+      uint64_t off;  // within the piece
+      uint64_t len;
+      char* host;
+    };
+    std::vector<Slot> slots;
+    std::vector<FileOp> ops;
+    uint64_t used = 0;
+    auto flush = [&]() -> Status {
+      if (slots.empty()) return {};
+      ops.clear();
+      const bool to_file = slots[0].p->to_file;
+      for (const Slot& s : slots) {
+        ops.push_back({to_file ? FileOp::Kind::Write : FileOp::Kind::Read, s.p->fd,
+                       s.p->file_off + s.off, s.host, s.len});
+      }
+      if (to_file) {
+        for (const Slot& s : slots) {
+          kvbm::detail::DeviceGuard guard(s.p->device);
+          cudaError_t e = cudaMemcpy(s.host, reinterpret_cast<void*>(s.p->dev_addr + s.off), s.len,
+                                     cudaMemcpyDeviceToHost);
+          if (e != cudaSuccess) return kvbm::detail::cuda_error(ErrorCode::Io, e, "GDS bounce D2H");
+        }
+        KVBM_TRY(batch_->run(ops));
+      } else {
+        KVBM_TRY(batch_->run(ops));
+        for (const Slot& s : slots) {
+          kvbm::detail::DeviceGuard guard(s.p->device);
+          cudaError_t e = cudaMemcpy(reinterpret_cast<void*>(s.p->dev_addr + s.off), s.host, s.len,
+                                     cudaMemcpyHostToDevice);
+          if (e != cudaSuccess) return kvbm::detail::cuda_error(ErrorCode::Io, e, "GDS bounce H2D");
+        }
+      }
+      slots.clear();
+      used = 0;
+      return {};
+    };
+    for (const Piece& p : pieces) {
+      if (!slots.empty() && slots[0].p->to_file != p.to_file) KVBM_TRY(flush());
+      for (uint64_t off = 0; off < p.len;) {
+        if (used >= staging_bytes_) KVBM_TRY(flush());
+        const uint64_t len = std::min(p.len - off, staging_bytes_ - used);
+        slots.push_back({&p, off, len, staging_ + used});
+        used += (len + kAlign - 1) / kAlign * kAlign;
+        off += len;
+      }
+    }
+    return flush();
+  }
+
+  void work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      running_ = queue_.front();
+      queue_.pop_front();
+      lock.unlock();
+      Job& job = *running_;
+      Status st;
+      std::vector<Piece> bounce;
+      for (const Piece& p : job.pieces) {
+        if (p.fh != nullptr) {
+          st = run_cufile(p);
+          if (!st) break;
+        } else {
+          bounce.push_back(p);
+        }
+      }
+      if (st) st = run_bounce(bounce);
+      if (st && job.notification && env_.on_notification) {
+        env_.on_notification({env_.agent_name, *job.notification});
+      }
+      if (st) {
+        job.state.store(XferState::Done, std::memory_order_release);
+      } else {
+        job.error = err(st.code(), "GDS (", path(), ") ", st.error().message);
+        job.state.store(XferState::Error, std::memory_order_release);
+      }
+      lock.lock();
+      running_.reset();
+      done_cv_.notify_all();
+      lock.unlock();
+      if (env_.on_completion) env_.on_completion();
+      lock.lock();
+    }
+  }
+
+  const std::string name_ = "GDS";
+  BackendEnv env_;
+  const cufile::Api* api_;             // null: bounce path
+  std::unique_ptr<UringBatch> batch_;  // worker only
+  char* staging_;                      // pinned, worker only
+  size_t staging_bytes_;
+
+  std::mutex mu_;
+  std::condition_variable cv_, done_cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::shared_ptr<Job> running_;
+  // FILE regions' cuFile handles by (fd, offset), for their loopback views.
+  using RegionKey = std::pair<uint64_t, uint64_t>;
+  std::map<RegionKey, std::weak_ptr<FileHandle>> handles_;
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+GdsRequest::~GdsRequest() {
+  backend_->cancel(job_.get());
+}
+Status GdsRequest::post() {
+  return backend_->submit(job_);
+}
+
+Result<uint64_t> parse_number(const std::string& key, const std::string& value) {
+  uint64_t v = 0;
+  const char* end = value.data() + value.size();
+  auto [p, ec] = std::from_chars(value.data(), end, v);
+  if (value.empty() || ec != std::errc() || p != end) {
+    return err(ErrorCode::InvalidArgument, "GDS ", key, " '", value, "' is not a number");
+  }
+  return v;
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
+                                                  const BackendParams& params) {
+  std::string mode = "auto";
+  uint64_t depth = 64, bounce = 16 << 20;
+  for (const auto& [key, value] : params) {
+    if (key == "mode") {
+      if (value != "auto" && value != "cufile" && value != "bounce") {
+        return err(ErrorCode::InvalidArgument, "GDS mode '", value,
+                   "' is not one of auto, cufile, bounce");
+      }
+      mode = value;
+    } else if (key == "queue_depth") {
+      auto v = parse_number(key, value);
+      if (!v) return v.error();
+      depth = *v;
+    } else if (key == "bounce_bytes") {
+      auto v = parse_number(key, value);
+      if (!v) return v.error();
+      if (*v < (1u << 20) || *v > (uint64_t{1} << 32)) {
+        return err(ErrorCode::InvalidArgument, "GDS bounce_bytes ", *v, " must be in 1 MiB..4 GiB");
+      }
+      bounce = (*v + kAlign - 1) / kAlign * kAlign;
+    } else {
+      return err(ErrorCode::InvalidArgument, "GDS backend has no parameter '", key,
+                 "' (known: mode, queue_depth, bounce_bytes)");
+    }
+  }
+  if (depth == 0 || depth > 4096) {
+    return err(ErrorCode::InvalidArgument, "GDS queue_depth ", depth, " must be in 1..4096");
+  }
+  if (auto st = kvbm::detail::check_device(0); !st) {
+    return err(ErrorCode::DeviceUnavailable, "GDS backend needs a GPU: ", st.error().message);
+  }
+  const cufile::Api* api = nullptr;
+  std::string why;
+  if (mode != "bounce") {
+    auto opened = cufile::open_api();
+    if (opened) {
+      api = *opened;
+    } else if (mode == "cufile") {
+      return opened.error();
+    } else {
+      why = opened.error().message;
+    }
+  } else {
+    why = "mode=bounce";
+  }
+  auto batch = UringBatch::create(static_cast<unsigned>(depth));
+  if (!batch) return batch.error();
+  void* staging = nullptr;
+  if (cudaError_t e = cudaHostAlloc(&staging, bounce, cudaHostAllocDefault); e != cudaSuccess) {
+    return kvbm::detail::cuda_error(ErrorCode::AllocationFailed, e,
+                                    "GDS staging cudaHostAlloc(" + std::to_string(bounce) + ")");
+  }
+  log(LogLevel::Info, "GDS backend of agent '" + env.agent_name + "' uses " +
+                          (api ? std::string("cuFile") : "pinned bounce buffers (" + why + ")"));
+  return std::unique_ptr<Backend>(
+      std::make_unique<GdsBackend>(env, api, std::move(*batch), staging, bounce));
+}
+
+std::string gds_path(const Backend& backend) {
+  const auto* g = dynamic_cast<const GdsBackend*>(&backend);
+  return g ? g->path() : std::string();
+}
+
+#endif  // KVBM_HAVE_CUDA
+
+}  // namespace kvbm::xfer::detail

@@ -1,0 +1,274 @@
+#include "xfer/backends/posix/posix_backend.h"
+
+#include <fcntl.h>
+
+#include <atomic>
+#include <cerrno>
+#include <charconv>
+#include <climits>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "common/uring_batch.h"
+
+namespace kvbm::xfer::detail {
+namespace {
+
+using kvbm::detail::FileOp;
+using kvbm::detail::UringBatch;
+
+constexpr const char* kName = "POSIX";
+
+class PosixLocalRegion final : public LocalRegion {
+ public:
+  explicit PosixLocalRegion(MemType t) : type(t) {}
+  std::string remote_info() const override { return {}; }
+  const MemType type;
+};
+
+class PosixRemoteRegion final : public RemoteRegion {
+ public:
+  explicit PosixRemoteRegion(MemType t) : type(t) {}
+  const MemType type;
+};
+
+// One prepared transfer, shared by its request and (while queued or running) the worker.
+struct Job {
+  std::vector<FileOp> ops;
+  std::optional<std::string> notification;
+  std::atomic<XferState> state{XferState::Idle};
+  Error error{ErrorCode::Internal, "no error"};  // written before state becomes Error
+};
+
+class PosixBackend;
+
+class PosixRequest final : public BackendRequest {
+ public:
+  PosixRequest(PosixBackend* backend, std::shared_ptr<Job> job)
+      : backend_(backend), job_(std::move(job)) {}
+  ~PosixRequest() override;
+  Status post() override;
+  XferState poll() override { return job_->state.load(std::memory_order_acquire); }
+  Error error() const override { return job_->error; }
+
+ private:
+  PosixBackend* backend_;
+  std::shared_ptr<Job> job_;
+};
+
+class PosixBackend final : public Backend {
+ public:
+  PosixBackend(BackendEnv env, std::unique_ptr<UringBatch> batch)
+      : env_(std::move(env)), batch_(std::move(batch)) {
+    worker_ = std::thread([this] { work(); });
+  }
+
+  ~PosixBackend() override {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_ = true;
+    }
+    work_cv_.notify_all();
+    worker_.join();
+  }
+
+  const std::string& name() const override { return name_; }
+  bool can_register(MemType type) const override {
+    return type == MemType::Dram || type == MemType::File;
+  }
+  bool supports(MemType local, MemType remote) const override {
+    return (local == MemType::Dram && remote == MemType::File) ||
+           (local == MemType::File && remote == MemType::Dram);
+  }
+  std::string connection_info() const override { return {}; }
+
+  Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& d) override {
+    if (!can_register(type)) {
+      return err(ErrorCode::Unsupported, "POSIX backend does not register ", to_string(type));
+    }
+    if (type == MemType::File) {
+      if (d.dev_id > static_cast<uint64_t>(INT_MAX)) {
+        return err(ErrorCode::InvalidArgument, "FILE region dev_id ", d.dev_id,
+                   " is not a file descriptor");
+      }
+      if (::fcntl(static_cast<int>(d.dev_id), F_GETFD) < 0) {
+        return err(ErrorCode::InvalidArgument, "FILE region fd ", d.dev_id,
+                   " is not open: ", std::strerror(errno));
+      }
+    }
+    return std::unique_ptr<LocalRegion>(std::make_unique<PosixLocalRegion>(type));
+  }
+
+  Status connect(const std::string&, std::string_view) override { return {}; }
+  void disconnect(const std::string&) override {}
+
+  Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string&, MemType type,
+                                                           const Desc&, std::string_view) override {
+    if (!can_register(type)) {
+      return err(ErrorCode::Unsupported, "POSIX backend has no ", to_string(type), " regions");
+    }
+    return std::unique_ptr<RemoteRegion>(std::make_unique<PosixRemoteRegion>(type));
+  }
+
+  Result<std::unique_ptr<BackendRequest>> prepare(
+      Op op, const std::string& agent, std::vector<Segment> segments,
+      std::optional<std::string> notification) override {
+    if (agent != env_.agent_name) {
+      return err(ErrorCode::Unsupported, "POSIX backend of agent '", env_.agent_name,
+                 "' moves only its own files, not those of agent '", agent, "'");
+    }
+    auto job = std::make_shared<Job>();
+    job->notification = std::move(notification);
+    job->ops.reserve(segments.size());
+    for (size_t i = 0; i < segments.size(); ++i) {
+      const Segment& s = segments[i];
+      const MemType lt = static_cast<PosixLocalRegion*>(s.local_region)->type;
+      const MemType rt = static_cast<PosixRemoteRegion*>(s.remote_region)->type;
+      if (!supports(lt, rt)) {
+        return err(ErrorCode::Unsupported, "POSIX backend: segment ", i, " is ", to_string(lt),
+                   " <-> ", to_string(rt), "; only DRAM <-> FILE");
+      }
+      const bool remote_is_file = rt == MemType::File;
+      const Desc& file = remote_is_file ? s.remote : s.local;
+      const Desc& mem = remote_is_file ? s.local : s.remote;
+      // READ brings remote bytes to local: from the file when the remote side is the file.
+      const bool file_read = (op == Op::Read) == remote_is_file;
+      job->ops.push_back({file_read ? FileOp::Kind::Read : FileOp::Kind::Write,
+                          static_cast<int>(file.dev_id), file.addr,
+                          reinterpret_cast<void*>(static_cast<uintptr_t>(mem.addr)), file.len});
+    }
+    return std::unique_ptr<BackendRequest>(std::make_unique<PosixRequest>(this, std::move(job)));
+  }
+
+  bool supports_notifications() const override { return true; }
+  Status send_notification(const std::string& agent, std::string_view message) override {
+    if (agent != env_.agent_name) {
+      return err(ErrorCode::Unsupported, "POSIX backend notifies only its own agent '",
+                 env_.agent_name, "', not '", agent, "'");
+    }
+    if (env_.on_notification) env_.on_notification({agent, std::string(message)});
+    return {};
+  }
+
+  size_t progress() override { return 0; }  // the worker thread does the I/O
+
+  Status submit(const std::shared_ptr<Job>& job) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      job->state.store(XferState::InProgress, std::memory_order_release);
+      queue_.push_back(job);
+    }
+    work_cv_.notify_one();
+    return {};
+  }
+
+  // Takes `job` out of the queue, or waits until the worker has finished running it.
+  void cancel(Job* job) {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (auto it = queue_.begin(); it != queue_.end();) {
+      it = it->get() == job ? queue_.erase(it) : std::next(it);
+    }
+    done_cv_.wait(lock, [&] {
+      for (const auto& j : running_) {
+        if (j.get() == job) return false;
+      }
+      return true;
+    });
+  }
+
+ private:
+  void finish(Job& job, Status st) {
+    if (st && job.notification && env_.on_notification) {
+      env_.on_notification({env_.agent_name, *job.notification});
+    }
+    if (st) {
+      job.state.store(XferState::Done, std::memory_order_release);
+    } else {
+      job.error = err(st.code(), "POSIX ", st.error().message);
+      job.state.store(XferState::Error, std::memory_order_release);
+    }
+  }
+
+  void work() {
+    std::unique_lock<std::mutex> lock(mu_);
+    for (;;) {
+      work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (stop_) return;
+      running_.assign(queue_.begin(), queue_.end());
+      queue_.clear();
+      lock.unlock();
+
+      // Every queued request in one io_uring run keeps the queue full across requests.
+      Status all;
+      if (running_.size() == 1) {
+        all = batch_->run(running_[0]->ops);
+      } else {
+        scratch_.clear();
+        for (const auto& j : running_)
+          scratch_.insert(scratch_.end(), j->ops.begin(), j->ops.end());
+        all = batch_->run(scratch_);
+      }
+      if (all || running_.size() == 1) {
+        for (const auto& j : running_) finish(*j, all);
+      } else {
+        // Which request failed? Run each alone (re-reading or re-writing the same bytes).
+        for (const auto& j : running_) finish(*j, batch_->run(j->ops));
+      }
+
+      lock.lock();
+      running_.clear();
+      done_cv_.notify_all();
+      lock.unlock();
+      if (env_.on_completion) env_.on_completion();
+      lock.lock();
+    }
+  }
+
+  const std::string name_ = kName;
+  BackendEnv env_;
+  std::unique_ptr<UringBatch> batch_;  // worker thread only
+  std::vector<FileOp> scratch_;        // worker thread only
+
+  std::mutex mu_;
+  std::condition_variable work_cv_;
+  std::condition_variable done_cv_;
+  std::deque<std::shared_ptr<Job>> queue_;
+  std::vector<std::shared_ptr<Job>> running_;
+  bool stop_ = false;
+  std::thread worker_;
+};
+
+PosixRequest::~PosixRequest() {
+  backend_->cancel(job_.get());
+}
+
+Status PosixRequest::post() {
+  return backend_->submit(job_);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Backend>> make_posix_backend(const BackendEnv& env,
+                                                    const BackendParams& params) {
+  unsigned depth = 64;
+  for (const auto& [key, value] : params) {
+    if (key != "queue_depth") {
+      return err(ErrorCode::InvalidArgument, "POSIX backend has no parameter '", key,
+                 "' (known: queue_depth)");
+    }
+    const char* end = value.data() + value.size();
+    auto [p, ec] = std::from_chars(value.data(), end, depth);
+    if (ec != std::errc() || p != end || value.empty()) {
+      return err(ErrorCode::InvalidArgument, "POSIX queue_depth '", value, "' is not a number");
+    }
+  }
+  auto batch = UringBatch::create(depth);
+  if (!batch) return batch.error();
+  return std::unique_ptr<Backend>(std::make_unique<PosixBackend>(env, std::move(*batch)));
+}
+
+}  // namespace kvbm::xfer::detail

@@ -1,0 +1,159 @@
+// Files <-> GPU memory through the GDS backend: the cuFile path (when libcufile opens,
+// possibly in compat mode) and the forced pinned-bounce path. GPU tests skip without a GPU.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <vector>
+
+#include "kvbm/remote.h"
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+#include "support/test_support.h"
+
+#if KVBM_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace kvbm::xfer {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::fill_pattern;
+using testing::find_pattern_mismatch;
+using testing::LogCapture;
+using testing::TempDir;
+
+std::unique_ptr<Agent> make_agent() {
+  auto a = Agent::create("gds", AgentConfig{.backends = {"POSIX"}});
+  EXPECT_TRUE(a) << a.error().to_string();
+  return a ? std::move(*a) : nullptr;
+}
+
+TEST(GdsBackend, ParamsAndNoGpu) {
+  auto a = make_agent();
+  EXPECT_ERROR(a->create_backend("GDS", {{"mode", "magic"}}), ErrorCode::InvalidArgument,
+               "'magic'");
+  EXPECT_ERROR(a->create_backend("GDS", {{"queue_depth", "0"}}), ErrorCode::InvalidArgument,
+               "queue_depth 0");
+  EXPECT_ERROR(a->create_backend("GDS", {{"bounce_bytes", "100"}}), ErrorCode::InvalidArgument,
+               "bounce_bytes 100");
+  EXPECT_ERROR(a->create_backend("GDS", {{"nope", "1"}}), ErrorCode::InvalidArgument, "'nope'");
+  if (cuda_device_count()) GTEST_SKIP() << "a GPU is present: the no-GPU error is not reachable";
+  EXPECT_ERROR(a->create_backend("GDS"), ErrorCode::DeviceUnavailable, "GDS backend");
+  EXPECT_ERROR(a->create_backend("GDS", {{"mode", "bounce"}}), ErrorCode::DeviceUnavailable,
+               "needs a GPU");
+}
+
+#if KVBM_HAVE_CUDA
+
+DescList vram(uint64_t addr, uint64_t len) {
+  return DescList(MemType::Vram, {Desc{addr, len, 0}});
+}
+DescList file(int fd, uint64_t off, uint64_t len) {
+  return DescList(MemType::File, {Desc{off, len, static_cast<uint64_t>(fd)}});
+}
+Status transfer(Agent& a, Op op, const DescList& l, const DescList& r) {
+  auto req = a.create_request(op, l, r, a.name());
+  if (!req) return req.error();
+  KVBM_TRY((*req)->post());
+  return (*req)->wait(30s);
+}
+
+// VRAM -> FILE -> VRAM at many sizes and unaligned offsets, checked byte for byte.
+void round_trip(const BackendParams& params, const char* expect_path) {
+  KVBM_REQUIRE_GPU();
+  TempDir dir;
+  auto a = make_agent();
+  LogCapture logs;
+  auto st = a->create_backend("GDS", params);
+  if (!st && params.count("mode") && params.at("mode") == "cufile" &&
+      st.code() == ErrorCode::Unsupported) {
+    GTEST_SKIP() << "cuFile unavailable: " << st.error().message;
+  }
+  ASSERT_TRUE(st) << st.error().to_string();
+  std::string path_line;
+  for (const auto& l : logs.lines()) {
+    if (l.find("GDS backend") != std::string::npos) path_line = l;
+  }
+  std::cout << "[ GDS path ] " << path_line << "\n";
+  if (expect_path) {
+    EXPECT_NE(path_line.find(expect_path), std::string::npos) << path_line;
+  }
+
+  const size_t size = 32 << 20;
+  auto disk = DiskStorage::allocate(size, dir.path());
+  auto dev = DeviceStorage::allocate(size);
+  ASSERT_TRUE(disk && dev);
+  ASSERT_TRUE(register_with_agent(*disk, *a));
+  ASSERT_TRUE(register_with_agent(*dev, *a));
+  std::vector<char> host(size), back(size);
+  const int fd = disk->fd();
+  const std::vector<uint64_t> sizes = {1, 4096, 4097, 1 << 20, (20 << 20) + 5};
+  const std::vector<uint64_t> skews = {0, 3, 4096};
+  uint64_t seed = 1;
+  for (uint64_t n : sizes) {
+    for (uint64_t skew : skews) {
+      const uint64_t foff = skew * 7, doff = skew;
+      fill_pattern(host.data(), n, seed);
+      ASSERT_EQ(cudaMemcpy(reinterpret_cast<void*>(dev->addr() + doff), host.data(), n,
+                           cudaMemcpyHostToDevice),
+                cudaSuccess);
+      ASSERT_TRUE(transfer(*a, Op::Write, vram(dev->addr() + doff, n), file(fd, foff, n)));
+      ASSERT_EQ(cudaMemset(reinterpret_cast<void*>(dev->addr()), 0, size), cudaSuccess);
+      auto r = transfer(*a, Op::Read, vram(dev->addr() + doff, n), file(fd, foff, n));
+      ASSERT_TRUE(r) << r.error().to_string();
+      ASSERT_EQ(cudaMemcpy(back.data(), reinterpret_cast<void*>(dev->addr() + doff), n,
+                           cudaMemcpyDeviceToHost),
+                cudaSuccess);
+      EXPECT_EQ(find_pattern_mismatch(back.data(), n, seed), SIZE_MAX)
+          << "size " << n << " skew " << skew;
+      ++seed;
+    }
+  }
+  // The file as the local side: READ pulls VRAM into it.
+  fill_pattern(host.data(), 8192, 77);
+  ASSERT_EQ(
+      cudaMemcpy(reinterpret_cast<void*>(dev->addr()), host.data(), 8192, cudaMemcpyHostToDevice),
+      cudaSuccess);
+  ASSERT_TRUE(transfer(*a, Op::Read, file(fd, 4096, 8192), vram(dev->addr(), 8192)));
+  auto h = SystemAllocator().allocate(8192);
+  ASSERT_TRUE(h);
+  ASSERT_EQ(::pread(fd, h->data(), 8192, 4096), 8192);
+  EXPECT_EQ(find_pattern_mismatch(h->data(), 8192, 77), SIZE_MAX);
+}
+
+TEST(GdsBackendGpu, RoundTripAuto) {
+  round_trip({}, nullptr);
+}
+TEST(GdsBackendGpu, RoundTripCuFile) {
+  round_trip({{"mode", "cufile"}}, "cuFile");
+}
+TEST(GdsBackendGpu, RoundTripForcedBounce) {
+  round_trip({{"mode", "bounce"}, {"bounce_bytes", "1048576"}}, "bounce");
+}
+
+TEST(GdsBackendGpu, ReadPastEndOfFileIsAnError) {
+  KVBM_REQUIRE_GPU();
+  TempDir dir;
+  auto a = make_agent();
+  ASSERT_TRUE(a->create_backend("GDS", {{"mode", "bounce"}}));
+  auto dev = DeviceStorage::allocate(1 << 20);
+  ASSERT_TRUE(dev && register_with_agent(*dev, *a));
+  const int fd = ::open((dir.path() / "short").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 4096), 0);
+  auto reg = a->register_memory(file(fd, 0, 1 << 20));
+  ASSERT_TRUE(reg);
+  EXPECT_ERROR(transfer(*a, Op::Read, vram(dev->addr(), 65536), file(fd, 0, 65536)), ErrorCode::Io,
+               "read past end of file");
+  reg->reset();
+  ::close(fd);
+}
+
+#endif  // KVBM_HAVE_CUDA
+
+}  // namespace
+}  // namespace kvbm::xfer

@@ -1,0 +1,331 @@
+// The POSIX backend through the agent: this agent's own files (FILE regions) to and from
+// its host memory, and the remote layer's Disk rule on top of it.
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <thread>
+#include <vector>
+
+#include "kvbm/remote.h"
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+#include "kvbm/xfer/mem_type.h"
+#include "support/test_support.h"
+
+namespace kvbm::xfer {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::fill_pattern;
+using testing::find_pattern_mismatch;
+using testing::TempDir;
+
+std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config = {}) {
+  auto a = Agent::create(name, std::move(config));
+  EXPECT_TRUE(a.ok()) << a.error().to_string();
+  return a.ok() ? std::move(*a) : nullptr;
+}
+
+DescList dram(uint64_t addr, uint64_t len) {
+  return DescList(MemType::Dram, {Desc{addr, len, 0}});
+}
+DescList file(int fd, uint64_t offset, uint64_t len) {
+  return DescList(MemType::File, {Desc{offset, len, static_cast<uint64_t>(fd)}});
+}
+
+Status transfer(Agent& a, Op op, const DescList& local, const DescList& remote,
+                std::optional<std::string> notif = std::nullopt) {
+  auto req = a.create_request(op, local, remote, a.name(), std::move(notif));
+  if (!req) return req.error();
+  KVBM_TRY((*req)->post());
+  return (*req)->wait(10s);
+}
+
+// A file of `size` bytes in `dir`, opened O_DIRECT when the file system allows it.
+int make_file(const std::filesystem::path& path, off_t size) {
+  int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+  if (fd < 0) fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd >= 0 && ::ftruncate(fd, size) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+TEST(PosixBackend, ParametersAreValidated) {
+  AgentConfig none;
+  none.backends = {};
+  auto a = make_agent("a", none);
+  EXPECT_ERROR(a->create_backend("POSIX", {{"queue_depth", "0"}}), ErrorCode::InvalidArgument,
+               "queue_depth 0");
+  EXPECT_ERROR(a->create_backend("POSIX", {{"queue_depth", "5000"}}), ErrorCode::InvalidArgument,
+               "5000");
+  EXPECT_ERROR(a->create_backend("POSIX", {{"queue_depth", "8x"}}), ErrorCode::InvalidArgument,
+               "'8x'");
+  EXPECT_ERROR(a->create_backend("POSIX", {{"queue_depth", ""}}), ErrorCode::InvalidArgument,
+               "not a number");
+  EXPECT_ERROR(a->create_backend("POSIX", {{"bogus", "1"}}), ErrorCode::InvalidArgument, "bogus");
+  ASSERT_TRUE(a->create_backend("POSIX", {{"queue_depth", "2"}}));
+  EXPECT_EQ(a->backends(), std::vector<std::string>{"POSIX"});
+  // POSIX alone registers DRAM and FILE, not VRAM.
+  EXPECT_ERROR(a->register_memory(DescList(MemType::Vram, {{0x1000, 16, 0}})),
+               ErrorCode::Unsupported, "VRAM");
+}
+
+TEST(PosixBackend, FileRegistrationNeedsAnOpenFd) {
+  TempDir dir;
+  auto a = make_agent("a");
+  const int fd = make_file(dir.path() / "f", 4096);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  EXPECT_ERROR(a->register_memory(file(fd, 0, 4096)), ErrorCode::RegistrationFailed,
+               "fd " + std::to_string(fd) + " is not open");
+  EXPECT_ERROR(a->register_memory(file(-1, 0, 4096)), ErrorCode::RegistrationFailed,
+               "not a file descriptor");
+}
+
+// DRAM -> FILE -> DRAM through one agent, with Disk storage registered by the remote layer
+// (which unlinks the file), many sizes, unaligned offsets, several descriptors per request.
+TEST(PosixBackend, DiskRoundTripThroughTheAgent) {
+  TempDir dir;
+  auto a = make_agent("a", AgentConfig{.backends = {"POSIX"}});
+  const size_t file_size = 16 << 20;
+  auto disk = DiskStorage::allocate(file_size, dir.path());
+  ASSERT_TRUE(disk) << disk.error().to_string();
+  const auto path = disk->path();
+  ASSERT_TRUE(register_with_agent(*disk, *a));
+  EXPECT_TRUE(disk->unlinked());
+  EXPECT_FALSE(std::filesystem::exists(path));
+  EXPECT_EQ(registered_agent_name(*disk), "a");
+  auto desc = remote_descriptor_of(*disk);
+  ASSERT_TRUE(desc);
+
+  auto src = SystemAllocator().allocate(file_size);
+  auto dst = SystemAllocator().allocate(file_size);
+  ASSERT_TRUE(src && dst);
+  ASSERT_TRUE(register_with_agent(*src, *a));
+  ASSERT_TRUE(register_with_agent(*dst, *a));
+  const int fd = disk->fd();
+
+  const std::vector<uint64_t> sizes = {1, 100, 4096, 4097, 65536, 1 << 20, (2 << 20) + 3};
+  const std::vector<uint64_t> skews = {0, 1, 4095};
+  uint64_t seed = 1;
+  for (uint64_t size : sizes) {
+    for (uint64_t skew : skews) {
+      const uint64_t foff = (seed * 12289) % (file_size / 2) + skew;
+      const uint64_t moff = skew * 3;
+      fill_pattern(static_cast<char*>(src->data()) + moff, size, seed);
+      std::memset(dst->data(), 0, size + moff);
+      ASSERT_TRUE(transfer(*a, Op::Write, dram(src->addr() + moff, size), file(fd, foff, size)))
+          << size << " @ " << foff;
+      auto st = transfer(*a, Op::Read, dram(dst->addr() + moff + 7, size), file(fd, foff, size));
+      ASSERT_TRUE(st) << st.error().to_string();
+      EXPECT_EQ(find_pattern_mismatch(static_cast<char*>(dst->data()) + moff + 7, size, seed),
+                SIZE_MAX)
+          << "size " << size << " file offset " << foff;
+      ++seed;
+    }
+  }
+
+  // Several descriptors in one request, and the FILE side as the local one.
+  fill_pattern(src->data(), 3 << 20, 99);
+  DescList mem(MemType::Dram), f(MemType::File);
+  for (uint64_t i = 0; i < 3; ++i) {
+    mem.add(src->addr() + i * (1 << 20), 1 << 20);
+    f.add((2 - i) * (1 << 20) + 512, 1 << 20, fd);
+  }
+  ASSERT_TRUE(transfer(*a, Op::Write, mem, f));
+  DescList back(MemType::Dram);
+  for (uint64_t i = 0; i < 3; ++i) back.add(dst->addr() + i * (1 << 20), 1 << 20);
+  // local FILE, remote DRAM: WRITE pushes the file's bytes into memory.
+  ASSERT_TRUE(transfer(*a, Op::Write, f, back));
+  EXPECT_EQ(find_pattern_mismatch(dst->data(), 3 << 20, 99), SIZE_MAX);
+  // local FILE, remote DRAM: READ pulls memory into the file.
+  fill_pattern(src->data(), 4096, 5);
+  ASSERT_TRUE(transfer(*a, Op::Read, file(fd, 8192, 4096), dram(src->addr(), 4096)));
+  ASSERT_TRUE(transfer(*a, Op::Read, dram(dst->addr(), 4096), file(fd, 8192, 4096)));
+  EXPECT_EQ(find_pattern_mismatch(dst->data(), 4096, 5), SIZE_MAX);
+
+  // Bounds: the agent refuses ranges outside the registered file.
+  EXPECT_ERROR(
+      a->create_request(Op::Read, dram(dst->addr(), 8192), file(fd, file_size - 4096, 8192), "a"),
+      ErrorCode::OutOfBounds, "FILE");
+  EXPECT_ERROR(a->create_request(Op::Read, dram(dst->addr(), 8), file(fd + 100, 0, 8), "a"),
+               ErrorCode::OutOfBounds, "dev " + std::to_string(fd + 100));
+  // FILE <-> FILE is nobody's business.
+  EXPECT_ERROR(a->create_request(Op::Read, file(fd, 0, 8), file(fd, 4096, 8), "a"),
+               ErrorCode::Unsupported, "FILE <-> FILE");
+
+  // The Disk rule: unlinked storage cannot be registered again.
+  ASSERT_TRUE(deregister_from_agent(*disk));
+  EXPECT_ERROR(register_with_agent(*disk, *a), ErrorCode::InvalidArgument, "already unlinked");
+}
+
+TEST(PosixBackend, NotificationsReachTheAgentItself) {
+  TempDir dir;
+  auto a = make_agent("a");
+  const int fd = make_file(dir.path() / "f", 8192);
+  ASSERT_GE(fd, 0);
+  auto buf = SystemAllocator().allocate(8192);
+  ASSERT_TRUE(buf);
+  auto r1 = a->register_memory(file(fd, 0, 8192));
+  ASSERT_TRUE(r1);
+  ASSERT_TRUE(register_with_agent(*buf, *a));
+  ASSERT_TRUE(transfer(*a, Op::Write, dram(buf->addr(), 8192), file(fd, 0, 8192), "saved"));
+  auto n = a->get_notifs();
+  ASSERT_EQ(n.size(), 1u);
+  EXPECT_EQ(n[0], (Notification{"a", "saved"}));
+  r1->reset();
+  ::close(fd);
+}
+
+TEST(PosixBackend, ReadPastEndOfFileNamesFileAndOffset) {
+  TempDir dir;
+  auto a = make_agent("a");
+  const auto path = dir.path() / "short";
+  const int fd = make_file(path, 8192);
+  ASSERT_GE(fd, 0);
+  // The region claims more than the file holds: the agent's bounds pass, the read cannot.
+  auto reg = a->register_memory(file(fd, 0, 1 << 20));
+  ASSERT_TRUE(reg);
+  auto buf = SystemAllocator().allocate(1 << 20);
+  ASSERT_TRUE(buf && register_with_agent(*buf, *a));
+  auto st = transfer(*a, Op::Read, dram(buf->addr(), 16384), file(fd, 4096, 16384));
+  EXPECT_ERROR(st, ErrorCode::Io, "read past end of file at offset 8192");
+  EXPECT_NE(st.error().message.find(path.string()), std::string::npos) << st.error().message;
+  EXPECT_NE(st.error().message.find("offset 4096"), std::string::npos);
+  EXPECT_NE(st.error().message.find("POSIX"), std::string::npos);
+  reg->reset();
+  ::close(fd);
+}
+
+TEST(PosixBackend, ClosedFdFailsOnlyItsOwnRequest) {
+  TempDir dir;
+  auto a = make_agent("a", AgentConfig{.backends = {"POSIX"}});
+  const int good = make_file(dir.path() / "good", 1 << 20);
+  const int bad = make_file(dir.path() / "bad", 1 << 20);
+  ASSERT_GE(good, 0);
+  ASSERT_GE(bad, 0);
+  auto rg = a->register_memory(file(good, 0, 1 << 20));
+  auto rb = a->register_memory(file(bad, 0, 1 << 20));
+  ASSERT_TRUE(rg && rb);
+  auto buf = SystemAllocator().allocate(1 << 20);
+  ASSERT_TRUE(buf && register_with_agent(*buf, *a));
+  fill_pattern(buf->data(), 1 << 20, 42);
+  ::close(bad);  // registered, then closed behind the agent's back
+
+  // Many requests posted together (the worker batches them): only the bad one fails.
+  std::vector<std::unique_ptr<Request>> reqs;
+  for (int i = 0; i < 16; ++i) {
+    const int fd = i == 7 ? bad : good;
+    auto r = a->create_request(Op::Write, dram(buf->addr() + i * 65536, 65536),
+                               file(fd, i * 65536, 65536), "a");
+    ASSERT_TRUE(r) << r.error().to_string();
+    reqs.push_back(std::move(*r));
+  }
+  for (auto& r : reqs) ASSERT_TRUE(r->post());
+  for (int i = 0; i < 16; ++i) {
+    auto st = reqs[i]->wait(10s);
+    if (i == 7) {
+      EXPECT_ERROR(st, ErrorCode::Io, "Bad file descriptor");
+      EXPECT_NE(st.error().message.find("offset " + std::to_string(7 * 65536)), std::string::npos);
+      EXPECT_EQ(reqs[i]->state(), XferState::Error);
+    } else {
+      EXPECT_TRUE(st) << i << ": " << st.error().to_string();
+    }
+  }
+  // A failed request can be posted again (and fails again); a done one repeats.
+  ASSERT_TRUE(reqs[7]->post());
+  EXPECT_ERROR(reqs[7]->wait(10s), ErrorCode::Io, "Bad file descriptor");
+  ASSERT_TRUE(reqs[0]->post());
+  EXPECT_TRUE(reqs[0]->wait(10s));
+
+  auto back = SystemAllocator().allocate(1 << 20);  // page-aligned: the fd may be O_DIRECT
+  ASSERT_TRUE(back);
+  ASSERT_EQ(::pread(good, back->data(), 1 << 20, 0), 1 << 20);
+  for (int i = 0; i < 16; ++i) {
+    if (i == 7) continue;
+    EXPECT_EQ(
+        find_pattern_mismatch(static_cast<char*>(back->data()) + i * 65536, 65536, 42, i * 65536),
+        SIZE_MAX);
+  }
+  reqs.clear();
+  rg->reset();
+  rb->reset();
+  ::close(good);
+}
+
+TEST(PosixBackend, FullFileSystemIsAnIoError) {
+  TempDir dir;
+  const auto mnt = dir.path() / "mnt";
+  std::filesystem::create_directory(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(errno);
+  }
+  {
+    auto a = make_agent("a");
+    const int fd = make_file(mnt / "f", 1 << 20);  // sparse: larger than the file system
+    ASSERT_GE(fd, 0);
+    auto reg = a->register_memory(file(fd, 0, 1 << 20));
+    auto buf = SystemAllocator().allocate(1 << 20);
+    ASSERT_TRUE(reg && buf && register_with_agent(*buf, *a));
+    auto st = transfer(*a, Op::Write, dram(buf->addr(), 1 << 20), file(fd, 0, 1 << 20));
+    EXPECT_ERROR(st, ErrorCode::Io, "No space left on device");
+    EXPECT_NE(st.error().message.find((mnt / "f").string()), std::string::npos);
+    reg->reset();
+    ::close(fd);
+  }
+  ::umount2(mnt.c_str(), MNT_DETACH);
+}
+
+TEST(PosixBackend, DestroyingARequestInFlightIsSafe) {
+  TempDir dir;
+  auto a = make_agent("a");
+  const int fd = make_file(dir.path() / "f", 8 << 20);
+  ASSERT_GE(fd, 0);
+  auto reg = a->register_memory(file(fd, 0, 8 << 20));
+  auto buf = SystemAllocator().allocate(8 << 20);
+  ASSERT_TRUE(reg && buf && register_with_agent(*buf, *a));
+  for (int i = 0; i < 20; ++i) {
+    auto r = a->create_request(Op::Write, dram(buf->addr(), 8 << 20), file(fd, 0, 8 << 20), "a");
+    ASSERT_TRUE(r);
+    ASSERT_TRUE((*r)->post());
+  }  // each destroyed while queued or running
+  reg->reset();
+  ::close(fd);
+}
+
+TEST(PosixBackend, PeersFilesAreNotReachable) {
+  TempDir dir;
+  auto a = make_agent("a");
+  auto b = make_agent("b");
+  const int fd = make_file(dir.path() / "f", 4096);
+  ASSERT_GE(fd, 0);
+  auto reg = a->register_memory(file(fd, 0, 4096));
+  ASSERT_TRUE(reg);
+  auto md = a->local_metadata();
+  ASSERT_TRUE(md);
+  auto peer = b->load_remote_metadata(*md);  // a's POSIX regions load without complaint
+  ASSERT_TRUE(peer) << peer.error().to_string();
+  auto buf = SystemAllocator().allocate(4096);
+  ASSERT_TRUE(buf && register_with_agent(*buf, *b));
+  EXPECT_ERROR(b->create_request(Op::Read, dram(buf->addr(), 4096), file(fd, 0, 4096), "a"),
+               ErrorCode::Unsupported, "moves only its own files");
+  // Notifications to a peer skip POSIX (own agent only) and go over UCX.
+  ASSERT_TRUE(b->gen_notif("a", "hi"));
+  std::vector<Notification> got;
+  for (int i = 0; i < 5000 && got.empty(); ++i) {
+    got = a->get_notifs();
+    if (got.empty()) std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0], (Notification{"b", "hi"}));
+  reg->reset();
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace kvbm::xfer
