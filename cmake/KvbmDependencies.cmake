@@ -4,6 +4,8 @@ find_package(Threads REQUIRED)
 find_package(Protobuf REQUIRED)
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
+# File I/O (src/common/uring_batch.cc); linked privately into libkvbm.
+pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
 
 set(KVBM_HAVE_CUDA 0)
 if(KVBM_CUDA)

@@ -1,0 +1,261 @@
+#include "common/uring_batch.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "kvbm/log.h"
+
+namespace kvbm::detail {
+namespace {
+
+constexpr uint64_t kDirectAlign = 4096;
+// io_uring read/write lengths are 32-bit; larger ops go in aligned chunks of this size.
+constexpr uint64_t kMaxChunk = uint64_t{1} << 30;
+constexpr unsigned kMaxDepth = 4096;
+
+bool aligned(const void* buf, uint64_t offset, uint64_t len) {
+  return (reinterpret_cast<uintptr_t>(buf) | offset | len) % kDirectAlign == 0;
+}
+
+std::string fd_path(int fd) {
+  char link[64];
+  std::snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  char buf[4096];
+  const ssize_t n = ::readlink(link, buf, sizeof(buf) - 1);
+  if (n <= 0) return {};
+  return std::string(buf, static_cast<size_t>(n));
+}
+
+std::string describe_fd(int fd) {
+  std::string s = "fd " + std::to_string(fd);
+  const std::string path = fd_path(fd);
+  if (!path.empty()) s += " (" + path + ")";
+  return s;
+}
+
+const char* kind_name(FileOp::Kind k) {
+  return k == FileOp::Kind::Read ? "read" : "write";
+}
+
+Error op_error(const FileOp& op, uint64_t done, const std::string& what) {
+  std::string at;
+  if (done != 0) at = " (after " + std::to_string(done) + " bytes)";
+  return err(ErrorCode::Io, kind_name(op.kind), " ", describe_fd(op.fd), " offset ", op.offset,
+             " len ", op.len, at, ": ", what);
+}
+
+// What run() learns about each distinct fd once per call (not per op).
+struct FdInfo {
+  int flags;
+  dev_t dev;
+  ino_t ino;
+  int twin = -1;  // buffered twin, opened on first need
+};
+
+struct OpState {
+  uint64_t done = 0;
+  int fd = -1;  // the fd the next submission uses (the op's fd or its buffered twin)
+  bool direct = false;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<UringBatch>> UringBatch::create(unsigned queue_depth) {
+  if (queue_depth == 0 || queue_depth > kMaxDepth) {
+    return err(ErrorCode::InvalidArgument, "io_uring queue_depth ", queue_depth, " must be in 1..",
+               kMaxDepth);
+  }
+  auto ring = std::make_unique<io_uring>();
+  const int rc = io_uring_queue_init(queue_depth, ring.get(), 0);
+  if (rc < 0) {
+    return err(ErrorCode::Io, "io_uring_queue_init(", queue_depth, "): ", std::strerror(-rc));
+  }
+  return std::unique_ptr<UringBatch>(new UringBatch(std::move(ring), queue_depth));
+}
+
+UringBatch::UringBatch(std::unique_ptr<io_uring> ring, unsigned depth)
+    : ring_(std::move(ring)), depth_(depth) {}
+
+UringBatch::~UringBatch() {
+  for (auto& [fd, twin] : twins_) ::close(twin.fd);
+  io_uring_queue_exit(ring_.get());
+}
+
+void UringBatch::forget_fd(int fd) {
+  auto it = twins_.find(fd);
+  if (it == twins_.end()) return;
+  ::close(it->second.fd);
+  twins_.erase(it);
+}
+
+Result<int> UringBatch::buffered_twin(int fd, int flags, dev_t dev, ino_t ino) {
+  auto it = twins_.find(fd);
+  if (it != twins_.end()) {
+    if (it->second.dev == dev && it->second.ino == ino) return it->second.fd;
+    // The fd number was closed and reused without forget_fd: the twin is of another file.
+    ::close(it->second.fd);
+    twins_.erase(it);
+  }
+  char link[64];
+  std::snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+  const int twin = ::open(link, (flags & O_ACCMODE) | O_CLOEXEC);
+  if (twin < 0) {
+    const int e = errno;
+    return err(ErrorCode::Io, "reopening ", describe_fd(fd),
+               " without O_DIRECT: ", std::strerror(e));
+  }
+  twins_.emplace(fd, Twin{twin, dev, ino});
+  log(LogLevel::Info, describe_fd(fd) +
+                          ": I/O not aligned to 4096 bytes (or refused by direct I/O) goes "
+                          "through a buffered twin of the file");
+  return twin;
+}
+
+Status UringBatch::run(std::span<const FileOp> ops) {
+  std::unordered_map<int, FdInfo> fds;
+  std::vector<OpState> state(ops.size());
+
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const FileOp& op = ops[i];
+    if (op.len == 0) continue;
+    if (op.buf == nullptr) return op_error(op, 0, "null buffer");
+    if (op.offset > static_cast<uint64_t>(INT64_MAX) - op.len) {
+      return err(ErrorCode::InvalidArgument, kind_name(op.kind), " fd ", op.fd, " offset ",
+                 op.offset, " + len ", op.len, " overflows a file offset");
+    }
+    auto it = fds.find(op.fd);
+    if (it == fds.end()) {
+      const int flags = ::fcntl(op.fd, F_GETFL);
+      struct stat st {};
+      if (flags < 0 || ::fstat(op.fd, &st) != 0) return op_error(op, 0, std::strerror(errno));
+      it = fds.emplace(op.fd, FdInfo{flags, st.st_dev, st.st_ino}).first;
+    }
+    FdInfo& info = it->second;
+    const bool wants_direct = (info.flags & O_DIRECT) != 0;
+    OpState& s = state[i];
+    s.direct = wants_direct && aligned(op.buf, op.offset, op.len);
+    s.fd = op.fd;
+    if (wants_direct && !s.direct) {
+      if (info.twin < 0) {
+        auto twin = buffered_twin(op.fd, info.flags, info.dev, info.ino);
+        if (!twin) return twin.error();
+        info.twin = *twin;
+      }
+      s.fd = info.twin;
+    }
+  }
+
+  // Switches an op from its O_DIRECT fd to the buffered twin (unaligned rest, or EINVAL).
+  auto to_buffered = [&](size_t i) -> Status {
+    const FileOp& op = ops[i];
+    FdInfo& info = fds.at(op.fd);
+    if (info.twin < 0) {
+      auto twin = buffered_twin(op.fd, info.flags, info.dev, info.ino);
+      if (!twin) return twin.error();
+      info.twin = *twin;
+    }
+    state[i].fd = info.twin;
+    state[i].direct = false;
+    return {};
+  };
+
+  io_uring* ring = ring_.get();
+  auto prep = [&](size_t i) {
+    const FileOp& op = ops[i];
+    OpState& s = state[i];
+    io_uring_sqe* sqe = io_uring_get_sqe(ring);
+    if (sqe == nullptr) {  // cannot happen: at most depth_ unsubmitted entries
+      io_uring_submit(ring);
+      sqe = io_uring_get_sqe(ring);
+    }
+    uint64_t chunk = op.len - s.done;
+    if (chunk > kMaxChunk) chunk = kMaxChunk;
+    char* p = static_cast<char*>(op.buf) + s.done;
+    const uint64_t off = op.offset + s.done;
+    if (op.kind == FileOp::Kind::Read) {
+      io_uring_prep_read(sqe, s.fd, p, static_cast<unsigned>(chunk), off);
+    } else {
+      io_uring_prep_write(sqe, s.fd, p, static_cast<unsigned>(chunk), off);
+    }
+    io_uring_sqe_set_data64(sqe, i);
+  };
+
+  std::optional<Error> first_error;
+  auto fail = [&](Error e) {
+    if (!first_error) first_error = std::move(e);
+  };
+  size_t next = 0;
+  unsigned inflight = 0;
+  for (;;) {
+    while (!first_error && inflight < depth_ && next < ops.size()) {
+      if (ops[next].len != 0) {
+        prep(next);
+        ++inflight;
+      }
+      ++next;
+    }
+    if (inflight == 0) break;
+    int rc = io_uring_submit_and_wait(ring, 1);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // The ring itself failed; what is in flight cannot be reaped reliably.
+      return err(ErrorCode::Io, "io_uring_submit_and_wait: ", std::strerror(-rc));
+    }
+    io_uring_cqe* cqe = nullptr;
+    while (io_uring_peek_cqe(ring, &cqe) == 0 && cqe != nullptr) {
+      const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
+      const int res = cqe->res;
+      io_uring_cqe_seen(ring, cqe);
+      --inflight;
+      const FileOp& op = ops[i];
+      OpState& s = state[i];
+      bool again = false;
+      if (res == -EINTR || res == -EAGAIN) {
+        again = true;
+      } else if (res == -EINVAL && s.direct) {
+        // The device wants a larger alignment than 4096 (or refuses O_DIRECT): go buffered.
+        Status st = to_buffered(i);
+        if (st) {
+          again = true;
+        } else {
+          fail(st.error());
+        }
+      } else if (res < 0) {
+        fail(op_error(op, s.done, std::strerror(-res)));
+      } else if (res == 0) {
+        fail(op_error(op, s.done,
+                      op.kind == FileOp::Kind::Read
+                          ? "read past end of file at offset " + std::to_string(op.offset + s.done)
+                          : std::string("write made no progress")));
+      } else {
+        s.done += static_cast<uint64_t>(res);
+        if (s.done < op.len) {
+          again = true;
+          if (s.direct &&
+              !aligned(static_cast<char*>(op.buf) + s.done, op.offset + s.done, op.len - s.done)) {
+            Status st = to_buffered(i);
+            if (!st) {
+              fail(st.error());
+              again = false;
+            }
+          }
+        }
+      }
+      if (again && !first_error) {
+        prep(i);
+        ++inflight;
+      }
+    }
+  }
+  if (first_error) return *first_error;
+  return {};
+}
+
+}  // namespace kvbm::detail

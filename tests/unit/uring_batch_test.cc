@@ -1,0 +1,300 @@
+#include "common/uring_batch.h"
+
+#include <fcntl.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "support/test_support.h"
+
+namespace kvbm::detail {
+namespace {
+
+using kvbm::testing::LogCapture;
+using kvbm::testing::TempDir;
+using Kind = FileOp::Kind;
+
+// Page-aligned buffer, freed on destruction.
+struct Buf {
+  explicit Buf(size_t n) : size(n) {
+    p = static_cast<char*>(std::aligned_alloc(4096, (n + 4096 + 4095) / 4096 * 4096));
+    std::memset(p, 0, n + 4096);
+  }
+  ~Buf() { std::free(p); }
+  Buf(const Buf&) = delete;
+  Buf& operator=(const Buf&) = delete;
+  char* p;
+  size_t size;
+};
+
+// Opens (creating) `path` with O_DIRECT when asked and the file system allows it.
+int open_file(const std::filesystem::path& path, bool direct, bool* got_direct = nullptr) {
+  int fd = -1;
+  if (direct) fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+  if (got_direct) *got_direct = fd >= 0;
+  if (fd < 0) fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  return fd;
+}
+
+std::unique_ptr<UringBatch> make_batch(unsigned depth) {
+  auto b = UringBatch::create(depth);
+  if (!b) ADD_FAILURE() << b.error().to_string();
+  return b ? std::move(*b) : nullptr;
+}
+
+TEST(UringBatch, QueueDepthIsValidated) {
+  EXPECT_ERROR(UringBatch::create(0), ErrorCode::InvalidArgument, "queue_depth 0");
+  EXPECT_ERROR(UringBatch::create(4097), ErrorCode::InvalidArgument, "queue_depth 4097");
+  auto one = UringBatch::create(1);
+  ASSERT_TRUE(one) << one.error().to_string();
+  EXPECT_EQ((*one)->queue_depth(), 1u);
+  auto max = UringBatch::create(4096);
+  ASSERT_TRUE(max) << max.error().to_string();
+}
+
+TEST(UringBatch, EmptyAndZeroLengthOpsSucceed) {
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(b->run({}));
+  FileOp op{Kind::Read, -1, 0, nullptr, 0};  // len 0: nothing to do, fd not even looked at
+  EXPECT_TRUE(b->run(std::span<const FileOp>(&op, 1)));
+}
+
+// Writes then reads back every (size, offset, buffer misalignment) combination in one batch
+// each way, through a queue shallower than the batch.
+void round_trip(bool direct) {
+  TempDir dir;
+  bool got_direct = false;
+  const int fd = open_file(dir.path() / "f", direct, &got_direct);
+  ASSERT_GE(fd, 0);
+  if (direct && !got_direct) GTEST_SKIP() << "temp dir file system refuses O_DIRECT";
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+
+  const std::vector<uint64_t> sizes = {1,    511,        4095,    4096,
+                                       4097, 65536 + 13, 1 << 20, (3 << 20) + 1};
+  const std::vector<uint64_t> offsets = {0, 1, 4096, 12345};
+  const std::vector<size_t> misalign = {0, 1};
+  struct Case {
+    uint64_t size, file_off;
+    size_t mis;
+    std::unique_ptr<Buf> src, dst;
+  };
+  std::vector<Case> cases;
+  uint64_t cursor = 0;
+  for (uint64_t size : sizes) {
+    for (uint64_t off : offsets) {
+      for (size_t mis : misalign) {
+        Case c{size, cursor + off, mis, std::make_unique<Buf>(size), std::make_unique<Buf>(size)};
+        fill_pattern(c.src->p + mis, size, c.file_off);
+        cases.push_back(std::move(c));
+        cursor = (cursor + off + size + 4095) / 4096 * 4096;
+      }
+    }
+  }
+  std::vector<FileOp> writes, reads;
+  for (auto& c : cases) {
+    writes.push_back({Kind::Write, fd, c.file_off, c.src->p + c.mis, c.size});
+    reads.push_back({Kind::Read, fd, c.file_off, c.dst->p + c.mis, c.size});
+  }
+  auto w = b->run(writes);
+  ASSERT_TRUE(w) << w.error().to_string();
+  auto r = b->run(reads);
+  ASSERT_TRUE(r) << r.error().to_string();
+  for (auto& c : cases) {
+    EXPECT_EQ(find_pattern_mismatch(c.dst->p + c.mis, c.size, c.file_off), SIZE_MAX)
+        << "size " << c.size << " offset " << c.file_off << " misalign " << c.mis;
+  }
+  b->forget_fd(fd);
+  ::close(fd);
+}
+
+TEST(UringBatch, RoundTripDirect) {
+  round_trip(true);
+}
+TEST(UringBatch, RoundTripBuffered) {
+  round_trip(false);
+}
+
+TEST(UringBatch, LargeOpsAreSplitAndManyOpsShareTheQueue) {
+  TempDir dir;
+  const int fd = open_file(dir.path() / "f", true);
+  ASSERT_GE(fd, 0);
+  auto b = make_batch(8);
+  ASSERT_TRUE(b);
+  const size_t block = 64 << 10, n = 256;
+  Buf src(block * n), dst(block * n);
+  fill_pattern(src.p, block * n, 7);
+  std::vector<FileOp> w, r;
+  for (size_t i = 0; i < n; ++i) {  // reversed order on the file: offsets are honoured
+    w.push_back({Kind::Write, fd, (n - 1 - i) * block, src.p + i * block, block});
+    r.push_back({Kind::Read, fd, (n - 1 - i) * block, dst.p + i * block, block});
+  }
+  ASSERT_TRUE(b->run(w));
+  ASSERT_TRUE(b->run(r));
+  EXPECT_EQ(find_pattern_mismatch(dst.p, block * n, 7), SIZE_MAX);
+  ::close(fd);
+}
+
+TEST(UringBatch, BufferedFallbackIsLoggedOncePerFd) {
+  TempDir dir;
+  bool got_direct = false;
+  const int fd = open_file(dir.path() / "f", true, &got_direct);
+  ASSERT_GE(fd, 0);
+  if (!got_direct) GTEST_SKIP() << "temp dir file system refuses O_DIRECT";
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  LogCapture logs;
+  Buf buf(100);
+  std::vector<FileOp> ops;
+  for (int i = 0; i < 10; ++i) ops.push_back({Kind::Write, fd, uint64_t(i) * 100, buf.p, 100});
+  ASSERT_TRUE(b->run(ops));
+  ASSERT_TRUE(b->run(ops));
+  int count = 0;
+  for (const auto& l : logs.lines()) {
+    if (l.find("buffered twin") != std::string::npos) {
+      ++count;
+      EXPECT_NE(l.find("fd " + std::to_string(fd)), std::string::npos) << l;
+    }
+  }
+  EXPECT_EQ(count, 1);
+  b->forget_fd(fd);
+  ::close(fd);
+}
+
+TEST(UringBatch, ReusedFdNumberGetsAFreshTwin) {
+  TempDir dir;
+  bool got_direct = false;
+  const int fd1 = open_file(dir.path() / "a", true, &got_direct);
+  ASSERT_GE(fd1, 0);
+  if (!got_direct) GTEST_SKIP() << "temp dir file system refuses O_DIRECT";
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  char data[3] = {'a', 'b', 'c'};
+  FileOp op{Kind::Write, fd1, 0, data, 3};
+  ASSERT_TRUE(b->run(std::span<const FileOp>(&op, 1)));
+  ::close(fd1);  // no forget_fd: the batch must notice the new file behind the same number
+  const int fd2 = open_file(dir.path() / "b", true);
+  ASSERT_EQ(fd2, fd1);
+  char data2[3] = {'x', 'y', 'z'};
+  op = {Kind::Write, fd2, 0, data2, 3};
+  ASSERT_TRUE(b->run(std::span<const FileOp>(&op, 1)));
+  EXPECT_EQ(std::filesystem::file_size(dir.path() / "b"), 3u);
+  char back[3] = {};
+  op = {Kind::Read, fd2, 0, back, 3};
+  ASSERT_TRUE(b->run(std::span<const FileOp>(&op, 1)));
+  EXPECT_EQ(std::string(back, 3), "xyz");
+  b->forget_fd(fd2);
+  b->forget_fd(fd2);  // twice, and for an unknown fd: harmless
+  b->forget_fd(12345);
+  ::close(fd2);
+}
+
+TEST(UringBatch, ReadPastEndOfFileIsAnError) {
+  TempDir dir;
+  const auto path = dir.path() / "short";
+  const int fd = open_file(path, true);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::ftruncate(fd, 8192), 0);
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  Buf buf(8192);
+  FileOp op{Kind::Read, fd, 4096, buf.p, 8192};  // aligned: direct, then short at 8192
+  auto r = b->run(std::span<const FileOp>(&op, 1));
+  EXPECT_ERROR(r, ErrorCode::Io, "read past end of file at offset 8192");
+  EXPECT_NE(r.error().message.find(path.string()), std::string::npos) << r.error().message;
+  EXPECT_NE(r.error().message.find("offset 4096 len 8192"), std::string::npos);
+  op = {Kind::Read, fd, 9000, buf.p + 1, 10};  // wholly past the end, unaligned
+  EXPECT_ERROR(b->run(std::span<const FileOp>(&op, 1)), ErrorCode::Io, "read past end of file");
+  b->forget_fd(fd);
+  ::close(fd);
+}
+
+TEST(UringBatch, ClosedFdAndBadArgumentsAreErrors) {
+  TempDir dir;
+  auto b = make_batch(4);  // first: the ring's own fd must not take the closed fd's number
+  ASSERT_TRUE(b);
+  const int fd = open_file(dir.path() / "f", false);
+  ASSERT_GE(fd, 0);
+  ::close(fd);
+  Buf buf(4096);
+  FileOp op{Kind::Write, fd, 0, buf.p, 4096};
+  auto r = b->run(std::span<const FileOp>(&op, 1));
+  EXPECT_ERROR(r, ErrorCode::Io, "Bad file descriptor");
+  EXPECT_NE(r.error().message.find("write fd " + std::to_string(fd)), std::string::npos);
+
+  const int fd2 = open_file(dir.path() / "g", false);
+  op = {Kind::Write, fd2, 0, nullptr, 10};
+  EXPECT_ERROR(b->run(std::span<const FileOp>(&op, 1)), ErrorCode::Io, "null buffer");
+  op = {Kind::Write, fd2, uint64_t(INT64_MAX), buf.p, 10};
+  EXPECT_ERROR(b->run(std::span<const FileOp>(&op, 1)), ErrorCode::InvalidArgument, "overflows");
+  // A read-only fd refuses writes: the kernel's error comes back with the op named.
+  const int ro = ::open((dir.path() / "g").c_str(), O_RDONLY | O_CLOEXEC);
+  op = {Kind::Write, ro, 0, buf.p, 4096};
+  EXPECT_ERROR(b->run(std::span<const FileOp>(&op, 1)), ErrorCode::Io, "Bad file descriptor");
+  ::close(ro);
+  ::close(fd2);
+}
+
+TEST(UringBatch, FullFileSystemIsAnError) {
+  TempDir dir;
+  const auto mnt = dir.path() / "mnt";
+  std::filesystem::create_directory(mnt);
+  if (::mount("tmpfs", mnt.c_str(), "tmpfs", 0, "size=64k") != 0) {
+    GTEST_SKIP() << "cannot mount a tmpfs: " << std::strerror(errno);
+  }
+  {
+    const int fd = open_file(mnt / "f", false);
+    ASSERT_GE(fd, 0);
+    auto b = make_batch(4);
+    ASSERT_TRUE(b);
+    Buf buf(1 << 20);
+    FileOp op{Kind::Write, fd, 0, buf.p, 1 << 20};
+    auto r = b->run(std::span<const FileOp>(&op, 1));
+    EXPECT_ERROR(r, ErrorCode::Io, "No space left on device");
+    EXPECT_NE(r.error().message.find((mnt / "f").string()), std::string::npos);
+    ::close(fd);
+  }
+  ::umount2(mnt.c_str(), MNT_DETACH);
+}
+
+TEST(UringBatch, FileSizeLimitIsAnError) {
+  TempDir dir;
+  const auto path = dir.path() / "f";
+  // In a child: RLIMIT_FSIZE would also cap this process's other files.
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {
+    std::signal(SIGXFSZ, SIG_IGN);
+    struct rlimit lim {
+      65536, 65536
+    };
+    ::setrlimit(RLIMIT_FSIZE, &lim);
+    const int fd = open_file(path, true);
+    auto b = UringBatch::create(4);
+    if (fd < 0 || !b) ::_exit(2);
+    static char buf[1 << 20] __attribute__((aligned(4096)));
+    FileOp op{Kind::Write, fd, 0, buf, sizeof(buf)};
+    auto r = (*b)->run(std::span<const FileOp>(&op, 1));
+    if (r) ::_exit(3);
+    const bool named = r.code() == ErrorCode::Io &&
+                       r.error().message.find("File too large") != std::string::npos &&
+                       r.error().message.find(path.string()) != std::string::npos;
+    ::_exit(named ? 0 : 4);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status));
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "2: setup failed, 3: write succeeded, 4: wrong error";
+}
+
+}  // namespace
+}  // namespace kvbm::detail
