@@ -1,5 +1,6 @@
-// Block transfers: copy a list of blocks (src_ids[i] -> dst_ids[i]) between two layouts of
-// the same shape on any two tiers. The engine chooses the path:
+// Block transfers: copy a list of blocks (src_ids[i] -> dst_ids[i]) between two layouts with
+// the same blocks (layers, outer_dim, page_size, inner_dim, dtype_bytes; kind, order,
+// alignment and num_blocks may differ) on any two tiers. The engine chooses the path:
 //   Host      System/Pinned <-> System/Pinned: memcpy split across a persistent thread pool.
 //   Cuda      any pair with Device memory: ONE gather/scatter kernel launch per request over
 //             a table of (src, dst, len) chunks (pinned host memory read directly by the
@@ -80,7 +81,8 @@ class TransferEngine {
 
   // Starts copying blocks src_ids[i] of `src` into dst_ids[i] of `dst`. Errors before
   // anything moves: InvalidArgument for lists of different lengths, an empty list, a
-  // duplicate destination id, layouts of different shapes (config, kind, order), two
+  // duplicate destination id, layouts whose blocks differ (layers, outer, page, inner,
+  // dtype), two
   // remote layouts, a remote copy without an agent, the same local layout as source and
   // destination of an overlapping block; OutOfBounds naming a block id and num_blocks;
   // Unsupported for a tier pair with no path (Disk <-> Disk, Disk <-> Device: stage through
