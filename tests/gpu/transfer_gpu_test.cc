@@ -76,8 +76,8 @@ TEST(TransferGpu, PinnedAndSystemThroughTwoDeviceLayouts) {
   auto e = TransferEngine::create();
   ASSERT_TRUE(e.ok());
   for (const Host& h : {Host{"pinned", true}, Host{"system", false}}) {
-    round_trip(**e, h, 16, 256);  // 4 KiB chunks, 16-byte aligned: vector copies
-    round_trip(**e, h, 1, 1);     // 256-byte chunks
+    round_trip(**e, h, 16, 256);     // 4 KiB chunks, 16-byte aligned: vector copies
+    round_trip(**e, h, 1, 1);        // 256-byte chunks
     round_trip(**e, h, 1024, 4096);  // 256 KiB chunks, split into pieces
   }
 }
