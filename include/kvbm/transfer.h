@@ -1,0 +1,104 @@
+// Block transfers: copy a list of blocks (src_ids[i] -> dst_ids[i]) between two layouts with
+// the same blocks (layers, outer_dim, page_size, inner_dim, dtype_bytes; kind, order,
+// alignment and num_blocks may differ) on any two tiers. The engine chooses the path:
+//   Host      System/Pinned <-> System/Pinned: memcpy split across a persistent thread pool.
+//   Cuda      any pair with Device memory: ONE gather/scatter kernel launch per request over
+//             a table of (src, dst, len) chunks (pinned host memory read directly by the
+//             kernel); System memory is copied by the kernel where the GPU can address
+//             pageable memory, otherwise by one cudaMemcpyAsync per coalesced chunk.
+//   File      Disk <-> System/Pinned: one batched io_uring submission per request.
+//   Remote    a local layout <-> a peer's layout (Layout::from_bytes): one agent request
+//             with all chunks as descriptors, optionally with a notification for the peer.
+// Chunks that are adjacent on both sides are coalesced (whole blocks of two fully
+// contiguous layouts move as one chunk).
+//
+// Ownership: the engine outlives its Transfers; the layouts must outlive each Transfer that
+// reads or writes them. Thread safety: TransferEngine::copy may be called from many threads
+// at once; a Transfer may be used from one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+#include "kvbm/layout.h"
+#include "kvbm/result.h"
+#include "kvbm/xfer/agent.h"
+
+namespace kvbm {
+
+enum class TransferPath : uint8_t { Host, Cuda, File, Remote };
+const char* to_string(TransferPath path);
+
+// An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,
+// File) or cancels it (Remote), so memory is never written after the handle is gone.
+class Transfer {
+ public:
+  class Impl;
+  explicit Transfer(std::unique_ptr<Impl> impl);
+  Transfer(Transfer&&) noexcept;
+  Transfer& operator=(Transfer&&) noexcept;
+  ~Transfer();
+
+  // True once the copy finished, successfully or not. Never blocks.
+  bool ready();
+  // Waits until finished and returns its outcome; Timeout if it has not finished within
+  // `timeout` (it keeps running and can be waited on again).
+  Status wait(std::chrono::milliseconds timeout = std::chrono::hours(24));
+
+  TransferPath path() const;
+  uint64_t bytes() const;  // payload of the request
+  size_t chunks() const;   // contiguous ranges after coalescing
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+struct TransferEngineOptions {
+  size_t host_threads = 0;  // host memcpy pool (0: every core)
+  unsigned uring_queue_depth = 64;
+  // Kernel launch shape: CTAs per SM, threads per CTA, largest piece one CTA copies.
+  unsigned cuda_ctas_per_sm = 4;
+  unsigned cuda_threads = 512;
+  size_t cuda_max_piece = 256 << 10;
+};
+
+struct CopyOptions {
+  // Required when either layout is remote: the agent the local layout is registered with.
+  xfer::Agent* agent = nullptr;
+  // Remote path: delivered to the peer once the data is visible there.
+  std::optional<std::string> notification;
+};
+
+class TransferEngine {
+ public:
+  // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape.
+  static Result<std::unique_ptr<TransferEngine>> create(TransferEngineOptions options = {});
+  ~TransferEngine();
+
+  // Starts copying blocks src_ids[i] of `src` into dst_ids[i] of `dst`. Errors before
+  // anything moves: InvalidArgument for lists of different lengths, an empty list, a
+  // duplicate destination id, layouts whose blocks differ (layers, outer, page, inner,
+  // dtype), two
+  // remote layouts, a remote copy without an agent, the same local layout as source and
+  // destination of an overlapping block; OutOfBounds naming a block id and num_blocks;
+  // Unsupported for a tier pair with no path (Disk <-> Disk, Disk <-> Device: stage through
+  // a host layout) and DeviceUnavailable for GPU memory without a usable GPU.
+  Result<Transfer> copy(const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
+                        std::span<const size_t> dst_ids, const CopyOptions& options = {});
+
+  // The path copy() would take for this pair of layouts, or why there is none.
+  Result<TransferPath> path_for(const Layout& src, const Layout& dst) const;
+
+  size_t host_threads() const;
+
+ private:
+  struct State;
+  explicit TransferEngine(std::unique_ptr<State> state);
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace kvbm

@@ -1,0 +1,53 @@
+// The file path of the transfer engine: one thread that owns an io_uring (UringBatch) and
+// runs each request's file ops as one batch. Thread-safe: submit from any thread.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "common/uring_batch.h"
+#include "transfer/transfer_impl.h"
+
+namespace kvbm::detail {
+
+class FileJob {
+ public:
+  explicit FileJob(std::vector<FileOp> ops) : ops_(std::move(ops)) {}
+  // The outcome once finished; nullopt while running.
+  std::optional<Status> result() const;
+  std::optional<Status> wait_for(std::chrono::milliseconds timeout);
+
+ private:
+  friend class FileWorker;
+  void finish(Status s);
+  std::vector<FileOp> ops_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  std::optional<Status> result_;
+};
+
+class FileWorker {
+ public:
+  // Io/InvalidArgument from UringBatch::create.
+  static Result<std::unique_ptr<FileWorker>> create(unsigned queue_depth);
+  ~FileWorker();  // finishes queued jobs, then joins
+  std::shared_ptr<FileJob> submit(std::vector<FileOp> ops);
+
+ private:
+  explicit FileWorker(std::unique_ptr<UringBatch> batch);
+  void run();
+
+  std::unique_ptr<UringBatch> batch_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::shared_ptr<FileJob>> jobs_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+}  // namespace kvbm::detail

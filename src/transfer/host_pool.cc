@@ -1,0 +1,93 @@
+#include "transfer/host_pool.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace kvbm::detail {
+namespace {
+constexpr uint64_t kMinPartBytes = 64 << 10;
+}
+
+HostJob::HostJob(std::vector<Chunk> chunks, uint64_t bytes, size_t parts)
+    : chunks_(std::move(chunks)), bytes_(bytes), parts_(parts), remaining_(parts) {
+  starts_.reserve(chunks_.size());
+  uint64_t at = 0;
+  for (const Chunk& c : chunks_) {
+    starts_.push_back(at);
+    at += c.len;
+  }
+}
+
+void HostJob::run_part(size_t part) {
+  const uint64_t begin = bytes_ * part / parts_;
+  const uint64_t end = bytes_ * (part + 1) / parts_;
+  // The chunk holding byte `begin`: the last one starting at or before it.
+  size_t i = std::upper_bound(starts_.begin(), starts_.end(), begin) - starts_.begin() - 1;
+  uint64_t at = begin;
+  while (at < end && i < chunks_.size()) {
+    const Chunk& c = chunks_[i];
+    const uint64_t off = at - starts_[i];
+    const uint64_t n = std::min(c.len - off, end - at);
+    std::memcpy(reinterpret_cast<void*>(c.dst + off), reinterpret_cast<const void*>(c.src + off),
+                n);
+    at += n;
+    ++i;
+  }
+  std::lock_guard lock(mu_);
+  if (--remaining_ == 0) cv_.notify_all();
+}
+
+bool HostJob::done() const {
+  std::lock_guard lock(mu_);
+  return remaining_ == 0;
+}
+
+bool HostJob::wait_for(std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mu_);
+  return cv_.wait_for(lock, timeout, [&] { return remaining_ == 0; });
+}
+
+HostPool::HostPool(size_t threads) {
+  workers_.reserve(threads);
+  for (size_t i = 0; i < threads; ++i) workers_.emplace_back([this] { run(); });
+}
+
+HostPool::~HostPool() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t bytes) {
+  size_t parts = std::min<uint64_t>(workers_.size(), std::max<uint64_t>(1, bytes / kMinPartBytes));
+  auto job = std::make_shared<HostJob>(std::move(chunks), bytes, parts);
+  {
+    std::lock_guard lock(mu_);
+    for (size_t p = 0; p < parts; ++p) tasks_.emplace_back(job, p);
+  }
+  if (parts == 1) {
+    cv_.notify_one();
+  } else {
+    cv_.notify_all();
+  }
+  return job;
+}
+
+void HostPool::run() {
+  for (;;) {
+    std::pair<std::shared_ptr<HostJob>, size_t> task;
+    {
+      std::unique_lock lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !tasks_.empty(); });
+      if (tasks_.empty()) return;  // stopping, and nothing left to do
+      task = std::move(tasks_.front());
+      tasks_.pop_front();
+    }
+    task.first->run_part(task.second);
+  }
+}
+
+}  // namespace kvbm::detail

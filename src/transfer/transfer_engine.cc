@@ -1,0 +1,267 @@
+// The transfer engine: validates a request, builds its chunk list, and hands it to a path.
+#include <algorithm>
+#include <mutex>
+#include <thread>
+
+#include "kvbm/transfer.h"
+#include "kvbm/xfer/mem_type.h"
+#include "transfer/cuda_copier.h"
+#include "transfer/file_worker.h"
+#include "transfer/host_pool.h"
+#include "transfer/transfer_impl.h"
+
+namespace kvbm {
+namespace {
+
+bool is_host(StorageKind k) {
+  return k == StorageKind::System || k == StorageKind::Pinned;
+}
+
+Error timeout_error(TransferPath path, std::chrono::milliseconds timeout) {
+  return err(ErrorCode::Timeout, to_string(path), " block copy not finished after ",
+             timeout.count(), " ms");
+}
+
+class HostTransfer final : public Transfer::Impl {
+ public:
+  HostTransfer(std::shared_ptr<detail::HostJob> job, uint64_t bytes, size_t chunks)
+      : Impl(TransferPath::Host, bytes, chunks), job_(std::move(job)) {}
+  ~HostTransfer() override { job_->wait_for(std::chrono::hours(24 * 365)); }
+  bool ready() override { return job_->done(); }
+  Status wait(std::chrono::milliseconds timeout) override {
+    if (!job_->wait_for(timeout)) return timeout_error(path(), timeout);
+    return {};
+  }
+
+ private:
+  std::shared_ptr<detail::HostJob> job_;
+};
+
+class FileTransfer final : public Transfer::Impl {
+ public:
+  FileTransfer(std::shared_ptr<detail::FileJob> job, uint64_t bytes, size_t chunks)
+      : Impl(TransferPath::File, bytes, chunks), job_(std::move(job)) {}
+  ~FileTransfer() override { (void)job_->wait_for(std::chrono::hours(24 * 365)); }
+  bool ready() override { return job_->result().has_value(); }
+  Status wait(std::chrono::milliseconds timeout) override {
+    auto r = job_->wait_for(timeout);
+    if (!r) return timeout_error(path(), timeout);
+    return *r;
+  }
+
+ private:
+  std::shared_ptr<detail::FileJob> job_;
+};
+
+class RemoteTransfer final : public Transfer::Impl {
+ public:
+  RemoteTransfer(std::unique_ptr<xfer::Request> req, uint64_t bytes, size_t chunks)
+      : Impl(TransferPath::Remote, bytes, chunks), req_(std::move(req)) {}
+  bool ready() override {
+    auto s = req_->state();
+    return s == xfer::XferState::Done || s == xfer::XferState::Error;
+  }
+  Status wait(std::chrono::milliseconds timeout) override { return req_->wait(timeout); }
+
+ private:
+  std::unique_ptr<xfer::Request> req_;  // destroying it cancels a transfer in flight
+};
+
+}  // namespace
+
+const char* to_string(TransferPath path) {
+  switch (path) {
+    case TransferPath::Host:
+      return "host";
+    case TransferPath::Cuda:
+      return "cuda";
+    case TransferPath::File:
+      return "file";
+    case TransferPath::Remote:
+      return "remote";
+  }
+  return "?";
+}
+
+Transfer::Transfer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Transfer::Transfer(Transfer&&) noexcept = default;
+Transfer& Transfer::operator=(Transfer&&) noexcept = default;
+Transfer::~Transfer() = default;
+bool Transfer::ready() {
+  return impl_->ready();
+}
+Status Transfer::wait(std::chrono::milliseconds timeout) {
+  return impl_->wait(timeout);
+}
+TransferPath Transfer::path() const {
+  return impl_->path();
+}
+uint64_t Transfer::bytes() const {
+  return impl_->bytes();
+}
+size_t Transfer::chunks() const {
+  return impl_->chunks();
+}
+
+struct TransferEngine::State {
+  TransferEngineOptions options;
+  detail::HostPool pool;
+  std::mutex mu;  // guards the lazily created paths below
+  std::vector<std::unique_ptr<detail::CudaCopier>> cuda;
+  std::unique_ptr<detail::FileWorker> files;
+
+  explicit State(const TransferEngineOptions& o) : options(o), pool(o.host_threads) {}
+
+  Result<detail::CudaCopier*> cuda_for(int ordinal) {
+    std::lock_guard lock(mu);
+    for (auto& c : cuda) {
+      if (c->ordinal() == ordinal) return c.get();
+    }
+    auto c = detail::CudaCopier::create(ordinal, options);
+    if (!c) return c.error();
+    cuda.push_back(std::move(*c));
+    return cuda.back().get();
+  }
+
+  Result<detail::FileWorker*> file_worker() {
+    std::lock_guard lock(mu);
+    if (!files) {
+      auto w = detail::FileWorker::create(options.uring_queue_depth);
+      if (!w) return w.error();
+      files = std::move(*w);
+    }
+    return files.get();
+  }
+};
+
+Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOptions options) {
+  if (options.host_threads > 1024) {
+    return err(ErrorCode::InvalidArgument, "host_threads ", options.host_threads, " exceeds 1024");
+  }
+  if (options.host_threads == 0) {
+    options.host_threads = std::max(1u, std::thread::hardware_concurrency());
+  }
+  if (options.uring_queue_depth == 0 || options.uring_queue_depth > 4096) {
+    return err(ErrorCode::InvalidArgument, "uring_queue_depth ", options.uring_queue_depth,
+               " must be in 1..4096");
+  }
+  if (options.cuda_ctas_per_sm == 0 || options.cuda_threads == 0 || options.cuda_threads > 1024 ||
+      options.cuda_max_piece == 0) {
+    return err(ErrorCode::InvalidArgument, "CUDA launch shape: ctas_per_sm ",
+               options.cuda_ctas_per_sm, ", threads ", options.cuda_threads, ", max piece ",
+               options.cuda_max_piece, " (need > 0 and threads <= 1024)");
+  }
+  return std::unique_ptr<TransferEngine>(new TransferEngine(std::make_unique<State>(options)));
+}
+
+TransferEngine::TransferEngine(std::unique_ptr<State> state) : state_(std::move(state)) {}
+TransferEngine::~TransferEngine() = default;
+
+size_t TransferEngine::host_threads() const {
+  return state_->pool.threads();
+}
+
+Result<TransferPath> TransferEngine::path_for(const Layout& src, const Layout& dst) const {
+  if (src.is_remote() && dst.is_remote()) {
+    return err(ErrorCode::InvalidArgument, "both layouts are remote (agents '", src.remote_agent(),
+               "' and '", dst.remote_agent(), "'); one must be local");
+  }
+  if (src.is_remote() || dst.is_remote()) return TransferPath::Remote;
+  const StorageType s = src.storage_type();
+  const StorageType d = dst.storage_type();
+  if (is_host(s.kind) && is_host(d.kind)) return TransferPath::Host;
+  const bool s_dev = s.kind == StorageKind::Device;
+  const bool d_dev = d.kind == StorageKind::Device;
+  if ((s_dev && d_dev && s.id == d.id) || (s_dev && is_host(d.kind)) ||
+      (d_dev && is_host(s.kind))) {
+    return TransferPath::Cuda;
+  }
+  if ((s.kind == StorageKind::Disk && is_host(d.kind)) ||
+      (d.kind == StorageKind::Disk && is_host(s.kind))) {
+    return TransferPath::File;
+  }
+  return err(ErrorCode::Unsupported, "no block copy path from ", s.to_string(), " to ",
+             d.to_string(),
+             s_dev && d_dev ? " (different GPUs)" : "; stage the blocks through a host layout");
+}
+
+Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t> src_ids,
+                                      const Layout& dst, std::span<const size_t> dst_ids,
+                                      const CopyOptions& options) {
+  auto path = path_for(src, dst);
+  if (!path) return path.error();
+  KVBM_TRY(detail::validate_copy(src, src_ids, dst, dst_ids));
+  if (*path == TransferPath::Remote && options.agent == nullptr) {
+    return err(ErrorCode::InvalidArgument, "copy to or from the remote layout of agent '",
+               src.is_remote() ? src.remote_agent() : dst.remote_agent(), "' needs an agent");
+  }
+  std::vector<Chunk> chunks;
+  chunks.reserve(src_ids.size() * src.config().num_layers * src.config().outer_dim);
+  const uint64_t bytes = detail::build_chunks(src, src_ids, dst, dst_ids, chunks);
+  const size_t n = chunks.size();
+
+  switch (*path) {
+    case TransferPath::Host: {
+      auto job = state_->pool.submit(std::move(chunks), bytes);
+      return Transfer(std::make_unique<HostTransfer>(std::move(job), bytes, n));
+    }
+    case TransferPath::Cuda: {
+      const StorageType s = src.storage_type();
+      const StorageType d = dst.storage_type();
+      const int ordinal = static_cast<int>(s.kind == StorageKind::Device ? s.id : d.id);
+      auto copier = state_->cuda_for(ordinal);
+      if (!copier) return copier.error();
+      // Pageable memory is read by the kernel only where the GPU can address it.
+      const bool pageable = s.kind == StorageKind::System || d.kind == StorageKind::System;
+      auto impl = (*copier)->submit(chunks, bytes, !pageable || (*copier)->pageable_access());
+      if (!impl) return impl.error();
+      return Transfer(std::move(*impl));
+    }
+    case TransferPath::File: {
+      auto worker = state_->file_worker();
+      if (!worker) return worker.error();
+      const bool read = src.storage_type().kind == StorageKind::Disk;
+      std::vector<detail::FileOp> ops;
+      ops.reserve(n);
+      for (const Chunk& c : chunks) {
+        if (read) {
+          ops.push_back({detail::FileOp::Kind::Read,
+                         static_cast<int>(src.region(c.src_region).type().id), c.src,
+                         reinterpret_cast<void*>(c.dst), c.len});
+        } else {
+          ops.push_back({detail::FileOp::Kind::Write,
+                         static_cast<int>(dst.region(c.dst_region).type().id), c.dst,
+                         reinterpret_cast<void*>(c.src), c.len});
+        }
+      }
+      auto job = (*worker)->submit(std::move(ops));
+      return Transfer(std::make_unique<FileTransfer>(std::move(job), bytes, n));
+    }
+    case TransferPath::Remote: {
+      const bool write = dst.is_remote();
+      const Layout& local = write ? src : dst;
+      const Layout& remote = write ? dst : src;
+      const xfer::MemType local_type = xfer::mem_type_of(local.storage_type());
+      xfer::DescList l(local_type);
+      xfer::DescList r(remote.remote_regions().front().storage().mem_type());
+      l.descs.reserve(n);
+      r.descs.reserve(n);
+      for (const Chunk& c : chunks) {
+        const uint32_t lr = write ? c.src_region : c.dst_region;
+        const uint32_t rr = write ? c.dst_region : c.src_region;
+        const uint64_t ldev = local_type == xfer::MemType::Dram ? 0 : local.region(lr).type().id;
+        l.descs.push_back({write ? c.src : c.dst, c.len, ldev});
+        r.descs.push_back(
+            {write ? c.dst : c.src, c.len, remote.remote_regions()[rr].storage().device_id()});
+      }
+      auto req = options.agent->create_request(write ? xfer::Op::Write : xfer::Op::Read, l, r,
+                                               remote.remote_agent(), options.notification);
+      if (!req) return req.error();
+      KVBM_TRY((*req)->post());
+      return Transfer(std::make_unique<RemoteTransfer>(std::move(*req), bytes, n));
+    }
+  }
+  return err(ErrorCode::Internal, "unknown transfer path");
+}
+
+}  // namespace kvbm

@@ -1,0 +1,55 @@
+// Internals of the transfer layer: the chunk list every path starts from, and the base of
+// the per-path Transfer implementations.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kvbm/layout.h"
+#include "kvbm/transfer.h"
+
+namespace kvbm {
+
+// One contiguous range to copy: absolute addresses (file offsets for Disk) and the index
+// of the region each side lies in (so Disk chunks know their fd).
+struct Chunk {
+  uint64_t src = 0;
+  uint64_t dst = 0;
+  uint64_t len = 0;
+  uint32_t src_region = 0;
+  uint32_t dst_region = 0;
+};
+
+class Transfer::Impl {
+ public:
+  Impl(TransferPath path, uint64_t bytes, size_t chunks)
+      : path_(path), bytes_(bytes), chunks_(chunks) {}
+  virtual ~Impl() = default;
+  virtual bool ready() = 0;
+  virtual Status wait(std::chrono::milliseconds timeout) = 0;
+
+  TransferPath path() const { return path_; }
+  uint64_t bytes() const { return bytes_; }
+  size_t chunks() const { return chunks_; }
+
+ private:
+  TransferPath path_;
+  uint64_t bytes_;
+  size_t chunks_;
+};
+
+namespace detail {
+
+// Checks the id lists against the layouts (lengths, ranges, duplicate destinations,
+// shapes, overlap when src and dst are one layout).
+Status validate_copy(const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
+                     std::span<const size_t> dst_ids);
+// Appends the chunks of the copy to `out` (cleared first), coalescing neighbours that are
+// adjacent on both sides. Precondition: validate_copy passed. Returns the payload bytes.
+uint64_t build_chunks(const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
+                      std::span<const size_t> dst_ids, std::vector<Chunk>& out);
+
+}  // namespace detail
+}  // namespace kvbm

@@ -1,0 +1,295 @@
+// `kvbm bench transfer`: scattered block copies through the transfer engine, each path next
+// to its ceiling measured in the same run: host<->host against memcpy on all cores; GPU<->
+// pinned host both ways against one large cudaMemcpy; GPU<->GPU against a device-to-device
+// cudaMemcpy. GPU rows are skipped (and say why) without a GPU. Every byte is checked once.
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "commands.h"
+#include "common/pattern.h"
+#include "kvbm/storage.h"
+#include "kvbm/transfer.h"
+#include "table.h"
+
+#if KVBM_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace kvbm::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchTransferOptions {
+  size_t mib = 256;  // bytes moved per measurement
+  std::vector<size_t> chunk_kib = {16, 64, 256, 1024, 2048};
+  int iters = 5;
+  size_t threads = 0;
+  bool no_gpu = false;
+};
+
+// Median seconds of `iters` runs of `fn` (after one warm-up run).
+template <typename Fn>
+Result<double> median_seconds(int iters, Fn&& fn) {
+  KVBM_TRY(fn());
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = Clock::now();
+    KVBM_TRY(fn());
+    t.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+// Layouts whose chunks are `chunk` bytes: 2 layers x K/V, the destination stored outer-major
+// and the block ids shuffled, so no two chunks coalesce: every chunk is its own copy.
+LayoutConfig config_for(size_t total, size_t chunk) {
+  LayoutConfig c;
+  c.num_layers = 2;
+  c.outer_dim = 2;
+  c.page_size = 1;
+  c.inner_dim = chunk;
+  c.dtype_bytes = 1;
+  c.alignment = 4096;
+  c.num_blocks = std::max<size_t>(1, total / (chunk * 4));
+  return c;
+}
+
+struct Row {
+  std::string path;
+  size_t chunk;
+  double gbps = 0;
+  double ceiling = 0;
+  std::string ceiling_name;
+  std::string note;
+};
+
+// Host memcpy on all cores: the ceiling of the host path. The best of one memcpy per thread
+// and 1 MiB memcpy calls per thread: glibc switches to non-temporal stores for huge calls,
+// which is slower on some machines, and the ceiling should be the strongest plain copy.
+double memcpy_ceiling(size_t bytes, size_t threads, int iters) {
+  auto a = SystemStorage::allocate(bytes);
+  auto b = SystemStorage::allocate(bytes);
+  if (!a || !b) return 0;
+  double best = 0;
+  for (size_t piece : {bytes, size_t{1} << 20}) {
+    auto s = median_seconds(iters, [&]() -> Status {
+      std::vector<std::thread> ts;
+      for (size_t i = 0; i < threads; ++i) {
+        ts.emplace_back([&, i] {
+          const size_t lo = bytes * i / threads, hi = bytes * (i + 1) / threads;
+          for (size_t at = lo; at < hi; at += piece) {
+            std::memcpy(static_cast<char*>(b->data()) + at, static_cast<char*>(a->data()) + at,
+                        std::min(piece, hi - at));
+          }
+        });
+      }
+      for (auto& t : ts) t.join();
+      return {};
+    });
+    if (s) best = std::max(best, bytes / *s / 1e9);
+  }
+  return best;
+}
+
+Status verify(const Layout& src, const Layout& dst, std::span<const size_t> sids,
+              std::span<const size_t> dids,
+              const std::function<Status(void*, uint64_t, size_t)>& read_back) {
+  std::vector<char> buf(src.config().chunk_bytes());
+  for (size_t i = 0; i < sids.size(); ++i)
+    for (size_t l = 0; l < src.config().num_layers; ++l)
+      for (size_t o = 0; o < src.config().outer_dim; ++o) {
+        auto m = dst.memory_region_unchecked(dids[i], l, o);
+        KVBM_TRY(read_back(buf.data(), m.addr, m.size));
+        auto s = src.memory_region_unchecked(sids[i], l, o);
+        size_t at = detail::find_pattern_mismatch(buf.data(), buf.size(), 99, s.offset);
+        if (at != SIZE_MAX) {
+          return err(ErrorCode::Internal, "block ", dids[i], " layer ", l, " outer ", o,
+                     " differs at byte ", at);
+        }
+      }
+  return {};
+}
+
+// One engine measurement: copies every block of src into a shuffled dst.
+Result<double> measure(TransferEngine& e, const Layout& src, const Layout& dst, int iters,
+                       std::span<const size_t> sids, std::span<const size_t> dids) {
+  uint64_t bytes = 0;
+  auto s = median_seconds(iters, [&]() -> Status {
+    auto t = e.copy(src, sids, dst, dids);
+    if (!t) return t.error();
+    bytes = t->bytes();
+    return t->wait(std::chrono::minutes(5));
+  });
+  if (!s) return s.error();
+  return bytes / *s / 1e9;
+}
+
+std::pair<std::vector<size_t>, std::vector<size_t>> ids_for(size_t n) {
+  std::vector<size_t> s(n), d(n);
+  std::iota(s.begin(), s.end(), 0);
+  std::iota(d.begin(), d.end(), 0);
+  std::shuffle(d.begin(), d.end(), std::mt19937_64(42));
+  return {s, d};
+}
+
+void host_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>& rows) {
+  const size_t total = o.mib << 20;
+  const double ceiling = memcpy_ceiling(total, e.host_threads(), o.iters);
+  for (size_t kib : o.chunk_kib) {
+    Row r{"host -> host",
+          kib << 10,
+          0,
+          ceiling,
+          "memcpy, " + std::to_string(e.host_threads()) + " threads",
+          ""};
+    LayoutConfig c = config_for(total, kib << 10);
+    auto src = Layout::allocate(c, LayoutKind::FullyContiguous, SystemAllocator());
+    auto dst =
+        Layout::allocate(c, LayoutKind::LayerSeparate, SystemAllocator(), LayerOrder::OuterMajor);
+    if (!src || !dst) {
+      r.note = (!src ? src.error() : dst.error()).to_string();
+      rows.push_back(r);
+      continue;
+    }
+    detail::fill_pattern(src->region(0).data(), src->region(0).size(), 99);
+    auto [sids, dids] = ids_for(c.num_blocks);
+    auto g = measure(e, *src, *dst, o.iters, sids, dids);
+    if (!g) {
+      r.note = g.error().to_string();
+    } else {
+      r.gbps = *g;
+      auto v = verify(*src, *dst, sids, dids, [](void* b, uint64_t a, size_t n) -> Status {
+        std::memcpy(b, reinterpret_cast<const void*>(a), n);
+        return {};
+      });
+      r.note = v ? "verified" : v.error().to_string();
+    }
+    rows.push_back(r);
+  }
+}
+
+#if KVBM_HAVE_CUDA
+double cuda_ceiling(void* dst, const void* src, size_t bytes, int iters) {
+  auto s = median_seconds(iters, [&]() -> Status {
+    cudaError_t e = cudaMemcpy(dst, src, bytes, cudaMemcpyDefault);
+    if (e != cudaSuccess) return err(ErrorCode::Internal, cudaGetErrorString(e));
+    return {};
+  });
+  return s ? bytes / *s / 1e9 : 0;
+}
+
+void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>& rows) {
+  const size_t total = o.mib << 20;
+  auto pa = PinnedStorage::allocate(total);
+  auto da = DeviceStorage::allocate(total);
+  auto db = DeviceStorage::allocate(total);
+  if (!pa || !da || !db) {
+    Error why = !pa ? pa.error() : !da ? da.error() : db.error();
+    rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: " + why.to_string()});
+    return;
+  }
+  const double h2d = cuda_ceiling(da->data(), pa->data(), total, o.iters);
+  const double d2h = cuda_ceiling(pa->data(), da->data(), total, o.iters);
+  const double d2d = cuda_ceiling(db->data(), da->data(), total, o.iters);
+  for (size_t kib : o.chunk_kib) {
+    LayoutConfig c = config_for(total, kib << 10);
+    auto host = Layout::allocate(c, LayoutKind::FullyContiguous, PinnedAllocator());
+    auto host2 = Layout::allocate(c, LayoutKind::FullyContiguous, PinnedAllocator());
+    auto dev =
+        Layout::allocate(c, LayoutKind::LayerSeparate, DeviceAllocator(0), LayerOrder::OuterMajor);
+    auto dev2 = Layout::allocate(c, LayoutKind::FullyContiguous, DeviceAllocator(0));
+    if (!host || !host2 || !dev || !dev2) {
+      rows.push_back({"GPU rows", kib << 10, 0, 0, "", "allocation failed"});
+      continue;
+    }
+    detail::fill_pattern(host->region(0).data(), host->region(0).size(), 99);
+    auto [sids, dids] = ids_for(c.num_blocks);
+    auto from_device = [](void* b, uint64_t a, size_t n) -> Status {
+      cudaError_t e = cudaMemcpy(b, reinterpret_cast<const void*>(a), n, cudaMemcpyDefault);
+      if (e != cudaSuccess) return err(ErrorCode::Internal, cudaGetErrorString(e));
+      return {};
+    };
+    auto run = [&](const char* name, const Layout& s, const Layout& d, std::span<const size_t> si,
+                   std::span<const size_t> di, double ceiling, const char* cname,
+                   const Layout* origin) {
+      Row r{name, kib << 10, 0, ceiling, cname, ""};
+      auto g = measure(e, s, d, o.iters, si, di);
+      if (!g) {
+        r.note = g.error().to_string();
+      } else {
+        r.gbps = *g;
+        if (origin != nullptr) {
+          auto v = verify(*origin, d, si, di, from_device);
+          r.note = v ? "verified" : v.error().to_string();
+        }
+      }
+      rows.push_back(r);
+    };
+    // pinned -> GPU (scattered into the shuffled device blocks), GPU -> GPU, GPU -> pinned.
+    run("pinned -> GPU", *host, *dev, sids, dids, h2d, "cudaMemcpy H2D", &*host);
+    run("GPU -> GPU", *dev, *dev2, dids, sids, d2d, "cudaMemcpy D2D", nullptr);
+    rows.back().note = "checked below";
+    // dev2 block b holds host block b, so host2 block dids[i] must hold host block sids[i].
+    run("GPU -> pinned", *dev2, *host2, sids, dids, d2h, "cudaMemcpy D2H", &*host);
+  }
+}
+#endif
+
+int run_bench_transfer(const BenchTransferOptions& o) {
+  TransferEngineOptions eo;
+  eo.host_threads = o.threads;
+  auto e = TransferEngine::create(eo);
+  if (!e) {
+    std::cerr << "kvbm bench transfer: " << e.error().to_string() << "\n";
+    return 1;
+  }
+  std::vector<Row> rows;
+  host_rows(**e, o, rows);
+#if KVBM_HAVE_CUDA
+  if (o.no_gpu) {
+    rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: --no-gpu"});
+  } else if (auto n = cuda_device_count(); !n) {
+    rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: " + n.error().to_string()});
+  } else {
+    gpu_rows(**e, o, rows);
+  }
+#else
+  rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: built without CUDA"});
+#endif
+  std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
+            << ", scattered (shuffled) blocks, no chunk coalesced\n";
+  Table t({"path", "chunk", "GB/s", "ceiling GB/s", "ratio", "ceiling", "note"});
+  bool failed = false;
+  for (const Row& r : rows) {
+    failed |= r.note != "verified" && r.note != "checked below" && r.note.rfind("skipped", 0) != 0;
+    t.add({r.path, r.chunk ? human_bytes(r.chunk) : "", r.gbps ? fixed(r.gbps, 2) : "",
+           r.ceiling ? fixed(r.ceiling, 2) : "",
+           r.gbps && r.ceiling ? fixed(r.gbps / r.ceiling, 2) : "", r.ceiling_name, r.note});
+  }
+  t.print(std::cout);
+  return failed ? 1 : 0;
+}
+
+}  // namespace
+
+void add_bench_transfer(CLI::App& bench, Runner& runner) {
+  auto o = std::make_shared<BenchTransferOptions>();
+  auto* cmd = bench.add_subcommand(
+      "transfer", "Scattered block copies (host, GPU<->pinned, GPU<->GPU) against ceilings");
+  cmd->add_option("--mib", o->mib, "MiB moved per measurement")->check(CLI::Range(1, 1 << 16));
+  cmd->add_option("--chunk-kib", o->chunk_kib, "Chunk sizes in KiB")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--iters", o->iters, "Timed runs per row (median)")->check(CLI::Range(1, 1000));
+  cmd->add_option("--threads", o->threads, "Host copy threads (0: every core)");
+  cmd->add_flag("--no-gpu", o->no_gpu, "Skip the GPU rows");
+  cmd->callback([o, &runner] { runner = [o] { return run_bench_transfer(*o); }; });
+}
+
+}  // namespace kvbm::tools
