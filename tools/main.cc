@@ -16,11 +16,18 @@ int main(int argc, char** argv) {
 
   auto* info_cmd = app.add_subcommand("info", "Show what this machine offers kvbm");
 
+  // `kvbm bench <what>`: each benchmark adds itself to the group and sets `runner`.
+  kvbm::tools::Runner runner;
+  auto* bench_cmd = app.add_subcommand("bench", "Measure bandwidth and latency");
+  bench_cmd->require_subcommand(1);
+  kvbm::tools::add_bench_xfer(*bench_cmd, runner);
+
   CLI11_PARSE(app, argc, argv);
   if (*demo_cmd) {
     demo.bytes = demo_mib << 20;
     return kvbm::tools::run_demo(demo);
   }
   if (*info_cmd) return kvbm::tools::run_info();
+  if (runner) return runner();
   return 1;
 }
