@@ -12,10 +12,12 @@
 // of one small descriptor, median of many.
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
@@ -48,10 +50,12 @@ struct XferOptions {
   std::string transport = "shm";
   std::string op = "both";
   std::string perftest = "ucx_perftest";
+  bool target_thread = false;  // the target uses a progress thread instead of spinning
 };
 
 struct TargetOptions {
   size_t bytes = 1 << 20;
+  bool progress_thread = false;
 };
 
 // "4096", "4K", "64KiB", "1M", "2G" -> bytes (binary units).
@@ -340,10 +344,17 @@ int run_xfer(const XferOptions& o) {
   Subprocess::Options topt;
   topt.pipe_stdin = true;
   topt.pipe_stdout = true;
-  auto target = Subprocess::spawn(
-      {"/proc/self/exe", "bench", "xfer-target", "--bytes", std::to_string(bytes)}, topt);
+  std::vector<std::string> targv = {"/proc/self/exe", "bench", "xfer-target", "--bytes",
+                                    std::to_string(bytes)};
+  if (o.target_thread) targv.push_back("--progress-thread");
+  auto target = Subprocess::spawn(targv, topt);
   if (!target) return fail(target.error());
+  // UCX may log to stdout too (UCX_LOG_LEVEL): skip to our line.
   auto ready = target->read_line(std::chrono::seconds(30));
+  while (ready && ready->rfind("READY ", 0) != 0) {
+    std::cerr << "target: " << *ready << "\n";
+    ready = target->read_line(std::chrono::seconds(30));
+  }
   if (!ready) return fail(ready.error());
   std::istringstream rl(*ready);
   std::string word;
@@ -372,8 +383,9 @@ int run_xfer(const XferOptions& o) {
 
   std::optional<std::string> perftest = find_program(o.perftest);
   std::cout << "kvbm bench xfer: transport " << o.transport << " (UCX_TLS=" << tls
-            << "), target pid " << target->pid() << ", buffers " << human_bytes(bytes)
-            << " each, data verified\n";
+            << "), target pid " << target->pid() << " ("
+            << (o.target_thread ? "progress thread" : "spinning on progress()") << ")"
+            << ", buffers " << human_bytes(bytes) << " each, data verified\n";
   if (!perftest) {
     std::cout << "ucx_perftest not found ('" << o.perftest
               << "'; Debian package ucx-utils): no ratios\n";
@@ -464,10 +476,13 @@ int run_xfer(const XferOptions& o) {
 }
 
 // The target: one registered buffer, served over the side channel; prints
-// "READY <port> <addr>" and stays until stdin says quit or closes.
+// "READY <port> <addr>" and stays until stdin says quit or closes. Without a progress
+// thread it spins on progress() (as ucx_perftest's server does): on UCX 1.13 shared
+// memory, RMA on user memory is emulated with active messages, so the target's progress
+// is on every transfer's path.
 int run_target(const TargetOptions& o) {
   xfer::AgentConfig config;
-  config.progress_thread = true;
+  config.progress_thread = o.progress_thread;
   auto agent = xfer::Agent::create("kvbm-bench-target", config);
   if (!agent) return fail(agent.error());
   auto buf = SystemAllocator().allocate(o.bytes);
@@ -476,10 +491,20 @@ int run_target(const TargetOptions& o) {
   auto port = (*agent)->listen("127.0.0.1", 0);
   if (!port) return fail(port.error());
   std::cout << "READY " << *port << " " << buf->addr() << std::endl;
-  for (std::string line; std::getline(std::cin, line);) {
-    if (line == "quit") break;
+  std::string input;
+  for (;;) {
+    if (!o.progress_thread) {
+      for (int i = 0; i < 4096; ++i) (*agent)->progress();
+    }
+    pollfd p{STDIN_FILENO, POLLIN, 0};
+    if (poll(&p, 1, o.progress_thread ? 100 : 0) <= 0) continue;
+    char chunk[256];
+    ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;  // EOF: the initiator is gone
+    input.append(chunk, static_cast<size_t>(n));
+    if (input.find("quit\n") != std::string::npos) return 0;
   }
-  return 0;
 }
 
 }  // namespace
@@ -510,6 +535,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
       ->capture_default_str()
       ->check(CLI::IsMember({"read", "write", "both"}));
   cmd->add_option("--perftest", o->perftest, "The ucx_perftest program")->capture_default_str();
+  cmd->add_flag("--target-thread", o->target_thread,
+                "Target agent uses its progress thread (default: it spins on progress())");
   cmd->callback([o, &runner] { runner = [o] { return run_xfer(*o); }; });
 
   // The other end, started by `xfer` itself; hidden from help.
@@ -517,6 +544,7 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
   auto* target = bench.add_subcommand("xfer-target", "")->group("");
   target->add_option("--bytes", t->bytes, "Registered buffer size")
       ->check(CLI::Range(size_t{1}, size_t{1} << 40));
+  target->add_flag("--progress-thread", t->progress_thread, "Use the agent's progress thread");
   target->callback([t, &runner] { runner = [t] { return run_target(*t); }; });
 }
 
