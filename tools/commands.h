@@ -23,4 +23,7 @@ using Runner = std::function<int()>;
 // `kvbm bench transfer`: scattered block copies against each path's ceiling.
 void add_bench_transfer(CLI::App& bench, Runner& runner);
 
+// `kvbm bench xfer` (and its hidden target process, `kvbm bench xfer-target`).
+void add_bench_xfer(CLI::App& bench, Runner& runner);
+
 }  // namespace kvbm::tools

@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   auto* bench_cmd = app.add_subcommand("bench", "Measure bandwidth and latency");
   bench_cmd->require_subcommand(1);
   kvbm::tools::add_bench_transfer(*bench_cmd, runner);
+  kvbm::tools::add_bench_xfer(*bench_cmd, runner);
 
   CLI11_PARSE(app, argc, argv);
   if (*demo_cmd) {

@@ -1,0 +1,551 @@
+// `kvbm bench xfer`: the transfer agent between two processes on loopback, against
+// ucx_perftest on the same transport.
+//
+// The initiator (this process) polls (AgentConfig.progress_thread = false) for the
+// lowest latency; the target is this same binary re-executed as the hidden
+// `kvbm bench xfer-target`, with a progress thread (TCP's emulated RMA needs the target
+// to progress). Metadata goes over the agent's TCP side channel.
+//
+// Bandwidth: requests of D descriptors of S bytes each, several requests in flight, the
+// same buffers reused (as ucx_perftest does); each request ends with UCX's flush, so a
+// request counts only once its data is complete at the target. Latency: post()+wait()
+// of one small descriptor, median of many.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "commands.h"
+#include "common/pattern.h"
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+#include "subprocess.h"
+#include "table.h"
+
+namespace kvbm::tools {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using xfer::Op;
+
+struct XferOptions {
+  std::string sizes = "4K,64K,1M,16M,64M";
+  std::string descs = "1,16,256,1024";
+  std::string lat_sizes = "8,4K";
+  size_t iters = 0;  // requests per bandwidth point; 0: enough for ~256 MiB (shm)
+  size_t lat_iters = 5000;
+  size_t inflight = 0;  // 0: enough requests for ~4 MiB in flight, 1..32
+  size_t max_request = 64 << 20;
+  std::string transport = "shm";
+  std::string op = "both";
+  std::string perftest = "ucx_perftest";
+  bool target_thread = false;  // the target uses a progress thread instead of spinning
+};
+
+struct TargetOptions {
+  size_t bytes = 1 << 20;
+  bool progress_thread = false;
+};
+
+// "4096", "4K", "64KiB", "1M", "2G" -> bytes (binary units).
+Result<std::vector<size_t>> parse_sizes(const std::string& list, const char* what) {
+  std::vector<size_t> out;
+  std::istringstream in(list);
+  for (std::string item; std::getline(in, item, ',');) {
+    size_t value = 0;
+    auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
+    std::string unit(end, static_cast<const char*>(item.data() + item.size()));
+    size_t scale = 0;
+    if (unit.empty() || unit == "B") scale = 1;
+    if (unit == "K" || unit == "KiB" || unit == "k") scale = size_t{1} << 10;
+    if (unit == "M" || unit == "MiB") scale = size_t{1} << 20;
+    if (unit == "G" || unit == "GiB") scale = size_t{1} << 30;
+    if (ec != std::errc() || scale == 0 || value == 0 || value > (size_t{1} << 40) / scale) {
+      return err(ErrorCode::InvalidArgument, what, ": '", item,
+                 "' is not a positive size (4096, 4K, 1M, 1G)");
+    }
+    out.push_back(value * scale);
+  }
+  if (out.empty()) return err(ErrorCode::InvalidArgument, what, ": empty list");
+  return out;
+}
+
+const char* ucx_tls(const std::string& transport) {
+  return transport == "tcp" ? "tcp,self" : "sm,self";
+}
+
+double gbps(double bytes, double seconds) {
+  return seconds > 0 ? bytes / seconds / 1e9 : 0;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
+  return v[v.size() / 2];
+}
+
+// ---- ucx_perftest -------------------------------------------------------------------
+
+struct PerftestResult {
+  double p50_us = 0;      // its 50th percentile latency
+  double overall_us = 0;  // total time / iterations
+  double gbps = 0;        // size / overall latency
+};
+
+uint16_t free_tcp_port() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  uint16_t port = 0;
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  close(fd);
+  return port;
+}
+
+// Runs one ucx_perftest test (server and client on loopback) and parses the CSV line of
+// `-f -v`: iterations,p50_lat,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr.
+Result<PerftestResult> run_perftest(const std::string& exe, const std::string& tls,
+                                    const std::string& test, size_t size, size_t iters,
+                                    std::vector<std::string> extra = {}) {
+  Subprocess::Options env;
+  env.env["UCX_TLS"] = tls;
+  env.quiet_stderr = true;
+  Error last{ErrorCode::Internal, "not run"};
+  // The client fails if it connects before the server listens: try a few times.
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    const std::string port = std::to_string(free_tcp_port());
+    auto server = Subprocess::spawn({exe, "-p", port}, env);
+    if (!server) return server.error();
+    std::this_thread::sleep_for(std::chrono::milliseconds(150 + 250 * attempt));
+    Subprocess::Options client_env = env;
+    client_env.pipe_stdout = true;
+    std::vector<std::string> argv = {exe,  "127.0.0.1",
+                                     "-p", port,
+                                     "-t", test,
+                                     "-s", std::to_string(size),
+                                     "-n", std::to_string(iters),
+                                     "-w", std::to_string(std::max<size_t>(1, iters / 10)),
+                                     "-f", "-v"};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto client = Subprocess::spawn(argv, client_env);
+    if (!client) return client.error();
+    auto out = client->read_all(std::chrono::seconds(120));
+    if (!out) client->kill_now();
+    auto rc = client->wait(std::chrono::seconds(5));
+    if (!server->wait(std::chrono::seconds(2))) server->kill_now();
+    if (!out) return out.error();
+    if (!rc || *rc != 0) {
+      last = err(ErrorCode::Io, "ucx_perftest -t ", test, " -s ", size, " exited with ",
+                 rc ? std::to_string(*rc) : rc.error().to_string());
+      continue;
+    }
+    // The last line with 8 numeric fields.
+    std::istringstream lines(*out);
+    std::optional<PerftestResult> result;
+    for (std::string line; std::getline(lines, line);) {
+      std::vector<double> f;
+      std::istringstream fields(line);
+      for (std::string cell; std::getline(fields, cell, ',');) {
+        char* end = nullptr;
+        double v = std::strtod(cell.c_str(), &end);
+        if (end == cell.c_str()) break;
+        f.push_back(v);
+      }
+      if (f.size() == 8 && f[3] > 0) {
+        result = PerftestResult{f[1], f[3], gbps(static_cast<double>(size), f[3] * 1e-6)};
+      }
+    }
+    if (!result) return err(ErrorCode::Io, "no result line in ucx_perftest output: ", *out);
+    return *result;
+  }
+  return last;
+}
+
+// ---- our side ----------------------------------------------------------------------
+
+struct Session {
+  std::unique_ptr<xfer::Agent> agent;
+  std::optional<SystemStorage> local;
+  std::string peer;
+  uint64_t remote_addr = 0;
+  size_t bytes = 0;
+};
+
+xfer::DescList descs_at(uint64_t base, size_t size, size_t count) {
+  xfer::DescList list(xfer::MemType::Dram);
+  list.descs.reserve(count);
+  for (size_t i = 0; i < count; ++i) list.add(base + i * size, size);
+  return list;
+}
+
+// Writes a pattern to the target and reads it back: the numbers below are for
+// transfers that really move the bytes.
+Status verify(Session& s) {
+  const size_t n = std::min<size_t>(s.bytes, 1 << 20);
+  auto* p = static_cast<uint8_t*>(s.local->data());
+  detail::fill_pattern(p, n, 42);
+  for (Op op : {Op::Write, Op::Read}) {
+    if (op == Op::Read) std::memset(p, 0, n);
+    auto req = s.agent->create_request(op, descs_at(s.local->addr(), n, 1),
+                                       descs_at(s.remote_addr, n, 1), s.peer);
+    if (!req) return req.error();
+    auto& r = *req;
+    KVBM_TRY(r->post());
+    KVBM_TRY(r->wait(std::chrono::seconds(30)));
+  }
+  if (size_t bad = detail::find_pattern_mismatch(p, n, 42); bad != SIZE_MAX) {
+    return err(ErrorCode::Internal, "verification failed: byte ", bad,
+               " read back differs from what was written");
+  }
+  return {};
+}
+
+struct BwPoint {
+  double gbps = 0;
+  size_t iters = 0;
+  size_t inflight = 0;
+};
+
+Result<BwPoint> measure_bandwidth(Session& s, Op op, size_t size, size_t count, size_t iters,
+                                  size_t inflight) {
+  std::vector<std::unique_ptr<xfer::Request>> reqs;
+  for (size_t i = 0; i < inflight; ++i) {
+    auto r = s.agent->create_request(op, descs_at(s.local->addr(), size, count),
+                                     descs_at(s.remote_addr, size, count), s.peer);
+    if (!r) return r.error();
+    reqs.push_back(std::move(*r));
+  }
+  // One request at a time: post, and re-post each as it completes.
+  auto run = [&](size_t total) -> Status {
+    size_t posted = 0, done = 0;
+    for (auto& r : reqs) {
+      if (posted == total) break;
+      KVBM_TRY(r->post());
+      ++posted;
+    }
+    std::vector<bool> busy(reqs.size());
+    for (size_t i = 0; i < reqs.size(); ++i) busy[i] = i < posted;
+    while (done < total) {
+      for (size_t i = 0; i < reqs.size(); ++i) {
+        if (!busy[i]) continue;
+        switch (reqs[i]->state()) {
+          case xfer::XferState::InProgress:
+            continue;
+          case xfer::XferState::Done:
+            ++done;
+            if (posted < total) {
+              KVBM_TRY(reqs[i]->post());
+              ++posted;
+            } else {
+              busy[i] = false;
+            }
+            break;
+          default:
+            return reqs[i]->error();
+        }
+      }
+    }
+    return {};
+  };
+  KVBM_TRY(run(std::min(iters, 2 * inflight)));  // warm-up: connections, caches
+  const auto t0 = Clock::now();
+  KVBM_TRY(run(iters));
+  const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+  return BwPoint{gbps(static_cast<double>(iters) * size * count, secs), iters, inflight};
+}
+
+struct LatPoint {
+  double p50_us = 0;
+  double mean_us = 0;
+};
+
+Result<LatPoint> measure_latency(Session& s, Op op, size_t size, size_t iters) {
+  auto made = s.agent->create_request(op, descs_at(s.local->addr(), size, 1),
+                                      descs_at(s.remote_addr, size, 1), s.peer);
+  if (!made) return made.error();
+  auto& req = *made;
+  for (size_t i = 0; i < std::min<size_t>(iters, 200); ++i) {
+    KVBM_TRY(req->post());
+    KVBM_TRY(req->wait(std::chrono::seconds(10)));
+  }
+  std::vector<double> us;
+  us.reserve(iters);
+  double total = 0;
+  for (size_t i = 0; i < iters; ++i) {
+    const auto t0 = Clock::now();
+    KVBM_TRY(req->post());
+    KVBM_TRY(req->wait(std::chrono::seconds(10)));
+    const double t = std::chrono::duration<double, std::micro>(Clock::now() - t0).count();
+    us.push_back(t);
+    total += t;
+  }
+  return LatPoint{median(std::move(us)), total / static_cast<double>(iters)};
+}
+
+std::string ratio(double ours, const std::optional<double>& theirs) {
+  if (!theirs || *theirs <= 0) return "-";
+  return fixed(ours / *theirs, 2);
+}
+
+int fail(const Error& e) {
+  std::cerr << "kvbm bench xfer: " << e.to_string() << "\n";
+  return 1;
+}
+
+int run_xfer(const XferOptions& o) {
+  auto sizes = parse_sizes(o.sizes, "--sizes");
+  if (!sizes) return fail(sizes.error());
+  auto descs = parse_sizes(o.descs, "--descs");
+  if (!descs) return fail(descs.error());
+  auto lat_sizes = parse_sizes(o.lat_sizes, "--lat-sizes");
+  if (!lat_sizes) return fail(lat_sizes.error());
+  std::vector<Op> ops;
+  if (o.op != "read") ops.push_back(Op::Write);
+  if (o.op != "write") ops.push_back(Op::Read);
+
+  struct Point {
+    size_t size, count;
+  };
+  std::vector<Point> points;
+  size_t bytes = 0;
+  for (size_t s : *sizes) {
+    for (size_t d : *descs) {
+      if (s * d > o.max_request) continue;
+      points.push_back({s, d});
+      bytes = std::max(bytes, s * d);
+    }
+  }
+  for (size_t s : *lat_sizes) bytes = std::max(bytes, s);
+  if (points.empty()) {
+    return fail(err(ErrorCode::InvalidArgument, "every size x descs exceeds --max-request ",
+                    o.max_request));
+  }
+
+  const std::string tls = ucx_tls(o.transport);
+  setenv("UCX_TLS", tls.c_str(), 1);  // read by our UCX context, and inherited by the target
+
+  Subprocess::Options topt;
+  topt.pipe_stdin = true;
+  topt.pipe_stdout = true;
+  std::vector<std::string> targv = {"/proc/self/exe", "bench", "xfer-target", "--bytes",
+                                    std::to_string(bytes)};
+  if (o.target_thread) targv.push_back("--progress-thread");
+  auto target = Subprocess::spawn(targv, topt);
+  if (!target) return fail(target.error());
+  // UCX may log to stdout too (UCX_LOG_LEVEL): skip to our line.
+  auto ready = target->read_line(std::chrono::seconds(30));
+  while (ready && ready->rfind("READY ", 0) != 0) {
+    std::cerr << "target: " << *ready << "\n";
+    ready = target->read_line(std::chrono::seconds(30));
+  }
+  if (!ready) return fail(ready.error());
+  std::istringstream rl(*ready);
+  std::string word;
+  unsigned port = 0;
+  Session s;
+  if (!(rl >> word >> port >> s.remote_addr) || word != "READY") {
+    return fail(err(ErrorCode::Remote, "target did not start: ", *ready));
+  }
+
+  xfer::AgentConfig config;
+  config.progress_thread = false;  // we poll: lowest latency
+  auto agent = xfer::Agent::create("kvbm-bench-initiator", config);
+  if (!agent) return fail(agent.error());
+  s.agent = std::move(*agent);
+  auto local = SystemAllocator().allocate(bytes);
+  if (!local) return fail(local.error());
+  s.local = std::move(*local);
+  s.bytes = bytes;
+  auto reg =
+      s.agent->register_memory(xfer::DescList(xfer::MemType::Dram, {{s.local->addr(), bytes, 0}}));
+  if (!reg) return fail(reg.error());
+  auto peer = s.agent->fetch_remote_metadata("127.0.0.1", static_cast<uint16_t>(port));
+  if (!peer) return fail(peer.error());
+  s.peer = *peer;
+  if (auto st = verify(s); !st) return fail(st.error());
+
+  std::optional<std::string> perftest = find_program(o.perftest);
+  std::cout << "kvbm bench xfer: transport " << o.transport << " (UCX_TLS=" << tls
+            << "), target pid " << target->pid() << " ("
+            << (o.target_thread ? "progress thread" : "spinning on progress()") << ")"
+            << ", buffers " << human_bytes(bytes) << " each, data verified\n";
+  if (!perftest) {
+    std::cout << "ucx_perftest not found ('" << o.perftest
+              << "'; Debian package ucx-utils): no ratios\n";
+  }
+  std::cout << "\n";
+
+  const size_t point_bytes = o.transport == "tcp" ? (size_t{64} << 20) : (size_t{256} << 20);
+  Table bw({"op", "size", "descs", "request", "in flight", "requests", "GB/s", "perftest GB/s",
+            "ratio"});
+  std::map<std::pair<Op, size_t>, std::optional<double>> perf_bw;  // per (op, message size)
+  double worst_bw_ratio = 1e9;
+  for (Op op : ops) {
+    for (const Point& p : points) {
+      const size_t request = p.size * p.count;
+      const size_t iters =
+          o.iters != 0 ? o.iters : std::clamp<size_t>(point_bytes / request, 8, 20000);
+      const size_t inflight =
+          o.inflight != 0 ? o.inflight : std::clamp<size_t>((size_t{4} << 20) / request, 1, 32);
+      auto r = measure_bandwidth(s, op, p.size, p.count, iters, inflight);
+      if (!r) return fail(r.error());
+      auto key = std::make_pair(op, p.size);
+      if (perftest && perf_bw.count(key) == 0) {
+        const size_t n =
+            o.iters != 0 ? o.iters * p.count : std::clamp<size_t>(point_bytes / p.size, 8, 100000);
+        auto pr =
+            run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", p.size, n);
+        if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
+        perf_bw[key] = pr ? std::optional<double>(pr->gbps) : std::nullopt;
+      }
+      std::optional<double> theirs = perftest ? perf_bw[key] : std::nullopt;
+      if (theirs && p.size >= (64u << 10))
+        worst_bw_ratio = std::min(worst_bw_ratio, r->gbps / *theirs);
+      bw.add({xfer::to_string(op), human_bytes(p.size), std::to_string(p.count),
+              human_bytes(request), std::to_string(r->inflight), std::to_string(r->iters),
+              fixed(r->gbps, 2), theirs ? fixed(*theirs, 2) : "-", ratio(r->gbps, theirs)});
+    }
+  }
+  std::cout << "Bandwidth (GB/s = 1e9 B/s; perftest: ucp_put_bw / ucp_get of one message of "
+               "'size', same buffer reused)\n";
+  bw.print(std::cout);
+
+  Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
+  double worst_lat_ratio = 0;
+  for (Op op : ops) {
+    for (size_t size : *lat_sizes) {
+      auto r = measure_latency(s, op, size, o.lat_iters);
+      if (!r) return fail(r.error());
+      std::optional<double> theirs;
+      if (perftest) {
+        // A WRITE's post()+wait() ends when the data is complete at the target: a round
+        // trip, which ucp_put_lat reports halved (ping-pong). A READ is a round trip;
+        // ucp_get with one operation outstanding times exactly that.
+        auto pr = op == Op::Write
+                      ? run_perftest(*perftest, tls, "ucp_put_lat", size, o.lat_iters)
+                      : run_perftest(*perftest, tls, "ucp_get", size, o.lat_iters, {"-O", "1"});
+        if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
+        if (pr) theirs = op == Op::Write ? 2 * pr->p50_us : pr->p50_us;
+      }
+      if (theirs && *theirs > 0) worst_lat_ratio = std::max(worst_lat_ratio, r->p50_us / *theirs);
+      lat.add({xfer::to_string(op), human_bytes(size), fixed(r->p50_us, 2), fixed(r->mean_us, 2),
+               theirs ? fixed(*theirs, 2) : "-", ratio(r->p50_us, theirs)});
+    }
+  }
+  std::cout << "\nLatency of post()+wait(), 1 descriptor, polling (perftest: WRITE = 2 x "
+               "ucp_put_lat one-way, READ = ucp_get -O 1)\n";
+  lat.print(std::cout);
+
+  if (perftest) {
+    std::cout << "\nTargets: bandwidth >= 0.90x perftest at >= 64 KiB: ";
+    if (worst_bw_ratio < 1e9) {
+      std::cout << "worst " << fixed(worst_bw_ratio, 2) << "x ("
+                << (worst_bw_ratio >= 0.9 ? "met" : "missed") << ")";
+    } else {
+      std::cout << "no point >= 64 KiB";
+    }
+    std::cout << "; latency <= 1.50x: worst " << fixed(worst_lat_ratio, 2) << "x ("
+              << (worst_lat_ratio <= 1.5 ? "met" : "missed") << ")\n";
+  }
+
+  target->send("quit");
+  target->close_stdin();
+  auto rc = target->wait(std::chrono::seconds(10));
+  if (!rc || *rc != 0) {
+    return fail(err(ErrorCode::Remote,
+                    "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string()));
+  }
+  return 0;
+}
+
+// The target: one registered buffer, served over the side channel; prints
+// "READY <port> <addr>" and stays until stdin says quit or closes. Without a progress
+// thread it spins on progress() (as ucx_perftest's server does): on UCX 1.13 shared
+// memory, RMA on user memory is emulated with active messages, so the target's progress
+// is on every transfer's path.
+int run_target(const TargetOptions& o) {
+  xfer::AgentConfig config;
+  config.progress_thread = o.progress_thread;
+  auto agent = xfer::Agent::create("kvbm-bench-target", config);
+  if (!agent) return fail(agent.error());
+  auto buf = SystemAllocator().allocate(o.bytes);
+  if (!buf) return fail(buf.error());
+  if (auto st = (*agent)->register_storage(*buf); !st) return fail(st.error());
+  auto port = (*agent)->listen("127.0.0.1", 0);
+  if (!port) return fail(port.error());
+  std::cout << "READY " << *port << " " << buf->addr() << std::endl;
+  std::string input;
+  for (;;) {
+    if (!o.progress_thread) {
+      for (int i = 0; i < 4096; ++i) (*agent)->progress();
+    }
+    pollfd p{STDIN_FILENO, POLLIN, 0};
+    if (poll(&p, 1, o.progress_thread ? 100 : 0) <= 0) continue;
+    char chunk[256];
+    ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;  // EOF: the initiator is gone
+    input.append(chunk, static_cast<size_t>(n));
+    if (input.find("quit\n") != std::string::npos) return 0;
+  }
+}
+
+}  // namespace
+
+void add_bench_xfer(CLI::App& bench, Runner& runner) {
+  auto o = std::make_shared<XferOptions>();
+  auto* cmd = bench.add_subcommand(
+      "xfer", "Agent READ/WRITE between two processes on loopback, against ucx_perftest");
+  cmd->add_option("--sizes", o->sizes, "Bytes per descriptor, comma-separated (4K,64K,1M...)")
+      ->capture_default_str();
+  cmd->add_option("--descs", o->descs, "Descriptors per request, comma-separated")
+      ->capture_default_str();
+  cmd->add_option("--iters", o->iters, "Requests per bandwidth point (0: ~256 MiB worth)")
+      ->capture_default_str();
+  cmd->add_option("--inflight", o->inflight, "Requests in flight (0: ~4 MiB worth, 1..32)")
+      ->capture_default_str();
+  cmd->add_option("--max-request", o->max_request, "Skip size x descs above this many bytes")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--lat-sizes", o->lat_sizes, "Message sizes for latency")->capture_default_str();
+  cmd->add_option("--lat-iters", o->lat_iters, "Round trips per latency point")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{10000000}));
+  cmd->add_option("--transport", o->transport, "shm (UCX_TLS=sm,self) or tcp (tcp,self)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"shm", "tcp"}));
+  cmd->add_option("--op", o->op, "read, write or both")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"read", "write", "both"}));
+  cmd->add_option("--perftest", o->perftest, "The ucx_perftest program")->capture_default_str();
+  cmd->add_flag("--target-thread", o->target_thread,
+                "Target agent uses its progress thread (default: it spins on progress())");
+  cmd->callback([o, &runner] { runner = [o] { return run_xfer(*o); }; });
+
+  // The other end, started by `xfer` itself; hidden from help.
+  auto t = std::make_shared<TargetOptions>();
+  auto* target = bench.add_subcommand("xfer-target", "")->group("");
+  target->add_option("--bytes", t->bytes, "Registered buffer size")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 40));
+  target->add_flag("--progress-thread", t->progress_thread, "Use the agent's progress thread");
+  target->callback([t, &runner] { runner = [t] { return run_target(*t); }; });
+}
+
+}  // namespace kvbm::tools
