@@ -1,6 +1,9 @@
 // The backend types compiled into this build, by name.
 #include "xfer/backend.h"
 #include "xfer/backends/ucx/ucx_backend.h"
+#if KVBM_HAVE_CUDA
+#include "xfer/backends/cuda/cuda_backend.h"
+#endif
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -12,7 +15,10 @@ struct Entry {
 
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
-      {"UCX", make_ucx_backend},
+    {"UCX", make_ucx_backend},
+#if KVBM_HAVE_CUDA
+    {"CUDA", make_cuda_backend},
+#endif
   };
   return entries;
 }
