@@ -218,7 +218,7 @@ TEST(GpuXferBadInput, RegistrationNamesTheProblem) {
     EXPECT_ERROR(agent.register_memory(DescList(MemType::Vram, {{d->addr(), 4096, 1}})),
                  ErrorCode::RegistrationFailed, "lives on device 0, not on device 1");
   }
-  EXPECT_ERROR(agent.register_memory(DescList(MemType::Vram, {{d->addr(), (1 << 20) + 4096, 0}})),
+  EXPECT_ERROR(agent.register_memory(DescList(MemType::Vram, {{d->addr(), 64 << 20, 0}})),
                ErrorCode::RegistrationFailed, "extends past its allocation");
   // And the good case, a sub-range of the allocation.
   auto ok = agent.register_memory(DescList(MemType::Vram, {{d->addr() + 4096, 8192, 0}}));

@@ -388,6 +388,15 @@ class CudaCopyRequest final : public BackendRequest {
     std::lock_guard<std::mutex> lock(backend_->mu_);
     return error_;
   }
+  // With the backend lock: true once, when the copies of the current post have finished.
+  bool newly_complete_locked() {
+    if (state_ != XferState::InProgress || signalled_) return false;
+    for (auto& [dev, ev] : events_) {
+      if (cudaEventQuery(ev) == cudaErrorNotReady) return false;
+    }
+    signalled_ = true;
+    return true;
+  }
   // With the backend lock: the peer is going away; wait for the copies and fail.
   void abort_locked(const Error& why) {
     for (auto& [dev, ev] : events_) {
@@ -413,6 +422,7 @@ class CudaCopyRequest final : public BackendRequest {
   std::vector<CopyItem> items_;
   std::vector<std::pair<int, cudaEvent_t>> events_;  // one per device used
   XferState state_ = XferState::Idle;
+  bool signalled_ = false;
   Error error_{ErrorCode::Internal, "not posted"};
 };
 
@@ -467,6 +477,7 @@ Status CudaCopyRequest::post() {
   }
   // Devices not used by this post (none, as items are fixed) keep completed events.
   state_ = XferState::InProgress;
+  signalled_ = false;
   peer_->copies.insert(this);
   return {};
 }
@@ -1403,7 +1414,10 @@ size_t CudaBackend::progress() {
       ++it;
     }
   }
-  if (events_ > 0 && env_.on_completion) env_.on_completion();
+  // Copies complete on the GPU, not through progress: report them, so waiters wake.
+  for (auto& [name, peer] : peers_) {
+    for (CudaCopyRequest* c : peer->copies) events_ += c->newly_complete_locked() ? 1 : 0;
+  }
   return events_;
 }
 
