@@ -260,6 +260,9 @@ struct Path {
   const char* name;
   bool staged;
 };
+void PrintTo(const Path& p, std::ostream* os) {
+  *os << p.name;
+}
 
 class TwoProcesses : public ::testing::TestWithParam<Path> {
  protected:

@@ -26,12 +26,13 @@ CudaRegionInfo sample_region() {
 }
 
 TEST(CudaInfo, ConnectionRoundTrips) {
-  CudaConnectionInfo c{"boot-1234", 99, std::string("\0ucx\xff", 5)};
+  CudaConnectionInfo c{"boot-1234", 99, std::string("\0ucx\xff", 5), 1 << 20};
   auto d = CudaConnectionInfo::decode(c.encode());
   ASSERT_TRUE(d.ok()) << d.error().to_string();
   EXPECT_EQ(d->boot_id, c.boot_id);
   EXPECT_EQ(d->pid, 99);
   EXPECT_EQ(d->ucx_address, c.ucx_address);
+  EXPECT_EQ(d->chunk_bytes, 1u << 20);
   // No staged path published: still valid.
   auto e = CudaConnectionInfo::decode(CudaConnectionInfo{"b", 1, ""}.encode());
   ASSERT_TRUE(e.ok());
@@ -39,7 +40,7 @@ TEST(CudaInfo, ConnectionRoundTrips) {
 }
 
 TEST(CudaInfo, ConnectionRejectsMalformedBytes) {
-  const std::string good = CudaConnectionInfo{"boot", 7, "addr"}.encode();
+  const std::string good = CudaConnectionInfo{"boot", 7, "addr", 4096}.encode();
   EXPECT_ERROR(CudaConnectionInfo::decode(""), ErrorCode::InvalidArgument, "malformed");
   EXPECT_ERROR(CudaConnectionInfo::decode("garbage!garbage!"), ErrorCode::InvalidArgument,
                "malformed");
@@ -50,7 +51,10 @@ TEST(CudaInfo, ConnectionRejectsMalformedBytes) {
   std::string v2 = good;
   v2[4] = 2;  // version
   EXPECT_ERROR(CudaConnectionInfo::decode(v2), ErrorCode::InvalidArgument, "version 2");
-  EXPECT_ERROR(CudaConnectionInfo::decode(CudaConnectionInfo{"", 7, "a"}.encode()),
+  EXPECT_ERROR(CudaConnectionInfo::decode(CudaConnectionInfo{"", 7, "a", 4096}.encode()),
+               ErrorCode::InvalidArgument, "malformed");
+  // A staged path without a chunk size is unusable.
+  EXPECT_ERROR(CudaConnectionInfo::decode(CudaConnectionInfo{"b", 7, "a", 0}.encode()),
                ErrorCode::InvalidArgument, "malformed");
   std::string huge = good;
   huge[16] = '\x7f';  // boot id length far beyond the bytes

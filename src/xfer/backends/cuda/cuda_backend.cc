@@ -145,6 +145,7 @@ struct IpcMapping {
 struct CudaPeer {
   std::string name;
   Mode mode = Mode::Self;
+  uint64_t chunk_bytes = 0;  // staged chunks: at most what the peer's bounce buffers take
   ucp_ep_h ep = nullptr;
   std::optional<Error> failure;
   std::map<std::string, IpcMapping> mappings;  // opened allocations, by IPC handle bytes
@@ -268,7 +269,8 @@ class CudaBackend final : public Backend {
            (local == MemType::Dram && remote == MemType::Vram);
   }
   std::string connection_info() const override {
-    return CudaConnectionInfo{host_, static_cast<int64_t>(getpid()), address_}.encode();
+    return CudaConnectionInfo{host_, static_cast<int64_t>(getpid()), address_, chunk_bytes_}
+        .encode();
   }
   Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
   Status connect(const std::string& agent, std::string_view connection_info) override;
@@ -769,6 +771,7 @@ Status CudaBackend::connect(const std::string& agent, std::string_view connectio
   }
   auto peer = std::make_shared<CudaPeer>();
   peer->name = agent;
+  peer->chunk_bytes = std::min<uint64_t>(chunk_bytes_, info->chunk_bytes);
   const bool same_host = info->boot_id == host_;
   if (agent == env_.agent_name || (same_host && info->pid == getpid())) {
     peer->mode = Mode::Self;  // addresses of this process
@@ -963,8 +966,8 @@ Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare(
     auto* l = static_cast<CudaLocalRegion*>(s.local_region);
     auto* r = static_cast<CudaRemoteRegion*>(s.remote_region);
     const int dev = l->type == MemType::Vram ? static_cast<int>(s.local.dev_id) : default_device_;
-    for (uint64_t off = 0; off < s.local.len; off += chunk_bytes_) {
-      const size_t n = std::min<uint64_t>(chunk_bytes_, s.local.len - off);
+    for (uint64_t off = 0; off < s.local.len; off += peer->chunk_bytes) {
+      const size_t n = std::min<uint64_t>(peer->chunk_bytes, s.local.len - off);
       chunks->push_back(
           {s.local.addr + off, dev, s.remote.addr + off, s.remote.dev_id, r->type, n});
     }
@@ -1172,7 +1175,15 @@ void CudaBackend::handle_incoming(Incoming& in) {
                          (type == MemType::Vram || type == MemType::Dram);
     const bool len_ok =
         h.len > 0 && h.len <= chunk_bytes_ && (in.rndv || !put || in.data.size() == h.len);
-    if (!type_ok || !len_ok || !local_range_ok(type, h.dev, h.addr, h.len)) {
+    if (!len_ok) {
+      drop();
+      Error e = err(ErrorCode::InvalidArgument, "staged chunk of ", h.len,
+                    " bytes does not fit the bounce buffers of agent '", env_.agent_name, "' (",
+                    chunk_bytes_, " bytes)");
+      reply(in.reply_ep, put ? kAmAck : kAmGetReply, h.op, h.seq, &e, nullptr, 0, nullptr);
+      return;
+    }
+    if (!type_ok || !local_range_ok(type, h.dev, h.addr, h.len)) {
       drop();
       Error e = err(ErrorCode::OutOfBounds, "staged ", put ? "WRITE" : "READ", " of ", h.len,
                     " bytes at ", hex(h.addr), " (device ", h.dev,

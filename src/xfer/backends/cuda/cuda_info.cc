@@ -67,6 +67,7 @@ std::string CudaConnectionInfo::encode() const {
   w.put(pid);
   w.put_bytes(boot_id);
   w.put_bytes(ucx_address);
+  w.put(chunk_bytes);
   return w.out;
 }
 
@@ -86,7 +87,9 @@ Result<CudaConnectionInfo> CudaConnectionInfo::decode(std::string_view bytes) {
   info.pid = r.get<int64_t>();
   info.boot_id = r.get_bytes(kMaxBootId);
   info.ucx_address = r.get_bytes(kMaxAddress);
-  if (!r.ok || !r.in.empty() || info.boot_id.empty()) {
+  info.chunk_bytes = r.get<uint64_t>();
+  if (!r.ok || !r.in.empty() || info.boot_id.empty() ||
+      (!info.ucx_address.empty() && info.chunk_bytes == 0)) {
     return err(ErrorCode::InvalidArgument, "malformed CUDA connection data (", bytes.size(),
                " bytes)");
   }

@@ -18,7 +18,8 @@ namespace kvbm::xfer::detail {
 struct CudaConnectionInfo {
   std::string boot_id;
   int64_t pid = 0;
-  std::string ucx_address;  // may be empty: the peer has no staged path
+  std::string ucx_address;   // may be empty: the peer has no staged path
+  uint64_t chunk_bytes = 0;  // the largest staged chunk the peer accepts (its bounce buffers)
 
   std::string encode() const;
   static Result<CudaConnectionInfo> decode(std::string_view bytes);
