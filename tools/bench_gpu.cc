@@ -1,6 +1,7 @@
 // `kvbm bench gpu`: GPU memory through the agent, each figure as a ratio to a ceiling
 // measured in the same run:
-//   ipc      VRAM -> VRAM of another process (CUDA IPC)   vs  cudaMemcpy device->device
+//   ipc      VRAM -> VRAM of another process (CUDA IPC)   vs  cudaMemcpy device->device of
+//                                                            the same size, one at a time
 //   h2d/d2h  pinned DRAM <-> VRAM within the agent          vs  one large cudaMemcpy
 //   staged   VRAM -> VRAM of another process, staged over UCX (forced)
 //                                                        vs  the agent's DRAM -> DRAM
@@ -171,12 +172,16 @@ Result<double> time_request(xfer::Agent& a, xfer::Op op, const xfer::DescList& l
   return gbps(l.descs[0].len * iters, Clock::now() - t0);
 }
 
+// cudaMemcpy bandwidth, each copy waited for before the next: the pattern of one request
+// at a time, so the ratio shows what the agent adds.
 double time_memcpy(void* dst, const void* src, size_t bytes, int iters) {
   cudaMemcpy(dst, src, bytes, cudaMemcpyDefault);  // warm-up
   cudaDeviceSynchronize();
   const auto t0 = Clock::now();
-  for (int i = 0; i < iters; ++i) cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, nullptr);
-  cudaDeviceSynchronize();
+  for (int i = 0; i < iters; ++i) {
+    cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, nullptr);
+    cudaStreamSynchronize(nullptr);
+  }
   return gbps(bytes * iters, Clock::now() - t0);
 }
 

@@ -438,6 +438,14 @@ Status CudaCopyRequest::post() {
         err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message));
   }
   std::map<int, cudaStream_t> used;
+  // A failure after some copies were queued waits for those, so none lands later.
+  auto drain = [&](Error e) {
+    for (auto& [dev, s] : used) {
+      DeviceGuard g(dev);
+      if (s != nullptr) cudaStreamSynchronize(s);
+    }
+    return fail_locked(std::move(e));
+  };
   for (const CopyItem& it : items_) {
     uint64_t remote = it.remote;
     if (it.ipc != nullptr) {
@@ -452,16 +460,16 @@ Status CudaCopyRequest::post() {
     auto [slot, fresh] = used.try_emplace(it.device, nullptr);
     if (fresh) slot->second = backend_->stream(it.device);
     if (slot->second == nullptr) {
-      return fail_locked(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
+      return drain(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
     }
     DeviceGuard g(it.device);
     if (cudaError_t e = cudaMemcpyAsync(dst, src, it.len, cudaMemcpyDefault, slot->second);
         e != cudaSuccess) {
-      return fail_locked(cuda_fail(ErrorCode::Internal, e,
-                                   "cudaMemcpyAsync of " + std::to_string(it.len) + " bytes " +
-                                       hex(reinterpret_cast<uint64_t>(src)) + " -> " +
-                                       hex(reinterpret_cast<uint64_t>(dst)) + " on device " +
-                                       std::to_string(it.device)));
+      return drain(cuda_fail(ErrorCode::Internal, e,
+                             "cudaMemcpyAsync of " + std::to_string(it.len) + " bytes " +
+                                 hex(reinterpret_cast<uint64_t>(src)) + " -> " +
+                                 hex(reinterpret_cast<uint64_t>(dst)) + " on device " +
+                                 std::to_string(it.device)));
     }
   }
   for (auto& [dev, s] : used) {
@@ -470,14 +478,13 @@ Status CudaCopyRequest::post() {
     if (ev == events_.end()) {
       cudaEvent_t e = nullptr;
       if (cudaError_t r = cudaEventCreateWithFlags(&e, cudaEventDisableTiming); r != cudaSuccess)
-        return fail_locked(cuda_fail(ErrorCode::Internal, r, "cudaEventCreate"));
+        return drain(cuda_fail(ErrorCode::Internal, r, "cudaEventCreate"));
       events_.emplace_back(dev, e);
       ev = events_.end() - 1;
     }
     if (cudaError_t r = cudaEventRecord(ev->second, s); r != cudaSuccess)
-      return fail_locked(cuda_fail(ErrorCode::Internal, r, "cudaEventRecord"));
+      return drain(cuda_fail(ErrorCode::Internal, r, "cudaEventRecord"));
   }
-  // Devices not used by this post (none, as items are fixed) keep completed events.
   state_ = XferState::InProgress;
   signalled_ = false;
   peer_->copies.insert(this);
@@ -795,7 +802,8 @@ Status CudaBackend::connect(const std::string& agent, std::string_view connectio
     }
   }
   if (auto it = peers_.find(agent); it != peers_.end()) {
-    close_peer_locked(it->second,
+    auto old = it->second;  // the map's entry goes inside
+    close_peer_locked(old,
                       err(ErrorCode::Remote, "connection to agent '", agent, "' was replaced"));
   }
   peers_[agent] = std::move(peer);
@@ -1381,8 +1389,9 @@ size_t CudaBackend::progress() {
     for (auto& [ep, status] : failed) {
       for (auto& [name, peer] : peers_) {
         if (peer->ep != ep) continue;
+        auto keep = peer;  // the map's entry goes inside
         close_peer_locked(
-            peer, ucx_fail(ErrorCode::Remote, "connection to agent '" + name + "' failed", status));
+            keep, ucx_fail(ErrorCode::Remote, "connection to agent '" + name + "' failed", status));
         break;
       }
     }
