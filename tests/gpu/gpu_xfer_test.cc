@@ -225,6 +225,32 @@ TEST(GpuXferBadInput, RegistrationNamesTheProblem) {
   EXPECT_TRUE(ok.ok()) << ok.error().to_string();
 }
 
+TEST(GpuXferBadInput, DroppedRegionAndMissingNotifier) {
+  KVBM_REQUIRE_GPU();
+  // Only the CUDA backend: it moves data but cannot carry a notification by itself.
+  AgentConfig config;
+  config.backends = {};
+  auto ag = Agent::create("cuda-only", config);
+  ASSERT_TRUE(ag.ok()) << ag.error().to_string();
+  ASSERT_EQ((*ag)->backends(), std::vector<std::string>{"CUDA"});
+  auto a = DeviceAllocator(0).allocate(1 << 20);
+  ASSERT_TRUE(a.ok());
+  std::optional<DeviceStorage> b(*DeviceAllocator(0).allocate(1 << 20));
+  ASSERT_TRUE(register_with_agent(*a, **ag).ok());
+  ASSERT_TRUE(register_with_agent(*b, **ag).ok());
+  const DescList la(MemType::Vram, {{a->addr(), 4096, 0}});
+  const DescList lb(MemType::Vram, {{b->addr(), 4096, 0}});
+  EXPECT_TRUE(run(**ag, Op::Write, la, lb, "cuda-only").ok());
+  EXPECT_ERROR((*ag)->create_request(Op::Write, la, lb, "cuda-only", std::string("n")),
+               ErrorCode::Unsupported, "cannot deliver notifications");
+  // A region freed (and so deregistered) is no longer a valid target.
+  const uint64_t gone = b->addr();
+  b.reset();
+  EXPECT_ERROR(
+      (*ag)->create_request(Op::Write, la, DescList(MemType::Vram, {{gone, 4096, 0}}), "cuda-only"),
+      ErrorCode::OutOfBounds, "remote descriptor 0");
+}
+
 TEST(GpuXferRemote, DeviceAndPinnedStoragesCarryTheirDeviceIds) {
   KVBM_REQUIRE_GPU();
   auto ag = Agent::create("reg");

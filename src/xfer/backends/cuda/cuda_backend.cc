@@ -700,8 +700,9 @@ Result<std::unique_ptr<LocalRegion>> CudaBackend::register_region(MemType type,
     void* ptr = reinterpret_cast<void*>(region.addr);
     cudaPointerAttributes a{};
     if (cudaError_t e = cudaPointerGetAttributes(&a, ptr); e != cudaSuccess) {
-      return cuda_fail(ErrorCode::InvalidArgument, e,
-                       "VRAM region at " + hex(region.addr) + ": cudaPointerGetAttributes");
+      return cuda_fail(
+          ErrorCode::InvalidArgument, e,
+          "VRAM region at " + hex(region.addr) + " is not device memory: cudaPointerGetAttributes");
     }
     if (a.type != cudaMemoryTypeDevice) {
       const char* what = a.type == cudaMemoryTypeHost      ? "pinned host memory"
