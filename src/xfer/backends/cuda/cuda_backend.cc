@@ -336,9 +336,12 @@ Status CudaBackend::connect(const std::string& agent, std::string_view connectio
     ep.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
     ep.err_handler.cb = &CudaBackend::on_ep_error;
     ep.err_handler.arg = this;
-    if (ucs_status_t s = ucp_ep_create(worker_, &ep, &peer->ep); s != UCS_OK) {
-      return ucx_fail(ErrorCode::Remote, "CUDA staged path: ucp_ep_create to agent '" + agent + "'",
-                      s);
+    if (ucs_status_t st = ucp_ep_create(worker_, &ep, &peer->ep); st != UCS_OK) {
+      // Not fatal: IPC (and the agent's other backends) still reach the peer; staged
+      // requests to it then fail with Unsupported.
+      peer->ep = nullptr;
+      log(LogLevel::Warn,
+          "CUDA: no staged path to agent '" + agent + "': ucp_ep_create: " + ucs_status_string(st));
     }
   }
   if (auto it = peers_.find(agent); it != peers_.end()) {
