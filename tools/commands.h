@@ -13,7 +13,16 @@ struct DemoOptions {
   size_t bytes = 64 << 20;    // per tier
 };
 
+struct BenchGpuOptions {
+  size_t max_mib = 256;          // largest transfer; sizes go 1, 4, 16, ... MiB up to it
+  int iters = 20;                // repetitions at 4 MiB (more for smaller, fewer for larger)
+  size_t chunk_bytes = 4 << 20;  // staged path: bounce buffer size
+  size_t bounce_buffers = 8;     // staged path: buffers per direction
+  std::string target;            // internal: "ipc" or "staged" serves as the peer process
+};
+
 int run_info();
+int run_bench_gpu(const BenchGpuOptions& options);
 int run_demo(const DemoOptions& options);
 
 // A subcommand that adds itself to a CLI11 group: once parsed, its callback sets the

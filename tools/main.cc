@@ -22,8 +22,22 @@ int main(int argc, char** argv) {
   bench_cmd->require_subcommand(1);
   kvbm::tools::add_bench_transfer(*bench_cmd, runner);
   kvbm::tools::add_bench_xfer(*bench_cmd, runner);
+  kvbm::tools::BenchGpuOptions gpu;
+  auto* gpu_cmd = bench_cmd->add_subcommand(
+      "gpu", "VRAM through the agent: IPC, pinned DRAM, staged over UCX (skips without a GPU)");
+  gpu_cmd->add_option("--max-mib", gpu.max_mib, "Largest transfer in MiB")
+      ->check(CLI::Range(1, 8192));
+  gpu_cmd->add_option("--iters", gpu.iters, "Repetitions at 4 MiB")->check(CLI::Range(1, 100000));
+  gpu_cmd->add_option("--chunk-bytes", gpu.chunk_bytes, "Staged path: bounce buffer bytes")
+      ->check(CLI::Range(4096, 1 << 30));
+  gpu_cmd->add_option("--bounce-buffers", gpu.bounce_buffers, "Staged path: buffers per direction")
+      ->check(CLI::Range(1, 1024));
+  gpu_cmd->add_option("--target", gpu.target, "internal: serve as the peer process")
+      ->check(CLI::IsMember({"ipc", "staged"}))
+      ->group("");
 
   CLI11_PARSE(app, argc, argv);
+  if (*gpu_cmd) return kvbm::tools::run_bench_gpu(gpu);
   if (*demo_cmd) {
     demo.bytes = demo_mib << 20;
     return kvbm::tools::run_demo(demo);

@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "kvbm/cuda.h"
 #include "kvbm/log.h"
 #include "kvbm/xfer/mem_type.h"
 #include "xfer/agent_impl.h"
@@ -81,6 +82,13 @@ AgentImpl::AgentImpl(std::string name, AgentConfig config)
 
 Status AgentImpl::start() {
   for (const auto& type : config_.backends) KVBM_TRY(create_backend(type, {}));
+  const auto known = known_backends();
+  if (config_.add_cuda_if_gpu && backend_named("CUDA") == nullptr &&
+      std::find(known.begin(), known.end(), "CUDA") != known.end() && cuda_device_count().ok()) {
+    if (auto st = create_backend("CUDA", {}); !st) {
+      log(LogLevel::Warn, "agent '" + name_ + "': no CUDA backend: " + st.error().to_string());
+    }
+  }
   if (config_.progress_thread) progress_thread_ = std::thread([this] { progress_loop(); });
   return {};
 }
@@ -431,8 +439,24 @@ Result<std::unique_ptr<Request>> AgentImpl::create_request(
                to_string(local.type), " <-> ", to_string(remote.type), " with agent '",
                remote_agent, "' for these descriptors");
   }
+  // A backend without messaging (CUDA) moves the data; another one connecting the same
+  // peers (UCX) delivers the notification once the data is complete.
+  Backend* notifier = nullptr;
   if (notification && !chosen->supports_notifications()) {
-    return err(ErrorCode::Unsupported, "backend ", chosen->name(), " cannot deliver notifications");
+    if (self) {
+      for (size_t b = 0; b < backend_count() && notifier == nullptr; ++b) {
+        if (backends_[b]->supports_notifications()) notifier = backends_[b].get();
+      }
+    } else {
+      for (Backend* b : peer->connected) {
+        if (notifier == nullptr && b->supports_notifications()) notifier = b;
+      }
+    }
+    if (notifier == nullptr) {
+      return err(ErrorCode::Unsupported, "backend ", chosen->name(),
+                 " cannot deliver notifications, and no other backend connects '", name_, "' to '",
+                 remote_agent, "'");
+    }
   }
 
   std::vector<Segment> segments(n);
@@ -456,10 +480,14 @@ Result<std::unique_ptr<Request>> AgentImpl::create_request(
   }
   lock.unlock();
 
+  std::optional<std::string> deferred;
+  if (notifier != nullptr) deferred = std::move(notification);
   auto prepared = chosen->prepare(op, remote_agent, std::move(segments), std::move(notification));
   if (!prepared) return prepared.error();
-  return std::unique_ptr<Request>(std::make_unique<RequestImpl>(
-      this, chosen, std::move(peer), std::move(*prepared), std::move(keep)));
+  auto request = std::make_unique<RequestImpl>(this, chosen, std::move(peer), std::move(*prepared),
+                                               std::move(keep));
+  if (notifier != nullptr) request->notify_after(notifier, remote_agent, std::move(*deferred));
+  return std::unique_ptr<Request>(std::move(request));
 }
 
 Status AgentImpl::gen_notif(const std::string& agent, std::string_view message) {

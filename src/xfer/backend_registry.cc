@@ -3,6 +3,9 @@
 #include "xfer/backends/gds/gds_backend.h"
 #include "xfer/backends/posix/posix_backend.h"
 #include "xfer/backends/ucx/ucx_backend.h"
+#if KVBM_HAVE_CUDA
+#include "xfer/backends/cuda/cuda_backend.h"
+#endif
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -17,6 +20,9 @@ const std::vector<Entry>& registry() {
       {"UCX", make_ucx_backend},
       {"POSIX", make_posix_backend},
       {"GDS", make_gds_backend},  // not a default: needs a GPU
+#if KVBM_HAVE_CUDA
+      {"CUDA", make_cuda_backend},
+#endif
   };
   return entries;
 }

@@ -37,6 +37,14 @@ XferState RequestImpl::state() {
   XferState s = request_->poll();
   if (s == XferState::Done) {
     state_ = s;
+    if (notifier_ != nullptr) {
+      // The data is complete and visible at the target: now the notification may go.
+      if (auto st = notifier_->send_notification(notify_agent_, notify_message_); !st) {
+        state_ = XferState::Error;
+        error_ = err(st.code(), "data moved, but the notification to agent '", notify_agent_,
+                     "' failed: ", st.error().message);
+      }
+    }
   } else if (s == XferState::Error) {
     state_ = s;
     error_ = request_->error();

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "kvbm/xfer/agent.h"
@@ -29,6 +30,14 @@ class RequestImpl final : public Request {
   Error error() const override { return error_; }
   Status wait(std::chrono::milliseconds timeout) override;
 
+  // Sends `message` to `agent` through `notifier` each time the transfer completes (for
+  // backends that cannot notify themselves).
+  void notify_after(Backend* notifier, std::string agent, std::string message) {
+    notifier_ = notifier;
+    notify_agent_ = std::move(agent);
+    notify_message_ = std::move(message);
+  }
+
  private:
   AgentImpl* agent_;
   Backend* backend_;
@@ -38,6 +47,9 @@ class RequestImpl final : public Request {
   XferState state_ = XferState::Idle;
   Error error_{ErrorCode::Internal, "request has not failed"};
   std::chrono::steady_clock::time_point deadline_;
+  Backend* notifier_ = nullptr;
+  std::string notify_agent_;
+  std::string notify_message_;
 };
 
 }  // namespace kvbm::xfer::detail

@@ -16,6 +16,7 @@ namespace {
 using namespace std::chrono_literals;
 
 std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config = {}) {
+  config.add_cuda_if_gpu = false;  // these tests are about the UCX agent; tests/gpu covers CUDA
   auto a = Agent::create(name, std::move(config));
   EXPECT_TRUE(a.ok()) << a.error().to_string();
   return a.ok() ? std::move(*a) : nullptr;

@@ -34,8 +34,13 @@ using BackendParams = std::map<std::string, std::string>;
 
 struct AgentConfig {
   // Backends created with the agent (UCX: host memory; POSIX: this agent's own files).
-  // Others ("GDS") can be added with create_backend().
+  // Others ("GDS", "CUDA") can be added with create_backend().
   std::vector<std::string> backends = {"UCX", "POSIX"};
+  // Also create the "CUDA" backend (GPU memory: local copies, CUDA IPC, staged path)
+  // when this build has CUDA and a GPU is usable. Without a GPU it is silently left out
+  // (VRAM then has no backend: Unsupported), so one config serves both kinds of machine.
+  // Listing "CUDA" in `backends` instead makes its absence an error.
+  bool add_cuda_if_gpu = true;
   // true: an internal thread drives communication. false: the caller drives it through
   // Request::wait/status and Agent::progress (lowest latency, no extra thread).
   bool progress_thread = true;

@@ -1,0 +1,641 @@
+#include "xfer/backends/cuda/cuda_backend.h"
+
+#include "xfer/backends/cuda/cuda_backend_impl.h"
+
+namespace kvbm::xfer::detail {
+namespace cuda {
+
+CudaLocalRegion::~CudaLocalRegion() {
+  std::lock_guard<std::mutex> lock(backend->mu_);
+  auto it = backend->locals_.find({type, desc.dev_id, desc.addr});
+  if (it == backend->locals_.end()) return;
+  std::erase(it->second, this);
+  if (it->second.empty()) backend->locals_.erase(it);
+}
+
+CudaRemoteRegion::~CudaRemoteRegion() {
+  std::lock_guard<std::mutex> lock(backend->mu_);
+  backend->unmap_locked(*this);
+  peer->regions.erase(this);
+}
+
+// ---- copies within this process, and through CUDA IPC -------------------------------
+
+Status CudaCopyRequest::post() {
+  std::lock_guard<std::mutex> lock(backend_->mu_);
+  if (state_ == XferState::InProgress) {
+    return err(ErrorCode::InvalidArgument, "CUDA request is already in progress");
+  }
+  if (peer_->failure) {
+    return fail_locked(
+        err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message));
+  }
+  std::map<int, cudaStream_t> used;
+  // A failure after some copies were queued waits for those, so none lands later.
+  auto drain = [&](Error e) {
+    for (auto& [dev, s] : used) {
+      DeviceGuard g(dev);
+      if (s != nullptr) cudaStreamSynchronize(s);
+    }
+    return fail_locked(std::move(e));
+  };
+  for (const CopyItem& it : items_) {
+    uint64_t remote = it.remote;
+    if (it.ipc != nullptr) {
+      if (it.ipc->mapped == nullptr) {
+        return fail_locked(err(ErrorCode::Remote, "the CUDA IPC mapping of agent '", peer_->name,
+                               "' region ", hex(it.ipc->desc.addr), " is closed"));
+      }
+      remote = reinterpret_cast<uint64_t>(it.ipc->mapped) + (it.remote - it.ipc->ipc->alloc_base);
+    }
+    void* dst = reinterpret_cast<void*>(op_ == Op::Write ? remote : it.local);
+    const void* src = reinterpret_cast<const void*>(op_ == Op::Write ? it.local : remote);
+    auto [slot, fresh] = used.try_emplace(it.device, nullptr);
+    if (fresh) slot->second = backend_->stream(it.device);
+    if (slot->second == nullptr) {
+      return drain(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
+    }
+    DeviceGuard g(it.device);
+    if (cudaError_t e = cudaMemcpyAsync(dst, src, it.len, cudaMemcpyDefault, slot->second);
+        e != cudaSuccess) {
+      return drain(cuda_fail(ErrorCode::Internal, e,
+                             "cudaMemcpyAsync of " + std::to_string(it.len) + " bytes " +
+                                 hex(reinterpret_cast<uint64_t>(src)) + " -> " +
+                                 hex(reinterpret_cast<uint64_t>(dst)) + " on device " +
+                                 std::to_string(it.device)));
+    }
+  }
+  for (auto& [dev, s] : used) {
+    DeviceGuard g(dev);
+    auto ev = std::find_if(events_.begin(), events_.end(), [&](auto& p) { return p.first == dev; });
+    if (ev == events_.end()) {
+      cudaEvent_t e = nullptr;
+      if (cudaError_t r = cudaEventCreateWithFlags(&e, cudaEventDisableTiming); r != cudaSuccess)
+        return drain(cuda_fail(ErrorCode::Internal, r, "cudaEventCreate"));
+      events_.emplace_back(dev, e);
+      ev = events_.end() - 1;
+    }
+    if (cudaError_t r = cudaEventRecord(ev->second, s); r != cudaSuccess)
+      return drain(cuda_fail(ErrorCode::Internal, r, "cudaEventRecord"));
+  }
+  state_ = XferState::InProgress;
+  signalled_ = false;
+  peer_->copies.insert(this);
+  return {};
+}
+
+XferState CudaCopyRequest::poll() {
+  std::lock_guard<std::mutex> lock(backend_->mu_);
+  if (state_ != XferState::InProgress) return state_;
+  for (auto& [dev, ev] : events_) {
+    cudaError_t e = cudaEventQuery(ev);
+    if (e == cudaErrorNotReady) return state_;
+    if (e != cudaSuccess) {
+      (void)fail_locked(
+          cuda_fail(ErrorCode::Internal, e,
+                    "CUDA copy with agent '" + peer_->name + "' on device " + std::to_string(dev)));
+      return state_;
+    }
+  }
+  state_ = XferState::Done;
+  return state_;
+}
+
+// ---- the backend -------------------------------------------------------------------
+
+Status CudaBackend::init() {
+  if (cudaGetDevice(&default_device_) != cudaSuccess) {
+    cudaGetLastError();
+    default_device_ = 0;
+  }
+  ucp_config_t* config = nullptr;
+  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
+    return ucx_fail(ErrorCode::Internal, "ucp_config_read", s);
+  }
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = UCP_FEATURE_AM;
+  params.mt_workers_shared = 0;
+  ucs_status_t s = ucp_init(&params, config, &context_);
+  ucp_config_release(config);
+  if (s != UCS_OK) return ucx_fail(ErrorCode::Internal, "ucp_init", s);
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call is made under mu_
+  if (s = ucp_worker_create(context_, &wp, &worker_); s != UCS_OK) {
+    return ucx_fail(ErrorCode::Internal, "ucp_worker_create", s);
+  }
+  ucp_address_t* addr = nullptr;
+  size_t addr_len = 0;
+  if (s = ucp_worker_get_address(worker_, &addr, &addr_len); s != UCS_OK) {
+    return ucx_fail(ErrorCode::Internal, "ucp_worker_get_address", s);
+  }
+  address_.assign(reinterpret_cast<const char*>(addr), addr_len);
+  ucp_worker_release_address(worker_, addr);
+  const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {
+      {kAmPut, &CudaBackend::on_am_id<kAmPut>},
+      {kAmGet, &CudaBackend::on_am_id<kAmGet>},
+      {kAmAck, &CudaBackend::on_am_id<kAmAck>},
+      {kAmGetReply, &CudaBackend::on_am_id<kAmGetReply>}};
+  for (auto [id, cb] : handlers) {
+    ucp_am_handler_param_t am{};
+    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                    UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+    am.id = id;
+    am.cb = cb;
+    am.arg = this;
+    am.flags = UCP_AM_FLAG_WHOLE_MSG;
+    if (s = ucp_worker_set_am_recv_handler(worker_, &am); s != UCS_OK) {
+      return ucx_fail(ErrorCode::Internal, "ucp_worker_set_am_recv_handler", s);
+    }
+  }
+  return {};
+}
+
+CudaBackend::~CudaBackend() {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Wait for every copy still running on our streams before their memory goes.
+  for (auto& [dev, list] : streams_) {
+    DeviceGuard g(dev);
+    for (cudaStream_t s : list) cudaStreamSynchronize(s);
+  }
+  auto peers = peers_;
+  for (auto& [name, peer] : peers) {
+    close_peer_locked(peer, err(ErrorCode::Cancelled, "backend shut down"));
+  }
+  for (Incoming& in : incoming_) {
+    if (in.rndv) ucp_am_data_release(worker_, in.desc);
+  }
+  for (TargetJob& j : jobs_) {
+    if (j.rndv && j.step == TargetJob::Step::WaitSlot) ucp_am_data_release(worker_, j.desc);
+  }
+  if (worker_ != nullptr) ucp_worker_destroy(worker_);
+  if (context_ != nullptr) ucp_cleanup(context_);
+  for (auto& [id, op] : ops_) {
+    for (auto& [seq, f] : op->flights) {
+      if (f.event != nullptr) cudaEventDestroy(f.event);
+    }
+  }
+  for (TargetJob& j : jobs_) {
+    if (j.event != nullptr) cudaEventDestroy(j.event);
+  }
+  for (auto& [dev, list] : streams_) {
+    DeviceGuard g(dev);
+    for (cudaStream_t s : list) cudaStreamDestroy(s);
+  }
+}
+
+cudaStream_t CudaBackend::stream(int device) {
+  auto& list = streams_[device];
+  if (list.empty()) {
+    DeviceGuard g(device);
+    for (size_t i = 0; i < kStreamsPerDevice; ++i) {
+      cudaStream_t s = nullptr;
+      if (cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking); e != cudaSuccess) {
+        log(LogLevel::Error, cuda_fail(ErrorCode::Internal, e, "cudaStreamCreate").to_string());
+        break;
+      }
+      list.push_back(s);
+    }
+    if (list.empty()) return nullptr;
+  }
+  return list[next_stream_++ % list.size()];
+}
+
+Status CudaBackend::copy_async(void* dst, const void* src, size_t len, int device, cudaStream_t s,
+                               cudaEvent_t* event) {
+  if (s == nullptr) return err(ErrorCode::Internal, "no CUDA stream on device ", device);
+  DeviceGuard g(device);
+  if (cudaError_t e = cudaMemcpyAsync(dst, src, len, cudaMemcpyDefault, s); e != cudaSuccess) {
+    return cuda_fail(
+        ErrorCode::Internal, e,
+        "cudaMemcpyAsync of " + std::to_string(len) + " bytes on device " + std::to_string(device));
+  }
+  if (cudaError_t e = cudaEventCreateWithFlags(event, cudaEventDisableTiming); e != cudaSuccess) {
+    *event = nullptr;
+    return cuda_fail(ErrorCode::Internal, e, "cudaEventCreate");
+  }
+  if (cudaError_t e = cudaEventRecord(*event, s); e != cudaSuccess) {
+    cudaEventDestroy(*event);
+    *event = nullptr;
+    return cuda_fail(ErrorCode::Internal, e, "cudaEventRecord");
+  }
+  return {};
+}
+
+Result<std::unique_ptr<LocalRegion>> CudaBackend::register_region(MemType type,
+                                                                  const Desc& region) {
+  if (type != MemType::Vram && type != MemType::Dram) {
+    return err(ErrorCode::Unsupported, "CUDA registers VRAM and DRAM, not ", to_string(type));
+  }
+  std::string info;
+  if (type == MemType::Vram) {
+    if (region.dev_id > 1024) {
+      return err(ErrorCode::InvalidArgument, "VRAM region at ", hex(region.addr),
+                 " names device ordinal ", region.dev_id);
+    }
+    const int dev = static_cast<int>(region.dev_id);
+    KVBM_TRY(::kvbm::detail::check_device(dev));
+    void* ptr = reinterpret_cast<void*>(region.addr);
+    cudaPointerAttributes a{};
+    if (cudaError_t e = cudaPointerGetAttributes(&a, ptr); e != cudaSuccess) {
+      return cuda_fail(
+          ErrorCode::InvalidArgument, e,
+          "VRAM region at " + hex(region.addr) + " is not device memory: cudaPointerGetAttributes");
+    }
+    if (a.type != cudaMemoryTypeDevice) {
+      const char* what = a.type == cudaMemoryTypeHost      ? "pinned host memory"
+                         : a.type == cudaMemoryTypeManaged ? "managed memory"
+                                                           : "not CUDA memory (host or freed)";
+      return err(ErrorCode::InvalidArgument, "VRAM region at ", hex(region.addr), " of ",
+                 region.len, " bytes is ", what, ", not device memory");
+    }
+    if (a.device != dev) {
+      return err(ErrorCode::InvalidArgument, "VRAM region at ", hex(region.addr),
+                 " lives on device ", a.device, ", not on device ", dev, " as its descriptor says");
+    }
+    CudaRegionInfo ri;
+    ri.alloc_base = region.addr;
+    ri.alloc_size = region.len;
+    ri.device = dev;
+    ri.pid = getpid();
+    ri.boot_id = host_;
+    if (auto range = address_range_fn()) {
+      CUdeviceptr base = 0;
+      size_t size = 0;
+      DeviceGuard g(dev);
+      if (range(&base, &size, static_cast<CUdeviceptr>(region.addr)) == CUDA_SUCCESS) {
+        ri.alloc_base = base;
+        ri.alloc_size = size;
+      }
+    }
+    if (region.addr + region.len > ri.alloc_base + ri.alloc_size) {
+      return err(ErrorCode::InvalidArgument, "VRAM region at ", hex(region.addr), " of ",
+                 region.len, " bytes extends past its allocation (", hex(ri.alloc_base), ", ",
+                 ri.alloc_size, " bytes)");
+    }
+    cudaIpcMemHandle_t h{};
+    DeviceGuard g(dev);
+    if (cudaError_t e = cudaIpcGetMemHandle(&h, reinterpret_cast<void*>(ri.alloc_base));
+        e == cudaSuccess) {
+      std::memcpy(ri.handle.data(), &h, sizeof h);
+      info = ri.encode();
+    } else {
+      // E.g. memory from cudaMallocAsync pools: reachable locally and over the staged path.
+      cudaGetLastError();
+      log(LogLevel::Debug,
+          "CUDA: no IPC handle for VRAM at " + hex(region.addr) + ": " + cudaGetErrorString(e));
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = std::make_unique<CudaLocalRegion>(this, type, region, std::move(info));
+  locals_[{type, region.dev_id, region.addr}].push_back(r.get());
+  return std::unique_ptr<LocalRegion>(std::move(r));
+}
+
+bool CudaBackend::local_range_ok(MemType type, uint64_t dev, uint64_t addr, uint64_t len) const {
+  if (len == 0 || addr + len < addr) return false;
+  auto it = locals_.upper_bound({type, dev, addr});
+  if (it == locals_.begin()) return false;
+  --it;
+  const auto& [t, d, a] = it->first;
+  if (t != type || d != dev) return false;
+  for (const CudaLocalRegion* r : it->second) {
+    if (addr >= r->desc.addr && len <= r->desc.len && addr - r->desc.addr <= r->desc.len - len)
+      return true;
+  }
+  return false;
+}
+
+void CudaBackend::on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  static_cast<CudaBackend*>(arg)->failed_eps_.emplace_back(ep, status);
+}
+
+Status CudaBackend::connect(const std::string& agent, std::string_view connection_info) {
+  auto info = CudaConnectionInfo::decode(connection_info);
+  if (!info) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent, "': ", info.error().message);
+  }
+  auto peer = std::make_shared<CudaPeer>();
+  peer->name = agent;
+  peer->chunk_bytes = std::min<uint64_t>(chunk_bytes_, info->chunk_bytes);
+  const bool same_host = info->boot_id == host_;
+  if (agent == env_.agent_name || (same_host && info->pid == getpid())) {
+    peer->mode = Mode::Self;  // addresses of this process
+  } else {
+    peer->mode = same_host && !force_staged_ ? Mode::Ipc : Mode::Staged;
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (peer->mode != Mode::Self && !info->ucx_address.empty()) {
+    const bool peer_errors = !(same_host && tls_allows_shared_memory());
+    ucp_ep_params_t ep{};
+    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
+    std::string address = info->ucx_address;
+    ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
+    ep.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+    ep.err_handler.cb = &CudaBackend::on_ep_error;
+    ep.err_handler.arg = this;
+    if (ucs_status_t st = ucp_ep_create(worker_, &ep, &peer->ep); st != UCS_OK) {
+      // Not fatal: IPC (and the agent's other backends) still reach the peer; staged
+      // requests to it then fail with Unsupported.
+      peer->ep = nullptr;
+      log(LogLevel::Warn,
+          "CUDA: no staged path to agent '" + agent + "': ucp_ep_create: " + ucs_status_string(st));
+    }
+  }
+  if (auto it = peers_.find(agent); it != peers_.end()) {
+    auto old = it->second;  // the map's entry goes inside
+    close_peer_locked(old,
+                      err(ErrorCode::Remote, "connection to agent '", agent, "' was replaced"));
+  }
+  peers_[agent] = std::move(peer);
+  return {};
+}
+
+void CudaBackend::unmap_locked(CudaRemoteRegion& r) {
+  if (r.mapped == nullptr) return;
+  r.mapped = nullptr;
+  auto it = r.peer->mappings.find(r.key);
+  if (it == r.peer->mappings.end() || --it->second.refs > 0) return;
+  DeviceGuard g(it->second.device);
+  if (cudaError_t e = cudaIpcCloseMemHandle(it->second.base); e != cudaSuccess) {
+    log(LogLevel::Error, cuda_fail(ErrorCode::Internal, e, "cudaIpcCloseMemHandle").to_string());
+  }
+  r.peer->mappings.erase(it);
+}
+
+Result<char*> CudaBackend::map_locked(CudaRemoteRegion& r) {
+  if (r.mapped != nullptr) return r.mapped;
+  IpcMapping& m = r.peer->mappings[r.key];
+  if (m.refs == 0) {
+    cudaIpcMemHandle_t h{};
+    std::memcpy(&h, r.ipc->handle.data(), sizeof h);
+    DeviceGuard g(r.ipc->device);
+    void* p = nullptr;
+    if (cudaError_t e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess);
+        e != cudaSuccess) {
+      r.peer->mappings.erase(r.key);
+      return cuda_fail(ErrorCode::Remote, e,
+                       "cudaIpcOpenMemHandle of agent '" + r.peer->name + "' VRAM at " +
+                           hex(r.desc.addr) + " (device " + std::to_string(r.ipc->device) + ")");
+    }
+    m.base = static_cast<char*>(p);
+    m.device = r.ipc->device;
+  }
+  ++m.refs;
+  r.mapped = m.base;
+  return r.mapped;
+}
+
+void CudaBackend::close_peer_locked(const std::shared_ptr<CudaPeer>& peer, Error why) {
+  if (!peer->failure) peer->failure = why;
+  for (CudaCopyRequest* c : peer->copies) c->abort_locked(*peer->failure);
+  peer->copies.clear();
+  for (CudaRemoteRegion* r : peer->regions) r->mapped = nullptr;
+  for (auto& [key, m] : peer->mappings) {
+    DeviceGuard g(m.device);
+    if (cudaIpcCloseMemHandle(m.base) != cudaSuccess) cudaGetLastError();
+  }
+  peer->mappings.clear();
+  for (auto& [id, op] : ops_) {
+    if (op->peer == peer) fail_op(*op, *peer->failure);
+  }
+  if (peer->ep != nullptr) {
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+    ucs_status_ptr_t req = ucp_ep_close_nbx(peer->ep, &p);
+    if (UCS_PTR_IS_PTR(req)) {
+      for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; ++i) {
+        ucp_worker_progress(worker_);
+      }
+      ucp_request_free(req);
+    }
+    peer->ep = nullptr;
+  }
+  auto it = peers_.find(peer->name);
+  if (it != peers_.end() && it->second == peer) peers_.erase(it);
+}
+
+void CudaBackend::disconnect(const std::string& agent) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(agent);
+  if (it == peers_.end()) return;
+  auto peer = it->second;
+  close_peer_locked(peer, err(ErrorCode::Remote, "agent '", agent, "' was disconnected"));
+}
+
+Result<std::unique_ptr<RemoteRegion>> CudaBackend::load_remote_region(const std::string& agent,
+                                                                      MemType type,
+                                                                      const Desc& region,
+                                                                      std::string_view info) {
+  if (type != MemType::Vram && type != MemType::Dram) {
+    return err(ErrorCode::Unsupported, "CUDA reaches VRAM and DRAM, not ", to_string(type));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = peers_.find(agent);
+  if (it == peers_.end())
+    return err(ErrorCode::NotFound, "CUDA is not connected to agent '", agent, "'");
+  auto r = std::make_unique<CudaRemoteRegion>(this, it->second, type, region);
+  if (type == MemType::Vram && !info.empty() && it->second->mode != Mode::Self) {
+    auto ri = CudaRegionInfo::decode(info, region.addr, region.len);
+    if (!ri) return ri.error();
+    if (it->second->mode == Mode::Ipc) {
+      r->key.assign(ri->handle.data(), ri->handle.size());
+      r->ipc = std::move(*ri);
+    }
+  }
+  it->second->regions.insert(r.get());
+  return std::unique_ptr<RemoteRegion>(std::move(r));
+}
+
+Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare(
+    Op op, const std::string& agent, std::vector<Segment> segments,
+    std::optional<std::string> notification) {
+  if (notification) {
+    return err(ErrorCode::Unsupported, "the CUDA backend carries no notifications");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  auto pit = peers_.find(agent);
+  if (pit == peers_.end())
+    return err(ErrorCode::NotFound, "CUDA is not connected to agent '", agent, "'");
+  auto peer = pit->second;
+  if (peer->failure) return err(ErrorCode::Remote, "agent '", agent, "': ", peer->failure->message);
+
+  bool staged = peer->mode == Mode::Staged;
+  for (const Segment& s : segments) {
+    auto* r = static_cast<CudaRemoteRegion*>(s.remote_region);
+    if (r->peer != peer) {
+      return err(ErrorCode::Remote, "region of agent '", agent, "' belongs to an older connection");
+    }
+    if (peer->mode == Mode::Ipc && !r->ipc) staged = true;  // DRAM, or VRAM without IPC
+  }
+  if (staged && peer->ep == nullptr) {
+    return err(ErrorCode::Unsupported, "agent '", agent,
+               "' is in another process and offers no staged CUDA path");
+  }
+
+  auto device_of = [&](const Segment& s, const CudaLocalRegion* l, const CudaRemoteRegion* r) {
+    if (l->type == MemType::Vram) return static_cast<int>(s.local.dev_id);
+    if (r->type == MemType::Vram && peer->mode == Mode::Self)
+      return static_cast<int>(s.remote.dev_id);
+    if (r->ipc) return r->ipc->device;
+    return default_device_;
+  };
+
+  if (!staged) {
+    std::vector<CopyItem> items;
+    items.reserve(segments.size());
+    for (const Segment& s : segments) {
+      auto* l = static_cast<CudaLocalRegion*>(s.local_region);
+      auto* r = static_cast<CudaRemoteRegion*>(s.remote_region);
+      CudaRemoteRegion* ipc = nullptr;
+      if (peer->mode == Mode::Ipc) {
+        auto mapped = map_locked(*r);
+        if (!mapped) return mapped.error();
+        ipc = r;
+      }
+      const int dev = device_of(s, l, r);
+      // Neighbours that continue each other on both sides become one copy.
+      if (!items.empty()) {
+        CopyItem& b = items.back();
+        if (b.ipc == ipc && b.device == dev && b.local + b.len == s.local.addr &&
+            b.remote + b.len == s.remote.addr) {
+          b.len += s.local.len;
+          continue;
+        }
+      }
+      items.push_back({s.local.addr, s.remote.addr, s.local.len, dev, ipc});
+    }
+    return std::unique_ptr<BackendRequest>(
+        std::make_unique<CudaCopyRequest>(this, op, std::move(peer), std::move(items)));
+  }
+
+  auto chunks = std::make_shared<std::vector<StagedChunk>>();
+  for (const Segment& s : segments) {
+    auto* l = static_cast<CudaLocalRegion*>(s.local_region);
+    auto* r = static_cast<CudaRemoteRegion*>(s.remote_region);
+    const int dev = l->type == MemType::Vram ? static_cast<int>(s.local.dev_id) : default_device_;
+    for (uint64_t off = 0; off < s.local.len; off += peer->chunk_bytes) {
+      const size_t n = std::min<uint64_t>(peer->chunk_bytes, s.local.len - off);
+      chunks->push_back(
+          {s.local.addr + off, dev, s.remote.addr + off, s.remote.dev_id, r->type, n});
+    }
+  }
+  return std::unique_ptr<BackendRequest>(
+      std::make_unique<CudaStagedRequest>(this, op, std::move(peer), std::move(chunks)));
+}
+
+size_t CudaBackend::progress() {
+  std::lock_guard<std::mutex> lock(mu_);
+  events_ = 0;
+  while (ucp_worker_progress(worker_) != 0) {
+  }
+  if (!failed_eps_.empty()) {
+    auto failed = std::move(failed_eps_);
+    failed_eps_.clear();
+    for (auto& [ep, status] : failed) {
+      for (auto& [name, peer] : peers_) {
+        if (peer->ep != ep) continue;
+        auto keep = peer;  // the map's entry goes inside
+        close_peer_locked(
+            keep, ucx_fail(ErrorCode::Remote, "connection to agent '" + name + "' failed", status));
+        break;
+      }
+    }
+    ++events_;
+  }
+  if (!incoming_.empty()) {
+    auto in = std::move(incoming_);
+    incoming_.clear();
+    if (!pools_ready_) {
+      if (auto st = ensure_pools(); !st) log(LogLevel::Error, st.error().to_string());
+    }
+    for (Incoming& m : in) handle_incoming(m);
+  }
+  for (auto it = jobs_.begin(); it != jobs_.end();) {
+    if (advance_job(*it)) {
+      it = jobs_.erase(it);
+      ++events_;
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = ops_.begin(); it != ops_.end();) {
+    StagedOp& op = *it->second;
+    for (auto f = op.flights.begin(); f != op.flights.end();) {
+      if (advance(op, f->second)) {
+        f = op.flights.erase(f);
+        ++events_;
+      } else {
+        ++f;
+      }
+    }
+    pump(op);
+    if (op.state.load() == XferState::InProgress && op.done == op.chunks->size()) {
+      op.state.store(XferState::Done, std::memory_order_release);
+      ++events_;
+    }
+    if (op.state.load() != XferState::InProgress && op.flights.empty()) {
+      it = ops_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // Copies complete on the GPU, not through progress: report them, so waiters wake.
+  for (auto& [name, peer] : peers_) {
+    for (CudaCopyRequest* c : peer->copies) events_ += c->newly_complete_locked() ? 1 : 0;
+  }
+  return events_;
+}
+
+namespace {
+
+size_t parse_size(const BackendParams& params, const std::string& key, size_t fallback) {
+  auto it = params.find(key);
+  if (it == params.end()) return fallback;
+  char* end = nullptr;
+  const unsigned long long v = std::strtoull(it->second.c_str(), &end, 10);
+  if (end == it->second.c_str() || *end != '\0') return 0;
+  return v;
+}
+
+}  // namespace
+}  // namespace cuda
+
+using namespace cuda;
+
+Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
+                                                   const BackendParams& params) {
+  for (const auto& [k, v] : params) {
+    if (k != "staged" && k != "chunk_bytes" && k != "bounce_buffers") {
+      return err(ErrorCode::InvalidArgument, "unknown CUDA backend parameter '", k,
+                 "' (known: staged, chunk_bytes, bounce_buffers)");
+    }
+  }
+  bool staged = false;
+  if (auto it = params.find("staged"); it != params.end()) {
+    if (it->second != "0" && it->second != "1") {
+      return err(ErrorCode::InvalidArgument, "CUDA parameter staged must be 0 or 1, got '",
+                 it->second, "'");
+    }
+    staged = it->second == "1";
+  }
+  const size_t chunk = parse_size(params, "chunk_bytes", 2 << 20);
+  if (chunk < 4096 || chunk > (size_t{1} << 30)) {
+    return err(ErrorCode::InvalidArgument, "CUDA parameter chunk_bytes must be 4096..1 GiB, got '",
+               params.count("chunk_bytes") ? params.at("chunk_bytes") : "", "'");
+  }
+  const size_t slots = parse_size(params, "bounce_buffers", 8);
+  if (slots < 1 || slots > 1024) {
+    return err(ErrorCode::InvalidArgument, "CUDA parameter bounce_buffers must be 1..1024, got '",
+               params.count("bounce_buffers") ? params.at("bounce_buffers") : "", "'");
+  }
+  KVBM_TRY(cuda_device_count());
+  auto backend = std::make_unique<CudaBackend>(env, staged, chunk, slots);
+  KVBM_TRY(backend->init());
+  return std::unique_ptr<Backend>(std::move(backend));
+}
+
+}  // namespace kvbm::xfer::detail
