@@ -134,19 +134,19 @@ TEST(CudaBackend, WithoutGpuCreationIsDeviceUnavailable) {
   EXPECT_ERROR(Agent::create("e", explicit_cuda), ErrorCode::DeviceUnavailable, "GPU");
   auto a = Agent::create("d");
   ASSERT_TRUE(a.ok()) << a.error().to_string();
-  EXPECT_EQ((*a)->backends(), std::vector<std::string>{"UCX"});
+  EXPECT_EQ((*a)->backends(), (std::vector<std::string>{"UCX", "POSIX"}));
 }
 
 TEST(CudaBackend, AgentAddsCudaWhenAGpuIsPresent) {
   KVBM_REQUIRE_GPU();
   auto a = Agent::create("g");
   ASSERT_TRUE(a.ok()) << a.error().to_string();
-  EXPECT_EQ((*a)->backends(), (std::vector<std::string>{"UCX", "CUDA"}));
+  EXPECT_EQ((*a)->backends(), (std::vector<std::string>{"UCX", "POSIX", "CUDA"}));
   AgentConfig off;
   off.add_cuda_if_gpu = false;
   auto b = Agent::create("h", off);
   ASSERT_TRUE(b.ok());
-  EXPECT_EQ((*b)->backends(), std::vector<std::string>{"UCX"});
+  EXPECT_EQ((*b)->backends(), (std::vector<std::string>{"UCX", "POSIX"}));
 }
 
 }  // namespace
