@@ -207,15 +207,7 @@ int run_bench_gpu(const BenchGpuOptions& o) {
       return 1;
     }
   }
-  const size_t max = o.max_mib << 20;
-  auto a = DeviceAllocator(0).allocate(max);
-  auto b = DeviceAllocator(0).allocate(max);
-  auto pinned = PinnedAllocator().allocate(max);
-  auto host = SystemAllocator().allocate(max);
-  if (!a || !b || !pinned || !host) {
-    std::cerr << "bench gpu: allocation of " << human_bytes(max) << " buffers failed\n";
-    return 1;
-  }
+  // Agents first: storages registered with them are destroyed (deregistered) before them.
   auto agent = xfer::Agent::create("bench");
   xfer::AgentConfig staged_config;
   staged_config.add_cuda_if_gpu = false;
@@ -226,6 +218,15 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   }
   if (auto st = (*stager)->create_backend("CUDA", staged_params(o)); !st) {
     std::cerr << "bench gpu: " << st.error().to_string() << "\n";
+    return 1;
+  }
+  const size_t max = o.max_mib << 20;
+  auto a = DeviceAllocator(0).allocate(max);
+  auto b = DeviceAllocator(0).allocate(max);
+  auto pinned = PinnedAllocator().allocate(max);
+  auto host = SystemAllocator().allocate(max);
+  if (!a || !b || !pinned || !host) {
+    std::cerr << "bench gpu: allocation of " << human_bytes(max) << " buffers failed\n";
     return 1;
   }
   // The stager's VRAM is a sub-range of `a` registered separately; `b` and the host

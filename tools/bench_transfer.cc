@@ -180,6 +180,8 @@ void host_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row
 double cuda_ceiling(void* dst, const void* src, size_t bytes, int iters) {
   auto s = median_seconds(iters, [&]() -> Status {
     cudaError_t e = cudaMemcpy(dst, src, bytes, cudaMemcpyDefault);
+    // A device-to-device cudaMemcpy returns before the copy ends: wait for it.
+    if (e == cudaSuccess) e = cudaDeviceSynchronize();
     if (e != cudaSuccess) return err(ErrorCode::Internal, cudaGetErrorString(e));
     return {};
   });

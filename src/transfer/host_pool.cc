@@ -3,10 +3,15 @@
 #include <algorithm>
 #include <cstring>
 
+#include "transfer/stream_copy.h"
+
 namespace kvbm::detail {
 namespace {
 constexpr uint64_t kMinPartBytes = 64 << 10;
-}
+// Jobs at least this large outgrow the caches: their destination is written with streaming
+// stores (no read for ownership), about twice the useful bandwidth of memcpy's stores.
+constexpr uint64_t kStreamJobBytes = 32 << 20;
+}  // namespace
 
 HostJob::HostJob(std::vector<Chunk> chunks, uint64_t bytes, size_t parts)
     : chunks_(std::move(chunks)), bytes_(bytes), parts_(parts), remaining_(parts) {
@@ -24,15 +29,22 @@ void HostJob::run_part(size_t part) {
   // The chunk holding byte `begin`: the last one starting at or before it.
   size_t i = std::upper_bound(starts_.begin(), starts_.end(), begin) - starts_.begin() - 1;
   uint64_t at = begin;
+  const bool stream = bytes_ >= kStreamJobBytes;
   while (at < end && i < chunks_.size()) {
     const Chunk& c = chunks_[i];
     const uint64_t off = at - starts_[i];
     const uint64_t n = std::min(c.len - off, end - at);
-    std::memcpy(reinterpret_cast<void*>(c.dst + off), reinterpret_cast<const void*>(c.src + off),
-                n);
+    auto* dst = reinterpret_cast<void*>(c.dst + off);
+    const auto* src = reinterpret_cast<const void*>(c.src + off);
+    if (stream) {
+      stream_copy(dst, src, n);
+    } else {
+      std::memcpy(dst, src, n);
+    }
     at += n;
     ++i;
   }
+  if (stream) stream_fence();  // the stores are visible before the job reports done
   std::lock_guard lock(mu_);
   if (--remaining_ == 0) cv_.notify_all();
 }

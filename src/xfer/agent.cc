@@ -480,8 +480,12 @@ Result<std::unique_ptr<Request>> AgentImpl::create_request(
   }
   lock.unlock();
 
+  // A moved-from optional stays engaged: hand the backend the message only when it sends it.
   std::optional<std::string> deferred;
-  if (notifier != nullptr) deferred = std::move(notification);
+  if (notifier != nullptr) {
+    deferred = std::move(notification);
+    notification.reset();
+  }
   auto prepared = chosen->prepare(op, remote_agent, std::move(segments), std::move(notification));
   if (!prepared) return prepared.error();
   auto request = std::make_unique<RequestImpl>(this, chosen, std::move(peer), std::move(*prepared),

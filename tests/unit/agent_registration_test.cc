@@ -166,6 +166,7 @@ TEST(AgentRegistration, BackendIsPassedThrough) {
 TEST(AgentRegistration, AgentWithoutBackendsFails) {
   xfer::AgentConfig none;
   none.backends = {};
+  none.add_cuda_if_gpu = false;
   auto agent = xfer::Agent::create("bare", none);
   ASSERT_TRUE(agent.ok());
   auto s = make_system(4096);

@@ -58,6 +58,7 @@ int make_file(const std::filesystem::path& path, off_t size) {
 TEST(PosixBackend, ParametersAreValidated) {
   AgentConfig none;
   none.backends = {};
+  none.add_cuda_if_gpu = false;  // exactly the backends asked for, GPU or not
   auto a = make_agent("a", none);
   EXPECT_ERROR(a->create_backend("POSIX", {{"queue_depth", "0"}}), ErrorCode::InvalidArgument,
                "queue_depth 0");

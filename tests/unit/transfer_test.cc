@@ -4,12 +4,14 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <thread>
 
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "support/block_pattern.h"
 #include "support/test_support.h"
+#include "transfer/stream_copy.h"
 
 namespace kvbm {
 namespace {
@@ -155,6 +157,52 @@ TEST(TransferHost, CoalescesAdjacentBlocksAndSplitsLargeOnes) {
   ASSERT_TRUE(t4->wait(10s).ok());
   EXPECT_EQ(t4->chunks(), 3u * 2);
   EXPECT_EQ(check_blocks(om2, ids, ids, 8), "");
+}
+
+TEST(StreamCopy, EveryAlignmentAndTail) {
+  std::vector<unsigned char> src(4096 + 64), dst(4096 + 64);
+  for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<unsigned char>(i * 7 + 1);
+  for (size_t n : {size_t{0}, size_t{1}, size_t{15}, size_t{16}, size_t{63}, size_t{64}, size_t{65},
+                   size_t{1000}, size_t{4096}}) {
+    for (size_t so = 0; so < 17; so += 3) {
+      for (size_t d_off = 0; d_off < 33; d_off += 5) {
+        std::fill(dst.begin(), dst.end(), 0xEE);
+        detail::stream_copy(dst.data() + d_off, src.data() + so, n);
+        detail::stream_fence();
+        ASSERT_EQ(std::memcmp(dst.data() + d_off, src.data() + so, n), 0)
+            << n << " bytes, src +" << so << ", dst +" << d_off;
+        for (size_t i = 0; i < dst.size(); ++i) {
+          if (i < d_off || i >= d_off + n) {
+            ASSERT_EQ(dst[i], 0xEE) << "byte " << i << " written";
+          }
+        }
+      }
+    }
+  }
+}
+
+// Jobs of 32 MiB and more take the streaming-store path: odd chunk sizes (not a multiple of
+// 16 bytes), shuffled ids, every byte checked.
+TEST(TransferHost, LargeJobsWithOddChunksUseStreamingStores) {
+  LayoutConfig c = config(64, 1, 4096);
+  c.inner_dim = 35;
+  c.dtype_bytes = 1;  // 143360-byte chunks (35 x 4096), 3 layers x 2: ~52 MiB in all
+  TransferEngineOptions o;
+  o.host_threads = 3;
+  auto e = engine(o);
+  Layout src = host_layout(c, kShapes[0]);
+  Layout dst = host_layout(c, kShapes[2]);
+  fill_all_blocks(src, 21);
+  std::vector<size_t> s(64), d(64);
+  for (size_t i = 0; i < 64; ++i) {
+    s[i] = i;
+    d[i] = (i * 37 + 5) % 64;
+  }
+  auto t = e->copy(src, s, dst, d);
+  ASSERT_TRUE(t.ok()) << t.error().to_string();
+  ASSERT_GE(t->bytes(), 32u << 20);
+  ASSERT_TRUE(t->wait(30s).ok());
+  EXPECT_EQ(check_blocks(dst, d, s, 21), "");
 }
 
 TEST(TransferHost, ManyRequestsInFlightFromManyThreads) {

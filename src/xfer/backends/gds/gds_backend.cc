@@ -192,10 +192,11 @@ class GdsRequest final : public BackendRequest {
 
 class GdsBackend final : public Backend {
  public:
-  GdsBackend(BackendEnv env, const cufile::Api* api, std::unique_ptr<UringBatch> batch,
-             void* staging, size_t staging_bytes)
+  GdsBackend(BackendEnv env, const cufile::Api* api, bool require_cufile,
+             std::unique_ptr<UringBatch> batch, void* staging, size_t staging_bytes)
       : env_(std::move(env)),
         api_(api),
+        require_cufile_(require_cufile),
         batch_(std::move(batch)),
         staging_(static_cast<char*>(staging)),
         staging_bytes_(staging_bytes) {
@@ -237,13 +238,20 @@ class GdsBackend final : public Backend {
         descr.handle.fd = static_cast<int>(d.dev_id);
         cufile::Handle fh = nullptr;
         const cufile::Error e = api_->handle_register(&fh, &descr);
-        if (e.err != 0) {
+        if (e.err != 0 && require_cufile_) {
           return err(ErrorCode::RegistrationFailed, "cuFileHandleRegister(fd ", d.dev_id,
                      "): cuFile error ", e.err, ", CUresult ", e.cu_err);
         }
-        file = std::make_shared<FileHandle>(FileHandle{api_, fh});
-        std::lock_guard<std::mutex> lock(mu_);
-        handles_[RegionKey{d.dev_id, d.addr}] = file;
+        if (e.err != 0) {
+          // mode=auto: a file system cuFile does not take (tmpfs, overlay) uses the bounce path.
+          log(LogLevel::Info, "cuFileHandleRegister(fd " + std::to_string(d.dev_id) +
+                                  ") failed (cuFile error " + std::to_string(e.err) +
+                                  "): this file moves through pinned bounce buffers");
+        } else {
+          file = std::make_shared<FileHandle>(FileHandle{api_, fh});
+          std::lock_guard<std::mutex> lock(mu_);
+          handles_[RegionKey{d.dev_id, d.addr}] = file;
+        }
       }
     } else {
       KVBM_TRY(kvbm::detail::check_device(static_cast<int>(d.dev_id)));
@@ -452,6 +460,7 @@ class GdsBackend final : public Backend {
   const std::string name_ = "GDS";
   BackendEnv env_;
   const cufile::Api* api_;             // null: bounce path
+  const bool require_cufile_;          // mode=cufile: a file cuFile refuses is an error
   std::unique_ptr<UringBatch> batch_;  // worker only
   char* staging_;                      // pinned, worker only
   size_t staging_bytes_;
@@ -543,7 +552,7 @@ Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
   log(LogLevel::Info, "GDS backend of agent '" + env.agent_name + "' uses " +
                           (api ? std::string("cuFile") : "pinned bounce buffers (" + why + ")"));
   return std::unique_ptr<Backend>(
-      std::make_unique<GdsBackend>(env, api, std::move(*batch), staging, bounce));
+      std::make_unique<GdsBackend>(env, api, mode == "cufile", std::move(*batch), staging, bounce));
 }
 
 std::string gds_path(const Backend& backend) {
