@@ -9,8 +9,18 @@
 namespace kvbm::tools {
 
 struct DemoOptions {
-  std::filesystem::path dir;  // where Disk storage goes; empty: a fresh temp dir
-  size_t bytes = 64 << 20;    // per tier
+  std::filesystem::path dir;        // where Disk storage goes; empty: a fresh temp dir
+  size_t bytes = 64 << 20;          // per tier, rounded down to whole 256 KiB blocks (at least 1)
+  std::string transport = "tcp";    // UCX to the peer: "tcp" (loopback) or "shm"
+  size_t corrupt_block = SIZE_MAX;  // test hook: the peer damages this block before checking
+};
+
+// The hidden second process of `kvbm demo` (tools/demo_peer.cc).
+struct DemoPeerOptions {
+  size_t blocks = 1;
+  uint64_t seed = 0;
+  int timeout_s = 60;               // gives up (and exits) without the notification after this long
+  size_t corrupt_block = SIZE_MAX;  // test hook: damage this block before checking
 };
 
 struct BenchGpuOptions {
@@ -24,6 +34,7 @@ struct BenchGpuOptions {
 int run_info();
 int run_bench_gpu(const BenchGpuOptions& options);
 int run_demo(const DemoOptions& options);
+int run_demo_peer(const DemoPeerOptions& options);
 
 // A subcommand that adds itself to a CLI11 group: once parsed, its callback sets the
 // runner, which main() calls. Options live in the runner's capture.

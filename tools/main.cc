@@ -9,10 +9,30 @@ int main(int argc, char** argv) {
 
   kvbm::tools::DemoOptions demo;
   size_t demo_mib = 64;
-  auto* demo_cmd =
-      app.add_subcommand("demo", "Move a known pattern through every tier and verify it");
+  auto* demo_cmd = app.add_subcommand(
+      "demo",
+      "KV blocks offloaded GPU -> pinned -> disk, onboarded back, shipped to a peer process "
+      "over loopback; every block verified, every path next to its ceiling");
   demo_cmd->add_option("--dir", demo.dir, "Directory for disk storage (default: a fresh temp dir)");
-  demo_cmd->add_option("--mib", demo_mib, "MiB per tier")->check(CLI::Range(1, 1 << 16));
+  demo_cmd->add_option("--mib", demo_mib, "MiB per tier, in 256 KiB blocks")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+  demo_cmd->add_option("--transport", demo.transport, "UCX to the peer: tcp (loopback) or shm")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"tcp", "shm"}));
+  demo_cmd->add_option("--corrupt-block", demo.corrupt_block, "test: the peer damages this block")
+      ->group("");
+
+  // The demo's second process, started by `kvbm demo` itself; hidden from help.
+  kvbm::tools::DemoPeerOptions peer;
+  auto* peer_cmd = app.add_subcommand("demo-peer", "")->group("");
+  peer_cmd->add_option("--blocks", peer.blocks, "Blocks to receive")
+      ->required()
+      ->check(CLI::Range(size_t{1}, size_t{1} << 20));
+  peer_cmd->add_option("--seed", peer.seed, "Pattern seed")->required();
+  peer_cmd->add_option("--timeout-s", peer.timeout_s, "Give up after this long")
+      ->check(CLI::Range(1, 3600));
+  peer_cmd->add_option("--corrupt-block", peer.corrupt_block, "test: damage this block");
 
   auto* info_cmd = app.add_subcommand("info", "Show what this machine offers kvbm");
 
@@ -42,6 +62,7 @@ int main(int argc, char** argv) {
     demo.bytes = demo_mib << 20;
     return kvbm::tools::run_demo(demo);
   }
+  if (*peer_cmd) return kvbm::tools::run_demo_peer(peer);
   if (*info_cmd) return kvbm::tools::run_info();
   if (runner) return runner();
   return 1;

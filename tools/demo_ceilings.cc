@@ -1,0 +1,180 @@
+#include "demo_ceilings.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "common/uring_batch.h"
+#include "kvbm/storage.h"
+#include "table.h"
+
+#if KVBM_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
+namespace kvbm::tools::demo {
+
+using Clock = std::chrono::steady_clock;
+
+Result<double> best_gbps(size_t bytes, int reps, const std::function<Status()>& fn) {
+  double best = 0;
+  for (int i = 0; i < reps; ++i) {
+    const auto t0 = Clock::now();
+    KVBM_TRY(fn());
+    const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+    if (s > 0) best = std::max(best, static_cast<double>(bytes) / s / 1e9);
+  }
+  return best;
+}
+
+namespace {
+
+struct Variant {
+  std::string name;
+  std::function<Status()> run;
+};
+
+// The fastest of several ways to do the same copy, named.
+Result<Ceiling> best_variant(size_t bytes, int reps, const std::vector<Variant>& variants) {
+  Ceiling best;
+  for (const Variant& v : variants) {
+    auto g = best_gbps(bytes, reps, v.run);
+    if (!g) return g.error();
+    if (*g > best.gbps) best = Ceiling{*g, v.name};
+  }
+  return best;
+}
+
+}  // namespace
+
+Result<Ceiling> memcpy_ceiling(size_t bytes, size_t threads, int reps) {
+  auto a = SystemAllocator().allocate(bytes);
+  if (!a) return a.error();
+  auto b = SystemAllocator().allocate(bytes);
+  if (!b) return b.error();
+  std::memset(a->data(), 1, bytes);  // fault every page in before timing
+  std::memset(b->data(), 0, bytes);
+  threads = std::max<size_t>(1, threads);
+  // One memcpy per thread, or 1 MiB memcpy calls per thread: glibc uses non-temporal
+  // stores for huge calls, slower on some machines; the ceiling is the stronger of the two.
+  auto copy = [&](size_t piece) -> Status {
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < threads; ++i) {
+      ts.emplace_back([&, i] {
+        const size_t lo = bytes * i / threads, hi = bytes * (i + 1) / threads;
+        for (size_t at = lo; at < hi; at += piece) {
+          std::memcpy(static_cast<char*>(b->data()) + at, static_cast<char*>(a->data()) + at,
+                      std::min(piece, hi - at));
+        }
+      });
+    }
+    for (auto& t : ts) t.join();
+    return {};
+  };
+  const std::string on = std::to_string(threads) + " thread" + (threads > 1 ? "s" : "");
+  return best_variant(bytes, reps,
+                      {{"memcpy, " + on, [&] { return copy(bytes); }},
+                       {"1 MiB memcpys, " + on, [&] { return copy(size_t{1} << 20); }}});
+}
+
+Result<CudaCeilings> cuda_ceilings(size_t bytes, int reps) {
+#if KVBM_HAVE_CUDA
+  auto host = PinnedAllocator().allocate(bytes);
+  if (!host) return host.error();
+  auto dev = DeviceAllocator(0).allocate(bytes);
+  if (!dev) return dev.error();
+  std::memset(host->data(), 1, bytes);
+  auto copy = [&](bool to_device) -> Status {
+    void* d = reinterpret_cast<void*>(dev->addr());
+    cudaError_t e = to_device ? cudaMemcpy(d, host->data(), bytes, cudaMemcpyHostToDevice)
+                              : cudaMemcpy(host->data(), d, bytes, cudaMemcpyDeviceToHost);
+    if (e != cudaSuccess) return err(ErrorCode::Internal, "cudaMemcpy: ", cudaGetErrorString(e));
+    return {};
+  };
+  KVBM_TRY(copy(true));  // warm-up: first touch, context
+  auto h2d = best_gbps(bytes, reps, [&] { return copy(true); });
+  if (!h2d) return h2d.error();
+  auto d2h = best_gbps(bytes, reps, [&] { return copy(false); });
+  if (!d2h) return d2h.error();
+  const std::string what = "one " + human_bytes(bytes) + " cudaMemcpy ";
+  return CudaCeilings{{*d2h, what + "D2H"}, {*h2d, what + "H2D"}};
+#else
+  (void)bytes;
+  (void)reps;
+  return err(ErrorCode::DeviceUnavailable, "kvbm was built without CUDA");
+#endif
+}
+
+Result<DiskCeilings> disk_ceilings(const std::filesystem::path& dir, size_t bytes, int reps) {
+  auto file = DiskAllocator(dir).allocate(bytes);
+  if (!file) return file.error();
+  auto buf = SystemAllocator().allocate(bytes);  // page-aligned, as O_DIRECT needs
+  if (!buf) return buf.error();
+  std::memset(buf->data(), 1, bytes);
+  const int fd = file->fd();
+  auto io = [&](bool write) -> Status {
+    auto* p = static_cast<char*>(buf->data());
+    for (size_t done = 0; done < bytes;) {
+      const off_t at = static_cast<off_t>(done);
+      ssize_t n =
+          write ? pwrite(fd, p + done, bytes - done, at) : pread(fd, p + done, bytes - done, at);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        return err(ErrorCode::Io, write ? "pwrite" : "pread", " of ", file->path().string(),
+                   " at offset ", done, ": ", n == 0 ? "end of file" : std::strerror(errno));
+      }
+      done += static_cast<size_t>(n);
+    }
+    return {};
+  };
+  // Or 1 MiB sequential ops through one io_uring, 64 in flight (as deep as the File path).
+  auto ring = detail::UringBatch::create(64);
+  if (!ring) return ring.error();
+  auto uring = [&](bool write) -> Status {
+    std::vector<detail::FileOp> ops;
+    for (size_t at = 0; at < bytes; at += size_t{1} << 20) {
+      ops.push_back({write ? detail::FileOp::Kind::Write : detail::FileOp::Kind::Read, fd, at,
+                     static_cast<char*>(buf->data()) + at, std::min(size_t{1} << 20, bytes - at)});
+    }
+    return (*ring)->run(ops);
+  };
+  const std::string how = file->direct_io() ? " (O_DIRECT)" : " (buffered)";
+  const std::string one = "one " + human_bytes(bytes);
+  auto w = best_variant(bytes, reps,
+                        {{one + " pwrite" + how, [&] { return io(true); }},
+                         {"io_uring 1 MiB writes, QD 64" + how, [&] { return uring(true); }}});
+  if (!w) return w.error();
+  auto r = best_variant(bytes, reps,
+                        {{one + " pread" + how, [&] { return io(false); }},
+                         {"io_uring 1 MiB reads, QD 64" + how, [&] { return uring(false); }}});
+  if (!r) return r.error();
+  (*ring)->forget_fd(fd);
+  return DiskCeilings{*w, *r};
+}
+
+Result<Ceiling> remote_ceiling(xfer::Agent& agent, const std::string& peer, uint64_t remote_addr,
+                               size_t bytes, int reps) {
+  auto buf = SystemAllocator().allocate(bytes);
+  if (!buf) return buf.error();
+  std::memset(buf->data(), 0, bytes);
+  KVBM_TRY(agent.register_storage(*buf));
+  auto req = agent.create_request(
+      xfer::Op::Write, xfer::DescList(xfer::MemType::Dram, {{buf->addr(), bytes, 0}}),
+      xfer::DescList(xfer::MemType::Dram, {{remote_addr, bytes, 0}}), peer);
+  if (!req) return req.error();
+  auto once = [&]() -> Status {
+    KVBM_TRY((*req)->post());
+    return (*req)->wait(std::chrono::minutes(2));
+  };
+  KVBM_TRY(once());  // warm-up: connection set-up
+  auto g = best_gbps(bytes, reps, once);
+  if (!g) return g.error();
+  return Ceiling{*g, "one " + human_bytes(bytes) + " agent WRITE, 1 descriptor"};
+}
+
+}  // namespace kvbm::tools::demo

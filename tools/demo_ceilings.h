@@ -1,0 +1,48 @@
+// The ceilings `kvbm demo` puts next to each path, measured in the same run on the same
+// byte count: the fastest plain copy of that many bytes between the same two places.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+
+#include "kvbm/result.h"
+#include "kvbm/xfer/agent.h"
+
+namespace kvbm::tools::demo {
+
+struct Ceiling {
+  double gbps = 0;
+  std::string name;
+};
+
+// bytes / the fastest of `reps` runs of `fn`, in GB/s (1e9 B/s).
+Result<double> best_gbps(size_t bytes, int reps, const std::function<Status()>& fn);
+
+// memcpy between two host buffers, split over `threads` threads (as the host path is):
+// the faster of one memcpy per thread and 1 MiB memcpys per thread.
+Result<Ceiling> memcpy_ceiling(size_t bytes, size_t threads, int reps);
+
+// One cudaMemcpy of `bytes` between pinned memory and GPU 0, each direction.
+struct CudaCeilings {
+  Ceiling to_host, to_device;
+};
+Result<CudaCeilings> cuda_ceilings(size_t bytes, int reps);
+
+// Writing, then reading, one buffer of `bytes` sequentially through a file made in `dir` the
+// way the Disk tier makes its files (so O_DIRECT exactly when the Disk tier has it): the
+// faster of one pwrite/pread of the whole buffer and 1 MiB ops through one io_uring, 64 in
+// flight.
+struct DiskCeilings {
+  Ceiling write, read;
+};
+Result<DiskCeilings> disk_ceilings(const std::filesystem::path& dir, size_t bytes, int reps);
+
+// One agent WRITE of one contiguous `bytes` region into the peer's registered region at
+// `remote_addr` (a scratch buffer, not its blocks).
+Result<Ceiling> remote_ceiling(xfer::Agent& agent, const std::string& peer, uint64_t remote_addr,
+                               size_t bytes, int reps);
+
+}  // namespace kvbm::tools::demo
