@@ -449,7 +449,7 @@ Result<std::unique_ptr<Request>> AgentImpl::create_request(
       }
     } else {
       for (Backend* b : peer->connected) {
-        if (notifier == nullptr && b->supports_notifications()) notifier = b;
+        if (notifier == nullptr && b->notifies_peers()) notifier = b;
       }
     }
     if (notifier == nullptr) {

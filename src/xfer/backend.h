@@ -96,6 +96,8 @@ class Backend {
       std::optional<std::string> notification) = 0;
 
   virtual bool supports_notifications() const = 0;
+  // Whether notifications reach other agents, not only this one (POSIX and GDS: only self).
+  virtual bool notifies_peers() const { return supports_notifications(); }
   virtual Status send_notification(const std::string& agent, std::string_view message) = 0;
 
   // Drives communication once; returns the number of events handled (0: idle).

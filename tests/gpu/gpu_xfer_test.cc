@@ -93,7 +93,7 @@ class GpuXferLocal : public ::testing::Test {
     auto ag = Agent::create("solo");
     ASSERT_TRUE(ag.ok()) << ag.error().to_string();
     agent = std::move(*ag);
-    ASSERT_EQ(agent->backends(), (std::vector<std::string>{"UCX", "CUDA"}));
+    ASSERT_EQ(agent->backends(), (std::vector<std::string>{"UCX", "POSIX", "CUDA"}));
     auto make_dev = [] {
       auto d = DeviceAllocator(0).allocate(kBytes);
       EXPECT_TRUE(d.ok()) << d.error().to_string();

@@ -315,6 +315,7 @@ class GdsBackend final : public Backend {
   }
 
   bool supports_notifications() const override { return true; }
+  bool notifies_peers() const override { return false; }
   Status send_notification(const std::string& agent, std::string_view message) override {
     if (agent != env_.agent_name) {
       return err(ErrorCode::Unsupported, "GDS backend notifies only its own agent");
