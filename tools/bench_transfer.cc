@@ -32,6 +32,8 @@ struct BenchTransferOptions {
   int iters = 5;
   size_t threads = 0;
   bool no_gpu = false;
+  bool no_host = false;
+  TransferEngineOptions engine;  // the CUDA kernel's shape, for tuning sweeps
 };
 
 // Median seconds of `iters` runs of `fn` (after one warm-up run).
@@ -246,7 +248,7 @@ void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>
 #endif
 
 int run_bench_transfer(const BenchTransferOptions& o) {
-  TransferEngineOptions eo;
+  TransferEngineOptions eo = o.engine;
   eo.host_threads = o.threads;
   auto e = TransferEngine::create(eo);
   if (!e) {
@@ -254,7 +256,7 @@ int run_bench_transfer(const BenchTransferOptions& o) {
     return 1;
   }
   std::vector<Row> rows;
-  host_rows(**e, o, rows);
+  if (!o.no_host) host_rows(**e, o, rows);
 #if KVBM_HAVE_CUDA
   if (o.no_gpu) {
     rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: --no-gpu"});
@@ -287,10 +289,19 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
   auto* cmd = bench.add_subcommand(
       "transfer", "Scattered block copies (host, GPU<->pinned, GPU<->GPU) against ceilings");
   cmd->add_option("--mib", o->mib, "MiB moved per measurement")->check(CLI::Range(1, 1 << 16));
-  cmd->add_option("--chunk-kib", o->chunk_kib, "Chunk sizes in KiB")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--chunk-kib", o->chunk_kib, "Chunk sizes in KiB, comma-separated")
+      ->delimiter(',')
+      ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--iters", o->iters, "Timed runs per row (median)")->check(CLI::Range(1, 1000));
   cmd->add_option("--threads", o->threads, "Host copy threads (0: every core)");
   cmd->add_flag("--no-gpu", o->no_gpu, "Skip the GPU rows");
+  cmd->add_flag("--no-host", o->no_host, "Skip the host rows");
+  cmd->add_option("--cuda-ctas-per-sm", o->engine.cuda_ctas_per_sm, "Copy kernel CTAs per SM")
+      ->check(CLI::Range(1, 64));
+  cmd->add_option("--cuda-threads", o->engine.cuda_threads, "Copy kernel threads per CTA")
+      ->check(CLI::IsMember({32, 64, 128, 256, 512, 1024}));
+  cmd->add_option("--cuda-max-piece", o->engine.cuda_max_piece, "Copy kernel: largest piece, bytes")
+      ->check(CLI::Range(4096, 1 << 30));
   cmd->callback([o, &runner] { runner = [o] { return run_bench_transfer(*o); }; });
 }
 

@@ -121,6 +121,16 @@ class Layout {
   Result<MemoryRegion> memory_region(size_t block, size_t layer, size_t outer) const;
   // The same without bounds checks, for hot loops that validated their ids.
   MemoryRegion memory_region_unchecked(size_t block, size_t layer, size_t outer) const;
+  // The address formula in strides, for code that computes chunk addresses itself (the GPU
+  // copy kernel): chunk (b, l, o) starts at region(per_layer_regions ? l : 0).addr() +
+  // b * block + l * layer + o * outer, and is config().chunk_bytes() long.
+  struct Strides {
+    uint64_t block = 0;
+    uint64_t layer = 0;
+    uint64_t outer = 0;
+    bool per_layer_regions = false;
+  };
+  Strides strides() const;
   // True when the layout has the same config, kind and order (so blocks map chunk for chunk).
   bool same_shape(const Layout& other) const {
     return config_ == other.config_ && kind_ == other.kind_ &&

@@ -51,7 +51,9 @@ class Transfer {
 
   TransferPath path() const;
   uint64_t bytes() const;  // payload of the request
-  size_t chunks() const;   // contiguous ranges after coalescing
+  // Contiguous ranges after coalescing; on the GPU kernel path (which computes addresses
+  // per chunk on the GPU) every (block, layer, outer) chunk.
+  size_t chunks() const;
 
  private:
   std::unique_ptr<Impl> impl_;

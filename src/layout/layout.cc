@@ -209,6 +209,14 @@ MemoryRegion Layout::memory_region_unchecked(size_t block, size_t layer, size_t 
   return m;
 }
 
+Layout::Strides Layout::strides() const {
+  if (kind_ == LayoutKind::FullyContiguous) {
+    return {block_stride_, config_.outer_dim * chunk_, chunk_, false};
+  }
+  if (order_ == LayerOrder::BlockMajor) return {block_stride_, 0, chunk_, true};
+  return {chunk_stride_, 0, config_.num_blocks * chunk_stride_, true};
+}
+
 Result<MemoryRegion> Layout::memory_region(size_t block, size_t layer, size_t outer) const {
   if (block >= config_.num_blocks) {
     return err(ErrorCode::OutOfBounds, "block ", block, " out of range (num_blocks ",

@@ -19,9 +19,9 @@ constexpr size_t kSlots = 4;
 
 struct CudaCopier::State {
   struct Slot {
-    CopyEntry* host = nullptr;  // pinned: filled by the CPU
-    CopyEntry* dev = nullptr;   // uploaded copy the kernel reads
-    size_t capacity = 0;
+    void* host = nullptr;  // pinned: the table, filled by the CPU
+    void* dev = nullptr;   // its uploaded copy, which the kernel reads
+    size_t capacity = 0;   // bytes
     cudaEvent_t done = nullptr;
     uint64_t generation = 0;
   };
@@ -45,6 +45,59 @@ struct CudaCopier::State {
     }
     if (stream != nullptr) cudaStreamDestroy(stream);
     cudaGetLastError();
+  }
+
+  // The next slot, once its previous request is done (its table may be overwritten).
+  // Called with mu held.
+  Result<size_t> acquire() {
+    const size_t index = next++ % kSlots;
+    Slot& slot = slots[index];
+    cudaError_t e = cudaEventSynchronize(slot.done);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return cuda_error(ErrorCode::Internal, e, "waiting for an earlier block copy");
+    }
+    ++slot.generation;
+    return index;
+  }
+
+  // Grows the slot's table to at least `bytes` (pinned and device copies).
+  Status grow(Slot& slot, size_t bytes) {
+    if (slot.capacity >= bytes) return {};
+    const size_t cap = std::max<size_t>({bytes, 2 * slot.capacity, 64 << 10});
+    if (slot.host != nullptr) cudaFreeHost(slot.host);
+    if (slot.dev != nullptr) cudaFree(slot.dev);
+    slot.host = nullptr;
+    slot.dev = nullptr;
+    slot.capacity = 0;
+    cudaError_t e = cudaHostAlloc(&slot.host, cap, cudaHostAllocDefault);
+    if (e != cudaSuccess) {
+      slot.host = nullptr;
+      cudaGetLastError();
+      return cuda_error(ErrorCode::Internal, e,
+                        "cudaHostAlloc of a " + std::to_string(cap) + "-byte chunk table");
+    }
+    if ((e = cudaMalloc(&slot.dev, cap)) != cudaSuccess) {
+      slot.dev = nullptr;
+      cudaGetLastError();
+      return cuda_error(ErrorCode::Internal, e,
+                        "cudaMalloc of a " + std::to_string(cap) + "-byte chunk table");
+    }
+    slot.capacity = cap;
+    return {};
+  }
+
+  // A failed submission: whatever was queued before it still guards the slot's next reuse.
+  Error fail(Slot& slot, cudaError_t code, const std::string& what) {
+    cudaGetLastError();
+    cudaEventRecord(slot.done, stream);
+    cudaGetLastError();
+    return cuda_error(ErrorCode::Internal, code, what);
+  }
+  Error fail(Slot& slot, const Error& why) {
+    cudaEventRecord(slot.done, stream);
+    cudaGetLastError();
+    return why;
   }
 
   // Done (with its outcome) or not yet, for the request that used slot `i` at `generation`.
@@ -128,77 +181,84 @@ Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int ordinal,
 }
 
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk> chunks,
-                                                           uint64_t bytes, bool use_kernel) {
+                                                           uint64_t bytes) {
   State& st = *state_;
   std::lock_guard lock(st.mu);
   DeviceGuard guard(st.ordinal);
-  const size_t index = st.next++ % kSlots;
+  auto acquired = st.acquire();
+  if (!acquired) return acquired.error();
+  const size_t index = *acquired;
   State::Slot& slot = st.slots[index];
-  // The slot's previous request must be done before its table is overwritten.
-  cudaError_t e = cudaEventSynchronize(slot.done);
-  if (e != cudaSuccess) {
-    cudaGetLastError();
-    return cuda_error(ErrorCode::Internal, e, "waiting for an earlier block copy");
-  }
-  ++slot.generation;
-  auto fail = [&](cudaError_t code, const std::string& what) -> Error {
-    cudaGetLastError();
-    // Whatever was queued before the failure still guards the table's next reuse.
-    cudaEventRecord(slot.done, st.stream);
-    cudaGetLastError();
-    return cuda_error(ErrorCode::Internal, code, what);
-  };
-  if (use_kernel) {
-    const uint64_t piece = st.options.cuda_max_piece;
-    size_t n = 0;
-    for (const Chunk& c : chunks) n += (c.len + piece - 1) / piece;
-    if (slot.capacity < n) {
-      const size_t cap = std::max<size_t>({n, 2 * slot.capacity, 1024});
-      if (slot.host != nullptr) cudaFreeHost(slot.host);
-      if (slot.dev != nullptr) cudaFree(slot.dev);
-      slot.host = nullptr;
-      slot.dev = nullptr;
-      slot.capacity = 0;
-      if ((e = cudaHostAlloc(reinterpret_cast<void**>(&slot.host), cap * sizeof(CopyEntry),
-                             cudaHostAllocDefault)) != cudaSuccess) {
-        slot.host = nullptr;
-        return fail(e, "cudaHostAlloc of a chunk table of " + std::to_string(cap) + " entries");
-      }
-      if ((e = cudaMalloc(reinterpret_cast<void**>(&slot.dev), cap * sizeof(CopyEntry))) !=
-          cudaSuccess) {
-        slot.dev = nullptr;
-        return fail(e, "cudaMalloc of a chunk table of " + std::to_string(cap) + " entries");
-      }
-      slot.capacity = cap;
-    }
-    size_t k = 0;
-    for (const Chunk& c : chunks) {
-      for (uint64_t off = 0; off < c.len; off += piece) {
-        slot.host[k++] = CopyEntry{c.src + off, c.dst + off, std::min(piece, c.len - off)};
-      }
-    }
-    if ((e = cudaMemcpyAsync(slot.dev, slot.host, n * sizeof(CopyEntry), cudaMemcpyHostToDevice,
-                             st.stream)) != cudaSuccess) {
-      return fail(e, "uploading the chunk table");
-    }
-    const unsigned grid =
-        static_cast<unsigned>(std::min<size_t>(n, size_t{st.sms} * st.options.cuda_ctas_per_sm));
-    if ((e = launch_copy_kernel(slot.dev, n, grid, st.options.cuda_threads, st.stream)) !=
-        cudaSuccess) {
-      return fail(e, "launching the block copy kernel");
-    }
-  } else {
-    for (const Chunk& c : chunks) {
-      e = cudaMemcpyAsync(reinterpret_cast<void*>(c.dst), reinterpret_cast<const void*>(c.src),
-                          c.len, cudaMemcpyDefault, st.stream);
-      if (e != cudaSuccess) return fail(e, "cudaMemcpyAsync of a block chunk");
-    }
+  cudaError_t e = cudaSuccess;
+  auto fail = [&](auto&&... why) -> Error { return st.fail(slot, why...); };
+
+  for (const Chunk& c : chunks) {
+    e = cudaMemcpyAsync(reinterpret_cast<void*>(c.dst), reinterpret_cast<const void*>(c.src), c.len,
+                        cudaMemcpyDefault, st.stream);
+    if (e != cudaSuccess) return fail(e, "cudaMemcpyAsync of a block chunk");
   }
   if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) {
     return fail(e, "cudaEventRecord");
   }
   return std::unique_ptr<Transfer::Impl>(
       new CudaTransfer(state_.get(), index, slot.generation, bytes, chunks.size()));
+}
+
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& src,
+                                                                  std::span<const size_t> src_ids,
+                                                                  const Layout& dst,
+                                                                  std::span<const size_t> dst_ids,
+                                                                  uint64_t bytes) {
+  State& st = *state_;
+  std::lock_guard lock(st.mu);
+  DeviceGuard guard(st.ordinal);
+  auto acquired = st.acquire();
+  if (!acquired) return acquired.error();
+  const size_t index = *acquired;
+  State::Slot& slot = st.slots[index];
+  auto fail = [&](auto&&... why) -> Error { return st.fail(slot, why...); };
+
+  // The table: each side's region addresses, then (source id, destination id) pairs.
+  const Layout::Strides ss = src.strides();
+  const Layout::Strides ds = dst.strides();
+  const size_t layers = src.config().num_layers;
+  const size_t ns = ss.per_layer_regions ? layers : 1;
+  const size_t nd = ds.per_layer_regions ? layers : 1;
+  const size_t pairs = src_ids.size();
+  const size_t words = ns + nd + 2 * pairs;
+  if (auto grown = st.grow(slot, words * sizeof(uint64_t)); !grown) return fail(grown.error());
+  auto* table = static_cast<uint64_t*>(slot.host);
+  for (size_t i = 0; i < ns; ++i) table[i] = src.region(i).addr();
+  for (size_t i = 0; i < nd; ++i) table[ns + i] = dst.region(i).addr();
+  uint64_t* ids = table + ns + nd;
+  for (size_t i = 0; i < pairs; ++i) {
+    ids[2 * i] = src_ids[i];
+    ids[2 * i + 1] = dst_ids[i];
+  }
+  cudaError_t e = cudaMemcpyAsync(slot.dev, slot.host, words * sizeof(uint64_t),
+                                  cudaMemcpyHostToDevice, st.stream);
+  if (e != cudaSuccess) return fail(e, "uploading the block table");
+
+  const auto* dev = static_cast<const uint64_t*>(slot.dev);
+  BlockCopy job{};
+  job.src = {dev, ss.block, ss.layer, ss.outer, ss.per_layer_regions};
+  job.dst = {dev + ns, ds.block, ds.layer, ds.outer, ds.per_layer_regions};
+  job.ids = dev + ns + nd;
+  job.pairs = pairs;
+  job.layers = static_cast<uint32_t>(layers);
+  job.outer_dim = static_cast<uint32_t>(src.config().outer_dim);
+  job.chunk = src.config().chunk_bytes();
+  job.piece = st.options.cuda_max_piece;
+  const uint64_t items = pairs * layers * job.outer_dim * ((job.chunk + job.piece - 1) / job.piece);
+  const unsigned grid = static_cast<unsigned>(
+      std::min<uint64_t>(items, uint64_t{st.sms} * st.options.cuda_ctas_per_sm));
+  if ((e = launch_block_copy_kernel(job, grid, st.options.cuda_threads, st.stream)) !=
+      cudaSuccess) {
+    return fail(e, "launching the block copy kernel");
+  }
+  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) return fail(e, "cudaEventRecord");
+  return std::unique_ptr<Transfer::Impl>(new CudaTransfer(state_.get(), index, slot.generation,
+                                                          bytes, pairs * layers * job.outer_dim));
 }
 
 int CudaCopier::ordinal() const {
@@ -215,7 +275,11 @@ struct CudaCopier::State {};
 Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int, const TransferEngineOptions&) {
   return cuda_device_count().error();
 }
-Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk>, uint64_t, bool) {
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk>, uint64_t) {
+  return cuda_device_count().error();
+}
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(
+    const Layout&, std::span<const size_t>, const Layout&, std::span<const size_t>, uint64_t) {
   return cuda_device_count().error();
 }
 int CudaCopier::ordinal() const {

@@ -1,4 +1,4 @@
-// The CUDA path of the transfer engine: one stream on one GPU, and a ring of chunk tables
+// The CUDA path of the transfer engine: one stream on one GPU, and a ring of block tables
 // (pinned host + device copies, reused across requests, grown only when a request needs
 // more) so that a request costs one table upload and one kernel launch. Completion is a
 // CUDA event per table slot. Thread-safe.
@@ -7,6 +7,7 @@
 #include <memory>
 #include <span>
 
+#include "kvbm/layout.h"
 #include "kvbm/result.h"
 #include "kvbm/transfer.h"
 #include "transfer/transfer_impl.h"
@@ -24,11 +25,17 @@ class CudaCopier {
   // Whether kernels on this GPU can read and write pageable host memory (HMM/ATS).
   bool pageable_access() const;
 
-  // Starts the copy of `chunks` (device pointers or host pointers the GPU can address).
-  // use_kernel: one kernel launch; otherwise one cudaMemcpyAsync per chunk (pageable
-  // memory the GPU cannot address).
-  Result<std::unique_ptr<Transfer::Impl>> submit(std::span<const Chunk> chunks, uint64_t bytes,
-                                                 bool use_kernel);
+  // Starts the copy of `chunks` with one cudaMemcpyAsync each: for pageable host memory
+  // the GPU cannot address, which the kernel cannot read.
+  Result<std::unique_ptr<Transfer::Impl>> submit(std::span<const Chunk> chunks, uint64_t bytes);
+  // Starts the copy of blocks src_ids[i] -> dst_ids[i] (validated) between two layouts the
+  // GPU addresses (device or pinned memory): one kernel computes every chunk's address, so
+  // the CPU's work is one table of block ids, not one entry per chunk.
+  Result<std::unique_ptr<Transfer::Impl>> submit_blocks(const Layout& src,
+                                                        std::span<const size_t> src_ids,
+                                                        const Layout& dst,
+                                                        std::span<const size_t> dst_ids,
+                                                        uint64_t bytes);
 
   struct State;
 

@@ -195,6 +195,23 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
     return err(ErrorCode::InvalidArgument, "copy to or from the remote layout of agent '",
                src.is_remote() ? src.remote_agent() : dst.remote_agent(), "' needs an agent");
   }
+  if (*path == TransferPath::Cuda) {
+    const StorageType s = src.storage_type();
+    const StorageType d = dst.storage_type();
+    const int ordinal = static_cast<int>(s.kind == StorageKind::Device ? s.id : d.id);
+    auto copier = state_->cuda_for(ordinal);
+    if (!copier) return copier.error();
+    // Pageable memory is read by the kernel only where the GPU can address it; otherwise
+    // one cudaMemcpyAsync per (coalesced) chunk.
+    const bool pageable = s.kind == StorageKind::System || d.kind == StorageKind::System;
+    if (!pageable || (*copier)->pageable_access()) {
+      const LayoutConfig& c = src.config();
+      const uint64_t bytes = src_ids.size() * c.num_layers * c.outer_dim * c.chunk_bytes();
+      auto impl = (*copier)->submit_blocks(src, src_ids, dst, dst_ids, bytes);
+      if (!impl) return impl.error();
+      return Transfer(std::move(*impl));
+    }
+  }
   std::vector<Chunk> chunks;
   chunks.reserve(src_ids.size() * src.config().num_layers * src.config().outer_dim);
   const uint64_t bytes = detail::build_chunks(src, src_ids, dst, dst_ids, chunks);
@@ -211,9 +228,8 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
       const int ordinal = static_cast<int>(s.kind == StorageKind::Device ? s.id : d.id);
       auto copier = state_->cuda_for(ordinal);
       if (!copier) return copier.error();
-      // Pageable memory is read by the kernel only where the GPU can address it.
-      const bool pageable = s.kind == StorageKind::System || d.kind == StorageKind::System;
-      auto impl = (*copier)->submit(chunks, bytes, !pageable || (*copier)->pageable_access());
+      // Only pageable memory the GPU cannot address comes here (see above).
+      auto impl = (*copier)->submit(chunks, bytes);
       if (!impl) return impl.error();
       return Transfer(std::move(*impl));
     }

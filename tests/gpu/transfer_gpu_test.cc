@@ -82,6 +82,18 @@ TEST(TransferGpu, PinnedAndSystemThroughTwoDeviceLayouts) {
   }
 }
 
+TEST(TransferGpu, ChunksSplitIntoPiecesOfAnySize) {
+  KVBM_REQUIRE_GPU();
+  for (size_t piece : {size_t{4096}, size_t{5000}}) {  // 5000: later pieces are unaligned
+    TransferEngineOptions o;
+    o.cuda_max_piece = piece;
+    o.cuda_threads = 128;
+    auto e = TransferEngine::create(o);
+    ASSERT_TRUE(e.ok());
+    round_trip(**e, Host{"pinned", true}, 1024, 4096);  // 256 KiB chunks
+  }
+}
+
 TEST(TransferGpu, UnalignedChunksTakeTheByteLoop) {
   KVBM_REQUIRE_GPU();
   auto e = TransferEngine::create();

@@ -152,6 +152,11 @@ TEST_P(LayoutAddress, MatchesAnIndependentWalk) {
     EXPECT_EQ(m->size, chunk);
     EXPECT_EQ(m->addr, (uint64_t{1} << 20) + (uint64_t{where.first} << 24) + where.second);
     EXPECT_EQ(layout->memory_region_unchecked(b, l, o), *m);
+    // The stride form (what the GPU kernel computes) gives the same address.
+    const Layout::Strides st = layout->strides();
+    const uint64_t base = layout->region(st.per_layer_regions ? l : 0).addr();
+    EXPECT_EQ(base + b * st.block + l * st.layer + o * st.outer, m->addr)
+        << "strides: block " << b << " layer " << l << " outer " << o;
   }
   // Bounds, each naming the index and its limit.
   EXPECT_ERROR(layout->memory_region(c.num_blocks, 0, 0), ErrorCode::OutOfBounds,
