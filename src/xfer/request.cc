@@ -1,3 +1,5 @@
+#include <thread>
+
 #include "kvbm/log.h"
 #include "xfer/request_impl.h"
 
@@ -59,7 +61,11 @@ XferState RequestImpl::state() {
 }
 
 Status RequestImpl::wait(std::chrono::milliseconds timeout) {
-  const auto until = std::chrono::steady_clock::now() + timeout;
+  const auto start = std::chrono::steady_clock::now();
+  const auto until = start + timeout;
+  // With a progress thread, poll for a short while before sleeping on its signal: a copy
+  // of a few MiB ends within tens of microseconds, less than the thread's idle back-off.
+  const auto spin_until = start + std::chrono::microseconds(50);
   for (;;) {
     switch (state()) {
       case XferState::Done:
@@ -71,8 +77,13 @@ Status RequestImpl::wait(std::chrono::milliseconds timeout) {
       case XferState::InProgress:
         break;
     }
-    if (std::chrono::steady_clock::now() >= until) {
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= until) {
       return err(ErrorCode::Timeout, "request still in progress after ", timeout.count(), " ms");
+    }
+    if (agent_->has_progress_thread() && now < spin_until) {
+      std::this_thread::yield();
+      continue;
     }
     agent_->wait_for_progress(until);
   }
