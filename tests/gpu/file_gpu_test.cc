@@ -8,6 +8,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kvbm/cuda.h"
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
@@ -34,6 +35,10 @@ std::unique_ptr<Agent> make_agent() {
 
 TEST(GdsBackend, ParamsAndNoGpu) {
   auto a = make_agent();
+  if (!built_with_cuda()) {
+    EXPECT_ERROR(a->create_backend("GDS"), ErrorCode::DeviceUnavailable, "built without CUDA");
+    return;
+  }
   EXPECT_ERROR(a->create_backend("GDS", {{"mode", "magic"}}), ErrorCode::InvalidArgument,
                "'magic'");
   EXPECT_ERROR(a->create_backend("GDS", {{"queue_depth", "0"}}), ErrorCode::InvalidArgument,
