@@ -6,8 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
-#include <set>
 #include <tuple>
 #include <vector>
 
@@ -17,34 +17,57 @@
 
 namespace kvbm::xfer::detail {
 
-// A page-aligned buffer of up to kFileChunkBytes, returned to its server when released.
+class FileServer;
+
+// A page-aligned buffer of kFileChunkBytes that goes back to its server when dropped.
 struct StagingFree {
+  FileServer* server = nullptr;
   void operator()(char* p) const;
 };
 using Staging = std::unique_ptr<char, StagingFree>;
 
 class FileServer {
  public:
-  // A FILE region (dev_id = fd, addr = offset) peers may read and write.
+  // Staging buffers in use at once, at most (READs wait for one; a WRITE's bytes have
+  // arrived already and always get one).
+  static constexpr size_t kMaxStaging = 64;
+
+  FileServer() = default;
+  ~FileServer();
+  FileServer(const FileServer&) = delete;
+  FileServer& operator=(const FileServer&) = delete;
+
+  // A FILE region (dev_id = fd, addr = offset) peers may read and write. The file the
+  // fd refers to now is remembered: a number closed and reused for something else (a
+  // socket, a pipe, another file) is refused rather than read.
   void add(const Desc& region);
   void remove(const Desc& region);
-  // OutOfBounds unless [offset, offset + len) of fd lies inside one served region.
+  // OutOfBounds unless [offset, offset + len) of fd lies inside one served region; Io
+  // (naming fd and offset) when fd is closed or no longer the registered file.
   Status check(uint64_t fd, uint64_t offset, uint64_t len) const;
 
-  // A staging buffer of kFileChunkBytes (reused; at most kKeepFree kept while idle).
-  Staging acquire();
-  void release(Staging s);
+  // A staging buffer (reused; at most kKeepFree kept while idle), or null when
+  // kMaxStaging are in use (unless beyond_limit) or memory is short.
+  Staging acquire(bool beyond_limit = false);
+  size_t in_use() const { return in_use_; }
 
   // Reads len bytes at offset into buf; Io errors (end of file, closed fd) name them.
   Status read(uint64_t fd, uint64_t offset, char* buf, uint64_t len);
   Status write(uint64_t fd, uint64_t offset, const char* buf, uint64_t len);
 
  private:
+  friend struct StagingFree;
   static constexpr size_t kKeepFree = 8;
+  void recycle(char* p);
   Status run(uint64_t fd, kvbm::detail::FileOp op);  // op.fd set from fd
 
-  std::set<std::tuple<uint64_t, uint64_t, uint64_t>> regions_;  // fd, offset, len
-  std::vector<Staging> free_;
+  struct FileId {
+    bool known;  // fstat worked at registration
+    uint64_t dev, ino;
+  };
+  std::map<std::tuple<uint64_t, uint64_t, uint64_t>, FileId> regions_;  // fd, offset, len
+  std::vector<char*> free_;
+  size_t in_use_ = 0;
   std::unique_ptr<kvbm::detail::UringBatch> batch_;  // made on first use
 };
 

@@ -746,7 +746,7 @@ size_t UcxBackend::progress() {
 struct FileSendCtx {
   std::string header;
   std::string error_text;
-  Staging keep;  // the owner's staging buffer, until the reply is sent
+  Staging keep{nullptr, {}};  // the owner's staging buffer, until the reply is sent
   std::function<void(ucs_status_t)> done;
 };
 
@@ -867,14 +867,14 @@ void UcxBackend::on_file_request(std::string_view header, const char* body, size
                             (h ? std::string("no reply endpoint") : h.error().message));
     return;
   }
-  FileJob job{reply_ep, *h, nullptr};
+  FileJob job{reply_ep, *h, Staging(nullptr, {&file_server_})};
   const uint64_t want = h->op == Op::Write ? h->len : 0;
   if (rndv || len != want) {
     send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::Remote}, nullptr, 0, nullptr);
     return;
   }
   if (h->op == Op::Write) {
-    job.data = file_server_.acquire();
+    job.data = file_server_.acquire(true);
     if (!job.data) {
       send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::AllocationFailed}, nullptr, 0,
                       nullptr);
@@ -894,13 +894,18 @@ void UcxBackend::serve_file_jobs() {
     Status st = file_server_.check(h.fd, h.offset, h.len);
     if (st && h.op == Op::Write) {
       st = file_server_.write(h.fd, h.offset, j.data.get(), h.len);
-      file_server_.release(std::move(j.data));
+      j.data.reset();
       if (st) {
         send_file_reply(j.reply_ep, {h.xfer, h.seq, std::nullopt}, nullptr, 0, nullptr);
         continue;
       }
     } else if (st) {
       Staging buf = file_server_.acquire();
+      if (!buf && file_server_.in_use() >= FileServer::kMaxStaging) {
+        file_jobs_.push_back(std::move(j));  // served once a reply has left
+        --events_;                           // which is no progress yet
+        continue;
+      }
       if (!buf) {
         st = err(ErrorCode::AllocationFailed, "no staging buffer for file fd ", h.fd, " offset ",
                  h.offset);
@@ -908,8 +913,6 @@ void UcxBackend::serve_file_jobs() {
         const char* data = buf.get();
         send_file_reply(j.reply_ep, {h.xfer, h.seq, std::nullopt}, data, h.len, std::move(buf));
         continue;
-      } else {
-        file_server_.release(std::move(buf));
       }
     }
     auto ctx_err = st.error();
@@ -925,13 +928,12 @@ void UcxBackend::send_file_reply(ucp_ep_h ep, const FileReplyHeader& h, const ch
                                  size_t len, Staging keep) {
   auto ctx = std::make_unique<FileSendCtx>();
   ctx->header = encode(h);
-  if (h.error) ctx->error_text = "malformed file request";
-  ctx->keep = std::move(keep);
-  if (ctx->keep) {
-    // The staging buffer goes back to the pool once the reply has left.
-    auto* raw = ctx.get();
-    ctx->done = [this, raw](ucs_status_t) { file_server_.release(std::move(raw->keep)); };
+  if (h.error) {
+    ctx->error_text = *h.error == ErrorCode::AllocationFailed ? "no staging memory at the owner"
+                                                              : "malformed file request";
   }
+  ctx->keep = std::move(keep);
+  // The staging buffer goes back to the pool with ctx, once the reply has left.
   send_file_am(ep, kFileReplyAmId, std::move(ctx), body, len, false);
 }
 
