@@ -12,6 +12,7 @@
 //   file BYTES SEED REGLEN    -> OK <fd>     (a temporary file of BYTES bytes of pattern
 //                                             SEED, registered as FILE [0, REGLEN) of fd)
 //   checkfile FD OFF LEN SEED POFF -> OK | BAD <index>   (file bytes vs pattern)
+//   closefd FD                -> OK         (closes it; its registration stays)
 //   expectfile MSG TIMEOUT_MS FD OFF LEN SEED POFF -> OK | BAD <index> | TIMEOUT
 //   quit
 // Usage: agent_peer NAME BYTES SEED [poll]
@@ -132,6 +133,10 @@ int main(int argc, char** argv) {
           if (reg) files.push_back(std::move(*reg));
         }
       }
+    } else if (cmd == "closefd") {
+      int fd = -1;
+      in >> fd;
+      reply = close(fd) == 0 ? "OK" : "ERR close";
     } else if (cmd == "checkfile") {
       reply = check_file(in);
     } else if (cmd == "expectfile") {

@@ -164,6 +164,18 @@ TEST_P(RemoteFile, ReadPastEndOfFileIsAnErrorNamingTheOffset) {
   EXPECT_EQ(testing::find_pattern_mismatch(local.data(), 4096, kFileSeed, 8192), SIZE_MAX);
 }
 
+TEST_P(RemoteFile, AClosedFileIsAnErrorNamingItsFdAndOffset) {
+  ASSERT_EQ(owner->ask("closefd " + std::to_string(fd)), "OK");
+  for (Op op : {Op::Read, Op::Write}) {
+    Status st = run(op, local_descs({{0, 4096}}), file_descs({{12288, 4096}}));
+    ASSERT_FALSE(st.ok()) << to_string(op);
+    EXPECT_EQ(st.code(), ErrorCode::Io) << st.error().to_string();
+    EXPECT_NE(st.error().message.find("fd " + std::to_string(fd)), std::string::npos)
+        << st.error().message;
+    EXPECT_NE(st.error().message.find("offset 12288"), std::string::npos) << st.error().message;
+  }
+}
+
 TEST_P(RemoteFile, RangesOutsideTheRegisteredFileFailBeforeAnythingMoves) {
   auto past = agent->create_request(Op::Write, local_descs({{0, 8192}}),
                                     file_descs({{kRegionBytes - 4096, 8192}}), "owner");
