@@ -828,7 +828,7 @@ void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t
   if (it == file_xfers_.end()) return;  // cancelled, or failed already
   auto x = it->second;
   const std::string& name = x->c->peer->name;
-  if (h->seq >= x->chunks->size() || x->replied[h->seq] != 0 || rndv) {
+  if (h->seq >= x->next || x->replied[h->seq] != 0 || rndv) {
     fail_file(*x, err(ErrorCode::Remote, "agent '", name, "' sent a file reply for chunk ", h->seq,
                       " that was not asked for"));
     return;
