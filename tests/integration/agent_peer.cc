@@ -9,8 +9,14 @@
 //   notifs                    -> NOTIFS <agent>:<msg> ...     (and clears them)
 //   notify AGENT MSG          -> OK | ERR <message>
 //   register BYTES SEED       -> OK <addr>   (another buffer, registered)
+//   file BYTES SEED REGLEN    -> OK <fd>     (a temporary file of BYTES bytes of pattern
+//                                             SEED, registered as FILE [0, REGLEN) of fd)
+//   checkfile FD OFF LEN SEED POFF -> OK | BAD <index>   (file bytes vs pattern)
+//   closefd FD                -> OK         (closes it; its registration stays)
+//   expectfile MSG TIMEOUT_MS FD OFF LEN SEED POFF -> OK | BAD <index> | TIMEOUT
 //   quit
 // Usage: agent_peer NAME BYTES SEED [poll]
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -55,6 +61,19 @@ int main(int argc, char** argv) {
   std::cout << "READY " << *port << " " << buf->addr() << std::endl;
 
   std::vector<SystemStorage> extra;
+  std::vector<std::unique_ptr<xfer::MemoryRegistration>> files;
+  auto check_file = [&](std::istringstream& in) -> std::string {
+    (*agent)->progress();  // as in check: the progress thread's writes happen before
+    int fd = -1;
+    size_t off = 0, len = 0, poff = 0;
+    uint64_t s = 0;
+    in >> fd >> off >> len >> s >> poff;
+    std::vector<char> got(len);
+    if (pread(fd, got.data(), len, static_cast<off_t>(off)) != static_cast<ssize_t>(len))
+      return "BAD pread";
+    size_t bad = detail::find_pattern_mismatch(got.data(), len, s, poff);
+    return bad == SIZE_MAX ? "OK" : "BAD " + std::to_string(bad);
+  };
   std::deque<xfer::Notification> inbox;
   auto pull = [&] {
     for (auto& n : (*agent)->get_notifs()) inbox.push_back(std::move(n));
@@ -93,6 +112,50 @@ int main(int argc, char** argv) {
       in >> p;
       auto r = (*agent)->fetch_remote_metadata("127.0.0.1", static_cast<uint16_t>(p));
       reply = r ? "OK " + *r : "ERR " + r.error().to_string();
+    } else if (cmd == "file") {
+      size_t n = 0, reglen = 0;
+      uint64_t s = 0;
+      in >> n >> s >> reglen;
+      char path[] = "/tmp/kvbm_peer_file_XXXXXX";
+      int fd = mkstemp(path);
+      if (fd < 0) {
+        reply = "ERR mkstemp";
+      } else {
+        unlink(path);  // closed (and gone) when this process ends
+        std::vector<char> data(n);
+        detail::fill_pattern(data.data(), n, s);
+        if (pwrite(fd, data.data(), n, 0) != static_cast<ssize_t>(n)) {
+          reply = "ERR pwrite";
+        } else {
+          auto reg = (*agent)->register_memory(
+              xfer::DescList(xfer::MemType::File, {{0, reglen, static_cast<uint64_t>(fd)}}));
+          reply = reg ? "OK " + std::to_string(fd) : "ERR " + reg.error().to_string();
+          if (reg) files.push_back(std::move(*reg));
+        }
+      }
+    } else if (cmd == "closefd") {
+      int fd = -1;
+      in >> fd;
+      reply = close(fd) == 0 ? "OK" : "ERR close";
+    } else if (cmd == "checkfile") {
+      reply = check_file(in);
+    } else if (cmd == "expectfile") {
+      std::string msg;
+      long timeout_ms = 0;
+      in >> msg >> timeout_ms;
+      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+      reply = "TIMEOUT";
+      while (std::chrono::steady_clock::now() < until) {
+        pull();
+        auto it =
+            std::find_if(inbox.begin(), inbox.end(), [&](auto& n) { return n.message == msg; });
+        if (it != inbox.end()) {
+          inbox.erase(it);
+          reply = check_file(in);  // the file's bytes the moment the notification arrived
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      }
     } else if (cmd == "expect") {
       std::string msg;
       long timeout_ms = 0;
@@ -140,6 +203,7 @@ int main(int argc, char** argv) {
     }
     std::cout << reply << std::endl;
   }
+  files.clear();
   extra.clear();
   return 0;
 }

@@ -248,10 +248,13 @@ TEST(AgentRegistrationDisk, FailedRegistrationDoesNotUnlink) {
   EXPECT_ERROR(register_with_agent(*d, *agent, nope), ErrorCode::NotFound, "'NOPE'");
   EXPECT_FALSE(d->unlinked());
   EXPECT_TRUE(std::filesystem::exists(d->path()));
-  // UCX registers host memory only: naming it for a file fails, and leaves the file.
-  AgentRegistrationOptions ucx;
-  ucx.backend = "UCX";
-  EXPECT_ERROR(register_with_agent(*d, *agent, ucx), ErrorCode::Unsupported, "FILE");
+  // An agent with no backend for files: registering one fails, and leaves the file.
+  xfer::AgentConfig bare_config;
+  bare_config.backends = {};
+  bare_config.add_cuda_if_gpu = false;
+  auto bare = xfer::Agent::create("bare", bare_config);
+  ASSERT_TRUE(bare.ok()) << bare.error().to_string();
+  EXPECT_ERROR(register_with_agent(*d, **bare), ErrorCode::Unsupported, "FILE");
   EXPECT_FALSE(d->unlinked());
   EXPECT_TRUE(std::filesystem::exists(d->path()));
   // Already registered (a handle under the agent's key) also leaves the file.

@@ -33,7 +33,9 @@ namespace kvbm::xfer {
 using BackendParams = std::map<std::string, std::string>;
 
 struct AgentConfig {
-  // Backends created with the agent (UCX: host memory; POSIX: this agent's own files).
+  // Backends created with the agent (UCX: host memory, and peers' files: a peer READs or
+  // WRITEs this agent's registered FILE regions as it would DRAM, served by this agent's
+  // progress through a staging buffer; POSIX: this agent's own files).
   // Others ("GDS", "CUDA") can be added with create_backend().
   std::vector<std::string> backends = {"UCX", "POSIX"};
   // Also create the "CUDA" backend (GPU memory: local copies, CUDA IPC, staged path)

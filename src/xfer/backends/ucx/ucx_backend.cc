@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <random>
@@ -13,6 +14,8 @@
 #include <sstream>
 
 #include "kvbm/log.h"
+#include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_wire.h"
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -62,13 +65,15 @@ struct UcxPeer;
 
 class UcxRemoteRegion final : public RemoteRegion {
  public:
-  UcxRemoteRegion(UcxBackend* backend, std::shared_ptr<UcxPeer> peer, ucp_rkey_h rkey)
-      : backend(backend), peer(std::move(peer)), rkey(rkey) {}
+  UcxRemoteRegion(UcxBackend* backend, std::shared_ptr<UcxPeer> peer, ucp_rkey_h rkey,
+                  bool file = false)
+      : backend(backend), peer(std::move(peer)), rkey(rkey), file(file) {}
   ~UcxRemoteRegion() override;
 
   UcxBackend* backend;
   std::shared_ptr<UcxPeer> peer;
-  ucp_rkey_h rkey;  // null once the peer's connection is closed
+  ucp_rkey_h rkey;  // null once the peer's connection is closed, and for files
+  const bool file;  // a FILE region the peer serves through active messages
 };
 
 struct UcxPeer {
@@ -82,15 +87,19 @@ struct UcxPeer {
 
 class UcxLocalRegion final : public LocalRegion {
  public:
-  UcxLocalRegion(UcxBackend* backend, ucp_mem_h memh, std::string rkey)
-      : backend(backend), memh(memh), rkey(std::move(rkey)) {}
+  UcxLocalRegion(UcxBackend* backend, ucp_mem_h memh, std::string rkey, Desc file = {})
+      : backend(backend), memh(memh), rkey(std::move(rkey)), file(file) {}
   ~UcxLocalRegion() override;
   std::string remote_info() const override { return rkey; }
 
   UcxBackend* backend;
-  ucp_mem_h memh;
+  ucp_mem_h memh;  // null for a FILE region (served to peers, not mapped)
   std::string rkey;
+  Desc file;
 };
+
+// A FILE region's remote_info: it only says that this agent serves the file over UCX.
+constexpr std::string_view kFileRegionInfo = "ucx-file-1";
 
 // State one post() shares with UCX callbacks; outlives the request if it is cancelled.
 struct Completion {
@@ -102,6 +111,31 @@ struct Completion {
   std::atomic<XferState> state{XferState::InProgress};
   Error error{ErrorCode::Internal, ""};
   bool cancelled = false;  // guarded by the backend lock
+};
+
+// One chunk of a transfer with a peer's file: local bytes <-> (fd, offset) at the owner.
+struct FileChunk {
+  char* local;
+  uint64_t fd;
+  uint64_t offset;
+  uint64_t len;
+};
+
+// The initiator's state of one posted file transfer, keyed by id in the backend.
+struct FileXfer {
+  uint64_t id = 0;
+  Op op = Op::Read;
+  std::shared_ptr<Completion> c;
+  std::shared_ptr<const std::vector<FileChunk>> chunks;
+  std::vector<uint8_t> replied;  // per chunk
+  size_t next = 0, in_flight = 0, done = 0;
+};
+
+// A peer's request the owner serves on its next progress().
+struct FileJob {
+  ucp_ep_h reply_ep;
+  FileRequestHeader h;
+  Staging data;  // a WRITE's bytes
 };
 
 // Receive-side ordering of one sender's notifications.
@@ -123,9 +157,13 @@ class UcxBackend final : public Backend {
   Status init();
 
   const std::string& name() const override { return name_; }
-  bool can_register(MemType type) const override { return type == MemType::Dram; }
+  // FILE regions are registered to be served to peers (file_server.h); a peer's FILE
+  // regions are reached through their owner (see FileXfer).
+  bool can_register(MemType type) const override {
+    return type == MemType::Dram || type == MemType::File;
+  }
   bool supports(MemType local, MemType remote) const override {
-    return local == MemType::Dram && remote == MemType::Dram;
+    return local == MemType::Dram && (remote == MemType::Dram || remote == MemType::File);
   }
   // "<boot id>\n<UCX worker address>"
   std::string connection_info() const override { return host_ + "\n" + address_; }
@@ -158,6 +196,20 @@ class UcxBackend final : public Backend {
                             size_t length, const ucp_am_recv_param_t* param);
   static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status);
 
+  // Remote files, initiator side.
+  void start_file(const std::shared_ptr<FileXfer>& x);
+  void pump_file(const std::shared_ptr<FileXfer>& x);
+  void fail_file(FileXfer& x, Error e);
+  void on_file_reply(std::string_view header, const char* body, size_t len, bool rndv);
+  // Owner side.
+  void on_file_request(std::string_view header, const char* body, size_t len, bool rndv,
+                       ucp_ep_h reply_ep);
+  void serve_file_jobs();
+  void send_file_reply(ucp_ep_h ep, const FileReplyHeader& h, const char* body, size_t len,
+                       Staging keep);
+  static ucs_status_t on_file_am(void* arg, const void* header, size_t header_length, void* data,
+                                 size_t length, const ucp_am_recv_param_t* param);
+
   const std::string name_ = "UCX";
   BackendEnv env_;
   std::string address_;
@@ -166,7 +218,11 @@ class UcxBackend final : public Backend {
   std::map<std::string, Inbox> inboxes_;
   std::vector<std::pair<ucp_ep_h, ucs_status_t>> failed_eps_;  // noted in callbacks, handled after
   uint64_t connection_seed_;
-  size_t events_ = 0;  // completions seen during the current progress() call
+  size_t events_ = 0;
+  std::map<uint64_t, std::shared_ptr<FileXfer>> file_xfers_;
+  uint64_t next_file_xfer_ = 1;
+  FileServer file_server_;
+  std::vector<FileJob> file_jobs_;  // completions seen during the current progress() call
 };
 
 class UcxRequest final : public BackendRequest {
@@ -180,18 +236,22 @@ class UcxRequest final : public BackendRequest {
   };
 
   UcxRequest(UcxBackend* backend, Op op, std::shared_ptr<UcxPeer> peer, std::vector<Item> items,
-             std::optional<std::string> notification)
+             std::optional<std::string> notification,
+             std::shared_ptr<const std::vector<FileChunk>> file_chunks = nullptr)
       : backend_(backend),
         op_(op),
         peer_(std::move(peer)),
         items_(std::move(items)),
-        notification_(std::move(notification)) {}
+        notification_(std::move(notification)),
+        file_chunks_(std::move(file_chunks)) {}
 
   ~UcxRequest() override {
     if (!current_) return;
     std::lock_guard<std::mutex> lock(backend_->mu_);
     // Callbacks still hold the completion; they see the flag and send no notification.
     current_->cancelled = true;
+    // Replies that still arrive find no transfer and touch no local memory.
+    if (file_xfer_ != 0) backend_->file_xfers_.erase(file_xfer_);
   }
 
   Status post() override;
@@ -208,6 +268,8 @@ class UcxRequest final : public BackendRequest {
   std::shared_ptr<UcxPeer> peer_;
   std::vector<Item> items_;
   std::optional<std::string> notification_;
+  std::shared_ptr<const std::vector<FileChunk>> file_chunks_;  // set for a peer's FILE
+  uint64_t file_xfer_ = 0;                                     // its FileXfer while posted
   std::shared_ptr<Completion> current_;
 };
 
@@ -219,6 +281,10 @@ UcxRemoteRegion::~UcxRemoteRegion() {
 
 UcxLocalRegion::~UcxLocalRegion() {
   std::lock_guard<std::mutex> lock(backend->mu_);
+  if (memh == nullptr) {
+    backend->file_server_.remove(file);
+    return;
+  }
   if (ucs_status_t s = ucp_mem_unmap(backend->context_, memh); s != UCS_OK) {
     log(LogLevel::Error, ucx_error(ErrorCode::RegistrationFailed, "ucp_mem_unmap", s).to_string());
   }
@@ -261,6 +327,13 @@ Status UcxBackend::init() {
   if (s = ucp_worker_set_am_recv_handler(worker_, &am); s != UCS_OK) {
     return ucx_error(ErrorCode::Internal, "ucp_worker_set_am_recv_handler", s);
   }
+  for (unsigned id : {kFileRequestAmId, kFileReplyAmId}) {
+    am.id = id;
+    am.cb = &UcxBackend::on_file_am;
+    if (s = ucp_worker_set_am_recv_handler(worker_, &am); s != UCS_OK) {
+      return ucx_error(ErrorCode::Internal, "ucp_worker_set_am_recv_handler", s);
+    }
+  }
   return {};
 }
 
@@ -274,9 +347,14 @@ UcxBackend::~UcxBackend() {
 }
 
 Result<std::unique_ptr<LocalRegion>> UcxBackend::register_region(MemType type, const Desc& region) {
-  if (type != MemType::Dram)
-    return err(ErrorCode::Unsupported, "UCX registers DRAM only, not ", to_string(type));
+  if (type != MemType::Dram && type != MemType::File)
+    return err(ErrorCode::Unsupported, "UCX registers DRAM and FILE only, not ", to_string(type));
   std::lock_guard<std::mutex> lock(mu_);
+  if (type == MemType::File) {
+    file_server_.add(region);
+    return std::unique_ptr<LocalRegion>(
+        std::make_unique<UcxLocalRegion>(this, nullptr, std::string(kFileRegionInfo), region));
+  }
   ucp_mem_map_params_t mp{};
   mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   mp.address = reinterpret_cast<void*>(region.addr);
@@ -337,6 +415,13 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
 
 void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why) {
   if (!peer->failure) peer->failure = std::move(why);
+  for (auto it = file_xfers_.begin(); it != file_xfers_.end();) {
+    auto x = (it++)->second;  // fail_file erases it
+    if (x->c->peer == peer) {
+      fail_file(*x, err(ErrorCode::Remote, "transfer with agent '", peer->name,
+                        "' failed: ", peer->failure->message));
+    }
+  }
   for (UcxRemoteRegion* r : peer->regions) {
     if (r->rkey != nullptr) ucp_rkey_destroy(r->rkey);
     r->rkey = nullptr;
@@ -371,13 +456,26 @@ void UcxBackend::disconnect(const std::string& agent) {
 Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::string& agent,
                                                                      MemType type, const Desc&,
                                                                      std::string_view remote_info) {
-  if (type != MemType::Dram)
-    return err(ErrorCode::Unsupported, "UCX reaches DRAM only, not ", to_string(type));
+  if (type != MemType::Dram && type != MemType::File)
+    return err(ErrorCode::Unsupported, "UCX reaches DRAM and FILE only, not ", to_string(type));
+  if (type == MemType::File && agent == env_.agent_name) {
+    return err(ErrorCode::Unsupported,
+               "UCX serves files to peers only; this agent's own files go through POSIX");
+  }
   if (remote_info.empty()) return err(ErrorCode::InvalidArgument, "empty UCX remote key");
   std::lock_guard<std::mutex> lock(mu_);
   auto it = peers_.find(agent);
   if (it == peers_.end())
     return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
+  if (type == MemType::File) {
+    if (remote_info != kFileRegionInfo) {
+      return err(ErrorCode::InvalidArgument, "FILE region of agent '", agent,
+                 "' has unknown UCX data of ", remote_info.size(), " bytes");
+    }
+    auto region = std::make_unique<UcxRemoteRegion>(this, it->second, nullptr, true);
+    it->second->regions.insert(region.get());
+    return std::unique_ptr<RemoteRegion>(std::move(region));
+  }
   std::string copy(remote_info);  // aligned, and alive for the unpack
   ucp_rkey_h rkey = nullptr;
   if (ucs_status_t s = ucp_ep_rkey_unpack(it->second->ep, copy.data(), &rkey); s != UCS_OK) {
@@ -404,6 +502,7 @@ Result<std::unique_ptr<BackendRequest>> UcxBackend::prepare(
     peer = it->second;
   }
   std::vector<UcxRequest::Item> items;
+  std::vector<FileChunk> chunks;  // for a peer's FILE: the request in chunks of bounded size
   items.reserve(segments.size());
   for (const Segment& s : segments) {
     auto* local = static_cast<UcxLocalRegion*>(s.local_region);
@@ -412,11 +511,25 @@ Result<std::unique_ptr<BackendRequest>> UcxBackend::prepare(
       return err(ErrorCode::Remote, "remote key of agent '", agent,
                  "' belongs to an older connection");
     }
+    if (remote->file) {
+      for (uint64_t off = 0; off < s.local.len; off += kFileChunkBytes) {
+        chunks.push_back({reinterpret_cast<char*>(s.local.addr + off), s.remote.dev_id,
+                          s.remote.addr + off, std::min(kFileChunkBytes, s.local.len - off)});
+      }
+      continue;
+    }
     items.push_back(
         {reinterpret_cast<void*>(s.local.addr), s.remote.addr, s.local.len, local->memh, remote});
   }
-  return std::unique_ptr<BackendRequest>(std::make_unique<UcxRequest>(
-      this, op, std::move(peer), std::move(items), std::move(notification)));
+  if (!items.empty() && !chunks.empty()) {
+    return err(ErrorCode::InvalidArgument, "UCX request mixes DRAM and FILE remote regions");
+  }
+  std::shared_ptr<const std::vector<FileChunk>> file_chunks;
+  if (!chunks.empty())
+    file_chunks = std::make_shared<const std::vector<FileChunk>>(std::move(chunks));
+  return std::unique_ptr<BackendRequest>(
+      std::make_unique<UcxRequest>(this, op, std::move(peer), std::move(items),
+                                   std::move(notification), std::move(file_chunks)));
 }
 
 void UcxBackend::fail(Completion* c, Error e) {
@@ -511,6 +624,17 @@ Status UcxRequest::post() {
   c->peer = peer_;
   c->notification = &notification_;
   current_ = c;
+  if (file_chunks_) {
+    if (file_xfer_ != 0) backend_->file_xfers_.erase(file_xfer_);
+    auto x = std::make_shared<FileXfer>();
+    x->id = file_xfer_ = backend_->next_file_xfer_++;
+    x->op = op_;
+    x->c = c;
+    x->chunks = file_chunks_;
+    x->replied.assign(file_chunks_->size(), 0);
+    backend_->start_file(x);
+    return {};
+  }
   for (const Item& it : items_) {
     if (it.remote_region->rkey == nullptr) {
       backend_->fail(c.get(),
@@ -597,6 +721,7 @@ size_t UcxBackend::progress() {
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }
+  if (!file_jobs_.empty()) serve_file_jobs();
   if (!failed_eps_.empty()) {
     auto failed = std::move(failed_eps_);
     failed_eps_.clear();
@@ -611,6 +736,221 @@ size_t UcxBackend::progress() {
     ++events_;
   }
   return events_;
+}
+
+// ---- Remote files. The initiator sends each chunk as an active message (a WRITE's
+// bytes ride along) and keeps kFileWindow of a transfer in flight; the owner serves
+// them from progress() through a staging buffer and replies (a READ's bytes ride
+// along). Both directions use eager messages, so each arrives whole in its callback.
+
+struct FileSendCtx {
+  std::string header;
+  std::string error_text;
+  Staging keep{nullptr, {}};  // the owner's staging buffer, until the reply is sent
+  std::function<void(ucs_status_t)> done;
+};
+
+// Sends one eager active message; `done` (if any) runs on completion, with mu_ held.
+void send_file_am(ucp_ep_h ep, unsigned id, std::unique_ptr<FileSendCtx> ctx, const void* body,
+                  size_t len, bool reply_ep) {
+  ucp_request_param_t p{};
+  p.op_attr_mask =
+      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_AM_SEND_FLAG_EAGER | (reply_ep ? UCP_AM_SEND_FLAG_REPLY : 0);
+  p.user_data = ctx.get();
+  p.cb.send = [](void* request, ucs_status_t status, void* user) {
+    std::unique_ptr<FileSendCtx> c(static_cast<FileSendCtx*>(user));
+    if (c->done) c->done(status);
+    ucp_request_free(request);
+  };
+  if (!ctx->error_text.empty()) {
+    body = ctx->error_text.data();
+    len = ctx->error_text.size();
+  }
+  ucs_status_ptr_t r =
+      ucp_am_send_nbx(ep, id, ctx->header.data(), ctx->header.size(), body, len, &p);
+  if (UCS_PTR_IS_PTR(r)) {
+    (void)ctx.release();  // the callback owns it now
+    return;
+  }
+  if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
+}
+
+void UcxBackend::fail_file(FileXfer& x, Error e) {
+  if (x.c->state.load() == XferState::InProgress) fail(x.c.get(), std::move(e));
+  file_xfers_.erase(x.id);
+}
+
+void UcxBackend::start_file(const std::shared_ptr<FileXfer>& x) {
+  file_xfers_[x->id] = x;
+  pump_file(x);
+}
+
+void UcxBackend::pump_file(const std::shared_ptr<FileXfer>& x) {
+  const auto& chunks = *x->chunks;
+  UcxPeer& peer = *x->c->peer;
+  while (x->in_flight < kFileWindow && x->next < chunks.size() &&
+         x->c->state.load() == XferState::InProgress) {
+    if (peer.failure || peer.ep == nullptr) {
+      fail_file(*x, err(ErrorCode::Remote, "agent '", peer.name,
+                        "': ", peer.failure ? peer.failure->message : "not connected"));
+      return;
+    }
+    const uint64_t seq = x->next++;
+    const FileChunk& c = chunks[seq];
+    ++x->in_flight;
+    auto ctx = std::make_unique<FileSendCtx>();
+    ctx->header = encode(FileRequestHeader{x->op, x->id, seq, c.fd, c.offset, c.len});
+    const uint64_t id = x->id;
+    ctx->done = [this, id, seq](ucs_status_t s) {
+      if (s == UCS_OK) return;
+      auto it = file_xfers_.find(id);
+      if (it == file_xfers_.end()) return;
+      auto keep = it->second;
+      fail_file(*keep, ucx_error(ErrorCode::Remote,
+                                 "sending file chunk " + std::to_string(seq) + " to agent '" +
+                                     keep->c->peer->name + "'",
+                                 s));
+    };
+    const bool write = x->op == Op::Write;
+    send_file_am(peer.ep, kFileRequestAmId, std::move(ctx), write ? c.local : nullptr,
+                 write ? c.len : 0, true);
+  }
+}
+
+void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t len, bool rndv) {
+  auto h = decode_file_reply(header);
+  if (!h) {
+    log(LogLevel::Warn, "UCX: dropped a file reply: " + h.error().message);
+    return;
+  }
+  auto it = file_xfers_.find(h->xfer);
+  if (it == file_xfers_.end()) return;  // cancelled, or failed already
+  auto x = it->second;
+  const std::string& name = x->c->peer->name;
+  if (h->seq >= x->next || x->replied[h->seq] != 0 || rndv) {
+    fail_file(*x, err(ErrorCode::Remote, "agent '", name, "' sent a file reply for chunk ", h->seq,
+                      " that was not asked for"));
+    return;
+  }
+  const FileChunk& c = (*x->chunks)[h->seq];
+  if (h->error) {
+    fail_file(*x, err(*h->error, "agent '", name, "' file fd ", c.fd, " offset ", c.offset, " len ",
+                      c.len, ": ", std::string_view(body, std::min(len, kMaxFileErrorBytes))));
+    return;
+  }
+  const uint64_t want = x->op == Op::Read ? c.len : 0;
+  if (len != want) {
+    fail_file(*x, err(ErrorCode::Remote, "agent '", name, "' replied ", len, " bytes for file fd ",
+                      c.fd, " offset ", c.offset, " len ", c.len));
+    return;
+  }
+  if (x->op == Op::Read) std::memcpy(c.local, body, len);
+  x->replied[h->seq] = 1;
+  --x->in_flight;
+  ++x->done;
+  ++events_;
+  if (x->done == x->chunks->size()) {
+    // Every byte is in place (READ: here; WRITE: in the owner's file): now the notification.
+    file_xfers_.erase(x->id);
+    data_complete(x->c, UCS_OK);
+    return;
+  }
+  pump_file(x);
+}
+
+void UcxBackend::on_file_request(std::string_view header, const char* body, size_t len, bool rndv,
+                                 ucp_ep_h reply_ep) {
+  auto h = decode_file_request(header);
+  if (!h || reply_ep == nullptr) {
+    log(LogLevel::Warn, "UCX: dropped a file request: " +
+                            (h ? std::string("no reply endpoint") : h.error().message));
+    return;
+  }
+  FileJob job{reply_ep, *h, Staging(nullptr, {&file_server_})};
+  const uint64_t want = h->op == Op::Write ? h->len : 0;
+  if (rndv || len != want) {
+    send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::Remote}, nullptr, 0, nullptr);
+    return;
+  }
+  if (h->op == Op::Write) {
+    job.data = file_server_.acquire(true);
+    if (!job.data) {
+      send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::AllocationFailed}, nullptr, 0,
+                      nullptr);
+      return;
+    }
+    std::memcpy(job.data.get(), body, len);
+  }
+  file_jobs_.push_back(std::move(job));
+}
+
+void UcxBackend::serve_file_jobs() {
+  auto jobs = std::move(file_jobs_);
+  file_jobs_.clear();
+  for (FileJob& j : jobs) {
+    ++events_;
+    const FileRequestHeader& h = j.h;
+    Status st = file_server_.check(h.fd, h.offset, h.len);
+    if (st && h.op == Op::Write) {
+      st = file_server_.write(h.fd, h.offset, j.data.get(), h.len);
+      j.data.reset();
+      if (st) {
+        send_file_reply(j.reply_ep, {h.xfer, h.seq, std::nullopt}, nullptr, 0, nullptr);
+        continue;
+      }
+    } else if (st) {
+      Staging buf = file_server_.acquire();
+      if (!buf && file_server_.in_use() >= FileServer::kMaxStaging) {
+        file_jobs_.push_back(std::move(j));  // served once a reply has left
+        --events_;                           // which is no progress yet
+        continue;
+      }
+      if (!buf) {
+        st = err(ErrorCode::AllocationFailed, "no staging buffer for file fd ", h.fd, " offset ",
+                 h.offset);
+      } else if (st = file_server_.read(h.fd, h.offset, buf.get(), h.len); st) {
+        const char* data = buf.get();
+        send_file_reply(j.reply_ep, {h.xfer, h.seq, std::nullopt}, data, h.len, std::move(buf));
+        continue;
+      }
+    }
+    auto ctx_err = st.error();
+    FileReplyHeader r{h.xfer, h.seq, ctx_err.code};
+    auto ctx = std::make_unique<FileSendCtx>();
+    ctx->header = encode(r);
+    ctx->error_text = ctx_err.message.substr(0, kMaxFileErrorBytes);
+    send_file_am(j.reply_ep, kFileReplyAmId, std::move(ctx), nullptr, 0, false);
+  }
+}
+
+void UcxBackend::send_file_reply(ucp_ep_h ep, const FileReplyHeader& h, const char* body,
+                                 size_t len, Staging keep) {
+  auto ctx = std::make_unique<FileSendCtx>();
+  ctx->header = encode(h);
+  if (h.error) {
+    ctx->error_text = *h.error == ErrorCode::AllocationFailed ? "no staging memory at the owner"
+                                                              : "malformed file request";
+  }
+  ctx->keep = std::move(keep);
+  // The staging buffer goes back to the pool with ctx, once the reply has left.
+  send_file_am(ep, kFileReplyAmId, std::move(ctx), body, len, false);
+}
+
+ucs_status_t UcxBackend::on_file_am(void* arg, const void* header, size_t header_length, void* data,
+                                    size_t length, const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxBackend*>(arg);
+  const bool rndv = (param->recv_attr & UCP_AM_RECV_ATTR_FLAG_RNDV) != 0;
+  std::string_view h(static_cast<const char*>(header), header_length);
+  const char* body = rndv ? nullptr : static_cast<const char*>(data);
+  if (rndv) length = 0;
+  // Requests carry a reply endpoint; replies never do.
+  if ((param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0) {
+    self->on_file_request(h, body, length, rndv, param->reply_ep);
+  } else {
+    self->on_file_reply(h, body, length, rndv);
+  }
+  return UCS_OK;
 }
 
 }  // namespace

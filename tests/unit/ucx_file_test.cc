@@ -1,0 +1,151 @@
+// Remote files, the pieces below the UCX backend: the wire form of chunk requests and
+// replies (bytes from the network), and the owner's FileServer (served regions, staging
+// buffers, reads and writes with errors that name the file and offset).
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <vector>
+
+#include "support/test_support.h"
+#include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_wire.h"
+
+namespace kvbm::xfer::detail {
+namespace {
+
+TEST(FileWire, RequestsAndRepliesRoundTrip) {
+  FileRequestHeader req{Op::Write, 7, 3, 12, 4097, 65536};
+  auto r = decode_file_request(encode(req));
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(r->op, Op::Write);
+  EXPECT_EQ(r->xfer, 7u);
+  EXPECT_EQ(r->seq, 3u);
+  EXPECT_EQ(r->fd, 12u);
+  EXPECT_EQ(r->offset, 4097u);
+  EXPECT_EQ(r->len, 65536u);
+  auto ok = decode_file_reply(encode(FileReplyHeader{7, 3, std::nullopt}));
+  ASSERT_TRUE(ok.ok());
+  EXPECT_FALSE(ok->error.has_value());
+  auto bad = decode_file_reply(encode(FileReplyHeader{7, 3, ErrorCode::Io}));
+  ASSERT_TRUE(bad.ok());
+  EXPECT_EQ(bad->error, ErrorCode::Io);
+}
+
+TEST(FileWire, MalformedBytesAreRejected) {
+  const std::string good = encode(FileRequestHeader{Op::Read, 1, 0, 3, 0, 4096});
+  EXPECT_FALSE(decode_file_request(good.substr(0, good.size() - 1)).ok());
+  EXPECT_FALSE(decode_file_request(good + "x").ok());
+  EXPECT_FALSE(decode_file_request("").ok());
+  std::string magic = good;
+  magic[0] ^= 1;
+  EXPECT_FALSE(decode_file_request(magic).ok());
+  std::string version = good;
+  version[4] = 9;
+  EXPECT_FALSE(decode_file_request(version).ok());
+  std::string op = good;
+  op[6] = 5;
+  EXPECT_FALSE(decode_file_request(op).ok());
+  EXPECT_FALSE(decode_file_request(encode(FileRequestHeader{Op::Read, 1, 0, 3, 0, 0})).ok());
+  EXPECT_FALSE(
+      decode_file_request(encode(FileRequestHeader{Op::Read, 1, 0, 3, 0, kFileChunkBytes + 1}))
+          .ok());
+  auto overflow = decode_file_request(encode(FileRequestHeader{Op::Read, 1, 0, 3, ~0ull, 2}));
+  ASSERT_FALSE(overflow.ok());
+  EXPECT_NE(overflow.error().message.find("overflows"), std::string::npos);
+  // A reply's error code beyond the known ones, and a request where a reply belongs.
+  std::string code = encode(FileReplyHeader{1, 0, ErrorCode::Io});
+  code[8] = 100;
+  EXPECT_FALSE(decode_file_reply(code).ok());
+  EXPECT_FALSE(decode_file_reply(good).ok());
+}
+
+// An unlinked temporary file, closed with the test.
+struct TempFile {
+  int fd = -1;
+  TempFile() {
+    char path[] = "/tmp/kvbm_file_server_XXXXXX";
+    fd = mkstemp(path);
+    if (fd >= 0) unlink(path);
+  }
+  ~TempFile() {
+    if (fd >= 0) close(fd);
+  }
+};
+
+TEST(FileServer, ServesOnlyRegisteredRanges) {
+  TempFile f;
+  ASSERT_GE(f.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.fd);
+  FileServer s;
+  s.add({4096, 8192, fd});
+  EXPECT_TRUE(s.check(fd, 4096, 8192).ok());
+  EXPECT_TRUE(s.check(fd, 8000, 1).ok());
+  auto past = s.check(fd, 8192, 8192);
+  ASSERT_FALSE(past.ok());
+  EXPECT_EQ(past.code(), ErrorCode::OutOfBounds);
+  EXPECT_NE(past.error().message.find("fd " + std::to_string(fd) + " offset 8192"),
+            std::string::npos);
+  EXPECT_FALSE(s.check(fd, 0, 4096).ok());
+  EXPECT_FALSE(s.check(fd + 1, 4096, 1).ok());
+  s.remove({4096, 8192, fd});
+  EXPECT_FALSE(s.check(fd, 4096, 1).ok());
+}
+
+TEST(FileServer, AnFdReusedForAnotherFileIsRefused) {
+  TempFile f, other;
+  ASSERT_GE(f.fd, 0);
+  ASSERT_GE(other.fd, 0);
+  FileServer s;
+  s.add({0, 4096, static_cast<uint64_t>(f.fd)});
+  ASSERT_EQ(dup2(other.fd, f.fd), f.fd);  // the number now names another file
+  auto st = s.check(static_cast<uint64_t>(f.fd), 0, 16);
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), ErrorCode::Io);
+  EXPECT_NE(st.error().message.find("no longer refers"), std::string::npos);
+}
+
+TEST(FileServer, ReadsAndWritesWithErrorsNamingFdAndOffset) {
+  char path[] = "/tmp/kvbm_file_server_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  unlink(path);
+  FileServer s;
+  std::vector<char> data(10000), back(10000);
+  testing::fill_pattern(data.data(), data.size(), 3);
+  ASSERT_TRUE(s.write(fd, 5, data.data(), data.size()).ok());
+  ASSERT_TRUE(s.read(fd, 5, back.data(), back.size()).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(back.data(), back.size(), 3), SIZE_MAX);
+  auto eof = s.read(fd, 9000, back.data(), 4096);
+  ASSERT_FALSE(eof.ok());
+  EXPECT_NE(eof.error().message.find("offset 9000"), std::string::npos) << eof.error().message;
+  EXPECT_NE(eof.error().message.find("end of file"), std::string::npos) << eof.error().message;
+  close(fd);
+  auto closed = s.read(fd, 0, back.data(), 16);
+  ASSERT_FALSE(closed.ok());
+  EXPECT_NE(closed.error().message.find("offset 0"), std::string::npos);
+  EXPECT_FALSE(s.read(uint64_t{1} << 40, 0, back.data(), 16).ok());
+}
+
+TEST(FileServer, StagingIsBoundedAndReused) {
+  FileServer s;
+  std::vector<Staging> held;
+  for (size_t i = 0; i < FileServer::kMaxStaging; ++i) {
+    held.push_back(s.acquire());
+    ASSERT_TRUE(held.back());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(held.back().get()) % 4096, 0u);
+  }
+  EXPECT_FALSE(s.acquire());        // READs wait
+  Staging extra = s.acquire(true);  // a WRITE's bytes that arrived already
+  ASSERT_TRUE(extra);
+  EXPECT_EQ(s.in_use(), FileServer::kMaxStaging + 1);
+  held.pop_back();
+  extra.reset();
+  EXPECT_EQ(s.in_use(), FileServer::kMaxStaging - 1);
+  Staging again = s.acquire();  // from the free list
+  EXPECT_TRUE(again);
+  EXPECT_EQ(s.in_use(), FileServer::kMaxStaging);
+}
+
+}  // namespace
+}  // namespace kvbm::xfer::detail
