@@ -13,6 +13,8 @@
 
 #include "commands.h"
 #include "common/pattern.h"
+#include "demo_ceilings.h"
+#include "demo_ceilings.h"
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
 #include "table.h"
@@ -73,32 +75,10 @@ struct Row {
   std::string note;
 };
 
-// Host memcpy on all cores: the ceiling of the host path. The best of one memcpy per thread
-// and 1 MiB memcpy calls per thread: glibc switches to non-temporal stores for huge calls,
-// which is slower on some machines, and the ceiling should be the strongest plain copy.
+// Host memcpy on all cores (tools/demo_ceilings): the ceiling of the host path.
 double memcpy_ceiling(size_t bytes, size_t threads, int iters) {
-  auto a = SystemStorage::allocate(bytes);
-  auto b = SystemStorage::allocate(bytes);
-  if (!a || !b) return 0;
-  double best = 0;
-  for (size_t piece : {bytes, size_t{1} << 20}) {
-    auto s = median_seconds(iters, [&]() -> Status {
-      std::vector<std::thread> ts;
-      for (size_t i = 0; i < threads; ++i) {
-        ts.emplace_back([&, i] {
-          const size_t lo = bytes * i / threads, hi = bytes * (i + 1) / threads;
-          for (size_t at = lo; at < hi; at += piece) {
-            std::memcpy(static_cast<char*>(b->data()) + at, static_cast<char*>(a->data()) + at,
-                        std::min(piece, hi - at));
-          }
-        });
-      }
-      for (auto& t : ts) t.join();
-      return {};
-    });
-    if (s) best = std::max(best, bytes / *s / 1e9);
-  }
-  return best;
+  auto c = demo::memcpy_ceiling(bytes, threads, iters);
+  return c ? c->gbps : 0;
 }
 
 Status verify(const Layout& src, const Layout& dst, std::span<const size_t> sids,

@@ -17,11 +17,11 @@ struct Entry {
 
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
-      {"UCX", make_ucx_backend},
-      {"POSIX", make_posix_backend},
-      {"GDS", make_gds_backend},  // not a default: needs a GPU
+    {"UCX", make_ucx_backend},
+    {"POSIX", make_posix_backend},
+    {"GDS", make_gds_backend},  // not a default: needs a GPU
 #if KVBM_HAVE_CUDA
-      {"CUDA", make_cuda_backend},
+    {"CUDA", make_cuda_backend},
 #endif
   };
   return entries;

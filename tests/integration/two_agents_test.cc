@@ -37,7 +37,9 @@ struct Transport {
   const char* tls;
 };
 // So test names read "…/shm" rather than a dump of the struct's bytes.
-void PrintTo(const Transport& t, std::ostream* os) { *os << t.name; }
+void PrintTo(const Transport& t, std::ostream* os) {
+  *os << t.name;
+}
 
 // A peer process plus what the test learned from its READY line.
 struct Peer {
