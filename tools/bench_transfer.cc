@@ -14,7 +14,6 @@
 #include "commands.h"
 #include "common/pattern.h"
 #include "demo_ceilings.h"
-#include "demo_ceilings.h"
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
 #include "table.h"
