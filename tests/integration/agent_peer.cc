@@ -78,6 +78,20 @@ int main(int argc, char** argv) {
   auto pull = [&] {
     for (auto& n : (*agent)->get_notifs()) inbox.push_back(std::move(n));
   };
+  // Takes the notification `msg` out of the inbox once it arrives; false after `timeout`.
+  auto wait_for = [&](const std::string& msg, std::chrono::milliseconds timeout) {
+    const auto until = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < until) {
+      pull();
+      auto it = std::find_if(inbox.begin(), inbox.end(), [&](auto& n) { return n.message == msg; });
+      if (it != inbox.end()) {
+        inbox.erase(it);
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+    return false;
+  };
   auto check = [&](std::istringstream& in) -> std::string {
     // Bytes a peer wrote may have been copied in by our progress thread; progress()
     // synchronizes with it, so they are visible to this thread from here on.
@@ -139,39 +153,18 @@ int main(int argc, char** argv) {
       reply = close(fd) == 0 ? "OK" : "ERR close";
     } else if (cmd == "checkfile") {
       reply = check_file(in);
-    } else if (cmd == "expectfile") {
+    } else if (cmd == "expectfile" || cmd == "expect") {
+      // expectfile MSG MS FILE-CHECK... / expect MSG MS [CHECK...]: waits for the
+      // notification, then checks the bytes the moment it arrived.
       std::string msg;
       long timeout_ms = 0;
       in >> msg >> timeout_ms;
-      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-      reply = "TIMEOUT";
-      while (std::chrono::steady_clock::now() < until) {
-        pull();
-        auto it =
-            std::find_if(inbox.begin(), inbox.end(), [&](auto& n) { return n.message == msg; });
-        if (it != inbox.end()) {
-          inbox.erase(it);
-          reply = check_file(in);  // the file's bytes the moment the notification arrived
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
-      }
-    } else if (cmd == "expect") {
-      std::string msg;
-      long timeout_ms = 0;
-      in >> msg >> timeout_ms;
-      const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-      reply = "TIMEOUT";
-      while (std::chrono::steady_clock::now() < until) {
-        pull();
-        auto it =
-            std::find_if(inbox.begin(), inbox.end(), [&](auto& n) { return n.message == msg; });
-        if (it != inbox.end()) {
-          inbox.erase(it);
-          reply = in.rdbuf()->in_avail() > 0 ? check(in) : "OK";  // checked the moment it arrived
-          break;
-        }
-        std::this_thread::sleep_for(std::chrono::microseconds(50));
+      if (!wait_for(msg, std::chrono::milliseconds(timeout_ms))) {
+        reply = "TIMEOUT";
+      } else if (cmd == "expectfile") {
+        reply = check_file(in);
+      } else {
+        reply = in.rdbuf()->in_avail() > 0 ? check(in) : "OK";
       }
     } else if (cmd == "notifs") {
       pull();
