@@ -1,7 +1,8 @@
-// DRAM <-> FILE through the agent's POSIX backend, next to the machine's own ceilings
-// measured in the same run: raw UringBatch on a plain O_DIRECT file, and dd oflag/iflag=direct.
+// DRAM <-> FILE through the agent's POSIX backend and, with --vram, VRAM <-> FILE through
+// its GDS backend, next to the machine's own ceilings measured in the same run: raw
+// UringBatch on a plain O_DIRECT file, and dd oflag/iflag=direct.
 //
-//   file_bench [--mib 1024] [--req-kib 1024] [--qd 32] [--dir /path]
+//   file_bench [--mib 1024] [--req-kib 1024] [--qd 32] [--dir /path] [--vram auto|cufile|bounce]
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -16,9 +17,14 @@
 
 #include "common/pattern.h"
 #include "common/uring_batch.h"
+#include "kvbm/log.h"
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+
+#if KVBM_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 namespace {
 
@@ -40,6 +46,7 @@ struct Options {
   uint64_t req_kib = 1024;
   unsigned qd = 32;
   std::filesystem::path dir = std::filesystem::temp_directory_path();
+  std::string vram_mode;  // empty: no VRAM rows; else the GDS backend's mode
 };
 
 // Posts `reqs` keeping `qd` in flight; returns seconds.
@@ -59,6 +66,28 @@ double run_requests(std::vector<std::unique_ptr<Request>>& reqs, unsigned qd) {
     if (auto st = r->wait(std::chrono::seconds(60)); !st) die(st.error().to_string());
   }
   return seconds_since(t0);
+}
+
+// Writes `total` bytes from `slots` request-sized buffers at `base` (memory type `mem`)
+// into `disk` and reads them back into the buffers at `back`; returns {write s, read s}.
+std::pair<double, double> agent_round_trip(Agent& a, DiskStorage& disk, MemType mem, uint64_t base,
+                                           uint64_t back, uint64_t slots, uint64_t req, uint64_t n,
+                                           unsigned qd) {
+  std::vector<std::unique_ptr<Request>> writes, reads;
+  for (uint64_t i = 0; i < n; ++i) {
+    DescList f(MemType::File, {{i * req, req, static_cast<uint64_t>(disk.fd())}});
+    // Device id 0 both ways: host memory, or GPU 0.
+    auto w = a.create_request(Op::Write, DescList(mem, {{base + (i % slots) * req, req, 0}}), f,
+                              a.name());
+    auto r = a.create_request(Op::Read, DescList(mem, {{back + (i % slots) * req, req, 0}}), f,
+                              a.name());
+    if (!w || !r) die((w ? r.error() : w.error()).to_string());
+    writes.push_back(std::move(*w));
+    reads.push_back(std::move(*r));
+  }
+  const double w = run_requests(writes, qd);
+  const double r = run_requests(reads, qd);
+  return {w, r};
 }
 
 double run_dd(const std::string& args) {
@@ -82,6 +111,8 @@ int main(int argc, char** argv) {
       o.qd = static_cast<unsigned>(std::stoul(v));
     } else if (k == "--dir") {
       o.dir = v;
+    } else if (k == "--vram") {
+      o.vram_mode = v;
     } else {
       die("unknown option " + k);
     }
@@ -110,27 +141,44 @@ int main(int argc, char** argv) {
   if (auto st = register_with_agent(*disk, a); !st) die(st.error().to_string());
   if (auto st = register_with_agent(*src, a); !st) die(st.error().to_string());
   if (auto st = register_with_agent(*dst, a); !st) die(st.error().to_string());
-  std::vector<std::unique_ptr<Request>> writes, reads;
-  for (uint64_t i = 0; i < n; ++i) {
-    DescList f(MemType::File, {{i * req, req, static_cast<uint64_t>(disk->fd())}});
-    auto w = a.create_request(Op::Write,
-                              DescList(MemType::Dram, {{src->addr() + (i % slots) * req, req, 0}}),
-                              f, "bench");
-    auto r = a.create_request(
-        Op::Read, DescList(MemType::Dram, {{dst->addr() + (i % slots) * req, req, 0}}), f, "bench");
-    if (!w || !r) die((w ? r.error() : w.error()).to_string());
-    writes.push_back(std::move(*w));
-    reads.push_back(std::move(*r));
-  }
-  const double agent_w = run_requests(writes, o.qd);
-  const double agent_r = run_requests(reads, o.qd);
+  const auto [agent_w, agent_r] =
+      agent_round_trip(a, *disk, MemType::Dram, src->addr(), dst->addr(), slots, req, n, o.qd);
   for (uint64_t s = 0; s < slots; ++s) {
     if (kvbm::detail::find_pattern_mismatch(static_cast<char*>(dst->data()) + s * req, req, s) !=
         SIZE_MAX)
       die("verification failed in slot " + std::to_string(s));
   }
-  writes.clear();
-  reads.clear();
+
+  // 1b. VRAM <-> FILE through the GDS backend (cuFile, or its pinned bounce path).
+  double vram_w = 0, vram_r = 0;
+  if (!o.vram_mode.empty()) {
+#if KVBM_HAVE_CUDA
+    set_log_level(LogLevel::Info);  // the GDS backend says which path each file takes
+    if (auto st = a.create_backend("GDS", {{"mode", o.vram_mode}}); !st)
+      die(st.error().to_string());
+    auto vdisk = DiskStorage::allocate(total, o.dir);
+    auto vsrc = DeviceAllocator(0).allocate(slots * req);
+    auto vdst = DeviceAllocator(0).allocate(slots * req);
+    if (!vdisk || !vsrc || !vdst) die("VRAM bench: allocation failed");
+    if (cudaMemcpy(vsrc->data(), src->data(), slots * req, cudaMemcpyHostToDevice) != cudaSuccess)
+      die("VRAM bench: cudaMemcpy");
+    for (RegisterableStorage* s :
+         std::initializer_list<RegisterableStorage*>{&*vdisk, &*vsrc, &*vdst}) {
+      if (auto st = register_with_agent(*s, a); !st) die(st.error().to_string());
+    }
+    std::tie(vram_w, vram_r) =
+        agent_round_trip(a, *vdisk, MemType::Vram, vsrc->addr(), vdst->addr(), slots, req, n, o.qd);
+    std::vector<char> check(slots * req);
+    if (cudaMemcpy(check.data(), vdst->data(), check.size(), cudaMemcpyDeviceToHost) != cudaSuccess)
+      die("VRAM bench: cudaMemcpy back");
+    for (uint64_t s = 0; s < slots; ++s) {
+      if (kvbm::detail::find_pattern_mismatch(check.data() + s * req, req, s) != SIZE_MAX)
+        die("VRAM verification failed in slot " + std::to_string(s));
+    }
+#else
+    die("--vram: built without CUDA");
+#endif
+  }
 
   // 2. Ceiling: raw UringBatch on a plain O_DIRECT file, same request size and depth.
   const auto raw_path = o.dir / "kvbm-file-bench-raw";
@@ -168,10 +216,18 @@ int main(int argc, char** argv) {
               o.qd, o.dir.c_str());
   std::printf("%-24s %10s %10s\n", "path", "write GB/s", "read GB/s");
   std::printf("%-24s %10.2f %10.2f\n", "agent POSIX (DRAM<->FILE)", gbs(agent_w), gbs(agent_r));
+  if (!o.vram_mode.empty()) {
+    std::printf("%-24s %10.2f %10.2f   (GDS mode=%s; the log above says cuFile or bounce)\n",
+                "agent GDS (VRAM<->FILE)", gbs(vram_w), gbs(vram_r), o.vram_mode.c_str());
+  }
   std::printf("%-24s %10.2f %10.2f\n", "raw UringBatch O_DIRECT", gbs(raw_w), gbs(raw_r));
   std::printf("%-24s %10.2f %10.2f\n", "dd bs=1M direct", gbs(dd_w), gbs(dd_r));
   std::printf("%-24s %9.0f%% %9.0f%%\n", "agent / raw uring", 100 * raw_w / agent_w,
               100 * raw_r / agent_r);
+  if (!o.vram_mode.empty()) {
+    std::printf("%-24s %9.0f%% %9.0f%%\n", "GDS VRAM / raw uring", 100 * raw_w / vram_w,
+                100 * raw_r / vram_r);
+  }
   std::printf("%-24s %9.0f%% %9.0f%%\n", "agent / dd", 100 * dd_w / agent_w, 100 * dd_r / agent_r);
   return 0;
 }

@@ -165,6 +165,52 @@ TEST(GdsBackendGpu, ReadPastEndOfFileIsAnError) {
   ::close(fd);
 }
 
+// Requests posted together share one io_uring run in the bounce path; each still gets
+// its own outcome: one read past the end fails alone, the others deliver their bytes.
+TEST(GdsBackendGpu, RequestsInFlightTogetherGetTheirOwnOutcome) {
+  KVBM_REQUIRE_GPU();
+  TempDir dir;
+  auto a = make_agent();
+  ASSERT_TRUE(a->create_backend("GDS", {{"mode", "bounce"}}));
+  constexpr uint64_t kReq = 256 << 10, kCount = 16;
+  auto dev = DeviceStorage::allocate(kReq * kCount);
+  ASSERT_TRUE(dev && register_with_agent(*dev, *a));
+  const int fd = ::open((dir.path() / "blocks").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  std::vector<char> host(kReq * kCount);
+  for (uint64_t i = 0; i < kCount; ++i) fill_pattern(host.data() + i * kReq, kReq, 100 + i);
+  // The file holds blocks 0..kCount-2; the last block's range lies past its end.
+  ASSERT_EQ(::pwrite(fd, host.data(), kReq * (kCount - 1), 0),
+            static_cast<ssize_t>(kReq * (kCount - 1)));
+  auto reg = a->register_memory(file(fd, 0, kReq * kCount));
+  ASSERT_TRUE(reg) << reg.error().to_string();
+  std::vector<std::unique_ptr<Request>> reqs;
+  for (uint64_t i = 0; i < kCount; ++i) {
+    auto r = a->create_request(Op::Read, vram(dev->addr() + i * kReq, kReq),
+                               file(fd, i * kReq, kReq), a->name());
+    ASSERT_TRUE(r) << r.error().to_string();
+    reqs.push_back(std::move(*r));
+  }
+  for (auto& r : reqs) ASSERT_TRUE(r->post());
+  for (uint64_t i = 0; i < kCount; ++i) {
+    auto st = reqs[i]->wait(30s);
+    if (i == kCount - 1) {
+      EXPECT_ERROR(st, ErrorCode::Io, "read past end of file");
+    } else {
+      EXPECT_TRUE(st) << "request " << i << ": " << st.error().to_string();
+    }
+  }
+  std::vector<char> back(kReq * kCount);
+  ASSERT_EQ(cudaMemcpy(back.data(), dev->data(), back.size(), cudaMemcpyDeviceToHost), cudaSuccess);
+  for (uint64_t i = 0; i + 1 < kCount; ++i) {
+    EXPECT_EQ(find_pattern_mismatch(back.data() + i * kReq, kReq, 100 + i), SIZE_MAX)
+        << "block " << i;
+  }
+  reqs.clear();
+  reg->reset();
+  ::close(fd);
+}
+
 #endif  // KVBM_HAVE_CUDA
 
 }  // namespace

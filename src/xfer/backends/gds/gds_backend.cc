@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <sys/types.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <charconv>
@@ -170,6 +171,7 @@ struct Piece {
 
 struct Job {
   std::vector<Piece> pieces;
+  uint64_t bounce_bytes = 0;  // staging the bounced pieces take
   std::optional<std::string> notification;
   std::atomic<XferState> state{XferState::Idle};
   Error error{ErrorCode::Internal, "no error"};
@@ -310,6 +312,7 @@ class GdsBackend final : public Backend {
       const auto& fh = remote_is_file ? r->file : l->file;
       job->pieces.push_back({!file_read, static_cast<int>(file.dev_id), file.addr, mem.addr,
                              file.len, static_cast<int>(mem.dev_id), fh ? fh->fh : nullptr});
+      if (!fh) job->bounce_bytes += (file.len + kAlign - 1) / kAlign * kAlign;
     }
     return std::unique_ptr<BackendRequest>(std::make_unique<GdsRequest>(this, std::move(job)));
   }
@@ -339,7 +342,10 @@ class GdsBackend final : public Backend {
     for (auto it = queue_.begin(); it != queue_.end();) {
       it = it->get() == job ? queue_.erase(it) : std::next(it);
     }
-    done_cv_.wait(lock, [&] { return running_.get() != job; });
+    done_cv_.wait(lock, [&] {
+      return std::none_of(running_.begin(), running_.end(),
+                          [&](const std::shared_ptr<Job>& r) { return r.get() == job; });
+    });
   }
 
  private:
@@ -352,8 +358,11 @@ class GdsBackend final : public Backend {
           p.to_file ? api_->write(p.fh, dev, p.len - done, off_t(p.file_off + done), off_t(done))
                     : api_->read(p.fh, dev, p.len - done, off_t(p.file_off + done), off_t(done));
       if (n < 0) {
-        const std::string why =
-            n == -1 ? std::string(std::strerror(errno)) : "cuFile error " + std::to_string(-n);
+        // -1 with errno, or minus a cuFile error code; cuFile also puts its codes (5000 and
+        // up) in errno.
+        const int code = n == -1 ? errno : static_cast<int>(-n);
+        const std::string why = code >= 5000 ? "cuFile error " + std::to_string(code)
+                                             : std::string(std::strerror(code));
         return err(ErrorCode::Io, p.to_file ? "cuFileWrite" : "cuFileRead", " fd ", p.fd,
                    " offset ", p.file_off, " len ", p.len, ": ", why);
       }
@@ -420,37 +429,70 @@ class GdsBackend final : public Backend {
     return flush();
   }
 
+  // Runs one job's pieces; cuFile pieces first, then the bounced ones.
+  Status run_job(const Job& job) {
+    std::vector<Piece> bounce;
+    for (const Piece& p : job.pieces) {
+      if (p.fh != nullptr) {
+        KVBM_TRY(run_cufile(p));
+      } else {
+        bounce.push_back(p);
+      }
+    }
+    return run_bounce(bounce);
+  }
+
+  // Takes every queued job whose bounced bytes still fit the staging buffer, so that one
+  // io_uring run keeps many of them in flight (a job per run would leave the disk at
+  // queue depth 1). A group that fails is re-run job by job, so that each request gets
+  // its own outcome.
   void work() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
       cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
       if (stop_) return;
-      running_ = queue_.front();
-      queue_.pop_front();
+      uint64_t bytes = 0;
+      do {
+        bytes += queue_.front()->bounce_bytes;
+        running_.push_back(queue_.front());
+        queue_.pop_front();
+      } while (!queue_.empty() && bytes + queue_.front()->bounce_bytes <= staging_bytes_);
       lock.unlock();
-      Job& job = *running_;
-      Status st;
-      std::vector<Piece> bounce;
-      for (const Piece& p : job.pieces) {
-        if (p.fh != nullptr) {
-          st = run_cufile(p);
-          if (!st) break;
-        } else {
-          bounce.push_back(p);
+      std::vector<Status> results(running_.size());
+      if (running_.size() == 1) {
+        results[0] = run_job(*running_[0]);
+      } else {
+        std::vector<Piece> bounce;
+        for (size_t i = 0; i < running_.size(); ++i) {
+          for (const Piece& p : running_[i]->pieces) {
+            if (p.fh != nullptr && !(results[i] = run_cufile(p))) break;
+          }
+          if (!results[i]) continue;
+          for (const Piece& p : running_[i]->pieces) {
+            if (p.fh == nullptr) bounce.push_back(p);
+          }
+        }
+        if (!run_bounce(bounce)) {
+          for (size_t i = 0; i < running_.size(); ++i) {
+            if (results[i]) results[i] = run_job(*running_[i]);
+          }
         }
       }
-      if (st) st = run_bounce(bounce);
-      if (st && job.notification && env_.on_notification) {
-        env_.on_notification({env_.agent_name, *job.notification});
-      }
-      if (st) {
-        job.state.store(XferState::Done, std::memory_order_release);
-      } else {
-        job.error = err(st.code(), "GDS (", path(), ") ", st.error().message);
-        job.state.store(XferState::Error, std::memory_order_release);
+      for (size_t i = 0; i < running_.size(); ++i) {
+        Job& job = *running_[i];
+        const Status& st = results[i];
+        if (st && job.notification && env_.on_notification) {
+          env_.on_notification({env_.agent_name, *job.notification});
+        }
+        if (st) {
+          job.state.store(XferState::Done, std::memory_order_release);
+        } else {
+          job.error = err(st.code(), "GDS (", path(), ") ", st.error().message);
+          job.state.store(XferState::Error, std::memory_order_release);
+        }
       }
       lock.lock();
-      running_.reset();
+      running_.clear();
       done_cv_.notify_all();
       lock.unlock();
       if (env_.on_completion) env_.on_completion();
@@ -469,7 +511,7 @@ class GdsBackend final : public Backend {
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
   std::deque<std::shared_ptr<Job>> queue_;
-  std::shared_ptr<Job> running_;
+  std::vector<std::shared_ptr<Job>> running_;  // the worker's current group
   // FILE regions' cuFile handles by (fd, offset), for their loopback views.
   using RegionKey = std::pair<uint64_t, uint64_t>;
   std::map<RegionKey, std::weak_ptr<FileHandle>> handles_;
