@@ -1,5 +1,8 @@
-// SystemStorage: page-aligned host memory from anonymous mmap (so always zero-filled
-// when it arrives). SystemAllocator makes them.
+// SystemStorage: page-aligned, zero-filled host memory. It is a shared mapping of an
+// anonymous memory file (memfd), so that an agent's peer on the same host can map the
+// same pages and copy with plain loads and stores; where memfd is unavailable, private
+// anonymous memory. Being a shared mapping, a child made by fork() shares the pages
+// with its parent instead of getting a copy. SystemAllocator makes them.
 #pragma once
 
 #include <cstddef>
@@ -26,11 +29,12 @@ class SystemStorage final : public RegisterableStorage {
   const void* data() const override { return ptr_; }
 
  private:
-  SystemStorage(void* ptr, size_t size) : ptr_(ptr), size_(size) {}
+  SystemStorage(void* ptr, size_t size, int fd) : ptr_(ptr), size_(size), fd_(fd) {}
   void reset() noexcept;
 
   void* ptr_ = nullptr;
   size_t size_ = 0;
+  int fd_ = -1;  // the memfd, or -1 for private anonymous memory
 };
 
 class SystemAllocator {
