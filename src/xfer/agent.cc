@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "common/hex.h"
 #include "kvbm/cuda.h"
 #include "kvbm/log.h"
 #include "kvbm/xfer/mem_type.h"
@@ -28,11 +29,7 @@ Result<std::unique_ptr<Agent>> Agent::create(std::string name, AgentConfig confi
 namespace detail {
 namespace {
 
-std::string hex(uint64_t v) {
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
-  return buf;
-}
+using kvbm::detail::hex;
 
 std::string describe(const Desc& d) {
   return "addr " + hex(d.addr) + " len " + std::to_string(d.len) + " dev " +

@@ -35,8 +35,13 @@ Status RequestImpl::post() {
 
 XferState RequestImpl::state() {
   if (state_ != XferState::InProgress) return state_;
-  if (!agent_->has_progress_thread()) agent_->progress();
   XferState s = request_->poll();
+  // Polling mode drives the backends, unless the request is already over (a same-host
+  // copy completes in post()).
+  if (s == XferState::InProgress && !agent_->has_progress_thread()) {
+    agent_->progress();
+    s = request_->poll();
+  }
   if (s == XferState::Done) {
     state_ = s;
     if (notifier_ != nullptr) {

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <fstream>
 #include <numeric>
 #include <random>
 #include <sstream>
@@ -32,9 +33,12 @@ std::chrono::milliseconds peer_timeout() {
   return std::chrono::milliseconds(env ? std::atol(env) : 3000);
 }
 
+// UCX_TLS, and KVBM_UCX_SAME_HOST: on shared memory, the backend maps the peer's
+// memory files ("auto"), or uses CMA only ("cma"), or UCX alone ("off").
 struct Transport {
   const char* name;
   const char* tls;
+  const char* same_host = "auto";
 };
 // So test names read "…/shm" rather than a dump of the struct's bytes.
 void PrintTo(const Transport& t, std::ostream* os) {
@@ -48,13 +52,14 @@ struct Peer {
   uint64_t addr = 0;
 };
 
-Peer start_peer(const std::string& name, const char* tls, bool poll = false) {
+Peer start_peer(const std::string& name, const Transport& t, bool poll = false) {
   Peer p;
   std::vector<std::string> argv = {testing::helper_path("agent_peer"), name,
                                    std::to_string(kPeerBytes), std::to_string(kPeerSeed)};
   if (poll) argv.push_back("poll");
-  p.process =
-      std::make_unique<ChildProcess>(argv, std::map<std::string, std::string>{{"UCX_TLS", tls}});
+  p.process = std::make_unique<ChildProcess>(
+      argv,
+      std::map<std::string, std::string>{{"UCX_TLS", t.tls}, {"KVBM_UCX_SAME_HOST", t.same_host}});
   auto ready = p.process->read_line();
   if (!ready || ready->rfind("READY ", 0) != 0) {
     ADD_FAILURE() << "peer did not start: " << ready.value_or("<nothing>");
@@ -69,7 +74,8 @@ class TwoAgents : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
     setenv("UCX_TLS", GetParam().tls, 1);
-    peer = start_peer("peer", GetParam().tls);
+    setenv("KVBM_UCX_SAME_HOST", GetParam().same_host, 1);
+    peer = start_peer("peer", GetParam());
     ASSERT_NE(peer.port, 0);
     AgentConfig config;
     config.peer_timeout = peer_timeout();
@@ -270,7 +276,7 @@ TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
   EXPECT_LT(elapsed, peer_timeout() + 5s) << "no error within the peer timeout";
 
   // The agent goes on serving other peers.
-  Peer second = start_peer("second", GetParam().tls);
+  Peer second = start_peer("second", GetParam());
   ASSERT_NE(second.port, 0);
   ASSERT_TRUE(agent->fetch_remote_metadata("127.0.0.1", second.port).ok());
   auto again =
@@ -283,8 +289,38 @@ TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
   second.process->send("quit");
 }
 
+// How many memory files (SystemStorage) this process has mapped.
+int memfd_mappings() {
+  std::ifstream maps("/proc/self/maps");
+  int n = 0;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("/memfd:kvbm-system") != std::string::npos) ++n;
+  }
+  return n;
+}
+
+// Which same-host path carried the bytes shows in this process's mappings: with "auto"
+// the peer's buffer (a memory file) is mapped here, besides our own; else only ours.
+TEST_P(TwoAgents, SameHostPathMapsThePeersMemoryOnlyWhenAllowed) {
+  const bool maps =
+      std::string(GetParam().tls) == "sm,self" && std::string(GetParam().same_host) == "auto";
+  EXPECT_EQ(memfd_mappings(), maps ? 2 : 1);
+  auto req =
+      agent->create_request(Op::Read, local_descs({{0, 4096}}), peer_descs({{0, 4096}}), "peer");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  ASSERT_TRUE((*req)->post().ok());
+  ASSERT_TRUE((*req)->wait(10s).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(local.data(), 4096, kPeerSeed), SIZE_MAX);
+  // Forgetting the peer unmaps its memory.
+  req->reset();
+  ASSERT_TRUE(agent->invalidate_remote("peer").ok());
+  EXPECT_EQ(memfd_mappings(), 1);
+}
+
 INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgents,
-                         ::testing::Values(Transport{"shm", "sm,self"},
+                         ::testing::Values(Transport{"shm", "sm,self", "auto"},
+                                           Transport{"shm_cma", "sm,self", "cma"},
+                                           Transport{"shm_ucx", "sm,self", "off"},
                                            Transport{"tcp", "tcp,self"}),
                          [](const auto& info) { return std::string(info.param.name); });
 

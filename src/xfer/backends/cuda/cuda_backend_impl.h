@@ -20,6 +20,7 @@
 #include <tuple>
 
 #include "common/cuda_util.h"
+#include "common/hex.h"
 #include "kvbm/log.h"
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/cuda_info.h"
@@ -53,11 +54,7 @@ struct ReplyHeader {
   uint64_t seq;
 };
 
-inline std::string hex(uint64_t v) {
-  std::ostringstream s;
-  s << "0x" << std::hex << v;
-  return s.str();
-}
+using kvbm::detail::hex;
 
 inline Error cuda_fail(ErrorCode code, cudaError_t e, std::string_view what) {
   cudaGetLastError();  // clear it, so later calls start clean

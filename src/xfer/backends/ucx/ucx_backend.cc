@@ -1,6 +1,8 @@
 #include "xfer/backends/ucx/ucx_backend.h"
 
+#include <sys/uio.h>
 #include <ucp/api/ucp.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -13,9 +15,12 @@
 #include <set>
 #include <sstream>
 
+#include "common/hex.h"
 #include "kvbm/log.h"
+#include "storage/shared_memory.h"
 #include "xfer/backends/ucx/file_server.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/backends/ucx/same_host.h"
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -72,8 +77,10 @@ class UcxRemoteRegion final : public RemoteRegion {
 
   UcxBackend* backend;
   std::shared_ptr<UcxPeer> peer;
-  ucp_rkey_h rkey;  // null once the peer's connection is closed, and for files
-  const bool file;  // a FILE region the peer serves through active messages
+  ucp_rkey_h rkey;    // null once the peer's connection is closed, and for files
+  const bool file;    // a FILE region the peer serves through active messages
+  uint64_t base = 0;  // the region's address at the peer
+  std::shared_ptr<SharedMapping> mapping;  // same host: the region mapped here, or null
 };
 
 struct UcxPeer {
@@ -83,12 +90,15 @@ struct UcxPeer {
   std::set<UcxRemoteRegion*> regions;
   uint64_t connection = 0;
   uint64_t next_seq = 0;
+  bool self = false;                   // this agent: its regions are our own addresses
+  std::shared_ptr<SameHostPeer> host;  // a verified process on this host, or null
 };
 
 class UcxLocalRegion final : public LocalRegion {
  public:
-  UcxLocalRegion(UcxBackend* backend, ucp_mem_h memh, std::string rkey, Desc file = {})
-      : backend(backend), memh(memh), rkey(std::move(rkey)), file(file) {}
+  UcxLocalRegion(UcxBackend* backend, ucp_mem_h memh, std::string rkey, Desc file = {},
+                 int shared_fd = -1)
+      : backend(backend), memh(memh), rkey(std::move(rkey)), file(file), shared_fd(shared_fd) {}
   ~UcxLocalRegion() override;
   std::string remote_info() const override { return rkey; }
 
@@ -96,6 +106,7 @@ class UcxLocalRegion final : public LocalRegion {
   ucp_mem_h memh;  // null for a FILE region (served to peers, not mapped)
   std::string rkey;
   Desc file;
+  int shared_fd;  // the memory file holding the region (published to same-host peers), or -1
 };
 
 // A FILE region's remote_info: it only says that this agent serves the file over UCX.
@@ -149,7 +160,7 @@ class UcxRequest;
 
 class UcxBackend final : public Backend {
  public:
-  explicit UcxBackend(BackendEnv env) : env_(std::move(env)) {
+  UcxBackend(BackendEnv env, SameHostMode same_host) : env_(std::move(env)), same_host_(same_host) {
     std::random_device rd;
     connection_seed_ = (uint64_t{rd()} << 32) ^ rd();
   }
@@ -165,8 +176,11 @@ class UcxBackend final : public Backend {
   bool supports(MemType local, MemType remote) const override {
     return local == MemType::Dram && (remote == MemType::Dram || remote == MemType::File);
   }
-  // "<boot id>\n<UCX worker address>"
-  std::string connection_info() const override { return host_ + "\n" + address_; }
+  // "<boot id>[ <same-host line>]\n<UCX worker address>"
+  std::string connection_info() const override {
+    if (same_host_ == SameHostMode::Off) return host_ + "\n" + address_;
+    return host_ + " " + self_.line() + "\n" + address_;
+  }
 
   Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
   Status connect(const std::string& agent, std::string_view connection_info) override;
@@ -212,6 +226,8 @@ class UcxBackend final : public Backend {
 
   const std::string name_ = "UCX";
   BackendEnv env_;
+  const SameHostMode same_host_;
+  const SameHostSelf self_;
   std::string address_;
   const std::string host_ = host_identity();
   std::map<std::string, std::shared_ptr<UcxPeer>> peers_;
@@ -233,6 +249,7 @@ class UcxRequest final : public BackendRequest {
     size_t len;
     ucp_mem_h memh;
     UcxRemoteRegion* remote_region;
+    char* direct = nullptr;  // same host: the remote bytes, mapped (or our own) here
   };
 
   UcxRequest(UcxBackend* backend, Op op, std::shared_ptr<UcxPeer> peer, std::vector<Item> items,
@@ -243,7 +260,19 @@ class UcxRequest final : public BackendRequest {
         peer_(std::move(peer)),
         items_(std::move(items)),
         notification_(std::move(notification)),
-        file_chunks_(std::move(file_chunks)) {}
+        file_chunks_(std::move(file_chunks)) {
+    // Same host: every item either mapped here (memmove) or reachable through CMA.
+    same_host_ = !items_.empty() && (peer_->self || peer_->host != nullptr);
+    for (const Item& it : items_) {
+      if (it.direct != nullptr) {
+        if (it.remote_region->mapping) mappings_.push_back(it.remote_region->mapping);
+        continue;
+      }
+      if (peer_->self || !peer_->host) same_host_ = false;
+      cma_local_.push_back({it.local, it.len});
+      cma_remote_.push_back({reinterpret_cast<void*>(it.remote), it.len});
+    }
+  }
 
   ~UcxRequest() override {
     if (!current_) return;
@@ -255,6 +284,7 @@ class UcxRequest final : public BackendRequest {
   }
 
   Status post() override;
+  Status post_same_host();
   XferState poll() override {
     return current_ ? current_->state.load(std::memory_order_acquire) : XferState::Idle;
   }
@@ -271,6 +301,9 @@ class UcxRequest final : public BackendRequest {
   std::shared_ptr<const std::vector<FileChunk>> file_chunks_;  // set for a peer's FILE
   uint64_t file_xfer_ = 0;                                     // its FileXfer while posted
   std::shared_ptr<Completion> current_;
+  bool same_host_ = false;                     // copied by this process: post_same_host()
+  std::vector<iovec> cma_local_, cma_remote_;  // the items CMA moves
+  std::vector<std::shared_ptr<SharedMapping>> mappings_;  // kept while the request lives
 };
 
 UcxRemoteRegion::~UcxRemoteRegion() {
@@ -280,6 +313,7 @@ UcxRemoteRegion::~UcxRemoteRegion() {
 }
 
 UcxLocalRegion::~UcxLocalRegion() {
+  if (shared_fd >= 0) ::close(shared_fd);
   std::lock_guard<std::mutex> lock(backend->mu_);
   if (memh == nullptr) {
     backend->file_server_.remove(file);
@@ -369,10 +403,23 @@ Result<std::unique_ptr<LocalRegion>> UcxBackend::register_region(MemType type, c
     ucp_mem_unmap(context_, memh);
     return ucx_error(ErrorCode::RegistrationFailed, "ucp_rkey_pack", s);
   }
-  std::string rkey(static_cast<const char*>(packed), packed_len);
+  DramRegionInfo info;
+  info.rkey.assign(static_cast<const char*>(packed), packed_len);
   ucp_rkey_buffer_release(packed);
+  int shared_fd = -1;
+  if (same_host_ == SameHostMode::Auto) {
+    // Memory from a memory file (SystemStorage): same-host peers may map it.
+    if (auto shared = kvbm::detail::find_shared_memory(region.addr, region.len)) {
+      if (auto ref = describe_shared_file(shared->fd, shared->offset)) {
+        info.file = *ref;
+        shared_fd = shared->fd;
+      } else {
+        ::close(shared->fd);
+      }
+    }
+  }
   return std::unique_ptr<LocalRegion>(
-      std::make_unique<UcxLocalRegion>(this, memh, std::move(rkey)));
+      std::make_unique<UcxLocalRegion>(this, memh, encode_region_info(info), Desc{}, shared_fd));
 }
 
 void UcxBackend::on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
@@ -385,11 +432,25 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
   if (nl == std::string_view::npos || nl > 128 || nl + 1 == connection_info.size()) {
     return err(ErrorCode::InvalidArgument, "malformed UCX connection data for agent '", agent, "'");
   }
+  // The first line: the peer's boot id, then (if it offers one) its same-host line.
+  const std::string_view first = connection_info.substr(0, nl);
+  const size_t sp = first.find(' ');
+  const bool same_host = first.substr(0, sp) == host_;
   // Shared memory is the fast path on one host, but UCX 1.13's shared-memory transports
   // cannot report a failed peer, so they are only selectable without peer error handling.
   // Elsewhere (another host, or UCX_TLS without shared memory) UCX watches the peer.
-  const bool same_host = connection_info.substr(0, nl) == host_;
-  const bool peer_errors = !(same_host && tls_allows_shared_memory());
+  const bool shm = same_host && tls_allows_shared_memory();
+  const bool peer_errors = !shm;
+  const bool self = agent == env_.agent_name && same_host_ != SameHostMode::Off;
+  std::shared_ptr<SameHostPeer> host;
+  if (shm && !self && same_host_ != SameHostMode::Off && sp != std::string_view::npos) {
+    std::string why;
+    host = SameHostPeer::reach(first.substr(sp + 1), &why);
+    if (!host) {
+      log(LogLevel::Info, "UCX: agent '" + agent + "' is on this host, but " + why +
+                              ": its memory is reached through UCX");
+    }
+  }
   std::lock_guard<std::mutex> lock(mu_);
   ucp_ep_params_t ep{};
   ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
@@ -402,6 +463,8 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
   auto peer = std::make_shared<UcxPeer>();
   peer->name = agent;
   peer->connection = connection_seed_++;
+  peer->self = self;
+  peer->host = std::move(host);
   if (ucs_status_t s = ucp_ep_create(worker_, &ep, &peer->ep); s != UCS_OK) {
     return ucx_error(ErrorCode::Remote, "ucp_ep_create to agent '" + agent + "'", s);
   }
@@ -454,7 +517,7 @@ void UcxBackend::disconnect(const std::string& agent) {
 }
 
 Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::string& agent,
-                                                                     MemType type, const Desc&,
+                                                                     MemType type, const Desc& desc,
                                                                      std::string_view remote_info) {
   if (type != MemType::Dram && type != MemType::File)
     return err(ErrorCode::Unsupported, "UCX reaches DRAM and FILE only, not ", to_string(type));
@@ -476,12 +539,25 @@ Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::
     it->second->regions.insert(region.get());
     return std::unique_ptr<RemoteRegion>(std::move(region));
   }
-  std::string copy(remote_info);  // aligned, and alive for the unpack
+  auto info = decode_region_info(remote_info);
+  if (!info) return info.error();
   ucp_rkey_h rkey = nullptr;
-  if (ucs_status_t s = ucp_ep_rkey_unpack(it->second->ep, copy.data(), &rkey); s != UCS_OK) {
+  if (ucs_status_t s = ucp_ep_rkey_unpack(it->second->ep, info->rkey.data(), &rkey); s != UCS_OK) {
     return ucx_error(ErrorCode::InvalidArgument, "ucp_ep_rkey_unpack", s);
   }
   auto region = std::make_unique<UcxRemoteRegion>(this, it->second, rkey);
+  region->base = desc.addr;
+  const std::shared_ptr<SameHostPeer>& host = it->second->host;
+  if (host && info->file && same_host_ == SameHostMode::Auto) {
+    auto mapping = SharedMapping::map(*host, *info->file, desc.len);
+    if (mapping) {
+      region->mapping = std::move(*mapping);
+    } else {
+      log(LogLevel::Info, "UCX: region " + kvbm::detail::hex(desc.addr) + " of agent '" + agent +
+                              "' is not mapped here (" + mapping.error().message +
+                              "); CMA reaches it");
+    }
+  }
   it->second->regions.insert(region.get());
   return std::unique_ptr<RemoteRegion>(std::move(region));
 }
@@ -518,8 +594,14 @@ Result<std::unique_ptr<BackendRequest>> UcxBackend::prepare(
       }
       continue;
     }
-    items.push_back(
-        {reinterpret_cast<void*>(s.local.addr), s.remote.addr, s.local.len, local->memh, remote});
+    char* direct = nullptr;
+    if (peer->self) {
+      direct = reinterpret_cast<char*>(s.remote.addr);
+    } else if (remote->mapping) {
+      direct = remote->mapping->at(s.remote.addr - remote->base);
+    }
+    items.push_back({reinterpret_cast<void*>(s.local.addr), s.remote.addr, s.local.len, local->memh,
+                     remote, direct});
   }
   if (!items.empty() && !chunks.empty()) {
     return err(ErrorCode::InvalidArgument, "UCX request mixes DRAM and FILE remote regions");
@@ -612,7 +694,55 @@ Status UcxBackend::send_notification(const std::string& agent, std::string_view 
   return send_am(*it->second, *c->owned, c);
 }
 
+// Same host: the bytes move here, in the caller's thread and without the backend lock
+// (so other requests go on), by memmove through mappings and by CMA; the notification
+// then goes over UCX, after the data, as on every other path.
+Status UcxRequest::post_same_host() {
+  std::shared_ptr<Completion> c;
+  {
+    std::lock_guard<std::mutex> lock(backend_->mu_);
+    if (current_ && current_->state.load() == XferState::InProgress) {
+      return err(ErrorCode::InvalidArgument, "UCX request is already in progress");
+    }
+    if (peer_->failure)
+      return err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message);
+    c = std::make_shared<Completion>();
+    c->backend = backend_;
+    c->peer = peer_;
+    c->notification = &notification_;
+    current_ = c;
+    if (peer_->host && peer_->host->exited()) {
+      backend_->close_peer_locked(peer_, err(ErrorCode::Remote, "agent '", peer_->name, "' (pid ",
+                                             peer_->host->pid(), ") has exited"));
+      backend_->fail(c.get(), err(ErrorCode::Remote, "transfer with agent '", peer_->name,
+                                  "' failed: ", peer_->failure->message));
+      return c->error;
+    }
+  }
+  for (const Item& it : items_) {
+    if (it.direct == nullptr) continue;
+    if (op_ == Op::Write) {
+      std::memmove(it.direct, it.local, it.len);
+    } else {
+      std::memmove(it.local, it.direct, it.len);
+    }
+  }
+  Status st;
+  if (!cma_local_.empty()) st = peer_->host->copy(op_, cma_local_, cma_remote_);
+  // The bytes are in place before the notification's message is.
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  std::lock_guard<std::mutex> lock(backend_->mu_);
+  if (!st) {
+    backend_->fail(c.get(), err(ErrorCode::Remote, "transfer with agent '", peer_->name,
+                                "' failed: ", st.error().message));
+    return c->error;
+  }
+  backend_->data_complete(c, UCS_OK);
+  return {};
+}
+
 Status UcxRequest::post() {
+  if (same_host_) return post_same_host();
   std::lock_guard<std::mutex> lock(backend_->mu_);
   if (current_ && current_->state.load() == XferState::InProgress) {
     return err(ErrorCode::InvalidArgument, "UCX request is already in progress");
@@ -957,11 +1087,20 @@ ucs_status_t UcxBackend::on_file_am(void* arg, const void* header, size_t header
 
 Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
                                                   const BackendParams& params) {
-  if (!params.empty()) {
-    return err(ErrorCode::InvalidArgument, "UCX backend takes no parameters, got '",
-               params.begin()->first, "' (configure UCX through UCX_* environment variables)");
+  // UCX itself is configured through UCX_* environment variables; the one parameter is
+  // ours: same_host (same_host.h), defaulting to KVBM_UCX_SAME_HOST, else auto.
+  const char* env_mode = std::getenv("KVBM_UCX_SAME_HOST");
+  std::string mode_text = env_mode != nullptr && *env_mode != '\0' ? env_mode : "auto";
+  for (const auto& [key, value] : params) {
+    if (key != "same_host") {
+      return err(ErrorCode::InvalidArgument, "UCX backend has no parameter '", key,
+                 "' (known: same_host; UCX itself reads UCX_* environment variables)");
+    }
+    mode_text = value;
   }
-  auto backend = std::make_unique<UcxBackend>(env);
+  auto mode = parse_same_host_mode(mode_text);
+  if (!mode) return mode.error();
+  auto backend = std::make_unique<UcxBackend>(env, *mode);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }
