@@ -67,20 +67,32 @@ SameHostSelf::SameHostSelf() {
   line_ = buf;
 }
 
-std::shared_ptr<SameHostPeer> SameHostPeer::reach(std::string_view line, std::string* why) {
+std::optional<SameHostLine> parse_same_host_line(std::string_view line) {
   // "<pid> <token address hex> <token: 32 hex digits>"
   const size_t a = line.find(' ');
   const size_t b = a == std::string_view::npos ? a : line.find(' ', a + 1);
+  SameHostLine out;
   int pid = 0;
-  uint64_t addr = 0, token[2] = {0, 0};
   if (b == std::string_view::npos || line.size() - b - 1 != 32 ||
       !parse_number(line.substr(0, a), pid) || pid <= 0 ||
-      !parse_number(line.substr(a + 1, b - a - 1), addr, 16) ||
-      !parse_number(line.substr(b + 1, 16), token[0], 16) ||
-      !parse_number(line.substr(b + 17, 16), token[1], 16)) {
+      !parse_number(line.substr(a + 1, b - a - 1), out.token_addr, 16) ||
+      !parse_number(line.substr(b + 1, 16), out.token[0], 16) ||
+      !parse_number(line.substr(b + 17, 16), out.token[1], 16)) {
+    return std::nullopt;
+  }
+  out.pid = pid;
+  return out;
+}
+
+std::shared_ptr<SameHostPeer> SameHostPeer::reach(std::string_view line, std::string* why) {
+  const auto parsed = parse_same_host_line(line);
+  if (!parsed) {
     *why = "malformed same-host line";
     return nullptr;
   }
+  const pid_t pid = parsed->pid;
+  const uint64_t addr = parsed->token_addr;
+  const uint64_t* token = parsed->token;
   const int pidfd = open_pidfd(pid);
   std::shared_ptr<SameHostPeer> peer(new SameHostPeer(pid, pidfd, addr, token));
   if (!peer->token_matches()) {

@@ -53,6 +53,15 @@ class SameHostSelf {
   std::string line_;
 };
 
+// A same-host line, parsed (bounds-checked: it comes from the network); nullopt when
+// malformed.
+struct SameHostLine {
+  pid_t pid = 0;
+  uint64_t token_addr = 0;
+  uint64_t token[2] = {0, 0};
+};
+std::optional<SameHostLine> parse_same_host_line(std::string_view line);
+
 // A peer process on this host, reached and verified.
 class SameHostPeer {
  public:

@@ -1,0 +1,86 @@
+// libFuzzer target for the UCX backend's own wire parts, all from peers: a DRAM region's
+// remote info (same_host.h), the same-host line of a peer's connection data, and the
+// headers of remote file transfers (file_wire.h). The first byte picks the decoder. Any
+// input must decode or fail with its decoder's error code (InvalidArgument; Remote for
+// file headers, which blame the peer) and a message, never crash; whatever decodes must
+// survive a round trip through its encoder.
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <string_view>
+
+#include "xfer/backends/ucx/file_wire.h"
+#include "xfer/backends/ucx/same_host.h"
+
+namespace {
+
+using namespace kvbm::xfer::detail;
+
+[[noreturn]] void fail(const std::string& what) {
+  std::fprintf(stderr, "ucx_wire_fuzz: %s\n", what.c_str());
+  std::abort();
+}
+
+template <typename T>
+void check_error(const kvbm::Result<T>& r, const char* how,
+                 kvbm::ErrorCode expected = kvbm::ErrorCode::InvalidArgument) {
+  if (r.code() != expected)
+    fail(std::string(how) + ": unexpected error code: " + r.error().to_string());
+  if (r.error().message.empty()) fail(std::string(how) + ": error without a message");
+}
+
+void region_info(std::string_view in) {
+  auto d = decode_region_info(in);
+  if (!d) return check_error(d, "region info");
+  if (d->rkey.empty()) fail("region info: decoded an empty key");
+  auto again = decode_region_info(encode_region_info(*d));
+  if (!again || again->rkey != d->rkey || again->file.has_value() != d->file.has_value() ||
+      (d->file && (again->file->fd != d->file->fd || again->file->dev != d->file->dev ||
+                   again->file->ino != d->file->ino || again->file->offset != d->file->offset)))
+    fail("region info: round trip changed it");
+}
+
+void same_host_line(std::string_view in) {
+  auto p = parse_same_host_line(in);
+  if (p && p->pid <= 0) fail("same-host line: decoded pid <= 0");
+}
+
+void file_request(std::string_view in) {
+  auto d = decode_file_request(in);
+  if (!d) return check_error(d, "file request", kvbm::ErrorCode::Remote);
+  auto again = decode_file_request(encode(*d));
+  if (!again || again->op != d->op || again->xfer != d->xfer || again->seq != d->seq ||
+      again->fd != d->fd || again->offset != d->offset || again->len != d->len)
+    fail("file request: round trip changed it");
+}
+
+void file_reply(std::string_view in) {
+  auto d = decode_file_reply(in);
+  if (!d) return check_error(d, "file reply", kvbm::ErrorCode::Remote);
+  auto again = decode_file_reply(encode(*d));
+  if (!again || again->xfer != d->xfer || again->seq != d->seq || again->error != d->error)
+    fail("file reply: round trip changed it");
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size == 0) return 0;
+  const std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
+  switch (data[0] % 4) {
+    case 0:
+      region_info(in);
+      break;
+    case 1:
+      same_host_line(in);
+      break;
+    case 2:
+      file_request(in);
+      break;
+    default:
+      file_reply(in);
+      break;
+  }
+  return 0;
+}
