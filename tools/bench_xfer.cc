@@ -382,7 +382,9 @@ int run_xfer(const XferOptions& o) {
   if (auto st = verify(s); !st) return fail(st.error());
 
   std::optional<std::string> perftest = find_program(o.perftest);
+  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
   std::cout << "kvbm bench xfer: transport " << o.transport << " (UCX_TLS=" << tls
+            << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
             << "), target pid " << target->pid() << " ("
             << (o.target_thread ? "progress thread" : "spinning on progress()") << ")"
             << ", buffers " << human_bytes(bytes) << " each, data verified\n";
