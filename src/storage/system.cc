@@ -40,6 +40,9 @@ Result<SystemStorage> SystemStorage::allocate(size_t size) {
     return err(ErrorCode::AllocationFailed, "system storage of ", size,
                " bytes: mmap failed: ", std::strerror(e));
   }
+  // Large buffers are copied in bulk: huge pages, where the kernel allows them, spare
+  // the TLB. Only advice: refusal changes nothing.
+  if (size >= (size_t{2} << 20)) (void)::madvise(p, size, MADV_HUGEPAGE);
   if (fd >= 0) detail::add_shared_memory(p, size, fd);
   return SystemStorage(p, size, fd);
 }
