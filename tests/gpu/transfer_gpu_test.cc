@@ -77,6 +77,9 @@ struct Kernel {
   CudaCopyKernel kernel;
   bool index64;
 };
+void PrintTo(const Kernel& k, std::ostream* os) {
+  *os << to_string(k.kernel) << (k.index64 ? ", 64-bit index" : "");
+}
 
 class TransferGpu : public ::testing::TestWithParam<Kernel> {
  protected:
