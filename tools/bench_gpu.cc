@@ -1,16 +1,22 @@
 // `kvbm bench gpu`: GPU memory through the agent, each figure as a ratio to a ceiling
-// measured in the same run:
-//   ipc      VRAM -> VRAM of another process (CUDA IPC)   vs  cudaMemcpy device->device of
-//                                                            the same size, one at a time
+// measured in the same run. Requests are kept `--depth` in flight (as an inference server
+// keeps many block requests), and so are the ceilings' copies:
+//   ipc      VRAM -> VRAM of another process (CUDA IPC)   vs  cudaMemcpyAsync device->device
+//                                                            of the same size, depth in
+//                                                            flight on one stream
 //   h2d/d2h  pinned DRAM <-> VRAM within the agent          vs  one large cudaMemcpy
 //   staged   VRAM -> VRAM of another process, staged over UCX (forced)
 //                                                        vs  the agent's DRAM -> DRAM
-// The peers are this program again (`kvbm bench gpu --target ipc|staged`), started before
-// this process touches CUDA. Without a GPU it prints why and exits 0.
+// A context column gives the same-size copy one at a time (ipc) or depth in flight
+// (h2d/d2h). A latency section puts the p50 of one small h2d request (post, spin until
+// done) next to one cudaMemcpyAsync + cudaStreamSynchronize: the agent's own cost per
+// request. The peers are this program again (`kvbm bench gpu --target ipc|staged`),
+// started before this process touches CUDA. Without a GPU it prints why and exits 0.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -152,23 +158,41 @@ class Target {
   std::string error_;
 };
 
-// Bandwidth of `iters` back-to-back runs of one prepared request (after 2 warm-ups),
-// spinning on its state so that the measurement adds no wake-up latency.
+// Waits for a posted request, spinning on its state so that the wait adds no wake-up
+// latency.
+Status spin(xfer::Request& req) {
+  for (;;) {
+    auto s = req.state();
+    if (s == xfer::XferState::Done) return {};
+    if (s == xfer::XferState::Error) return req.error();
+  }
+}
+
+// Bandwidth of `iters` completions of `depth` prepared requests (same descriptors) kept in
+// flight: all are posted, then the oldest is waited for and posted again until `iters`
+// have completed, after 2 warm-up rounds. Depth 1: one request at a time.
 Result<double> time_request(xfer::Agent& a, xfer::Op op, const xfer::DescList& l,
-                            const xfer::DescList& r, const std::string& peer, int iters) {
-  auto req = a.create_request(op, l, r, peer);
-  if (!req) return req.error();
-  auto once = [&]() -> Status {
-    KVBM_TRY((*req)->post());
-    for (;;) {
-      auto s = (*req)->state();
-      if (s == xfer::XferState::Done) return {};
-      if (s == xfer::XferState::Error) return (*req)->error();
-    }
-  };
-  for (int i = 0; i < 2; ++i) KVBM_TRY(once());
+                            const xfer::DescList& r, const std::string& peer, int iters,
+                            int depth) {
+  using RequestPtr = std::unique_ptr<xfer::Request>;
+  std::vector<RequestPtr> reqs;
+  for (int i = 0; i < depth; ++i) {
+    auto req = a.create_request(op, l, r, peer);
+    if (!req) return req.error();
+    reqs.push_back(std::move(*req));
+  }
+  for (int round = 0; round < 2; ++round) {
+    for (auto& q : reqs) KVBM_TRY(q->post());
+    for (auto& q : reqs) KVBM_TRY(spin(*q));
+  }
   const auto t0 = Clock::now();
-  for (int i = 0; i < iters; ++i) KVBM_TRY(once());
+  for (int i = 0; i < std::min(depth, iters); ++i) KVBM_TRY(reqs[i]->post());
+  // Completion `done` is post number `done`, made with request done % depth.
+  for (int done = 0; done < iters; ++done) {
+    xfer::Request& q = *reqs[done % depth];
+    KVBM_TRY(spin(q));
+    if (done + depth < iters) KVBM_TRY(q.post());
+  }
   return gbps(l.descs[0].len * iters, Clock::now() - t0);
 }
 
@@ -183,6 +207,71 @@ double time_memcpy(void* dst, const void* src, size_t bytes, int iters) {
     cudaStreamSynchronize(nullptr);
   }
   return gbps(bytes * iters, Clock::now() - t0);
+}
+
+// A non-blocking stream and a ring of events for the ceilings; released on destruction.
+class CudaQueue {
+ public:
+  explicit CudaQueue(int events) : ring_(events, nullptr) {
+    ok_ = cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking) == cudaSuccess;
+    for (auto& e : ring_)
+      ok_ = ok_ && cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess;
+    if (!ok_) cudaGetLastError();
+  }
+  ~CudaQueue() {
+    if (stream_ != nullptr) cudaStreamSynchronize(stream_);
+    for (auto e : ring_)
+      if (e != nullptr) cudaEventDestroy(e);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    cudaGetLastError();
+  }
+  CudaQueue(const CudaQueue&) = delete;
+  CudaQueue& operator=(const CudaQueue&) = delete;
+  bool ok() const { return ok_; }
+  cudaStream_t stream() const { return stream_; }
+  cudaEvent_t event(size_t i) const { return ring_[i % ring_.size()]; }
+  size_t size() const { return ring_.size(); }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+  std::vector<cudaEvent_t> ring_;
+  bool ok_ = false;
+};
+
+// cudaMemcpyAsync bandwidth with q.size() copies in flight on one stream: an event is
+// recorded after each copy, and the oldest one is waited for before the next copy is
+// issued, so the figure is the device's own rate at this size under the queueing that
+// in-flight requests get. Depth 1 is time_memcpy; 0 on a CUDA error.
+double time_memcpy_inflight(CudaQueue& q, void* dst, const void* src, size_t bytes, int iters) {
+  if (q.size() <= 1) return time_memcpy(dst, src, bytes, iters);
+  if (!q.ok()) return 0;
+  bool ok = cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, q.stream()) == cudaSuccess &&
+            cudaStreamSynchronize(q.stream()) == cudaSuccess;  // warm-up
+  const auto t0 = Clock::now();
+  for (int i = 0; ok && i < iters; ++i) {
+    if (static_cast<size_t>(i) >= q.size()) ok = cudaEventSynchronize(q.event(i)) == cudaSuccess;
+    ok = ok && cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, q.stream()) == cudaSuccess;
+    ok = ok && cudaEventRecord(q.event(i), q.stream()) == cudaSuccess;
+  }
+  ok = cudaStreamSynchronize(q.stream()) == cudaSuccess && ok;
+  const double v = gbps(bytes * iters, Clock::now() - t0);
+  if (!ok) cudaGetLastError();
+  return ok ? v : 0;
+}
+
+// The median, in microseconds, of `iters` timed runs of `fn` (after 3 warm-ups).
+template <typename Fn>
+Result<double> p50_us(int iters, Fn&& fn) {
+  for (int i = 0; i < 3; ++i) KVBM_TRY(fn());
+  std::vector<double> t;
+  t.reserve(iters);
+  for (int i = 0; i < iters; ++i) {
+    const auto t0 = Clock::now();
+    KVBM_TRY(fn());
+    t.push_back(std::chrono::duration<double, std::micro>(Clock::now() - t0).count());
+  }
+  std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+  return t[t.size() / 2];
 }
 
 std::string ratio(double v, double ceiling) {
@@ -252,51 +341,102 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   using xfer::MemType;
   using xfer::Op;
   const int iters = o.iters;
-  Table t({"path", "size", "GB/s", "ceiling", "ceiling GB/s", "ratio", "target"});
+  const int depth = o.depth;
+  const std::string inflight = std::to_string(depth) + " in flight";
+  Table t({"path", "size", "GB/s", "ceiling", "ceiling GB/s", "ratio", "target", "context",
+           "context GB/s"});
   bool failed = false;
+  // `ctx` is a same-size copy rate for context ("" when none): not part of the ratio.
   auto report = [&](const std::string& path, size_t n, Result<double> v, const std::string& ceil,
-                    double c, double target) {
+                    double c, double target, const std::string& ctx, double x) {
+    const std::string ctx_gbps = ctx.empty() ? "-" : fixed(x);
     if (!v) {
-      t.add({path, human_bytes(n), "ERR", ceil, fixed(c), "-", v.error().to_string()});
+      t.add({path, human_bytes(n), "ERR", ceil, fixed(c), "-", v.error().to_string(),
+             ctx.empty() ? "-" : ctx, ctx_gbps});
       failed = true;
       return;
     }
-    t.add(
-        {path, human_bytes(n), fixed(*v), ceil, fixed(c), ratio(*v, c), ">= " + fixed(target, 2)});
+    t.add({path, human_bytes(n), fixed(*v), ceil, fixed(c), ratio(*v, c), ">= " + fixed(target, 2),
+           ctx.empty() ? "-" : ctx, ctx_gbps});
   };
 
+  CudaQueue queue(depth);
   const double h2d_ceiling = time_memcpy(a->data(), pinned->data(), max, 3);
   const double d2h_ceiling = time_memcpy(pinned->data(), a->data(), max, 3);
   for (size_t mib = 1; mib <= o.max_mib; mib *= 4) {
     const size_t n = mib << 20;
-    const int it = std::max(3, static_cast<int>(iters * 64 / std::max<size_t>(mib, 1) / 16));
-    const double d2d = time_memcpy(b->data(), a->data(), n, it);
+    // At least two rounds of `depth`, so that most completions are timed with the queue full.
+    const int it =
+        std::max({3, static_cast<int>(iters * 64 / std::max<size_t>(mib, 1) / 16), 2 * depth});
+    const double d2d_one = time_memcpy(b->data(), a->data(), n, it);
+    const double d2d = time_memcpy_inflight(queue, b->data(), a->data(), n, it);
     report("ipc vram->vram", n,
            time_request(**agent, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Vram, {{ipc.vram(), n, 0}}), *ipc_name, it),
-           "cudaMemcpy d2d", d2d, 0.85);
+                        DescList(MemType::Vram, {{ipc.vram(), n, 0}}), *ipc_name, it, depth),
+           "d2d, " + inflight, d2d, 0.85, "d2d, 1 at a time", d2d_one);
     report("h2d pinned->vram", n,
            time_request(**agent, Op::Read, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it),
-           "1 large h2d", h2d_ceiling, 0.9);
+                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it, depth),
+           "1 large h2d", h2d_ceiling, 0.9, "h2d, " + inflight,
+           time_memcpy_inflight(queue, a->data(), pinned->data(), n, it));
     report("d2h vram->pinned", n,
            time_request(**agent, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it),
-           "1 large d2h", d2h_ceiling, 0.9);
-    auto dram = time_request(**stager, Op::Write, DescList(MemType::Dram, {{host->addr(), n, 0}}),
-                             DescList(MemType::Dram, {{staged.dram(), n, 0}}), *staged_name, it);
+                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it, depth),
+           "1 large d2h", d2h_ceiling, 0.9, "d2h, " + inflight,
+           time_memcpy_inflight(queue, pinned->data(), a->data(), n, it));
+    auto dram =
+        time_request(**stager, Op::Write, DescList(MemType::Dram, {{host->addr(), n, 0}}),
+                     DescList(MemType::Dram, {{staged.dram(), n, 0}}), *staged_name, it, depth);
     report("staged vram->vram", n,
            time_request(**stager, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Vram, {{staged.vram(), n, 0}}), *staged_name, it),
-           "agent dram->dram", dram ? *dram : 0, 0.8);
+                        DescList(MemType::Vram, {{staged.vram(), n, 0}}), *staged_name, it, depth),
+           "agent dram->dram", dram ? *dram : 0, 0.8, "", 0);
   }
+
+  // Latency: one small request at a time through the agent against the copy it makes.
+  Table lat({"h2d pinned->vram", "agent p50 us", "cudaMemcpyAsync p50 us", "agent adds us"});
+  for (size_t n : {size_t{4} << 10, size_t{1} << 20}) {
+    auto req = (*agent)->create_request(Op::Read, DescList(MemType::Vram, {{a->addr(), n, 0}}),
+                                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench");
+    Result<double> agent_us = req ? p50_us(o.lat_iters,
+                                           [&]() -> Status {
+                                             KVBM_TRY((*req)->post());
+                                             return spin(**req);
+                                           })
+                                  : Result<double>(req.error());
+    auto copy_us = p50_us(o.lat_iters, [&]() -> Status {
+      cudaError_t e = queue.ok() ? cudaMemcpyAsync(a->data(), pinned->data(), n, cudaMemcpyDefault,
+                                                   queue.stream())
+                                 : cudaErrorInvalidResourceHandle;
+      if (e == cudaSuccess) e = cudaStreamSynchronize(queue.stream());
+      if (e != cudaSuccess) {
+        cudaGetLastError();
+        return err(ErrorCode::Internal, "cudaMemcpyAsync of ", n,
+                   " bytes: ", cudaGetErrorString(e));
+      }
+      return {};
+    });
+    if (!agent_us || !copy_us) {
+      lat.add({human_bytes(n), agent_us ? fixed(*agent_us) : agent_us.error().to_string(),
+               copy_us ? fixed(*copy_us) : copy_us.error().to_string(), "ERR"});
+      failed = true;
+      continue;
+    }
+    lat.add({human_bytes(n), fixed(*agent_us), fixed(*copy_us), fixed(*agent_us - *copy_us)});
+  }
+
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
-  std::cout << "GPU 0: " << prop.name << "; staged chunk " << human_bytes(o.chunk_bytes) << " x "
-            << o.bounce_buffers
+  std::cout << "GPU 0: " << prop.name << "; depth " << depth
+            << " (requests and ceiling copies in flight); staged chunk "
+            << human_bytes(o.chunk_bytes) << " x " << o.bounce_buffers
             << " bounce buffers; UCX_TLS=" << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)")
             << "\n";
   t.print(std::cout);
+  std::cout << "\nLatency, one request at a time: p50 of " << o.lat_iters
+            << " runs (agent: post() and spin until done; copy: cudaMemcpyAsync + "
+               "cudaStreamSynchronize)\n";
+  lat.print(std::cout);
   return failed ? 1 : 0;
 }
 

@@ -34,7 +34,8 @@ struct BenchTransferOptions {
   size_t threads = 0;
   bool no_gpu = false;
   bool no_host = false;
-  TransferEngineOptions engine;  // the CUDA kernel's shape, for tuning sweeps
+  TransferEngineOptions engine;     // the CUDA kernel's shape, for tuning sweeps
+  std::string kernel = "baseline";  // engine.cuda_kernel by name
 };
 
 // Median seconds of `iters` runs of `fn` (after one warm-up run).
@@ -229,6 +230,9 @@ void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>
 int run_bench_transfer(const BenchTransferOptions& o) {
   TransferEngineOptions eo = o.engine;
   eo.host_threads = o.threads;
+  eo.cuda_kernel = o.kernel == "warp"  ? CudaCopyKernel::Warp
+                   : o.kernel == "cta" ? CudaCopyKernel::Cta
+                                       : CudaCopyKernel::Baseline;
   auto e = TransferEngine::create(eo);
   if (!e) {
     std::cerr << "kvbm bench transfer: " << e.error().to_string() << "\n";
@@ -248,7 +252,9 @@ int run_bench_transfer(const BenchTransferOptions& o) {
   rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: built without CUDA"});
 #endif
   std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
-            << ", scattered (shuffled) blocks, no chunk coalesced\n";
+            << ", scattered (shuffled) blocks, no chunk coalesced; copy kernel "
+            << to_string(eo.cuda_kernel) << ", " << o.engine.cuda_ctas_per_sm << " CTAs/SM x "
+            << o.engine.cuda_threads << " threads\n";
   Table t({"path", "chunk", "GB/s", "ceiling GB/s", "ratio", "ceiling", "note"});
   bool failed = false;
   for (const Row& r : rows) {
@@ -281,6 +287,11 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
       ->check(CLI::IsMember({32, 64, 128, 256, 512, 1024}));
   cmd->add_option("--cuda-max-piece", o->engine.cuda_max_piece, "Copy kernel: largest piece, bytes")
       ->check(CLI::Range(4096, 1 << 30));
+  cmd->add_option("--cuda-kernel", o->kernel,
+                  "Copy kernel: baseline (a CTA per piece), cta (a CTA per piece, 32-bit index "
+                  "math, next ids prefetched), warp (as cta, a warp per piece of <= 32 KiB)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"baseline", "cta", "warp"}));
   cmd->callback([o, &runner] { runner = [o] { return run_bench_transfer(*o); }; });
 }
 

@@ -28,6 +28,8 @@ struct BenchGpuOptions {
   int iters = 20;                // repetitions at 4 MiB (more for smaller, fewer for larger)
   size_t chunk_bytes = 4 << 20;  // staged path: bounce buffer size
   size_t bounce_buffers = 8;     // staged path: buffers per direction
+  int depth = 4;                 // requests (and ceiling copies) kept in flight; 1: one at a time
+  int lat_iters = 200;           // latency section: timed runs per size
   std::string target;            // internal: "ipc" or "staged" serves as the peer process
 };
 

@@ -52,6 +52,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(4096, 1 << 30));
   gpu_cmd->add_option("--bounce-buffers", gpu.bounce_buffers, "Staged path: buffers per direction")
       ->check(CLI::Range(1, 1024));
+  gpu_cmd
+      ->add_option("--depth", gpu.depth,
+                   "Requests kept in flight (and copies, for the ceilings); 1: one at a time")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  gpu_cmd->add_option("--lat-iters", gpu.lat_iters, "Latency section: timed runs per size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
   gpu_cmd->add_option("--target", gpu.target, "internal: serve as the peer process")
       ->check(CLI::IsMember({"ipc", "staged"}))
       ->group("");

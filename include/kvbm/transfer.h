@@ -33,6 +33,18 @@ namespace kvbm {
 enum class TransferPath : uint8_t { Host, Cuda, File, Remote };
 const char* to_string(TransferPath path);
 
+// The block copy kernel of the Cuda path (src/transfer/copy_kernel.cu). Each splits every
+// chunk into pieces of at most cuda_max_piece bytes and copies them with 16-byte accesses
+// where both ends are 16-byte aligned, bytes otherwise.
+//   Baseline  one CTA per piece; 64-bit index arithmetic; a piece's block ids are loaded
+//             just before its copy, so each piece pays a dependent round trip first.
+//   Cta       one CTA per piece; 32-bit index arithmetic where the request fits; the next
+//             piece's ids are loaded while the current one copies.
+//   Warp      as Cta, but one warp per piece when pieces are at most 32 KiB (more
+//             independent pieces in flight per SM); larger pieces go as in Cta.
+enum class CudaCopyKernel : uint8_t { Baseline, Cta, Warp };
+const char* to_string(CudaCopyKernel kernel);
+
 // An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,
 // File) or cancels it (Remote), so memory is never written after the handle is gone.
 class Transfer {
@@ -66,6 +78,9 @@ struct TransferEngineOptions {
   unsigned cuda_ctas_per_sm = 4;
   unsigned cuda_threads = 512;
   size_t cuda_max_piece = 256 << 10;
+  CudaCopyKernel cuda_kernel = CudaCopyKernel::Baseline;
+  // Cta and Warp: 64-bit index arithmetic even where 32 bits suffice (for tests).
+  bool cuda_index64 = false;
 };
 
 struct CopyOptions {
@@ -77,7 +92,8 @@ struct CopyOptions {
 
 class TransferEngine {
  public:
-  // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape.
+  // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape, or an
+  // unknown kernel.
   static Result<std::unique_ptr<TransferEngine>> create(TransferEngineOptions options = {});
   ~TransferEngine();
 

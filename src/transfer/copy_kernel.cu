@@ -1,7 +1,12 @@
+#include <algorithm>
+#include <climits>
+
 #include "transfer/copy_kernel.h"
 
 namespace kvbm::detail {
 namespace {
+
+// ---- CopyKernel::Baseline ----------------------------------------------------------------
 
 // One CTA copies [src, src + len) to dst.
 __device__ void copy_range(uint64_t src, uint64_t dst, uint64_t len) {
@@ -54,12 +59,159 @@ __global__ void block_copy(BlockCopy job) {
   }
 }
 
+// ---- CopyKernel::Cta and CopyKernel::Warp --------------------------------------------------
+
+// The job's item space, computed once on the host in the kernel's index type: 32 bits
+// where everything fits, since 64-bit division is a long software routine on the GPU.
+template <typename Index>
+struct Items {
+  Index count;      // pairs * per_pair
+  Index per_pair;   // layers * per_layer
+  Index per_layer;  // outer_dim * pieces
+  Index pieces;     // per chunk
+  Index piece;      // bytes, at most chunk
+  Index chunk;      // bytes
+};
+
+// One piece: where it is in its chunk, and its block ids and region bases, loaded.
+template <typename Index>
+struct Piece {
+  uint64_t src_id, dst_id, src_base, dst_base;
+  Index layer, outer, off, len;
+};
+
+// Decodes item `it` and issues the loads of its ids and bases. Nothing here waits for
+// them: the caller uses the piece only after copying the previous one.
+template <typename Index>
+__device__ __forceinline__ Piece<Index> load_piece(const BlockCopy& job, const Items<Index>& n,
+                                                   Index it) {
+  Piece<Index> p;
+  const Index pair = it / n.per_pair;
+  Index r = it - pair * n.per_pair;
+  p.layer = r / n.per_layer;
+  r -= p.layer * n.per_layer;
+  p.outer = r / n.pieces;
+  p.off = (r - p.outer * n.pieces) * n.piece;
+  p.len = min(n.piece, n.chunk - p.off);
+  // The table is written before the launch and only read by it: the read-only path.
+  p.src_id = __ldg(job.ids + 2 * uint64_t{pair});
+  p.dst_id = __ldg(job.ids + 2 * uint64_t{pair} + 1);
+  p.src_base = __ldg(job.src.bases + (job.src.per_layer ? p.layer : 0));
+  p.dst_base = __ldg(job.dst.bases + (job.dst.per_layer ? p.layer : 0));
+  return p;
+}
+
+__device__ __forceinline__ uint64_t piece_addr(const BlockSide& side, uint64_t base, uint64_t id,
+                                               uint64_t layer, uint64_t outer, uint64_t off) {
+  return base + id * side.block + layer * side.layer + outer * side.outer + off;
+}
+
+// `width` threads (lane 0 .. width-1) copy [src, src + len) to dst; each lane issues
+// kUnroll 16-byte loads before their stores.
+template <int kUnroll, typename Index>
+__device__ __forceinline__ void copy_piece(uint64_t src, uint64_t dst, Index len, Index lane,
+                                           Index width) {
+  const char* __restrict__ s = reinterpret_cast<const char*>(src);
+  char* __restrict__ d = reinterpret_cast<char*>(dst);
+  Index head = 0;
+  if (((src | dst) & 15) == 0) {
+    const int4* __restrict__ s4 = reinterpret_cast<const int4*>(s);
+    int4* __restrict__ d4 = reinterpret_cast<int4*>(d);
+    const Index nv = len / 16;
+    for (Index j = lane; j < nv; j += kUnroll * width) {
+      int4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (j + u * width < nv) v[u] = s4[j + u * width];
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        if (j + u * width < nv) d4[j + u * width] = v[u];
+      }
+    }
+    head = nv * 16;
+  }
+  for (Index k = head + lane; k < len; k += width) d[k] = s[k];
+}
+
+// Workers (a CTA each, or a warp each with kWarp) stride over the items. While a worker
+// copies one piece, the ids and bases of its next piece are already on their way, so the
+// dependent round trip (ids, then data) is paid once per worker, not once per piece.
+template <typename Index, bool kWarp>
+__global__ void block_copy_prefetch(BlockCopy job, Items<Index> n) {
+  constexpr int kUnroll = 4;
+  const Index lane = kWarp ? threadIdx.x % 32 : threadIdx.x;
+  const Index width = kWarp ? 32 : blockDim.x;
+  const Index worker =
+      kWarp ? Index{blockIdx.x} * (blockDim.x / 32) + threadIdx.x / 32 : Index{blockIdx.x};
+  const Index workers = kWarp ? Index{gridDim.x} * (blockDim.x / 32) : Index{gridDim.x};
+  if (worker >= n.count) return;  // no barriers below: a worker may leave early
+  Piece<Index> cur = load_piece(job, n, worker);
+  for (Index it = worker;;) {
+    const Index next = it + workers;  // no overflow: count + workers fits Index (host check)
+    const bool more = next < n.count;
+    Piece<Index> ahead{};
+    if (more) ahead = load_piece(job, n, next);
+    copy_piece<kUnroll>(
+        piece_addr(job.src, cur.src_base, cur.src_id, cur.layer, cur.outer, cur.off),
+        piece_addr(job.dst, cur.dst_base, cur.dst_id, cur.layer, cur.outer, cur.off), cur.len, lane,
+        width);
+    if (!more) break;
+    it = next;
+    cur = ahead;
+  }
+}
+
+template <typename Index>
+cudaError_t launch_prefetch(const BlockCopy& job, const Items<uint64_t>& n64, bool warp,
+                            unsigned grid, unsigned threads, cudaStream_t stream) {
+  const Items<Index> n{static_cast<Index>(n64.count),     static_cast<Index>(n64.per_pair),
+                       static_cast<Index>(n64.per_layer), static_cast<Index>(n64.pieces),
+                       static_cast<Index>(n64.piece),     static_cast<Index>(n64.chunk)};
+  if (warp) {
+    block_copy_prefetch<Index, true><<<grid, threads, 0, stream>>>(job, n);
+  } else {
+    block_copy_prefetch<Index, false><<<grid, threads, 0, stream>>>(job, n);
+  }
+  return cudaGetLastError();
+}
+
 }  // namespace
 
-cudaError_t launch_block_copy_kernel(const BlockCopy& job, unsigned grid, unsigned threads,
+cudaError_t launch_block_copy_kernel(const BlockCopy& job, const CopyLaunch& launch,
                                      cudaStream_t stream) {
-  block_copy<<<grid, threads, 0, stream>>>(job);
-  return cudaGetLastError();
+  if (job.pairs == 0 || job.layers == 0 || job.outer_dim == 0 || job.chunk == 0) {
+    return cudaSuccess;
+  }
+  if (job.piece == 0) return cudaErrorInvalidValue;
+  const uint64_t max_ctas = std::max(launch.max_ctas, 1u);
+  if (launch.kernel == CopyKernel::Baseline) {
+    const uint64_t items =
+        job.pairs * job.layers * job.outer_dim * ((job.chunk + job.piece - 1) / job.piece);
+    const auto grid = static_cast<unsigned>(std::min(items, max_ctas));
+    block_copy<<<grid, launch.threads, 0, stream>>>(job);
+    return cudaGetLastError();
+  }
+  Items<uint64_t> n{};
+  n.chunk = job.chunk;
+  n.piece = std::min(job.piece, job.chunk);
+  n.pieces = (n.chunk + n.piece - 1) / n.piece;
+  n.per_layer = job.outer_dim * n.pieces;
+  n.per_pair = job.layers * n.per_layer;
+  n.count = job.pairs * n.per_pair;
+  // Warp items only for small pieces: a large one is better shared by a whole CTA.
+  const bool warp = launch.kernel == CopyKernel::Warp && n.piece <= kWarpMaxPiece;
+  // A warp kernel needs whole warps: the thread count is rounded up to a multiple of 32.
+  const unsigned asked = std::max(launch.threads, 1u);
+  const unsigned threads = warp ? std::min((asked + 31) / 32 * 32, 1024u) : asked;
+  const uint64_t per_cta = warp ? threads / 32 : 1;
+  const auto grid = static_cast<unsigned>(std::min((n.count + per_cta - 1) / per_cta, max_ctas));
+  const uint64_t workers = grid * per_cta;
+  // 32 bits when every index and every index + workers stays below 2^32.
+  const bool narrow =
+      !launch.index64 && n.count <= INT32_MAX && n.chunk <= INT32_MAX && workers <= INT32_MAX;
+  return narrow ? launch_prefetch<uint32_t>(job, n, warp, grid, threads, stream)
+                : launch_prefetch<uint64_t>(job, n, warp, grid, threads, stream);
 }
 
 }  // namespace kvbm::detail

@@ -1,7 +1,7 @@
-// The block copy kernel (copy_kernel.cu): one launch copies every chunk of a list of block
-// pairs between two layouts, one CTA per piece of a chunk at a time, 16-byte accesses
-// where both ends are 16-byte aligned. Pointers may be device memory or mapped pinned
-// host memory.
+// The block copy kernels (copy_kernel.cu): one launch copies every chunk of a list of block
+// pairs between two layouts, each chunk cut into pieces; 16-byte accesses where both ends
+// of a piece are 16-byte aligned, bytes otherwise. Pointers may be device memory or mapped
+// pinned host memory.
 #pragma once
 
 #if KVBM_HAVE_CUDA
@@ -33,10 +33,25 @@ struct BlockCopy {
   uint32_t layers;
   uint32_t outer_dim;
   uint64_t chunk;  // bytes of one chunk
-  uint64_t piece;  // a CTA copies at most this many bytes at a time
+  uint64_t piece;  // one worker (CTA or warp) copies at most this many bytes at a time
 };
 
-cudaError_t launch_block_copy_kernel(const BlockCopy& job, unsigned grid, unsigned threads,
+// The kernel variants (TransferEngineOptions::cuda_kernel says what each does).
+enum class CopyKernel : uint8_t { Baseline, Cta, Warp };
+
+struct CopyLaunch {
+  CopyKernel kernel = CopyKernel::Baseline;
+  unsigned max_ctas = 1;  // the grid is at most this many CTAs (SMs x CTAs per SM)
+  unsigned threads = 512;
+  // Cta and Warp: 64-bit index arithmetic even where the job fits 32 bits (tests).
+  bool index64 = false;
+};
+
+// Pieces at most this large are copied by one warp each in CopyKernel::Warp.
+constexpr uint64_t kWarpMaxPiece = 32 << 10;
+
+// Queues the copy on `stream`; a job without bytes queues nothing.
+cudaError_t launch_block_copy_kernel(const BlockCopy& job, const CopyLaunch& launch,
                                      cudaStream_t stream);
 
 }  // namespace kvbm::detail

@@ -15,7 +15,19 @@ namespace kvbm::detail {
 
 namespace {
 constexpr size_t kSlots = 4;
+
+CopyKernel copy_kernel(CudaCopyKernel k) {
+  switch (k) {
+    case CudaCopyKernel::Cta:
+      return CopyKernel::Cta;
+    case CudaCopyKernel::Warp:
+      return CopyKernel::Warp;
+    case CudaCopyKernel::Baseline:
+      break;
+  }
+  return CopyKernel::Baseline;
 }
+}  // namespace
 
 struct CudaCopier::State {
   struct Slot {
@@ -249,11 +261,13 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& 
   job.outer_dim = static_cast<uint32_t>(src.config().outer_dim);
   job.chunk = src.config().chunk_bytes();
   job.piece = st.options.cuda_max_piece;
-  const uint64_t items = pairs * layers * job.outer_dim * ((job.chunk + job.piece - 1) / job.piece);
-  const unsigned grid = static_cast<unsigned>(
-      std::min<uint64_t>(items, uint64_t{st.sms} * st.options.cuda_ctas_per_sm));
-  if ((e = launch_block_copy_kernel(job, grid, st.options.cuda_threads, st.stream)) !=
-      cudaSuccess) {
+  CopyLaunch launch;
+  launch.kernel = copy_kernel(st.options.cuda_kernel);
+  launch.max_ctas = static_cast<unsigned>(
+      std::min<uint64_t>(uint64_t{st.sms} * st.options.cuda_ctas_per_sm, UINT32_MAX));
+  launch.threads = st.options.cuda_threads;
+  launch.index64 = st.options.cuda_index64;
+  if ((e = launch_block_copy_kernel(job, launch, st.stream)) != cudaSuccess) {
     return fail(e, "launching the block copy kernel");
   }
   if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) return fail(e, "cudaEventRecord");

@@ -83,6 +83,18 @@ const char* to_string(TransferPath path) {
   return "?";
 }
 
+const char* to_string(CudaCopyKernel kernel) {
+  switch (kernel) {
+    case CudaCopyKernel::Baseline:
+      return "baseline";
+    case CudaCopyKernel::Cta:
+      return "cta";
+    case CudaCopyKernel::Warp:
+      return "warp";
+  }
+  return "?";
+}
+
 Transfer::Transfer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Transfer::Transfer(Transfer&&) noexcept = default;
 Transfer& Transfer::operator=(Transfer&&) noexcept = default;
@@ -150,6 +162,10 @@ Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOpt
     return err(ErrorCode::InvalidArgument, "CUDA launch shape: ctas_per_sm ",
                options.cuda_ctas_per_sm, ", threads ", options.cuda_threads, ", max piece ",
                options.cuda_max_piece, " (need > 0 and threads <= 1024)");
+  }
+  if (options.cuda_kernel > CudaCopyKernel::Warp) {
+    return err(ErrorCode::InvalidArgument, "cuda_kernel ",
+               static_cast<unsigned>(options.cuda_kernel), " is not a kernel (0..2)");
   }
   return std::unique_ptr<TransferEngine>(new TransferEngine(std::make_unique<State>(options)));
 }

@@ -1,5 +1,7 @@
 // The CUDA path of the transfer engine (skips without a GPU): Device <-> Pinned,
 // Device <-> Device, Device <-> System, scattered ids, every byte checked on the host.
+// Every test runs once per block copy kernel (TransferEngineOptions::cuda_kernel), the
+// Cta and Warp kernels also with 64-bit index arithmetic forced.
 #include <gtest/gtest.h>
 
 #include "kvbm/storage.h"
@@ -71,32 +73,77 @@ void round_trip(TransferEngine& e, const Host& h, size_t page, size_t alignment)
   EXPECT_EQ(check_blocks(back, b, s, 11), "");
 }
 
-TEST(TransferGpu, PinnedAndSystemThroughTwoDeviceLayouts) {
+struct Kernel {
+  CudaCopyKernel kernel;
+  bool index64;
+};
+void PrintTo(const Kernel& k, std::ostream* os) {
+  *os << to_string(k.kernel) << (k.index64 ? ", 64-bit index" : "");
+}
+
+class TransferGpu : public ::testing::TestWithParam<Kernel> {
+ protected:
+  TransferEngineOptions options() const {
+    TransferEngineOptions o;
+    o.cuda_kernel = GetParam().kernel;
+    o.cuda_index64 = GetParam().index64;
+    return o;
+  }
+};
+
+INSTANTIATE_TEST_SUITE_P(
+    Kernels, TransferGpu,
+    ::testing::Values(Kernel{CudaCopyKernel::Baseline, false}, Kernel{CudaCopyKernel::Cta, false},
+                      Kernel{CudaCopyKernel::Cta, true}, Kernel{CudaCopyKernel::Warp, false},
+                      Kernel{CudaCopyKernel::Warp, true}),
+    [](const ::testing::TestParamInfo<Kernel>& p) {
+      return std::string(to_string(p.param.kernel)) + (p.param.index64 ? "_index64" : "");
+    });
+
+TEST_P(TransferGpu, PinnedAndSystemThroughTwoDeviceLayouts) {
   KVBM_REQUIRE_GPU();
-  auto e = TransferEngine::create();
+  auto e = TransferEngine::create(options());
   ASSERT_TRUE(e.ok());
   for (const Host& h : {Host{"pinned", true}, Host{"system", false}}) {
-    round_trip(**e, h, 16, 256);     // 4 KiB chunks, 16-byte aligned: vector copies
-    round_trip(**e, h, 1, 1);        // 256-byte chunks
-    round_trip(**e, h, 1024, 4096);  // 256 KiB chunks, split into pieces
+    round_trip(**e, h, 16, 256);     // 2 KiB chunks, 16-byte aligned: vector copies
+    round_trip(**e, h, 1, 1);        // 128-byte chunks
+    round_trip(**e, h, 1024, 4096);  // 128 KiB chunks: one CTA per piece also in Warp
   }
 }
 
-TEST(TransferGpu, ChunksSplitIntoPiecesOfAnySize) {
+// One CTA per SM, so that every worker (CTA or warp) strides over several pieces and
+// copies each while the next one's ids are loaded.
+TEST_P(TransferGpu, ChunksSplitIntoPiecesOfAnySize) {
   KVBM_REQUIRE_GPU();
   for (size_t piece : {size_t{4096}, size_t{5000}}) {  // 5000: later pieces are unaligned
-    TransferEngineOptions o;
+    TransferEngineOptions o = options();
     o.cuda_max_piece = piece;
     o.cuda_threads = 128;
+    o.cuda_ctas_per_sm = 1;
     auto e = TransferEngine::create(o);
     ASSERT_TRUE(e.ok());
-    round_trip(**e, Host{"pinned", true}, 1024, 4096);  // 256 KiB chunks
+    round_trip(**e, Host{"pinned", true}, 1024, 4096);  // 128 KiB chunks
   }
 }
 
-TEST(TransferGpu, UnalignedChunksTakeTheByteLoop) {
+// The Warp kernel rounds a thread count up to whole warps; the others take it as it is.
+TEST_P(TransferGpu, ThreadCountsThatAreNotWholeWarps) {
   KVBM_REQUIRE_GPU();
-  auto e = TransferEngine::create();
+  for (unsigned threads : {1u, 33u, 1000u}) {
+    SCOPED_TRACE("threads " + std::to_string(threads));
+    TransferEngineOptions o = options();
+    o.cuda_threads = threads;
+    o.cuda_ctas_per_sm = 1;
+    auto e = TransferEngine::create(o);
+    ASSERT_TRUE(e.ok());
+    round_trip(**e, Host{"pinned", true}, 16, 256);    // 2 KiB chunks
+    round_trip(**e, Host{"pinned", true}, 1024, 256);  // 128 KiB chunks
+  }
+}
+
+TEST_P(TransferGpu, UnalignedChunksTakeTheByteLoop) {
+  KVBM_REQUIRE_GPU();
+  auto e = TransferEngine::create(options());
   ASSERT_TRUE(e.ok());
   LayoutConfig c = config(8, 3, 1);
   c.dtype_bytes = 1;
@@ -111,9 +158,9 @@ TEST(TransferGpu, UnalignedChunksTakeTheByteLoop) {
   EXPECT_EQ(check_blocks(back, out, ids, 12), "");
 }
 
-TEST(TransferGpu, ManyRequestsReuseTheChunkTables) {
+TEST_P(TransferGpu, ManyRequestsReuseTheChunkTables) {
   KVBM_REQUIRE_GPU();
-  auto e = TransferEngine::create();
+  auto e = TransferEngine::create(options());
   ASSERT_TRUE(e.ok());
   const LayoutConfig c = config(64, 16, 256);
   Layout src = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, PinnedAllocator());

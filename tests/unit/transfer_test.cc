@@ -86,6 +86,10 @@ TEST(TransferEngine, RejectsBadOptions) {
   o = {};
   o.cuda_max_piece = 0;
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "max piece 0");
+  o = {};
+  o.cuda_kernel = static_cast<CudaCopyKernel>(7);
+  EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "cuda_kernel 7");
+  EXPECT_STREQ(to_string(CudaCopyKernel::Warp), "warp");
   auto e = engine();
   EXPECT_EQ(e->host_threads(), std::max(1u, std::thread::hardware_concurrency()));
 }
