@@ -354,7 +354,12 @@ Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
     return err(ErrorCode::InvalidArgument, "agent '", name_, "' already listens on port ",
                side_channel_->port());
   }
-  auto server = SideChannelServer::start(host, port, [this] { return local_metadata(); });
+  auto server =
+      SideChannelServer::start(host, port, [this](const std::string& key) -> Result<std::string> {
+        if (!key.empty())
+          return err(ErrorCode::NotFound, "agent '", name_, "' serves no item '", key, "'");
+        return local_metadata();
+      });
   if (!server) return server.error();
   side_channel_ = std::move(*server);
   return side_channel_->port();
@@ -362,7 +367,7 @@ Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
 
 Result<std::string> AgentImpl::fetch_remote_metadata(const std::string& host, uint16_t port,
                                                      std::chrono::milliseconds timeout) {
-  auto bytes = fetch_blob(host, port, timeout, config_.max_metadata_bytes);
+  auto bytes = fetch_blob(host, port, "", timeout, config_.max_metadata_bytes);
   if (!bytes) return bytes.error();
   return load_remote_metadata(*bytes);
 }
