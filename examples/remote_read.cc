@@ -1,8 +1,10 @@
 // Why the remote layer exists, end to end in two processes:
-//   A (prefill) allocates host memory, fills it, registers it with its agent, and
-//     hands B a RemoteDescriptor (with a notification) plus the side-channel port;
-//   B (decode) fetches A's agent metadata over the side channel, READs the bytes
-//     straight from A's memory, and the notification tells A that B has them.
+//   A (prefill) allocates host memory, fills it, registers it with its agent, listens
+//     on its metadata side channel and publishes a RemoteDescriptor (with a
+//     notification) there under a key;
+//   B (decode) is told only A's host, port and the key: it fetches the descriptor and
+//     A's agent metadata over the side channel, READs the bytes straight from A's
+//     memory, and the notification tells A that B has them.
 // Run: build/default/examples/remote_read     (exit status 0 when every byte matched)
 #include <sys/wait.h>
 #include <unistd.h>
@@ -33,17 +35,16 @@ int die(const char* who, const kvbm::Error& e) {
   return 1;
 }
 
-// B: read what the descriptor names into local memory and check it.
-int decode_worker(uint16_t port, const std::string& descriptor_bytes) {
-  auto desc = kvbm::RemoteDescriptor::from_bytes(descriptor_bytes);
-  if (!desc) return die("B", desc.error());
+// B: fetch the descriptor published under `key` at host:port (A's metadata comes with
+// it), read what it names into local memory and check it.
+int decode_worker(const std::string& host, uint16_t port, const std::string& key) {
   auto agent = kvbm::xfer::Agent::create("decode-worker");
   if (!agent) return die("B", agent.error());
+  auto desc = kvbm::fetch_descriptor(**agent, host, port, key);
+  if (!desc) return die("B", desc.error());
   auto local = kvbm::SystemAllocator().allocate(desc->size());
   if (!local) return die("B", local.error());
   if (auto st = kvbm::register_with_agent(*local, **agent); !st) return die("B", st.error());
-  if (auto peer = (*agent)->fetch_remote_metadata("127.0.0.1", port); !peer)
-    return die("B", peer.error());
 
   auto local_desc = kvbm::remote_storage_of(*local)->to_desc_list();
   auto req = (*agent)->create_request(kvbm::xfer::Op::Read, local_desc, desc->to_desc_list(),
@@ -60,25 +61,11 @@ int decode_worker(uint16_t port, const std::string& descriptor_bytes) {
   return same ? 0 : 1;
 }
 
-std::string to_hex(const std::string& bytes) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned char c : bytes) out += {digits[c >> 4], digits[c & 15]};
-  return out;
-}
-
-std::string from_hex(const std::string& hex) {
-  std::string out;
-  for (size_t i = 0; i + 1 < hex.size(); i += 2)
-    out += static_cast<char>(std::stoi(hex.substr(i, 2), nullptr, 16));
-  return out;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc == 4 && std::string(argv[1]) == "decode") {
-    return decode_worker(static_cast<uint16_t>(std::stoi(argv[2])), from_hex(argv[3]));
+  if (argc == 5 && std::string(argv[1]) == "decode") {
+    return decode_worker(argv[2], static_cast<uint16_t>(std::stoi(argv[3])), argv[4]);
   }
 
   // A: the prefill worker owns the blocks.
@@ -94,14 +81,18 @@ int main(int argc, char** argv) {
   auto desc = kvbm::remote_descriptor_of(*blocks);
   if (!desc) return die("A", desc.error());
   desc->set_notif("blocks 0-63 received");
-  std::printf("A: descriptor %s\n", desc->to_json().c_str());
+  const std::string key = "prefill-worker/blocks-0-63";
+  if (auto st = kvbm::publish_descriptor(**agent, key, *desc); !st) return die("A", st.error());
+  std::printf("A: published under '%s' at 127.0.0.1:%u: %s\n", key.c_str(), unsigned{*port},
+              desc->to_json().c_str());
 
-  // B is another process: this program again, in its "decode" role.
+  // B is another process (this program again, in its "decode" role), told only where A
+  // listens and the key.
   std::fflush(stdout);
   pid_t child = fork();
   if (child == 0) {
-    execl("/proc/self/exe", argv[0], "decode", std::to_string(*port).c_str(),
-          to_hex(desc->to_bytes()).c_str(), nullptr);
+    execl("/proc/self/exe", argv[0], "decode", "127.0.0.1", std::to_string(*port).c_str(),
+          key.c_str(), nullptr);
     _exit(127);
   }
 

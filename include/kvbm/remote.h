@@ -2,6 +2,7 @@
 #pragma once
 
 #include "kvbm/remote/agent_registration.h"
+#include "kvbm/remote/descriptor_exchange.h"
 #include "kvbm/remote/remote_descriptor.h"
 #include "kvbm/remote/remote_storage.h"
 #include "kvbm/xfer/mem_type.h"

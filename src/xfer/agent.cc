@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstdio>
+#include <utility>
 
 #include "common/hex.h"
 #include "kvbm/cuda.h"
@@ -351,7 +352,8 @@ Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
     return err(ErrorCode::InvalidArgument, "agent '", name_, "' already listens on port ",
                side_channel_->port());
   }
-  auto server = SideChannelServer::start(host, port, [this] { return local_metadata(); });
+  auto server =
+      SideChannelServer::start(host, port, [this](const std::string& key) { return serve(key); });
   if (!server) return server.error();
   side_channel_ = std::move(*server);
   return side_channel_->port();
@@ -359,9 +361,76 @@ Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
 
 Result<std::string> AgentImpl::fetch_remote_metadata(const std::string& host, uint16_t port,
                                                      std::chrono::milliseconds timeout) {
-  auto bytes = fetch_blob(host, port, timeout, config_.max_metadata_bytes);
+  auto bytes = fetch_blob(host, port, "", timeout, config_.max_metadata_bytes);
   if (!bytes) return bytes.error();
   return load_remote_metadata(*bytes);
+}
+
+static_assert(Agent::kMaxPublishedKeyBytes == kMaxKeyBytes,
+              "a published key must fit a side-channel request");
+
+namespace {
+
+// An item key is what the side channel asks for; the empty key is the metadata's.
+Status check_item_key(const std::string& agent, const std::string& key) {
+  if (key.empty()) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent,
+               "': an item key must not be empty (the empty key names the metadata)");
+  }
+  if (key.size() > Agent::kMaxPublishedKeyBytes) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent, "': item key of ", key.size(),
+               " bytes exceeds ", Agent::kMaxPublishedKeyBytes);
+  }
+  return {};
+}
+
+}  // namespace
+
+Status AgentImpl::publish(const std::string& key, std::string bytes) {
+  KVBM_TRY(check_item_key(name_, key));
+  if (bytes.size() > config_.max_metadata_bytes) {
+    return err(ErrorCode::InvalidArgument, "agent '", name_, "': item '", key, "' of ",
+               bytes.size(), " bytes exceeds max_metadata_bytes ", config_.max_metadata_bytes);
+  }
+  auto item = std::make_shared<const std::string>(std::move(bytes));
+  std::shared_ptr<const std::string> old;  // freed outside the lock
+  std::lock_guard<std::mutex> lock(published_mu_);
+  old = std::exchange(published_[key], std::move(item));
+  return {};
+}
+
+Status AgentImpl::unpublish(const std::string& key) {
+  std::shared_ptr<const std::string> old;
+  {
+    std::lock_guard<std::mutex> lock(published_mu_);
+    auto it = published_.find(key);
+    if (it == published_.end()) {
+      return err(ErrorCode::NotFound, "no item '", key, "' published by agent '", name_, "'");
+    }
+    old = std::move(it->second);
+    published_.erase(it);
+  }
+  return {};
+}
+
+Result<std::string> AgentImpl::fetch_published(const std::string& host, uint16_t port,
+                                               const std::string& key,
+                                               std::chrono::milliseconds timeout) {
+  KVBM_TRY(check_item_key(name_, key));
+  return fetch_blob(host, port, key, timeout, config_.max_metadata_bytes);
+}
+
+Result<std::string> AgentImpl::serve(const std::string& key) const {
+  if (key.empty()) return local_metadata();
+  std::shared_ptr<const std::string> item;
+  {
+    std::lock_guard<std::mutex> lock(published_mu_);
+    auto it = published_.find(key);
+    if (it != published_.end()) item = it->second;
+  }
+  if (!item)
+    return err(ErrorCode::NotFound, "no item '", key, "' published by agent '", name_, "'");
+  return *item;
 }
 
 Result<std::unique_ptr<Request>> AgentImpl::create_request(

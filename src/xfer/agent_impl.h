@@ -78,6 +78,11 @@ class AgentImpl final : public Agent {
   Result<uint16_t> listen(const std::string& host, uint16_t port) override;
   Result<std::string> fetch_remote_metadata(const std::string& host, uint16_t port,
                                             std::chrono::milliseconds timeout) override;
+  Status publish(const std::string& key, std::string bytes) override;
+  Status unpublish(const std::string& key) override;
+  Result<std::string> fetch_published(const std::string& host, uint16_t port,
+                                      const std::string& key,
+                                      std::chrono::milliseconds timeout) override;
 
   Result<std::unique_ptr<Request>> create_request(Op op, const DescList& local,
                                                   const DescList& remote,
@@ -87,6 +92,9 @@ class AgentImpl final : public Agent {
   Status gen_notif(const std::string& agent, std::string_view message) override;
   std::vector<Notification> get_notifs() override;
   void progress() override;
+
+  // What the side channel serves under `key`: the metadata (empty key) or an item.
+  Result<std::string> serve(const std::string& key) const;
 
   // For requests and registrations.
   const AgentConfig& config() const { return config_; }
@@ -128,6 +136,10 @@ class AgentImpl final : public Agent {
 
   std::atomic<bool> stop_{false};
   std::thread progress_thread_;
+
+  mutable std::mutex published_mu_;
+  // Shared, so that serving one copies it outside the lock.
+  std::map<std::string, std::shared_ptr<const std::string>> published_;
 
   std::mutex listen_mu_;
   std::unique_ptr<SideChannelServer> side_channel_;

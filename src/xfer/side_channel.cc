@@ -1,6 +1,7 @@
 // The metadata side channel over TCP (side_channel.h): a server thread that multiplexes
-// its listen socket, an eventfd for shutdown and the connections it is still writing to
-// with poll(), and a client that bounds every step by one deadline.
+// its listen socket, an eventfd for shutdown and the connections it is still reading a
+// request from or writing a reply to with poll(), and a client that bounds every step
+// by one deadline.
 #include "xfer/side_channel.h"
 
 #include <netdb.h>
@@ -27,11 +28,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
+constexpr char kRequestMagic[8] = {'K', 'V', 'B', 'M', 'R', 'Q', '0', '1'};
 constexpr char kMagic[8] = {'K', 'V', 'B', 'M', 'M', 'D', '0', '1'};
 constexpr char kErrorMagic[8] = {'K', 'V', 'B', 'M', 'E', 'R', '0', '1'};
-constexpr size_t kHeaderBytes = 16;  // magic + little-endian uint64 length
+constexpr size_t kRequestHeaderBytes = 12;  // magic + little-endian uint32 key length
+constexpr size_t kHeaderBytes = 16;         // magic + little-endian uint64 length
 constexpr size_t kMaxErrorBytes = 4096;
-// Each connection must be written within this; a peer that stops reading is dropped.
+// Each connection must be read from and written to within this; a peer that sends no
+// request, or stops reading the reply, is dropped.
 constexpr auto kServeDeadline = std::chrono::seconds(5);
 // More pending connections wait in the listen backlog until a slot frees.
 constexpr size_t kMaxConnections = 64;
@@ -97,6 +101,16 @@ void put_le64(char* p, uint64_t v) {
   for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
 }
 
+void put_le32(char* p, uint32_t v) {
+  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
+}
+
+uint32_t get_le32(const char* p) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v |= uint32_t{static_cast<unsigned char>(p[i])} << (8 * i);
+  return v;
+}
+
 uint64_t get_le64(const char* p) {
   uint64_t v = 0;
   for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
@@ -133,22 +147,76 @@ struct Addresses {
   }
 };
 
-// One connection the server is still writing to: a 16-byte header, then the payload
-// (sent from where the provider put it, with no copy into one frame).
+// One connection the server is still serving: first it reads the request (a 12-byte
+// header, then the key) into a fixed buffer, then it writes the reply: a 16-byte header,
+// then the payload (sent from where the provider put it, with no copy into one frame).
 struct Connection {
   Fd fd;
+  Clock::time_point deadline;  // for request and reply together
+
+  char request[kRequestHeaderBytes + kMaxKeyBytes];
+  size_t received = 0;  // of the request
+  bool replying = false;
+
   char header[kHeaderBytes];
   std::string payload;
   size_t sent = 0;  // of header + payload
-  Clock::time_point deadline;
 
-  Connection(Fd f, const char (&magic)[8], std::string p, Clock::time_point d)
-      : fd(std::move(f)), payload(std::move(p)), deadline(d) {
+  Connection(Fd f, Clock::time_point d) : fd(std::move(f)), deadline(d) {}
+
+  // The request's length once its header is in (the header alone until then).
+  size_t request_total() const {
+    if (received < kRequestHeaderBytes) return kRequestHeaderBytes;
+    return kRequestHeaderBytes + get_le32(request + 8);
+  }
+  std::string key() const {
+    return std::string(request + kRequestHeaderBytes, received - kRequestHeaderBytes);
+  }
+  void reply(const char (&magic)[8], std::string p) {
+    replying = true;
+    payload = std::move(p);
     std::memcpy(header, magic, 8);
     put_le64(header + 8, payload.size());
   }
   size_t total() const { return kHeaderBytes + payload.size(); }
 };
+
+enum class ReadState { Complete, Pending, Malformed, Failed };
+
+// Reads what is still missing of the request, never past its end (so that closing the
+// connection later does not discard unread bytes with a reset). Malformed leaves the
+// reason in `why`.
+ReadState read_request(Connection& c, std::string& why) {
+  for (;;) {
+    const size_t want = c.request_total();
+    if (c.received == want) return ReadState::Complete;
+    const ssize_t n = ::recv(c.fd.get(), c.request + c.received, want - c.received, 0);
+    if (n > 0) {
+      c.received += static_cast<size_t>(n);
+      if (c.received != kRequestHeaderBytes) continue;
+      if (std::memcmp(c.request, kRequestMagic, 8) != 0) {
+        why = "wrong request magic '" + printable(std::string_view(c.request, 8)) +
+              "' (expected 'KVBMRQ01')";
+        return ReadState::Malformed;
+      }
+      if (const uint32_t len = get_le32(c.request + 8); len > kMaxKeyBytes) {
+        why = "request key of " + std::to_string(len) + " bytes exceeds " +
+              std::to_string(kMaxKeyBytes);
+        return ReadState::Malformed;
+      }
+    } else if (n == 0) {
+      why = "request ended after " + std::to_string(c.received) + " of " + std::to_string(want) +
+            " bytes";
+      return ReadState::Malformed;  // half-closed: the client may still read why
+    } else if (errno == EINTR) {
+      continue;
+    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
+      return ReadState::Pending;
+    } else {
+      return ReadState::Failed;  // reset: nobody to answer
+    }
+  }
+}
 
 enum class SendState { Done, Pending, Failed };
 
@@ -178,6 +246,47 @@ SendState send_some(Connection& c) {
     }
   }
   return SendState::Done;
+}
+
+// The reply to a complete request: the provider's bytes for its key, or its error's text.
+void answer(Connection& c, const SideChannelServer::Provider& provider) {
+  // A provider that throws must not take the thread (and the process) down.
+  std::string text;
+  try {
+    Result<std::string> blob = provider(c.key());
+    if (blob) {
+      c.reply(kMagic, std::move(*blob));
+      return;
+    }
+    text = blob.error().to_string();
+  } catch (const std::exception& e) {
+    text = std::string("provider threw: ") + e.what();
+  } catch (...) {
+    text = "provider threw";
+  }
+  if (text.size() > kMaxErrorBytes) text.resize(kMaxErrorBytes);
+  c.reply(kErrorMagic, std::move(text));
+}
+
+// Moves a connection on as far as it goes without blocking: reads the request, asks the
+// provider, sends the reply. Done or Failed: the connection is finished with.
+SendState advance(Connection& c, const SideChannelServer::Provider& provider) {
+  if (!c.replying) {
+    std::string why;
+    switch (read_request(c, why)) {
+      case ReadState::Pending:
+        return SendState::Pending;
+      case ReadState::Failed:
+        return SendState::Failed;
+      case ReadState::Malformed:
+        c.reply(kErrorMagic, "bad request: " + why);
+        break;
+      case ReadState::Complete:
+        answer(c, provider);
+        break;
+    }
+  }
+  return send_some(c);
 }
 
 }  // namespace
@@ -278,7 +387,7 @@ void SideChannelServer::serve() {
     fds.push_back({wake_fd_, POLLIN, 0});
     fds.push_back({listening ? listen_fd_ : -1, POLLIN, 0});  // poll() skips a negative fd
     for (const auto& c : connections) {
-      fds.push_back({c.fd.get(), POLLOUT, 0});
+      fds.push_back({c.fd.get(), static_cast<short>(c.replying ? POLLOUT : POLLIN), 0});
       wake_at = std::min(wake_at, c.deadline);
     }
     const int n = ::poll(fds.data(), fds.size(), poll_ms(wake_at));
@@ -294,10 +403,17 @@ void SideChannelServer::serve() {
     for (size_t i = connections.size(); i-- > 0;) {
       auto& c = connections[i];
       SendState state = SendState::Pending;
-      if (fds[2 + i].revents != 0) state = send_some(c);
+      if (fds[2 + i].revents != 0) state = advance(c, provider_);
       if (state == SendState::Pending && after_poll >= c.deadline) {
-        log(LogLevel::Debug, "side channel: dropped a client that read " + std::to_string(c.sent) +
-                                 " of " + std::to_string(c.total()) + " bytes in time");
+        if (c.replying) {
+          log(LogLevel::Debug, "side channel: dropped a client that read " +
+                                   std::to_string(c.sent) + " of " + std::to_string(c.total()) +
+                                   " bytes in time");
+        } else {
+          log(LogLevel::Debug, "side channel: dropped a client that sent " +
+                                   std::to_string(c.received) + " of " +
+                                   std::to_string(c.request_total()) + " request bytes in time");
+        }
         state = SendState::Failed;
       }
       if (state != SendState::Pending)
@@ -316,29 +432,10 @@ void SideChannelServer::serve() {
         }
         break;
       }
-      const auto deadline = Clock::now() + kServeDeadline;
-      // A provider that throws must not take the thread (and the process) down.
-      std::string text;
-      bool served = false;
-      try {
-        Result<std::string> blob = provider_();
-        if (blob) {
-          connections.emplace_back(std::move(fd), kMagic, std::move(*blob), deadline);
-          served = true;
-        } else {
-          text = blob.error().to_string();
-        }
-      } catch (const std::exception& e) {
-        text = std::string("provider threw: ") + e.what();
-      } catch (...) {
-        text = "provider threw";
-      }
-      if (!served) {
-        if (text.size() > kMaxErrorBytes) text.resize(kMaxErrorBytes);
-        connections.emplace_back(std::move(fd), kErrorMagic, std::move(text), deadline);
-      }
-      // Most frames fit in the socket buffer at once; only the rest wait for poll().
-      if (send_some(connections.back()) != SendState::Pending) connections.pop_back();
+      connections.emplace_back(std::move(fd), Clock::now() + kServeDeadline);
+      // The request may be in already, and most replies fit in the socket buffer at
+      // once; only the rest wait for poll().
+      if (advance(connections.back(), provider_) != SendState::Pending) connections.pop_back();
     }
   }
 }
@@ -376,15 +473,48 @@ Result<size_t> read_some(int fd, char* buf, size_t len, Clock::time_point deadli
   return got;
 }
 
+// Writes all of `bytes` by the deadline.
+Status write_all(int fd, std::string_view bytes, Clock::time_point deadline,
+                 std::chrono::milliseconds timeout, const std::string& where) {
+  size_t sent = 0;
+  while (sent < bytes.size()) {
+    const ssize_t n =
+        ::send(fd, bytes.data() + sent, bytes.size() - sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      sent += static_cast<size_t>(n);
+      continue;
+    }
+    const int e = errno;
+    if (n < 0 && e == EINTR) continue;
+    if (n < 0 && e != EAGAIN && e != EWOULDBLOCK) {
+      return err(ErrorCode::Io, "side channel ", where, ": sending the request: ", errno_text(e));
+    }
+    const int ready = wait_for(fd, POLLOUT, deadline);
+    if (ready == 0) {
+      return err(ErrorCode::Timeout, "side channel ", where, ": request not sent within ",
+                 timeout.count(), " ms");
+    }
+    if (ready < 0) {
+      return err(ErrorCode::Io, "side channel ", where, ": poll: ", errno_text(errno));
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
-Result<std::string> fetch_blob(const std::string& host, uint16_t port,
+Result<std::string> fetch_blob(const std::string& host, uint16_t port, std::string_view key,
                                std::chrono::milliseconds timeout, size_t max_bytes) {
   const std::string where = endpoint(host, port);
   if (timeout.count() <= 0) {
     return err(ErrorCode::InvalidArgument, "side channel ", where, ": timeout ", timeout.count(),
                " ms must be > 0");
   }
+  if (key.size() > kMaxKeyBytes) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": key of ", key.size(),
+               " bytes exceeds ", kMaxKeyBytes);
+  }
+  const std::string what = key.empty() ? "the metadata" : "item '" + printable(key) + "'";
   const auto deadline = Clock::now() + timeout;
 
   addrinfo hints{};
@@ -436,6 +566,12 @@ Result<std::string> fetch_blob(const std::string& host, uint16_t port,
   }
   if (!fd) return err(ErrorCode::Io, "side channel ", where, ": connect: ", last_error);
 
+  std::string request(kRequestHeaderBytes + key.size(), '\0');
+  std::memcpy(request.data(), kRequestMagic, 8);
+  put_le32(request.data() + 8, static_cast<uint32_t>(key.size()));
+  std::memcpy(request.data() + kRequestHeaderBytes, key.data(), key.size());
+  KVBM_TRY(write_all(fd.get(), request, deadline, timeout, where));
+
   char header[kHeaderBytes];
   auto got = read_some(fd.get(), header, kHeaderBytes, deadline, timeout, where, "header");
   KVBM_TRY(got);
@@ -454,8 +590,8 @@ Result<std::string> fetch_blob(const std::string& host, uint16_t port,
     auto n = read_some(fd.get(), text.data(), len, deadline, timeout, where, "error text");
     KVBM_TRY(n);
     text.resize(*n);
-    return err(ErrorCode::Remote, "side channel ", where,
-               ": the server could not provide it: ", printable(text));
+    return err(ErrorCode::Remote, "side channel ", where, ": the server could not provide ", what,
+               ": ", printable(text));
   }
   if (std::memcmp(header, kMagic, 8) != 0) {
     return err(ErrorCode::InvalidArgument, "side channel ", where, ": wrong magic '",

@@ -1,11 +1,14 @@
-// Process B of the remote end-to-end test (tests/integration/remote_e2e_test.cc): given
-// a RemoteDescriptor from process A, it fetches A's agent metadata over the side channel,
-// READs the described bytes into its own registered memory (delivering the descriptor's
+// Process B of the remote end-to-end test (tests/integration/remote_e2e_test.cc): told
+// only where process A listens and under which key A published a RemoteDescriptor, it
+// fetches the descriptor and A's agent metadata over A's side channel, READs the
+// described bytes into its own registered memory (delivering the descriptor's
 // notification), and checks every byte. Commands on stdin, one per line, replies on stdout:
-//   read bytes|json HEX PORT SEED POFF
+//   read bytes|json HOST PORT KEY SEED POFF [reload]
 //        -> OK <size> | BAD <index> | ERR <error>
-//           (HEX: the descriptor's to_bytes() or to_json(), hex-encoded; the bytes must
-//            equal pattern SEED starting at pattern offset POFF)
+//           (bytes: the item is the descriptor's to_bytes(), fetched with
+//            fetch_descriptor; json: its to_json(), fetched with Agent::fetch_published;
+//            reload: load A's metadata afresh even if B knows A; the bytes must equal
+//            pattern SEED starting at pattern offset POFF)
 //   quit
 // Usage: remote_peer NAME
 #include <cstdint>
@@ -23,44 +26,38 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::optional<std::string> from_hex(const std::string& hex) {
-  if (hex.size() % 2 != 0) return std::nullopt;
-  std::string out;
-  for (size_t i = 0; i < hex.size(); i += 2) {
-    int v = 0;
-    for (char c : hex.substr(i, 2)) {
-      v <<= 4;
-      if (c >= '0' && c <= '9')
-        v |= c - '0';
-      else if (c >= 'a' && c <= 'f')
-        v |= c - 'a' + 10;
-      else
-        return std::nullopt;
-    }
-    out += static_cast<char>(v);
+// The JSON form through the agent's own calls: the item, then A's metadata if needed.
+Result<RemoteDescriptor> fetch_json_descriptor(xfer::Agent& agent, const std::string& host,
+                                               uint16_t port, const std::string& key, bool reload) {
+  auto text = agent.fetch_published(host, port, key, 30s);
+  if (!text) return text.error();
+  auto desc = RemoteDescriptor::from_json(*text);
+  if (!desc) return desc.error();
+  if (reload || !agent.has_remote(desc->agent_name())) {
+    auto peer = agent.fetch_remote_metadata(host, port, 30s);
+    if (!peer) return peer.error();
   }
-  return out;
+  return desc;
 }
 
 std::string read_command(xfer::Agent& agent, std::istringstream& in) {
-  std::string form, hex;
+  std::string form, host, key, flag;
   unsigned port = 0;
   uint64_t seed = 0;
   size_t poff = 0;
-  if (!(in >> form >> hex >> port >> seed >> poff)) return "ERR usage";
-  auto text = from_hex(hex);
-  if (!text) return "ERR bad hex";
-  auto desc =
-      form == "json" ? RemoteDescriptor::from_json(*text) : RemoteDescriptor::from_bytes(*text);
+  if (!(in >> form >> host >> port >> key >> seed >> poff) || port > UINT16_MAX) return "ERR usage";
+  in >> flag;
+  const bool reload = flag == "reload";
+  auto desc = form == "json"
+                  ? fetch_json_descriptor(agent, host, static_cast<uint16_t>(port), key, reload)
+                  : fetch_descriptor(agent, host, static_cast<uint16_t>(port), key, 30s,
+                                     reload ? OwnerMetadata::Reload : OwnerMetadata::LoadIfUnknown);
   if (!desc) return "ERR " + desc.error().to_string();
   if (desc->size() == 0 || desc->size() > (size_t{1} << 30)) return "ERR size";
 
   auto local = SystemAllocator().allocate(desc->size());
   if (!local) return "ERR " + local.error().to_string();
   if (auto st = register_with_agent(*local, agent); !st) return "ERR " + st.error().to_string();
-  // Fresh metadata for every read: A's registrations may have changed.
-  if (auto peer = agent.fetch_remote_metadata("127.0.0.1", static_cast<uint16_t>(port)); !peer)
-    return "ERR " + peer.error().to_string();
   auto req = agent.create_request(xfer::Op::Read, remote_storage_of(*local)->to_desc_list(),
                                   desc->to_desc_list(), desc->agent_name(), desc->notif());
   if (!req) return "ERR " + req.error().to_string();

@@ -2,8 +2,10 @@
 // request argument, metadata errors, loopback transfers, notifications, lifecycles.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
@@ -258,6 +260,117 @@ TEST(AgentSideChannel, FetchErrors) {
   b.reset();  // listener gone with its agent
   EXPECT_ERROR(a->fetch_remote_metadata("127.0.0.1", *port, 2s), ErrorCode::Io, "");
   EXPECT_ERROR(a->listen("256.1.1.1", 0), ErrorCode::InvalidArgument, "256.1.1.1");
+}
+
+TEST(AgentPublish, PublishFetchReplaceUnpublish) {
+  auto a = make_agent("a"), b = make_agent("b");
+  ASSERT_TRUE(b->publish("early", "published before listen").ok());
+  auto port = b->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok()) << port.error().to_string();
+  auto early = a->fetch_published("127.0.0.1", *port, "early");
+  ASSERT_TRUE(early.ok()) << early.error().to_string();
+  EXPECT_EQ(*early, "published before listen");
+  EXPECT_FALSE(a->has_remote("b")) << "fetching an item loads no metadata";
+
+  const std::string v1("v1\0\xff", 4);
+  ASSERT_TRUE(b->publish("k", v1).ok());
+  EXPECT_EQ(a->fetch_published("127.0.0.1", *port, "k").value(), v1) << "bytes are exact";
+  ASSERT_TRUE(b->publish("k", "v2").ok());  // replaces
+  EXPECT_EQ(a->fetch_published("127.0.0.1", *port, "k").value(), "v2");
+  ASSERT_TRUE(b->publish("empty", "").ok());
+  EXPECT_EQ(a->fetch_published("127.0.0.1", *port, "empty").value(), "");
+  const std::string longest(Agent::kMaxPublishedKeyBytes, 'L');
+  ASSERT_TRUE(b->publish(longest, "long").ok());
+  EXPECT_EQ(a->fetch_published("127.0.0.1", *port, longest).value(), "long");
+  // The same listener still serves the metadata; an agent can read its own items.
+  EXPECT_EQ(a->fetch_remote_metadata("127.0.0.1", *port).value(), "b");
+  EXPECT_EQ(b->fetch_published("127.0.0.1", *port, "k").value(), "v2");
+
+  ASSERT_TRUE(b->unpublish("k").ok());
+  EXPECT_ERROR(a->fetch_published("127.0.0.1", *port, "k"), ErrorCode::Remote,
+               "no item 'k' published by agent 'b'");
+  EXPECT_ERROR(b->unpublish("k"), ErrorCode::NotFound, "no item 'k' published by agent 'b'");
+  EXPECT_EQ(a->fetch_published("127.0.0.1", *port, "early").value(), "published before listen");
+}
+
+TEST(AgentPublish, RejectsBadKeysAndSizes) {
+  AgentConfig small;
+  small.max_metadata_bytes = 1024;
+  auto a = make_agent("a", small);
+  EXPECT_ERROR(a->publish("", "x"), ErrorCode::InvalidArgument, "must not be empty");
+  EXPECT_ERROR(a->publish(std::string(257, 'k'), "x"), ErrorCode::InvalidArgument,
+               "item key of 257 bytes exceeds 256");
+  EXPECT_ERROR(a->publish("big", std::string(1025, 'x')), ErrorCode::InvalidArgument,
+               "item 'big' of 1025 bytes exceeds max_metadata_bytes 1024");
+  EXPECT_TRUE(a->publish("fits", std::string(1024, 'x')).ok());
+  EXPECT_ERROR(a->unpublish("never"), ErrorCode::NotFound,
+               "no item 'never' published by agent 'a'");
+  // Checked before any connection is tried (nobody listens on port 1).
+  EXPECT_ERROR(a->fetch_published("127.0.0.1", 1, ""), ErrorCode::InvalidArgument,
+               "must not be empty");
+  EXPECT_ERROR(a->fetch_published("127.0.0.1", 1, std::string(300, 'k')),
+               ErrorCode::InvalidArgument, "item key of 300 bytes exceeds 256");
+
+  // The reader's limit applies to what it fetches.
+  auto b = make_agent("b");
+  auto port = b->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  ASSERT_TRUE(b->publish("big", std::string(2048, 'x')).ok());
+  EXPECT_ERROR(a->fetch_published("127.0.0.1", *port, "big"), ErrorCode::InvalidArgument,
+               "declared length 2048 exceeds max_bytes 1024");
+}
+
+TEST(AgentPublish, FetchErrors) {
+  auto a = make_agent("a");
+  auto b = make_agent("b");
+  auto port = b->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  ASSERT_TRUE(b->publish("k", "v").ok());
+  EXPECT_ERROR(a->fetch_published("127.0.0.1", *port, "k", 0ms), ErrorCode::InvalidArgument,
+               "timeout 0 ms");
+  EXPECT_ERROR(a->fetch_published("300.1.2.3", *port, "k"), ErrorCode::InvalidArgument,
+               "300.1.2.3");
+  b.reset();  // the listener, and the items, go with the agent
+  EXPECT_ERROR(a->fetch_published("127.0.0.1", *port, "k", 2s), ErrorCode::Io,
+               "127.0.0.1:" + std::to_string(*port));
+}
+
+TEST(AgentPublish, ConcurrentPublishersAndFetchers) {
+  auto a = make_agent("a"), b = make_agent("b");
+  auto port = b->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port.ok());
+  std::atomic<bool> stop{false};
+  std::atomic<int> bad{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string key = "key" + std::to_string(t);
+      for (int i = 0; !stop; ++i) {
+        if (i % 3 == 2) {
+          (void)b->unpublish(key);  // NotFound when the last round unpublished it too
+        } else if (!b->publish(key, key + "=" + std::to_string(i)).ok()) {
+          ++bad;
+        }
+        std::this_thread::sleep_for(50us);
+      }
+    });
+  }
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string key = "key" + std::to_string(t);
+      for (int i = 0; i < 40; ++i) {
+        auto got = a->fetch_published("127.0.0.1", *port, key);
+        // Either a whole value for that key, or "not published (at that moment)".
+        if (got ? got->rfind(key + "=", 0) != 0 : got.code() != ErrorCode::Remote) ++bad;
+      }
+    });
+  }
+  threads[2].join();
+  threads[3].join();
+  stop = true;
+  threads[0].join();
+  threads[1].join();
+  EXPECT_EQ(bad.load(), 0);
 }
 
 }  // namespace

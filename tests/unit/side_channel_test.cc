@@ -1,5 +1,6 @@
-// The metadata side channel: serving and fetching, provider failures, and peers that
-// refuse, stall, lie about lengths or vanish. Loopback only.
+// The metadata side channel: serving and fetching by key, provider failures, malformed
+// requests, and peers that refuse, stall, stay silent, lie about lengths or vanish.
+// Loopback only.
 #include "xfer/side_channel.h"
 
 #include <arpa/inet.h>
@@ -13,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <random>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -39,6 +41,17 @@ std::string le64(uint64_t v) {
   std::string s(8, '\0');
   for (int i = 0; i < 8; ++i) s[i] = static_cast<char>(v >> (8 * i));
   return s;
+}
+
+std::string le32(uint32_t v) {
+  std::string s(4, '\0');
+  for (int i = 0; i < 4; ++i) s[i] = static_cast<char>(v >> (8 * i));
+  return s;
+}
+
+// The request a client sends for `key` (empty: the metadata).
+std::string request_for(const std::string& key) {
+  return "KVBMRQ01" + le32(static_cast<uint32_t>(key.size())) + key;
 }
 
 // A plain TCP socket on 127.0.0.1 (any port), for playing a misbehaving peer.
@@ -75,6 +88,16 @@ class RawSocket {
     a.sin_port = htons(port);
     return ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
   }
+  // Bounds each blocking recv, so that a server that never closes fails the test
+  // rather than hanging it.
+  void set_recv_timeout(std::chrono::seconds limit) {
+    const timeval tv{static_cast<time_t>(limit.count()), 0};
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  }
+  bool send_all(const std::string& bytes) {
+    return ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+  }
   // Reads until EOF, error, or `limit` bytes; returns the count.
   size_t drain(size_t limit) {
     std::vector<char> buf(64 * 1024);
@@ -91,7 +114,36 @@ class RawSocket {
   int fd_;
 };
 
-// A fake server that answers one connection with `reply`, then closes it.
+// Connects to 127.0.0.1:port, sends `request` (then half-closes, if asked), and returns
+// everything the server writes before it closes (within 10 s).
+std::string exchange(uint16_t port, const std::string& request, bool half_close = false) {
+  RawSocket client;
+  EXPECT_TRUE(client.connect_to(port)) << std::strerror(errno);
+  EXPECT_TRUE(client.send_all(request)) << std::strerror(errno);
+  if (half_close) ::shutdown(client.fd(), SHUT_WR);
+  std::string got;
+  char buf[4096];
+  for (const auto until = Clock::now() + 10s; Clock::now() < until;) {
+    pollfd p{client.fd(), POLLIN, 0};
+    if (::poll(&p, 1, 100) != 1) continue;
+    const ssize_t n = ::recv(client.fd(), buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  return got;
+}
+
+// The text of an error reply ("KVBMER01", length, text), or "<not an error reply: ...>".
+std::string error_text(const std::string& reply) {
+  if (reply.size() < 16 || reply.compare(0, 8, "KVBMER01") != 0 ||
+      reply.substr(8, 8) != le64(reply.size() - 16)) {
+    return "<not an error reply: " + std::to_string(reply.size()) + " bytes>";
+  }
+  return reply.substr(16);
+}
+
+// A fake server that reads one connection's request, answers it with `reply`, then
+// closes it. request() is what it read (after the fake is done: call join() first).
 class FakeServer {
  public:
   explicit FakeServer(std::string reply) : port_(listener_.listen_any()) {
@@ -100,46 +152,64 @@ class FakeServer {
       if (::poll(&p, 1, 5000) != 1) return;
       const int c = ::accept(listener_.fd(), nullptr, nullptr);
       if (c < 0) return;
+      const timeval limit{5, 0};
+      ::setsockopt(c, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+      char header[12];
+      if (::recv(c, header, sizeof header, MSG_WAITALL) == 12) {
+        request_.assign(header, 12);
+        uint32_t len = 0;
+        for (int i = 0; i < 4; ++i)
+          len |= uint32_t{static_cast<unsigned char>(header[8 + i])} << (8 * i);
+        std::string key(std::min<uint32_t>(len, 4096), '\0');
+        // No recv of 0 bytes: it would wait for data that never comes.
+        const ssize_t n = key.empty() ? 0 : ::recv(c, key.data(), key.size(), MSG_WAITALL);
+        if (n > 0) request_.append(key.data(), static_cast<size_t>(n));
+      }
       [[maybe_unused]] ssize_t n = ::send(c, reply.data(), reply.size(), MSG_NOSIGNAL);
       ::close(c);
     });
   }
-  ~FakeServer() { thread_.join(); }
+  ~FakeServer() { join(); }
+  void join() {
+    if (thread_.joinable()) thread_.join();
+  }
   uint16_t port() const { return port_; }
+  const std::string& request() const { return request_; }
 
  private:
   RawSocket listener_;
   uint16_t port_;
   std::thread thread_;
+  std::string request_;
 };
 
 TEST(SideChannel, ServesAndFetches) {
   const std::string blob("meta\0data\xff", 10);
-  auto server = serve([&]() -> Result<std::string> { return blob; });
+  auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
   EXPECT_NE(server->port(), 0);
-  auto got = fetch_blob("127.0.0.1", server->port(), 2s, 1024);
+  auto got = fetch_blob("127.0.0.1", server->port(), "", 2s, 1024);
   ASSERT_TRUE(got.ok()) << got.error().to_string();
   EXPECT_EQ(*got, blob);
 }
 
 TEST(SideChannel, ServesEmptyAndLargeBlobs) {
   std::string blob;
-  auto server = serve([&]() -> Result<std::string> { return blob; });
+  auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
-  auto empty = fetch_blob("127.0.0.1", server->port(), 2s, 0);
+  auto empty = fetch_blob("127.0.0.1", server->port(), "", 2s, 0);
   ASSERT_TRUE(empty.ok()) << empty.error().to_string();
   EXPECT_EQ(*empty, "");
 
   blob.resize(9 * kMiB + 7);
   testing::fill_pattern(blob.data(), blob.size(), 42);
-  auto large = fetch_blob("127.0.0.1", server->port(), 10s, blob.size());
+  auto large = fetch_blob("127.0.0.1", server->port(), "", 10s, blob.size());
   ASSERT_TRUE(large.ok()) << large.error().to_string();
   EXPECT_EQ(*large, blob);
 }
 
 TEST(SideChannel, PortZeroPicksDistinctFreePorts) {
-  auto provider = []() -> Result<std::string> { return std::string("x"); };
+  auto provider = [](const std::string&) -> Result<std::string> { return std::string("x"); };
   auto a = serve(provider);
   auto b = serve(provider);
   ASSERT_TRUE(a && b);
@@ -152,37 +222,39 @@ TEST(SideChannel, PortZeroPicksDistinctFreePorts) {
 
 TEST(SideChannel, ProviderRunsPerConnection) {
   std::atomic<int> calls{0};
-  auto server = serve([&]() -> Result<std::string> { return std::to_string(++calls); });
+  auto server =
+      serve([&](const std::string&) -> Result<std::string> { return std::to_string(++calls); });
   ASSERT_TRUE(server);
-  EXPECT_EQ(*fetch_blob("127.0.0.1", server->port(), 2s, 16), "1");
-  EXPECT_EQ(*fetch_blob("127.0.0.1", server->port(), 2s, 16), "2");
+  EXPECT_EQ(*fetch_blob("127.0.0.1", server->port(), "", 2s, 16), "1");
+  EXPECT_EQ(*fetch_blob("127.0.0.1", server->port(), "", 2s, 16), "2");
 }
 
 TEST(SideChannel, ProviderErrorReachesTheClient) {
-  auto server =
-      serve([]() -> Result<std::string> { return err(ErrorCode::NotFound, "no metadata yet"); });
+  auto server = serve([](const std::string&) -> Result<std::string> {
+    return err(ErrorCode::NotFound, "no metadata yet");
+  });
   ASSERT_TRUE(server);
   const auto where = "127.0.0.1:" + std::to_string(server->port());
-  auto got = fetch_blob("127.0.0.1", server->port(), 2s, 1024);
+  auto got = fetch_blob("127.0.0.1", server->port(), "", 2s, 1024);
   EXPECT_ERROR(got, ErrorCode::Remote, "NotFound: no metadata yet");
   EXPECT_ERROR(got, ErrorCode::Remote, where);
 }
 
 TEST(SideChannel, ProviderThatThrowsDoesNotStopTheServer) {
   std::atomic<int> calls{0};
-  auto server = serve([&]() -> Result<std::string> {
+  auto server = serve([&](const std::string&) -> Result<std::string> {
     if (calls++ == 0) throw std::runtime_error("boom");
     return std::string("fine");
   });
   ASSERT_TRUE(server);
-  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), 2s, 1024), ErrorCode::Remote, "boom");
-  auto again = fetch_blob("127.0.0.1", server->port(), 2s, 1024);
+  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), "", 2s, 1024), ErrorCode::Remote, "boom");
+  auto again = fetch_blob("127.0.0.1", server->port(), "", 2s, 1024);
   ASSERT_TRUE(again.ok()) << again.error().to_string();
   EXPECT_EQ(*again, "fine");
 }
 
 TEST(SideChannel, StartRejectsBadArguments) {
-  auto provider = []() -> Result<std::string> { return std::string("x"); };
+  auto provider = [](const std::string&) -> Result<std::string> { return std::string("x"); };
   EXPECT_ERROR(SideChannelServer::start("", 0, provider), ErrorCode::InvalidArgument, "empty host");
   EXPECT_ERROR(SideChannelServer::start("127.0.0.1", 0, nullptr), ErrorCode::InvalidArgument,
                "no provider");
@@ -193,15 +265,15 @@ TEST(SideChannel, StartRejectsBadArguments) {
 }
 
 TEST(SideChannel, FetchRejectsBadArguments) {
-  EXPECT_ERROR(fetch_blob("127.0.0.1", 1, 0ms, 16), ErrorCode::InvalidArgument, "timeout 0 ms");
-  EXPECT_ERROR(fetch_blob("300.1.2.3", 1, 1s, 16), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", 1, "", 0ms, 16), ErrorCode::InvalidArgument, "timeout 0 ms");
+  EXPECT_ERROR(fetch_blob("300.1.2.3", 1, "", 1s, 16), ErrorCode::InvalidArgument,
                "cannot resolve '300.1.2.3'");
 }
 
 TEST(SideChannel, ConnectRefusedIsIo) {
   RawSocket holder;  // bound, not listening: the port stays ours and refuses connections
   const uint16_t port = holder.bind_any();
-  EXPECT_ERROR(fetch_blob("127.0.0.1", port, 2s, 16), ErrorCode::Io,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", port, "", 2s, 16), ErrorCode::Io,
                "127.0.0.1:" + std::to_string(port) + ": connect: Connection refused");
 }
 
@@ -209,7 +281,7 @@ TEST(SideChannel, ServerThatNeverAnswersTimesOut) {
   RawSocket listener;  // the kernel completes the handshake; nobody ever accepts
   const uint16_t port = listener.listen_any();
   const auto t0 = Clock::now();
-  auto got = fetch_blob("127.0.0.1", port, 300ms, 16);
+  auto got = fetch_blob("127.0.0.1", port, "", 300ms, 16);
   const auto elapsed = Clock::now() - t0;
   EXPECT_ERROR(got, ErrorCode::Timeout, "127.0.0.1:" + std::to_string(port));
   EXPECT_ERROR(got, ErrorCode::Timeout, "within 300 ms");
@@ -219,13 +291,13 @@ TEST(SideChannel, ServerThatNeverAnswersTimesOut) {
 
 TEST(SideChannel, WrongMagicIsRejected) {
   FakeServer fake("BADMAGIC" + le64(3) + "abc");
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), 2s, 16), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 16), ErrorCode::InvalidArgument,
                "wrong magic 'BADMAGIC'");
 }
 
 TEST(SideChannel, OversizedDeclaredLengthIsRejected) {
   FakeServer fake("KVBMMD01" + le64(uint64_t{1} << 40));
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), 2s, 4096), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 4096), ErrorCode::InvalidArgument,
                "declared length 1099511627776 exceeds max_bytes 4096");
 }
 
@@ -233,32 +305,32 @@ TEST(SideChannel, LyingLengthWithoutLimitFailsWithoutAllocatingIt) {
   // max_bytes allows it, the peer sends 5 bytes of a declared 2^62: a short payload, not
   // a 4 EiB allocation.
   FakeServer fake("KVBMMD01" + le64(uint64_t{1} << 62) + "hello");
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), 2s, std::numeric_limits<size_t>::max()),
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, std::numeric_limits<size_t>::max()),
                ErrorCode::InvalidArgument, "after 5 of 4611686018427387904 payload bytes");
 }
 
 TEST(SideChannel, ShortPayloadIsRejected) {
   FakeServer fake("KVBMMD01" + le64(100) + std::string(10, 'p'));
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), 2s, 4096), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 4096), ErrorCode::InvalidArgument,
                "after 10 of 100 payload bytes");
 }
 
 TEST(SideChannel, ShortHeaderIsRejected) {
   FakeServer fake("KVBMMD01" + std::string("\x05\x00", 2));
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), 2s, 4096), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 4096), ErrorCode::InvalidArgument,
                "after 10 of 16 header bytes");
 }
 
 TEST(SideChannel, OversizedErrorTextIsRejected) {
   FakeServer fake("KVBMER01" + le64(1 << 20));
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), 2s, 4096), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 4096), ErrorCode::InvalidArgument,
                "error text of 1048576 bytes exceeds 4096");
 }
 
 TEST(SideChannel, ManyConcurrentFetches) {
   // More clients than the server's 64 connection slots: the rest wait in the backlog.
   const std::string blob(64 * 1024, 'm');
-  auto server = serve([&]() -> Result<std::string> { return blob; });
+  auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
   constexpr int kThreads = 100;
   std::atomic<int> good{0};
@@ -266,7 +338,7 @@ TEST(SideChannel, ManyConcurrentFetches) {
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
       for (int i = 0; i < 5; ++i) {
-        auto got = fetch_blob("127.0.0.1", server->port(), 20s, blob.size());
+        auto got = fetch_blob("127.0.0.1", server->port(), "", 20s, blob.size());
         if (got && *got == blob) ++good;
       }
     });
@@ -279,15 +351,16 @@ TEST(SideChannel, StuckClientDoesNotBlockOthers) {
   // Far more than the socket buffers of a client that does not read hold, so the server
   // cannot finish sending to it.
   std::string blob(16 * kMiB, 's');
-  auto server = serve([&]() -> Result<std::string> { return blob; });
+  auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
   RawSocket stuck;
   ASSERT_TRUE(stuck.connect_to(server->port()));
+  ASSERT_TRUE(stuck.send_all(request_for("")));
   std::this_thread::sleep_for(100ms);  // let the server accept it and fill its buffers
 
   // Served alongside, not after the stuck one is dropped (5 s).
   const auto t0 = Clock::now();
-  auto got = fetch_blob("127.0.0.1", server->port(), 10s, blob.size());
+  auto got = fetch_blob("127.0.0.1", server->port(), "", 10s, blob.size());
   ASSERT_TRUE(got.ok()) << got.error().to_string();
   EXPECT_EQ(got->size(), blob.size());
   EXPECT_LT(Clock::now() - t0, 4s);
@@ -295,10 +368,11 @@ TEST(SideChannel, StuckClientDoesNotBlockOthers) {
 
 TEST(SideChannel, StuckClientIsDroppedAfterTheServeDeadline) {
   std::string blob(16 * kMiB, 's');
-  auto server = serve([&]() -> Result<std::string> { return blob; });
+  auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
   RawSocket stuck;
   ASSERT_TRUE(stuck.connect_to(server->port()));
+  ASSERT_TRUE(stuck.send_all(request_for("")));
   std::this_thread::sleep_for(6s);  // past the server's 5 s per connection
   // The server has closed the connection: reading ends early, well short of the blob.
   const size_t got = stuck.drain(blob.size() + 16);
@@ -308,13 +382,14 @@ TEST(SideChannel, StuckClientIsDroppedAfterTheServeDeadline) {
 TEST(SideChannel, DestructionWithAClientConnectedIsPrompt) {
   std::string blob(16 * kMiB, 'd');
   std::atomic<bool> served{false};
-  auto server = serve([&]() -> Result<std::string> {
+  auto server = serve([&](const std::string&) -> Result<std::string> {
     served = true;
     return blob;
   });
   ASSERT_TRUE(server);
   RawSocket client;
   ASSERT_TRUE(client.connect_to(server->port()));
+  ASSERT_TRUE(client.send_all(request_for("")));
   for (int i = 0; i < 200 && !served; ++i) std::this_thread::sleep_for(10ms);
   ASSERT_TRUE(served);
 
@@ -325,20 +400,190 @@ TEST(SideChannel, DestructionWithAClientConnectedIsPrompt) {
   EXPECT_LT(client.drain(blob.size() + 16), blob.size());
 }
 
+// --- Requests by key ---
+
+// A provider in the agent's shape: the metadata under the empty key, items by key.
+SideChannelServer::Provider items_provider(std::vector<std::string>* keys_seen = nullptr) {
+  return [keys_seen](const std::string& key) -> Result<std::string> {
+    if (keys_seen) keys_seen->push_back(key);
+    if (key.empty()) return std::string("the metadata");
+    if (key == "a") return std::string("item a");
+    if (key == std::string("k\0\xff", 3)) return std::string("binary key");
+    if (key == std::string(kMaxKeyBytes, 'L')) return std::string("longest key");
+    return err(ErrorCode::NotFound, "no item '", key, "' published by agent 'fake'");
+  };
+}
+
+TEST(SideChannelRequest, ServesTheMetadataAndItemsByKey) {
+  std::vector<std::string> keys;  // read after the fetches, which the server answered
+  auto server = serve(items_provider(&keys));
+  ASSERT_TRUE(server);
+  const uint16_t port = server->port();
+  EXPECT_EQ(fetch_blob("127.0.0.1", port, "", 2s, 64).value(), "the metadata");
+  EXPECT_EQ(fetch_blob("127.0.0.1", port, "a", 2s, 64).value(), "item a");
+  EXPECT_EQ(fetch_blob("127.0.0.1", port, std::string("k\0\xff", 3), 2s, 64).value(), "binary key");
+  EXPECT_EQ(fetch_blob("127.0.0.1", port, std::string(kMaxKeyBytes, 'L'), 2s, 64).value(),
+            "longest key");
+  // The provider saw each key exactly as sent.
+  EXPECT_EQ(keys, (std::vector<std::string>{"", "a", std::string("k\0\xff", 3),
+                                            std::string(kMaxKeyBytes, 'L')}));
+}
+
+TEST(SideChannelRequest, UnknownKeyIsARemoteErrorNamingIt) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  const auto where = "127.0.0.1:" + std::to_string(server->port());
+  auto got = fetch_blob("127.0.0.1", server->port(), "x", 2s, 64);
+  EXPECT_ERROR(got, ErrorCode::Remote, where + ": the server could not provide item 'x'");
+  EXPECT_ERROR(got, ErrorCode::Remote, "NotFound: no item 'x' published by agent 'fake'");
+  // Unprintable key bytes are escaped in the message.
+  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), std::string("\x01z", 2), 2s, 64),
+               ErrorCode::Remote, "item '\\x01z'");
+  // The server goes on serving.
+  EXPECT_EQ(fetch_blob("127.0.0.1", server->port(), "a", 2s, 64).value(), "item a");
+}
+
+TEST(SideChannelRequest, ClientRejectsAnOverlongKeyBeforeConnecting) {
+  RawSocket holder;  // bound, not listening: connecting would be refused (Io)
+  const uint16_t port = holder.bind_any();
+  EXPECT_ERROR(fetch_blob("127.0.0.1", port, std::string(kMaxKeyBytes + 1, 'k'), 2s, 64),
+               ErrorCode::InvalidArgument, "key of 257 bytes exceeds 256");
+}
+
+TEST(SideChannelRequest, ClientSendsMagicLengthAndKey) {
+  FakeServer fake("KVBMMD01" + le64(2) + "ok");
+  auto got = fetch_blob("127.0.0.1", fake.port(), "blocks/7", 2s, 64);
+  ASSERT_TRUE(got.ok()) << got.error().to_string();
+  EXPECT_EQ(*got, "ok");
+  fake.join();
+  EXPECT_EQ(fake.request(), "KVBMRQ01" + le32(8) + "blocks/7");
+}
+
+TEST(SideChannelRequest, ServerAnswersByteExactRequestsFromARawClient) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  EXPECT_EQ(exchange(server->port(), request_for("a")), "KVBMMD01" + le64(6) + "item a");
+  EXPECT_EQ(exchange(server->port(), request_for("")), "KVBMMD01" + le64(12) + "the metadata");
+}
+
+TEST(SideChannelRequest, OverlongDeclaredKeyIsRefusedWithoutReadingIt) {
+  std::atomic<int> calls{0};
+  auto server = serve([&](const std::string&) -> Result<std::string> {
+    ++calls;
+    return std::string("x");
+  });
+  ASSERT_TRUE(server);
+  EXPECT_EQ(error_text(exchange(server->port(), "KVBMRQ01" + le32(257))),
+            "bad request: request key of 257 bytes exceeds 256");
+  EXPECT_EQ(error_text(exchange(server->port(), "KVBMRQ01" + le32(0xffffffffu))),
+            "bad request: request key of 4294967295 bytes exceeds 256");
+  EXPECT_EQ(calls.load(), 0);
+}
+
+TEST(SideChannelRequest, WrongRequestMagicIsRefused) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  EXPECT_EQ(error_text(exchange(server->port(), "GARBAGE!" + le32(0))),
+            "bad request: wrong request magic 'GARBAGE!' (expected 'KVBMRQ01')");
+  // An old-style reply magic sent as a request, with unprintable length bytes after it.
+  EXPECT_EQ(error_text(exchange(server->port(), std::string("KVBMMD\x00\x01", 8) + le32(0))),
+            "bad request: wrong request magic 'KVBMMD\\x00\\x01' (expected 'KVBMRQ01')");
+}
+
+TEST(SideChannelRequest, TruncatedRequestIsRefused) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  // The client half-closes: it sends no more, but can still read why.
+  EXPECT_EQ(error_text(exchange(server->port(), "KVBMRQ", /*half_close=*/true)),
+            "bad request: request ended after 6 of 12 bytes");
+  EXPECT_EQ(error_text(exchange(server->port(), "KVBMRQ01" + le32(10) + "abc", true)),
+            "bad request: request ended after 15 of 22 bytes");
+  EXPECT_EQ(error_text(exchange(server->port(), "", true)),
+            "bad request: request ended after 0 of 12 bytes");
+}
+
+TEST(SideChannelRequest, RequestInPiecesIsServed) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  RawSocket client;
+  client.set_recv_timeout(15s);
+  ASSERT_TRUE(client.connect_to(server->port()));
+  const std::string request = request_for("a");
+  for (char byte : request) {  // one byte at a time, well within the bound
+    ASSERT_TRUE(client.send_all(std::string(1, byte)));
+    std::this_thread::sleep_for(5ms);
+  }
+  const std::string expected = "KVBMMD01" + le64(6) + "item a";
+  EXPECT_EQ(client.drain(1024), expected.size());
+}
+
+TEST(SideChannelRequest, GarbageDoesNotStopTheServer) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  std::mt19937_64 rng(7);
+  for (int i = 0; i < 50; ++i) {
+    std::string junk(static_cast<size_t>(rng() % 600), '\0');
+    for (char& c : junk) c = static_cast<char>(rng());
+    if (i % 5 == 0 && junk.size() >= 12) junk.replace(0, 8, "KVBMRQ01");  // a valid magic
+    RawSocket client;
+    client.set_recv_timeout(15s);
+    ASSERT_TRUE(client.connect_to(server->port()));
+    client.send_all(junk);  // may fail once the server has answered and closed
+    ::shutdown(client.fd(), SHUT_WR);
+    client.drain(1 << 20);  // an error reply, a reset, or EOF: anything but a hang
+  }
+  EXPECT_EQ(fetch_blob("127.0.0.1", server->port(), "a", 2s, 64).value(), "item a");
+}
+
+TEST(SideChannelRequest, SilentClientIsDroppedWithinTheBound) {
+  std::atomic<int> calls{0};
+  auto server = serve([&](const std::string&) -> Result<std::string> {
+    ++calls;
+    return std::string("x");
+  });
+  ASSERT_TRUE(server);
+  RawSocket silent;
+  silent.set_recv_timeout(15s);
+  ASSERT_TRUE(silent.connect_to(server->port()));
+  const auto t0 = Clock::now();
+  // Others are served meanwhile, without waiting for the silent one.
+  EXPECT_EQ(fetch_blob("127.0.0.1", server->port(), "", 2s, 16).value(), "x");
+  EXPECT_LT(Clock::now() - t0, 1s);
+  // The server closes the silent connection at its 5 s bound, having sent nothing.
+  EXPECT_EQ(silent.drain(1024), 0u);
+  const auto elapsed = Clock::now() - t0;
+  EXPECT_GE(elapsed, 4500ms);
+  EXPECT_LT(elapsed, 8s);
+  EXPECT_EQ(calls.load(), 1);
+}
+
+TEST(SideChannelRequest, DestructionWithASilentClientIsPrompt) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  RawSocket silent;
+  silent.set_recv_timeout(15s);
+  ASSERT_TRUE(silent.connect_to(server->port()));
+  std::this_thread::sleep_for(50ms);  // accepted and waiting for a request
+  const auto t0 = Clock::now();
+  server.reset();
+  EXPECT_LT(Clock::now() - t0, 1s);
+  EXPECT_EQ(silent.drain(1024), 0u);
+}
+
 TEST(SideChannel, Ipv6Loopback) {
   auto started = SideChannelServer::start(
-      "::1", 0, []() -> Result<std::string> { return std::string("six"); });
+      "::1", 0, [](const std::string&) -> Result<std::string> { return std::string("six"); });
   if (!started && started.code() == ErrorCode::Io) {
     GTEST_SKIP() << "no IPv6 loopback here: " << started.error().to_string();
   }
   ASSERT_TRUE(started.ok()) << started.error().to_string();
-  auto got = fetch_blob("::1", (*started)->port(), 2s, 16);
+  auto got = fetch_blob("::1", (*started)->port(), "", 2s, 16);
   ASSERT_TRUE(got.ok()) << got.error().to_string();
   EXPECT_EQ(*got, "six");
   // Nobody listens on IPv4 at that port; errors bracket the IPv6 address.
   RawSocket holder;
   const uint16_t port = holder.bind_any();
-  EXPECT_ERROR(fetch_blob("::1", port, 2s, 16), ErrorCode::Io, "[::1]:" + std::to_string(port));
+  EXPECT_ERROR(fetch_blob("::1", port, "", 2s, 16), ErrorCode::Io, "[::1]:" + std::to_string(port));
 }
 
 }  // namespace

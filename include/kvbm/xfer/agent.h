@@ -9,6 +9,13 @@
 //   auto req = a->create_request(Op::Write, local, remote, peer, "block 7 ready").value();
 //   req->post(); req->wait(std::chrono::seconds(5));
 //
+// Over the TCP side channel an agent serves its metadata and, under keys, items it
+// publishes (a remote descriptor, say), so that a peer needs only host, port and key:
+//   uint16_t port = a->listen("0.0.0.0", 0).value();
+//   a->publish("blocks/7", bytes);
+//   b->fetch_remote_metadata(host, port);                         // on the peer
+//   std::string item = b->fetch_published(host, port, "blocks/7").value();
+//
 // Ownership: Agent is held by unique_ptr; registrations and requests it returns must be
 // destroyed before it. Thread safety: every Agent method may be called from many
 // threads at once. A Request may be used from one thread at a time.
@@ -48,7 +55,8 @@ struct AgentConfig {
   bool progress_thread = true;
   // A request that involves a peer which stops answering ends in an error after this.
   std::chrono::milliseconds peer_timeout{10000};
-  // Largest metadata blob accepted from a peer (side channel and load_remote_metadata).
+  // Largest metadata blob accepted from a peer (side channel and load_remote_metadata),
+  // and largest item this agent publishes or fetches (publish, fetch_published).
   size_t max_metadata_bytes = 64 << 20;
 };
 
@@ -117,13 +125,32 @@ class Agent {
   virtual Status invalidate_remote(const std::string& agent) = 0;
   virtual bool has_remote(const std::string& agent) const = 0;
 
-  // Serves local_metadata() to peers over TCP on host:port (port 0: any free port) and
-  // returns the bound port. The listener stops with the agent.
+  // Serves local_metadata() and the published items to peers over TCP on host:port
+  // (port 0: any free port) and returns the bound port. The listener stops with the
+  // agent. InvalidArgument if it listens already or for a bad host; Io if it cannot bind.
   virtual Result<uint16_t> listen(const std::string& host, uint16_t port) = 0;
   // Fetches a peer's metadata from its listener and loads it; returns the peer's name.
   // Timeout, Io (refused, reset), InvalidArgument (garbage, oversized).
   virtual Result<std::string> fetch_remote_metadata(
       const std::string& host, uint16_t port,
+      std::chrono::milliseconds timeout = std::chrono::seconds(5)) = 0;
+
+  // The longest key of a published item.
+  static constexpr size_t kMaxPublishedKeyBytes = 256;
+  // Publishes `bytes` under `key` for peers to fetch from this agent's listener (with
+  // fetch_published), replacing an earlier item with that key. Items may be published
+  // before or after listen(); they live until unpublished or the agent is destroyed.
+  // InvalidArgument for an empty key, a key over kMaxPublishedKeyBytes, or bytes over
+  // AgentConfig::max_metadata_bytes.
+  virtual Status publish(const std::string& key, std::string bytes) = 0;
+  // Withdraws a published item. NotFound if no item has that key.
+  virtual Status unpublish(const std::string& key) = 0;
+  // Fetches the item a peer published under `key` from its listener at host:port.
+  // Remote (naming the key) if the peer has no such item; InvalidArgument for an empty
+  // or over-long key, or an item over AgentConfig::max_metadata_bytes; otherwise the
+  // errors of fetch_remote_metadata. Loads nothing: the bytes are the caller's.
+  virtual Result<std::string> fetch_published(
+      const std::string& host, uint16_t port, const std::string& key,
       std::chrono::milliseconds timeout = std::chrono::seconds(5)) = 0;
 
   // Prepares a READ or WRITE between local and remote descriptors, validating first:
