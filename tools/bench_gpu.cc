@@ -6,7 +6,9 @@
 //                                                            flight on one stream
 //   h2d/d2h  pinned DRAM <-> VRAM within the agent          vs  one large cudaMemcpy
 //   staged   VRAM -> VRAM of another process, staged over UCX (forced)
-//                                                        vs  the agent's DRAM -> DRAM
+//                                                        vs  the agent's DRAM -> DRAM over
+//                                                            UCX (same-host path off: the
+//                                                            staged path is for other hosts)
 // A context column gives the same-size copy one at a time (ipc) or depth in flight
 // (h2d/d2h). A latency section puts the p50 of one small h2d request (post, spin until
 // done) next to one cudaMemcpyAsync + cudaStreamSynchronize: the agent's own cost per
@@ -300,9 +302,14 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   auto agent = xfer::Agent::create("bench");
   xfer::AgentConfig staged_config;
   staged_config.add_cuda_if_gpu = false;
+  staged_config.backends = {};
   auto stager = xfer::Agent::create("bench-stager", staged_config);
   if (!agent || !stager) {
     std::cerr << "bench gpu: " << (agent ? stager.error() : agent.error()).to_string() << "\n";
+    return 1;
+  }
+  if (auto st = (*stager)->create_backend("UCX", {{"same_host", "off"}}); !st) {
+    std::cerr << "bench gpu: " << st.error().to_string() << "\n";
     return 1;
   }
   if (auto st = (*stager)->create_backend("CUDA", staged_params(o)); !st) {
@@ -390,7 +397,7 @@ int run_bench_gpu(const BenchGpuOptions& o) {
     report("staged vram->vram", n,
            time_request(**stager, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
                         DescList(MemType::Vram, {{staged.vram(), n, 0}}), *staged_name, it, depth),
-           "agent dram->dram", dram ? *dram : 0, 0.8, "", 0);
+           "agent dram->dram over UCX", dram ? *dram : 0, 0.8, "", 0);
   }
 
   // Latency: one small request at a time through the agent against the copy it makes.
