@@ -34,8 +34,8 @@ struct BenchTransferOptions {
   size_t threads = 0;
   bool no_gpu = false;
   bool no_host = false;
-  TransferEngineOptions engine;     // the CUDA kernel's shape, for tuning sweeps
-  std::string kernel = "baseline";  // engine.cuda_kernel by name
+  TransferEngineOptions engine;  // the CUDA kernel's shape, for tuning sweeps
+  std::string kernel = "warp";   // engine.cuda_kernel by name
 };
 
 // Median seconds of `iters` runs of `fn` (after one warm-up run).

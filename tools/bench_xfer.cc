@@ -369,7 +369,7 @@ int run_xfer(const XferOptions& o) {
   auto agent = xfer::Agent::create("kvbm-bench-initiator", config);
   if (!agent) return fail(agent.error());
   s.agent = std::move(*agent);
-  auto local = SystemAllocator().allocate(bytes);
+  auto local = SystemAllocator(SystemMemory::Shareable).allocate(bytes);
   if (!local) return fail(local.error());
   s.local = std::move(*local);
   s.bytes = bytes;
@@ -487,7 +487,7 @@ int run_target(const TargetOptions& o) {
   config.progress_thread = o.progress_thread;
   auto agent = xfer::Agent::create("kvbm-bench-target", config);
   if (!agent) return fail(agent.error());
-  auto buf = SystemAllocator().allocate(o.bytes);
+  auto buf = SystemAllocator(SystemMemory::Shareable).allocate(o.bytes);
   if (!buf) return fail(buf.error());
   if (auto st = (*agent)->register_storage(*buf); !st) return fail(st.error());
   auto port = (*agent)->listen("127.0.0.1", 0);

@@ -41,7 +41,9 @@ const char* to_string(TransferPath path);
 //   Cta       one CTA per piece; 32-bit index arithmetic where the request fits; the next
 //             piece's ids are loaded while the current one copies.
 //   Warp      as Cta, but one warp per piece when pieces are at most 32 KiB (more
-//             independent pieces in flight per SM); larger pieces go as in Cta.
+//             independent pieces in flight per SM); larger pieces go as in Cta. The
+//             default: on an H200, GPU -> GPU 16 KiB chunks at 0.83 of one big D2D
+//             copy, against 0.75 for Baseline (BENCHMARKS.md).
 enum class CudaCopyKernel : uint8_t { Baseline, Cta, Warp };
 const char* to_string(CudaCopyKernel kernel);
 
@@ -78,7 +80,7 @@ struct TransferEngineOptions {
   unsigned cuda_ctas_per_sm = 4;
   unsigned cuda_threads = 512;
   size_t cuda_max_piece = 256 << 10;
-  CudaCopyKernel cuda_kernel = CudaCopyKernel::Baseline;
+  CudaCopyKernel cuda_kernel = CudaCopyKernel::Warp;
   // Cta and Warp: 64-bit index arithmetic even where 32 bits suffice (for tests).
   bool cuda_index64 = false;
 };

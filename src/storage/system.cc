@@ -12,7 +12,7 @@
 
 namespace kvbm {
 
-Result<SystemStorage> SystemStorage::allocate(size_t size) {
+Result<SystemStorage> SystemStorage::allocate(size_t size, SystemMemory kind) {
   if (size == 0) return err(ErrorCode::InvalidArgument, "system storage size must be > 0");
   // A shared file mapping is not refused up front the way an overcommitted private one
   // is: ask for no more than the machine has, so a huge size is an error, not a
@@ -23,7 +23,7 @@ Result<SystemStorage> SystemStorage::allocate(size_t size) {
                (uint64_t{si.totalram} + si.totalswap) * si.mem_unit,
                " bytes of memory and swap of this machine");
   }
-  int fd = ::memfd_create("kvbm-system", MFD_CLOEXEC);
+  int fd = kind == SystemMemory::Shareable ? ::memfd_create("kvbm-system", MFD_CLOEXEC) : -1;
   if (fd >= 0 && ::ftruncate(fd, static_cast<off_t>(size)) != 0) {
     const int e = errno;
     ::close(fd);

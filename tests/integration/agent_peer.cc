@@ -46,7 +46,7 @@ int main(int argc, char** argv) {
     std::cout << "ERR " << agent.error().to_string() << std::endl;
     return 1;
   }
-  auto buf = SystemAllocator().allocate(bytes);
+  auto buf = SystemAllocator(SystemMemory::Shareable).allocate(bytes);
   if (!buf) return 1;
   detail::fill_pattern(buf->data(), bytes, seed);
   if (auto st = (*agent)->register_storage(*buf); !st) {

@@ -20,9 +20,18 @@ namespace {
 
 using kvbm::detail::find_shared_memory;
 
-TEST(SharedMemoryRegistry, FindsRangesInsideSystemStorageOnly) {
+TEST(SharedMemoryRegistry, PrivateSystemStorageIsNotShareable) {
   auto s = SystemAllocator().allocate(1 << 20);
+  ASSERT_TRUE(s);
+  EXPECT_FALSE(s->shareable());
+  EXPECT_FALSE(find_shared_memory(s->addr(), 4096).has_value());
+}
+
+TEST(SharedMemoryRegistry, FindsRangesInsideShareableSystemStorageOnly) {
+  auto s = SystemAllocator(SystemMemory::Shareable).allocate(1 << 20);
   ASSERT_TRUE(s) << s.error().to_string();
+  EXPECT_TRUE(s->shareable());
+  for (size_t i = 0; i < s->size(); i += 4096) ASSERT_EQ(static_cast<char*>(s->data())[i], 0);
   auto f = find_shared_memory(s->addr() + 4096, 8192);
   ASSERT_TRUE(f.has_value());
   EXPECT_EQ(f->offset, 4096u);
@@ -39,7 +48,7 @@ TEST(SharedMemoryRegistry, FindsRangesInsideSystemStorageOnly) {
   EXPECT_FALSE(find_shared_memory(reinterpret_cast<uint64_t>(&on_stack), 4).has_value());
   uint64_t addr = 0;
   {
-    auto gone = SystemAllocator().allocate(8192);
+    auto gone = SystemAllocator(SystemMemory::Shareable).allocate(8192);
     ASSERT_TRUE(gone);
     addr = gone->addr();
     auto found = find_shared_memory(addr, 8192);
@@ -147,7 +156,7 @@ TEST(SameHostPeer, CopiesManyDescriptorsThroughCma) {
 }
 
 TEST(SharedMapping, MapsThePublishedFileAndChecksItsIdentity) {
-  auto s = SystemAllocator().allocate(1 << 20);
+  auto s = SystemAllocator(SystemMemory::Shareable).allocate(1 << 20);
   ASSERT_TRUE(s);
   SameHostSelf self;
   std::string why;
