@@ -729,8 +729,9 @@ Status UcxRequest::post_same_host() {
   }
   Status st;
   if (!cma_local_.empty()) st = peer_->host->copy(op_, cma_local_, cma_remote_);
-  // The bytes are in place before the notification's message is.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
+  // The bytes are in place before the notification's message is: CMA's copies are done
+  // when the call returns, and UCX fences its shared-memory queue's stores before it
+  // publishes a message, so the peer sees our stores first.
   std::lock_guard<std::mutex> lock(backend_->mu_);
   if (!st) {
     backend_->fail(c.get(), err(ErrorCode::Remote, "transfer with agent '", peer_->name,
