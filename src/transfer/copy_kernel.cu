@@ -6,35 +6,39 @@
 namespace kvbm::detail {
 namespace {
 
-// ---- CopyKernel::Baseline ----------------------------------------------------------------
-
-// One CTA copies [src, src + len) to dst.
-__device__ void copy_range(uint64_t src, uint64_t dst, uint64_t len) {
-  constexpr int kUnroll = 4;
+// `width` threads (lane 0 .. width-1) copy [src, src + len) to dst; each lane issues
+// kUnroll 16-byte loads before their stores.
+template <int kUnroll, typename Index>
+__device__ __forceinline__ void copy_piece(uint64_t src, uint64_t dst, Index len, Index lane,
+                                           Index width) {
   const char* __restrict__ s = reinterpret_cast<const char*>(src);
   char* __restrict__ d = reinterpret_cast<char*>(dst);
-  uint64_t head = 0;
+  Index head = 0;
   if (((src | dst) & 15) == 0) {
     const int4* __restrict__ s4 = reinterpret_cast<const int4*>(s);
     int4* __restrict__ d4 = reinterpret_cast<int4*>(d);
-    const uint64_t nv = len / 16;
-    const uint64_t step = blockDim.x;
-    // Every load of a round is issued before its stores, also for chunks smaller than
-    // kUnroll * blockDim.x vectors: latency, not bandwidth, bounds a small chunk.
-    for (uint64_t j = threadIdx.x; j < nv; j += kUnroll * step) {
+    const Index nv = len / 16;
+    for (Index j = lane; j < nv; j += kUnroll * width) {
       int4 v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        if (j + u * step < nv) v[u] = s4[j + u * step];
+        if (j + u * width < nv) v[u] = s4[j + u * width];
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        if (j + u * step < nv) d4[j + u * step] = v[u];
+        if (j + u * width < nv) d4[j + u * width] = v[u];
       }
     }
     head = nv * 16;
   }
-  for (uint64_t k = head + threadIdx.x; k < len; k += blockDim.x) d[k] = s[k];
+  for (Index k = head + lane; k < len; k += width) d[k] = s[k];
+}
+
+// ---- CopyKernel::Baseline ----------------------------------------------------------------
+
+// One CTA copies [src, src + len) to dst.
+__device__ void copy_range(uint64_t src, uint64_t dst, uint64_t len) {
+  copy_piece<4, uint64_t>(src, dst, len, threadIdx.x, blockDim.x);
 }
 
 __device__ uint64_t chunk_addr(const BlockSide& side, uint64_t b, uint64_t l, uint64_t o) {
@@ -104,34 +108,6 @@ __device__ __forceinline__ Piece<Index> load_piece(const BlockCopy& job, const I
 __device__ __forceinline__ uint64_t piece_addr(const BlockSide& side, uint64_t base, uint64_t id,
                                                uint64_t layer, uint64_t outer, uint64_t off) {
   return base + id * side.block + layer * side.layer + outer * side.outer + off;
-}
-
-// `width` threads (lane 0 .. width-1) copy [src, src + len) to dst; each lane issues
-// kUnroll 16-byte loads before their stores.
-template <int kUnroll, typename Index>
-__device__ __forceinline__ void copy_piece(uint64_t src, uint64_t dst, Index len, Index lane,
-                                           Index width) {
-  const char* __restrict__ s = reinterpret_cast<const char*>(src);
-  char* __restrict__ d = reinterpret_cast<char*>(dst);
-  Index head = 0;
-  if (((src | dst) & 15) == 0) {
-    const int4* __restrict__ s4 = reinterpret_cast<const int4*>(s);
-    int4* __restrict__ d4 = reinterpret_cast<int4*>(d);
-    const Index nv = len / 16;
-    for (Index j = lane; j < nv; j += kUnroll * width) {
-      int4 v[kUnroll];
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (j + u * width < nv) v[u] = s4[j + u * width];
-      }
-#pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        if (j + u * width < nv) d4[j + u * width] = v[u];
-      }
-    }
-    head = nv * 16;
-  }
-  for (Index k = head + lane; k < len; k += width) d[k] = s[k];
 }
 
 // Workers (a CTA each, or a warp each with kWarp) stride over the items. While a worker

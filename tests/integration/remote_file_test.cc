@@ -11,6 +11,7 @@
 #include "kvbm/xfer/agent.h"
 #include "support/child_process.h"
 #include "support/test_support.h"
+#include "support/two_process.h"
 #include "xfer/backends/ucx/file_wire.h"
 
 namespace kvbm::xfer {
@@ -19,35 +20,21 @@ namespace {
 using namespace std::chrono_literals;
 using detail::kFileChunkBytes;
 using testing::ChildProcess;
+using testing::peer_timeout;
+using testing::Transport;
 
 constexpr uint64_t kFileSeed = 41;
 constexpr size_t kFileBytes = 12 << 20;             // what the file holds
 constexpr size_t kRegionBytes = kFileBytes + 8192;  // registered: a little past its end
 constexpr size_t kLocalBytes = 16 << 20;
 
-std::chrono::milliseconds peer_timeout() {
-  const char* env = std::getenv("KVBM_TEST_PEER_TIMEOUT_MS");
-  return std::chrono::milliseconds(env ? std::atol(env) : 3000);
-}
-
-struct Transport {
-  const char* name;
-  const char* tls;
-};
-void PrintTo(const Transport& t, std::ostream* os) {
-  *os << t.name;
-}
-
 class RemoteFile : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
-    setenv("UCX_TLS", GetParam().tls, 1);
-    owner = std::make_unique<ChildProcess>(
-        std::vector<std::string>{testing::helper_path("agent_peer"), "owner", "4096", "1"},
-        std::map<std::string, std::string>{{"UCX_TLS", GetParam().tls}});
-    auto ready = owner->read_line();
-    ASSERT_TRUE(ready && ready->rfind("READY ", 0) == 0) << ready.value_or("<nothing>");
-    port = static_cast<uint16_t>(std::stoul(ready->substr(6)));
+    testing::use_transport(GetParam());
+    auto ready = testing::start_agent_peer(owner, {"owner", "4096", "1"}, GetParam());
+    ASSERT_TRUE(ready);
+    port = static_cast<uint16_t>(std::stoul(*ready));
     auto file = owner->ask("file " + std::to_string(kFileBytes) + " " + std::to_string(kFileSeed) +
                            " " + std::to_string(kRegionBytes));
     ASSERT_TRUE(file && file->rfind("OK ", 0) == 0) << file.value_or("<nothing>");
@@ -67,20 +54,13 @@ class RemoteFile : public ::testing::TestWithParam<Transport> {
   }
 
   DescList local_descs(const std::vector<std::pair<size_t, size_t>>& off_len) const {
-    DescList d(MemType::Dram);
-    for (auto [off, len] : off_len) d.add(local.addr() + off, len);
-    return d;
+    return testing::descs_at(MemType::Dram, local.addr(), off_len);
   }
   DescList file_descs(const std::vector<std::pair<size_t, size_t>>& off_len) const {
-    DescList d(MemType::File);
-    for (auto [off, len] : off_len) d.add(off, len, fd);
-    return d;
+    return testing::descs_at(MemType::File, 0, off_len, fd);
   }
   Status run(Op op, const DescList& l, const DescList& r, std::optional<std::string> notif = {}) {
-    auto req = agent->create_request(op, l, r, "owner", std::move(notif));
-    if (!req) return req.error();
-    KVBM_TRY((*req)->post());
-    return (*req)->wait(30s);
+    return testing::transfer(*agent, op, l, r, "owner", std::move(notif));
   }
 
   std::unique_ptr<Agent> agent;  // destroyed after `local`
@@ -96,15 +76,9 @@ class RemoteFile : public ::testing::TestWithParam<Transport> {
 
 // Sizes from 1 byte to several staging chunks, at unaligned and aligned offsets.
 std::vector<std::pair<size_t, size_t>> layout(size_t shift) {
-  const std::vector<size_t> sizes = {
-      1, 7, 4096, 65537, kFileChunkBytes, kFileChunkBytes + 1, (3 * kFileChunkBytes) + 5};
-  std::vector<std::pair<size_t, size_t>> out;
-  size_t off = shift;
-  for (size_t s : sizes) {
-    out.emplace_back(off, s);
-    off += s + 4093;
-  }
-  return out;
+  return testing::spaced_ranges(
+      {1, 7, 4096, 65537, kFileChunkBytes, kFileChunkBytes + 1, (3 * kFileChunkBytes) + 5}, shift,
+      4093);
 }
 
 TEST_P(RemoteFile, ReadsBlocksOfSeveralSizesFromThePeersFile) {

@@ -16,34 +16,18 @@
 #include "kvbm/xfer/agent.h"
 #include "support/child_process.h"
 #include "support/test_support.h"
+#include "support/two_process.h"
 
 namespace kvbm::xfer {
 namespace {
 
 using namespace std::chrono_literals;
 using testing::ChildProcess;
+using testing::peer_timeout;
+using testing::Transport;
 
 constexpr size_t kPeerBytes = 80 << 20;
 constexpr uint64_t kPeerSeed = 11;
-
-// The peer timeout: short, so a dead peer is noticed quickly, but sanitizer builds run
-// slower and raise it (KVBM_TEST_PEER_TIMEOUT_MS, set by the tsan test preset).
-std::chrono::milliseconds peer_timeout() {
-  const char* env = std::getenv("KVBM_TEST_PEER_TIMEOUT_MS");
-  return std::chrono::milliseconds(env ? std::atol(env) : 3000);
-}
-
-// UCX_TLS, and KVBM_UCX_SAME_HOST: on shared memory, the backend maps the peer's
-// memory files ("auto"), or uses CMA only ("cma"), or UCX alone ("off").
-struct Transport {
-  const char* name;
-  const char* tls;
-  const char* same_host = "auto";
-};
-// So test names read "…/shm" rather than a dump of the struct's bytes.
-void PrintTo(const Transport& t, std::ostream* os) {
-  *os << t.name;
-}
 
 // A peer process plus what the test learned from its READY line.
 struct Peer {
@@ -54,18 +38,11 @@ struct Peer {
 
 Peer start_peer(const std::string& name, const Transport& t, bool poll = false) {
   Peer p;
-  std::vector<std::string> argv = {testing::helper_path("agent_peer"), name,
-                                   std::to_string(kPeerBytes), std::to_string(kPeerSeed)};
-  if (poll) argv.push_back("poll");
-  p.process = std::make_unique<ChildProcess>(
-      argv,
-      std::map<std::string, std::string>{{"UCX_TLS", t.tls}, {"KVBM_UCX_SAME_HOST", t.same_host}});
-  auto ready = p.process->read_line();
-  if (!ready || ready->rfind("READY ", 0) != 0) {
-    ADD_FAILURE() << "peer did not start: " << ready.value_or("<nothing>");
-    return p;
-  }
-  std::istringstream in(ready->substr(6));
+  std::vector<std::string> args = {name, std::to_string(kPeerBytes), std::to_string(kPeerSeed)};
+  if (poll) args.push_back("poll");
+  auto ready = testing::start_agent_peer(p.process, args, t);
+  if (!ready) return p;
+  std::istringstream in(*ready);
   in >> p.port >> p.addr;
   return p;
 }
@@ -73,8 +50,7 @@ Peer start_peer(const std::string& name, const Transport& t, bool poll = false) 
 class TwoAgents : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
-    setenv("UCX_TLS", GetParam().tls, 1);
-    setenv("KVBM_UCX_SAME_HOST", GetParam().same_host, 1);
+    testing::use_transport(GetParam());
     peer = start_peer("peer", GetParam());
     ASSERT_NE(peer.port, 0);
     AgentConfig config;
@@ -92,20 +68,13 @@ class TwoAgents : public ::testing::TestWithParam<Transport> {
   }
 
   DescList local_descs(const std::vector<std::pair<size_t, size_t>>& off_len) const {
-    DescList d(MemType::Dram);
-    for (auto [off, len] : off_len) d.add(local.addr() + off, len);
-    return d;
+    return testing::descs_at(MemType::Dram, local.addr(), off_len);
   }
   DescList peer_descs(const std::vector<std::pair<size_t, size_t>>& off_len) const {
-    DescList d(MemType::Dram);
-    for (auto [off, len] : off_len) d.add(peer.addr + off, len);
-    return d;
+    return testing::descs_at(MemType::Dram, peer.addr, off_len);
   }
   Status run(Op op, const DescList& l, const DescList& r, std::optional<std::string> notif = {}) {
-    auto req = agent->create_request(op, l, r, "peer", std::move(notif));
-    if (!req) return req.error();
-    KVBM_TRY((*req)->post());
-    return (*req)->wait(30s);
+    return testing::transfer(*agent, op, l, r, "peer", std::move(notif));
   }
 
   // Declared before `local`, so destroyed after it: registrations go before their agent.
@@ -120,14 +89,7 @@ class TwoAgents : public ::testing::TestWithParam<Transport> {
 
 // Descriptor sizes from 1 byte to 64 MiB at odd offsets, laid out without overlap.
 std::vector<std::pair<size_t, size_t>> layout(size_t shift) {
-  std::vector<size_t> sizes = {1, 7, 4096, 65537, 1 << 20, (8 << 20) + 3, 64 << 20};
-  std::vector<std::pair<size_t, size_t>> out;
-  size_t off = shift;
-  for (size_t s : sizes) {
-    out.emplace_back(off, s);
-    off += s + 13;
-  }
-  return out;
+  return testing::spaced_ranges({1, 7, 4096, 65537, 1 << 20, (8 << 20) + 3, 64 << 20}, shift, 13);
 }
 
 TEST_P(TwoAgents, WriteOneByteTo64MiBAtUnalignedOffsets) {

@@ -1,0 +1,68 @@
+#include "support/two_process.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+#include "support/test_support.h"
+
+namespace kvbm::testing {
+
+std::chrono::milliseconds peer_timeout() {
+  const char* env = std::getenv("KVBM_TEST_PEER_TIMEOUT_MS");
+  return std::chrono::milliseconds(env ? std::atol(env) : 3000);
+}
+
+void PrintTo(const Transport& t, std::ostream* os) {
+  *os << t.name;
+}
+
+void use_transport(const Transport& t) {
+  setenv("UCX_TLS", t.tls, 1);
+  setenv("KVBM_UCX_SAME_HOST", t.same_host, 1);
+}
+
+std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& process,
+                                            const std::vector<std::string>& args,
+                                            const Transport& t) {
+  std::vector<std::string> argv = {helper_path("agent_peer")};
+  argv.insert(argv.end(), args.begin(), args.end());
+  process = std::make_unique<ChildProcess>(
+      argv,
+      std::map<std::string, std::string>{{"UCX_TLS", t.tls}, {"KVBM_UCX_SAME_HOST", t.same_host}});
+  auto ready = process->read_line();
+  if (!ready || ready->rfind("READY ", 0) != 0) {
+    ADD_FAILURE() << "peer did not start: " << ready.value_or("<nothing>");
+    return std::nullopt;
+  }
+  return ready->substr(6);
+}
+
+std::vector<std::pair<size_t, size_t>> spaced_ranges(const std::vector<size_t>& sizes, size_t shift,
+                                                     size_t gap) {
+  std::vector<std::pair<size_t, size_t>> out;
+  size_t off = shift;
+  for (size_t s : sizes) {
+    out.emplace_back(off, s);
+    off += s + gap;
+  }
+  return out;
+}
+
+xfer::DescList descs_at(xfer::MemType type, uint64_t base,
+                        const std::vector<std::pair<size_t, size_t>>& ranges, uint64_t dev) {
+  xfer::DescList d(type);
+  for (auto [off, len] : ranges) d.add(base + off, len, dev);
+  return d;
+}
+
+Status transfer(xfer::Agent& agent, xfer::Op op, const xfer::DescList& local,
+                const xfer::DescList& remote, const std::string& peer,
+                std::optional<std::string> notification) {
+  auto req = agent.create_request(op, local, remote, peer, std::move(notification));
+  if (!req) return req.error();
+  KVBM_TRY((*req)->post());
+  return (*req)->wait(std::chrono::seconds(30));
+}
+
+}  // namespace kvbm::testing
