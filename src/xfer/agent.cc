@@ -122,6 +122,7 @@ BackendEnv AgentImpl::make_env() {
   env.peer_timeout = config_.peer_timeout;
   env.on_notification = [this](Notification n) { add_notification(std::move(n)); };
   env.on_completion = [this] { notify_progress(); };
+  env.has_waiters = [this] { return waiters_.load(std::memory_order_acquire) > 0; };
   return env;
 }
 

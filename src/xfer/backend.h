@@ -63,6 +63,9 @@ struct BackendEnv {
   std::function<void(Notification)> on_notification;
   // Wakes threads waiting on requests (called after progress() completed something).
   std::function<void()> on_completion;
+  // Whether a thread sleeps in Request::wait now: work done only to wake such threads
+  // (polling GPU events) can be skipped while it says no. Null: assume someone does.
+  std::function<bool()> has_waiters;
 };
 
 class Backend {

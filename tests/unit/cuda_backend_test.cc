@@ -118,6 +118,10 @@ TEST(CudaBackend, ParametersAreCheckedBeforeTheGpu) {
                "chunk_bytes");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"bounce_buffers", "0"}}), ErrorCode::InvalidArgument,
                "bounce_buffers");
+  EXPECT_ERROR((*a)->create_backend("CUDA", {{"streams", "0"}}), ErrorCode::InvalidArgument,
+               "streams must be 1..64, got '0'");
+  EXPECT_ERROR((*a)->create_backend("CUDA", {{"streams", "65"}}), ErrorCode::InvalidArgument,
+               "streams must be 1..64");
 }
 
 TEST(CudaBackend, WithoutGpuCreationIsDeviceUnavailable) {

@@ -32,7 +32,8 @@ namespace kvbm::xfer::detail {
 
 // Params: "staged" = "1" forces the staged path to every other process, even on this
 // node (default "0"); "chunk_bytes" (default 2 MiB) and "bounce_buffers" (default 8, per
-// direction) size the staged path's pinned pools.
+// direction) size the staged path's pinned pools; "streams" (default 4, 1..64): CUDA
+// streams per device that copies within this node take in turn.
 Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
                                                    const BackendParams& params);
 

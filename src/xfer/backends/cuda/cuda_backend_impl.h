@@ -31,7 +31,6 @@ using ::kvbm::detail::DeviceGuard;
 
 constexpr uint32_t kChunkMagic = 0x4b564347;  // "KVCG"
 enum : unsigned { kAmPut = 21, kAmGet = 22, kAmAck = 23, kAmGetReply = 24 };
-constexpr size_t kStreamsPerDevice = 4;
 constexpr size_t kMaxErrorBytes = 4096;
 
 // A chunk of a staged transfer as the initiator asks for it: WRITE carries the bytes,
@@ -252,11 +251,12 @@ struct Incoming {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(BackendEnv env, bool force_staged, size_t chunk_bytes, size_t slots)
+  CudaBackend(BackendEnv env, bool force_staged, size_t chunk_bytes, size_t slots, size_t streams)
       : env_(std::move(env)),
         force_staged_(force_staged),
         chunk_bytes_(chunk_bytes),
-        slots_(slots) {}
+        slots_(slots),
+        streams_per_device_(streams) {}
   ~CudaBackend() override;
   Status init();
 
@@ -321,6 +321,7 @@ class CudaBackend final : public Backend {
   const bool force_staged_;
   const size_t chunk_bytes_;
   const size_t slots_;
+  const size_t streams_per_device_;  // requests go round-robin over them
   const std::string host_ = cuda_host_identity();
   int default_device_ = 0;
 
@@ -409,6 +410,7 @@ class CudaCopyRequest final : public BackendRequest {
   std::shared_ptr<CudaPeer> peer_;
   std::vector<CopyItem> items_;
   std::vector<std::pair<int, cudaEvent_t>> events_;  // one per device used
+  std::vector<std::pair<int, cudaStream_t>> used_;   // post()'s streams, kept for reuse
   XferState state_ = XferState::Idle;
   bool signalled_ = false;
   Error error_{ErrorCode::Internal, "not posted"};
