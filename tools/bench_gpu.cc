@@ -299,13 +299,21 @@ int run_bench_gpu(const BenchGpuOptions& o) {
     }
   }
   // Agents first: storages registered with them are destroyed (deregistered) before them.
-  auto agent = xfer::Agent::create("bench");
+  xfer::AgentConfig config;
+  config.add_cuda_if_gpu = false;  // created below with --cuda-streams
+  config.progress_thread = !o.polling;
+  auto agent = xfer::Agent::create("bench", config);
   xfer::AgentConfig staged_config;
   staged_config.add_cuda_if_gpu = false;
   staged_config.backends = {};
   auto stager = xfer::Agent::create("bench-stager", staged_config);
   if (!agent || !stager) {
     std::cerr << "bench gpu: " << (agent ? stager.error() : agent.error()).to_string() << "\n";
+    return 1;
+  }
+  if (auto st = (*agent)->create_backend("CUDA", {{"streams", std::to_string(o.cuda_streams)}});
+      !st) {
+    std::cerr << "bench gpu: " << st.error().to_string() << "\n";
     return 1;
   }
   if (auto st = (*stager)->create_backend("UCX", {{"same_host", "off"}}); !st) {
@@ -435,7 +443,8 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   cudaDeviceProp prop{};
   cudaGetDeviceProperties(&prop, 0);
   std::cout << "GPU 0: " << prop.name << "; depth " << depth
-            << " (requests and ceiling copies in flight); staged chunk "
+            << " (requests and ceiling copies in flight); " << o.cuda_streams << " CUDA streams; "
+            << (o.polling ? "polling" : "progress thread") << "; staged chunk "
             << human_bytes(o.chunk_bytes) << " x " << o.bounce_buffers
             << " bounce buffers; UCX_TLS=" << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)")
             << "\n";

@@ -29,6 +29,8 @@ struct BenchGpuOptions {
   size_t chunk_bytes = 4 << 20;  // staged path: bounce buffer size
   size_t bounce_buffers = 8;     // staged path: buffers per direction
   int depth = 4;                 // requests (and ceiling copies) kept in flight; 1: one at a time
+  size_t cuda_streams = 4;       // the initiator's CUDA backend: streams per device
+  bool polling = false;          // the initiator polls (no progress thread)
   int lat_iters = 200;           // latency section: timed runs per size
   std::string target;            // internal: "ipc" or "staged" serves as the peer process
 };

@@ -57,6 +57,11 @@ int main(int argc, char** argv) {
                    "Requests kept in flight (and copies, for the ceilings); 1: one at a time")
       ->capture_default_str()
       ->check(CLI::Range(1, 256));
+  gpu_cmd->add_option("--cuda-streams", gpu.cuda_streams, "CUDA streams per device (initiator)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 64));
+  gpu_cmd->add_flag("--polling", gpu.polling,
+                    "The initiator's agent has no progress thread: requests poll the backends");
   gpu_cmd->add_option("--lat-iters", gpu.lat_iters, "Latency section: timed runs per size")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
