@@ -1,6 +1,7 @@
 // Remote files, the pieces below the UCX backend: the wire form of chunk requests and
 // replies (bytes from the network), and the owner's FileServer (served regions, staging
-// buffers, reads and writes with errors that name the file and offset).
+// buffers, reads and writes with errors that name the file and offset) and the thread
+// that serves peers' chunks off the backend's lock.
 #include <gtest/gtest.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
@@ -13,6 +14,7 @@
 
 #include "support/test_support.h"
 #include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
 
 namespace kvbm::xfer::detail {
@@ -236,6 +238,87 @@ TEST(FileServer, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
   auto after = s.check(fd, 0, 64);
   ASSERT_FALSE(after.ok());
   EXPECT_EQ(after.code(), ErrorCode::OutOfBounds);
+}
+
+// Takes the serving thread's done jobs until `n` have come back (or 30 s have passed).
+std::vector<FileJob> wait_done(FileServingThread& t, size_t n) {
+  std::vector<FileJob> done;
+  for (int i = 0; i < 30000 && done.size() < n; ++i) {
+    for (FileJob& j : t.take_done()) done.push_back(std::move(j));
+    if (done.size() < n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return done;
+}
+
+TEST(FileServingThread, ServesJobsAndHandsThemBackWithTheirStatus) {
+  TempFile f;
+  ASSERT_GE(f.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.fd);
+  FileServer s;
+  s.add({0, 1 << 20, fd});
+  FileServingThread t(s);
+  std::vector<FileJob> jobs;
+  for (uint64_t i = 0; i < 4; ++i) {
+    FileJob j{i, {Op::Write, 1, i, fd, i * 4096, 4096}, s.acquire(), {}};
+    ASSERT_TRUE(j.data);
+    testing::fill_pattern(j.data.get(), 4096, 9, i * 4096);
+    jobs.push_back(std::move(j));
+  }
+  t.submit(jobs);
+  EXPECT_TRUE(jobs.empty());
+  auto done = wait_done(t, 4);
+  ASSERT_EQ(done.size(), 4u);
+  for (const FileJob& j : done) EXPECT_TRUE(j.status.ok()) << j.status.error().to_string();
+  done.clear();
+  EXPECT_EQ(s.in_use(), 0u);
+
+  jobs.push_back({7, {Op::Read, 1, 0, fd, 0, 4 * 4096}, s.acquire(), {}});
+  jobs.push_back({8, {Op::Read, 1, 1, fd + 1, 0, 4096}, s.acquire(), {}});  // not served
+  t.submit(jobs);
+  done = wait_done(t, 2);
+  ASSERT_EQ(done.size(), 2u);
+  for (const FileJob& j : done) {
+    if (j.id == 7) {
+      ASSERT_TRUE(j.status.ok()) << j.status.error().to_string();
+      EXPECT_EQ(testing::find_pattern_mismatch(j.data.get(), 4 * 4096, 9), SIZE_MAX);
+    } else {
+      ASSERT_FALSE(j.status.ok());
+      EXPECT_EQ(j.status.code(), ErrorCode::OutOfBounds);
+    }
+  }
+}
+
+TEST(FileServingThread, StopFinishesTheIoInProgressAndDropsTheRest) {
+  Fifo f;
+  TempFile other;
+  ASSERT_GE(f.rd, 0);
+  ASSERT_GE(other.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.rd), ofd = static_cast<uint64_t>(other.fd);
+  FileServer s;
+  s.add({0, 1 << 20, fd});
+  s.add({0, 1 << 20, ofd});
+  FileServingThread t(s);
+  std::vector<FileJob> jobs;
+  jobs.push_back({1, {Op::Read, 1, 0, fd, 0, 64}, s.acquire(), {}});
+  t.submit(jobs);
+  ASSERT_EQ(write(f.wr, "0123456789abcdef", 16), 16);
+  ASSERT_TRUE(f.drained());  // the first job's read is under way
+  // Queued behind it (writes, so that they cannot wait if they start before stop()).
+  for (uint64_t i = 2; i < 5; ++i) {
+    jobs.push_back({i, {Op::Write, 1, i, ofd, i * 4096, 4096}, s.acquire(), {}});
+  }
+  t.submit(jobs);
+  EXPECT_EQ(s.in_use(), 4u);
+  std::thread stopper([&] { t.stop(); });
+  std::vector<char> rest(48, 'r');
+  ASSERT_EQ(write(f.wr, rest.data(), rest.size()), 48);
+  stopper.join();
+  // Every job's staging is back and none is handed back; later ones are dropped.
+  EXPECT_EQ(s.in_use(), 0u);
+  EXPECT_TRUE(t.take_done().empty());
+  jobs.push_back({9, {Op::Read, 1, 9, ofd, 0, 64}, s.acquire(), {}});
+  t.submit(jobs);
+  EXPECT_EQ(s.in_use(), 0u);
 }
 
 }  // namespace
