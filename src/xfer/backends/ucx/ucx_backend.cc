@@ -236,7 +236,9 @@ class UcxBackend final : public Backend {
   uint64_t next_file_xfer_ = 1;
   FileServer file_server_;  // thread-safe: also used by file_thread_ and by region destructors
   // Requests accepted and not yet replied to: their reply endpoints, by job id. A
-  // closed peer's entries go: its jobs then end without a reply.
+  // closed peer's entries go: its jobs then end without a reply. (An endpoint UCX made
+  // for an initiator we never connected to is not ours: UCX may destroy it on a peer
+  // failure without telling us, as it could while a READ waited for staging before.)
   std::map<uint64_t, ucp_ep_h> file_replies_;
   std::deque<FileJob> file_waiting_;  // for the thread; READs wait here for staging
   uint64_t next_file_job_ = 1;
