@@ -13,11 +13,20 @@
 //                                             SEED, registered as FILE [0, REGLEN) of fd)
 //   checkfile FD OFF LEN SEED POFF -> OK | BAD <index>   (file bytes vs pattern)
 //   closefd FD                -> OK         (closes it; its registration stays)
+//   fifo LEN                  -> OK <fd> <path>  (a FIFO, registered as FILE [0, LEN) of
+//                                             its fd: a peer's READ of it is served once
+//                                             bytes are written to path)
+//   fsizelimit BYTES          -> OK         (RLIMIT_FSIZE, SIGXFSZ ignored: a write past
+//                                             BYTES of any file fails with EFBIG)
 //   expectfile MSG TIMEOUT_MS FD OFF LEN SEED POFF -> OK | BAD <index> | TIMEOUT
 //   quit
 // Usage: agent_peer NAME BYTES SEED [poll]
 #include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <csignal>
 
 #include <algorithm>
 #include <cstring>
@@ -147,6 +156,28 @@ int main(int argc, char** argv) {
           if (reg) files.push_back(std::move(*reg));
         }
       }
+    } else if (cmd == "fifo") {
+      size_t reglen = 0;
+      in >> reglen;
+      char dir[] = "/tmp/kvbm_peer_fifo_XXXXXX";
+      const std::string path = mkdtemp(dir) ? std::string(dir) + "/fifo" : "";
+      // Read and write: the open does not wait for a writer, and reads wait for bytes.
+      const int fd =
+          !path.empty() && mkfifo(path.c_str(), 0600) == 0 ? open(path.c_str(), O_RDWR) : -1;
+      if (fd < 0) {
+        reply = "ERR fifo";
+      } else {
+        auto reg = (*agent)->register_memory(
+            xfer::DescList(xfer::MemType::File, {{0, reglen, static_cast<uint64_t>(fd)}}));
+        reply = reg ? "OK " + std::to_string(fd) + " " + path : "ERR " + reg.error().to_string();
+        if (reg) files.push_back(std::move(*reg));
+      }
+    } else if (cmd == "fsizelimit") {
+      rlim_t limit = 0;
+      in >> limit;
+      std::signal(SIGXFSZ, SIG_IGN);
+      const rlimit r{limit, limit};
+      reply = setrlimit(RLIMIT_FSIZE, &r) == 0 ? "OK" : "ERR setrlimit";
     } else if (cmd == "closefd") {
       int fd = -1;
       in >> fd;

@@ -2,10 +2,16 @@
 // UCX shared memory and TCP: the peer owns a file registered as FILE; this agent READs
 // and WRITEs it like any remote memory, and the owner's agent serves the requests
 // through a staging buffer with no help from its application.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
+#include <thread>
 
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
@@ -34,7 +40,7 @@ class RemoteFile : public ::testing::TestWithParam<Transport> {
     testing::use_transport(GetParam());
     auto ready = testing::start_agent_peer(owner, {"owner", "4096", "1"}, GetParam());
     ASSERT_TRUE(ready);
-    port = static_cast<uint16_t>(std::stoul(*ready));
+    std::istringstream(*ready) >> port >> owner_addr;
     auto file = owner->ask("file " + std::to_string(kFileBytes) + " " + std::to_string(kFileSeed) +
                            " " + std::to_string(kRegionBytes));
     ASSERT_TRUE(file && file->rfind("OK ", 0) == 0) << file.value_or("<nothing>");
@@ -71,6 +77,7 @@ class RemoteFile : public ::testing::TestWithParam<Transport> {
   }();
   std::unique_ptr<ChildProcess> owner;
   uint16_t port = 0;
+  uint64_t owner_addr = 0;  // the owner's registered buffer: 4096 bytes of pattern 1
   uint64_t fd = 0;
 };
 
@@ -148,6 +155,83 @@ TEST_P(RemoteFile, AClosedFileIsAnErrorNamingItsFdAndOffset) {
         << st.error().message;
     EXPECT_NE(st.error().message.find("offset 12288"), std::string::npos) << st.error().message;
   }
+}
+
+TEST_P(RemoteFile, AWriteTheOwnersFileSystemRefusesIsAnErrorNamingFdAndOffset) {
+  // The owner may not grow its files any more: as on a full file system, its write past
+  // the file's end fails (EFBIG here), and the error reaches this agent.
+  ASSERT_EQ(owner->ask("fsizelimit " + std::to_string(kFileBytes)), "OK");
+  const size_t off = kFileBytes - 4096;
+  Status st = run(Op::Write, local_descs({{0, 8192}}), file_descs({{off, 8192}}));
+  ASSERT_FALSE(st.ok());
+  EXPECT_EQ(st.code(), ErrorCode::Io) << st.error().to_string();
+  EXPECT_NE(st.error().message.find("fd " + std::to_string(fd)), std::string::npos)
+      << st.error().message;
+  EXPECT_NE(st.error().message.find("offset " + std::to_string(off)), std::string::npos)
+      << st.error().message;
+  EXPECT_NE(st.error().message.find(std::strerror(EFBIG)), std::string::npos) << st.error().message;
+  // Writes inside the limit go on.
+  ASSERT_TRUE(run(Op::Write, local_descs({{0, 4096}}), file_descs({{8192, 4096}})).ok());
+  EXPECT_EQ(owner->ask("checkfile " + std::to_string(fd) + " 8192 4096 21 0"), "OK");
+}
+
+// The owner's file I/O runs off its agent's lock: while a READ of its file waits for
+// bytes (a FIFO here, standing for a slow disk), the owner still sends notifications
+// and serves a transfer of its memory.
+TEST_P(RemoteFile, OwnerStaysResponsiveWhileItsFileIoWaits) {
+  constexpr size_t kLen = 65536;  // one chunk; the FIFO's buffer holds it
+  auto fifo = owner->ask("fifo " + std::to_string(kLen));
+  ASSERT_TRUE(fifo && fifo->rfind("OK ", 0) == 0) << fifo.value_or("<nothing>");
+  uint64_t fifo_fd = 0;
+  std::string path;
+  std::istringstream(fifo->substr(3)) >> fifo_fd >> path;
+  const int w = open(path.c_str(), O_WRONLY);
+  ASSERT_GE(w, 0) << path << ": " << std::strerror(errno);
+  unlink(path.c_str());
+  rmdir(path.substr(0, path.rfind('/')).c_str());
+  std::vector<char> bytes(kLen);
+  testing::fill_pattern(bytes.data(), kLen, 77);
+  auto feed = [&](size_t from, size_t n) {
+    return write(w, bytes.data() + from, n) == static_cast<ssize_t>(n);
+  };
+  auto name = agent->fetch_remote_metadata("127.0.0.1", port);  // with the FIFO's region
+  ASSERT_TRUE(name.ok()) << name.error().to_string();
+  auto port_here = agent->listen("127.0.0.1", 0);
+  ASSERT_TRUE(port_here.ok()) << port_here.error().to_string();
+  ASSERT_EQ(owner->ask("fetch " + std::to_string(*port_here)), "OK initiator");
+
+  auto req = agent->create_request(Op::Read, local_descs({{0, kLen}}),
+                                   DescList(MemType::File, {{0, kLen, fifo_fd}}), "owner");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  ASSERT_TRUE((*req)->post().ok());
+  // Half the bytes: once the owner has taken them, its read is under way and waits.
+  ASSERT_TRUE(feed(0, kLen / 2));
+  int queued = -1;
+  for (int i = 0; i < 30000 && queued != 0; ++i) {
+    ASSERT_EQ(ioctl(w, FIONREAD, &queued), 0);
+    if (queued != 0) std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(queued, 0) << "the owner never read from the FIFO";
+
+  EXPECT_EQ(owner->ask("notify initiator busy"), "OK");
+  std::vector<Notification> got;
+  for (int i = 0; i < 3000 && got.empty(); ++i) {
+    got = agent->get_notifs();
+    if (got.empty()) std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(got, (std::vector<Notification>{{"owner", "busy"}}));
+  ASSERT_TRUE(run(Op::Read, local_descs({{kLen, 4096}}),
+                  testing::descs_at(MemType::Dram, owner_addr, {{0, 4096}}))
+                  .ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(static_cast<char*>(local.data()) + kLen, 4096, 1),
+            SIZE_MAX);
+  EXPECT_EQ((*req)->state(), XferState::InProgress);
+
+  ASSERT_TRUE(feed(kLen / 2, kLen / 2));
+  Status st = (*req)->wait(30s);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_EQ(std::memcmp(local.data(), bytes.data(), kLen), 0);
+  close(w);
 }
 
 TEST_P(RemoteFile, RangesOutsideTheRegisteredFileFailBeforeAnythingMoves) {

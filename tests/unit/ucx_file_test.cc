@@ -1,14 +1,20 @@
 // Remote files, the pieces below the UCX backend: the wire form of chunk requests and
 // replies (bytes from the network), and the owner's FileServer (served regions, staging
-// buffers, reads and writes with errors that name the file and offset).
+// buffers, reads and writes with errors that name the file and offset) and the thread
+// that serves peers' chunks off the backend's lock.
 #include <gtest/gtest.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "support/test_support.h"
 #include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
 
 namespace kvbm::xfer::detail {
@@ -145,6 +151,174 @@ TEST(FileServer, StagingIsBoundedAndReused) {
   Staging again = s.acquire();  // from the free list
   EXPECT_TRUE(again);
   EXPECT_EQ(s.in_use(), FileServer::kMaxStaging);
+}
+
+TEST(FileServer, ServesABatchGivingEachIoItsOwnStatus) {
+  TempFile f;
+  ASSERT_GE(f.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.fd);
+  std::vector<char> data(3 * 4096);
+  testing::fill_pattern(data.data(), data.size(), 5);
+  ASSERT_EQ(pwrite(f.fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  FileServer s;
+  s.add({0, 8 * 4096, fd});
+  std::vector<char> a(4096), b(4096), c(4096), w(4096, 'w');
+  std::vector<FileServer::Io> ios = {
+      {Op::Read, fd, 0, 4096, a.data(), {}},
+      {Op::Read, fd, 2 * 4096 + 100, 4096, b.data(), {}},  // past the end of the file
+      {Op::Write, fd, 4096, 4096, w.data(), {}},
+      {Op::Read, fd, 7 * 4096, 8192, c.data(), {}},  // past the region
+      {Op::Read, fd, 2 * 4096, 4096, c.data(), {}},
+  };
+  s.serve(ios);
+  EXPECT_TRUE(ios[0].status.ok()) << ios[0].status.error().to_string();
+  ASSERT_FALSE(ios[1].status.ok());
+  EXPECT_NE(ios[1].status.error().message.find("offset 8292"), std::string::npos)
+      << ios[1].status.error().message;
+  EXPECT_TRUE(ios[2].status.ok()) << ios[2].status.error().to_string();
+  ASSERT_FALSE(ios[3].status.ok());
+  EXPECT_EQ(ios[3].status.code(), ErrorCode::OutOfBounds);
+  EXPECT_TRUE(ios[4].status.ok()) << ios[4].status.error().to_string();
+  EXPECT_EQ(testing::find_pattern_mismatch(a.data(), 4096, 5), SIZE_MAX);
+  EXPECT_EQ(testing::find_pattern_mismatch(c.data(), 4096, 5, 2 * 4096), SIZE_MAX);
+  std::vector<char> back(4096);
+  ASSERT_EQ(pread(f.fd, back.data(), 4096, 4096), 4096);
+  EXPECT_EQ(back, w);
+}
+
+// A FIFO registered as a file: a read of it waits until the test writes the bytes.
+struct Fifo {
+  int rd = -1, wr = -1;
+  Fifo() {
+    int p[2];
+    if (pipe(p) == 0) {
+      rd = p[0];
+      wr = p[1];
+    }
+  }
+  ~Fifo() {
+    if (rd >= 0) close(rd);
+    if (wr >= 0) close(wr);
+  }
+  // Waits until the reader has taken every byte written so far.
+  bool drained() const {
+    for (int i = 0; i < 30000; ++i) {
+      int n = -1;
+      if (ioctl(wr, FIONREAD, &n) != 0) return false;
+      if (n == 0) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return false;
+  }
+};
+
+TEST(FileServer, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
+  Fifo f;
+  ASSERT_GE(f.rd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.rd);
+  FileServer s;
+  s.add({0, 4096, fd});
+  std::vector<char> got(64), sent(64, 'x');
+  std::vector<FileServer::Io> ios = {{Op::Read, fd, 0, 64, got.data(), {}}};
+  std::thread io([&] { s.serve(ios); });
+  ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
+  ASSERT_TRUE(f.drained());  // the read is under way, waiting for the rest
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    s.remove({0, 4096, fd});
+    removed = true;
+  });
+  EXPECT_FALSE(removed.load());  // it cannot return before the read does
+  ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
+  io.join();
+  remover.join();
+  EXPECT_TRUE(removed.load());
+  EXPECT_TRUE(ios[0].status.ok()) << ios[0].status.error().to_string();
+  EXPECT_EQ(got, sent);
+  auto after = s.check(fd, 0, 64);
+  ASSERT_FALSE(after.ok());
+  EXPECT_EQ(after.code(), ErrorCode::OutOfBounds);
+}
+
+// Takes the serving thread's done jobs until `n` have come back (or 30 s have passed).
+std::vector<FileJob> wait_done(FileServingThread& t, size_t n) {
+  std::vector<FileJob> done;
+  for (int i = 0; i < 30000 && done.size() < n; ++i) {
+    for (FileJob& j : t.take_done()) done.push_back(std::move(j));
+    if (done.size() < n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return done;
+}
+
+TEST(FileServingThread, ServesJobsAndHandsThemBackWithTheirStatus) {
+  TempFile f;
+  ASSERT_GE(f.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.fd);
+  FileServer s;
+  s.add({0, 1 << 20, fd});
+  FileServingThread t(s);
+  std::vector<FileJob> jobs;
+  for (uint64_t i = 0; i < 4; ++i) {
+    FileJob j{i, {Op::Write, 1, i, fd, i * 4096, 4096}, s.acquire(), {}};
+    ASSERT_TRUE(j.data);
+    testing::fill_pattern(j.data.get(), 4096, 9, i * 4096);
+    jobs.push_back(std::move(j));
+  }
+  t.submit(jobs);
+  EXPECT_TRUE(jobs.empty());
+  auto done = wait_done(t, 4);
+  ASSERT_EQ(done.size(), 4u);
+  for (const FileJob& j : done) EXPECT_TRUE(j.status.ok()) << j.status.error().to_string();
+  done.clear();
+  EXPECT_EQ(s.in_use(), 0u);
+
+  jobs.push_back({7, {Op::Read, 1, 0, fd, 0, 4 * 4096}, s.acquire(), {}});
+  jobs.push_back({8, {Op::Read, 1, 1, fd + 1, 0, 4096}, s.acquire(), {}});  // not served
+  t.submit(jobs);
+  done = wait_done(t, 2);
+  ASSERT_EQ(done.size(), 2u);
+  for (const FileJob& j : done) {
+    if (j.id == 7) {
+      ASSERT_TRUE(j.status.ok()) << j.status.error().to_string();
+      EXPECT_EQ(testing::find_pattern_mismatch(j.data.get(), 4 * 4096, 9), SIZE_MAX);
+    } else {
+      ASSERT_FALSE(j.status.ok());
+      EXPECT_EQ(j.status.code(), ErrorCode::OutOfBounds);
+    }
+  }
+}
+
+TEST(FileServingThread, StopFinishesTheIoInProgressAndDropsTheRest) {
+  Fifo f;
+  TempFile other;
+  ASSERT_GE(f.rd, 0);
+  ASSERT_GE(other.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.rd), ofd = static_cast<uint64_t>(other.fd);
+  FileServer s;
+  s.add({0, 1 << 20, fd});
+  s.add({0, 1 << 20, ofd});
+  FileServingThread t(s);
+  std::vector<FileJob> jobs;
+  jobs.push_back({1, {Op::Read, 1, 0, fd, 0, 64}, s.acquire(), {}});
+  t.submit(jobs);
+  ASSERT_EQ(write(f.wr, "0123456789abcdef", 16), 16);
+  ASSERT_TRUE(f.drained());  // the first job's read is under way
+  // Queued behind it (writes, so that they cannot wait if they start before stop()).
+  for (uint64_t i = 2; i < 5; ++i) {
+    jobs.push_back({i, {Op::Write, 1, i, ofd, i * 4096, 4096}, s.acquire(), {}});
+  }
+  t.submit(jobs);
+  EXPECT_EQ(s.in_use(), 4u);
+  std::thread stopper([&] { t.stop(); });
+  std::vector<char> rest(48, 'r');
+  ASSERT_EQ(write(f.wr, rest.data(), rest.size()), 48);
+  stopper.join();
+  // Every job's staging is back and none is handed back; later ones are dropped.
+  EXPECT_EQ(s.in_use(), 0u);
+  EXPECT_TRUE(t.take_done().empty());
+  jobs.push_back({9, {Op::Read, 1, 9, ofd, 0, 64}, s.acquire(), {}});
+  t.submit(jobs);
+  EXPECT_EQ(s.in_use(), 0u);
 }
 
 }  // namespace

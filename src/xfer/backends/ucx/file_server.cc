@@ -11,6 +11,8 @@
 
 namespace kvbm::xfer::detail {
 
+using kvbm::detail::FileOp;
+
 void StagingFree::operator()(char* p) const {
   server->recycle(p);
 }
@@ -20,6 +22,7 @@ FileServer::~FileServer() {
 }
 
 void FileServer::recycle(char* p) {
+  std::lock_guard<std::mutex> lock(mu_);
   --in_use_;
   if (free_.size() < kKeepFree) {
     free_.push_back(p);
@@ -31,34 +34,51 @@ void FileServer::recycle(char* p) {
 void FileServer::add(const Desc& region) {
   struct stat st {};
   const bool known = region.dev_id <= INT_MAX && fstat(static_cast<int>(region.dev_id), &st) == 0;
-  regions_[{region.dev_id, region.addr, region.len}] =
-      FileId{known, static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)};
+  auto r = std::make_shared<Region>(
+      Region{known, static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)});
+  std::lock_guard<std::mutex> lock(mu_);
+  regions_[{region.dev_id, region.addr, region.len}] = std::move(r);
 }
 
 void FileServer::remove(const Desc& region) {
-  regions_.erase({region.dev_id, region.addr, region.len});
+  std::unique_lock<std::mutex> lock(mu_);
+  auto it = regions_.find({region.dev_id, region.addr, region.len});
+  if (it == regions_.end()) return;
+  std::shared_ptr<Region> r = std::move(it->second);
+  regions_.erase(it);
+  // serve() pinned it before its I/O: the fd must stay open until that I/O ends.
+  cv_.wait(lock, [&] { return r->busy == 0; });
 }
 
 Status FileServer::check(uint64_t fd, uint64_t offset, uint64_t len) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = find(fd, offset, len);
+  if (!r) return r.error();
+  return {};
+}
+
+Result<std::shared_ptr<FileServer::Region>> FileServer::find(uint64_t fd, uint64_t offset,
+                                                             uint64_t len) const {
   // The last region of fd starting at or before offset; regions of one agent never overlap.
   auto it = regions_.upper_bound({fd, offset, UINT64_MAX});
   if (it != regions_.begin()) {
     --it;
     const auto& [rfd, roff, rlen] = it->first;
-    if (rfd == fd && offset >= roff && len <= rlen && offset - roff <= rlen - len) {
+    if (rfd == fd && fd <= INT_MAX && offset >= roff && len <= rlen &&
+        offset - roff <= rlen - len) {
       struct stat st {};
       if (fstat(static_cast<int>(fd), &st) != 0) {
         const int e = errno;
         return err(ErrorCode::Io, "file fd ", fd, " offset ", offset, " len ", len, ": ",
                    std::strerror(e));
       }
-      const FileId& id = it->second;
+      const Region& id = *it->second;
       if (id.known && (static_cast<uint64_t>(st.st_dev) != id.dev ||
                        static_cast<uint64_t>(st.st_ino) != id.ino)) {
         return err(ErrorCode::Io, "file fd ", fd, " offset ", offset, " len ", len,
                    ": fd no longer refers to the registered file (closed and reused?)");
       }
-      return {};
+      return it->second;
     }
   }
   return err(ErrorCode::OutOfBounds, "file fd ", fd, " offset ", offset, " len ", len,
@@ -66,39 +86,93 @@ Status FileServer::check(uint64_t fd, uint64_t offset, uint64_t len) const {
 }
 
 Staging FileServer::acquire(bool beyond_limit) {
-  if (in_use_ >= kMaxStaging && !beyond_limit) return Staging(nullptr, {this});
-  char* p = nullptr;
-  if (!free_.empty()) {
-    p = free_.back();
-    free_.pop_back();
-  } else {
-    p = static_cast<char*>(std::aligned_alloc(4096, kFileChunkBytes));
-    if (p == nullptr) return Staging(nullptr, {this});
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (in_use_ >= kMaxStaging && !beyond_limit) return Staging(nullptr, {this});
+    if (!free_.empty()) {
+      char* p = free_.back();
+      free_.pop_back();
+      ++in_use_;
+      return Staging(p, {this});
+    }
+    ++in_use_;  // counted before the allocation, so the cap holds across threads
   }
-  ++in_use_;
+  auto* p = static_cast<char*>(std::aligned_alloc(4096, kFileChunkBytes));
+  if (p == nullptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    --in_use_;
+  }
   return Staging(p, {this});
 }
 
-Status FileServer::run(uint64_t fd, kvbm::detail::FileOp op) {
-  if (fd > INT_MAX) {
-    return err(ErrorCode::InvalidArgument, "file fd ", fd, " offset ", op.offset,
-               ": not a file descriptor");
-  }
-  op.fd = static_cast<int>(fd);
+size_t FileServer::in_use() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return in_use_;
+}
+
+Status FileServer::run(std::span<FileOp> ops) {
   if (!batch_) {
     auto b = kvbm::detail::UringBatch::create(8);
     if (!b) return b.error();
     batch_ = std::move(*b);
   }
-  return batch_->run({&op, 1});
+  return batch_->run(ops);
 }
 
 Status FileServer::read(uint64_t fd, uint64_t offset, char* buf, uint64_t len) {
-  return run(fd, {kvbm::detail::FileOp::Kind::Read, -1, offset, buf, len});
+  if (fd > INT_MAX) {
+    return err(ErrorCode::InvalidArgument, "file fd ", fd, " offset ", offset,
+               ": not a file descriptor");
+  }
+  FileOp op{FileOp::Kind::Read, static_cast<int>(fd), offset, buf, len};
+  std::lock_guard<std::mutex> lock(io_mu_);
+  return run({&op, 1});
 }
 
 Status FileServer::write(uint64_t fd, uint64_t offset, const char* buf, uint64_t len) {
-  return run(fd, {kvbm::detail::FileOp::Kind::Write, -1, offset, const_cast<char*>(buf), len});
+  if (fd > INT_MAX) {
+    return err(ErrorCode::InvalidArgument, "file fd ", fd, " offset ", offset,
+               ": not a file descriptor");
+  }
+  FileOp op{FileOp::Kind::Write, static_cast<int>(fd), offset, const_cast<char*>(buf), len};
+  std::lock_guard<std::mutex> lock(io_mu_);
+  return run({&op, 1});
+}
+
+void FileServer::serve(std::span<Io> ios) {
+  std::vector<std::shared_ptr<Region>> pinned;
+  std::vector<FileOp> ops;
+  std::vector<Io*> running;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (Io& io : ios) {
+      auto r = find(io.fd, io.offset, io.len);
+      if (!r) {
+        io.status = r.error();
+        continue;
+      }
+      ++(*r)->busy;  // remove() waits for it
+      pinned.push_back(std::move(*r));
+      ops.push_back({io.op == Op::Write ? FileOp::Kind::Write : FileOp::Kind::Read,
+                     static_cast<int>(io.fd), io.offset, io.buf, io.len});
+      running.push_back(&io);
+    }
+  }
+  if (!ops.empty()) {
+    std::lock_guard<std::mutex> lock(io_mu_);
+    Status st = run(ops);
+    if (st || ops.size() == 1) {
+      for (Io* io : running) io->status = st;
+    } else {
+      // The batch's error names one op: run each alone for its own status (reads and
+      // writes of the same bytes at the same offsets may safely repeat).
+      for (size_t i = 0; i < ops.size(); ++i) running[i]->status = run({&ops[i], 1});
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  bool idle = false;
+  for (auto& r : pinned) idle |= --r->busy == 0;
+  if (idle) cv_.notify_all();
 }
 
 }  // namespace kvbm::xfer::detail

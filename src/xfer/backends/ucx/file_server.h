@@ -1,13 +1,18 @@
 // The owner's side of remote file transfers: the FILE regions this agent serves to peers,
-// and the reads and writes it does for them through a staging buffer (io_uring, direct
+// and the reads and writes it does for them through staging buffers (io_uring, direct
 // I/O where aligned). Errors name the file, the offset and the length.
 //
-// Thread safety: none; the UCX backend calls it with its lock held.
+// Thread safety: every member may be called from any thread. Regions and staging
+// buffers are guarded by one mutex and the I/O by another, so a check or a staging
+// buffer never waits for a disk; remove() waits for the I/O in progress on its region.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <span>
 #include <tuple>
 #include <vector>
 
@@ -41,6 +46,8 @@ class FileServer {
   // fd refers to now is remembered: a number closed and reused for something else (a
   // socket, a pipe, another file) is refused rather than read.
   void add(const Desc& region);
+  // Stops serving the region: later requests for it fail. Returns once no I/O on it is
+  // in progress, so the caller may close the fd then.
   void remove(const Desc& region);
   // OutOfBounds unless [offset, offset + len) of fd lies inside one served region; Io
   // (naming fd and offset) when fd is closed or no longer the registered file.
@@ -49,25 +56,46 @@ class FileServer {
   // A staging buffer (reused; at most kKeepFree kept while idle), or null when
   // kMaxStaging are in use (unless beyond_limit) or memory is short.
   Staging acquire(bool beyond_limit = false);
-  size_t in_use() const { return in_use_; }
+  size_t in_use() const;
 
   // Reads len bytes at offset into buf; Io errors (end of file, closed fd) name them.
+  // Neither checks the served regions (serve() does).
   Status read(uint64_t fd, uint64_t offset, char* buf, uint64_t len);
   Status write(uint64_t fd, uint64_t offset, const char* buf, uint64_t len);
+
+  // One peer's chunk: buf is its staging buffer (READ: the destination; WRITE: the bytes).
+  struct Io {
+    Op op = Op::Read;
+    uint64_t fd = 0, offset = 0, len = 0;
+    char* buf = nullptr;
+    Status status;  // set by serve()
+  };
+  // Checks each io against the served regions and runs those inside one through one
+  // io_uring submission; sets each io's own status (check() or I/O error).
+  void serve(std::span<Io> ios);
 
  private:
   friend struct StagingFree;
   static constexpr size_t kKeepFree = 8;
-  void recycle(char* p);
-  Status run(uint64_t fd, kvbm::detail::FileOp op);  // op.fd set from fd
-
-  struct FileId {
+  struct Region {
     bool known;  // fstat worked at registration
     uint64_t dev, ino;
+    size_t busy = 0;  // serve() calls doing I/O on it
   };
-  std::map<std::tuple<uint64_t, uint64_t, uint64_t>, FileId> regions_;  // fd, offset, len
+  using Key = std::tuple<uint64_t, uint64_t, uint64_t>;  // fd, offset, len
+
+  void recycle(char* p);
+  // The served region holding the range (check()'s rules); mu_ held.
+  Result<std::shared_ptr<Region>> find(uint64_t fd, uint64_t offset, uint64_t len) const;
+  Status run(std::span<kvbm::detail::FileOp> ops);  // io_mu_ held
+
+  mutable std::mutex mu_;       // regions_, free_, in_use_, Region::busy
+  std::condition_variable cv_;  // a region's busy count fell to 0
+  std::map<Key, std::shared_ptr<Region>> regions_;
   std::vector<char*> free_;
   size_t in_use_ = 0;
+
+  std::mutex io_mu_;                                 // batch_, and the I/O through it
   std::unique_ptr<kvbm::detail::UringBatch> batch_;  // made on first use
 };
 

@@ -4,9 +4,11 @@
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -19,6 +21,7 @@
 #include "kvbm/log.h"
 #include "storage/shared_memory.h"
 #include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
 #include "xfer/backends/ucx/same_host.h"
 
@@ -142,13 +145,6 @@ struct FileXfer {
   size_t next = 0, in_flight = 0, done = 0;
 };
 
-// A peer's request the owner serves on its next progress().
-struct FileJob {
-  ucp_ep_h reply_ep;
-  FileRequestHeader h;
-  Staging data;  // a WRITE's bytes
-};
-
 // Receive-side ordering of one sender's notifications.
 struct Inbox {
   uint64_t connection = 0;
@@ -218,9 +214,10 @@ class UcxBackend final : public Backend {
   // Owner side.
   void on_file_request(std::string_view header, const char* body, size_t len, bool rndv,
                        ucp_ep_h reply_ep);
-  void serve_file_jobs();
+  void start_file_jobs();
+  void reply_file_jobs();
   void send_file_reply(ucp_ep_h ep, const FileReplyHeader& h, const char* body, size_t len,
-                       Staging keep);
+                       Staging keep, std::string error_text = {});
   static ucs_status_t on_file_am(void* arg, const void* header, size_t header_length, void* data,
                                  size_t length, const ucp_am_recv_param_t* param);
 
@@ -237,8 +234,15 @@ class UcxBackend final : public Backend {
   size_t events_ = 0;
   std::map<uint64_t, std::shared_ptr<FileXfer>> file_xfers_;
   uint64_t next_file_xfer_ = 1;
-  FileServer file_server_;
-  std::vector<FileJob> file_jobs_;  // completions seen during the current progress() call
+  FileServer file_server_;  // thread-safe: also used by file_thread_ and by region destructors
+  // Requests accepted and not yet replied to: their reply endpoints, by job id. A
+  // closed peer's entries go: its jobs then end without a reply. (An endpoint UCX made
+  // for an initiator we never connected to is not ours: UCX may destroy it on a peer
+  // failure without telling us, as it could while a READ waited for staging before.)
+  std::map<uint64_t, ucp_ep_h> file_replies_;
+  std::deque<FileJob> file_waiting_;  // for the thread; READs wait here for staging
+  uint64_t next_file_job_ = 1;
+  FileServingThread file_thread_{file_server_};  // declared after file_server_: stops first
 };
 
 class UcxRequest final : public BackendRequest {
@@ -314,11 +318,12 @@ UcxRemoteRegion::~UcxRemoteRegion() {
 
 UcxLocalRegion::~UcxLocalRegion() {
   if (shared_fd >= 0) ::close(shared_fd);
-  std::lock_guard<std::mutex> lock(backend->mu_);
   if (memh == nullptr) {
+    // Without the lock: this waits for the serving thread's I/O on the file, if any.
     backend->file_server_.remove(file);
     return;
   }
+  std::lock_guard<std::mutex> lock(backend->mu_);
   if (ucs_status_t s = ucp_mem_unmap(backend->context_, memh); s != UCS_OK) {
     log(LogLevel::Error, ucx_error(ErrorCode::RegistrationFailed, "ucp_mem_unmap", s).to_string());
   }
@@ -372,7 +377,11 @@ Status UcxBackend::init() {
 }
 
 UcxBackend::~UcxBackend() {
+  // Before the endpoints go: the thread never touches them, but its jobs name them.
+  file_thread_.stop();
   std::lock_guard<std::mutex> lock(mu_);
+  file_waiting_.clear();
+  file_replies_.clear();
   auto peers = peers_;
   for (auto& [name, peer] : peers)
     close_peer_locked(peer, err(ErrorCode::Cancelled, "backend shut down"));
@@ -383,12 +392,12 @@ UcxBackend::~UcxBackend() {
 Result<std::unique_ptr<LocalRegion>> UcxBackend::register_region(MemType type, const Desc& region) {
   if (type != MemType::Dram && type != MemType::File)
     return err(ErrorCode::Unsupported, "UCX registers DRAM and FILE only, not ", to_string(type));
-  std::lock_guard<std::mutex> lock(mu_);
   if (type == MemType::File) {
     file_server_.add(region);
     return std::unique_ptr<LocalRegion>(
         std::make_unique<UcxLocalRegion>(this, nullptr, std::string(kFileRegionInfo), region));
   }
+  std::lock_guard<std::mutex> lock(mu_);
   ucp_mem_map_params_t mp{};
   mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
   mp.address = reinterpret_cast<void*>(region.addr);
@@ -490,6 +499,8 @@ void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error w
     r->rkey = nullptr;
   }
   if (peer->ep != nullptr) {
+    // Requests that came in on this endpoint get no reply: it is about to go.
+    std::erase_if(file_replies_, [&](const auto& r) { return r.second == peer->ep; });
     ucp_request_param_t p{};
     p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
     p.flags = UCP_EP_CLOSE_FLAG_FORCE;
@@ -852,7 +863,8 @@ size_t UcxBackend::progress() {
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }
-  if (!file_jobs_.empty()) serve_file_jobs();
+  reply_file_jobs();
+  if (!file_waiting_.empty()) start_file_jobs();
   if (!failed_eps_.empty()) {
     auto failed = std::move(failed_eps_);
     failed_eps_.clear();
@@ -870,9 +882,10 @@ size_t UcxBackend::progress() {
 }
 
 // ---- Remote files. The initiator sends each chunk as an active message (a WRITE's
-// bytes ride along) and keeps kFileWindow of a transfer in flight; the owner serves
-// them from progress() through a staging buffer and replies (a READ's bytes ride
-// along). Both directions use eager messages, so each arrives whole in its callback.
+// bytes ride along) and keeps kFileWindow of a transfer in flight; the owner's serving
+// thread (file_serving_thread.h) does the file I/O through a staging buffer, off the
+// lock, and progress() sends the reply (a READ's bytes ride along). Both directions use
+// eager messages, so each arrives whole in its callback.
 
 struct FileSendCtx {
   std::string header;
@@ -998,71 +1011,86 @@ void UcxBackend::on_file_request(std::string_view header, const char* body, size
                             (h ? std::string("no reply endpoint") : h.error().message));
     return;
   }
-  FileJob job{reply_ep, *h, Staging(nullptr, {&file_server_})};
   const uint64_t want = h->op == Op::Write ? h->len : 0;
   if (rndv || len != want) {
-    send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::Remote}, nullptr, 0, nullptr);
+    send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::Remote}, nullptr, 0, nullptr,
+                    "malformed file request");
     return;
   }
+  FileJob job{next_file_job_++, *h, Staging(nullptr, {&file_server_}), {}};
   if (h->op == Op::Write) {
+    // The bytes live only as long as this callback: they are kept whatever the cap.
     job.data = file_server_.acquire(true);
     if (!job.data) {
-      send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::AllocationFailed}, nullptr, 0,
-                      nullptr);
+      send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::AllocationFailed}, nullptr, 0, nullptr,
+                      "no staging memory at the owner");
       return;
     }
     std::memcpy(job.data.get(), body, len);
   }
-  file_jobs_.push_back(std::move(job));
+  file_replies_[job.id] = reply_ep;
+  file_waiting_.push_back(std::move(job));
 }
 
-void UcxBackend::serve_file_jobs() {
-  auto jobs = std::move(file_jobs_);
-  file_jobs_.clear();
-  for (FileJob& j : jobs) {
-    ++events_;
-    const FileRequestHeader& h = j.h;
-    Status st = file_server_.check(h.fd, h.offset, h.len);
-    if (st && h.op == Op::Write) {
-      st = file_server_.write(h.fd, h.offset, j.data.get(), h.len);
-      j.data.reset();
-      if (st) {
-        send_file_reply(j.reply_ep, {h.xfer, h.seq, std::nullopt}, nullptr, 0, nullptr);
-        continue;
-      }
-    } else if (st) {
-      Staging buf = file_server_.acquire();
-      if (!buf && file_server_.in_use() >= FileServer::kMaxStaging) {
-        file_jobs_.push_back(std::move(j));  // served once a reply has left
-        --events_;                           // which is no progress yet
-        continue;
-      }
-      if (!buf) {
-        st = err(ErrorCode::AllocationFailed, "no staging buffer for file fd ", h.fd, " offset ",
-                 h.offset);
-      } else if (st = file_server_.read(h.fd, h.offset, buf.get(), h.len); st) {
-        const char* data = buf.get();
-        send_file_reply(j.reply_ep, {h.xfer, h.seq, std::nullopt}, data, h.len, std::move(buf));
+// Hands the waiting jobs to the serving thread, in order; a READ first gets its staging
+// buffer, and waits (with those behind it) while kMaxStaging are in use.
+void UcxBackend::start_file_jobs() {
+  std::vector<FileJob> ready;
+  while (!file_waiting_.empty()) {
+    FileJob& j = file_waiting_.front();
+    auto reply = file_replies_.find(j.id);
+    if (reply == file_replies_.end()) {  // its peer is gone
+      file_waiting_.pop_front();
+      continue;
+    }
+    if (j.h.op == Op::Read) {
+      j.data = file_server_.acquire();
+      if (!j.data && file_server_.in_use() >= FileServer::kMaxStaging) break;  // after a reply
+      if (!j.data) {
+        send_file_reply(reply->second, {j.h.xfer, j.h.seq, ErrorCode::AllocationFailed}, nullptr, 0,
+                        nullptr,
+                        "no staging buffer for file fd " + std::to_string(j.h.fd) + " offset " +
+                            std::to_string(j.h.offset));
+        file_replies_.erase(reply);
+        file_waiting_.pop_front();
+        ++events_;
         continue;
       }
     }
-    auto ctx_err = st.error();
-    FileReplyHeader r{h.xfer, h.seq, ctx_err.code};
-    auto ctx = std::make_unique<FileSendCtx>();
-    ctx->header = encode(r);
-    ctx->error_text = ctx_err.message.substr(0, kMaxFileErrorBytes);
-    send_file_am(j.reply_ep, kFileReplyAmId, std::move(ctx), nullptr, 0, false);
+    ready.push_back(std::move(j));
+    file_waiting_.pop_front();
+  }
+  file_thread_.submit(ready);
+}
+
+// Sends the replies of the jobs the serving thread has done: a READ's bytes from its
+// staging buffer (back to the pool once sent), or the error that names file and offset.
+void UcxBackend::reply_file_jobs() {
+  for (FileJob& j : file_thread_.take_done()) {
+    ++events_;
+    auto reply = file_replies_.find(j.id);
+    if (reply == file_replies_.end()) continue;  // its peer is gone
+    const ucp_ep_h ep = reply->second;
+    file_replies_.erase(reply);
+    const FileRequestHeader& h = j.h;
+    if (!j.status) {
+      const Error& e = j.status.error();
+      send_file_reply(ep, {h.xfer, h.seq, e.code}, nullptr, 0, nullptr,
+                      e.message.substr(0, kMaxFileErrorBytes));
+    } else if (h.op == Op::Write) {
+      send_file_reply(ep, {h.xfer, h.seq, std::nullopt}, nullptr, 0, nullptr);
+    } else {
+      const char* data = j.data.get();
+      send_file_reply(ep, {h.xfer, h.seq, std::nullopt}, data, h.len, std::move(j.data));
+    }
   }
 }
 
 void UcxBackend::send_file_reply(ucp_ep_h ep, const FileReplyHeader& h, const char* body,
-                                 size_t len, Staging keep) {
+                                 size_t len, Staging keep, std::string error_text) {
   auto ctx = std::make_unique<FileSendCtx>();
   ctx->header = encode(h);
-  if (h.error) {
-    ctx->error_text = *h.error == ErrorCode::AllocationFailed ? "no staging memory at the owner"
-                                                              : "malformed file request";
-  }
+  ctx->error_text = std::move(error_text);
   ctx->keep = std::move(keep);
   // The staging buffer goes back to the pool with ctx, once the reply has left.
   send_file_am(ep, kFileReplyAmId, std::move(ctx), body, len, false);
