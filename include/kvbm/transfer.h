@@ -9,10 +9,11 @@
 //   File      Disk <-> System/Pinned: one batched io_uring submission per request.
 //   Staged    Disk <-> Disk and Disk <-> Device: through a host staging buffer the engine
 //             owns (TransferEngineOptions::staging_bytes; pinned once a Device is
-//             involved), in batches that fit half of it: io_uring reads or the Cuda path's
-//             copies fill one half while the previous batch drains from the other (io_uring
-//             writes, or copies to the GPU). Staged requests run one at a time, in order,
-//             on one engine thread, since they share the buffer.
+//             involved), in batches that fit half of it (larger chunks are split): io_uring
+//             reads, or the GPU's copies out (one cudaMemcpyAsync per chunk), fill one half
+//             while the previous batch drains from the other (io_uring writes, or copies to
+//             the GPU). Staged requests run one at a time, in order, on one engine thread,
+//             since they share the buffer.
 //   Remote    a local layout <-> a peer's layout (Layout::from_bytes): one agent request
 //             with all chunks as descriptors, optionally with a notification for the peer.
 // Chunks that are adjacent on both sides are coalesced (whole blocks of two fully

@@ -43,7 +43,6 @@ struct StagedRequest {
   std::vector<int> src_fds;    // a Disk source: the fd of each region; empty otherwise
   std::vector<int> dst_fds;    // a Disk destination: likewise
   CudaCopier* cuda = nullptr;  // the GPU of a Device side; null for Disk <-> Disk
-  uint64_t bytes = 0;
 };
 
 class StagedJob : public Completion {

@@ -315,7 +315,6 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
       auto copier = state_->staged_copier();
       if (!copier) return copier.error();
       req.chunks = std::move(chunks);
-      req.bytes = bytes;
       auto job = (*copier)->submit(std::move(req));
       return Transfer(std::make_unique<JobTransfer>(*path, std::move(job), bytes, n));
     }
