@@ -7,6 +7,13 @@
 //             kernel); System memory is copied by the kernel where the GPU can address
 //             pageable memory, otherwise by one cudaMemcpyAsync per coalesced chunk.
 //   File      Disk <-> System/Pinned: one batched io_uring submission per request.
+//   Staged    Disk <-> Disk and Disk <-> Device: through a host staging buffer the engine
+//             owns (TransferEngineOptions::staging_bytes; pinned once a Device is
+//             involved), in batches that fit half of it (larger chunks are split): io_uring
+//             reads, or the GPU's copies out (one cudaMemcpyAsync per chunk), fill one half
+//             while the previous batch drains from the other (io_uring writes, or copies to
+//             the GPU). Staged requests run one at a time, in order, on one engine thread,
+//             since they share the buffer.
 //   Remote    a local layout <-> a peer's layout (Layout::from_bytes): one agent request
 //             with all chunks as descriptors, optionally with a notification for the peer.
 // Chunks that are adjacent on both sides are coalesced (whole blocks of two fully
@@ -30,7 +37,7 @@
 
 namespace kvbm {
 
-enum class TransferPath : uint8_t { Host, Cuda, File, Remote };
+enum class TransferPath : uint8_t { Host, Cuda, File, Remote, Staged };
 const char* to_string(TransferPath path);
 
 // The block copy kernel of the Cuda path (src/transfer/copy_kernel.cu). Each splits every
@@ -48,7 +55,7 @@ enum class CudaCopyKernel : uint8_t { Baseline, Cta, Warp };
 const char* to_string(CudaCopyKernel kernel);
 
 // An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,
-// File) or cancels it (Remote), so memory is never written after the handle is gone.
+// File, Staged) or cancels it (Remote), so memory is never written after the handle is gone.
 class Transfer {
  public:
   class Impl;
@@ -83,6 +90,9 @@ struct TransferEngineOptions {
   CudaCopyKernel cuda_kernel = CudaCopyKernel::Warp;
   // Cta and Warp: 64-bit index arithmetic even where 32 bits suffice (for tests).
   bool cuda_index64 = false;
+  // The Staged path's host buffer, allocated on first use and kept: a positive multiple
+  // of 8192 (two halves of whole pages), at most 64 GiB. Larger requests go in batches.
+  size_t staging_bytes = 64 << 20;
 };
 
 struct CopyOptions {
@@ -94,8 +104,8 @@ struct CopyOptions {
 
 class TransferEngine {
  public:
-  // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape, or an
-  // unknown kernel.
+  // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape, an
+  // unknown kernel, or a staging_bytes that is zero, not a multiple of 8192 or over 64 GiB.
   static Result<std::unique_ptr<TransferEngine>> create(TransferEngineOptions options = {});
   ~TransferEngine();
 
@@ -105,8 +115,9 @@ class TransferEngine {
   // dtype), two
   // remote layouts, a remote copy without an agent, the same local layout as source and
   // destination of an overlapping block; OutOfBounds naming a block id and num_blocks;
-  // Unsupported for a tier pair with no path (Disk <-> Disk, Disk <-> Device: stage through
-  // a host layout) and DeviceUnavailable for GPU memory without a usable GPU.
+  // Unsupported for a tier pair with no path (Device <-> Device on two GPUs)
+  // and DeviceUnavailable for GPU memory without a usable GPU. Errors while copying (an
+  // I/O error, a read past the end of a file, a CUDA error) come back from Transfer::wait.
   Result<Transfer> copy(const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
                         std::span<const size_t> dst_ids, const CopyOptions& options = {});
 

@@ -2,23 +2,6 @@
 
 namespace kvbm::detail {
 
-std::optional<Status> FileJob::result() const {
-  std::lock_guard lock(mu_);
-  return result_;
-}
-
-std::optional<Status> FileJob::wait_for(std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mu_);
-  cv_.wait_for(lock, timeout, [&] { return result_.has_value(); });
-  return result_;
-}
-
-void FileJob::finish(Status s) {
-  std::lock_guard lock(mu_);
-  result_ = std::move(s);
-  cv_.notify_all();
-}
-
 Result<std::unique_ptr<FileWorker>> FileWorker::create(unsigned queue_depth) {
   auto batch = UringBatch::create(queue_depth);
   if (!batch) return batch.error();

@@ -6,29 +6,22 @@
 #include <deque>
 #include <memory>
 #include <mutex>
-#include <optional>
 #include <thread>
 #include <vector>
 
 #include "common/uring_batch.h"
+#include "transfer/completion.h"
 #include "transfer/transfer_impl.h"
 
 namespace kvbm::detail {
 
-class FileJob {
+class FileJob : public Completion {
  public:
   explicit FileJob(std::vector<FileOp> ops) : ops_(std::move(ops)) {}
-  // The outcome once finished; nullopt while running.
-  std::optional<Status> result() const;
-  std::optional<Status> wait_for(std::chrono::milliseconds timeout);
 
  private:
   friend class FileWorker;
-  void finish(Status s);
   std::vector<FileOp> ops_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::optional<Status> result_;
 };
 
 class FileWorker {

@@ -8,6 +8,7 @@
 #include "transfer/cuda_copier.h"
 #include "transfer/file_worker.h"
 #include "transfer/host_pool.h"
+#include "transfer/staged_copier.h"
 #include "transfer/transfer_impl.h"
 
 namespace kvbm {
@@ -37,11 +38,13 @@ class HostTransfer final : public Transfer::Impl {
   std::shared_ptr<detail::HostJob> job_;
 };
 
-class FileTransfer final : public Transfer::Impl {
+// A job run by a worker thread (File, Staged).
+class JobTransfer final : public Transfer::Impl {
  public:
-  FileTransfer(std::shared_ptr<detail::FileJob> job, uint64_t bytes, size_t chunks)
-      : Impl(TransferPath::File, bytes, chunks), job_(std::move(job)) {}
-  ~FileTransfer() override { (void)job_->wait_for(std::chrono::hours(24 * 365)); }
+  JobTransfer(TransferPath path, std::shared_ptr<detail::Completion> job, uint64_t bytes,
+              size_t chunks)
+      : Impl(path, bytes, chunks), job_(std::move(job)) {}
+  ~JobTransfer() override { (void)job_->wait_for(std::chrono::hours(24 * 365)); }
   bool ready() override { return job_->result().has_value(); }
   Status wait(std::chrono::milliseconds timeout) override {
     auto r = job_->wait_for(timeout);
@@ -50,7 +53,7 @@ class FileTransfer final : public Transfer::Impl {
   }
 
  private:
-  std::shared_ptr<detail::FileJob> job_;
+  std::shared_ptr<detail::Completion> job_;
 };
 
 class RemoteTransfer final : public Transfer::Impl {
@@ -79,6 +82,8 @@ const char* to_string(TransferPath path) {
       return "file";
     case TransferPath::Remote:
       return "remote";
+    case TransferPath::Staged:
+      return "staged";
   }
   return "?";
 }
@@ -121,6 +126,7 @@ struct TransferEngine::State {
   std::mutex mu;  // guards the lazily created paths below
   std::vector<std::unique_ptr<detail::CudaCopier>> cuda;
   std::unique_ptr<detail::FileWorker> files;
+  std::unique_ptr<detail::StagedCopier> staged;  // destroyed first: it uses `cuda`
 
   explicit State(const TransferEngineOptions& o) : options(o), pool(o.host_threads) {}
 
@@ -144,6 +150,16 @@ struct TransferEngine::State {
     }
     return files.get();
   }
+
+  Result<detail::StagedCopier*> staged_copier() {
+    std::lock_guard lock(mu);
+    if (!staged) {
+      auto c = detail::StagedCopier::create(options.staging_bytes, options.uring_queue_depth);
+      if (!c) return c.error();
+      staged = std::move(*c);
+    }
+    return staged.get();
+  }
 };
 
 Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOptions options) {
@@ -166,6 +182,12 @@ Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOpt
   if (options.cuda_kernel > CudaCopyKernel::Warp) {
     return err(ErrorCode::InvalidArgument, "cuda_kernel ",
                static_cast<unsigned>(options.cuda_kernel), " is not a kernel (0..2)");
+  }
+  // Two halves, each a whole number of pages (direct I/O); at most 64 GiB.
+  if (options.staging_bytes == 0 || options.staging_bytes % 8192 != 0 ||
+      options.staging_bytes > (size_t{64} << 30)) {
+    return err(ErrorCode::InvalidArgument, "staging_bytes ", options.staging_bytes,
+               " must be a positive multiple of 8192, at most 64 GiB");
   }
   return std::unique_ptr<TransferEngine>(new TransferEngine(std::make_unique<State>(options)));
 }
@@ -196,6 +218,9 @@ Result<TransferPath> TransferEngine::path_for(const Layout& src, const Layout& d
       (d.kind == StorageKind::Disk && is_host(s.kind))) {
     return TransferPath::File;
   }
+  const bool s_disk = s.kind == StorageKind::Disk;
+  const bool d_disk = d.kind == StorageKind::Disk;
+  if ((s_disk && (d_disk || d_dev)) || (d_disk && s_dev)) return TransferPath::Staged;
   return err(ErrorCode::Unsupported, "no block copy path from ", s.to_string(), " to ",
              d.to_string(),
              s_dev && d_dev ? " (different GPUs)" : "; stage the blocks through a host layout");
@@ -267,7 +292,31 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
         }
       }
       auto job = (*worker)->submit(std::move(ops));
-      return Transfer(std::make_unique<FileTransfer>(std::move(job), bytes, n));
+      return Transfer(std::make_unique<JobTransfer>(*path, std::move(job), bytes, n));
+    }
+    case TransferPath::Staged: {
+      detail::StagedRequest req;
+      const StorageType s = src.storage_type();
+      const StorageType d = dst.storage_type();
+      if (s.kind == StorageKind::Device || d.kind == StorageKind::Device) {
+        auto copier =
+            state_->cuda_for(static_cast<int>(s.kind == StorageKind::Device ? s.id : d.id));
+        if (!copier) return copier.error();
+        req.cuda = *copier;
+      }
+      auto fds = [](const Layout& l, std::vector<int>& out) {
+        if (l.storage_type().kind != StorageKind::Disk) return;
+        for (size_t i = 0; i < l.num_regions(); ++i) {
+          out.push_back(static_cast<int>(l.region(i).type().id));
+        }
+      };
+      fds(src, req.src_fds);
+      fds(dst, req.dst_fds);
+      auto copier = state_->staged_copier();
+      if (!copier) return copier.error();
+      req.chunks = std::move(chunks);
+      auto job = (*copier)->submit(std::move(req));
+      return Transfer(std::make_unique<JobTransfer>(*path, std::move(job), bytes, n));
     }
     case TransferPath::Remote: {
       const bool write = dst.is_remote();

@@ -1,8 +1,10 @@
 // The CUDA path of the transfer engine (skips without a GPU): Device <-> Pinned,
 // Device <-> Device, Device <-> System, scattered ids, every byte checked on the host.
 // Every test runs once per block copy kernel (TransferEngineOptions::cuda_kernel), the
-// Cta and Warp kernels also with 64-bit index arithmetic forced.
+// Cta and Warp kernels also with 64-bit index arithmetic forced. Then the Staged path:
+// Disk <-> Device through the engine's pinned staging buffer.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
@@ -178,6 +180,79 @@ TEST_P(TransferGpu, ManyRequestsReuseTheChunkTables) {
   for (auto& t : inflight) ASSERT_TRUE(t.wait(30s).ok());
   ASSERT_TRUE(e.value()->copy(dev, rev, back, ids)->wait(30s).ok());
   EXPECT_EQ(check_blocks(back, ids, ids, 13), "");
+}
+
+// host -> disk (File), disk -> device and device -> disk (Staged, under test), disk -> host
+// (File), every byte checked; staging buffers of the default size and smaller than a chunk.
+TEST(TransferGpuStaged, DiskToDeviceAndBack) {
+  KVBM_REQUIRE_GPU();
+  testing::TempDir dir;
+  struct Case {
+    size_t page, alignment;
+  };
+  // 384-byte chunks at odd file offsets (buffered I/O), 2 KiB chunks, 128 KiB chunks aligned
+  // for direct I/O.
+  for (const Case& k : {Case{3, 1}, Case{16, 256}, Case{1024, 4096}}) {
+    for (size_t staging : {TransferEngineOptions{}.staging_bytes, size_t{8} << 10}) {
+      SCOPED_TRACE("page " + std::to_string(k.page) + " alignment " + std::to_string(k.alignment) +
+                   " staging " + std::to_string(staging));
+      TransferEngineOptions o;
+      o.staging_bytes = staging;
+      auto e = TransferEngine::create(o);
+      ASSERT_TRUE(e.ok());
+      const LayoutConfig c = config(16, k.page, k.alignment);
+      Layout src = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, PinnedAllocator());
+      Layout d1 =
+          make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, DiskAllocator(dir.path()));
+      Layout g = make(config(24, k.page, 256), LayoutKind::LayerSeparate, LayerOrder::BlockMajor,
+                      DeviceAllocator(0));
+      Layout d2 =
+          make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, DiskAllocator(dir.path()));
+      Layout back = make(c, LayoutKind::LayerSeparate, LayerOrder::BlockMajor, SystemAllocator());
+      fill_all_blocks(src, 14);
+      std::vector<size_t> all(16);
+      for (size_t i = 0; i < 16; ++i) all[i] = i;
+      ASSERT_TRUE(e.value()->copy(src, all, d1, all)->wait(30s).ok());
+      // Scattered ids, then runs of consecutive ones (chunks coalesced beyond the staging).
+      const std::vector<size_t> s = {3, 15, 0, 7, 8, 9, 1, 2, 4, 5, 6};
+      const std::vector<size_t> mid = {23, 0, 5, 6, 7, 12, 2, 13, 14, 15, 16};
+      const std::vector<size_t> out = {0, 2, 4, 6, 8, 10, 15, 11, 12, 13, 14};
+      auto in = e.value()->copy(d1, s, g, mid);
+      ASSERT_TRUE(in.ok()) << in.error().to_string();
+      EXPECT_EQ(in->path(), TransferPath::Staged);
+      auto st = in->wait(30s);
+      ASSERT_TRUE(st.ok()) << st.error().to_string();
+      auto off = e.value()->copy(g, mid, d2, out);
+      ASSERT_TRUE(off.ok()) << off.error().to_string();
+      EXPECT_EQ(off->path(), TransferPath::Staged);
+      st = off->wait(30s);
+      ASSERT_TRUE(st.ok()) << st.error().to_string();
+      ASSERT_TRUE(e.value()->copy(d2, out, back, out)->wait(30s).ok());
+      EXPECT_EQ(check_blocks(back, out, s, 14), "");
+    }
+  }
+}
+
+// A disk source cut short: the read past its end fails the Disk -> Device Transfer with the
+// file's offset; the engine goes on.
+TEST(TransferGpuStaged, ReadPastEndOfFile) {
+  KVBM_REQUIRE_GPU();
+  testing::TempDir dir;
+  TransferEngineOptions o;
+  o.staging_bytes = 8 << 10;
+  auto e = TransferEngine::create(o);
+  ASSERT_TRUE(e.ok());
+  const LayoutConfig c = config(4, 32, 4096);  // 4 KiB chunks, 32 KiB blocks
+  Layout disk =
+      make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, DiskAllocator(dir.path()));
+  Layout g = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, DeviceAllocator(0));
+  ASSERT_EQ(::ftruncate(static_cast<int>(disk.storage_type().id), 40960), 0);
+  auto t = e.value()->copy(disk, std::vector<size_t>{0, 1, 2}, g, std::vector<size_t>{0, 1, 2});
+  ASSERT_TRUE(t.ok()) << t.error().to_string();
+  EXPECT_ERROR(t->wait(30s), ErrorCode::Io, "read past end of file at offset 40960");
+  auto ok = e.value()->copy(disk, std::vector<size_t>{0}, g, std::vector<size_t>{3});
+  ASSERT_TRUE(ok.ok());
+  EXPECT_TRUE(ok->wait(30s).ok());
 }
 
 }  // namespace

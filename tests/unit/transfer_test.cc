@@ -4,6 +4,9 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstring>
 #include <thread>
 
@@ -53,6 +56,20 @@ Layout host_layout(const LayoutConfig& c, const Shape& s) {
   return std::move(*l);
 }
 
+Layout disk_layout(const LayoutConfig& c, const Shape& s, const testing::TempDir& dir) {
+  auto l = Layout::allocate(c, s.kind, DiskAllocator(dir.path()), s.order);
+  EXPECT_TRUE(l.ok()) << l.error().to_string();
+  return std::move(*l);
+}
+
+// Copies and waits; the copy's error (from copy() or from the Transfer) if any.
+Status copy_and_wait(TransferEngine& e, const Layout& src, std::span<const size_t> src_ids,
+                     const Layout& dst, std::span<const size_t> dst_ids) {
+  auto t = e.copy(src, src_ids, dst, dst_ids);
+  if (!t) return t.error();
+  return t->wait(30s);
+}
+
 // A storage with an address and no bytes, for validation paths that never copy.
 class FakeStorage final : public Storage {
  public:
@@ -89,7 +106,14 @@ TEST(TransferEngine, RejectsBadOptions) {
   o = {};
   o.cuda_kernel = static_cast<CudaCopyKernel>(7);
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "cuda_kernel 7");
+  for (size_t staging : {size_t{0}, size_t{4096}, size_t{12288}, size_t{128} << 30}) {
+    o = {};
+    o.staging_bytes = staging;
+    EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument,
+                 "staging_bytes " + std::to_string(staging));
+  }
   EXPECT_STREQ(to_string(CudaCopyKernel::Warp), "warp");
+  EXPECT_STREQ(to_string(TransferPath::Staged), "staged");
   auto e = engine();
   EXPECT_EQ(e->host_threads(), std::max(1u, std::thread::hardware_concurrency()));
 }
@@ -260,19 +284,23 @@ TEST(TransferValidation, EveryError) {
   ASSERT_TRUE(ok->wait(10s).ok());
   EXPECT_EQ(check_blocks(a, std::vector<size_t>{2, 3}, two, 5), "");
 
-  // Tier pairs without a path.
+  // Every tier pair's path; two GPUs have none.
   Layout d1 = fake_layout(config(4), StorageType::disk(100));
   Layout d2 = fake_layout(config(4), StorageType::disk(101));
-  EXPECT_ERROR(e->copy(d1, one, d2, one), ErrorCode::Unsupported,
-               "no block copy path from Disk(fd 100) to Disk(fd 101)");
   Layout g0 = fake_layout(config(4), StorageType::device(0));
   Layout g1 = fake_layout(config(4), StorageType::device(1));
-  EXPECT_ERROR(e->path_for(g0, g1), ErrorCode::Unsupported, "different GPUs");
-  EXPECT_ERROR(e->path_for(d1, g0), ErrorCode::Unsupported, "host layout");
+  EXPECT_ERROR(e->path_for(g0, g1), ErrorCode::Unsupported,
+               "no block copy path from Device(0) to Device(1) (different GPUs)");
+  EXPECT_ERROR(e->copy(g0, one, g1, one), ErrorCode::Unsupported, "different GPUs");
   EXPECT_EQ(*e->path_for(a, g0), TransferPath::Cuda);
   EXPECT_EQ(*e->path_for(a, d1), TransferPath::File);
-  if (!cuda_device_count()) {  // without a GPU, the CUDA path says so
+  EXPECT_EQ(*e->path_for(d1, d2), TransferPath::Staged);
+  EXPECT_EQ(*e->path_for(d1, g0), TransferPath::Staged);
+  EXPECT_EQ(*e->path_for(g0, d1), TransferPath::Staged);
+  if (!cuda_device_count()) {  // without a GPU, the CUDA and Staged paths say so at once
     EXPECT_ERROR(e->copy(a, one, g0, one), ErrorCode::DeviceUnavailable, "");
+    EXPECT_ERROR(e->copy(d1, one, g0, one), ErrorCode::DeviceUnavailable, "");
+    EXPECT_ERROR(e->copy(g0, one, d1, one), ErrorCode::DeviceUnavailable, "");
   }
 }
 
@@ -285,15 +313,14 @@ TEST(TransferFile, HostToDiskAndBack) {
       LayoutConfig c = config(6, alignment, 256);         // 8 KiB chunks
       Layout src = host_layout(c, kShapes[0]);
       Layout back = host_layout(c, kShapes[2]);
-      auto disk = Layout::allocate(c, shape.kind, DiskAllocator(dir.path()), shape.order);
-      ASSERT_TRUE(disk.ok()) << disk.error().to_string();
+      Layout disk = disk_layout(c, shape, dir);
       fill_all_blocks(src, 6);
       const std::vector<size_t> s = {5, 1, 2}, d = {0, 3, 4}, b = {1, 5, 0};
-      auto w = e->copy(src, s, *disk, d);
+      auto w = e->copy(src, s, disk, d);
       ASSERT_TRUE(w.ok()) << w.error().to_string();
       EXPECT_EQ(w->path(), TransferPath::File);
       ASSERT_TRUE(w->wait(10s).ok());
-      auto r = e->copy(*disk, d, back, b);
+      auto r = e->copy(disk, d, back, b);
       ASSERT_TRUE(r.ok()) << r.error().to_string();
       auto st = r->wait(10s);
       ASSERT_TRUE(st.ok()) << st.error().to_string();
@@ -311,6 +338,161 @@ TEST(TransferFile, IoErrorsComeBackThroughTheHandle) {
   ASSERT_TRUE(t.ok()) << t.error().to_string();
   EXPECT_ERROR(t->wait(10s), ErrorCode::Io, "987654");
   EXPECT_TRUE(t->ready());
+}
+
+// Disk -> Disk goes through the engine's host staging buffer. Each case: host -> disk A
+// (File), A -> disk B (Staged, the copy under test), B -> host (File), every byte checked.
+struct StagedCase {
+  const char* name;
+  LayoutConfig config;
+  size_t staging_bytes;
+};
+
+void disk_to_disk(const StagedCase& k, const Shape& from, const Shape& to) {
+  SCOPED_TRACE(std::string(k.name) + ": " + from.name + " -> " + to.name);
+  testing::TempDir dir;
+  TransferEngineOptions o;
+  o.staging_bytes = k.staging_bytes;
+  auto e = engine(o);
+  const size_t n = k.config.num_blocks;
+  Layout src = host_layout(k.config, kShapes[0]);
+  Layout back = host_layout(k.config, kShapes[1]);
+  Layout a = disk_layout(k.config, from, dir);
+  Layout b = disk_layout(k.config, to, dir);
+  fill_all_blocks(src, 7);
+  std::vector<size_t> all(n);
+  for (size_t i = 0; i < n; ++i) all[i] = i;
+  ASSERT_TRUE(copy_and_wait(*e, src, all, a, all).ok());
+  // Scattered ids, then a run of consecutive ones (coalesced into chunks larger than a half
+  // of a small staging buffer); block n - 1 of b is never written.
+  const std::vector<size_t> s = {4, 0, 2, 1, 3, 5}, d = {0, 5, 1, 2, 3, 4};
+  auto t = e->copy(a, s, b, d);
+  ASSERT_TRUE(t.ok()) << t.error().to_string();
+  EXPECT_EQ(t->path(), TransferPath::Staged);
+  EXPECT_EQ(t->bytes(),
+            s.size() * k.config.num_layers * k.config.outer_dim * k.config.chunk_bytes());
+  auto st = t->wait(30s);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_TRUE(t->ready());
+  const std::vector<size_t> run = {0, 1, 2, 3, 4, 5}, at = {6, 7, 8, 9, 10, 11};
+  st = copy_and_wait(*e, a, run, b, at);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  ASSERT_TRUE(copy_and_wait(*e, b, all, back, all).ok());
+  EXPECT_EQ(check_blocks(back, d, s, 7), "");
+  EXPECT_EQ(check_blocks(back, at, run, 7), "");
+}
+
+const StagedCase kStagedCases[] = {
+    // 80-byte chunks at odd offsets: buffered I/O; many chunks per batch.
+    {"unaligned", config(13, 1, 5), 64 << 10},
+    // 4 KiB chunks, page-aligned: direct I/O where the file system allows it.
+    {"aligned", config(13, 4096, 256), 64 << 10},
+    // 16000-byte chunks through 4 KiB halves: every chunk split, unaligned tails.
+    {"split unaligned", config(13, 1, 1000), 8 << 10},
+    // 16 KiB chunks through 4 KiB halves, and runs of blocks coalesced far beyond that.
+    {"split aligned", config(13, 4096, 1024), 8 << 10},
+    // The default buffer: the whole request in one batch.
+    {"default staging", config(13, 4096, 256), TransferEngineOptions{}.staging_bytes},
+};
+
+TEST(TransferStaged, DiskToDiskEveryPairOfLayoutKinds) {
+  for (const StagedCase& k : kStagedCases) {
+    for (const Shape& from : kShapes) {
+      for (const Shape& to : kShapes) disk_to_disk(k, from, to);
+    }
+  }
+}
+
+// A source file cut short: the read past its end fails the Transfer, naming the file and
+// the offset; a closed fd (no such fd) likewise.
+TEST(TransferStaged, ReadErrorsComeBackThroughTheHandle) {
+  testing::TempDir dir;
+  TransferEngineOptions o;
+  o.staging_bytes = 8 << 10;
+  auto e = engine(o);
+  const LayoutConfig c = config(4, 4096, 256);  // 4 KiB chunks, 24 KiB blocks
+  Layout a = disk_layout(c, kShapes[0], dir);
+  Layout b = disk_layout(c, kShapes[0], dir);
+  const int fd = static_cast<int>(a.storage_type().id);
+  ASSERT_EQ(::ftruncate(fd, 2 * 24576 + 4096), 0);
+  auto t = e->copy(a, std::vector<size_t>{1, 2}, b, std::vector<size_t>{0, 1});
+  ASSERT_TRUE(t.ok()) << t.error().to_string();
+  EXPECT_ERROR(t->wait(30s), ErrorCode::Io, "read past end of file at offset 53248");
+  EXPECT_ERROR(t->wait(30s), ErrorCode::Io, "fd " + std::to_string(fd));
+  EXPECT_TRUE(t->ready());
+
+  Layout bad = fake_layout(config(4), StorageType::disk(987654));
+  Layout ok = disk_layout(config(4), kShapes[0], dir);
+  EXPECT_ERROR(copy_and_wait(*e, bad, std::vector<size_t>{0}, ok, std::vector<size_t>{0}),
+               ErrorCode::Io, "read fd 987654 offset 1048576");
+  EXPECT_ERROR(copy_and_wait(*e, ok, std::vector<size_t>{0}, bad, std::vector<size_t>{0}),
+               ErrorCode::Io, "write fd 987654 offset 1048576");
+  // The engine goes on after errors.
+  Layout ok2 = disk_layout(config(4), kShapes[2], dir);
+  EXPECT_TRUE(copy_and_wait(*e, ok, std::vector<size_t>{0}, ok2, std::vector<size_t>{3}).ok());
+}
+
+// Staged requests from several threads share the one staging buffer; each lands whole.
+TEST(TransferStaged, ManyRequestsFromManyThreads) {
+  testing::TempDir dir;
+  TransferEngineOptions o;
+  o.staging_bytes = 16 << 10;
+  auto e = engine(o);
+  const LayoutConfig c = config(16, 1, 300);  // 4800-byte chunks
+  Layout host = host_layout(c, kShapes[0]);
+  fill_all_blocks(host, 8);
+  Layout src = disk_layout(c, kShapes[1], dir);
+  std::vector<size_t> all(16);
+  for (size_t i = 0; i < 16; ++i) all[i] = i;
+  ASSERT_TRUE(copy_and_wait(*e, host, all, src, all).ok());
+  std::vector<Layout> dsts;
+  for (int i = 0; i < 4; ++i) dsts.push_back(disk_layout(c, kShapes[i % 3], dir));
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      std::vector<size_t> ids(16);
+      for (size_t b = 0; b < 16; ++b) ids[b] = (b * 5 + i) % 16;
+      for (int round = 0; round < 5; ++round) {
+        if (!copy_and_wait(*e, src, all, dsts[i], ids)) failures++;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(failures.load(), 0);
+  for (int i = 0; i < 4; ++i) {
+    std::vector<size_t> ids(16);
+    for (size_t b = 0; b < 16; ++b) ids[b] = (b * 5 + i) % 16;
+    Layout back = host_layout(c, kShapes[2]);
+    ASSERT_TRUE(copy_and_wait(*e, dsts[i], ids, back, all).ok());
+    EXPECT_EQ(check_blocks(back, all, all, 8), "") << "destination " << i;
+  }
+}
+
+// Destroying a Transfer in flight waits for it: the copy is whole afterwards, and so is
+// one queued behind it.
+TEST(TransferStaged, DestroyingATransferInFlightWaits) {
+  testing::TempDir dir;
+  TransferEngineOptions o;
+  o.staging_bytes = 8 << 10;
+  auto e = engine(o);
+  const LayoutConfig c = config(64, 4096, 1024);  // 6 MiB in 4 KiB batches
+  Layout host = host_layout(c, kShapes[0]);
+  fill_all_blocks(host, 9);
+  Layout a = disk_layout(c, kShapes[0], dir);
+  Layout b = disk_layout(c, kShapes[2], dir);
+  std::vector<size_t> all(64), rev(64);
+  for (size_t i = 0; i < 64; ++i) all[i] = i, rev[i] = 63 - i;
+  ASSERT_TRUE(copy_and_wait(*e, host, all, a, all).ok());
+  {
+    auto first = e->copy(a, all, b, rev);
+    ASSERT_TRUE(first.ok()) << first.error().to_string();
+    auto second = e->copy(a, all, b, rev);
+    ASSERT_TRUE(second.ok()) << second.error().to_string();
+  }
+  Layout back = host_layout(c, kShapes[1]);
+  ASSERT_TRUE(copy_and_wait(*e, b, rev, back, all).ok());
+  EXPECT_EQ(check_blocks(back, all, all, 9), "");
 }
 
 class TransferRemote : public ::testing::Test {
