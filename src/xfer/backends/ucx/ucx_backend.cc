@@ -859,7 +859,10 @@ void UcxBackend::deliver(const NotifHeader& h, std::string sender, std::string m
 }
 
 size_t UcxBackend::progress() {
-  std::lock_guard<std::mutex> lock(mu_);
+  // Never wait for the lock (as in the CUDA backend): a caller holding it is posting, and
+  // a progress thread queued behind it turns each of its unlocks into a futex wake-up.
+  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
+  if (!lock.owns_lock()) return 0;
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }
