@@ -399,13 +399,22 @@ int run_bench_gpu(const BenchGpuOptions& o) {
                         DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it, depth),
            "1 large d2h", d2h_ceiling, 0.9, "d2h, " + inflight,
            time_memcpy_inflight(queue, pinned->data(), a->data(), n, it));
-    auto dram =
-        time_request(**stager, Op::Write, DescList(MemType::Dram, {{host->addr(), n, 0}}),
-                     DescList(MemType::Dram, {{staged.dram(), n, 0}}), *staged_name, it, depth);
-    report("staged vram->vram", n,
-           time_request(**stager, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Vram, {{staged.vram(), n, 0}}), *staged_name, it, depth),
-           "agent dram->dram over UCX", dram ? *dram : 0, 0.8, "", 0);
+    // UCX between processes varies by 2-5x from one short run to the next (the same
+    // run's 4 and 256 MiB ceilings once read 10.7 and 2.3 GB/s): the best of 3 runs
+    // each, interleaved, so both sides see the same machine.
+    Result<double> dram = 0.0, vram = 0.0;
+    for (int round = 0; round < 3 && dram && vram; ++round) {
+      auto d =
+          time_request(**stager, Op::Write, DescList(MemType::Dram, {{host->addr(), n, 0}}),
+                       DescList(MemType::Dram, {{staged.dram(), n, 0}}), *staged_name, it, depth);
+      auto v =
+          time_request(**stager, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
+                       DescList(MemType::Vram, {{staged.vram(), n, 0}}), *staged_name, it, depth);
+      dram = d ? Result<double>(std::max(*dram, *d)) : d;
+      vram = v ? Result<double>(std::max(*vram, *v)) : v;
+    }
+    report("staged vram->vram", n, vram, "agent dram->dram over UCX (best of 3)", dram ? *dram : 0,
+           0.8, "", 0);
   }
 
   // Latency: one small request at a time through the agent against the copy it makes.
