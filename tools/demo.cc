@@ -1,7 +1,8 @@
 // `kvbm demo`: the main job, end to end. Allocates KV block layouts on every tier this
 // machine has, fills the blocks with a known pattern, offloads them GPU -> pinned -> disk,
-// onboards them back disk -> pinned -> GPU, copies them host -> host, and ships them to a
-// second agent process ("decode", tools/demo_peer.cc) over loopback with a notification.
+// onboards them back disk -> pinned -> GPU and disk -> GPU in one request (the engine's
+// staged path), copies them host -> host, and ships them to a second agent process
+// ("decode", tools/demo_peer.cc) over loopback with a notification.
 // Every hop goes through the transfer engine and is verified block by block; each is timed
 // next to the ceiling of its path, measured in the same run on the same byte count.
 // Without a GPU the GPU hops are listed as skipped and the host tier is plain memory.
@@ -334,10 +335,11 @@ int run_demo(const DemoOptions& options) {
 
   // host -> disk (offload) and disk -> host (onboard).
   std::optional<Layout> disk, h3;
+  bool on_disk = false;  // the offload to disk succeeded
   const std::string to_disk = host + " -> disk (offload)",
                     from_disk = "disk -> " + host + " (onboard)";
+  auto ceilings = demo::disk_ceilings(dir.path, bytes, kReps);
   {
-    auto ceilings = demo::disk_ceilings(dir.path, bytes, kReps);
     auto d = Layout::allocate(demo::block_config(n), LayoutKind::FullyContiguous,
                               DiskAllocator(dir.path));
     auto back = host_layout(LayoutKind::FullyContiguous);
@@ -357,6 +359,7 @@ int run_demo(const DemoOptions& options) {
         rows.push_back(not_run(from_disk, bytes, "the offload failed"));
         h3.reset();
       } else {
+        on_disk = true;
         rows.push_back(hop(from_disk, **engine, *disk, *h3, false, std::move(r)));
         if (rows.back().failed) h3.reset();
       }
@@ -376,6 +379,23 @@ int run_demo(const DemoOptions& options) {
     } else {
       rows.push_back(hop(onboard, **engine, *h3, *g2, false,
                          cuda ? Result<Ceiling>(cuda->to_device) : Result<Ceiling>(cuda.error())));
+    }
+  }
+
+  // disk -> GPU (onboard) in one request: the engine stages it through pinned memory.
+  const std::string direct = "disk -> GPU (staged onboard)";
+  if (!gpu) {
+    rows.push_back(skipped(direct, bytes, no_gpu));
+  } else if (!on_disk) {
+    rows.push_back(not_run(direct, bytes, "the offload to disk failed"));
+  } else {
+    auto g3 = zeroed_layout(n, LayoutKind::FullyContiguous, DeviceAllocator(0));
+    if (!g3) {
+      rows.push_back(failed(direct, bytes, g3.error().to_string()));
+    } else {
+      rows.push_back(
+          hop(direct, **engine, *disk, *g3, false,
+              ceilings ? Result<Ceiling>(ceilings->read) : Result<Ceiling>(ceilings.error())));
     }
   }
 
