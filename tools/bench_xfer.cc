@@ -395,9 +395,22 @@ int run_xfer(const XferOptions& o) {
   std::cout << "\n";
 
   const size_t point_bytes = o.transport == "tcp" ? (size_t{64} << 20) : (size_t{256} << 20);
-  Table bw({"op", "size", "descs", "request", "in flight", "requests", "GB/s", "perftest GB/s",
-            "ratio"});
+  // Two perftest figures per row: one message of the descriptor's size (the same buffer
+  // reused, so cache-resident where ours, spread over `descs` buffers, is not), and one
+  // message of the whole request's size (the same bytes and footprint per operation). The
+  // target is judged on the second; for one descriptor they are the same.
+  Table bw({"op", "size", "descs", "request", "in flight", "requests", "GB/s",
+            "perftest GB/s (size)", "ratio", "perftest GB/s (request)", "ratio (request)"});
   std::map<std::pair<Op, size_t>, std::optional<double>> perf_bw;  // per (op, message size)
+  auto perf = [&](Op op, size_t size, size_t n) -> std::optional<double> {
+    auto key = std::make_pair(op, size);
+    if (perf_bw.count(key) == 0) {
+      auto pr = run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
+      if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
+      perf_bw[key] = pr ? std::optional<double>(pr->gbps) : std::nullopt;
+    }
+    return perf_bw[key];
+  };
   double worst_bw_ratio = 1e9;
   for (Op op : ops) {
     for (const Point& p : points) {
@@ -408,25 +421,26 @@ int run_xfer(const XferOptions& o) {
           o.inflight != 0 ? o.inflight : std::clamp<size_t>((size_t{4} << 20) / request, 1, 32);
       auto r = measure_bandwidth(s, op, p.size, p.count, iters, inflight);
       if (!r) return fail(r.error());
-      auto key = std::make_pair(op, p.size);
-      if (perftest && perf_bw.count(key) == 0) {
-        const size_t n =
-            o.iters != 0 ? o.iters * p.count : std::clamp<size_t>(point_bytes / p.size, 8, 100000);
-        auto pr =
-            run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", p.size, n);
-        if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
-        perf_bw[key] = pr ? std::optional<double>(pr->gbps) : std::nullopt;
+      // ucx_perftest messages of `size` bytes for as many bytes as this row moves.
+      auto messages = [&](size_t size) {
+        return o.iters != 0 ? o.iters * request / size
+                            : std::clamp<size_t>(point_bytes / size, 8, 100000);
+      };
+      std::optional<double> theirs, theirs_request;
+      if (perftest) {
+        theirs = perf(op, p.size, messages(p.size));
+        theirs_request = p.count == 1 ? theirs : perf(op, request, messages(request));
       }
-      std::optional<double> theirs = perftest ? perf_bw[key] : std::nullopt;
-      if (theirs && p.size >= (64u << 10))
-        worst_bw_ratio = std::min(worst_bw_ratio, r->gbps / *theirs);
+      if (theirs_request && request >= (64u << 10))
+        worst_bw_ratio = std::min(worst_bw_ratio, r->gbps / *theirs_request);
       bw.add({xfer::to_string(op), human_bytes(p.size), std::to_string(p.count),
               human_bytes(request), std::to_string(r->inflight), std::to_string(r->iters),
-              fixed(r->gbps, 2), theirs ? fixed(*theirs, 2) : "-", ratio(r->gbps, theirs)});
+              fixed(r->gbps, 2), theirs ? fixed(*theirs, 2) : "-", ratio(r->gbps, theirs),
+              theirs_request ? fixed(*theirs_request, 2) : "-", ratio(r->gbps, theirs_request)});
     }
   }
   std::cout << "Bandwidth (GB/s = 1e9 B/s; perftest: ucp_put_bw / ucp_get of one message of "
-               "'size', same buffer reused)\n";
+               "'size', and of 'request', each buffer reused)\n";
   bw.print(std::cout);
 
   Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
@@ -456,7 +470,7 @@ int run_xfer(const XferOptions& o) {
   lat.print(std::cout);
 
   if (perftest) {
-    std::cout << "\nTargets: bandwidth >= 0.90x perftest at >= 64 KiB: ";
+    std::cout << "\nTargets: bandwidth >= 0.90x perftest (request size) at >= 64 KiB: ";
     if (worst_bw_ratio < 1e9) {
       std::cout << "worst " << fixed(worst_bw_ratio, 2) << "x ("
                 << (worst_bw_ratio >= 0.9 ? "met" : "missed") << ")";
