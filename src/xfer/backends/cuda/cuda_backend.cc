@@ -331,15 +331,9 @@ Status CudaBackend::connect(const std::string& agent, std::string_view connectio
   std::lock_guard<std::mutex> lock(mu_);
   if (peer->mode != Mode::Self && !info->ucx_address.empty()) {
     const bool peer_errors = !(same_host && tls_allows_shared_memory());
-    ucp_ep_params_t ep{};
-    ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                    UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    std::string address = info->ucx_address;
-    ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
-    ep.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
-    ep.err_handler.cb = &CudaBackend::on_ep_error;
-    ep.err_handler.arg = this;
-    if (ucs_status_t st = ucp_ep_create(worker_, &ep, &peer->ep); st != UCS_OK) {
+    if (ucs_status_t st = open_endpoint(worker_, info->ucx_address, peer_errors,
+                                        &CudaBackend::on_ep_error, this, &peer->ep);
+        st != UCS_OK) {
       // Not fatal: IPC (and the agent's other backends) still reach the peer; staged
       // requests to it then fail with Unsupported.
       peer->ep = nullptr;
@@ -405,16 +399,7 @@ void CudaBackend::close_peer_locked(const std::shared_ptr<CudaPeer>& peer, Error
     if (op->peer == peer) fail_op(*op, *peer->failure);
   }
   if (peer->ep != nullptr) {
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    ucs_status_ptr_t req = ucp_ep_close_nbx(peer->ep, &p);
-    if (UCS_PTR_IS_PTR(req)) {
-      for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; ++i) {
-        ucp_worker_progress(worker_);
-      }
-      ucp_request_free(req);
-    }
+    close_endpoint(worker_, peer->ep);
     peer->ep = nullptr;
   }
   auto it = peers_.find(peer->name);

@@ -24,6 +24,7 @@
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
 #include "xfer/backends/ucx/same_host.h"
+#include "xfer/backends/ucx/ucx_endpoint.h"
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -461,20 +462,14 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
-  ucp_ep_params_t ep{};
-  ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
-                  UCP_EP_PARAM_FIELD_ERR_HANDLER;
-  std::string address(connection_info.substr(nl + 1));  // a copy: aligned, and ours
-  ep.address = reinterpret_cast<const ucp_address_t*>(address.data());
-  ep.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
-  ep.err_handler.cb = &UcxBackend::on_ep_error;
-  ep.err_handler.arg = this;
   auto peer = std::make_shared<UcxPeer>();
   peer->name = agent;
   peer->connection = connection_seed_++;
   peer->self = self;
   peer->host = std::move(host);
-  if (ucs_status_t s = ucp_ep_create(worker_, &ep, &peer->ep); s != UCS_OK) {
+  if (ucs_status_t s = open_endpoint(worker_, connection_info.substr(nl + 1), peer_errors,
+                                     &UcxBackend::on_ep_error, this, &peer->ep);
+      s != UCS_OK) {
     return ucx_error(ErrorCode::Remote, "ucp_ep_create to agent '" + agent + "'", s);
   }
   if (auto it = peers_.find(agent); it != peers_.end()) {
@@ -501,17 +496,7 @@ void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error w
   if (peer->ep != nullptr) {
     // Requests that came in on this endpoint get no reply: it is about to go.
     std::erase_if(file_replies_, [&](const auto& r) { return r.second == peer->ep; });
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-    p.flags = UCP_EP_CLOSE_FLAG_FORCE;
-    ucs_status_ptr_t req = ucp_ep_close_nbx(peer->ep, &p);
-    if (UCS_PTR_IS_PTR(req)) {
-      // A forced close does not wait for the peer; it completes within a few progress calls.
-      for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; ++i) {
-        ucp_worker_progress(worker_);
-      }
-      ucp_request_free(req);
-    }
+    close_endpoint(worker_, peer->ep);
     peer->ep = nullptr;
   }
   auto it = peers_.find(peer->name);
