@@ -111,47 +111,13 @@ Status CudaBackend::init() {
     cudaGetLastError();
     default_device_ = 0;
   }
-  ucp_config_t* config = nullptr;
-  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
-    return ucx_fail(ErrorCode::Internal, "ucp_config_read", s);
-  }
-  ucp_params_t params{};
-  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-  params.features = UCP_FEATURE_AM;
-  params.mt_workers_shared = 0;
-  ucs_status_t s = ucp_init(&params, config, &context_);
-  ucp_config_release(config);
-  if (s != UCS_OK) return ucx_fail(ErrorCode::Internal, "ucp_init", s);
-  ucp_worker_params_t wp{};
-  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
-  wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call is made under mu_
-  if (s = ucp_worker_create(context_, &wp, &worker_); s != UCS_OK) {
-    return ucx_fail(ErrorCode::Internal, "ucp_worker_create", s);
-  }
-  ucp_address_t* addr = nullptr;
-  size_t addr_len = 0;
-  if (s = ucp_worker_get_address(worker_, &addr, &addr_len); s != UCS_OK) {
-    return ucx_fail(ErrorCode::Internal, "ucp_worker_get_address", s);
-  }
-  address_.assign(reinterpret_cast<const char*>(addr), addr_len);
-  ucp_worker_release_address(worker_, addr);
+  KVBM_TRY(open_worker(UCP_FEATURE_AM, &context_, &worker_, &address_));
   const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {
       {kAmPut, &CudaBackend::on_am_id<kAmPut>},
       {kAmGet, &CudaBackend::on_am_id<kAmGet>},
       {kAmAck, &CudaBackend::on_am_id<kAmAck>},
       {kAmGetReply, &CudaBackend::on_am_id<kAmGetReply>}};
-  for (auto [id, cb] : handlers) {
-    ucp_am_handler_param_t am{};
-    am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
-                    UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
-    am.id = id;
-    am.cb = cb;
-    am.arg = this;
-    am.flags = UCP_AM_FLAG_WHOLE_MSG;
-    if (s = ucp_worker_set_am_recv_handler(worker_, &am); s != UCS_OK) {
-      return ucx_fail(ErrorCode::Internal, "ucp_worker_set_am_recv_handler", s);
-    }
-  }
+  for (auto [id, cb] : handlers) KVBM_TRY(set_am_handler(worker_, id, cb, this));
   return {};
 }
 

@@ -24,7 +24,7 @@
 #include "kvbm/log.h"
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/cuda_info.h"
-#include "xfer/backends/ucx/ucx_endpoint.h"
+#include "xfer/backends/ucx/ucx_worker.h"
 
 namespace kvbm::xfer::detail::cuda {
 

@@ -1,0 +1,82 @@
+#include "xfer/backends/ucx/ucx_worker.h"
+
+namespace kvbm::xfer::detail {
+namespace {
+
+Error ucx_call_failed(std::string_view call, ucs_status_t s) {
+  return err(ErrorCode::Internal, call, ": ", ucs_status_string(s));
+}
+
+}  // namespace
+
+Status open_worker(uint64_t features, ucp_context_h* context, ucp_worker_h* worker,
+                   std::string* address) {
+  ucp_config_t* config = nullptr;
+  if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
+    return ucx_call_failed("ucp_config_read", s);
+  }
+  ucp_params_t params{};
+  params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
+  params.features = features;
+  params.mt_workers_shared = 0;
+  ucs_status_t s = ucp_init(&params, config, context);
+  ucp_config_release(config);
+  if (s != UCS_OK) return ucx_call_failed("ucp_init", s);
+  ucp_worker_params_t wp{};
+  wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
+  wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call is made under the backend's lock
+  if (s = ucp_worker_create(*context, &wp, worker); s != UCS_OK) {
+    return ucx_call_failed("ucp_worker_create", s);
+  }
+  ucp_address_t* addr = nullptr;
+  size_t addr_len = 0;
+  if (s = ucp_worker_get_address(*worker, &addr, &addr_len); s != UCS_OK) {
+    return ucx_call_failed("ucp_worker_get_address", s);
+  }
+  address->assign(reinterpret_cast<const char*>(addr), addr_len);
+  ucp_worker_release_address(*worker, addr);
+  return {};
+}
+
+Status set_am_handler(ucp_worker_h worker, unsigned id, ucp_am_recv_callback_t cb, void* arg) {
+  ucp_am_handler_param_t am{};
+  am.field_mask = UCP_AM_HANDLER_PARAM_FIELD_ID | UCP_AM_HANDLER_PARAM_FIELD_CB |
+                  UCP_AM_HANDLER_PARAM_FIELD_ARG | UCP_AM_HANDLER_PARAM_FIELD_FLAGS;
+  am.id = id;
+  am.cb = cb;
+  am.arg = arg;
+  am.flags = UCP_AM_FLAG_WHOLE_MSG;
+  if (ucs_status_t s = ucp_worker_set_am_recv_handler(worker, &am); s != UCS_OK) {
+    return ucx_call_failed("ucp_worker_set_am_recv_handler", s);
+  }
+  return {};
+}
+
+ucs_status_t open_endpoint(ucp_worker_h worker, std::string_view address, bool peer_errors,
+                           ucp_err_handler_cb_t on_error, void* arg, ucp_ep_h* ep) {
+  std::string copy(address);  // UCX reads the address as a struct: give it aligned storage
+  ucp_ep_params_t p{};
+  p.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
+                 UCP_EP_PARAM_FIELD_ERR_HANDLER;
+  p.address = reinterpret_cast<const ucp_address_t*>(copy.data());
+  p.err_mode = peer_errors ? UCP_ERR_HANDLING_MODE_PEER : UCP_ERR_HANDLING_MODE_NONE;
+  p.err_handler.cb = on_error;
+  p.err_handler.arg = arg;
+  return ucp_ep_create(worker, &p, ep);
+}
+
+void close_endpoint(ucp_worker_h worker, ucp_ep_h ep) {
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  p.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  ucs_status_ptr_t req = ucp_ep_close_nbx(ep, &p);
+  if (UCS_PTR_IS_PTR(req)) {
+    // A forced close completes within a few progress calls.
+    for (int i = 0; i < 100000 && ucp_request_check_status(req) == UCS_INPROGRESS; ++i) {
+      ucp_worker_progress(worker);
+    }
+    ucp_request_free(req);
+  }
+}
+
+}  // namespace kvbm::xfer::detail
