@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <thread>
@@ -84,6 +85,12 @@ std::optional<std::string> ChildProcess::read_line(std::chrono::milliseconds tim
     if (auto nl = buffer_.find('\n'); nl != std::string::npos) {
       std::string line = buffer_.substr(0, nl);
       buffer_.erase(0, nl + 1);
+      // UCX logs to stdout ("[<time>] [<host>:<pid>:<thread>] file.c:N UCX ERROR ..."), so
+      // a log line can come before a reply: pass it on to stderr, and read on.
+      if (line.starts_with('[') && line.find(" UCX ") != std::string::npos) {
+        std::fprintf(stderr, "child %d: %s\n", static_cast<int>(pid_), line.c_str());
+        continue;
+      }
       return line;
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(

@@ -24,7 +24,8 @@ class ChildProcess {
   pid_t pid() const { return pid_; }
   // Sends one line (a newline is appended).
   bool send(const std::string& line);
-  // Reads one line, without its newline; nullopt on EOF or timeout.
+  // Reads one line, without its newline; nullopt on EOF or timeout. UCX's log lines
+  // (UCX logs to stdout) are skipped and copied to stderr.
   std::optional<std::string> read_line(
       std::chrono::milliseconds timeout = std::chrono::seconds(30));
   // send() then read_line().
