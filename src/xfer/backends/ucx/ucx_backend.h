@@ -4,11 +4,22 @@
 // WRITE are ucp_get/put followed by an endpoint flush; notifications are active messages
 // sent after the flush, so they arrive after the data is visible.
 //
+// Same host: a peer on this machine is reached by mapping its shareable memory or by CMA
+// (same_host.h), the bytes moving in the caller's thread; only notifications go over UCX.
+//
 // Remote files: FILE regions registered here are served to peers (file_server.h), and a
 // peer's FILE regions are reached through their owner: each chunk (file_wire.h) is an
-// active message answered by the owner's progress, which reads into or writes from a
-// bounded staging buffer. The notification follows the last chunk's reply, so it arrives
-// once a WRITE is in the file. This agent's own files stay with POSIX.
+// active message that the owner's serving thread (file_serving_thread.h) answers by
+// reading into or writing from a bounded staging buffer. The notification follows the
+// last chunk's reply, so it arrives once a WRITE is in the file. This agent's own files
+// stay with POSIX.
+//
+// Failed peers: over TCP (and other transports with peer-failure reporting) UCX reports
+// a dead peer, and its requests end with an error. UCX's shared-memory transports cannot
+// (the same-host path checks the peer's process instead): with same_host=off over them,
+// requests to a dead peer end at the agent's peer timeout, and a peer killed while it
+// wrote into this worker's receive FIFO can leave that FIFO blocked, so that transfers
+// with other peers over UCX's shared memory also end at the timeout.
 #pragma once
 
 #include <memory>
@@ -18,7 +29,8 @@
 
 namespace kvbm::xfer::detail {
 
-// Params: none yet (UCX reads its own UCX_* environment).
+// Params: "same_host" = "auto" (map, else CMA, else UCX; the default, or the environment's
+// KVBM_UCX_SAME_HOST), "cma" or "off" (UCX alone). UCX reads its own UCX_* environment.
 Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
                                                   const BackendParams& params);
 
