@@ -176,8 +176,11 @@ TEST_P(RemoteFile, AWriteTheOwnersFileSystemRefusesIsAnErrorNamingFdAndOffset) {
 }
 
 // The owner's file I/O runs off its agent's lock: while a READ of its file waits for
-// bytes (a FIFO here, standing for a slow disk), the owner still sends notifications
-// and serves a transfer of its memory.
+// bytes (a FIFO here, standing for a slow disk), the owner still takes notifications in
+// and serves a transfer of its memory (over TCP, UCX's emulated RMA needs the owner's
+// progress). The owner does not connect back: over TCP, UCX 1.13 can fail an assertion
+// on its wire-up (ucp_ep.inl:215, remote_id) when an owner that peers reach with
+// reply-endpoint messages creates its own endpoint to them (seen once in CI).
 TEST_P(RemoteFile, OwnerStaysResponsiveWhileItsFileIoWaits) {
   constexpr size_t kLen = 65536;  // one chunk; the FIFO's buffer holds it
   auto fifo = owner->ask("fifo " + std::to_string(kLen));
@@ -196,9 +199,6 @@ TEST_P(RemoteFile, OwnerStaysResponsiveWhileItsFileIoWaits) {
   };
   auto name = agent->fetch_remote_metadata("127.0.0.1", port);  // with the FIFO's region
   ASSERT_TRUE(name.ok()) << name.error().to_string();
-  auto port_here = agent->listen("127.0.0.1", 0);
-  ASSERT_TRUE(port_here.ok()) << port_here.error().to_string();
-  ASSERT_EQ(owner->ask("fetch " + std::to_string(*port_here)), "OK initiator");
 
   auto req = agent->create_request(Op::Read, local_descs({{0, kLen}}),
                                    DescList(MemType::File, {{0, kLen, fifo_fd}}), "owner");
@@ -213,13 +213,13 @@ TEST_P(RemoteFile, OwnerStaysResponsiveWhileItsFileIoWaits) {
   }
   ASSERT_EQ(queued, 0) << "the owner never read from the FIFO";
 
-  EXPECT_EQ(owner->ask("notify initiator busy"), "OK");
-  std::vector<Notification> got;
-  for (int i = 0; i < 3000 && got.empty(); ++i) {
-    got = agent->get_notifs();
-    if (got.empty()) std::this_thread::sleep_for(5ms);
+  ASSERT_TRUE(agent->gen_notif("owner", "busy").ok());
+  std::optional<std::string> got;
+  for (int i = 0; i < 3000 && got != "NOTIFS initiator:busy"; ++i) {
+    got = owner->ask("notifs");
+    if (got != "NOTIFS initiator:busy") std::this_thread::sleep_for(5ms);
   }
-  EXPECT_EQ(got, (std::vector<Notification>{{"owner", "busy"}}));
+  EXPECT_EQ(got, "NOTIFS initiator:busy");
   ASSERT_TRUE(run(Op::Read, local_descs({{kLen, 4096}}),
                   testing::descs_at(MemType::Dram, owner_addr, {{0, 4096}}))
                   .ok());

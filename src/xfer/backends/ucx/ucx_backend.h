@@ -20,6 +20,11 @@
 // requests to a dead peer end at the agent's peer timeout, and a peer killed while it
 // wrote into this worker's receive FIFO can leave that FIFO blocked, so that transfers
 // with other peers over UCX's shared memory also end at the timeout.
+//
+// Known UCX 1.13 issue: file requests reach the owner with UCX's reply endpoint; an owner
+// that also creates its own endpoint to such a peer (loads its metadata, e.g. to notify
+// it) can, over TCP, fail a UCX wire-up assertion (ucp_ep.inl:215, remote_id). Seen once
+// in CI; not yet worked around.
 #pragma once
 
 #include <memory>
