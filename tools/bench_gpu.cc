@@ -380,7 +380,9 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   const double d2h_ceiling = time_memcpy(pinned->data(), a->data(), max, 3);
   for (size_t mib = 1; mib <= o.max_mib; mib *= 4) {
     const size_t n = mib << 20;
-    // At least two rounds of `depth`, so that most completions are timed with the queue full.
+    // The same bytes at every size (800 MiB by default; with 80 MiB, tens of microseconds
+    // of copying on the GPU, a ratio swung by 0.3 between runs), and at least two rounds
+    // of `depth`, so that most completions are timed with the queue full.
     const int it =
         std::max({3, static_cast<int>(iters * 64 / std::max<size_t>(mib, 1) / 16), 2 * depth});
     const double d2d_one = time_memcpy(b->data(), a->data(), n, it);

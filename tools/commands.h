@@ -24,8 +24,8 @@ struct DemoPeerOptions {
 };
 
 struct BenchGpuOptions {
-  size_t max_mib = 256;          // largest transfer; sizes go 1, 4, 16, ... MiB up to it
-  int iters = 20;                // repetitions at 4 MiB (more for smaller, fewer for larger)
+  size_t max_mib = 256;  // largest transfer; sizes go 1, 4, 16, ... MiB up to it
+  int iters = 200;       // repetitions at 4 MiB (as many bytes at every size, at least 2 x depth)
   size_t chunk_bytes = 4 << 20;  // staged path: bounce buffer size
   size_t bounce_buffers = 8;     // staged path: buffers per direction
   int depth = 4;                 // requests (and ceiling copies) kept in flight; 1: one at a time
