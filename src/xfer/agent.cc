@@ -604,7 +604,9 @@ std::vector<Notification> AgentImpl::get_notifs() {
 
 void AgentImpl::progress() {
   size_t events = 0;
-  for (size_t i = 0; i < backend_count(); ++i) events += backends_[i]->progress();
+  for (size_t i = 0; i < backend_count(); ++i) {
+    events += backends_[i]->progress(Backend::LockWait::Wait);
+  }
   if (events > 0) notify_progress();
 }
 
@@ -639,7 +641,9 @@ void AgentImpl::progress_loop() {
   int idle = 0;
   while (!stop_.load(std::memory_order_acquire)) {
     size_t events = 0;
-    for (size_t i = 0; i < backend_count(); ++i) events += backends_[i]->progress();
+    for (size_t i = 0; i < backend_count(); ++i) {
+      events += backends_[i]->progress(Backend::LockWait::Skip);
+    }
     if (events > 0) {
       notify_progress();
       idle = 0;

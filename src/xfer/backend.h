@@ -103,8 +103,13 @@ class Backend {
   virtual bool notifies_peers() const { return supports_notifications(); }
   virtual Status send_notification(const std::string& agent, std::string_view message) = 0;
 
+  // How progress() treats its lock when another thread holds it.
+  enum class LockWait {
+    Skip,  // return 0 at once: the progress thread, which comes back soon anyway
+    Wait,  // take it: Agent::progress, which promises to synchronize with that thread
+  };
   // Drives communication once; returns the number of events handled (0: idle).
-  virtual size_t progress() = 0;
+  virtual size_t progress(LockWait wait) = 0;
   // A file descriptor that becomes readable when progress() has work, or -1 (then the
   // agent's progress thread polls). Arm it with arm() before sleeping on it; arm()
   // returns false when there is work already.

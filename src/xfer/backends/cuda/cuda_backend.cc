@@ -481,13 +481,17 @@ Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare(
       std::make_unique<CudaStagedRequest>(this, op, std::move(peer), std::move(chunks)));
 }
 
-size_t CudaBackend::progress() {
-  // Never wait for the lock: a caller holding it is posting or polling a copy, and a
-  // progress thread queued behind it makes every unlock a futex wake-up (IPC copies of
-  // 1 MiB, 4 in flight: 0.78-0.81 of the d2d ceiling with a blocking lock, 0.95-1.02
-  // without). The next pass catches up.
-  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return 0;
+size_t CudaBackend::progress(LockWait wait) {
+  // The progress thread never waits for the lock: a caller holding it is posting or
+  // polling a copy, and a thread queued behind it makes every unlock a futex wake-up
+  // (IPC copies of 1 MiB, 4 in flight: 0.78-0.81 of the d2d ceiling with a blocking
+  // lock, 0.95-1.02 without). The next pass catches up. Agent::progress waits.
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  if (wait == LockWait::Wait) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return 0;
+  }
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }

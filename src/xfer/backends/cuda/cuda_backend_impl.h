@@ -287,7 +287,7 @@ class CudaBackend final : public Backend {
     return err(ErrorCode::Unsupported, "the CUDA backend carries no notifications (to agent '",
                agent, "'); the agent sends them over UCX");
   }
-  size_t progress() override;
+  size_t progress(LockWait wait) override;
 
   // Everything below runs with mu_ held.
   std::mutex mu_;

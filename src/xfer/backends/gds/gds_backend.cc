@@ -326,7 +326,7 @@ class GdsBackend final : public Backend {
     if (env_.on_notification) env_.on_notification({agent, std::string(message)});
     return {};
   }
-  size_t progress() override { return 0; }
+  size_t progress(LockWait) override { return 0; }
 
   Status submit(const std::shared_ptr<Job>& job) {
     {

@@ -155,7 +155,7 @@ class PosixBackend final : public Backend {
     return {};
   }
 
-  size_t progress() override { return 0; }  // the worker thread does the I/O
+  size_t progress(LockWait) override { return 0; }  // the worker thread does the I/O
 
   Status submit(const std::shared_ptr<Job>& job) {
     {

@@ -190,7 +190,7 @@ class UcxBackend final : public Backend {
                                                   std::optional<std::string> notification) override;
   bool supports_notifications() const override { return true; }
   Status send_notification(const std::string& agent, std::string_view message) override;
-  size_t progress() override;
+  size_t progress(LockWait wait) override;
 
   // Everything below runs with mu_ held.
   std::mutex mu_;
@@ -805,11 +805,17 @@ void UcxBackend::deliver(const NotifHeader& h, std::string sender, std::string m
   }
 }
 
-size_t UcxBackend::progress() {
-  // Never wait for the lock (as in the CUDA backend): a caller holding it is posting, and
-  // a progress thread queued behind it turns each of its unlocks into a futex wake-up.
-  std::unique_lock<std::mutex> lock(mu_, std::try_to_lock);
-  if (!lock.owns_lock()) return 0;
+size_t UcxBackend::progress(LockWait wait) {
+  // The progress thread never waits for the lock (as in the CUDA backend): a caller
+  // holding it is posting, and a thread queued behind it turns each unlock into a futex
+  // wake-up. Agent::progress waits: taking the lock is what orders the bytes this
+  // worker copied in (UCX's emulated PUT) before the caller's reads.
+  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
+  if (wait == LockWait::Wait) {
+    lock.lock();
+  } else if (!lock.try_lock()) {
+    return 0;
+  }
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }
