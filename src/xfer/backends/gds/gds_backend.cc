@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "common/cuda_util.h"
+#include "common/task_pool.h"
 #include "common/uring_batch.h"
 #include "kvbm/log.h"
 #endif
@@ -117,12 +118,19 @@ Result<const Api*> open_api() {
 }  // namespace cufile
 
 constexpr uint64_t kAlign = 4096;
+// cuFile pieces are cut into slices of this size so that a large one is in flight on
+// several threads.
+constexpr uint64_t kCuFileSlice = 4 << 20;
 
 // A cuFile handle of a file, shared by its FILE region and the loopback view of it.
+// A cuFile registration of one file; deregistered once, when the last user lets go.
 struct FileHandle {
+  FileHandle(const cufile::Api* a, cufile::Handle h) : api(a), fh(h) {}
+  FileHandle(const FileHandle&) = delete;  // a copy would deregister the handle twice
+  FileHandle& operator=(const FileHandle&) = delete;
+  ~FileHandle() { api->handle_deregister(fh); }
   const cufile::Api* api;
   cufile::Handle fh;
-  ~FileHandle() { api->handle_deregister(fh); }
 };
 
 class GdsLocalRegion final : public LocalRegion {
@@ -137,6 +145,9 @@ class GdsLocalRegion final : public LocalRegion {
     }
   }
   std::string remote_info() const override { return {}; }
+  // The base address cuFile knows this VRAM region by, or 0 when it is not registered
+  // with cuFile (then cuFile bounces it through its own buffers).
+  uint64_t cufile_base() const { return buf_registered_ ? desc.addr : 0; }
   const MemType type;
   const Desc desc;
 
@@ -167,6 +178,8 @@ struct Piece {
   uint64_t len;
   int device;
   cufile::Handle fh;  // null: bounce
+  // cuFile: the buffer's registered base (I/O names it and the offset from it), else dev_addr.
+  uint64_t dev_base;
 };
 
 struct Job {
@@ -194,11 +207,12 @@ class GdsRequest final : public BackendRequest {
 
 class GdsBackend final : public Backend {
  public:
-  GdsBackend(BackendEnv env, const cufile::Api* api, bool require_cufile,
+  GdsBackend(BackendEnv env, const cufile::Api* api, bool require_cufile, size_t cufile_threads,
              std::unique_ptr<UringBatch> batch, void* staging, size_t staging_bytes)
       : env_(std::move(env)),
         api_(api),
         require_cufile_(require_cufile),
+        cufile_pool_(api ? cufile_threads - 1 : 0),  // the worker is one of them
         batch_(std::move(batch)),
         staging_(static_cast<char*>(staging)),
         staging_bytes_(staging_bytes) {
@@ -250,7 +264,7 @@ class GdsBackend final : public Backend {
                                   ") failed (cuFile error " + std::to_string(e.err) +
                                   "): this file moves through pinned bounce buffers");
         } else {
-          file = std::make_shared<FileHandle>(FileHandle{api_, fh});
+          file = std::make_shared<FileHandle>(api_, fh);
           std::lock_guard<std::mutex> lock(mu_);
           handles_[RegionKey{d.dev_id, d.addr}] = file;
         }
@@ -310,8 +324,10 @@ class GdsBackend final : public Backend {
       const Desc& mem = remote_is_file ? s.local : s.remote;
       const bool file_read = (op == Op::Read) == remote_is_file;
       const auto& fh = remote_is_file ? r->file : l->file;
+      const uint64_t base = remote_is_file ? l->cufile_base() : 0;
       job->pieces.push_back({!file_read, static_cast<int>(file.dev_id), file.addr, mem.addr,
-                             file.len, static_cast<int>(mem.dev_id), fh ? fh->fh : nullptr});
+                             file.len, static_cast<int>(mem.dev_id), fh ? fh->fh : nullptr,
+                             base != 0 ? base : mem.addr});
       if (!fh) job->bounce_bytes += (file.len + kAlign - 1) / kAlign * kAlign;
     }
     return std::unique_ptr<BackendRequest>(std::make_unique<GdsRequest>(this, std::move(job)));
@@ -352,11 +368,12 @@ class GdsBackend final : public Backend {
   Status run_cufile(const Piece& p) {
     kvbm::detail::DeviceGuard guard(p.device);
     uint64_t done = 0;
+    void* base = reinterpret_cast<void*>(p.dev_base);
     while (done < p.len) {
-      void* dev = reinterpret_cast<void*>(p.dev_addr);
-      const ssize_t n =
-          p.to_file ? api_->write(p.fh, dev, p.len - done, off_t(p.file_off + done), off_t(done))
-                    : api_->read(p.fh, dev, p.len - done, off_t(p.file_off + done), off_t(done));
+      const auto dev_off = off_t(p.dev_addr - p.dev_base + done);
+      const auto file_off = off_t(p.file_off + done);
+      const ssize_t n = p.to_file ? api_->write(p.fh, base, p.len - done, file_off, dev_off)
+                                  : api_->read(p.fh, base, p.len - done, file_off, dev_off);
       if (n < 0) {
         // -1 with errno, or minus a cuFile error code; cuFile also puts its codes (5000 and
         // up) in errno.
@@ -429,23 +446,51 @@ class GdsBackend final : public Backend {
     return flush();
   }
 
-  // Runs one job's pieces; cuFile pieces first, then the bounced ones.
-  Status run_job(const Job& job) {
-    std::vector<Piece> bounce;
-    for (const Piece& p : job.pieces) {
-      if (p.fh != nullptr) {
-        KVBM_TRY(run_cufile(p));
-      } else {
-        bounce.push_back(p);
+  // Runs the cuFile pieces of the group's jobs, cut into slices of at most kCuFileSlice,
+  // cufile_threads at a time: cuFileRead/Write block, so one at a time would leave the disk
+  // (and, in compat mode, cuFile's own host bounce) idle between calls. A job's first
+  // failing slice is its error.
+  void run_cufile_pieces(std::vector<Status>& results) {
+    struct Slice {
+      size_t job;
+      Piece piece;
+    };
+    std::vector<Slice> slices;
+    for (size_t i = 0; i < running_.size(); ++i) {
+      for (const Piece& p : running_[i]->pieces) {
+        if (p.fh == nullptr) continue;
+        for (uint64_t off = 0; off < p.len; off += kCuFileSlice) {
+          Piece part = p;
+          part.file_off += off;
+          part.dev_addr += off;
+          part.len = std::min(kCuFileSlice, p.len - off);
+          slices.push_back({i, part});
+        }
       }
     }
-    return run_bounce(bounce);
+    std::vector<Status> out(slices.size());
+    cufile_pool_.run(slices.size(), [&](size_t k) { out[k] = run_cufile(slices[k].piece); });
+    for (size_t k = 0; k < slices.size(); ++k) {
+      Status& r = results[slices[k].job];
+      if (r && !out[k]) r = out[k];
+    }
+  }
+
+  // The bounced pieces of the jobs in `which`.
+  std::vector<Piece> bounced(const std::vector<size_t>& which) const {
+    std::vector<Piece> out;
+    for (size_t i : which) {
+      for (const Piece& p : running_[i]->pieces) {
+        if (p.fh == nullptr) out.push_back(p);
+      }
+    }
+    return out;
   }
 
   // Takes every queued job whose bounced bytes still fit the staging buffer, so that one
   // io_uring run keeps many of them in flight (a job per run would leave the disk at
-  // queue depth 1). A group that fails is re-run job by job, so that each request gets
-  // its own outcome.
+  // queue depth 1). A group whose bounce fails is re-run job by job, so that each request
+  // gets its own outcome; a job whose cuFile part failed does not bounce its other pieces.
   void work() {
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
@@ -459,23 +504,16 @@ class GdsBackend final : public Backend {
       } while (!queue_.empty() && bytes + queue_.front()->bounce_bytes <= staging_bytes_);
       lock.unlock();
       std::vector<Status> results(running_.size());
-      if (running_.size() == 1) {
-        results[0] = run_job(*running_[0]);
-      } else {
-        std::vector<Piece> bounce;
-        for (size_t i = 0; i < running_.size(); ++i) {
-          for (const Piece& p : running_[i]->pieces) {
-            if (p.fh != nullptr && !(results[i] = run_cufile(p))) break;
-          }
-          if (!results[i]) continue;
-          for (const Piece& p : running_[i]->pieces) {
-            if (p.fh == nullptr) bounce.push_back(p);
-          }
-        }
-        if (!run_bounce(bounce)) {
-          for (size_t i = 0; i < running_.size(); ++i) {
-            if (results[i]) results[i] = run_job(*running_[i]);
-          }
+      run_cufile_pieces(results);
+      std::vector<size_t> ok;
+      for (size_t i = 0; i < running_.size(); ++i) {
+        if (results[i]) ok.push_back(i);
+      }
+      if (Status st = run_bounce(bounced(ok)); !st) {
+        if (ok.size() == 1) {
+          results[ok[0]] = st;
+        } else {
+          for (size_t i : ok) results[i] = run_bounce(bounced({i}));
         }
       }
       for (size_t i = 0; i < running_.size(); ++i) {
@@ -502,10 +540,11 @@ class GdsBackend final : public Backend {
 
   const std::string name_ = "GDS";
   BackendEnv env_;
-  const cufile::Api* api_;             // null: bounce path
-  const bool require_cufile_;          // mode=cufile: a file cuFile refuses is an error
-  std::unique_ptr<UringBatch> batch_;  // worker only
-  char* staging_;                      // pinned, worker only
+  const cufile::Api* api_;              // null: bounce path
+  const bool require_cufile_;           // mode=cufile: a file cuFile refuses is an error
+  kvbm::detail::TaskPool cufile_pool_;  // worker only: runs cuFile slices side by side
+  std::unique_ptr<UringBatch> batch_;   // worker only
+  char* staging_;                       // pinned, worker only
   size_t staging_bytes_;
 
   std::mutex mu_;
@@ -541,7 +580,7 @@ Result<uint64_t> parse_number(const std::string& key, const std::string& value) 
 Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
                                                   const BackendParams& params) {
   std::string mode = "auto";
-  uint64_t depth = 64, bounce = 16 << 20;
+  uint64_t depth = 64, bounce = 16 << 20, cufile_threads = 8;
   for (const auto& [key, value] : params) {
     if (key == "mode") {
       if (value != "auto" && value != "cufile" && value != "bounce") {
@@ -560,9 +599,16 @@ Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
         return err(ErrorCode::InvalidArgument, "GDS bounce_bytes ", *v, " must be in 1 MiB..4 GiB");
       }
       bounce = (*v + kAlign - 1) / kAlign * kAlign;
+    } else if (key == "cufile_threads") {
+      auto v = parse_number(key, value);
+      if (!v) return v.error();
+      if (*v == 0 || *v > 64) {
+        return err(ErrorCode::InvalidArgument, "GDS cufile_threads ", *v, " must be in 1..64");
+      }
+      cufile_threads = *v;
     } else {
       return err(ErrorCode::InvalidArgument, "GDS backend has no parameter '", key,
-                 "' (known: mode, queue_depth, bounce_bytes)");
+                 "' (known: mode, queue_depth, bounce_bytes, cufile_threads)");
     }
   }
   if (depth == 0 || depth > 4096) {
@@ -594,8 +640,8 @@ Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
   }
   log(LogLevel::Info, "GDS backend of agent '" + env.agent_name + "' uses " +
                           (api ? std::string("cuFile") : "pinned bounce buffers (" + why + ")"));
-  return std::unique_ptr<Backend>(
-      std::make_unique<GdsBackend>(env, api, mode == "cufile", std::move(*batch), staging, bounce));
+  return std::unique_ptr<Backend>(std::make_unique<GdsBackend>(
+      env, api, mode == "cufile", cufile_threads, std::move(*batch), staging, bounce));
 }
 
 std::string gds_path(const Backend& backend) {

@@ -17,7 +17,9 @@ namespace kvbm::xfer::detail {
 
 // Params: "mode" = "auto" (default: cuFile when it opens, else bounce) | "cufile" (cuFile
 // or fail) | "bounce" (never cuFile); "queue_depth" (1..4096, default 64) and
-// "bounce_bytes" (default 16 MiB, at least 1 MiB) for the bounce path.
+// "bounce_bytes" (default 16 MiB, at least 1 MiB) for the bounce path; "cufile_threads"
+// (1..64, default 8): cuFile calls in flight at once (they block; pieces are cut into
+// 4 MiB slices for them).
 // DeviceUnavailable without a GPU (or a CUDA build); InvalidArgument for bad params;
 // Unsupported for mode=cufile where cuFile cannot open (naming why).
 Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
