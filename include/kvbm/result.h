@@ -76,6 +76,15 @@ class [[nodiscard]] Result {
   T& operator*() & { return value(); }
   T&& operator*() && { return std::move(*this).value(); }
   const T& operator*() const& { return value(); }
+  // The value, or `fallback` when this holds an error (as std::expected::value_or).
+  template <typename U>
+  T value_or(U&& fallback) const& {
+    return ok() ? std::get<0>(v_) : static_cast<T>(std::forward<U>(fallback));
+  }
+  template <typename U>
+  T value_or(U&& fallback) && {
+    return ok() ? std::get<0>(std::move(v_)) : static_cast<T>(std::forward<U>(fallback));
+  }
 
   // Precondition: !ok().
   const Error& error() const { return std::get<1>(v_); }

@@ -31,6 +31,16 @@ TEST(Result, HoldsValueOrError) {
   EXPECT_EQ(bad.error().to_string(), "InvalidArgument: odd value 7");
 }
 
+TEST(Result, ValueOrGivesTheFallbackOnlyForAnError) {
+  EXPECT_EQ(half(8).value_or(-1), 4);
+  EXPECT_EQ(half(7).value_or(-1), -1);
+  Result<std::string> text = std::string("kept");
+  EXPECT_EQ(text.value_or("fallback"), "kept");
+  EXPECT_EQ(std::move(text).value_or("fallback"), "kept");
+  Result<std::string> none = err(ErrorCode::NotFound, "no text");
+  EXPECT_EQ(none.value_or("fallback"), "fallback");
+}
+
 TEST(Result, TryPropagatesFirstError) {
   EXPECT_TRUE(quarter_is_even(8).ok());
   auto st = quarter_is_even(6);
