@@ -3,6 +3,7 @@
 // UringBatch on a plain O_DIRECT file, and dd oflag/iflag=direct.
 //
 //   file_bench [--mib 1024] [--req-kib 1024] [--qd 32] [--dir /path] [--vram auto|cufile|bounce]
+//              [--cufile-threads N]  (the GDS backend's cufile_threads; default its own)
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -46,7 +47,8 @@ struct Options {
   uint64_t req_kib = 1024;
   unsigned qd = 32;
   std::filesystem::path dir = std::filesystem::temp_directory_path();
-  std::string vram_mode;  // empty: no VRAM rows; else the GDS backend's mode
+  std::string vram_mode;       // empty: no VRAM rows; else the GDS backend's mode
+  std::string cufile_threads;  // empty: the GDS backend's default
 };
 
 // Posts `reqs` keeping `qd` in flight; returns seconds.
@@ -113,6 +115,8 @@ int main(int argc, char** argv) {
       o.dir = v;
     } else if (k == "--vram") {
       o.vram_mode = v;
+    } else if (k == "--cufile-threads") {
+      o.cufile_threads = v;
     } else {
       die("unknown option " + k);
     }
@@ -154,8 +158,9 @@ int main(int argc, char** argv) {
   if (!o.vram_mode.empty()) {
 #if KVBM_HAVE_CUDA
     set_log_level(LogLevel::Info);  // the GDS backend says which path each file takes
-    if (auto st = a.create_backend("GDS", {{"mode", o.vram_mode}}); !st)
-      die(st.error().to_string());
+    BackendParams gds{{"mode", o.vram_mode}};
+    if (!o.cufile_threads.empty()) gds["cufile_threads"] = o.cufile_threads;
+    if (auto st = a.create_backend("GDS", gds); !st) die(st.error().to_string());
     auto vdisk = DiskStorage::allocate(total, o.dir);
     auto vsrc = DeviceAllocator(0).allocate(slots * req);
     auto vdst = DeviceAllocator(0).allocate(slots * req);
@@ -217,8 +222,9 @@ int main(int argc, char** argv) {
   std::printf("%-24s %10s %10s\n", "path", "write GB/s", "read GB/s");
   std::printf("%-24s %10.2f %10.2f\n", "agent POSIX (DRAM<->FILE)", gbs(agent_w), gbs(agent_r));
   if (!o.vram_mode.empty()) {
-    std::printf("%-24s %10.2f %10.2f   (GDS mode=%s; the log above says cuFile or bounce)\n",
-                "agent GDS (VRAM<->FILE)", gbs(vram_w), gbs(vram_r), o.vram_mode.c_str());
+    std::printf("%-24s %10.2f %10.2f   (GDS mode=%s%s%s; the log above says cuFile or bounce)\n",
+                "agent GDS (VRAM<->FILE)", gbs(vram_w), gbs(vram_r), o.vram_mode.c_str(),
+                o.cufile_threads.empty() ? "" : ", cufile_threads=", o.cufile_threads.c_str());
   }
   std::printf("%-24s %10.2f %10.2f\n", "raw UringBatch O_DIRECT", gbs(raw_w), gbs(raw_r));
   std::printf("%-24s %10.2f %10.2f\n", "dd bs=1M direct", gbs(dd_w), gbs(dd_r));
