@@ -122,8 +122,8 @@ constexpr uint64_t kAlign = 4096;
 // several threads.
 constexpr uint64_t kCuFileSlice = 4 << 20;
 
-// A cuFile handle of a file, shared by its FILE region and the loopback view of it.
-// A cuFile registration of one file; deregistered once, when the last user lets go.
+// A cuFile handle of a file, shared by its FILE region and the loopback view of it;
+// deregistered once, when the last of them lets go.
 struct FileHandle {
   FileHandle(const cufile::Api* a, cufile::Handle h) : api(a), fh(h) {}
   FileHandle(const FileHandle&) = delete;  // a copy would deregister the handle twice
