@@ -8,6 +8,7 @@
 #include <chrono>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -110,6 +111,11 @@ class Backend {
   };
   // Drives communication once; returns the number of events handled (0: idle).
   virtual size_t progress(LockWait wait) = 0;
+  // progress()'s lock on `mu`, taken or only tried as `wait` says; not owned when skipped.
+  static std::unique_lock<std::mutex> progress_lock(std::mutex& mu, LockWait wait) {
+    if (wait == LockWait::Wait) return std::unique_lock<std::mutex>(mu);
+    return std::unique_lock<std::mutex>(mu, std::try_to_lock);
+  }
   // A file descriptor that becomes readable when progress() has work, or -1 (then the
   // agent's progress thread polls). Arm it with arm() before sleeping on it; arm()
   // returns false when there is work already.

@@ -486,12 +486,8 @@ size_t CudaBackend::progress(LockWait wait) {
   // polling a copy, and a thread queued behind it makes every unlock a futex wake-up
   // (IPC copies of 1 MiB, 4 in flight: 0.78-0.81 of the d2d ceiling with a blocking
   // lock, 0.95-1.02 without). The next pass catches up. Agent::progress waits.
-  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
-  if (wait == LockWait::Wait) {
-    lock.lock();
-  } else if (!lock.try_lock()) {
-    return 0;
-  }
+  auto lock = progress_lock(mu_, wait);
+  if (!lock.owns_lock()) return 0;
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }

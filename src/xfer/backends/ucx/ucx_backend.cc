@@ -810,12 +810,8 @@ size_t UcxBackend::progress(LockWait wait) {
   // holding it is posting, and a thread queued behind it turns each unlock into a futex
   // wake-up. Agent::progress waits: taking the lock is what orders the bytes this
   // worker copied in (UCX's emulated PUT) before the caller's reads.
-  std::unique_lock<std::mutex> lock(mu_, std::defer_lock);
-  if (wait == LockWait::Wait) {
-    lock.lock();
-  } else if (!lock.try_lock()) {
-    return 0;
-  }
+  auto lock = progress_lock(mu_, wait);
+  if (!lock.owns_lock()) return 0;
   events_ = 0;
   while (ucp_worker_progress(worker_) != 0) {
   }
