@@ -50,8 +50,9 @@ TEST(GdsBackend, ParamsAndNoGpu) {
                "cufile_threads 0");
   EXPECT_ERROR(a->create_backend("GDS", {{"cufile_threads", "65"}}), ErrorCode::InvalidArgument,
                "cufile_threads 65");
+  EXPECT_ERROR(a->create_backend("GDS", {{"nope", "1"}}), ErrorCode::InvalidArgument, "'nope'");
   EXPECT_ERROR(a->create_backend("GDS", {{"nope", "1"}}), ErrorCode::InvalidArgument,
-               "cufile_threads");
+               "cufile_threads)");
   if (cuda_device_count()) GTEST_SKIP() << "a GPU is present: the no-GPU error is not reachable";
   EXPECT_ERROR(a->create_backend("GDS"), ErrorCode::DeviceUnavailable, "GDS backend");
   EXPECT_ERROR(a->create_backend("GDS", {{"mode", "bounce"}}), ErrorCode::DeviceUnavailable,
@@ -62,10 +63,13 @@ TEST(GdsBackend, ParamsAndNoGpu) {
 
 // scripts/device-test sets KVBM_REQUIRE_CUFILE=1 when it runs these tests in a file system
 // it made for cuFile: there a cuFile path that does not run is a failure, not a skip.
-#define SKIP_CUFILE(why)                                   \
-  do {                                                     \
-    if (std::getenv("KVBM_REQUIRE_CUFILE")) FAIL() << why; \
-    GTEST_SKIP() << why;                                   \
+bool cufile_required() {
+  return std::getenv("KVBM_REQUIRE_CUFILE") != nullptr;
+}
+#define SKIP_CUFILE(why)                  \
+  do {                                    \
+    if (cufile_required()) FAIL() << why; \
+    GTEST_SKIP() << why;                  \
   } while (0)
 
 DescList vram(uint64_t addr, uint64_t len) {
@@ -169,7 +173,7 @@ class GdsPath : public ::testing::TestWithParam<std::string> {
     auto a = make_agent();
     auto st = a->create_backend("GDS", {{"mode", GetParam()}});
     if (!st && st.code() == ErrorCode::Unsupported) {
-      if (std::getenv("KVBM_REQUIRE_CUFILE")) ADD_FAILURE() << st.error().message;
+      if (cufile_required()) ADD_FAILURE() << st.error().message;
       return nullptr;
     }
     EXPECT_TRUE(st) << st.error().to_string();
@@ -179,7 +183,7 @@ class GdsPath : public ::testing::TestWithParam<std::string> {
   std::unique_ptr<MemoryRegistration> register_file(Agent& a, int fd, uint64_t len) {
     auto reg = a.register_memory(file(fd, 0, len));
     if (!reg && GetParam() == "cufile") {
-      if (std::getenv("KVBM_REQUIRE_CUFILE")) ADD_FAILURE() << reg.error().message;
+      if (cufile_required()) ADD_FAILURE() << reg.error().message;
       return nullptr;
     }
     EXPECT_TRUE(reg) << reg.error().to_string();
