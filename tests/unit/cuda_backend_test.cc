@@ -113,15 +113,15 @@ TEST(CudaBackend, ParametersAreCheckedBeforeTheGpu) {
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"staged", "yes"}}), ErrorCode::InvalidArgument,
                "staged must be 0 or 1");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"chunk_bytes", "12"}}), ErrorCode::InvalidArgument,
-               "chunk_bytes");
+               "CUDA chunk_bytes 12 must be in 4096..1073741824");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"chunk_bytes", "4k"}}), ErrorCode::InvalidArgument,
-               "chunk_bytes");
+               "chunk_bytes '4k' is not a number");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"bounce_buffers", "0"}}), ErrorCode::InvalidArgument,
-               "bounce_buffers");
+               "bounce_buffers 0 must be in 1..1024");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"streams", "0"}}), ErrorCode::InvalidArgument,
-               "streams must be 1..64, got '0'");
+               "streams 0 must be in 1..64");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"streams", "65"}}), ErrorCode::InvalidArgument,
-               "streams must be 1..64");
+               "streams 65 must be in 1..64");
 }
 
 TEST(CudaBackend, WithoutGpuCreationIsDeviceUnavailable) {

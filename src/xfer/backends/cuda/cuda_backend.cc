@@ -1,5 +1,6 @@
 #include "xfer/backends/cuda/cuda_backend.h"
 
+#include "xfer/backend_params.h"
 #include "xfer/backends/cuda/cuda_backend_impl.h"
 
 namespace kvbm::xfer::detail {
@@ -554,30 +555,14 @@ size_t CudaBackend::progress(LockWait wait) {
   return events_;
 }
 
-namespace {
-
-size_t parse_size(const BackendParams& params, const std::string& key, size_t fallback) {
-  auto it = params.find(key);
-  if (it == params.end()) return fallback;
-  char* end = nullptr;
-  const unsigned long long v = std::strtoull(it->second.c_str(), &end, 10);
-  if (end == it->second.c_str() || *end != '\0') return 0;
-  return v;
-}
-
-}  // namespace
 }  // namespace cuda
 
 using namespace cuda;
 
 Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
                                                    const BackendParams& params) {
-  for (const auto& [k, v] : params) {
-    if (k != "staged" && k != "chunk_bytes" && k != "bounce_buffers" && k != "streams") {
-      return err(ErrorCode::InvalidArgument, "unknown CUDA backend parameter '", k,
-                 "' (known: staged, chunk_bytes, bounce_buffers, streams)");
-    }
-  }
+  KVBM_TRY(
+      check_param_keys("CUDA", params, {"staged", "chunk_bytes", "bounce_buffers", "streams"}));
   bool staged = false;
   if (auto it = params.find("staged"); it != params.end()) {
     if (it->second != "0" && it->second != "1") {
@@ -586,23 +571,14 @@ Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
     }
     staged = it->second == "1";
   }
-  const size_t chunk = parse_size(params, "chunk_bytes", 2 << 20);
-  if (chunk < 4096 || chunk > (size_t{1} << 30)) {
-    return err(ErrorCode::InvalidArgument, "CUDA parameter chunk_bytes must be 4096..1 GiB, got '",
-               params.count("chunk_bytes") ? params.at("chunk_bytes") : "", "'");
-  }
-  const size_t slots = parse_size(params, "bounce_buffers", 8);
-  if (slots < 1 || slots > 1024) {
-    return err(ErrorCode::InvalidArgument, "CUDA parameter bounce_buffers must be 1..1024, got '",
-               params.count("bounce_buffers") ? params.at("bounce_buffers") : "", "'");
-  }
-  const size_t streams = parse_size(params, "streams", 4);
-  if (streams < 1 || streams > 64) {
-    return err(ErrorCode::InvalidArgument, "CUDA parameter streams must be 1..64, got '",
-               params.count("streams") ? params.at("streams") : "", "'");
+  auto chunk = number_param("CUDA", params, "chunk_bytes", 2 << 20, 4096, 1 << 30);
+  auto slots = number_param("CUDA", params, "bounce_buffers", 8, 1, 1024);
+  auto streams = number_param("CUDA", params, "streams", 4, 1, 64);
+  for (const auto* v : {&chunk, &slots, &streams}) {
+    if (!*v) return v->error();
   }
   KVBM_TRY(cuda_device_count());
-  auto backend = std::make_unique<CudaBackend>(env, staged, chunk, slots, streams);
+  auto backend = std::make_unique<CudaBackend>(env, staged, *chunk, *slots, *streams);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -22,6 +21,7 @@
 #include "common/task_pool.h"
 #include "common/uring_batch.h"
 #include "kvbm/log.h"
+#include "xfer/backend_params.h"
 #endif
 
 namespace kvbm::xfer::detail {
@@ -565,55 +565,27 @@ Status GdsRequest::post() {
   return backend_->submit(job_);
 }
 
-Result<uint64_t> parse_number(const std::string& key, const std::string& value) {
-  uint64_t v = 0;
-  const char* end = value.data() + value.size();
-  auto [p, ec] = std::from_chars(value.data(), end, v);
-  if (value.empty() || ec != std::errc() || p != end) {
-    return err(ErrorCode::InvalidArgument, "GDS ", key, " '", value, "' is not a number");
-  }
-  return v;
-}
-
 }  // namespace
 
 Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
                                                   const BackendParams& params) {
+  KVBM_TRY(
+      check_param_keys("GDS", params, {"mode", "queue_depth", "bounce_bytes", "cufile_threads"}));
   std::string mode = "auto";
-  uint64_t depth = 64, bounce = 16 << 20, cufile_threads = 8;
-  for (const auto& [key, value] : params) {
-    if (key == "mode") {
-      if (value != "auto" && value != "cufile" && value != "bounce") {
-        return err(ErrorCode::InvalidArgument, "GDS mode '", value,
-                   "' is not one of auto, cufile, bounce");
-      }
-      mode = value;
-    } else if (key == "queue_depth") {
-      auto v = parse_number(key, value);
-      if (!v) return v.error();
-      depth = *v;
-    } else if (key == "bounce_bytes") {
-      auto v = parse_number(key, value);
-      if (!v) return v.error();
-      if (*v < (1u << 20) || *v > (uint64_t{1} << 32)) {
-        return err(ErrorCode::InvalidArgument, "GDS bounce_bytes ", *v, " must be in 1 MiB..4 GiB");
-      }
-      bounce = (*v + kAlign - 1) / kAlign * kAlign;
-    } else if (key == "cufile_threads") {
-      auto v = parse_number(key, value);
-      if (!v) return v.error();
-      if (*v == 0 || *v > 64) {
-        return err(ErrorCode::InvalidArgument, "GDS cufile_threads ", *v, " must be in 1..64");
-      }
-      cufile_threads = *v;
-    } else {
-      return err(ErrorCode::InvalidArgument, "GDS backend has no parameter '", key,
-                 "' (known: mode, queue_depth, bounce_bytes, cufile_threads)");
+  if (auto it = params.find("mode"); it != params.end()) {
+    if (it->second != "auto" && it->second != "cufile" && it->second != "bounce") {
+      return err(ErrorCode::InvalidArgument, "GDS mode '", it->second,
+                 "' is not one of auto, cufile, bounce");
     }
+    mode = it->second;
   }
-  if (depth == 0 || depth > 4096) {
-    return err(ErrorCode::InvalidArgument, "GDS queue_depth ", depth, " must be in 1..4096");
+  auto depth = number_param("GDS", params, "queue_depth", 64, 1, 4096);
+  auto bounce = number_param("GDS", params, "bounce_bytes", 16 << 20, 1 << 20, uint64_t{1} << 32);
+  auto cufile_threads = number_param("GDS", params, "cufile_threads", 8, 1, 64);
+  for (const auto* v : {&depth, &bounce, &cufile_threads}) {
+    if (!*v) return v->error();
   }
+  const uint64_t bounce_bytes = (*bounce + kAlign - 1) / kAlign * kAlign;
   if (auto st = kvbm::detail::check_device(0); !st) {
     return err(ErrorCode::DeviceUnavailable, "GDS backend needs a GPU: ", st.error().message);
   }
@@ -631,17 +603,19 @@ Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
   } else {
     why = "mode=bounce";
   }
-  auto batch = UringBatch::create(static_cast<unsigned>(depth));
+  auto batch = UringBatch::create(static_cast<unsigned>(*depth));
   if (!batch) return batch.error();
   void* staging = nullptr;
-  if (cudaError_t e = cudaHostAlloc(&staging, bounce, cudaHostAllocDefault); e != cudaSuccess) {
-    return kvbm::detail::cuda_error(ErrorCode::AllocationFailed, e,
-                                    "GDS staging cudaHostAlloc(" + std::to_string(bounce) + ")");
+  if (cudaError_t e = cudaHostAlloc(&staging, bounce_bytes, cudaHostAllocDefault);
+      e != cudaSuccess) {
+    return kvbm::detail::cuda_error(
+        ErrorCode::AllocationFailed, e,
+        "GDS staging cudaHostAlloc(" + std::to_string(bounce_bytes) + ")");
   }
   log(LogLevel::Info, "GDS backend of agent '" + env.agent_name + "' uses " +
                           (api ? std::string("cuFile") : "pinned bounce buffers (" + why + ")"));
   return std::unique_ptr<Backend>(std::make_unique<GdsBackend>(
-      env, api, mode == "cufile", cufile_threads, std::move(*batch), staging, bounce));
+      env, api, mode == "cufile", *cufile_threads, std::move(*batch), staging, bounce_bytes));
 }
 
 std::string gds_path(const Backend& backend) {

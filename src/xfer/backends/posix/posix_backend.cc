@@ -4,7 +4,6 @@
 
 #include <atomic>
 #include <cerrno>
-#include <charconv>
 #include <climits>
 #include <condition_variable>
 #include <cstring>
@@ -14,6 +13,7 @@
 #include <thread>
 
 #include "common/uring_batch.h"
+#include "xfer/backend_params.h"
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -255,19 +255,10 @@ Status PosixRequest::post() {
 
 Result<std::unique_ptr<Backend>> make_posix_backend(const BackendEnv& env,
                                                     const BackendParams& params) {
-  unsigned depth = 64;
-  for (const auto& [key, value] : params) {
-    if (key != "queue_depth") {
-      return err(ErrorCode::InvalidArgument, "POSIX backend has no parameter '", key,
-                 "' (known: queue_depth)");
-    }
-    const char* end = value.data() + value.size();
-    auto [p, ec] = std::from_chars(value.data(), end, depth);
-    if (ec != std::errc() || p != end || value.empty()) {
-      return err(ErrorCode::InvalidArgument, "POSIX queue_depth '", value, "' is not a number");
-    }
-  }
-  auto batch = UringBatch::create(depth);
+  KVBM_TRY(check_param_keys("POSIX", params, {"queue_depth"}));
+  auto depth = number_param("POSIX", params, "queue_depth", 64, 1, 4096);
+  if (!depth) return depth.error();
+  auto batch = UringBatch::create(static_cast<unsigned>(*depth));
   if (!batch) return batch.error();
   return std::unique_ptr<Backend>(std::make_unique<PosixBackend>(env, std::move(*batch)));
 }
