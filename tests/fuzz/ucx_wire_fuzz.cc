@@ -59,7 +59,8 @@ void file_reply(std::string_view in) {
   auto d = decode_file_reply(in);
   if (!d) return check_error(d, "file reply", kvbm::ErrorCode::Remote);
   auto again = decode_file_reply(encode(*d));
-  if (!again || again->xfer != d->xfer || again->seq != d->seq || again->error != d->error)
+  if (!again || again->xfer != d->xfer || again->seq != d->seq || again->error != d->error ||
+      again->busy != d->busy)
     fail("file reply: round trip changed it");
 }
 

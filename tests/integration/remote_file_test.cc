@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <sstream>
 #include <thread>
 
@@ -38,7 +39,7 @@ class RemoteFile : public ::testing::TestWithParam<Transport> {
  protected:
   void SetUp() override {
     testing::use_transport(GetParam());
-    auto ready = testing::start_agent_peer(owner, {"owner", "4096", "1"}, GetParam());
+    auto ready = testing::start_agent_peer(owner, {"owner", "4096", "1"}, GetParam(), owner_env);
     ASSERT_TRUE(ready);
     std::istringstream(*ready) >> port >> owner_addr;
     auto file = owner->ask("file " + std::to_string(kFileBytes) + " " + std::to_string(kFileSeed) +
@@ -75,6 +76,7 @@ class RemoteFile : public ::testing::TestWithParam<Transport> {
     testing::fill_pattern(s->data(), kLocalBytes, 21);
     return std::move(*s);
   }();
+  std::map<std::string, std::string> owner_env;  // for the owner's process, besides UCX's
   std::unique_ptr<ChildProcess> owner;
   uint16_t port = 0;
   uint64_t owner_addr = 0;  // the owner's registered buffer: 4096 bytes of pattern 1
@@ -265,6 +267,45 @@ TEST_P(RemoteFile, OwnerKilledMidReadFailsWithinThePeerTimeout) {
   EXPECT_LT(std::chrono::steady_clock::now() - start, peer_timeout() + 5s);
   owner.reset();
 }
+
+// The owner serves peers from at most file_staging_mib of staging memory (1 MiB here):
+// while its one buffer is taken, the WRITE chunks that arrive (three requests' windows at
+// once) are answered "busy" and resent by this agent, and every byte still lands.
+class RemoteFileOneStagingBuffer : public RemoteFile {
+ protected:
+  RemoteFileOneStagingBuffer() { owner_env["KVBM_UCX_FILE_STAGING_MIB"] = "1"; }
+};
+
+TEST_P(RemoteFileOneStagingBuffer, WritesTheOwnerIsTooBusyForAreResentAndLand) {
+  testing::LogCapture log;
+  constexpr size_t kPart = kFileBytes / 3;  // 4 MiB: a window of 4 chunks each
+  testing::fill_pattern(local.data(), kFileBytes, 61);
+  std::vector<std::unique_ptr<Request>> reqs;
+  for (size_t i = 0; i < 3; ++i) {
+    auto r = agent->create_request(Op::Write, local_descs({{i * kPart, kPart}}),
+                                   file_descs({{i * kPart, kPart}}), "owner");
+    ASSERT_TRUE(r.ok()) << r.error().to_string();
+    reqs.push_back(std::move(*r));
+  }
+  for (auto& r : reqs) ASSERT_TRUE(r->post().ok());
+  for (auto& r : reqs) {
+    auto st = r->wait(30s);
+    EXPECT_TRUE(st.ok()) << st.error().to_string();
+  }
+  EXPECT_EQ(
+      owner->ask("checkfile " + std::to_string(fd) + " 0 " + std::to_string(kFileBytes) + " 61 0"),
+      "OK");
+  EXPECT_TRUE(log.contains("agent 'owner' has no staging memory free")) << "no chunk was resent";
+  // READs queue for the one buffer at the owner instead.
+  std::memset(local.data(), 0, kFileBytes);
+  ASSERT_TRUE(run(Op::Read, local_descs({{0, kFileBytes}}), file_descs({{0, kFileBytes}})).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(local.data(), kFileBytes, 61), SIZE_MAX);
+}
+
+INSTANTIATE_TEST_SUITE_P(Ucx, RemoteFileOneStagingBuffer,
+                         ::testing::Values(Transport{"shm", "sm,self"},
+                                           Transport{"tcp", "tcp,self"}),
+                         [](const auto& info) { return std::string(info.param.name); });
 
 INSTANTIATE_TEST_SUITE_P(Ucx, RemoteFile,
                          ::testing::Values(Transport{"shm", "sm,self"},

@@ -24,12 +24,13 @@ void use_transport(const Transport& t) {
 
 std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& process,
                                             const std::vector<std::string>& args,
-                                            const Transport& t) {
+                                            const Transport& t,
+                                            std::map<std::string, std::string> env) {
   std::vector<std::string> argv = {helper_path("agent_peer")};
   argv.insert(argv.end(), args.begin(), args.end());
-  process = std::make_unique<ChildProcess>(
-      argv,
-      std::map<std::string, std::string>{{"UCX_TLS", t.tls}, {"KVBM_UCX_SAME_HOST", t.same_host}});
+  env["UCX_TLS"] = t.tls;
+  env["KVBM_UCX_SAME_HOST"] = t.same_host;
+  process = std::make_unique<ChildProcess>(argv, std::move(env));
   auto ready = process->read_line();
   if (!ready || ready->rfind("READY ", 0) != 0) {
     ADD_FAILURE() << "peer did not start: " << ready.value_or("<nothing>");

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <ostream>
@@ -32,11 +33,13 @@ void PrintTo(const Transport& t, std::ostream* os);
 // Sets this process's environment for `t` (before its agent is created).
 void use_transport(const Transport& t);
 
-// Starts tests/integration/agent_peer with `args` in `t`'s environment and reads its
-// READY line; returns what follows "READY " (nullopt, with a test failure, if none).
+// Starts tests/integration/agent_peer with `args` in `t`'s environment (and `env`) and
+// reads its READY line; returns what follows "READY " (nullopt, with a test failure, if
+// none).
 std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& process,
                                             const std::vector<std::string>& args,
-                                            const Transport& t);
+                                            const Transport& t,
+                                            std::map<std::string, std::string> env = {});
 
 // (offset, length) ranges of the given sizes, from `shift` on, `gap` bytes apart.
 std::vector<std::pair<size_t, size_t>> spaced_ranges(const std::vector<size_t>& sizes, size_t shift,

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -58,7 +59,18 @@ TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
   EXPECT_ERROR(a->create_backend("UCX"), ErrorCode::AlreadyRegistered, "UCX");
   EXPECT_ERROR(a->create_backend("NOPE"), ErrorCode::NotFound, "NOPE");
   auto b = make_agent("b", none);
-  EXPECT_ERROR(b->create_backend("UCX", {{"bogus", "1"}}), ErrorCode::InvalidArgument, "bogus");
+  EXPECT_ERROR(b->create_backend("UCX", {{"bogus", "1"}}), ErrorCode::InvalidArgument,
+               "UCX backend has no parameter 'bogus' (known: same_host, file_staging_mib)");
+  EXPECT_ERROR(b->create_backend("UCX", {{"same_host", "fast"}}), ErrorCode::InvalidArgument,
+               "'fast'");
+  EXPECT_ERROR(b->create_backend("UCX", {{"file_staging_mib", "0"}}), ErrorCode::InvalidArgument,
+               "UCX file_staging_mib 0 must be in 1..65536");
+  EXPECT_ERROR(b->create_backend("UCX", {{"file_staging_mib", "1M"}}), ErrorCode::InvalidArgument,
+               "UCX file_staging_mib '1M' is not a number");
+  setenv("KVBM_UCX_FILE_STAGING_MIB", "70000", 1);  // the parameter's default from the environment
+  EXPECT_ERROR(b->create_backend("UCX"), ErrorCode::InvalidArgument, "file_staging_mib 70000");
+  unsetenv("KVBM_UCX_FILE_STAGING_MIB");
+  EXPECT_TRUE(b->create_backend("UCX", {{"file_staging_mib", "1"}, {"same_host", "off"}}).ok());
 }
 
 TEST(AgentRegister, ValidatesRegions) {

@@ -33,6 +33,12 @@ TEST(FileWire, RequestsAndRepliesRoundTrip) {
   auto ok = decode_file_reply(encode(FileReplyHeader{7, 3, std::nullopt}));
   ASSERT_TRUE(ok.ok());
   EXPECT_FALSE(ok->error.has_value());
+  EXPECT_FALSE(ok->busy);
+  auto busy = decode_file_reply(encode(FileReplyHeader{7, 3, std::nullopt, true}));
+  ASSERT_TRUE(busy.ok());
+  EXPECT_TRUE(busy->busy);
+  EXPECT_FALSE(busy->error.has_value());
+  EXPECT_EQ(busy->seq, 3u);
   auto bad = decode_file_reply(encode(FileReplyHeader{7, 3, ErrorCode::Io}));
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->error, ErrorCode::Io);
@@ -62,6 +68,9 @@ TEST(FileWire, MalformedBytesAreRejected) {
   // A reply's error code beyond the known ones, and a request where a reply belongs.
   std::string code = encode(FileReplyHeader{1, 0, ErrorCode::Io});
   code[8] = 100;
+  EXPECT_FALSE(decode_file_reply(code).ok());
+  code[8] = static_cast<char>(-3);  // -3: below both "no error" (-1) and "busy" (-2)
+  code[9] = code[10] = code[11] = static_cast<char>(0xff);
   EXPECT_FALSE(decode_file_reply(code).ok());
   EXPECT_FALSE(decode_file_reply(good).ok());
 }
@@ -135,22 +144,39 @@ TEST(FileServer, ReadsAndWritesWithErrorsNamingFdAndOffset) {
 
 TEST(FileServer, StagingIsBoundedAndReused) {
   FileServer s;
+  EXPECT_EQ(s.max_staging(), FileServer::kDefaultMaxStaging);
   std::vector<Staging> held;
-  for (size_t i = 0; i < FileServer::kMaxStaging; ++i) {
-    held.push_back(s.acquire());
+  for (size_t i = 0; i < FileServer::kDefaultMaxStaging; ++i) {
+    bool at_cap = true;
+    held.push_back(s.acquire(&at_cap));
     ASSERT_TRUE(held.back());
+    EXPECT_FALSE(at_cap);
     EXPECT_EQ(reinterpret_cast<uintptr_t>(held.back().get()) % 4096, 0u);
   }
-  EXPECT_FALSE(s.acquire());        // READs wait
-  Staging extra = s.acquire(true);  // a WRITE's bytes that arrived already
-  ASSERT_TRUE(extra);
-  EXPECT_EQ(s.in_use(), FileServer::kMaxStaging + 1);
+  bool at_cap = false;
+  EXPECT_FALSE(s.acquire(&at_cap));  // READs wait; WRITEs are answered "busy"
+  EXPECT_TRUE(at_cap);
+  EXPECT_EQ(s.in_use(), FileServer::kDefaultMaxStaging);
   held.pop_back();
-  extra.reset();
-  EXPECT_EQ(s.in_use(), FileServer::kMaxStaging - 1);
+  held.pop_back();
+  EXPECT_EQ(s.in_use(), FileServer::kDefaultMaxStaging - 2);
   Staging again = s.acquire();  // from the free list
   EXPECT_TRUE(again);
-  EXPECT_EQ(s.in_use(), FileServer::kMaxStaging);
+  EXPECT_EQ(s.in_use(), FileServer::kDefaultMaxStaging - 1);
+}
+
+TEST(FileServer, TheStagingCapIsTheServersOwn) {
+  FileServer s(2);
+  EXPECT_EQ(s.max_staging(), 2u);
+  Staging a = s.acquire(), b = s.acquire();
+  ASSERT_TRUE(a && b);
+  bool at_cap = false;
+  EXPECT_FALSE(s.acquire(&at_cap));
+  EXPECT_TRUE(at_cap);
+  a.reset();
+  Staging c = s.acquire(&at_cap);
+  EXPECT_TRUE(c);
+  EXPECT_FALSE(at_cap);
 }
 
 TEST(FileServer, ServesABatchGivingEachIoItsOwnStatus) {

@@ -85,10 +85,11 @@ Result<std::shared_ptr<FileServer::Region>> FileServer::find(uint64_t fd, uint64
              " is not inside a FILE region this agent serves");
 }
 
-Staging FileServer::acquire(bool beyond_limit) {
+Staging FileServer::acquire(bool* at_cap) {
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (in_use_ >= kMaxStaging && !beyond_limit) return Staging(nullptr, {this});
+    if (at_cap != nullptr) *at_cap = in_use_ >= max_staging_;
+    if (in_use_ >= max_staging_) return Staging(nullptr, {this});
     if (!free_.empty()) {
       char* p = free_.back();
       free_.pop_back();

@@ -33,11 +33,11 @@ using Staging = std::unique_ptr<char, StagingFree>;
 
 class FileServer {
  public:
-  // Staging buffers in use at once, at most (READs wait for one; a WRITE's bytes have
-  // arrived already and always get one).
-  static constexpr size_t kMaxStaging = 64;
+  // Staging buffers in use at once, at most, unless told otherwise: 64 MiB. A READ waits
+  // for a buffer; a WRITE that finds none is answered "busy" and its peer resends it.
+  static constexpr size_t kDefaultMaxStaging = 64;
 
-  FileServer() = default;
+  explicit FileServer(size_t max_staging = kDefaultMaxStaging) : max_staging_(max_staging) {}
   ~FileServer();
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
@@ -54,9 +54,10 @@ class FileServer {
   Status check(uint64_t fd, uint64_t offset, uint64_t len) const;
 
   // A staging buffer (reused; at most kKeepFree kept while idle), or null when
-  // kMaxStaging are in use (unless beyond_limit) or memory is short.
-  Staging acquire(bool beyond_limit = false);
+  // max_staging() are in use (then *at_cap is set, where given) or memory is short.
+  Staging acquire(bool* at_cap = nullptr);
   size_t in_use() const;
+  size_t max_staging() const { return max_staging_; }
 
   // Reads len bytes at offset into buf; Io errors (end of file, closed fd) name them.
   // Neither checks the served regions (serve() does).
@@ -89,6 +90,7 @@ class FileServer {
   Result<std::shared_ptr<Region>> find(uint64_t fd, uint64_t offset, uint64_t len) const;
   Status run(std::span<kvbm::detail::FileOp> ops);  // io_mu_ held
 
+  const size_t max_staging_;
   mutable std::mutex mu_;       // regions_, free_, in_use_, Region::busy
   std::condition_variable cv_;  // a region's busy count fell to 0
   std::map<Key, std::shared_ptr<Region>> regions_;

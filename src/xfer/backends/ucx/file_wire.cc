@@ -8,6 +8,7 @@ namespace {
 constexpr uint32_t kRequestMagic = 0x4b564631;  // "KVF1"
 constexpr uint32_t kReplyMagic = 0x4b564632;    // "KVF2"
 constexpr int32_t kNoError = -1;
+constexpr int32_t kBusy = -2;
 
 // Fixed layouts, host byte order: both ends run this build on machines of one kind.
 struct RequestWire {
@@ -50,7 +51,7 @@ std::string encode(const FileReplyHeader& h) {
   ReplyWire w{};
   w.magic = kReplyMagic;
   w.version = kFileWireVersion;
-  w.code = h.error ? static_cast<int32_t>(*h.error) : kNoError;
+  w.code = h.busy ? kBusy : h.error ? static_cast<int32_t>(*h.error) : kNoError;
   w.xfer = h.xfer;
   w.seq = h.seq;
   return bytes_of(w);
@@ -91,7 +92,9 @@ Result<FileReplyHeader> decode_file_reply(std::string_view bytes) {
                kFileWireVersion);
   }
   FileReplyHeader h{w.xfer, w.seq, std::nullopt};
-  if (w.code != kNoError) {
+  if (w.code == kBusy) {
+    h.busy = true;
+  } else if (w.code != kNoError) {
     if (w.code < 0 || w.code > static_cast<int32_t>(ErrorCode::Internal))
       return err(ErrorCode::Remote, "file reply with unknown error code ", w.code);
     h.error = static_cast<ErrorCode>(w.code);

@@ -1,8 +1,8 @@
 // The wire form of remote file transfers over UCX active messages: a peer asks the owner
 // of a FILE region to read or write one chunk; the owner replies with the bytes (READ),
 // or with an empty body (WRITE, sent once the bytes are in the file), or with an error
-// text. Headers are fixed-size, versioned, and decoded with bounds checks: they come from
-// the network.
+// text, or "busy" (a WRITE that found no free staging buffer: the peer resends it). Headers are
+// fixed-size, versioned, and decoded with bounds checks: they come from the network.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +39,9 @@ struct FileReplyHeader {
   uint64_t seq = 0;
   // nullopt: success (a READ's body holds the bytes); else the error, its text the body.
   std::optional<ErrorCode> error;
+  // The owner's staging memory is all in use: the chunk was not written; send it again
+  // later (no body, no error).
+  bool busy = false;
 };
 
 std::string encode(const FileRequestHeader& h);

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -16,10 +17,12 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <utility>
 
 #include "common/hex.h"
 #include "kvbm/log.h"
 #include "storage/shared_memory.h"
+#include "xfer/backend_params.h"
 #include "xfer/backends/ucx/file_server.h"
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
@@ -33,6 +36,10 @@ constexpr unsigned kNotifAmId = 7;
 constexpr uint32_t kNotifMagic = 0x4b564e31;  // "KVN1"
 constexpr size_t kMaxNotifBytes = 1 << 20;
 constexpr size_t kMaxReorder = 4096;
+// A file chunk the owner was too busy for is resent after this wait, doubled on each
+// "busy" in a row: short, since a staging buffer frees within one chunk's disk I/O.
+constexpr std::chrono::microseconds kFileResendFirst{50};
+constexpr std::chrono::microseconds kFileResendMax{2000};
 
 // Precedes the sender's name in every notification's active-message header.
 struct NotifHeader {
@@ -138,12 +145,17 @@ struct FileChunk {
 
 // The initiator's state of one posted file transfer, keyed by id in the backend.
 struct FileXfer {
+  enum ChunkState : uint8_t { kUnanswered, kReplied, kToResend };
   uint64_t id = 0;
   Op op = Op::Read;
   std::shared_ptr<Completion> c;
   std::shared_ptr<const std::vector<FileChunk>> chunks;
-  std::vector<uint8_t> replied;  // per chunk
+  std::vector<uint8_t> replied;  // ChunkState, per chunk
   size_t next = 0, in_flight = 0, done = 0;
+  // Chunks the owner answered "busy", sent again (before any new one) from resend_at.
+  std::deque<uint64_t> resend;
+  std::chrono::steady_clock::time_point resend_at;
+  std::chrono::microseconds backoff{0};
 };
 
 // Receive-side ordering of one sender's notifications.
@@ -157,7 +169,10 @@ class UcxRequest;
 
 class UcxBackend final : public Backend {
  public:
-  UcxBackend(BackendEnv env, SameHostMode same_host) : env_(std::move(env)), same_host_(same_host) {
+  // file_staging: the staging buffers (kFileChunkBytes each) this agent uses at once to
+  // serve its files to peers.
+  UcxBackend(BackendEnv env, SameHostMode same_host, size_t file_staging)
+      : env_(std::move(env)), same_host_(same_host), file_server_(file_staging) {
     std::random_device rd;
     connection_seed_ = (uint64_t{rd()} << 32) ^ rd();
   }
@@ -210,6 +225,7 @@ class UcxBackend final : public Backend {
   // Remote files, initiator side.
   void start_file(const std::shared_ptr<FileXfer>& x);
   void pump_file(const std::shared_ptr<FileXfer>& x);
+  void resend_file_chunks();  // of the transfers in file_resends_ whose wait is over
   void fail_file(FileXfer& x, Error e);
   void on_file_reply(std::string_view header, const char* body, size_t len, bool rndv);
   // Owner side.
@@ -234,6 +250,7 @@ class UcxBackend final : public Backend {
   uint64_t connection_seed_;
   size_t events_ = 0;
   std::map<uint64_t, std::shared_ptr<FileXfer>> file_xfers_;
+  std::set<uint64_t> file_resends_;  // ids of file_xfers_ with chunks to resend (or gone)
   uint64_t next_file_xfer_ = 1;
   FileServer file_server_;  // thread-safe: also used by file_thread_ and by region destructors
   // Requests accepted and not yet replied to: their reply endpoints, by job id. A
@@ -817,6 +834,7 @@ size_t UcxBackend::progress(LockWait wait) {
   }
   reply_file_jobs();
   if (!file_waiting_.empty()) start_file_jobs();
+  if (!file_resends_.empty()) resend_file_chunks();
   if (!failed_eps_.empty()) {
     auto failed = std::move(failed_eps_);
     failed_eps_.clear();
@@ -837,7 +855,9 @@ size_t UcxBackend::progress(LockWait wait) {
 // bytes ride along) and keeps kFileWindow of a transfer in flight; the owner's serving
 // thread (file_serving_thread.h) does the file I/O through a staging buffer, off the
 // lock, and progress() sends the reply (a READ's bytes ride along). Both directions use
-// eager messages, so each arrives whole in its callback.
+// eager messages, so each arrives whole in its callback. The owner's staging memory is
+// capped: READs queue for a buffer; a WRITE whose bytes find none is answered "busy"
+// and resent by its initiator after a short wait.
 
 struct FileSendCtx {
   std::string header;
@@ -885,14 +905,28 @@ void UcxBackend::start_file(const std::shared_ptr<FileXfer>& x) {
 void UcxBackend::pump_file(const std::shared_ptr<FileXfer>& x) {
   const auto& chunks = *x->chunks;
   UcxPeer& peer = *x->c->peer;
-  while (x->in_flight < kFileWindow && x->next < chunks.size() &&
-         x->c->state.load() == XferState::InProgress) {
+  while (x->in_flight < kFileWindow && x->c->state.load() == XferState::InProgress) {
+    uint64_t seq = 0;
+    if (!x->resend.empty()) {
+      // The owner was busy: nothing new goes before the resent chunks, nor before their time.
+      if (std::chrono::steady_clock::now() < x->resend_at) break;
+      seq = x->resend.front();
+    } else if (x->next < chunks.size()) {
+      seq = x->next;
+    } else {
+      break;
+    }
     if (peer.failure || peer.ep == nullptr) {
       fail_file(*x, err(ErrorCode::Remote, "agent '", peer.name,
                         "': ", peer.failure ? peer.failure->message : "not connected"));
       return;
     }
-    const uint64_t seq = x->next++;
+    if (!x->resend.empty()) {
+      x->resend.pop_front();
+      x->replied[seq] = FileXfer::kUnanswered;
+    } else {
+      ++x->next;
+    }
     const FileChunk& c = chunks[seq];
     ++x->in_flight;
     auto ctx = std::make_unique<FileSendCtx>();
@@ -914,6 +948,19 @@ void UcxBackend::pump_file(const std::shared_ptr<FileXfer>& x) {
   }
 }
 
+void UcxBackend::resend_file_chunks() {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto it = file_resends_.begin(); it != file_resends_.end();) {
+    auto found = file_xfers_.find(*it);
+    if (found == file_xfers_.end() || found->second->resend.empty()) {
+      it = file_resends_.erase(it);
+      continue;
+    }
+    ++it;  // pump_file may fail the transfer, which erases it from file_xfers_ only
+    if (now >= found->second->resend_at) pump_file(std::shared_ptr<FileXfer>(found->second));
+  }
+}
+
 void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t len, bool rndv) {
   auto h = decode_file_reply(header);
   if (!h) {
@@ -924,12 +971,30 @@ void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t
   if (it == file_xfers_.end()) return;  // cancelled, or failed already
   auto x = it->second;
   const std::string& name = x->c->peer->name;
-  if (h->seq >= x->next || x->replied[h->seq] != 0 || rndv) {
+  if (h->seq >= x->next || x->replied[h->seq] != FileXfer::kUnanswered || rndv) {
     fail_file(*x, err(ErrorCode::Remote, "agent '", name, "' sent a file reply for chunk ", h->seq,
                       " that was not asked for"));
     return;
   }
   const FileChunk& c = (*x->chunks)[h->seq];
+  if (h->busy) {
+    if (len != 0 || h->error) {
+      fail_file(*x, err(ErrorCode::Remote, "agent '", name, "' sent a malformed busy reply"));
+      return;
+    }
+    x->replied[h->seq] = FileXfer::kToResend;
+    x->resend.push_back(h->seq);
+    --x->in_flight;
+    x->backoff = std::clamp(2 * x->backoff, kFileResendFirst, kFileResendMax);
+    x->resend_at = std::chrono::steady_clock::now() + x->backoff;
+    file_resends_.insert(x->id);
+    ++events_;
+    log(LogLevel::Debug, "UCX: agent '" + name + "' has no staging memory free; file chunk " +
+                             std::to_string(h->seq) + " (fd " + std::to_string(c.fd) + " offset " +
+                             std::to_string(c.offset) + ") is resent in " +
+                             std::to_string(x->backoff.count()) + " us");
+    return;
+  }
   if (h->error) {
     fail_file(*x, err(*h->error, "agent '", name, "' file fd ", c.fd, " offset ", c.offset, " len ",
                       c.len, ": ", std::string_view(body, std::min(len, kMaxFileErrorBytes))));
@@ -942,7 +1007,8 @@ void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t
     return;
   }
   if (x->op == Op::Read) std::memcpy(c.local, body, len);
-  x->replied[h->seq] = 1;
+  x->replied[h->seq] = FileXfer::kReplied;
+  x->backoff = std::chrono::microseconds{0};
   --x->in_flight;
   ++x->done;
   ++events_;
@@ -971,8 +1037,14 @@ void UcxBackend::on_file_request(std::string_view header, const char* body, size
   }
   FileJob job{next_file_job_++, *h, Staging(nullptr, {&file_server_}), {}};
   if (h->op == Op::Write) {
-    // The bytes live only as long as this callback: they are kept whatever the cap.
-    job.data = file_server_.acquire(true);
+    // The bytes live only as long as this callback: without a staging buffer for them
+    // now, the initiator sends them again later.
+    bool at_cap = false;
+    job.data = file_server_.acquire(&at_cap);
+    if (!job.data && at_cap) {
+      send_file_reply(reply_ep, {h->xfer, h->seq, std::nullopt, true}, nullptr, 0, nullptr);
+      return;
+    }
     if (!job.data) {
       send_file_reply(reply_ep, {h->xfer, h->seq, ErrorCode::AllocationFailed}, nullptr, 0, nullptr,
                       "no staging memory at the owner");
@@ -985,7 +1057,7 @@ void UcxBackend::on_file_request(std::string_view header, const char* body, size
 }
 
 // Hands the waiting jobs to the serving thread, in order; a READ first gets its staging
-// buffer, and waits (with those behind it) while kMaxStaging are in use.
+// buffer, and waits (with those behind it) while all of them are in use.
 void UcxBackend::start_file_jobs() {
   std::vector<FileJob> ready;
   while (!file_waiting_.empty()) {
@@ -996,8 +1068,9 @@ void UcxBackend::start_file_jobs() {
       continue;
     }
     if (j.h.op == Op::Read) {
-      j.data = file_server_.acquire();
-      if (!j.data && file_server_.in_use() >= FileServer::kMaxStaging) break;  // after a reply
+      bool at_cap = false;
+      j.data = file_server_.acquire(&at_cap);
+      if (!j.data && at_cap) break;  // until a reply frees one
       if (!j.data) {
         send_file_reply(reply->second, {j.h.xfer, j.h.seq, ErrorCode::AllocationFailed}, nullptr, 0,
                         nullptr,
@@ -1068,20 +1141,27 @@ ucs_status_t UcxBackend::on_file_am(void* arg, const void* header, size_t header
 
 Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
                                                   const BackendParams& params) {
-  // UCX itself is configured through UCX_* environment variables; the one parameter is
-  // ours: same_host (same_host.h), defaulting to KVBM_UCX_SAME_HOST, else auto.
-  const char* env_mode = std::getenv("KVBM_UCX_SAME_HOST");
-  std::string mode_text = env_mode != nullptr && *env_mode != '\0' ? env_mode : "auto";
-  for (const auto& [key, value] : params) {
-    if (key != "same_host") {
-      return err(ErrorCode::InvalidArgument, "UCX backend has no parameter '", key,
-                 "' (known: same_host; UCX itself reads UCX_* environment variables)");
-    }
-    mode_text = value;
+  // UCX itself is configured through UCX_* environment variables; the parameters are
+  // ours: same_host (same_host.h), defaulting to KVBM_UCX_SAME_HOST, else auto; and
+  // file_staging_mib, the staging memory for serving this agent's files to peers,
+  // defaulting to KVBM_UCX_FILE_STAGING_MIB, else 64.
+  if (auto st = check_param_keys("UCX", params, {"same_host", "file_staging_mib"}); !st) {
+    return err(ErrorCode::InvalidArgument, st.error().message,
+               "; UCX itself reads UCX_* environment variables");
   }
-  auto mode = parse_same_host_mode(mode_text);
+  BackendParams p = params;
+  for (const auto& [key, var] : {std::pair{"same_host", "KVBM_UCX_SAME_HOST"},
+                                 std::pair{"file_staging_mib", "KVBM_UCX_FILE_STAGING_MIB"}}) {
+    const char* env_value = std::getenv(var);
+    if (env_value != nullptr && *env_value != '\0') p.emplace(key, env_value);  // params win
+  }
+  auto mode = parse_same_host_mode(p.count("same_host") != 0 ? p.at("same_host") : "auto");
   if (!mode) return mode.error();
-  auto backend = std::make_unique<UcxBackend>(env, *mode);
+  static_assert(kFileChunkBytes == 1 << 20, "file_staging_mib counts staging buffers");
+  auto staging =
+      number_param("UCX", p, "file_staging_mib", FileServer::kDefaultMaxStaging, 1, 1 << 16);
+  if (!staging) return staging.error();
+  auto backend = std::make_unique<UcxBackend>(env, *mode, *staging);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }
