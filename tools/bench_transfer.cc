@@ -11,6 +11,8 @@
 #include <random>
 #include <thread>
 
+#include <CLI/CLI.hpp>
+
 #include "commands.h"
 #include "common/pattern.h"
 #include "demo_ceilings.h"

@@ -26,6 +26,8 @@
 #include <sstream>
 #include <thread>
 
+#include <CLI/CLI.hpp>
+
 #include "commands.h"
 #include "common/pattern.h"
 #include "kvbm/storage.h"

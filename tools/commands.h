@@ -1,10 +1,17 @@
 // The subcommands of `kvbm`; each returns the process exit code.
 #pragma once
 
-#include <CLI/CLI.hpp>
+#include <cstddef>
+#include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <string>
+
+// CLI11 is parsed only where a command's options are declared (main.cc, bench_*.cc): it
+// is the slowest header to compile, and most subcommands only need their options struct.
+namespace CLI {
+class App;
+}
 
 namespace kvbm::tools {
 
