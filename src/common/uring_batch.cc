@@ -5,6 +5,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <sys/uio.h>
+
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <optional>
@@ -20,6 +23,9 @@ constexpr uint64_t kDirectAlign = 4096;
 // io_uring read/write lengths are 32-bit; larger ops go in aligned chunks of this size.
 constexpr uint64_t kMaxChunk = uint64_t{1} << 30;
 constexpr unsigned kMaxDepth = 4096;
+// Fixed buffer slots of one ring, and the kernel's largest fixed buffer.
+constexpr unsigned kFixedSlots = 1024;
+constexpr uint64_t kMaxFixedPiece = uint64_t{1} << 30;
 
 bool aligned(const void* buf, uint64_t offset, uint64_t len) {
   return (reinterpret_cast<uintptr_t>(buf) | offset | len) % kDirectAlign == 0;
@@ -94,6 +100,86 @@ void UringBatch::forget_fd(int fd) {
   if (it == twins_.end()) return;
   ::close(it->second.fd);
   twins_.erase(it);
+}
+
+bool UringBatch::add_fixed(const void* base, uint64_t len) {
+  const auto b = reinterpret_cast<uintptr_t>(base);
+  if (b == 0 || len == 0) return false;
+  std::lock_guard<std::mutex> lock(fixed_mu_);
+  if (regions_.count(b) != 0) return true;
+  auto refuse = [&](const std::string& why) {
+    if (!fixed_refused_) {
+      fixed_refused_ = true;
+      log(LogLevel::Info, "io_uring fixed buffers refused (" + why +
+                              "): file I/O into such memory pins its pages on every request");
+    }
+    return false;
+  };
+  auto why = [](int rc) {
+    return std::string(std::strerror(-rc)) +
+           (rc == -ENOMEM ? "; RLIMIT_MEMLOCK bounds them without CAP_IPC_LOCK" : "");
+  };
+  if (!fixed_table_) {
+    const int rc = io_uring_register_buffers_sparse(ring_.get(), kFixedSlots);
+    if (rc < 0) return refuse("a table of " + std::to_string(kFixedSlots) + ": " + why(rc));
+    fixed_table_ = true;
+    for (unsigned i = kFixedSlots; i > 0; --i) free_slots_.push_back(i - 1);
+  }
+  const uint64_t pieces = (len + kMaxFixedPiece - 1) / kMaxFixedPiece;
+  if (pieces > free_slots_.size()) {
+    return refuse("all " + std::to_string(kFixedSlots) + " slots of the ring in use");
+  }
+  std::vector<uintptr_t> added;
+  for (uint64_t off = 0; off < len; off += kMaxFixedPiece) {
+    const uint64_t n = std::min(kMaxFixedPiece, len - off);
+    const unsigned slot = free_slots_.back();
+    iovec iov{reinterpret_cast<void*>(b + off), static_cast<size_t>(n)};
+    __u64 tag = 0;
+    const int rc = io_uring_register_buffers_update_tag(ring_.get(), slot, &iov, &tag, 1);
+    if (rc < 0) {
+      for (uintptr_t piece : added) clear_piece(piece);
+      return refuse(std::to_string(n) + " bytes: " + why(rc));
+    }
+    free_slots_.pop_back();
+    fixed_.emplace(b + off, Fixed{n, slot});
+    added.push_back(b + off);
+  }
+  regions_.emplace(b, std::move(added));
+  return true;
+}
+
+void UringBatch::remove_fixed(const void* base) {
+  std::lock_guard<std::mutex> lock(fixed_mu_);
+  auto it = regions_.find(reinterpret_cast<uintptr_t>(base));
+  if (it == regions_.end()) return;
+  for (uintptr_t piece : it->second) clear_piece(piece);
+  regions_.erase(it);
+}
+
+void UringBatch::clear_piece(uintptr_t piece) {
+  iovec none{nullptr, 0};
+  __u64 tag = 0;
+  const unsigned slot = fixed_.at(piece).slot;
+  // An empty entry; the kernel keeps the old pages pinned until I/O in flight on them ends.
+  (void)io_uring_register_buffers_update_tag(ring_.get(), slot, &none, &tag, 1);
+  free_slots_.push_back(slot);
+  fixed_.erase(piece);
+}
+
+size_t UringBatch::fixed_count() const {
+  std::lock_guard<std::mutex> lock(fixed_mu_);
+  return fixed_.size();
+}
+
+int UringBatch::fixed_slot(const char* p, uint64_t len) const {
+  std::lock_guard<std::mutex> lock(fixed_mu_);
+  if (fixed_.empty()) return -1;
+  const auto a = reinterpret_cast<uintptr_t>(p);
+  auto it = fixed_.upper_bound(a);
+  if (it == fixed_.begin()) return -1;
+  --it;
+  if (a - it->first > it->second.len || len > it->second.len - (a - it->first)) return -1;
+  return static_cast<int>(it->second.slot);
 }
 
 Result<int> UringBatch::buffered_twin(int fd, int flags, dev_t dev, ino_t ino) {
@@ -180,10 +266,19 @@ Status UringBatch::run(std::span<const FileOp> ops) {
     if (chunk > kMaxChunk) chunk = kMaxChunk;
     char* p = static_cast<char*>(op.buf) + s.done;
     const uint64_t off = op.offset + s.done;
+    const auto n = static_cast<unsigned>(chunk);
+    const int slot = fixed_slot(p, chunk);
+    if (slot >= 0) ++fixed_submissions_;
     if (op.kind == FileOp::Kind::Read) {
-      io_uring_prep_read(sqe, s.fd, p, static_cast<unsigned>(chunk), off);
+      if (slot >= 0) {
+        io_uring_prep_read_fixed(sqe, s.fd, p, n, off, slot);
+      } else {
+        io_uring_prep_read(sqe, s.fd, p, n, off);
+      }
+    } else if (slot >= 0) {
+      io_uring_prep_write_fixed(sqe, s.fd, p, n, off, slot);
     } else {
-      io_uring_prep_write(sqe, s.fd, p, static_cast<unsigned>(chunk), off);
+      io_uring_prep_write(sqe, s.fd, p, n, off);
     }
     io_uring_sqe_set_data64(sqe, i);
   };

@@ -83,6 +83,8 @@ StagedCopier::~StagedCopier() {
   }
   cv_.notify_all();
   thread_.join();
+  if (pinned_) batch_->remove_fixed(pinned_->data());
+  if (plain_) batch_->remove_fixed(plain_->data());
 }
 
 std::shared_ptr<StagedJob> StagedCopier::submit(StagedRequest request) {
@@ -111,11 +113,15 @@ void StagedCopier::loop() {
   }
 }
 
+// The staging buffer is also a fixed buffer of the ring (where the kernel allows): the
+// disk hops into it skip pinning its pages per request.
 Result<char*> StagedCopier::staging(bool pinned) {
   if (pinned && !pinned_) {
     auto p = PinnedStorage::allocate(staging_bytes_);
     if (!p) return p.error();
     pinned_.emplace(std::move(*p));
+    batch_->add_fixed(pinned_->data(), staging_bytes_);
+    if (plain_) batch_->remove_fixed(plain_->data());
     plain_.reset();  // one staging buffer at a time: pinned serves Disk <-> Disk too
   }
   if (pinned_) return static_cast<char*>(pinned_->data());
@@ -123,6 +129,7 @@ Result<char*> StagedCopier::staging(bool pinned) {
     auto p = SystemStorage::allocate(staging_bytes_);
     if (!p) return p.error();
     plain_.emplace(std::move(*p));
+    batch_->add_fixed(plain_->data(), staging_bytes_);
   }
   return static_cast<char*>(plain_->data());
 }

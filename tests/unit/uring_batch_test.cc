@@ -69,8 +69,9 @@ TEST(UringBatch, EmptyAndZeroLengthOpsSucceed) {
 }
 
 // Writes then reads back every (size, offset, buffer misalignment) combination in one batch
-// each way, through a queue shallower than the batch.
-void round_trip(bool direct) {
+// each way, through a queue shallower than the batch; with `fixed`, every buffer is a
+// fixed buffer of the ring.
+void round_trip(bool direct, bool fixed = false) {
   TempDir dir;
   bool got_direct = false;
   const int fd = open_file(dir.path() / "f", direct, &got_direct);
@@ -104,11 +105,21 @@ void round_trip(bool direct) {
   for (auto& c : cases) {
     writes.push_back({Kind::Write, fd, c.file_off, c.src->p + c.mis, c.size});
     reads.push_back({Kind::Read, fd, c.file_off, c.dst->p + c.mis, c.size});
+    if (fixed) {
+      ASSERT_TRUE(b->add_fixed(c.src->p, c.size + 4096));
+      ASSERT_TRUE(b->add_fixed(c.dst->p, c.size + 4096));
+    }
   }
+  EXPECT_EQ(b->fixed_count(), fixed ? 2 * cases.size() : 0);
   auto w = b->run(writes);
   ASSERT_TRUE(w) << w.error().to_string();
   auto r = b->run(reads);
   ASSERT_TRUE(r) << r.error().to_string();
+  if (fixed) {  // each op at least once (short transfers resubmit their rest)
+    EXPECT_GE(b->fixed_submissions(), writes.size() + reads.size());
+  } else {
+    EXPECT_EQ(b->fixed_submissions(), 0u);
+  }
   for (auto& c : cases) {
     EXPECT_EQ(find_pattern_mismatch(c.dst->p + c.mis, c.size, c.file_off), SIZE_MAX)
         << "size " << c.size << " offset " << c.file_off << " misalign " << c.mis;
@@ -122,6 +133,67 @@ TEST(UringBatch, RoundTripDirect) {
 }
 TEST(UringBatch, RoundTripBuffered) {
   round_trip(false);
+}
+TEST(UringBatch, RoundTripDirectThroughFixedBuffers) {
+  round_trip(true, true);
+}
+TEST(UringBatch, RoundTripBufferedThroughFixedBuffers) {
+  round_trip(false, true);
+}
+
+// Only ops wholly inside one registered buffer go as fixed I/O; the rest (straddling its
+// end, or after remove_fixed) run as plain I/O, with the same bytes.
+TEST(UringBatch, FixedBuffersServeOnlyOpsInsideThem) {
+  TempDir dir;
+  const int fd = open_file(dir.path() / "f", true);
+  ASSERT_GE(fd, 0);
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  Buf buf(1 << 20);
+  fill_pattern(buf.p, 1 << 20, 5);
+  EXPECT_FALSE(b->add_fixed(nullptr, 4096));
+  EXPECT_FALSE(b->add_fixed(buf.p, 0));
+  ASSERT_TRUE(b->add_fixed(buf.p, 512 << 10));  // the first half only
+  EXPECT_TRUE(b->add_fixed(buf.p, 512 << 10));  // again: already there
+  EXPECT_EQ(b->fixed_count(), 1u);
+  const FileOp inside{Kind::Write, fd, 0, buf.p, 512 << 10};
+  ASSERT_TRUE(b->run(std::span<const FileOp>(&inside, 1)));
+  EXPECT_EQ(b->fixed_submissions(), 1u);
+  const FileOp straddling{Kind::Write, fd, 512 << 10, buf.p + (256 << 10), 512 << 10};
+  ASSERT_TRUE(b->run(std::span<const FileOp>(&straddling, 1)));
+  EXPECT_EQ(b->fixed_submissions(), 1u);
+  b->remove_fixed(buf.p);
+  b->remove_fixed(buf.p);  // twice: nothing left to remove
+  EXPECT_EQ(b->fixed_count(), 0u);
+  Buf back(1 << 20);
+  const FileOp read{Kind::Read, fd, 0, back.p, 1 << 20};
+  ASSERT_TRUE(b->run(std::span<const FileOp>(&read, 1)));
+  EXPECT_EQ(b->fixed_submissions(), 1u);
+  EXPECT_EQ(find_pattern_mismatch(back.p, 512 << 10, 5), SIZE_MAX);
+  EXPECT_EQ(find_pattern_mismatch(back.p + (512 << 10), 512 << 10, 5, 256 << 10), SIZE_MAX);
+  b->forget_fd(fd);
+  ::close(fd);
+}
+
+// The ring has 1024 fixed buffer slots: the next registration is refused (and logged once),
+// and a freed slot is reused.
+TEST(UringBatch, FixedBufferSlotsRunOutWithALoggedRefusal) {
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  Buf buf(1025 * 4096);
+  LogCapture log;
+  for (size_t i = 0; i < 1024; ++i) ASSERT_TRUE(b->add_fixed(buf.p + i * 4096, 4096)) << i;
+  EXPECT_FALSE(b->add_fixed(buf.p + 1024 * 4096, 4096));
+  EXPECT_FALSE(b->add_fixed(buf.p + 1024 * 4096, 4096));
+  EXPECT_EQ(b->fixed_count(), 1024u);
+  size_t refusals = 0;
+  for (const auto& line : log.lines())
+    refusals += line.find("fixed buffers refused") != std::string::npos;
+  EXPECT_EQ(refusals, 1u);
+  EXPECT_TRUE(log.contains("all 1024 slots"));
+  b->remove_fixed(buf.p);
+  EXPECT_TRUE(b->add_fixed(buf.p + 1024 * 4096, 4096));
+  EXPECT_EQ(b->fixed_count(), 1024u);
 }
 
 TEST(UringBatch, LargeOpsAreSplitAndManyOpsShareTheQueue) {

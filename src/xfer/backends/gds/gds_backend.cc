@@ -216,6 +216,9 @@ class GdsBackend final : public Backend {
         batch_(std::move(batch)),
         staging_(static_cast<char*>(staging)),
         staging_bytes_(staging_bytes) {
+    // The bounce buffer is a fixed buffer of the ring where the kernel allows: its disk
+    // hops skip pinning its pages per request.
+    batch_->add_fixed(staging_, staging_bytes_);
     worker_ = std::thread([this] { work(); });
   }
   ~GdsBackend() override {
@@ -225,6 +228,7 @@ class GdsBackend final : public Backend {
     }
     cv_.notify_all();
     worker_.join();
+    batch_->remove_fixed(staging_);
     cudaFreeHost(staging_);
   }
 

@@ -23,11 +23,21 @@ using kvbm::detail::UringBatch;
 
 constexpr const char* kName = "POSIX";
 
+// A registered DRAM region is also a fixed buffer of the ring where the kernel allows
+// (UringBatch::add_fixed): I/O into it then skips pinning its pages per request.
 class PosixLocalRegion final : public LocalRegion {
  public:
-  explicit PosixLocalRegion(MemType t) : type(t) {}
+  PosixLocalRegion(MemType t, UringBatch* fixed_in = nullptr, const void* fixed_base = nullptr)
+      : type(t), fixed_in_(fixed_in), fixed_base_(fixed_base) {}
+  ~PosixLocalRegion() override {
+    if (fixed_in_ != nullptr) fixed_in_->remove_fixed(fixed_base_);
+  }
   std::string remote_info() const override { return {}; }
   const MemType type;
+
+ private:
+  UringBatch* fixed_in_;  // the backend's; regions go before their backend
+  const void* fixed_base_;
 };
 
 class PosixRemoteRegion final : public RemoteRegion {
@@ -62,8 +72,8 @@ class PosixRequest final : public BackendRequest {
 
 class PosixBackend final : public Backend {
  public:
-  PosixBackend(BackendEnv env, std::unique_ptr<UringBatch> batch)
-      : env_(std::move(env)), batch_(std::move(batch)) {
+  PosixBackend(BackendEnv env, std::unique_ptr<UringBatch> batch, bool fixed_buffers)
+      : env_(std::move(env)), batch_(std::move(batch)), fixed_buffers_(fixed_buffers) {
     worker_ = std::thread([this] { work(); });
   }
 
@@ -98,6 +108,13 @@ class PosixBackend final : public Backend {
       if (::fcntl(static_cast<int>(d.dev_id), F_GETFD) < 0) {
         return err(ErrorCode::InvalidArgument, "FILE region fd ", d.dev_id,
                    " is not open: ", std::strerror(errno));
+      }
+    }
+    if (type == MemType::Dram && fixed_buffers_) {
+      const auto* base = reinterpret_cast<const void*>(d.addr);
+      if (batch_->add_fixed(base, d.len)) {
+        return std::unique_ptr<LocalRegion>(
+            std::make_unique<PosixLocalRegion>(type, batch_.get(), base));
       }
     }
     return std::unique_ptr<LocalRegion>(std::make_unique<PosixLocalRegion>(type));
@@ -231,8 +248,9 @@ class PosixBackend final : public Backend {
 
   const std::string name_ = kName;
   BackendEnv env_;
-  std::unique_ptr<UringBatch> batch_;  // worker thread only
-  std::vector<FileOp> scratch_;        // worker thread only
+  std::unique_ptr<UringBatch> batch_;  // run() on the worker thread only; add_fixed() anywhere
+  const bool fixed_buffers_;
+  std::vector<FileOp> scratch_;  // worker thread only
 
   std::mutex mu_;
   std::condition_variable work_cv_;
@@ -255,12 +273,16 @@ Status PosixRequest::post() {
 
 Result<std::unique_ptr<Backend>> make_posix_backend(const BackendEnv& env,
                                                     const BackendParams& params) {
-  KVBM_TRY(check_param_keys("POSIX", params, {"queue_depth"}));
+  KVBM_TRY(check_param_keys("POSIX", params, {"queue_depth", "fixed_buffers"}));
   auto depth = number_param("POSIX", params, "queue_depth", 64, 1, 4096);
   if (!depth) return depth.error();
+  // fixed_buffers=0 keeps registered DRAM out of the ring's fixed buffers (they pin it).
+  auto fixed = number_param("POSIX", params, "fixed_buffers", 1, 0, 1);
+  if (!fixed) return fixed.error();
   auto batch = UringBatch::create(static_cast<unsigned>(*depth));
   if (!batch) return batch.error();
-  return std::unique_ptr<Backend>(std::make_unique<PosixBackend>(env, std::move(*batch)));
+  return std::unique_ptr<Backend>(
+      std::make_unique<PosixBackend>(env, std::move(*batch), *fixed == 1));
 }
 
 }  // namespace kvbm::xfer::detail
