@@ -12,6 +12,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "kvbm/log.h"
@@ -57,20 +58,6 @@ Error op_error(const FileOp& op, uint64_t done, const std::string& what) {
   return err(ErrorCode::Io, kind_name(op.kind), " ", describe_fd(op.fd), " offset ", op.offset,
              " len ", op.len, at, ": ", what);
 }
-
-// What run() learns about each distinct fd once per call (not per op).
-struct FdInfo {
-  int flags;
-  dev_t dev;
-  ino_t ino;
-  int twin = -1;  // buffered twin, opened on first need
-};
-
-struct OpState {
-  uint64_t done = 0;
-  int fd = -1;  // the fd the next submission uses (the op's fd or its buffered twin)
-  bool direct = false;
-};
 
 }  // namespace
 
@@ -206,11 +193,29 @@ Result<int> UringBatch::buffered_twin(int fd, int flags, dev_t dev, ino_t ino) {
 }
 
 Status UringBatch::run(std::span<const FileOp> ops) {
-  std::unordered_map<int, FdInfo> fds;
-  std::vector<OpState> state(ops.size());
+  constexpr uint64_t kRunGroup = UINT64_MAX;
+  KVBM_TRY(add(kRunGroup, ops));
+  for (;;) {
+    for (Finished& f : progress(true)) {
+      if (f.group == kRunGroup) return std::move(f.status);
+    }
+  }
+}
 
-  for (size_t i = 0; i < ops.size(); ++i) {
-    const FileOp& op = ops[i];
+Status UringBatch::add(uint64_t group, std::span<const FileOp> ops) {
+  if (groups_.count(group) != 0) {
+    return err(ErrorCode::InvalidArgument, "io_uring group ", group, " has not finished");
+  }
+  // What the group learns about each distinct fd once (not per op).
+  struct FdInfo {
+    int flags;
+    dev_t dev;
+    ino_t ino;
+    int twin = -1;  // buffered twin, opened on first need
+  };
+  std::unordered_map<int, FdInfo> fds;
+  std::vector<Slot> staged;
+  for (const FileOp& op : ops) {
     if (op.len == 0) continue;
     if (op.buf == nullptr) return op_error(op, 0, "null buffer");
     if (op.offset > static_cast<uint64_t>(INT64_MAX) - op.len) {
@@ -226,131 +231,172 @@ Status UringBatch::run(std::span<const FileOp> ops) {
     }
     FdInfo& info = it->second;
     const bool wants_direct = (info.flags & O_DIRECT) != 0;
-    OpState& s = state[i];
-    s.direct = wants_direct && aligned(op.buf, op.offset, op.len);
-    s.fd = op.fd;
-    if (wants_direct && !s.direct) {
+    Slot slot{
+        &op,        group,    0,       op.fd, wants_direct && aligned(op.buf, op.offset, op.len),
+        info.flags, info.dev, info.ino};
+    if (wants_direct && !slot.direct) {
       if (info.twin < 0) {
         auto twin = buffered_twin(op.fd, info.flags, info.dev, info.ino);
         if (!twin) return twin.error();
         info.twin = *twin;
       }
-      s.fd = info.twin;
+      slot.fd = info.twin;
+    }
+    staged.push_back(slot);
+  }
+  if (staged.empty()) {
+    finished_.push_back({group, {}});
+    return {};
+  }
+  groups_.emplace(group, Group{staged.size(), std::nullopt});
+  for (const Slot& slot : staged) {
+    size_t i = slots_.size();
+    if (free_.empty()) {
+      slots_.push_back(slot);
+    } else {
+      i = free_.back();
+      free_.pop_back();
+      slots_[i] = slot;
+    }
+    queue_.push_back(i);
+  }
+  return {};
+}
+
+std::vector<UringBatch::Finished> UringBatch::progress(bool wait) {
+  submit_queued();
+  if (inflight_ > 0) {
+    const int rc = io_uring_submit_and_wait(ring_.get(), wait && finished_.empty() ? 1 : 0);
+    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+      // The ring itself failed; what is in flight cannot be reaped reliably: every group
+      // ends with the error.
+      const Error e = err(ErrorCode::Io, "io_uring_submit_and_wait: ", std::strerror(-rc));
+      for (auto& [group, g] : groups_) finished_.push_back({group, e});
+      groups_.clear();
+      queue_.clear();
+      slots_.clear();
+      free_.clear();
+      inflight_ = 0;
+    } else {
+      reap();
+      submit_queued();  // submitted by the next call, with the retries reap() prepared
     }
   }
+  return std::exchange(finished_, {});
+}
 
-  // Switches an op from its O_DIRECT fd to the buffered twin (unaligned rest, or EINVAL).
-  auto to_buffered = [&](size_t i) -> Status {
-    const FileOp& op = ops[i];
-    FdInfo& info = fds.at(op.fd);
-    if (info.twin < 0) {
-      auto twin = buffered_twin(op.fd, info.flags, info.dev, info.ino);
-      if (!twin) return twin.error();
-      info.twin = *twin;
+void UringBatch::submit_queued() {
+  while (inflight_ < depth_ && !queue_.empty()) {
+    const size_t i = queue_.front();
+    queue_.pop_front();
+    if (groups_.at(slots_[i].group).error) {
+      end_op(i);  // its group failed: not started
+      continue;
     }
-    state[i].fd = info.twin;
-    state[i].direct = false;
-    return {};
-  };
+    prep(i);
+  }
+}
 
+void UringBatch::prep(size_t i) {
+  const Slot& s = slots_[i];
+  const FileOp& op = *s.op;
   io_uring* ring = ring_.get();
-  auto prep = [&](size_t i) {
-    const FileOp& op = ops[i];
-    OpState& s = state[i];
-    io_uring_sqe* sqe = io_uring_get_sqe(ring);
-    if (sqe == nullptr) {  // cannot happen: at most depth_ unsubmitted entries
-      io_uring_submit(ring);
-      sqe = io_uring_get_sqe(ring);
-    }
-    uint64_t chunk = op.len - s.done;
-    if (chunk > kMaxChunk) chunk = kMaxChunk;
-    char* p = static_cast<char*>(op.buf) + s.done;
-    const uint64_t off = op.offset + s.done;
-    const auto n = static_cast<unsigned>(chunk);
-    const int slot = fixed_slot(p, chunk);
-    if (slot >= 0) ++fixed_submissions_;
-    if (op.kind == FileOp::Kind::Read) {
-      if (slot >= 0) {
-        io_uring_prep_read_fixed(sqe, s.fd, p, n, off, slot);
-      } else {
-        io_uring_prep_read(sqe, s.fd, p, n, off);
-      }
-    } else if (slot >= 0) {
-      io_uring_prep_write_fixed(sqe, s.fd, p, n, off, slot);
+  io_uring_sqe* sqe = io_uring_get_sqe(ring);
+  if (sqe == nullptr) {  // cannot happen: at most depth_ unsubmitted entries
+    io_uring_submit(ring);
+    sqe = io_uring_get_sqe(ring);
+  }
+  uint64_t chunk = op.len - s.done;
+  if (chunk > kMaxChunk) chunk = kMaxChunk;
+  char* p = static_cast<char*>(op.buf) + s.done;
+  const uint64_t off = op.offset + s.done;
+  const auto n = static_cast<unsigned>(chunk);
+  const int slot = fixed_slot(p, chunk);
+  if (slot >= 0) ++fixed_submissions_;
+  if (op.kind == FileOp::Kind::Read) {
+    if (slot >= 0) {
+      io_uring_prep_read_fixed(sqe, s.fd, p, n, off, slot);
     } else {
-      io_uring_prep_write(sqe, s.fd, p, n, off);
+      io_uring_prep_read(sqe, s.fd, p, n, off);
     }
-    io_uring_sqe_set_data64(sqe, i);
-  };
+  } else if (slot >= 0) {
+    io_uring_prep_write_fixed(sqe, s.fd, p, n, off, slot);
+  } else {
+    io_uring_prep_write(sqe, s.fd, p, n, off);
+  }
+  io_uring_sqe_set_data64(sqe, i);
+  ++inflight_;
+}
 
-  std::optional<Error> first_error;
-  auto fail = [&](Error e) {
-    if (!first_error) first_error = std::move(e);
-  };
-  size_t next = 0;
-  unsigned inflight = 0;
-  for (;;) {
-    while (!first_error && inflight < depth_ && next < ops.size()) {
-      if (ops[next].len != 0) {
-        prep(next);
-        ++inflight;
-      }
-      ++next;
-    }
-    if (inflight == 0) break;
-    int rc = io_uring_submit_and_wait(ring, 1);
-    if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-      // The ring itself failed; what is in flight cannot be reaped reliably.
-      return err(ErrorCode::Io, "io_uring_submit_and_wait: ", std::strerror(-rc));
-    }
-    io_uring_cqe* cqe = nullptr;
-    while (io_uring_peek_cqe(ring, &cqe) == 0 && cqe != nullptr) {
-      const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
-      const int res = cqe->res;
-      io_uring_cqe_seen(ring, cqe);
-      --inflight;
-      const FileOp& op = ops[i];
-      OpState& s = state[i];
-      bool again = false;
-      if (res == -EINTR || res == -EAGAIN) {
+Status UringBatch::to_buffered(size_t i) {
+  Slot& s = slots_[i];
+  auto twin = buffered_twin(s.op->fd, s.flags, s.dev, s.ino);
+  if (!twin) return twin.error();
+  s.fd = *twin;
+  s.direct = false;
+  return {};
+}
+
+void UringBatch::end_op(size_t i) {
+  auto g = groups_.find(slots_[i].group);
+  if (--g->second.left == 0) {
+    finished_.push_back({g->first, g->second.error ? Status(*g->second.error) : Status()});
+    groups_.erase(g);
+  }
+  free_.push_back(i);
+}
+
+void UringBatch::reap() {
+  io_uring* ring = ring_.get();
+  io_uring_cqe* cqe = nullptr;
+  while (io_uring_peek_cqe(ring, &cqe) == 0 && cqe != nullptr) {
+    const size_t i = static_cast<size_t>(io_uring_cqe_get_data64(cqe));
+    const int res = cqe->res;
+    io_uring_cqe_seen(ring, cqe);
+    --inflight_;
+    Slot& s = slots_[i];
+    const FileOp& op = *s.op;
+    Group& g = groups_.at(s.group);
+    auto fail = [&](Error e) {
+      if (!g.error) g.error = std::move(e);
+    };
+    bool again = false;
+    if (res == -EINTR || res == -EAGAIN) {
+      again = true;
+    } else if (res == -EINVAL && s.direct) {
+      // The device wants a larger alignment than 4096 (or refuses O_DIRECT): go buffered.
+      Status st = to_buffered(i);
+      if (st) {
         again = true;
-      } else if (res == -EINVAL && s.direct) {
-        // The device wants a larger alignment than 4096 (or refuses O_DIRECT): go buffered.
-        Status st = to_buffered(i);
-        if (st) {
-          again = true;
-        } else {
-          fail(st.error());
-        }
-      } else if (res < 0) {
-        fail(op_error(op, s.done, std::strerror(-res)));
-      } else if (res == 0) {
-        fail(op_error(op, s.done,
-                      op.kind == FileOp::Kind::Read
-                          ? "read past end of file at offset " + std::to_string(op.offset + s.done)
-                          : std::string("write made no progress")));
       } else {
-        s.done += static_cast<uint64_t>(res);
-        if (s.done < op.len) {
-          again = true;
-          if (s.direct &&
-              !aligned(static_cast<char*>(op.buf) + s.done, op.offset + s.done, op.len - s.done)) {
-            Status st = to_buffered(i);
-            if (!st) {
-              fail(st.error());
-              again = false;
-            }
+        fail(st.error());
+      }
+    } else if (res < 0) {
+      fail(op_error(op, s.done, std::strerror(-res)));
+    } else if (res == 0) {
+      fail(op_error(op, s.done,
+                    op.kind == FileOp::Kind::Read
+                        ? "read past end of file at offset " + std::to_string(op.offset + s.done)
+                        : std::string("write made no progress")));
+    } else {
+      s.done += static_cast<uint64_t>(res);
+      if (s.done < op.len) {
+        again = true;
+        if (s.direct &&
+            !aligned(static_cast<char*>(op.buf) + s.done, op.offset + s.done, op.len - s.done)) {
+          if (Status st = to_buffered(i); !st) {
+            fail(st.error());
+            again = false;
           }
         }
       }
-      if (again && !first_error) {
-        prep(i);
-        ++inflight;
-      }
+    }
+    if (again && !g.error) {
+      prep(i);  // the rest, or a retry: room is there, this op's entry just left
+    } else {
+      end_op(i);
     }
   }
-  if (first_error) return *first_error;
-  return {};
 }
 
 }  // namespace kvbm::detail

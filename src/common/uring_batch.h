@@ -1,16 +1,23 @@
 // Batched file I/O through one io_uring (internal; used by the POSIX and GDS backends and by
 // the transfer layer's file path).
 //
-// Thread safety: run() and forget_fd() are not thread-safe; use one thread or guard them.
-// add_fixed() and remove_fixed() may be called from any thread, also while run() goes on.
+// Two ways to use it: run() a list of ops to completion; or stream groups of ops (one per
+// request, say) with add() and progress(), each group finishing on its own while later
+// ones are added, so the queue never drains between requests.
+//
+// Thread safety: run(), add(), progress() and forget_fd() are not thread-safe; use one
+// thread or guard them. add_fixed() and remove_fixed() may be called from any thread,
+// also while I/O goes on.
 #pragma once
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <unordered_map>
 #include <vector>
@@ -46,7 +53,22 @@ class UringBatch {
   // when readable), the offset, len and strerror: ENOSPC, EIO, EBADF (closed fd); a read that
   // hits end of file before len bytes is an Io error "read past end of file". After an error
   // the ops already in flight are drained before returning; other ops may or may not have run.
+  // Not while groups added with add() are unfinished.
   Status run(std::span<const FileOp> ops);
+
+  // Streaming. add() checks a group's ops (as run() does before submitting anything:
+  // InvalidArgument or Io, and then nothing of the group is queued) and queues them; they
+  // must stay valid until the group finishes. InvalidArgument if `group` is unfinished.
+  Status add(uint64_t group, std::span<const FileOp> ops);
+  struct Finished {
+    uint64_t group;
+    Status status;  // the group's first error (its later ops were not started), or ok
+  };
+  // Submits queued ops while fewer than queue_depth are in flight and reaps completions;
+  // with `wait`, first blocks until at least one completes (unless nothing is in flight).
+  // Returns the groups that finished since the last call, a group once all its ops ended.
+  std::vector<Finished> progress(bool wait);
+  bool idle() const { return groups_.empty() && finished_.empty(); }
 
   // Drops a cached buffered twin (call before closing fd).
   void forget_fd(int fd);
@@ -76,8 +98,28 @@ class UringBatch {
     uint64_t len;
     unsigned slot;
   };
+  // One op of a group, from add() until it ends.
+  struct Slot {
+    const FileOp* op;
+    uint64_t group;
+    uint64_t done;  // bytes
+    int fd;         // the one the next submission uses: the op's, or its buffered twin
+    bool direct;
+    int flags;  // of op->fd, with dev and ino: what a buffered twin opened later needs
+    dev_t dev;
+    ino_t ino;
+  };
+  struct Group {
+    size_t left;  // ops not ended
+    std::optional<Error> error;
+  };
   UringBatch(std::unique_ptr<io_uring> ring, unsigned depth);
   Result<int> buffered_twin(int fd, int flags, dev_t dev, ino_t ino);
+  void prep(size_t slot);           // an SQE for the slot's next chunk
+  void submit_queued();             // prep()s queued slots while the queue has room
+  void reap();                      // handles every completion there is
+  void end_op(size_t slot);         // the op is done (or failed): its group may finish
+  Status to_buffered(size_t slot);  // the op goes on through the buffered twin
   // The fixed buffer slot holding [p, p + len), or -1.
   int fixed_slot(const char* p, uint64_t len) const;
   void clear_piece(uintptr_t piece);  // fixed_mu_ held
@@ -85,7 +127,13 @@ class UringBatch {
   std::unique_ptr<io_uring> ring_;
   unsigned depth_;
   std::unordered_map<int, Twin> twins_;
-  uint64_t fixed_submissions_ = 0;  // run()'s, like twins_
+  uint64_t fixed_submissions_ = 0;
+  std::vector<Slot> slots_;
+  std::vector<size_t> free_;  // indices of slots_ not in use
+  std::deque<size_t> queue_;  // slots waiting for room in the ring
+  unsigned inflight_ = 0;     // SQEs prepared or submitted, not yet reaped
+  std::unordered_map<uint64_t, Group> groups_;
+  std::vector<Finished> finished_;  // not yet returned by progress()
 
   mutable std::mutex fixed_mu_;                          // the members below
   bool fixed_table_ = false;                             // the sparse table exists

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -314,6 +315,74 @@ TEST(UringBatch, ClosedFdAndBadArgumentsAreErrors) {
   EXPECT_ERROR(b->run(std::span<const FileOp>(&op, 1)), ErrorCode::Io, "Bad file descriptor");
   ::close(ro);
   ::close(fd2);
+}
+
+// Streaming: groups finish on their own as their ops end, a group added while others run
+// joins the same queue, and a failing group ends with its error and leaves the others be.
+TEST(UringBatch, GroupsFinishOnTheirOwnAndFailAlone) {
+  TempDir dir;
+  const int fd = open_file(dir.path() / "f", true);
+  ASSERT_GE(fd, 0);
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  EXPECT_TRUE(b->idle());
+  EXPECT_TRUE(b->progress(true).empty());  // nothing to wait for: returns at once
+  constexpr size_t kBlock = 64 << 10, kPerGroup = 8;
+  Buf src(3 * kPerGroup * kBlock), dst(3 * kPerGroup * kBlock);
+  fill_pattern(src.p, 3 * kPerGroup * kBlock, 9);
+  std::vector<std::vector<FileOp>> writes(3), reads(3);
+  for (size_t g = 0; g < 3; ++g) {
+    for (size_t i = 0; i < kPerGroup; ++i) {
+      const size_t at = (g * kPerGroup + i) * kBlock;
+      writes[g].push_back({Kind::Write, fd, at, src.p + at, kBlock});
+      reads[g].push_back({Kind::Read, fd, at, dst.p + at, kBlock});
+    }
+  }
+  // Drives progress() until `want` groups finished; returns them by group id.
+  auto finish = [&](size_t want) {
+    std::map<uint64_t, Status> done;
+    for (int spins = 0; done.size() < want && spins < 100000; ++spins) {
+      for (auto& f : b->progress(true)) {
+        EXPECT_EQ(done.count(f.group), 0u) << "group " << f.group << " finished twice";
+        done.emplace(f.group, std::move(f.status));
+      }
+    }
+    return done;
+  };
+  ASSERT_TRUE(b->add(10, writes[0]));
+  ASSERT_TRUE(b->add(11, writes[1]));
+  EXPECT_ERROR(b->add(10, writes[2]), ErrorCode::InvalidArgument, "group 10 has not finished");
+  EXPECT_FALSE(b->idle());
+  (void)b->progress(false);            // the first ops go out
+  ASSERT_TRUE(b->add(12, writes[2]));  // joins while the others run
+  auto w = finish(3);
+  ASSERT_EQ(w.size(), 3u);
+  for (auto& [g, st] : w) EXPECT_TRUE(st) << "group " << g << ": " << st.error().to_string();
+  EXPECT_TRUE(b->idle());
+
+  // A read past the end of the file fails group 21 alone.
+  std::vector<FileOp> bad = reads[1];
+  bad[3].offset = 1 << 30;
+  ASSERT_TRUE(b->add(20, reads[0]));
+  ASSERT_TRUE(b->add(21, bad));
+  ASSERT_TRUE(b->add(22, reads[2]));
+  ASSERT_TRUE(b->add(23, {}));  // nothing to do: finishes at once
+  auto r = finish(4);
+  ASSERT_EQ(r.size(), 4u);
+  EXPECT_TRUE(r.at(20));
+  EXPECT_ERROR(r.at(21), ErrorCode::Io, "read past end of file");
+  EXPECT_TRUE(r.at(22));
+  EXPECT_TRUE(r.at(23));
+  for (size_t g : {0, 2}) {
+    const size_t at = g * kPerGroup * kBlock;
+    EXPECT_EQ(find_pattern_mismatch(dst.p + at, kPerGroup * kBlock, 9, at), SIZE_MAX) << g;
+  }
+  // A group refused by add() queues nothing.
+  std::vector<FileOp> null_buf = {reads[0][0], {Kind::Read, fd, 0, nullptr, 16}};
+  EXPECT_ERROR(b->add(30, null_buf), ErrorCode::Io, "null buffer");
+  EXPECT_TRUE(b->idle());
+  b->forget_fd(fd);
+  ::close(fd);
 }
 
 TEST(UringBatch, FullFileSystemIsAnError) {

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <set>
 #include <thread>
@@ -191,7 +192,7 @@ class PosixBackend final : public Backend {
       it = it->get() == job ? queue_.erase(it) : std::next(it);
     }
     done_cv_.wait(lock, [&] {
-      for (const auto& j : running_) {
+      for (const auto& [id, j] : running_) {
         if (j.get() == job) return false;
       }
       return true;
@@ -211,52 +212,58 @@ class PosixBackend final : public Backend {
     }
   }
 
+  // Each request is a group of the ring (UringBatch::add): its ops join one queue that
+  // never drains between requests, and it finishes as soon as its own ops have.
   void work() {
+    std::vector<std::pair<uint64_t, Job*>> added;
+    std::vector<UringBatch::Finished> ended;
     std::unique_lock<std::mutex> lock(mu_);
     for (;;) {
-      work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-      if (stop_) return;
-      running_.assign(queue_.begin(), queue_.end());
-      queue_.clear();
+      while (!stop_ && !queue_.empty()) {  // once stopping, queued requests are dropped
+        const uint64_t id = next_group_++;
+        added.emplace_back(id, queue_.front().get());
+        running_.emplace(id, std::move(queue_.front()));
+        queue_.pop_front();
+      }
+      if (running_.empty()) {
+        if (stop_) return;
+        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+        continue;
+      }
       lock.unlock();
-
-      // Every queued request in one io_uring run keeps the queue full across requests.
-      Status all;
-      if (running_.size() == 1) {
-        all = batch_->run(running_[0]->ops);
-      } else {
-        scratch_.clear();
-        for (const auto& j : running_)
-          scratch_.insert(scratch_.end(), j->ops.begin(), j->ops.end());
-        all = batch_->run(scratch_);
+      // running_ changes only on this thread, so reading it unlocked here is safe.
+      for (auto& [id, job] : added) {
+        // A request the ring refuses up front (a closed fd, say) ends with that error.
+        if (Status st = batch_->add(id, job->ops); !st) ended.push_back({id, std::move(st)});
       }
-      if (all || running_.size() == 1) {
-        for (const auto& j : running_) finish(*j, all);
-      } else {
-        // Which request failed? Run each alone (re-reading or re-writing the same bytes).
-        for (const auto& j : running_) finish(*j, batch_->run(j->ops));
-      }
-
+      added.clear();
+      // Waits for the disk only when nothing ended above.
+      for (auto& f : batch_->progress(ended.empty())) ended.push_back(std::move(f));
+      for (auto& f : ended) finish(*running_.at(f.group), f.status);
       lock.lock();
-      running_.clear();
+      if (ended.empty()) continue;
+      for (auto& f : ended) running_.erase(f.group);
+      ended.clear();
       done_cv_.notify_all();
-      lock.unlock();
-      if (env_.on_completion) env_.on_completion();
-      lock.lock();
+      if (env_.on_completion) {
+        lock.unlock();
+        env_.on_completion();
+        lock.lock();
+      }
     }
   }
 
   const std::string name_ = kName;
   BackendEnv env_;
-  std::unique_ptr<UringBatch> batch_;  // run() on the worker thread only; add_fixed() anywhere
+  std::unique_ptr<UringBatch> batch_;  // add()/progress() on the worker only; add_fixed() anywhere
   const bool fixed_buffers_;
-  std::vector<FileOp> scratch_;  // worker thread only
+  uint64_t next_group_ = 0;  // worker only
 
   std::mutex mu_;
   std::condition_variable work_cv_;
   std::condition_variable done_cv_;
   std::deque<std::shared_ptr<Job>> queue_;
-  std::vector<std::shared_ptr<Job>> running_;
+  std::map<uint64_t, std::shared_ptr<Job>> running_;  // by ring group; changed by the worker
   bool stop_ = false;
   std::thread worker_;
 };
