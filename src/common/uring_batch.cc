@@ -298,7 +298,7 @@ void UringBatch::submit_queued() {
 }
 
 void UringBatch::prep(size_t i) {
-  const Slot& s = slots_[i];
+  Slot& s = slots_[i];
   const FileOp& op = *s.op;
   io_uring* ring = ring_.get();
   io_uring_sqe* sqe = io_uring_get_sqe(ring);
@@ -311,8 +311,9 @@ void UringBatch::prep(size_t i) {
   char* p = static_cast<char*>(op.buf) + s.done;
   const uint64_t off = op.offset + s.done;
   const auto n = static_cast<unsigned>(chunk);
-  const int slot = fixed_slot(p, chunk);
-  if (slot >= 0) ++fixed_submissions_;
+  const int slot = s.no_fixed ? -1 : fixed_slot(p, chunk);
+  s.fixed = slot >= 0;
+  if (s.fixed) ++fixed_submissions_;
   if (op.kind == FileOp::Kind::Read) {
     if (slot >= 0) {
       io_uring_prep_read_fixed(sqe, s.fd, p, n, off, slot);
@@ -362,6 +363,11 @@ void UringBatch::reap() {
     };
     bool again = false;
     if (res == -EINTR || res == -EAGAIN) {
+      again = true;
+    } else if (res == -EFAULT && s.fixed) {
+      // remove_fixed() (another thread) emptied the slot between prep() and the kernel's
+      // look at it; the memory itself is still the caller's: go on with plain I/O.
+      s.no_fixed = true;
       again = true;
     } else if (res == -EINVAL && s.direct) {
       // The device wants a larger alignment than 4096 (or refuses O_DIRECT): go buffered.

@@ -76,7 +76,8 @@ class UringBatch {
   // Registers [base, base + len) with the ring as fixed buffers (pieces of at most 1 GiB):
   // ops whose bytes lie inside one piece then skip the kernel's pinning of their pages on
   // every I/O (measured: 1 MiB O_DIRECT reads at 1.4-2.1 GB/s plain, 2.9-3.6 fixed, on the
-  // build machine's virtio disk). The memory must stay mapped until remove_fixed(base).
+  // build machine's virtio disk). The memory must stay mapped until remove_fixed(base);
+  // removing it while I/O into it runs is safe (such an op goes on as plain I/O).
   // Returns false where the kernel refuses (RLIMIT_MEMLOCK without CAP_IPC_LOCK, a kernel
   // before 5.19, the table full): those ops then run as plain reads and writes, and the
   // first refusal is logged.
@@ -108,6 +109,8 @@ class UringBatch {
     int flags;  // of op->fd, with dev and ino: what a buffered twin opened later needs
     dev_t dev;
     ino_t ino;
+    bool fixed = false;     // the last submission went as fixed-buffer I/O
+    bool no_fixed = false;  // its fixed buffer went away under it (EFAULT): plain from now
   };
   struct Group {
     size_t left;  // ops not ended

@@ -6,12 +6,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support/test_support.h"
@@ -195,6 +197,47 @@ TEST(UringBatch, FixedBufferSlotsRunOutWithALoggedRefusal) {
   b->remove_fixed(buf.p);
   EXPECT_TRUE(b->add_fixed(buf.p + 1024 * 4096, 4096));
   EXPECT_EQ(b->fixed_count(), 1024u);
+}
+
+// add_fixed() and remove_fixed() may come from another thread while I/O runs (the POSIX
+// backend registers memory from its callers' threads while its worker does I/O); every
+// byte lands whichever way each op went.
+TEST(UringBatch, FixedBuffersComeAndGoWhileIoRuns) {
+  TempDir dir;
+  const int fd = open_file(dir.path() / "f", true);
+  ASSERT_GE(fd, 0);
+  auto b = make_batch(8);
+  ASSERT_TRUE(b);
+  constexpr size_t kBlock = 64 << 10, kBlocks = 64;
+  Buf src(kBlock * kBlocks), dst(kBlock * kBlocks);
+  fill_pattern(src.p, kBlock * kBlocks, 3);
+  std::vector<FileOp> w, r;
+  for (size_t i = 0; i < kBlocks; ++i) {
+    w.push_back({Kind::Write, fd, i * kBlock, src.p + i * kBlock, kBlock});
+    r.push_back({Kind::Read, fd, i * kBlock, dst.p + i * kBlock, kBlock});
+  }
+  std::atomic<bool> stop{false};
+  std::thread churn([&] {
+    while (!stop.load()) {
+      for (size_t i = 0; i < kBlocks; i += 2) b->add_fixed(src.p + i * kBlock, kBlock);
+      for (size_t i = 1; i < kBlocks; i += 2) b->add_fixed(dst.p + i * kBlock, kBlock);
+      for (size_t i = 0; i < kBlocks; ++i) {
+        b->remove_fixed(src.p + i * kBlock);
+        b->remove_fixed(dst.p + i * kBlock);
+      }
+    }
+  });
+  for (int round = 0; round < 20; ++round) {
+    std::memset(dst.p, 0, kBlock * kBlocks);
+    auto st = b->run(w);
+    if (st) st = b->run(r);
+    EXPECT_TRUE(st) << st.error().to_string();
+    EXPECT_EQ(find_pattern_mismatch(dst.p, kBlock * kBlocks, 3), SIZE_MAX) << "round " << round;
+  }
+  stop = true;
+  churn.join();
+  b->forget_fd(fd);
+  ::close(fd);
 }
 
 TEST(UringBatch, LargeOpsAreSplitAndManyOpsShareTheQueue) {
