@@ -75,12 +75,12 @@ class UringBatch {
 
   // Registers [base, base + len) with the ring as fixed buffers (pieces of at most 1 GiB):
   // ops whose bytes lie inside one piece then skip the kernel's pinning of their pages on
-  // every I/O (measured: 1 MiB O_DIRECT reads at 1.4-2.1 GB/s plain, 2.9-3.6 fixed, on the
-  // build machine's virtio disk). The memory must stay mapped until remove_fixed(base);
-  // removing it while I/O into it runs is safe (such an op goes on as plain I/O).
-  // Returns false where the kernel refuses (RLIMIT_MEMLOCK without CAP_IPC_LOCK, a kernel
-  // before 5.19, the table full): those ops then run as plain reads and writes, and the
-  // first refusal is logged.
+  // every I/O, CPU time per request (fio on the build machine's virtio disk, 1 MiB O_DIRECT
+  // reads: 1.4-2.1 GB/s plain against 2.9-3.6 fixed in one hour, equal in later runs).
+  // The memory must stay mapped until remove_fixed(base); removing it while I/O into it
+  // runs is safe (such an op goes on as plain I/O). Returns false where the kernel refuses
+  // (RLIMIT_MEMLOCK without CAP_IPC_LOCK, a kernel before 5.19, the table full): those ops
+  // then run as plain reads and writes, and the first refusal is logged.
   bool add_fixed(const void* base, uint64_t len);
   void remove_fixed(const void* base);
   size_t fixed_count() const;  // pieces registered now
