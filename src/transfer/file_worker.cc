@@ -1,5 +1,7 @@
 #include "transfer/file_worker.h"
 
+#include <map>
+
 namespace kvbm::detail {
 
 Result<std::unique_ptr<FileWorker>> FileWorker::create(unsigned queue_depth) {
@@ -30,17 +32,33 @@ std::shared_ptr<FileJob> FileWorker::submit(std::vector<FileOp> ops) {
   return job;
 }
 
+// Each job is a group of the ring: jobs queued while others run join the same io_uring
+// queue, and each finishes as soon as its own ops have.
 void FileWorker::run() {
+  std::map<uint64_t, std::shared_ptr<FileJob>> running;
+  uint64_t next_group = 0;
   for (;;) {
-    std::shared_ptr<FileJob> job;
+    std::deque<std::shared_ptr<FileJob>> fresh;
     {
       std::unique_lock lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
+      if (running.empty()) cv_.wait(lock, [&] { return stop_ || !jobs_.empty(); });
+      if (running.empty() && jobs_.empty()) return;  // stopping, and all done
+      fresh.swap(jobs_);
     }
-    job->finish(batch_->run(job->ops_));
+    for (auto& job : fresh) {
+      const uint64_t id = next_group++;
+      if (Status st = batch_->add(id, job->ops_); !st) {
+        job->finish(std::move(st));
+        continue;
+      }
+      running.emplace(id, std::move(job));
+    }
+    if (running.empty()) continue;
+    for (auto& f : batch_->progress(true)) {
+      auto it = running.find(f.group);
+      it->second->finish(std::move(f.status));
+      running.erase(it);
+    }
   }
 }
 

@@ -1,5 +1,6 @@
 // The file path of the transfer engine: one thread that owns an io_uring (UringBatch) and
-// runs each request's file ops as one batch. Thread-safe: submit from any thread.
+// streams each request's file ops through it as one group, requests overlapping. Thread-
+// safe: submit from any thread.
 #pragma once
 
 #include <condition_variable>

@@ -340,6 +340,41 @@ TEST(TransferFile, IoErrorsComeBackThroughTheHandle) {
   EXPECT_TRUE(t->ready());
 }
 
+// File requests in flight together share the engine's io_uring queue and finish on their
+// own: every byte lands, and one failing request (a closed disk) fails alone.
+TEST(TransferFile, RequestsInFlightTogetherFinishOnTheirOwn) {
+  testing::TempDir dir;
+  auto e = engine();
+  const LayoutConfig c = config(16, 4096, 256);  // 8 KiB chunks, O_DIRECT where allowed
+  Layout src = host_layout(c, kShapes[0]);
+  Layout back = host_layout(c, kShapes[1]);
+  fill_all_blocks(src, 12);
+  std::vector<Layout> disks;
+  for (int i = 0; i < 4; ++i) disks.push_back(disk_layout(c, kShapes[i % 3], dir));
+  Layout bad = fake_layout(c, StorageType::disk(987655));  // no such fd
+  std::vector<size_t> all(16);
+  for (size_t i = 0; i < 16; ++i) all[i] = i;
+  std::vector<Transfer> ts;
+  for (int round = 0; round < 3; ++round) {
+    for (auto& d : disks) {
+      auto t = e->copy(src, all, d, all);
+      ASSERT_TRUE(t.ok()) << t.error().to_string();
+      ts.push_back(std::move(*t));
+    }
+  }
+  auto failing = e->copy(src, all, bad, all);
+  ASSERT_TRUE(failing.ok()) << failing.error().to_string();
+  for (auto& t : ts) {
+    auto st = t.wait(30s);
+    EXPECT_TRUE(st.ok()) << st.error().to_string();
+  }
+  EXPECT_ERROR(failing->wait(30s), ErrorCode::Io, "987655");
+  for (int i = 0; i < 4; ++i) {
+    ASSERT_TRUE(copy_and_wait(*e, disks[i], all, back, all).ok());
+    EXPECT_EQ(check_blocks(back, all, all, 12), "") << "disk " << i;
+  }
+}
+
 // Disk -> Disk goes through the engine's host staging buffer. Each case: host -> disk A
 // (File), A -> disk B (Staged, the copy under test), B -> host (File), every byte checked.
 struct StagedCase {
