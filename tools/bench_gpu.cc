@@ -195,7 +195,9 @@ Result<double> time_request(xfer::Agent& a, xfer::Op op, const xfer::DescList& l
     KVBM_TRY(spin(q));
     if (done + depth < iters) KVBM_TRY(q.post());
   }
-  return gbps(l.descs[0].len * iters, Clock::now() - t0);
+  uint64_t bytes = 0;
+  for (const auto& d : l.descs) bytes += d.len;
+  return gbps(bytes * iters, Clock::now() - t0);
 }
 
 // cudaMemcpy bandwidth, each copy waited for before the next: the pattern of one request
@@ -419,6 +421,51 @@ int run_bench_gpu(const BenchGpuOptions& o) {
            0.8, "", 0);
   }
 
+  // Scattered descriptors: requests of 64 descriptors, the pinned side in reversed order,
+  // through the CUDA backend's cudaMemcpyBatchAsync (the default) and, for comparison,
+  // through an agent whose CUDA backend makes a cudaMemcpyAsync per descriptor (batch=0).
+  Table sc({"path", "request", "GB/s", "ratio", "batch=0 GB/s", "batch=0 ratio", "ceiling",
+            "ceiling GB/s"});
+  xfer::AgentConfig one_by_one_config = config;
+  one_by_one_config.backends = {};
+  auto one_by_one = xfer::Agent::create("bench-one-by-one", one_by_one_config);
+  std::vector<std::unique_ptr<xfer::MemoryRegistration> > one_by_one_regs;
+  if (one_by_one) {
+    auto st = (*one_by_one)->create_backend("CUDA", {{"batch", "0"}});
+    for (auto [addr, type] :
+         {std::pair{a->addr(), MemType::Vram}, std::pair{pinned->addr(), MemType::Dram}}) {
+      if (!st) break;
+      auto reg = (*one_by_one)->register_memory(DescList(type, {{addr, max, 0}}));
+      if (reg) one_by_one_regs.push_back(std::move(*reg));
+      st = reg ? Status() : Status(reg.error());
+    }
+    if (!st) one_by_one = st.error();
+  }
+  constexpr size_t kDescs = 64;
+  for (size_t piece : {size_t{16} << 10, size_t{64} << 10, size_t{256} << 10}) {
+    if (kDescs * piece > max) break;
+    DescList vram(MemType::Vram), dram(MemType::Dram);
+    for (size_t i = 0; i < kDescs; ++i) {
+      vram.add(a->addr() + i * piece, piece, 0);
+      dram.add(pinned->addr() + (kDescs - 1 - i) * piece, piece, 0);
+    }
+    const int it = std::max(2 * depth, static_cast<int>((800u << 20) / (kDescs * piece)));
+    for (Op op : {Op::Read, Op::Write}) {
+      const bool h2d = op == Op::Read;  // READ: the pinned bytes into VRAM
+      const double c = h2d ? h2d_ceiling : d2h_ceiling;
+      auto v = time_request(**agent, op, vram, dram, "bench", it, depth);
+      Result<double> w =
+          one_by_one ? time_request(**one_by_one, op, vram, dram, "bench-one-by-one", it, depth)
+                     : Result<double>(one_by_one.error());
+      if (!v) failed = true;
+      sc.add({h2d ? "h2d pinned->vram" : "d2h vram->pinned",
+              std::to_string(kDescs) + " x " + human_bytes(piece),
+              v ? fixed(*v) : v.error().to_string(), v ? ratio(*v, c) : "-",
+              w ? fixed(*w) : w.error().to_string(), w ? ratio(*w, c) : "-",
+              h2d ? "1 large h2d" : "1 large d2h", fixed(c)});
+    }
+  }
+
   // Latency: one small request at a time through the agent against the copy it makes.
   Table lat({"h2d pinned->vram", "agent p50 us", "cudaMemcpyAsync p50 us", "agent adds us"});
   for (size_t n : {size_t{4} << 10, size_t{1} << 20}) {
@@ -460,6 +507,8 @@ int run_bench_gpu(const BenchGpuOptions& o) {
             << " bounce buffers; UCX_TLS=" << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)")
             << "\n";
   t.print(std::cout);
+  std::cout << "\nScattered descriptors, " << depth << " requests in flight\n";
+  sc.print(std::cout);
   std::cout << "\nLatency, one request at a time: p50 of " << o.lat_iters
             << " runs (agent: post() and spin until done; copy: cudaMemcpyAsync + "
                "cudaStreamSynchronize)\n";

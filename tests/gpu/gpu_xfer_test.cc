@@ -148,6 +148,29 @@ TEST_F(GpuXferLocal, PlainToVramToVramToPinnedWithNotification) {
   EXPECT_EQ(testing::find_pattern_mismatch(pinned->data(), kBytes, 1, 0), SIZE_MAX);
 }
 
+// batch=0: a cudaMemcpyAsync per descriptor instead of one cudaMemcpyBatchAsync; the same
+// bytes land.
+TEST_F(GpuXferLocal, ScatteredDescriptorsOneCopyCallEach) {
+  AgentConfig config;
+  config.backends = {};
+  config.add_cuda_if_gpu = false;
+  auto solo = Agent::create("one-by-one", config);
+  ASSERT_TRUE(solo.ok()) << solo.error().to_string();
+  ASSERT_TRUE((*solo)->create_backend("CUDA", {{"batch", "0"}}).ok());
+  auto va = (*solo)->register_memory(vram(*a, 0, kBytes));
+  auto vp = (*solo)->register_memory(dram(*pinned, 0, kBytes));
+  ASSERT_TRUE(va.ok() && vp.ok());
+  const auto l = layout(3);
+  testing::fill_pattern(pinned->data(), kBytes, 4);
+  auto st = run(**solo, Op::Read, descs(MemType::Vram, a->addr(), l),
+                descs(MemType::Dram, pinned->addr(), l), "one-by-one");
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  for (auto [off, len] : l) {
+    EXPECT_EQ(device_mismatch(static_cast<char*>(a->data()) + off, len, 4, off), SIZE_MAX)
+        << "segment at " << off;
+  }
+}
+
 TEST_F(GpuXferLocal, ScatteredDescriptorsBothWays) {
   const auto l = layout(5);
   fill_device(a->data(), kBytes, 7);

@@ -122,6 +122,8 @@ TEST(CudaBackend, ParametersAreCheckedBeforeTheGpu) {
                "streams 0 must be in 1..64");
   EXPECT_ERROR((*a)->create_backend("CUDA", {{"streams", "65"}}), ErrorCode::InvalidArgument,
                "streams 65 must be in 1..64");
+  EXPECT_ERROR((*a)->create_backend("CUDA", {{"batch", "2"}}), ErrorCode::InvalidArgument,
+               "CUDA batch 2 must be in 0..1");
 }
 
 TEST(CudaBackend, WithoutGpuCreationIsDeviceUnavailable) {

@@ -31,16 +31,14 @@ Status CudaCopyRequest::post() {
     return fail_locked(
         err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message));
   }
-  // The stream of each device used (almost always one: no allocation per post).
-  used_.clear();
-  // A failure after some copies were queued waits for those, so none lands later.
-  auto drain = [&](Error e) {
-    for (auto& [dev, s] : used_) {
-      DeviceGuard g(dev);
-      if (s != nullptr) cudaStreamSynchronize(s);
-    }
-    return fail_locked(std::move(e));
-  };
+  // The copies of each device used (almost always one), gathered first: each device's go
+  // to its stream in one call. Vectors are kept across posts: no allocation per post.
+  used_count_ = 0;
+  for (auto& d : used_) {
+    d.dsts.clear();
+    d.srcs.clear();
+    d.sizes.clear();
+  }
   for (const CopyItem& it : items_) {
     uint64_t remote = it.remote;
     if (it.ipc != nullptr) {
@@ -50,26 +48,36 @@ Status CudaCopyRequest::post() {
       }
       remote = reinterpret_cast<uint64_t>(it.ipc->mapped) + (it.remote - it.ipc->ipc->alloc_base);
     }
-    void* dst = reinterpret_cast<void*>(op_ == Op::Write ? remote : it.local);
-    const void* src = reinterpret_cast<const void*>(op_ == Op::Write ? it.local : remote);
-    auto slot = std::find_if(used_.begin(), used_.end(),
-                             [&](const auto& u) { return u.first == it.device; });
-    if (slot == used_.end())
-      slot = used_.insert(used_.end(), {it.device, backend_->stream(it.device)});
-    if (slot->second == nullptr) {
-      return drain(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
+    const auto end = used_.begin() + static_cast<ptrdiff_t>(used_count_);
+    auto d = std::find_if(used_.begin(), end,
+                          [&](const DeviceCopies& u) { return u.device == it.device; });
+    if (d == end) {
+      if (used_count_ == used_.size()) used_.emplace_back();
+      d = used_.begin() + static_cast<ptrdiff_t>(used_count_++);
+      d->device = it.device;
+      d->stream = backend_->stream(it.device);
+      if (d->stream == nullptr) {
+        return fail_locked(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
+      }
     }
-    DeviceGuard g(it.device);
-    if (cudaError_t e = cudaMemcpyAsync(dst, src, it.len, cudaMemcpyDefault, slot->second);
-        e != cudaSuccess) {
-      return drain(cuda_fail(ErrorCode::Internal, e,
-                             "cudaMemcpyAsync of " + std::to_string(it.len) + " bytes " +
-                                 hex(reinterpret_cast<uint64_t>(src)) + " -> " +
-                                 hex(reinterpret_cast<uint64_t>(dst)) + " on device " +
-                                 std::to_string(it.device)));
-    }
+    d->dsts.push_back(reinterpret_cast<void*>(op_ == Op::Write ? remote : it.local));
+    d->srcs.push_back(reinterpret_cast<const void*>(op_ == Op::Write ? it.local : remote));
+    d->sizes.push_back(it.len);
   }
-  for (auto& [dev, s] : used_) {
+  // A failure after some copies were queued waits for those, so none lands later.
+  auto drain = [&](Error e) {
+    for (size_t i = 0; i < used_count_; ++i) {
+      DeviceGuard g(used_[i].device);
+      cudaStreamSynchronize(used_[i].stream);
+    }
+    return fail_locked(std::move(e));
+  };
+  for (size_t i = 0; i < used_count_; ++i) {
+    if (Status st = enqueue(used_[i]); !st) return drain(st.error());
+  }
+  for (size_t i = 0; i < used_count_; ++i) {
+    const int dev = used_[i].device;
+    const cudaStream_t s = used_[i].stream;
     DeviceGuard g(dev);
     auto ev = std::find_if(events_.begin(), events_.end(), [&](auto& p) { return p.first == dev; });
     if (ev == events_.end()) {
@@ -85,6 +93,41 @@ Status CudaCopyRequest::post() {
   state_ = XferState::InProgress;
   signalled_ = false;
   peer_->copies.insert(this);
+  return {};
+}
+
+// One device's copies of a post: one cudaMemcpyBatchAsync for several (one driver call,
+// and the driver may overlap their DMA setup), else a cudaMemcpyAsync each.
+Status CudaCopyRequest::enqueue(DeviceCopies& d) {
+  DeviceGuard g(d.device);
+  const size_t n = d.sizes.size();
+  if (n > 1 && backend_->batch_copies_.load(std::memory_order_relaxed)) {
+    cudaMemcpyAttributes attr{};
+    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+    size_t first = 0;
+    const cudaError_t e = cudaMemcpyBatchAsync(d.dsts.data(), d.srcs.data(), d.sizes.data(), n,
+                                               &attr, &first, 1, d.stream);
+    if (e == cudaSuccess) return {};
+    if (e != cudaErrorNotSupported && e != cudaErrorCallRequiresNewerDriver) {
+      return cuda_fail(ErrorCode::Internal, e,
+                       "cudaMemcpyBatchAsync of " + std::to_string(n) + " copies on device " +
+                           std::to_string(d.device));
+    }
+    (void)cudaGetLastError();  // not sticky; clear it before going on without batches
+    backend_->batch_copies_ = false;
+    log(LogLevel::Info, "CUDA: cudaMemcpyBatchAsync unsupported here; one copy call each");
+  }
+  for (size_t i = 0; i < n; ++i) {
+    if (cudaError_t e =
+            cudaMemcpyAsync(d.dsts[i], d.srcs[i], d.sizes[i], cudaMemcpyDefault, d.stream);
+        e != cudaSuccess) {
+      return cuda_fail(ErrorCode::Internal, e,
+                       "cudaMemcpyAsync of " + std::to_string(d.sizes[i]) + " bytes " +
+                           hex(reinterpret_cast<uint64_t>(d.srcs[i])) + " -> " +
+                           hex(reinterpret_cast<uint64_t>(d.dsts[i])) + " on device " +
+                           std::to_string(d.device));
+    }
+  }
   return {};
 }
 
@@ -561,8 +604,8 @@ using namespace cuda;
 
 Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
                                                    const BackendParams& params) {
-  KVBM_TRY(
-      check_param_keys("CUDA", params, {"staged", "chunk_bytes", "bounce_buffers", "streams"}));
+  KVBM_TRY(check_param_keys("CUDA", params,
+                            {"staged", "chunk_bytes", "bounce_buffers", "streams", "batch"}));
   bool staged = false;
   if (auto it = params.find("staged"); it != params.end()) {
     if (it->second != "0" && it->second != "1") {
@@ -574,11 +617,12 @@ Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
   auto chunk = number_param("CUDA", params, "chunk_bytes", 2 << 20, 4096, 1 << 30);
   auto slots = number_param("CUDA", params, "bounce_buffers", 8, 1, 1024);
   auto streams = number_param("CUDA", params, "streams", 4, 1, 64);
-  for (const auto* v : {&chunk, &slots, &streams}) {
+  auto batch = number_param("CUDA", params, "batch", 1, 0, 1);
+  for (const auto* v : {&chunk, &slots, &streams, &batch}) {
     if (!*v) return v->error();
   }
   KVBM_TRY(cuda_device_count());
-  auto backend = std::make_unique<CudaBackend>(env, staged, *chunk, *slots, *streams);
+  auto backend = std::make_unique<CudaBackend>(env, staged, *chunk, *slots, *streams, *batch == 1);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -252,12 +252,14 @@ struct Incoming {
 
 class CudaBackend final : public Backend {
  public:
-  CudaBackend(BackendEnv env, bool force_staged, size_t chunk_bytes, size_t slots, size_t streams)
+  CudaBackend(BackendEnv env, bool force_staged, size_t chunk_bytes, size_t slots, size_t streams,
+              bool batch_copies)
       : env_(std::move(env)),
         force_staged_(force_staged),
         chunk_bytes_(chunk_bytes),
         slots_(slots),
-        streams_per_device_(streams) {}
+        streams_per_device_(streams),
+        batch_copies_(batch_copies) {}
   ~CudaBackend() override;
   Status init();
 
@@ -323,6 +325,9 @@ class CudaBackend final : public Backend {
   const size_t chunk_bytes_;
   const size_t slots_;
   const size_t streams_per_device_;  // requests go round-robin over them
+  // A request's copies on one device go as one cudaMemcpyBatchAsync (CUDA 12.8+), not a
+  // cudaMemcpyAsync each; off by the batch=0 parameter, or once the driver refuses it.
+  std::atomic<bool> batch_copies_;
   const std::string host_ = cuda_host_identity();
   int default_device_ = 0;
 
@@ -411,7 +416,17 @@ class CudaCopyRequest final : public BackendRequest {
   std::shared_ptr<CudaPeer> peer_;
   std::vector<CopyItem> items_;
   std::vector<std::pair<int, cudaEvent_t>> events_;  // one per device used
-  std::vector<std::pair<int, cudaStream_t>> used_;   // post()'s streams, kept for reuse
+  // post()'s copies by device, kept for reuse (capacity) across posts.
+  struct DeviceCopies {
+    int device;
+    cudaStream_t stream;
+    std::vector<void*> dsts;
+    std::vector<const void*> srcs;
+    std::vector<size_t> sizes;
+  };
+  std::vector<DeviceCopies> used_;
+  size_t used_count_ = 0;  // entries of used_ in this post
+  Status enqueue(DeviceCopies& d);
   XferState state_ = XferState::Idle;
   bool signalled_ = false;
   Error error_{ErrorCode::Internal, "not posted"};
