@@ -433,7 +433,8 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   if (one_by_one) {
     auto st = (*one_by_one)->create_backend("CUDA", {{"batch", "0"}});
     for (auto [addr, type] :
-         {std::pair{a->addr(), MemType::Vram}, std::pair{pinned->addr(), MemType::Dram}}) {
+         {std::pair{a->addr(), MemType::Vram}, std::pair{b->addr(), MemType::Vram},
+          std::pair{pinned->addr(), MemType::Dram}}) {
       if (!st) break;
       auto reg = (*one_by_one)->register_memory(DescList(type, {{addr, max, 0}}));
       if (reg) one_by_one_regs.push_back(std::move(*reg));
@@ -442,6 +443,7 @@ int run_bench_gpu(const BenchGpuOptions& o) {
     if (!st) one_by_one = st.error();
   }
   constexpr size_t kDescs = 64;
+  const double d2d_ceiling = time_memcpy(b->data(), a->data(), max, 3);
   for (size_t piece : {size_t{16} << 10, size_t{64} << 10, size_t{256} << 10}) {
     if (kDescs * piece > max) break;
     DescList vram(MemType::Vram), dram(MemType::Dram);
@@ -450,6 +452,18 @@ int run_bench_gpu(const BenchGpuOptions& o) {
       dram.add(pinned->addr() + (kDescs - 1 - i) * piece, piece, 0);
     }
     const int it = std::max(2 * depth, static_cast<int>((800u << 20) / (kDescs * piece)));
+    // VRAM -> VRAM (a to b) goes a cudaMemcpyAsync per descriptor either way (enqueue()).
+    DescList vram_b(MemType::Vram);
+    for (size_t i = 0; i < kDescs; ++i) vram_b.add(b->addr() + (kDescs - 1 - i) * piece, piece, 0);
+    auto v = time_request(**agent, Op::Write, vram, vram_b, "bench", it, depth);
+    Result<double> w = one_by_one ? time_request(**one_by_one, Op::Write, vram, vram_b,
+                                                 "bench-one-by-one", it, depth)
+                                  : Result<double>(one_by_one.error());
+    if (!v) failed = true;
+    sc.add({"d2d vram->vram", std::to_string(kDescs) + " x " + human_bytes(piece),
+            v ? fixed(*v) : v.error().to_string(), v ? ratio(*v, d2d_ceiling) : "-",
+            w ? fixed(*w) : w.error().to_string(), w ? ratio(*w, d2d_ceiling) : "-", "1 large d2d",
+            fixed(d2d_ceiling)});
     for (Op op : {Op::Read, Op::Write}) {
       const bool h2d = op == Op::Read;  // READ: the pinned bytes into VRAM
       const double c = h2d ? h2d_ceiling : d2h_ceiling;

@@ -325,8 +325,8 @@ class CudaBackend final : public Backend {
   const size_t chunk_bytes_;
   const size_t slots_;
   const size_t streams_per_device_;  // requests go round-robin over them
-  // A request's copies on one device go as one cudaMemcpyBatchAsync (CUDA 12.8+), not a
-  // cudaMemcpyAsync each; off by the batch=0 parameter, or once the driver refuses it.
+  // A request's copies with a host side go as one cudaMemcpyBatchAsync per device (CUDA
+  // 12.8+), not a cudaMemcpyAsync each; off by batch=0, or once the driver refuses it.
   std::atomic<bool> batch_copies_;
   const std::string host_ = cuda_host_identity();
   int default_device_ = 0;
@@ -358,6 +358,7 @@ struct CopyItem {
   size_t len;
   int device;
   CudaRemoteRegion* ipc;  // null: `remote` is an address of this process
+  bool host;              // one side is DRAM
 };
 
 class CudaCopyRequest final : public BackendRequest {
@@ -419,6 +420,7 @@ class CudaCopyRequest final : public BackendRequest {
   // post()'s copies by device, kept for reuse (capacity) across posts.
   struct DeviceCopies {
     int device;
+    bool host;  // the copies have a host side (enqueue() batches only those)
     cudaStream_t stream;
     std::vector<void*> dsts;
     std::vector<const void*> srcs;
