@@ -148,18 +148,43 @@ TEST_F(GpuXferLocal, PlainToVramToVramToPinnedWithNotification) {
   EXPECT_EQ(testing::find_pattern_mismatch(pinned->data(), kBytes, 1, 0), SIZE_MAX);
 }
 
-// batch=0: a cudaMemcpyAsync per descriptor instead of one cudaMemcpyBatchAsync; the same
-// bytes land.
+// Many VRAM -> VRAM descriptors (1 byte to 8 MiB, odd offsets) go as one launch of the
+// copy kernel, every byte in place and nothing between the descriptors touched.
+TEST_F(GpuXferLocal, ScatteredVramToVramInOneKernelLaunch) {
+  const auto from = layout(5), to = layout(4099);
+  fill_device(a->data(), kBytes, 21);
+  ASSERT_EQ(cudaMemset(b->data(), 0, kBytes), cudaSuccess);
+  auto st = run(*agent, Op::Write, descs(MemType::Vram, a->addr(), from),
+                descs(MemType::Vram, b->addr(), to), "solo");
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  std::vector<char> back(kBytes);
+  ASSERT_EQ(cudaMemcpy(back.data(), b->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+  size_t end = 0;
+  for (size_t i = 0; i < from.size(); ++i) {
+    EXPECT_EQ(
+        testing::find_pattern_mismatch(back.data() + to[i].first, to[i].second, 21, from[i].first),
+        SIZE_MAX)
+        << "descriptor " << i << " of " << to[i].second << " bytes";
+    end = to[i].first + to[i].second;
+  }
+  EXPECT_EQ(back[to[0].first - 1], 0) << "a byte before the first descriptor";
+  EXPECT_EQ(back[end], 0) << "a byte after the last descriptor";
+  EXPECT_EQ(back[to[1].first - 1], 0) << "a byte between descriptors";
+}
+
+// batch=0, kernel=0: a cudaMemcpyAsync per descriptor instead of one cudaMemcpyBatchAsync
+// (host sides) or one kernel launch (VRAM to VRAM); the same bytes land.
 TEST_F(GpuXferLocal, ScatteredDescriptorsOneCopyCallEach) {
   AgentConfig config;
   config.backends = {};
   config.add_cuda_if_gpu = false;
   auto solo = Agent::create("one-by-one", config);
   ASSERT_TRUE(solo.ok()) << solo.error().to_string();
-  ASSERT_TRUE((*solo)->create_backend("CUDA", {{"batch", "0"}}).ok());
+  ASSERT_TRUE((*solo)->create_backend("CUDA", {{"batch", "0"}, {"kernel", "0"}}).ok());
   auto va = (*solo)->register_memory(vram(*a, 0, kBytes));
+  auto vb = (*solo)->register_memory(vram(*b, 0, kBytes));
   auto vp = (*solo)->register_memory(dram(*pinned, 0, kBytes));
-  ASSERT_TRUE(va.ok() && vp.ok());
+  ASSERT_TRUE(va.ok() && vb.ok() && vp.ok());
   const auto l = layout(3);
   testing::fill_pattern(pinned->data(), kBytes, 4);
   auto st = run(**solo, Op::Read, descs(MemType::Vram, a->addr(), l),
@@ -168,6 +193,13 @@ TEST_F(GpuXferLocal, ScatteredDescriptorsOneCopyCallEach) {
   for (auto [off, len] : l) {
     EXPECT_EQ(device_mismatch(static_cast<char*>(a->data()) + off, len, 4, off), SIZE_MAX)
         << "segment at " << off;
+  }
+  st = run(**solo, Op::Write, descs(MemType::Vram, a->addr(), l),
+           descs(MemType::Vram, b->addr(), l), "one-by-one");
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  for (auto [off, len] : l) {
+    EXPECT_EQ(device_mismatch(static_cast<char*>(b->data()) + off, len, 4, off), SIZE_MAX)
+        << "VRAM segment at " << off;
   }
 }
 

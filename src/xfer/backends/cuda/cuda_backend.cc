@@ -98,15 +98,55 @@ Status CudaCopyRequest::post() {
   return {};
 }
 
-// One device's copies of a post. Several with a host side go as one cudaMemcpyBatchAsync:
-// one driver call, and the copy engines overlap their setup (64 x 64 KiB pinned -> VRAM:
-// 0.97 of one large copy, against 0.31 a call each, on the H100). VRAM <-> VRAM copies go
-// a cudaMemcpyAsync each, which moves a large one at 1.1-1.5 TB/s; a batch gained nothing
-// for them (64 x 256 KiB: 55-62 GB/s batched, about 51 a call each; both bound by the
-// calls: many small VRAM copies want a copy kernel, the transfer engine's path).
+// One device's copies of a post, in one call where there are several. With a host side:
+// one cudaMemcpyBatchAsync, whose copy engines overlap their setup (64 x 64 KiB pinned ->
+// VRAM: 0.97 of one large copy, against 0.31 a call each, on the H100). VRAM to VRAM, a few
+// MiB each or less: one launch of the copy kernel (copy_list.h); as pieces of a batch they
+// ran at 55-62 GB/s, about what a call each gives (51), where one large cudaMemcpyAsync
+// moves 1.4 TB/s. Otherwise a cudaMemcpyAsync each.
 Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   DeviceGuard g(d.device);
   const size_t n = d.sizes.size();
+  uint64_t total = 0;
+  for (size_t len : d.sizes) total += len;
+  // Several VRAM copies of a few MiB or less: one kernel launch for all (copy_list.h).
+  if (n > 1 && !d.host && backend_->kernel_copies_ && total / n <= (4u << 20)) {
+    uint64_t count = 0;
+    for (size_t len : d.sizes) count += (len + kCopyPieceBytes - 1) / kCopyPieceBytes;
+    if (count <= UINT32_MAX) {
+      if (count > d.piece_capacity) {
+        // The previous post's launch has completed (a request is posted again only then).
+        if (d.pieces != nullptr) cudaFreeHost(d.pieces);
+        d.pieces = nullptr;
+        d.piece_capacity = 0;
+        void* p = nullptr;
+        if (cudaError_t e = cudaHostAlloc(&p, count * sizeof(CopyPiece),
+                                          cudaHostAllocMapped | cudaHostAllocPortable);
+            e != cudaSuccess) {
+          return cuda_fail(ErrorCode::AllocationFailed, e,
+                           "cudaHostAlloc of a copy table of " + std::to_string(count) + " pieces");
+        }
+        d.pieces = static_cast<CopyPiece*>(p);
+        d.piece_capacity = count;
+      }
+      size_t k = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const auto src = reinterpret_cast<uint64_t>(d.srcs[i]);
+        const auto dst = reinterpret_cast<uint64_t>(d.dsts[i]);
+        for (uint64_t off = 0; off < d.sizes[i]; off += kCopyPieceBytes) {
+          d.pieces[k++] = {src + off, dst + off,
+                           std::min<uint64_t>(kCopyPieceBytes, d.sizes[i] - off)};
+        }
+      }
+      if (cudaError_t e = launch_copy_list(d.pieces, static_cast<uint32_t>(count), d.stream);
+          e != cudaSuccess) {
+        return cuda_fail(ErrorCode::Internal, e,
+                         "copy kernel launch for " + std::to_string(n) + " copies on device " +
+                             std::to_string(d.device));
+      }
+      return {};
+    }
+  }
   if (n > 1 && d.host && backend_->batch_copies_.load(std::memory_order_relaxed)) {
     cudaMemcpyAttributes attr{};
     attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
@@ -611,8 +651,8 @@ using namespace cuda;
 
 Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
                                                    const BackendParams& params) {
-  KVBM_TRY(check_param_keys("CUDA", params,
-                            {"staged", "chunk_bytes", "bounce_buffers", "streams", "batch"}));
+  KVBM_TRY(check_param_keys(
+      "CUDA", params, {"staged", "chunk_bytes", "bounce_buffers", "streams", "batch", "kernel"}));
   bool staged = false;
   if (auto it = params.find("staged"); it != params.end()) {
     if (it->second != "0" && it->second != "1") {
@@ -625,11 +665,13 @@ Result<std::unique_ptr<Backend>> make_cuda_backend(const BackendEnv& env,
   auto slots = number_param("CUDA", params, "bounce_buffers", 8, 1, 1024);
   auto streams = number_param("CUDA", params, "streams", 4, 1, 64);
   auto batch = number_param("CUDA", params, "batch", 1, 0, 1);
-  for (const auto* v : {&chunk, &slots, &streams, &batch}) {
+  auto kernel = number_param("CUDA", params, "kernel", 1, 0, 1);
+  for (const auto* v : {&chunk, &slots, &streams, &batch, &kernel}) {
     if (!*v) return v->error();
   }
   KVBM_TRY(cuda_device_count());
-  auto backend = std::make_unique<CudaBackend>(env, staged, *chunk, *slots, *streams, *batch == 1);
+  auto backend = std::make_unique<CudaBackend>(env, staged, *chunk, *slots, *streams, *batch == 1,
+                                               *kernel == 1);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -23,6 +23,7 @@
 #include "common/hex.h"
 #include "kvbm/log.h"
 #include "xfer/backend.h"
+#include "xfer/backends/cuda/copy_list.h"
 #include "xfer/backends/cuda/cuda_info.h"
 #include "xfer/backends/ucx/ucx_worker.h"
 
@@ -253,13 +254,14 @@ struct Incoming {
 class CudaBackend final : public Backend {
  public:
   CudaBackend(BackendEnv env, bool force_staged, size_t chunk_bytes, size_t slots, size_t streams,
-              bool batch_copies)
+              bool batch_copies, bool kernel_copies)
       : env_(std::move(env)),
         force_staged_(force_staged),
         chunk_bytes_(chunk_bytes),
         slots_(slots),
         streams_per_device_(streams),
-        batch_copies_(batch_copies) {}
+        batch_copies_(batch_copies),
+        kernel_copies_(kernel_copies) {}
   ~CudaBackend() override;
   Status init();
 
@@ -328,6 +330,9 @@ class CudaBackend final : public Backend {
   // A request's copies with a host side go as one cudaMemcpyBatchAsync per device (CUDA
   // 12.8+), not a cudaMemcpyAsync each; off by batch=0, or once the driver refuses it.
   std::atomic<bool> batch_copies_;
+  // Several VRAM <-> VRAM copies of a request go as one launch of the copy_list kernel
+  // (copy_list.h); off by kernel=0.
+  const bool kernel_copies_;
   const std::string host_ = cuda_host_identity();
   int default_device_ = 0;
 
@@ -374,6 +379,9 @@ class CudaCopyRequest final : public BackendRequest {
       DeviceGuard g(dev);
       cudaEventSynchronize(ev);
       cudaEventDestroy(ev);
+    }
+    for (auto& d : used_) {
+      if (d.pieces != nullptr) cudaFreeHost(d.pieces);
     }
     peer_->copies.erase(this);
   }
@@ -425,6 +433,8 @@ class CudaCopyRequest final : public BackendRequest {
     std::vector<void*> dsts;
     std::vector<const void*> srcs;
     std::vector<size_t> sizes;
+    CopyPiece* pieces = nullptr;  // the copy_list kernel's table: mapped pinned host memory
+    size_t piece_capacity = 0;
   };
   std::vector<DeviceCopies> used_;
   size_t used_count_ = 0;  // entries of used_ in this post
