@@ -50,13 +50,14 @@ Status CudaCopyRequest::post() {
     }
     const auto end = used_.begin() + static_cast<ptrdiff_t>(used_count_);
     auto d = std::find_if(used_.begin(), end, [&](const DeviceCopies& u) {
-      return u.device == it.device && u.host == it.host;
+      return u.device == it.device && u.host == it.host && u.cross_gpu == it.cross_gpu;
     });
     if (d == end) {
       if (used_count_ == used_.size()) used_.emplace_back();
       d = used_.begin() + static_cast<ptrdiff_t>(used_count_++);
       d->device = it.device;
       d->host = it.host;
+      d->cross_gpu = it.cross_gpu;
       d->stream = backend_->stream(it.device);
       if (d->stream == nullptr) {
         return fail_locked(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
@@ -110,7 +111,7 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   uint64_t total = 0;
   for (size_t len : d.sizes) total += len;
   // Several VRAM copies of a few MiB or less: one kernel launch for all (copy_list.h).
-  if (n > 1 && !d.host && backend_->kernel_copies_ && total / n <= (4u << 20)) {
+  if (n > 1 && !d.host && !d.cross_gpu && backend_->kernel_copies_ && total / n <= (4u << 20)) {
     uint64_t count = 0;
     for (size_t len : d.sizes) count += (len + kCopyPieceBytes - 1) / kCopyPieceBytes;
     if (count <= UINT32_MAX) {
@@ -542,16 +543,20 @@ Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare(
       }
       const int dev = device_of(s, l, r);
       const bool host = l->type == MemType::Dram || r->type == MemType::Dram;
+      // VRAM of two GPUs: cudaMemcpyAsync reaches across; the copy kernel would need peer
+      // access, so such copies stay a call each.
+      const int remote_dev = r->ipc ? r->ipc->device : static_cast<int>(s.remote.dev_id);
+      const bool cross_gpu = !host && static_cast<int>(s.local.dev_id) != remote_dev;
       // Neighbours that continue each other on both sides become one copy.
       if (!items.empty()) {
         CopyItem& b = items.back();
-        if (b.ipc == ipc && b.device == dev && b.host == host && b.local + b.len == s.local.addr &&
-            b.remote + b.len == s.remote.addr) {
+        if (b.ipc == ipc && b.device == dev && b.host == host && b.cross_gpu == cross_gpu &&
+            b.local + b.len == s.local.addr && b.remote + b.len == s.remote.addr) {
           b.len += s.local.len;
           continue;
         }
       }
-      items.push_back({s.local.addr, s.remote.addr, s.local.len, dev, ipc, host});
+      items.push_back({s.local.addr, s.remote.addr, s.local.len, dev, ipc, host, cross_gpu});
     }
     return std::unique_ptr<BackendRequest>(
         std::make_unique<CudaCopyRequest>(this, op, std::move(peer), std::move(items)));

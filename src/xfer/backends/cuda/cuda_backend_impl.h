@@ -364,6 +364,7 @@ struct CopyItem {
   int device;
   CudaRemoteRegion* ipc;  // null: `remote` is an address of this process
   bool host;              // one side is DRAM
+  bool cross_gpu;         // VRAM of one GPU to VRAM of another
 };
 
 class CudaCopyRequest final : public BackendRequest {
@@ -428,7 +429,8 @@ class CudaCopyRequest final : public BackendRequest {
   // post()'s copies by device, kept for reuse (capacity) across posts.
   struct DeviceCopies {
     int device;
-    bool host;  // the copies have a host side (enqueue() batches only those)
+    bool host;       // the copies have a host side (enqueue() batches only those)
+    bool cross_gpu;  // VRAM to another GPU's VRAM (never the copy kernel)
     cudaStream_t stream;
     std::vector<void*> dsts;
     std::vector<const void*> srcs;
