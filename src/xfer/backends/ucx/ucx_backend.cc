@@ -37,9 +37,11 @@ constexpr uint32_t kNotifMagic = 0x4b564e31;  // "KVN1"
 constexpr size_t kMaxNotifBytes = 1 << 20;
 constexpr size_t kMaxReorder = 4096;
 // A file chunk the owner was too busy for is resent after this wait, doubled on each
-// "busy" in a row: short, since a staging buffer frees within one chunk's disk I/O.
-constexpr std::chrono::microseconds kFileResendFirst{50};
-constexpr std::chrono::microseconds kFileResendMax{2000};
+// "busy" in a row (a staging buffer frees within one chunk's disk I/O, but each resend
+// carries the chunk's bytes again), and the transfer keeps one chunk in flight until the
+// owner takes one again.
+constexpr std::chrono::microseconds kFileResendFirst{100};
+constexpr std::chrono::microseconds kFileResendMax{20000};
 
 // Precedes the sender's name in every notification's active-message header.
 struct NotifHeader {
@@ -152,6 +154,7 @@ struct FileXfer {
   std::shared_ptr<const std::vector<FileChunk>> chunks;
   std::vector<uint8_t> replied;  // ChunkState, per chunk
   size_t next = 0, in_flight = 0, done = 0;
+  size_t window = kFileWindow;  // chunks in flight at most: 1 after a "busy", then regrown
   // Chunks the owner answered "busy", sent again (before any new one) from resend_at.
   std::deque<uint64_t> resend;
   std::chrono::steady_clock::time_point resend_at;
@@ -852,7 +855,7 @@ size_t UcxBackend::progress(LockWait wait) {
 }
 
 // ---- Remote files. The initiator sends each chunk as an active message (a WRITE's
-// bytes ride along) and keeps kFileWindow of a transfer in flight; the owner's serving
+// bytes ride along) and keeps up to kFileWindow of a transfer in flight; the owner's serving
 // thread (file_serving_thread.h) does the file I/O through a staging buffer, off the
 // lock, and progress() sends the reply (a READ's bytes ride along). Both directions use
 // eager messages, so each arrives whole in its callback. The owner's staging memory is
@@ -905,7 +908,7 @@ void UcxBackend::start_file(const std::shared_ptr<FileXfer>& x) {
 void UcxBackend::pump_file(const std::shared_ptr<FileXfer>& x) {
   const auto& chunks = *x->chunks;
   UcxPeer& peer = *x->c->peer;
-  while (x->in_flight < kFileWindow && x->c->state.load() == XferState::InProgress) {
+  while (x->in_flight < x->window && x->c->state.load() == XferState::InProgress) {
     uint64_t seq = 0;
     if (!x->resend.empty()) {
       // The owner was busy: nothing new goes before the resent chunks, nor before their time.
@@ -985,6 +988,7 @@ void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t
     x->replied[h->seq] = FileXfer::kToResend;
     x->resend.push_back(h->seq);
     --x->in_flight;
+    x->window = 1;
     x->backoff = std::clamp(2 * x->backoff, kFileResendFirst, kFileResendMax);
     x->resend_at = std::chrono::steady_clock::now() + x->backoff;
     file_resends_.insert(x->id);
@@ -1009,6 +1013,7 @@ void UcxBackend::on_file_reply(std::string_view header, const char* body, size_t
   if (x->op == Op::Read) std::memcpy(c.local, body, len);
   x->replied[h->seq] = FileXfer::kReplied;
   x->backoff = std::chrono::microseconds{0};
+  x->window = std::min(x->window + 1, kFileWindow);
   --x->in_flight;
   ++x->done;
   ++events_;
