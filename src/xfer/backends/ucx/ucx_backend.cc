@@ -36,6 +36,8 @@ constexpr unsigned kNotifAmId = 7;
 constexpr uint32_t kNotifMagic = 0x4b564e31;  // "KVN1"
 constexpr size_t kMaxNotifBytes = 1 << 20;
 constexpr size_t kMaxReorder = 4096;
+// ucp_worker_progress() calls in one progress(), at most.
+constexpr int kMaxProgressRounds = 64;
 // A file chunk the owner was too busy for is resent after this wait, doubled on each
 // "busy" in a row (a staging buffer frees within one chunk's disk I/O, but each resend
 // carries the chunk's bytes again), and the transfer keeps one chunk in flight until the
@@ -833,7 +835,10 @@ size_t UcxBackend::progress(LockWait wait) {
   auto lock = progress_lock(mu_, wait);
   if (!lock.owns_lock()) return 0;
   events_ = 0;
-  while (ucp_worker_progress(worker_) != 0) {
+  // Bounded: under a steady stream of arriving messages (peers resending file chunks the
+  // owner was too busy for, say) an unbounded drain never returned, and the replies
+  // below, which free the owner's staging buffers, never went out.
+  for (int i = 0; i < kMaxProgressRounds && ucp_worker_progress(worker_) != 0; ++i) {
   }
   reply_file_jobs();
   if (!file_waiting_.empty()) start_file_jobs();
