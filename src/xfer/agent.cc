@@ -664,6 +664,7 @@ void AgentImpl::peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend*
     std::lock_guard<std::mutex> f(peer->failure_mu);
     if (peer->failure) return;
     peer->failure = why;
+    peer->failed.store(true, std::memory_order_release);
   }
   log(LogLevel::Warn, "agent '" + name_ + "': peer '" + peer->name + "' failed: " + why.message);
   // Ends every request in flight with that peer; other peers are untouched.

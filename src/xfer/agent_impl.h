@@ -54,6 +54,7 @@ struct RemotePeer {
   std::atomic<bool> gone{false};
   std::mutex failure_mu;
   std::optional<Error> failure;
+  std::atomic<bool> failed{false};  // failure is set: lets post() skip the lock while healthy
 };
 
 class AgentImpl final : public Agent {

@@ -1,3 +1,4 @@
+#include <optional>
 #include <thread>
 
 #include "kvbm/log.h"
@@ -19,9 +20,10 @@ Status RequestImpl::post() {
       return err(ErrorCode::Remote, "agent '", peer_->name,
                  "' was invalidated or replaced by newer metadata; create the request again");
     }
-    std::lock_guard<std::mutex> lock(peer_->failure_mu);
-    if (peer_->failure)
+    if (peer_->failed.load(std::memory_order_acquire)) {
+      std::lock_guard<std::mutex> lock(peer_->failure_mu);
       return err(ErrorCode::Remote, "agent '", peer_->name, "' failed: ", peer_->failure->message);
+    }
   }
   if (auto st = request_->post(); !st) {
     state_ = XferState::Error;
@@ -29,7 +31,11 @@ Status RequestImpl::post() {
     return st;
   }
   state_ = XferState::InProgress;
-  deadline_ = std::chrono::steady_clock::now() + agent_->config().peer_timeout;
+  // A same-host copy is over when post() returns: it needs no deadline, nor the clock
+  // read that costs as much as the rest of a small request.
+  if (request_->poll() == XferState::InProgress) {
+    deadline_ = std::chrono::steady_clock::now() + agent_->config().peer_timeout;
+  }
   return {};
 }
 
@@ -66,11 +72,9 @@ XferState RequestImpl::state() {
 }
 
 Status RequestImpl::wait(std::chrono::milliseconds timeout) {
-  const auto start = std::chrono::steady_clock::now();
-  const auto until = start + timeout;
-  // With a progress thread, poll for a short while before sleeping on its signal: a copy
-  // of a few MiB ends within tens of microseconds, less than the thread's idle back-off.
-  const auto spin_until = start + std::chrono::microseconds(50);
+  // The clock is read only once the request is found still in progress: most small
+  // requests are over at the first look.
+  std::optional<std::chrono::steady_clock::time_point> until, spin_until;
   for (;;) {
     switch (state()) {
       case XferState::Done:
@@ -83,14 +87,20 @@ Status RequestImpl::wait(std::chrono::milliseconds timeout) {
         break;
     }
     const auto now = std::chrono::steady_clock::now();
-    if (now >= until) {
+    if (!until) {
+      until = now + timeout;
+      // With a progress thread, poll for a short while before sleeping on its signal: a
+      // copy of a few MiB ends within tens of microseconds, less than its idle back-off.
+      spin_until = now + std::chrono::microseconds(50);
+    }
+    if (now >= *until) {
       return err(ErrorCode::Timeout, "request still in progress after ", timeout.count(), " ms");
     }
-    if (agent_->has_progress_thread() && now < spin_until) {
+    if (agent_->has_progress_thread() && now < *spin_until) {
       std::this_thread::yield();
       continue;
     }
-    agent_->wait_for_progress(until);
+    agent_->wait_for_progress(*until);
   }
 }
 

@@ -226,11 +226,15 @@ TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
   ASSERT_TRUE((*req)->post().ok());
   peer.process->kill_now();
   peer.process->wait();
-  // Whatever was in flight ends; the next transfers fail within the peer timeout.
+  // Whatever was in flight ends; transfers fail within the peer timeout. (A same-host copy
+  // may still land in the dead peer's mapping for the few ms its liveness is cached.)
   const auto start = std::chrono::steady_clock::now();
   (void)(*req)->wait(peer_timeout() + 5s);
-  Status later = (*req)->post();
-  if (later) later = (*req)->wait(peer_timeout() + 5s);
+  Status later;
+  do {
+    later = (*req)->post();
+    if (later) later = (*req)->wait(peer_timeout() + 5s);
+  } while (later.ok() && std::chrono::steady_clock::now() - start < peer_timeout() + 5s);
   const auto elapsed = std::chrono::steady_clock::now() - start;
   EXPECT_FALSE(later.ok());
   EXPECT_TRUE(later.code() == ErrorCode::Remote || later.code() == ErrorCode::Timeout)

@@ -87,7 +87,7 @@ class SameHostPeer {
   const int pidfd_;  // -1 where pidfd_open is unavailable
   const uint64_t token_addr_;
   uint64_t token_[2];
-  mutable std::atomic<int64_t> alive_until_ns_{0};  // steady clock
+  mutable std::atomic<int64_t> alive_until_ns_{0};  // CLOCK_MONOTONIC_COARSE
 };
 
 // A DRAM region's UCX remote info: the packed remote key and, for a region inside a

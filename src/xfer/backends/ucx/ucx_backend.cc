@@ -101,7 +101,8 @@ class UcxRemoteRegion final : public RemoteRegion {
 struct UcxPeer {
   std::string name;
   ucp_ep_h ep = nullptr;
-  std::optional<Error> failure;  // set when the connection failed or was closed
+  std::optional<Error> failure;     // set when the connection failed or was closed
+  std::atomic<bool> failed{false};  // failure is set (read without the backend lock)
   std::set<UcxRemoteRegion*> regions;
   uint64_t connection = 0;
   uint64_t next_seq = 0;
@@ -312,6 +313,7 @@ class UcxRequest final : public BackendRequest {
 
   Status post() override;
   Status post_same_host();
+  Status copy_same_host();  // the memmoves through mappings, then CMA
   XferState poll() override {
     return current_ ? current_->state.load(std::memory_order_acquire) : XferState::Idle;
   }
@@ -466,6 +468,7 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
 
 void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why) {
   if (!peer->failure) peer->failure = std::move(why);
+  peer->failed.store(true, std::memory_order_release);
   for (auto it = file_xfers_.begin(); it != file_xfers_.end();) {
     auto x = (it++)->second;  // fail_file erases it
     if (x->c->peer == peer) {
@@ -678,6 +681,22 @@ Status UcxBackend::send_notification(const std::string& agent, std::string_view 
 // (so other requests go on), by memmove through mappings and by CMA; the notification
 // then goes over UCX, after the data, as on every other path.
 Status UcxRequest::post_same_host() {
+  // The common case, a repost with no notification to a healthy peer: no lock and no
+  // allocation, as these cost more than a small copy. The last completion is reused when
+  // no callback holds it; without a notification none ever does.
+  if (!notification_ && current_ && current_.use_count() == 1 &&
+      current_->state.load(std::memory_order_relaxed) == XferState::Done &&
+      !peer_->failed.load(std::memory_order_acquire) && !(peer_->host && peer_->host->exited())) {
+    current_->state.store(XferState::InProgress, std::memory_order_relaxed);
+    if (Status st = copy_same_host(); !st) {
+      std::lock_guard<std::mutex> lock(backend_->mu_);
+      backend_->fail(current_.get(), err(ErrorCode::Remote, "transfer with agent '", peer_->name,
+                                         "' failed: ", st.error().message));
+      return current_->error;
+    }
+    current_->state.store(XferState::Done, std::memory_order_release);
+    return {};
+  }
   std::shared_ptr<Completion> c;
   {
     std::lock_guard<std::mutex> lock(backend_->mu_);
@@ -699,19 +718,10 @@ Status UcxRequest::post_same_host() {
       return c->error;
     }
   }
-  for (const Item& it : items_) {
-    if (it.direct == nullptr) continue;
-    if (op_ == Op::Write) {
-      std::memmove(it.direct, it.local, it.len);
-    } else {
-      std::memmove(it.local, it.direct, it.len);
-    }
-  }
-  Status st;
-  if (!cma_local_.empty()) st = peer_->host->copy(op_, cma_local_, cma_remote_);
   // The bytes are in place before the notification's message is: CMA's copies are done
   // when the call returns, and UCX fences its shared-memory queue's stores before it
   // publishes a message, so the peer sees our stores first.
+  Status st = copy_same_host();
   std::lock_guard<std::mutex> lock(backend_->mu_);
   if (!st) {
     backend_->fail(c.get(), err(ErrorCode::Remote, "transfer with agent '", peer_->name,
@@ -720,6 +730,19 @@ Status UcxRequest::post_same_host() {
   }
   backend_->data_complete(c, UCS_OK);
   return {};
+}
+
+Status UcxRequest::copy_same_host() {
+  for (const Item& it : items_) {
+    if (it.direct == nullptr) continue;
+    if (op_ == Op::Write) {
+      std::memmove(it.direct, it.local, it.len);
+    } else {
+      std::memmove(it.local, it.direct, it.len);
+    }
+  }
+  if (cma_local_.empty()) return {};
+  return peer_->host->copy(op_, cma_local_, cma_remote_);
 }
 
 Status UcxRequest::post() {
