@@ -422,27 +422,54 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   }
 
   // Scattered descriptors: requests of 64 descriptors, the second side in reversed order,
-  // through the CUDA backend's one call per request (cudaMemcpyBatchAsync with a host side,
-  // the copy kernel VRAM to VRAM) and, for comparison, through an agent whose CUDA backend
-  // makes a cudaMemcpyAsync per descriptor (batch=0, kernel=0).
-  Table sc(
-      {"path", "request", "GB/s", "ratio", "a call each GB/s", "ratio", "ceiling", "ceiling GB/s"});
-  xfer::AgentConfig one_by_one_config = config;
-  one_by_one_config.backends = {};
-  auto one_by_one = xfer::Agent::create("bench-one-by-one", one_by_one_config);
-  std::vector<std::unique_ptr<xfer::MemoryRegistration> > one_by_one_regs;
-  if (one_by_one) {
-    auto st = (*one_by_one)->create_backend("CUDA", {{"batch", "0"}, {"kernel", "0"}});
+  // through the CUDA backend's one call per request (VRAM to VRAM, and small copies with
+  // mapped pinned memory: the copy kernel; else cudaMemcpyBatchAsync) and, for comparison,
+  // through agents whose CUDA backend never launches the kernel (kernel=0) and makes a
+  // cudaMemcpyAsync per descriptor (batch=0, kernel=0).
+  Table sc({"path", "request", "GB/s", "ratio", "kernel=0 GB/s", "ratio", "a call each GB/s",
+            "ratio", "ceiling", "ceiling GB/s"});
+  std::vector<std::unique_ptr<xfer::MemoryRegistration> > other_regs;
+  auto other_agent =
+      [&](const std::string& name,
+          const xfer::BackendParams& params) -> Result<std::unique_ptr<xfer::Agent> > {
+    xfer::AgentConfig c = config;
+    c.backends = {};
+    auto ag = xfer::Agent::create(name, c);
+    if (!ag) return ag.error();
+    KVBM_TRY((*ag)->create_backend("CUDA", params));
     for (auto [addr, type] :
          {std::pair{a->addr(), MemType::Vram}, std::pair{b->addr(), MemType::Vram},
           std::pair{pinned->addr(), MemType::Dram}}) {
-      if (!st) break;
-      auto reg = (*one_by_one)->register_memory(DescList(type, {{addr, max, 0}}));
-      if (reg) one_by_one_regs.push_back(std::move(*reg));
-      st = reg ? Status() : Status(reg.error());
+      auto reg = (*ag)->register_memory(DescList(type, {{addr, max, 0}}));
+      if (!reg) return reg.error();
+      other_regs.push_back(std::move(*reg));
     }
-    if (!st) one_by_one = st.error();
-  }
+    return ag;
+  };
+  // Requests per point: about 800 MiB worth, at least twice the depth.
+  auto it_for = [&](const DescList& d) {
+    uint64_t bytes = 0;
+    for (const auto& x : d.descs) bytes += x.len;
+    return std::max(2 * depth, static_cast<int>((800u << 20) / std::max<uint64_t>(bytes, 1)));
+  };
+  auto no_kernel = other_agent("bench-no-kernel", {{"kernel", "0"}});
+  auto one_by_one = other_agent("bench-one-by-one", {{"batch", "0"}, {"kernel", "0"}});
+  // One request kind through the three agents: GB/s and ratio to `ceiling` each.
+  auto three = [&](Op op, const DescList& local, const DescList& remote, double ceiling) {
+    std::vector<std::string> cells;
+    auto v = time_request(**agent, op, local, remote, "bench", it_for(local), depth);
+    if (!v) failed = true;
+    cells.push_back(v ? fixed(*v) : v.error().to_string());
+    cells.push_back(v ? ratio(*v, ceiling) : "-");
+    for (auto* other : {&no_kernel, &one_by_one}) {
+      Result<double> w = *other ? time_request(***other, op, local, remote, (**other)->name(),
+                                               it_for(local), depth)
+                                : Result<double>(other->error());
+      cells.push_back(w ? fixed(*w) : w.error().to_string());
+      cells.push_back(w ? ratio(*w, ceiling) : "-");
+    }
+    return cells;
+  };
   constexpr size_t kDescs = 64;
   for (size_t piece : {size_t{16} << 10, size_t{64} << 10, size_t{256} << 10}) {
     if (kDescs * piece > max) break;
@@ -451,36 +478,28 @@ int run_bench_gpu(const BenchGpuOptions& o) {
       vram.add(a->addr() + i * piece, piece, 0);
       dram.add(pinned->addr() + (kDescs - 1 - i) * piece, piece, 0);
     }
-    const int it = std::max(2 * depth, static_cast<int>((800u << 20) / (kDescs * piece)));
     // VRAM -> VRAM (a to b): one copy kernel launch, against a cudaMemcpyAsync each.
     DescList vram_b(MemType::Vram);
     for (size_t i = 0; i < kDescs; ++i) vram_b.add(b->addr() + (kDescs - 1 - i) * piece, piece, 0);
     // Its ceiling: one copy of the request's size, as many in flight (what the IPC rows use):
     // a request of a few MiB sits in the GPU's L2 cache, one large copy does not.
     const double d2d_ceiling =
-        time_memcpy_inflight(queue, b->data(), a->data(), kDescs * piece, it);
-    auto v = time_request(**agent, Op::Write, vram, vram_b, "bench", it, depth);
-    Result<double> w = one_by_one ? time_request(**one_by_one, Op::Write, vram, vram_b,
-                                                 "bench-one-by-one", it, depth)
-                                  : Result<double>(one_by_one.error());
-    if (!v) failed = true;
-    sc.add({"d2d vram->vram", std::to_string(kDescs) + " x " + human_bytes(piece),
-            v ? fixed(*v) : v.error().to_string(), v ? ratio(*v, d2d_ceiling) : "-",
-            w ? fixed(*w) : w.error().to_string(), w ? ratio(*w, d2d_ceiling) : "-",
-            "d2d of the request's size, " + inflight, fixed(d2d_ceiling)});
+        time_memcpy_inflight(queue, b->data(), a->data(), kDescs * piece, it_for(vram));
+    auto row = [&](std::string path, std::vector<std::string> cells, std::string ceiling,
+                   double c) {
+      cells.insert(cells.begin(),
+                   {std::move(path), std::to_string(kDescs) + " x " + human_bytes(piece)});
+      cells.push_back(std::move(ceiling));
+      cells.push_back(fixed(c));
+      sc.add(cells);
+    };
+    row("d2d vram->vram", three(Op::Write, vram, vram_b, d2d_ceiling),
+        "d2d of the request's size, " + inflight, d2d_ceiling);
     for (Op op : {Op::Read, Op::Write}) {
       const bool h2d = op == Op::Read;  // READ: the pinned bytes into VRAM
       const double c = h2d ? h2d_ceiling : d2h_ceiling;
-      auto v = time_request(**agent, op, vram, dram, "bench", it, depth);
-      Result<double> w =
-          one_by_one ? time_request(**one_by_one, op, vram, dram, "bench-one-by-one", it, depth)
-                     : Result<double>(one_by_one.error());
-      if (!v) failed = true;
-      sc.add({h2d ? "h2d pinned->vram" : "d2h vram->pinned",
-              std::to_string(kDescs) + " x " + human_bytes(piece),
-              v ? fixed(*v) : v.error().to_string(), v ? ratio(*v, c) : "-",
-              w ? fixed(*w) : w.error().to_string(), w ? ratio(*w, c) : "-",
-              h2d ? "1 large h2d" : "1 large d2h", fixed(c)});
+      row(h2d ? "h2d pinned->vram" : "d2h vram->pinned", three(op, vram, dram, c),
+          h2d ? "1 large h2d" : "1 large d2h", c);
     }
   }
 

@@ -172,6 +172,72 @@ TEST_F(GpuXferLocal, ScatteredVramToVramInOneKernelLaunch) {
   EXPECT_EQ(back[to[1].first - 1], 0) << "a byte between descriptors";
 }
 
+// Many small descriptors between VRAM and host memory, both directions, the host side
+// local and remote: with pinned memory one copy kernel launch reads or writes it over PCIe,
+// with plain memory (not mapped) one cudaMemcpyBatchAsync; the same bytes land either way,
+// and none outside the descriptors.
+TEST_F(GpuXferLocal, SmallScatteredHostCopiesPinnedAndPlain) {
+  // 1 byte to 32 KiB + 5 (average about 9 KiB: the kernel's range), at odd offsets.
+  auto small = [](size_t shift) {
+    std::vector<std::pair<size_t, size_t>> out;
+    size_t off = shift;
+    for (int round = 0; round < 8; ++round) {
+      for (size_t len : {size_t{1}, size_t{7}, size_t{16}, size_t{100}, size_t{4096}, size_t{4099},
+                         size_t{16384}, size_t{16387}, size_t{32773}}) {
+        out.emplace_back(off, len);
+        off += len + 13;
+      }
+    }
+    return out;
+  };
+  const auto host_l = small(3), vram_l = small(4101);
+  std::vector<char> back(kBytes);
+  auto check_host = [&](const char* host, uint64_t seed, const char* what) {
+    for (size_t i = 0; i < host_l.size(); ++i) {
+      EXPECT_EQ(testing::find_pattern_mismatch(host + host_l[i].first, host_l[i].second, seed,
+                                               vram_l[i].first),
+                SIZE_MAX)
+          << what << ": descriptor " << i << " of " << host_l[i].second << " bytes";
+      EXPECT_EQ(host[host_l[i].first + host_l[i].second], 0) << what << ": byte after " << i;
+    }
+    EXPECT_EQ(host[host_l[0].first - 1], 0) << what << ": byte before the first";
+  };
+  auto check_vram = [&](uint64_t seed, const char* what) {
+    ASSERT_EQ(cudaMemcpy(back.data(), a->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+    for (size_t i = 0; i < vram_l.size(); ++i) {
+      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + vram_l[i].first, vram_l[i].second,
+                                               seed, host_l[i].first),
+                SIZE_MAX)
+          << what << ": descriptor " << i << " of " << vram_l[i].second << " bytes";
+      EXPECT_EQ(back[vram_l[i].first + vram_l[i].second], 0) << what << ": byte after " << i;
+    }
+    EXPECT_EQ(back[vram_l[0].first - 1], 0) << what << ": byte before the first";
+  };
+  uint64_t seed = 30;
+  for (Storage* host : std::initializer_list<Storage*>{&*pinned, &*plain}) {
+    const std::string kind = host == &*pinned ? "pinned" : "plain";
+    char* h = static_cast<char*>(host->data());
+    const DescList hd = descs(MemType::Dram, host->addr(), host_l);
+    const DescList vd = descs(MemType::Vram, a->addr(), vram_l);
+    // host -> VRAM: WRITE from local host memory, then READ from "remote" host memory.
+    for (Op op : {Op::Write, Op::Read}) {
+      testing::fill_pattern(h, kBytes, ++seed);
+      ASSERT_EQ(cudaMemset(a->data(), 0, kBytes), cudaSuccess);
+      auto st = op == Op::Write ? run(*agent, op, hd, vd, "solo") : run(*agent, op, vd, hd, "solo");
+      ASSERT_TRUE(st.ok()) << kind << ": " << st.error().to_string();
+      check_vram(seed, (kind + " -> VRAM by " + to_string(op)).c_str());
+    }
+    // VRAM -> host: READ into local host memory, then WRITE to "remote" host memory.
+    for (Op op : {Op::Read, Op::Write}) {
+      fill_device(a->data(), kBytes, ++seed);
+      std::memset(h, 0, kBytes);
+      auto st = op == Op::Read ? run(*agent, op, hd, vd, "solo") : run(*agent, op, vd, hd, "solo");
+      ASSERT_TRUE(st.ok()) << kind << ": " << st.error().to_string();
+      check_host(h, seed, (kind + " <- VRAM by " + to_string(op)).c_str());
+    }
+  }
+}
+
 // batch=0, kernel=0: a cudaMemcpyAsync per descriptor instead of one cudaMemcpyBatchAsync
 // (host sides) or one kernel launch (VRAM to VRAM); the same bytes land.
 TEST_F(GpuXferLocal, ScatteredDescriptorsOneCopyCallEach) {

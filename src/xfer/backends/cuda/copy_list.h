@@ -1,8 +1,10 @@
 // One kernel launch for a list of VRAM copies (copy_list.cu): the CUDA backend's path for
 // requests of many VRAM <-> VRAM descriptors, which a cudaMemcpyAsync each would leave
 // bound by the calls (64 x 64 KiB: 12.5 GB/s on the H100, against 1.4 TB/s for one large
-// copy). Both ends of each copy are device memory of the launching device's context, or a
-// peer's memory mapped there through CUDA IPC.
+// copy), and of small copies between VRAM and mapped pinned host memory, which the copy
+// engines pay a setup for each. Both ends of each copy are addressable from the launching
+// device's context: its memory, a peer's mapped there through CUDA IPC, or mapped pinned
+// host memory.
 #pragma once
 
 #include <cuda_runtime_api.h>

@@ -5,6 +5,34 @@
 
 namespace kvbm::xfer::detail {
 namespace cuda {
+namespace {
+
+// enqueue()'s choice of the copy kernel, by a device's average copy in a request: VRAM <->
+// VRAM up to a few MiB; with a host side only for small copies. On the H100, 64 x 16 KiB
+// pinned <-> VRAM: kernel 0.95 / 0.91 (h2d / d2h) of one large copy, batch 0.14 / 0.56;
+// 64 x 64 KiB and 256 KiB: kernel 0.92-0.97, batch 0.99-1.02.
+constexpr uint64_t kVramKernelMaxAvg = 4 << 20;
+constexpr uint64_t kHostKernelMaxAvg = 32 << 10;
+constexpr uint64_t kHostPieceBytes = 16 << 10;
+
+// Whether [addr, addr + len) is pinned host memory that a kernel can address as it is
+// (mapped, at the same address on the device: cudaHostAlloc'd, or registered and the
+// device can use host pointers). Pageable memory is not: the kernel path skips it.
+bool host_mapped(uint64_t addr, uint64_t len) {
+  for (uint64_t at : {addr, addr + len - 1}) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, reinterpret_cast<void*>(at)) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (a.type != cudaMemoryTypeHost || a.devicePointer != reinterpret_cast<void*>(at)) {
+      return false;
+    }
+  }
+  return true;
+}
+
+}  // namespace
 
 CudaLocalRegion::~CudaLocalRegion() {
   std::lock_guard<std::mutex> lock(backend->mu_);
@@ -50,7 +78,8 @@ Status CudaCopyRequest::post() {
     }
     const auto end = used_.begin() + static_cast<ptrdiff_t>(used_count_);
     auto d = std::find_if(used_.begin(), end, [&](const DeviceCopies& u) {
-      return u.device == it.device && u.host == it.host && u.cross_gpu == it.cross_gpu;
+      return u.device == it.device && u.host == it.host && u.cross_gpu == it.cross_gpu &&
+             u.mapped == it.mapped;
     });
     if (d == end) {
       if (used_count_ == used_.size()) used_.emplace_back();
@@ -58,6 +87,7 @@ Status CudaCopyRequest::post() {
       d->device = it.device;
       d->host = it.host;
       d->cross_gpu = it.cross_gpu;
+      d->mapped = it.mapped;
       d->stream = backend_->stream(it.device);
       if (d->stream == nullptr) {
         return fail_locked(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
@@ -101,19 +131,25 @@ Status CudaCopyRequest::post() {
 
 // One device's copies of a post, in one call where there are several. With a host side:
 // one cudaMemcpyBatchAsync, whose copy engines overlap their setup (64 x 64 KiB pinned ->
-// VRAM: 0.97 of one large copy, against 0.31 a call each, on the H100). VRAM to VRAM, a few
-// MiB each or less: one launch of the copy kernel (copy_list.h); as pieces of a batch they
-// ran at 55-62 GB/s, about what a call each gives (51), where one large cudaMemcpyAsync
-// moves 1.4 TB/s. Otherwise a cudaMemcpyAsync each.
+// VRAM: 0.97 of one large copy, against 0.31 a call each, on the H100), unless the copies
+// are small and the host side is mapped pinned memory: the copy engines still pay a setup
+// per copy there (64 x 16 KiB: 0.14), so one launch of the copy kernel moves them over
+// PCIe instead. VRAM to VRAM, a few MiB each or less: the copy kernel (copy_list.h); as
+// pieces of a batch they ran at 55-62 GB/s, about what a call each gives (51), where one
+// large cudaMemcpyAsync moves 1.4 TB/s. Otherwise a cudaMemcpyAsync each.
 Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   DeviceGuard g(d.device);
   const size_t n = d.sizes.size();
   uint64_t total = 0;
   for (size_t len : d.sizes) total += len;
-  // Several VRAM copies of a few MiB or less: one kernel launch for all (copy_list.h).
-  if (n > 1 && !d.host && !d.cross_gpu && backend_->kernel_copies_ && total / n <= (4u << 20)) {
+  const uint64_t kernel_max = d.host ? kHostKernelMaxAvg : kVramKernelMaxAvg;
+  const bool kernel = n > 1 && !d.cross_gpu && (!d.host || d.mapped) && backend_->kernel_copies_ &&
+                      total / n <= kernel_max;
+  if (kernel) {
+    // Host copies in smaller pieces: more warps, so more PCIe reads in flight.
+    const uint64_t piece = d.host ? kHostPieceBytes : kCopyPieceBytes;
     uint64_t count = 0;
-    for (size_t len : d.sizes) count += (len + kCopyPieceBytes - 1) / kCopyPieceBytes;
+    for (size_t len : d.sizes) count += (len + piece - 1) / piece;
     if (count <= UINT32_MAX) {
       if (count > d.piece_capacity) {
         // The previous post's launch has completed (a request is posted again only then).
@@ -134,9 +170,8 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
       for (size_t i = 0; i < n; ++i) {
         const auto src = reinterpret_cast<uint64_t>(d.srcs[i]);
         const auto dst = reinterpret_cast<uint64_t>(d.dsts[i]);
-        for (uint64_t off = 0; off < d.sizes[i]; off += kCopyPieceBytes) {
-          d.pieces[k++] = {src + off, dst + off,
-                           std::min<uint64_t>(kCopyPieceBytes, d.sizes[i] - off)};
+        for (uint64_t off = 0; off < d.sizes[i]; off += piece) {
+          d.pieces[k++] = {src + off, dst + off, std::min<uint64_t>(piece, d.sizes[i] - off)};
         }
       }
       if (cudaError_t e = launch_copy_list(d.pieces, static_cast<uint32_t>(count), d.stream);
@@ -349,6 +384,7 @@ Result<std::unique_ptr<LocalRegion>> CudaBackend::register_region(MemType type,
   }
   std::lock_guard<std::mutex> lock(mu_);
   auto r = std::make_unique<CudaLocalRegion>(this, type, region, std::move(info));
+  if (type == MemType::Dram) r->mapped = host_mapped(region.addr, region.len);
   locals_[{type, region.dev_id, region.addr}].push_back(r.get());
   return std::unique_ptr<LocalRegion>(std::move(r));
 }
@@ -483,6 +519,9 @@ Result<std::unique_ptr<RemoteRegion>> CudaBackend::load_remote_region(const std:
   if (it == peers_.end())
     return err(ErrorCode::NotFound, "CUDA is not connected to agent '", agent, "'");
   auto r = std::make_unique<CudaRemoteRegion>(this, it->second, type, region);
+  if (type == MemType::Dram && it->second->mode == Mode::Self) {
+    r->host_mapped = host_mapped(region.addr, region.len);
+  }
   if (type == MemType::Vram && !info.empty() && it->second->mode != Mode::Self) {
     auto ri = CudaRegionInfo::decode(info, region.addr, region.len);
     if (!ri) return ri.error();
@@ -547,16 +586,21 @@ Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare(
       // access, so such copies stay a call each.
       const int remote_dev = r->ipc ? r->ipc->device : static_cast<int>(s.remote.dev_id);
       const bool cross_gpu = !host && static_cast<int>(s.local.dev_id) != remote_dev;
+      const bool mapped = l->type == MemType::Dram   ? l->mapped
+                          : r->type == MemType::Dram ? r->host_mapped
+                                                     : true;
       // Neighbours that continue each other on both sides become one copy.
       if (!items.empty()) {
         CopyItem& b = items.back();
         if (b.ipc == ipc && b.device == dev && b.host == host && b.cross_gpu == cross_gpu &&
-            b.local + b.len == s.local.addr && b.remote + b.len == s.remote.addr) {
+            b.mapped == mapped && b.local + b.len == s.local.addr &&
+            b.remote + b.len == s.remote.addr) {
           b.len += s.local.len;
           continue;
         }
       }
-      items.push_back({s.local.addr, s.remote.addr, s.local.len, dev, ipc, host, cross_gpu});
+      items.push_back(
+          {s.local.addr, s.remote.addr, s.local.len, dev, ipc, host, cross_gpu, mapped});
     }
     return std::unique_ptr<BackendRequest>(
         std::make_unique<CudaCopyRequest>(this, op, std::move(peer), std::move(items)));

@@ -165,6 +165,7 @@ class CudaLocalRegion final : public LocalRegion {
   MemType type;
   Desc desc;
   std::string info;
+  bool mapped = false;  // DRAM a kernel can address as it is (pinned, mapped: host_mapped())
 };
 
 class CudaRemoteRegion final : public RemoteRegion {
@@ -180,6 +181,7 @@ class CudaRemoteRegion final : public RemoteRegion {
   std::optional<CudaRegionInfo> ipc;  // VRAM of another process of this node
   std::string key;                    // the IPC handle bytes
   char* mapped = nullptr;             // the allocation's base here, while this holds a ref
+  bool host_mapped = false;           // this process's DRAM a kernel can address (Self)
 };
 
 // One chunk of a staged transfer on the initiator.
@@ -331,7 +333,8 @@ class CudaBackend final : public Backend {
   // 12.8+), not a cudaMemcpyAsync each; off by batch=0, or once the driver refuses it.
   std::atomic<bool> batch_copies_;
   // Several VRAM <-> VRAM copies of a request go as one launch of the copy_list kernel
-  // (copy_list.h); off by kernel=0.
+  // (copy_list.h), as do several small ones between VRAM and mapped pinned memory; off by
+  // kernel=0.
   const bool kernel_copies_;
   const std::string host_ = cuda_host_identity();
   int default_device_ = 0;
@@ -365,6 +368,7 @@ struct CopyItem {
   CudaRemoteRegion* ipc;  // null: `remote` is an address of this process
   bool host;              // one side is DRAM
   bool cross_gpu;         // VRAM of one GPU to VRAM of another
+  bool mapped;            // the DRAM side, if any, is addressable by a kernel as it is
 };
 
 class CudaCopyRequest final : public BackendRequest {
@@ -431,6 +435,7 @@ class CudaCopyRequest final : public BackendRequest {
     int device;
     bool host;       // the copies have a host side (enqueue() batches only those)
     bool cross_gpu;  // VRAM to another GPU's VRAM (never the copy kernel)
+    bool mapped;     // every host side is mapped pinned memory (the kernel may take them)
     cudaStream_t stream;
     std::vector<void*> dsts;
     std::vector<const void*> srcs;
