@@ -428,23 +428,26 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   // cudaMemcpyAsync per descriptor (batch=0, kernel=0).
   Table sc({"path", "request", "GB/s", "ratio", "kernel=0 GB/s", "ratio", "a call each GB/s",
             "ratio", "ceiling", "ceiling GB/s"});
-  std::vector<std::unique_ptr<xfer::MemoryRegistration> > other_regs;
-  auto other_agent =
-      [&](const std::string& name,
-          const xfer::BackendParams& params) -> Result<std::unique_ptr<xfer::Agent> > {
+  struct OtherAgent {
+    std::unique_ptr<xfer::Agent> agent;
+    std::vector<std::unique_ptr<xfer::MemoryRegistration> > regs;  // released before the agent
+  };
+  auto other_agent = [&](const std::string& name,
+                         const xfer::BackendParams& params) -> Result<OtherAgent> {
     xfer::AgentConfig c = config;
     c.backends = {};
     auto ag = xfer::Agent::create(name, c);
     if (!ag) return ag.error();
-    KVBM_TRY((*ag)->create_backend("CUDA", params));
+    OtherAgent o{std::move(*ag), {}};
+    KVBM_TRY(o.agent->create_backend("CUDA", params));
     for (auto [addr, type] :
          {std::pair{a->addr(), MemType::Vram}, std::pair{b->addr(), MemType::Vram},
           std::pair{pinned->addr(), MemType::Dram}}) {
-      auto reg = (*ag)->register_memory(DescList(type, {{addr, max, 0}}));
+      auto reg = o.agent->register_memory(DescList(type, {{addr, max, 0}}));
       if (!reg) return reg.error();
-      other_regs.push_back(std::move(*reg));
+      o.regs.push_back(std::move(*reg));
     }
-    return ag;
+    return o;
   };
   // Requests per point: about 800 MiB worth, at least twice the depth.
   auto it_for = [&](const DescList& d) {
@@ -462,8 +465,8 @@ int run_bench_gpu(const BenchGpuOptions& o) {
     cells.push_back(v ? fixed(*v) : v.error().to_string());
     cells.push_back(v ? ratio(*v, ceiling) : "-");
     for (auto* other : {&no_kernel, &one_by_one}) {
-      Result<double> w = *other ? time_request(***other, op, local, remote, (**other)->name(),
-                                               it_for(local), depth)
+      Result<double> w = *other ? time_request(*(*other)->agent, op, local, remote,
+                                               (*other)->agent->name(), it_for(local), depth)
                                 : Result<double>(other->error());
       cells.push_back(w ? fixed(*w) : w.error().to_string());
       cells.push_back(w ? ratio(*w, ceiling) : "-");

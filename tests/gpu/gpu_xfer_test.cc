@@ -238,6 +238,39 @@ TEST_F(GpuXferLocal, SmallScatteredHostCopiesPinnedAndPlain) {
   }
 }
 
+// One descriptor between VRAM and host memory, pinned or plain (a cudaMemcpyAsync): every
+// byte lands, none next to it.
+TEST_F(GpuXferLocal, SingleHostCopiesAtOddOffsets) {
+  std::vector<char> back(kBytes);
+  uint64_t seed = 50;
+  for (Storage* host : std::initializer_list<Storage*>{&*pinned, &*plain}) {
+    char* h = static_cast<char*>(host->data());
+    for (size_t len : {size_t{1}, size_t{4099}, (size_t{1} << 20) + 3, size_t{2} << 20}) {
+      const size_t hoff = 4093, voff = 8191;
+      const std::string what = std::string(host == &*pinned ? "pinned" : "plain") + ", " +
+                               std::to_string(len) + " bytes";
+      testing::fill_pattern(h, kBytes, ++seed);
+      ASSERT_EQ(cudaMemset(a->data(), 0, kBytes), cudaSuccess);
+      auto st = run(*agent, Op::Write, dram(*host, hoff, len), vram(*a, voff, len), "solo");
+      ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
+      ASSERT_EQ(cudaMemcpy(back.data(), a->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + voff, len, seed, hoff), SIZE_MAX)
+          << what << " -> VRAM";
+      EXPECT_EQ(back[voff - 1], 0) << what << " -> VRAM: byte before";
+      EXPECT_EQ(back[voff + len], 0) << what << " -> VRAM: byte after";
+
+      fill_device(a->data(), kBytes, ++seed);
+      std::memset(h, 0, kBytes);
+      st = run(*agent, Op::Read, dram(*host, hoff, len), vram(*a, voff, len), "solo");
+      ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
+      EXPECT_EQ(testing::find_pattern_mismatch(h + hoff, len, seed, voff), SIZE_MAX)
+          << what << " <- VRAM";
+      EXPECT_EQ(h[hoff - 1], 0) << what << " <- VRAM: byte before";
+      EXPECT_EQ(h[hoff + len], 0) << what << " <- VRAM: byte after";
+    }
+  }
+}
+
 // batch=0, kernel=0: a cudaMemcpyAsync per descriptor instead of one cudaMemcpyBatchAsync
 // (host sides) or one kernel launch (VRAM to VRAM); the same bytes land.
 TEST_F(GpuXferLocal, ScatteredDescriptorsOneCopyCallEach) {

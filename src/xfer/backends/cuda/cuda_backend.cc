@@ -7,13 +7,26 @@ namespace kvbm::xfer::detail {
 namespace cuda {
 namespace {
 
-// enqueue()'s choice of the copy kernel, by a device's average copy in a request: VRAM <->
-// VRAM up to a few MiB; with a host side only for small copies. On the H100, 64 x 16 KiB
-// pinned <-> VRAM: kernel 0.95 / 0.91 (h2d / d2h) of one large copy, batch 0.14 / 0.56;
-// 64 x 64 KiB and 256 KiB: kernel 0.92-0.97, batch 0.99-1.02.
+// enqueue()'s choice of the copy kernel, by a device's copies in a request: several, of up
+// to a few MiB on average VRAM <-> VRAM, of small ones with a host side. On the H100, 64 x
+// 16 KiB pinned <-> VRAM: kernel 0.95 / 0.91 (h2d / d2h) of one large copy, batch 0.14 /
+// 0.56; 64 x 64 KiB and 256 KiB: kernel 0.92-0.97, batch 0.99-1.02. A single copy stays
+// with the copy engine: through the kernel one 1 MiB h2d moved more with 4 in flight (0.92
+// against 0.85) but took 6 us longer alone (the kernel's dependent PCIe reads).
 constexpr uint64_t kVramKernelMaxAvg = 4 << 20;
 constexpr uint64_t kHostKernelMaxAvg = 32 << 10;
 constexpr uint64_t kHostPieceBytes = 16 << 10;
+// VRAM pieces: about kVramPiecesWanted per launch, so that enough warps copy at once (64 x
+// 64 KiB in 64 KiB pieces: 0.65 of the d2d ceiling; in 8 KiB pieces 0.86-0.91), within
+// these bounds (smaller pieces cost table entries the host writes each post).
+constexpr uint64_t kVramPiecesWanted = 2048;
+constexpr uint64_t kVramPieceMin = 8 << 10;
+
+uint64_t vram_piece_bytes(uint64_t total) {
+  uint64_t piece = kVramPieceMin;
+  while (piece < kCopyPieceBytes && piece * 2 * kVramPiecesWanted <= total) piece *= 2;
+  return piece;
+}
 
 // Whether [addr, addr + len) is pinned host memory that a kernel can address as it is
 // (mapped, at the same address on the device: cudaHostAlloc'd, or registered and the
@@ -142,12 +155,12 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   const size_t n = d.sizes.size();
   uint64_t total = 0;
   for (size_t len : d.sizes) total += len;
-  const uint64_t kernel_max = d.host ? kHostKernelMaxAvg : kVramKernelMaxAvg;
-  const bool kernel = n > 1 && !d.cross_gpu && (!d.host || d.mapped) && backend_->kernel_copies_ &&
-                      total / n <= kernel_max;
+  const bool kernel =
+      backend_->kernel_copies_ && n > 1 && !d.cross_gpu &&
+      (d.host ? d.mapped && total / n <= kHostKernelMaxAvg : total / n <= kVramKernelMaxAvg);
   if (kernel) {
-    // Host copies in smaller pieces: more warps, so more PCIe reads in flight.
-    const uint64_t piece = d.host ? kHostPieceBytes : kCopyPieceBytes;
+    // Small pieces: more warps copy at once (for host memory, more PCIe reads in flight).
+    const uint64_t piece = d.host ? kHostPieceBytes : vram_piece_bytes(total);
     uint64_t count = 0;
     for (size_t len : d.sizes) count += (len + piece - 1) / piece;
     if (count <= UINT32_MAX) {
