@@ -12,6 +12,7 @@
 #include <cstring>
 #include <optional>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -203,6 +204,7 @@ Status UringBatch::run(std::span<const FileOp> ops) {
 }
 
 Status UringBatch::add(uint64_t group, std::span<const FileOp> ops) {
+  if (broken_) return *broken_;
   if (groups_.count(group) != 0) {
     return err(ErrorCode::InvalidArgument, "io_uring group ", group, " has not finished");
   }
@@ -264,25 +266,62 @@ Status UringBatch::add(uint64_t group, std::span<const FileOp> ops) {
 }
 
 std::vector<UringBatch::Finished> UringBatch::progress(bool wait) {
+  if (broken_) {
+    progress_broken(wait);
+    return std::exchange(finished_, {});
+  }
   submit_queued();
   if (inflight_ > 0) {
     const int rc = io_uring_submit_and_wait(ring_.get(), wait && finished_.empty() ? 1 : 0);
     if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-      // The ring itself failed; what is in flight cannot be reaped reliably: every group
-      // ends with the error.
-      const Error e = err(ErrorCode::Io, "io_uring_submit_and_wait: ", std::strerror(-rc));
-      for (auto& [group, g] : groups_) finished_.push_back({group, e});
-      groups_.clear();
-      queue_.clear();
-      slots_.clear();
-      free_.clear();
-      inflight_ = 0;
+      ring_failed(err(ErrorCode::Io, "io_uring_submit_and_wait: ", std::strerror(-rc),
+                      " (the ring takes no more I/O)"));
     } else {
       reap();
       submit_queued();  // submitted by the next call, with the retries reap() prepared
     }
   }
   return std::exchange(finished_, {});
+}
+
+// The ring failed (io_uring_enter refused it): every group fails, and nothing is submitted
+// any more. A group still finishes only once the kernel is done with its buffers: ops it
+// never took end now; those it took end as their completions arrive in the completion
+// queue, which stays readable without a system call.
+void UringBatch::ring_failed(Error e) {
+  broken_ = e;
+  broken_at_ = std::chrono::steady_clock::now();
+  for (auto& [group, g] : groups_) {
+    if (!g.error) g.error = e;
+  }
+  io_uring_sq& sq = ring_->sq;
+  const unsigned head = io_uring_smp_load_acquire(sq.khead);
+  for (unsigned k = head; k != sq.sqe_tail; ++k) {
+    const io_uring_sqe& sqe = sq.sqes[sq.array[k & sq.ring_mask]];
+    --inflight_;
+    end_op(static_cast<size_t>(sqe.user_data));
+  }
+  sq.sqe_head = sq.sqe_tail;
+  submit_queued();  // ends the queued ops: their groups failed
+}
+
+void UringBatch::progress_broken(bool wait) {
+  if (abandoned_) return;  // late completions stay in the queue, unread
+  reap();
+  submit_queued();
+  if (inflight_ == 0) return;
+  if (std::chrono::steady_clock::now() - broken_at_ >= failure_grace_) {
+    // The kernel kept ops past the grace time: their groups end now, though their buffers
+    // may still be written (until the ring is destroyed, which cancels them).
+    const Error e = err(ErrorCode::Io, broken_->message, "; ", inflight_,
+                        " ops still held by the kernel after ", failure_grace_.count(), " ms");
+    for (auto& [group, g] : groups_) finished_.push_back({group, e});
+    groups_.clear();
+    abandoned_ = true;
+    return;
+  }
+  // Nothing can block in the kernel on this ring: poll its completion queue.
+  if (wait && finished_.empty()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
 }
 
 void UringBatch::submit_queued() {

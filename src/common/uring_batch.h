@@ -12,6 +12,7 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -89,6 +90,12 @@ class UringBatch {
 
   unsigned queue_depth() const { return depth_; }
 
+  // When io_uring_enter fails on the ring itself (not EINTR, EAGAIN, EBUSY), every group
+  // fails with that Io error and add() refuses from then on; a group still finishes only
+  // when the kernel is done with its buffers (ops it never took end at once), or, for ops
+  // it holds longer than this grace time (default 10 s), with an error that says so.
+  void set_failure_grace(std::chrono::milliseconds grace) { failure_grace_ = grace; }
+
  private:
   struct Twin {
     int fd;
@@ -126,6 +133,8 @@ class UringBatch {
   // The fixed buffer slot holding [p, p + len), or -1.
   int fixed_slot(const char* p, uint64_t len) const;
   void clear_piece(uintptr_t piece);  // fixed_mu_ held
+  void ring_failed(Error e);          // see set_failure_grace()
+  void progress_broken(bool wait);    // progress() once the ring failed
 
   std::unique_ptr<io_uring> ring_;
   unsigned depth_;
@@ -137,6 +146,10 @@ class UringBatch {
   unsigned inflight_ = 0;     // SQEs prepared or submitted, not yet reaped
   std::unordered_map<uint64_t, Group> groups_;
   std::vector<Finished> finished_;  // not yet returned by progress()
+  std::optional<Error> broken_;     // the ring failed: why
+  std::chrono::steady_clock::time_point broken_at_;
+  std::chrono::milliseconds failure_grace_{10'000};
+  bool abandoned_ = false;  // the grace time passed: completions are no longer read
 
   mutable std::mutex fixed_mu_;                          // the members below
   bool fixed_table_ = false;                             // the sparse table exists

@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
@@ -426,6 +427,109 @@ TEST(UringBatch, GroupsFinishOnTheirOwnAndFailAlone) {
   EXPECT_TRUE(b->idle());
   b->forget_fd(fd);
   ::close(fd);
+}
+
+// The fd of this process's one io_uring (the test's batch), or -1.
+int io_uring_fd() {
+  int found = -1;
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(e.path(), ec).string() == "anon_inode:[io_uring]") {
+      if (found >= 0) return -1;  // two rings: which one is ours?
+      found = std::stoi(e.path().filename().string());
+    }
+  }
+  return found;
+}
+
+// Makes io_uring_enter fail on the batch's ring: its fd number now names /dev/null. The
+// ring itself lives on through its mappings, so ops the kernel holds still complete.
+bool break_ring() {
+  const int ring = io_uring_fd();
+  const int null = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+  const bool ok = ring >= 0 && null >= 0 && ::dup2(null, ring) == ring;
+  if (null >= 0) ::close(null);
+  return ok;
+}
+
+// Drives progress() for up to `for_ms`, collecting finished groups.
+std::map<uint64_t, Status> drive(UringBatch& b, std::map<uint64_t, Status> done, size_t want,
+                                 int for_ms) {
+  const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(for_ms);
+  while (done.size() < want && std::chrono::steady_clock::now() < until) {
+    for (auto& f : b.progress(true)) {
+      EXPECT_EQ(done.count(f.group), 0u) << "group " << f.group << " finished twice";
+      done.emplace(f.group, std::move(f.status));
+    }
+  }
+  return done;
+}
+
+// A failed ring ends every group with its error, but a group whose op the kernel holds
+// (here a read from an empty pipe) finishes only when the kernel is done with its buffer;
+// ops the kernel never took end at once and never run.
+TEST(UringBatch, RingFailureEndsGroupsOnlyOnceTheKernelLetsGoOfTheirBuffers) {
+  TempDir dir;
+  const int fd = open_file(dir.path() / "f", false);
+  ASSERT_GE(fd, 0);
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  Buf in(4096), out(4096);
+  std::memset(out.p, 'x', 4096);
+  const std::vector<FileOp> read_pipe = {{Kind::Read, pipe_fds[0], 0, in.p, 5}};
+  const std::vector<FileOp> write_file = {{Kind::Write, fd, 0, out.p, 4096}};
+  ASSERT_TRUE(b->add(1, read_pipe));
+  EXPECT_TRUE(b->progress(false).empty());  // submitted; waits for the pipe
+  ASSERT_TRUE(break_ring());
+  ASSERT_TRUE(b->add(2, write_file));  // prepared, then refused with the ring
+  auto done = drive(*b, {}, 1, 2000);
+  ASSERT_EQ(done.size(), 1u) << "the write the kernel never took ends at once, alone";
+  EXPECT_ERROR(done.at(2), ErrorCode::Io, "io_uring_submit_and_wait");
+  EXPECT_EQ(std::filesystem::file_size(dir.path() / "f"), 0u) << "the refused write ran";
+  EXPECT_ERROR(b->add(3, write_file), ErrorCode::Io, "takes no more I/O");
+  EXPECT_FALSE(b->idle());
+
+  // The pipe read still belongs to the kernel: it completes, and only then its group ends.
+  done = drive(*b, {}, 1, 50);
+  EXPECT_TRUE(done.empty()) << "group 1 ended while the kernel still held its buffer";
+  ASSERT_EQ(::write(pipe_fds[1], "hello", 5), 5);
+  done = drive(*b, {}, 1, 5000);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_ERROR(done.at(1), ErrorCode::Io, "io_uring_submit_and_wait");
+  EXPECT_EQ(std::string(in.p, 5), "hello");
+  EXPECT_TRUE(b->idle());
+  b.reset();
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
+  ::close(fd);
+}
+
+// An op the kernel holds past the grace time no longer holds its group: it ends with an
+// error that says so.
+TEST(UringBatch, RingFailureGivesUpOnOpsTheKernelKeepsPastTheGraceTime) {
+  int pipe_fds[2];
+  ASSERT_EQ(::pipe2(pipe_fds, O_CLOEXEC), 0);
+  Buf in(4096);  // outlives the batch: destroying the ring cancels the read
+  {
+    auto b = make_batch(2);
+    ASSERT_TRUE(b);
+    b->set_failure_grace(std::chrono::milliseconds(100));
+    const std::vector<FileOp> read_pipe = {{Kind::Read, pipe_fds[0], 0, in.p, 5}};
+    ASSERT_TRUE(b->add(7, read_pipe));
+    EXPECT_TRUE(b->progress(false).empty());
+    ASSERT_TRUE(break_ring());
+    const auto start = std::chrono::steady_clock::now();
+    auto done = drive(*b, {}, 1, 5000);
+    ASSERT_EQ(done.size(), 1u);
+    EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(100));
+    EXPECT_ERROR(done.at(7), ErrorCode::Io, "1 ops still held by the kernel after 100 ms");
+    EXPECT_TRUE(b->idle());
+    EXPECT_TRUE(b->progress(true).empty());
+  }
+  ::close(pipe_fds[0]);
+  ::close(pipe_fds[1]);
 }
 
 TEST(UringBatch, FullFileSystemIsAnError) {
