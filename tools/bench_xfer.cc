@@ -21,6 +21,8 @@
 #include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <filesystem>
 #include <iostream>
 #include <memory>
 #include <sstream>
@@ -30,6 +32,7 @@
 
 #include "commands.h"
 #include "common/pattern.h"
+#include "demo_ceilings.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
 #include "subprocess.h"
@@ -48,6 +51,8 @@ struct XferOptions {
   size_t iters = 0;  // requests per bandwidth point; 0: enough for ~256 MiB (shm)
   size_t lat_iters = 5000;
   size_t rounds = 2;    // bandwidth: the best of this many runs, ours and ucx_perftest's
+  size_t file_mib = 0;  // the peer's file section: its size (0: skipped)
+  std::string dir;      // where the peer's file and the disk ceiling's file go
   size_t inflight = 0;  // 0: enough requests for ~4 MiB in flight, 1..32
   size_t max_request = 64 << 20;
   std::string transport = "shm";
@@ -58,6 +63,8 @@ struct XferOptions {
 
 struct TargetOptions {
   size_t bytes = 1 << 20;
+  size_t file_mib = 0;  // also serve a registered file of this size, made in `dir`
+  std::string dir;
   bool progress_thread = false;
 };
 
@@ -322,6 +329,75 @@ int fail(const Error& e) {
   return 1;
 }
 
+// The peer's file (remote files, issue 6): READ and WRITE of the whole file the target
+// registered, in requests of one descriptor, several in flight; the owner moves each
+// chunk between its disk and a staging buffer. The ceiling is the disk: O_DIRECT
+// pwrite/pread or io_uring on a file made the same way in the same directory, this run.
+Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops, int fd,
+                    const std::filesystem::path& dir) {
+  const size_t bytes = o.file_mib << 20;
+  auto local = SystemAllocator().allocate(bytes);
+  if (!local) return local.error();
+  auto reg =
+      s.agent->register_memory(xfer::DescList(xfer::MemType::Dram, {{local->addr(), bytes, 0}}));
+  if (!reg) return reg.error();
+  auto* p = static_cast<uint8_t*>(local->data());
+  detail::fill_pattern(p, bytes, 77);
+  // Moves the whole file in requests of `size`, `inflight` at a time.
+  auto run = [&](Op op, size_t size, size_t inflight) -> Result<double> {
+    std::vector<std::unique_ptr<xfer::Request>> reqs;
+    for (size_t at = 0; at < bytes; at += size) {
+      const size_t n = std::min(size, bytes - at);
+      auto r = s.agent->create_request(
+          op, xfer::DescList(xfer::MemType::Dram, {{local->addr() + at, n, 0}}),
+          xfer::DescList(xfer::MemType::File, {{at, n, static_cast<uint64_t>(fd)}}), s.peer);
+      if (!r) return r.error();
+      reqs.push_back(std::move(*r));
+    }
+    const auto t0 = Clock::now();
+    size_t next = 0;
+    std::deque<xfer::Request*> running;
+    while (next < reqs.size() || !running.empty()) {
+      while (running.size() < inflight && next < reqs.size()) {
+        KVBM_TRY(reqs[next]->post());
+        running.push_back(reqs[next++].get());
+      }
+      KVBM_TRY(running.front()->wait(std::chrono::seconds(60)));
+      running.pop_front();
+    }
+    return gbps(static_cast<double>(bytes),
+                std::chrono::duration<double>(Clock::now() - t0).count());
+  };
+  KVBM_TRY(run(Op::Write, size_t{4} << 20, 4));  // the file holds the pattern from here on
+  auto ceilings = demo::disk_ceilings(dir, bytes, static_cast<int>(o.rounds));
+  if (!ceilings) return ceilings.error();
+  Table t({"op", "request", "in flight", "GB/s", "disk GB/s", "ratio", "disk ceiling"});
+  for (Op op : ops) {
+    const demo::Ceiling& c = op == Op::Write ? ceilings->write : ceilings->read;
+    for (size_t size : {size_t{1} << 20, size_t{4} << 20}) {
+      const size_t inflight = std::clamp<size_t>((size_t{16} << 20) / size, 1, 16);
+      double best = 0;
+      for (size_t round = 0; round < o.rounds; ++round) {
+        if (op == Op::Read) std::memset(p, 0, bytes);
+        auto g = run(op, size, inflight);
+        if (!g) return g.error();
+        best = std::max(best, *g);
+      }
+      if (op == Op::Read) {
+        if (size_t bad = detail::find_pattern_mismatch(p, bytes, 77); bad != SIZE_MAX) {
+          return err(ErrorCode::Internal, "the peer's file read back differs at byte ", bad);
+        }
+      }
+      t.add({xfer::to_string(op), human_bytes(size), std::to_string(inflight), fixed(best, 2),
+             fixed(c.gbps, 2), fixed(best / c.gbps, 2), c.name});
+    }
+  }
+  std::cout << "\nThe peer's file (" << human_bytes(bytes) << ", registered by the target in "
+            << dir.string() << "), best of " << o.rounds << " runs, data verified\n";
+  t.print(std::cout);
+  return {};
+}
+
 int run_xfer(const XferOptions& o) {
   auto sizes = parse_sizes(o.sizes, "--sizes");
   if (!sizes) return fail(sizes.error());
@@ -360,6 +436,11 @@ int run_xfer(const XferOptions& o) {
   std::vector<std::string> targv = {"/proc/self/exe", "bench", "xfer-target", "--bytes",
                                     std::to_string(bytes)};
   if (o.target_thread) targv.push_back("--progress-thread");
+  const std::filesystem::path file_dir =
+      o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
+  if (o.file_mib > 0) {
+    targv.insert(targv.end(), {"--file-mib", std::to_string(o.file_mib), "--dir", file_dir});
+  }
   auto target = Subprocess::spawn(targv, topt);
   if (!target) return fail(target.error());
   // UCX may log to stdout too (UCX_LOG_LEVEL): skip to our line.
@@ -373,7 +454,9 @@ int run_xfer(const XferOptions& o) {
   std::string word;
   unsigned port = 0;
   Session s;
-  if (!(rl >> word >> port >> s.remote_addr) || word != "READY") {
+  int file_fd = -1;
+  if (!(rl >> word >> port >> s.remote_addr) || word != "READY" ||
+      (o.file_mib > 0 && !(rl >> file_fd))) {
     return fail(err(ErrorCode::Remote, "target did not start: ", *ready));
   }
 
@@ -507,6 +590,10 @@ int run_xfer(const XferOptions& o) {
               << (worst_lat_ratio <= 1.5 ? "met" : "missed") << ")\n";
   }
 
+  if (o.file_mib > 0) {
+    if (auto st = file_section(s, o, ops, file_fd, file_dir); !st) return fail(st.error());
+  }
+
   target->send("quit");
   target->close_stdin();
   auto rc = target->wait(std::chrono::seconds(10));
@@ -530,9 +617,18 @@ int run_target(const TargetOptions& o) {
   auto buf = SystemAllocator(SystemMemory::Shareable).allocate(o.bytes);
   if (!buf) return fail(buf.error());
   if (auto st = (*agent)->register_storage(*buf); !st) return fail(st.error());
+  std::optional<DiskStorage> file;
+  if (o.file_mib > 0) {
+    auto f = DiskAllocator(o.dir).allocate(o.file_mib << 20);
+    if (!f) return fail(f.error());
+    file.emplace(std::move(*f));
+    if (auto st = (*agent)->register_storage(*file); !st) return fail(st.error());
+  }
   auto port = (*agent)->listen("127.0.0.1", 0);
   if (!port) return fail(port.error());
-  std::cout << "READY " << *port << " " << buf->addr() << std::endl;
+  std::cout << "READY " << *port << " " << buf->addr();
+  if (file) std::cout << " " << file->fd();
+  std::cout << std::endl;
   std::string input;
   for (;;) {
     if (!o.progress_thread) {
@@ -570,6 +666,13 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
   cmd->add_option("--lat-iters", o->lat_iters, "Round trips per latency point")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{10000000}));
+  cmd->add_option("--file-mib", o->file_mib,
+                  "The peer's file: READ and WRITE a file of this size that the target "
+                  "registered, against the disk (0: skipped)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
+  cmd->add_option("--dir", o->dir,
+                  "Where the peer's file and the disk ceiling's file go (default: the temp dir)");
   cmd->add_option("--rounds", o->rounds,
                   "Bandwidth points: the best of this many runs, ours and ucx_perftest's")
       ->capture_default_str()
@@ -591,6 +694,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
   target->add_option("--bytes", t->bytes, "Registered buffer size")
       ->check(CLI::Range(size_t{1}, size_t{1} << 40));
   target->add_flag("--progress-thread", t->progress_thread, "Use the agent's progress thread");
+  target->add_option("--file-mib", t->file_mib, "Also serve a registered file of this size");
+  target->add_option("--dir", t->dir, "Where that file is made");
   target->callback([t, &runner] { runner = [t] { return run_target(*t); }; });
 }
 
