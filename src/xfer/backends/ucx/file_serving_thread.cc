@@ -19,7 +19,11 @@ void FileServingThread::submit(std::vector<FileJob>& jobs) {
 }
 
 std::vector<FileJob> FileServingThread::take_done() {
+  // Called on every progress() pass, often by a thread spinning on it: without the flag
+  // it took the lock the serving thread needs to hand its batch over, each time.
+  if (!has_done_.load(std::memory_order_acquire)) return {};
   std::lock_guard<std::mutex> lock(mu_);
+  has_done_.store(false, std::memory_order_relaxed);
   return std::exchange(done_, {});
 }
 
@@ -54,6 +58,7 @@ void FileServingThread::loop() {
     for (size_t i = 0; i < batch.size(); ++i) batch[i].status = std::move(ios[i].status);
     std::lock_guard<std::mutex> lock(mu_);
     for (FileJob& j : batch) done_.push_back(std::move(j));
+    has_done_.store(true, std::memory_order_release);
     batch.clear();
   }
 }

@@ -6,6 +6,7 @@
 // Thread safety: submit(), take_done() and stop() may be called from any thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <mutex>
@@ -49,6 +50,7 @@ class FileServingThread {
   std::mutex mu_;
   std::condition_variable cv_;
   std::vector<FileJob> queue_, done_;
+  std::atomic<bool> has_done_{false};  // done_ is not empty (read without mu_)
   bool stopping_ = false;
   std::thread thread_;
 };
