@@ -22,8 +22,10 @@ namespace kvbm::detail {
 namespace {
 
 constexpr uint64_t kDirectAlign = 4096;
-// io_uring read/write lengths are 32-bit; larger ops go in aligned chunks of this size.
-constexpr uint64_t kMaxChunk = uint64_t{1} << 30;
+// Ops longer than this go as parts of it, in flight together: one op of a long run kept
+// one I/O in flight (the demo's 64 MiB host -> disk: 0.80 of 1 MiB writes at queue depth
+// 64 on the build machine, 0.98-1.02 in parts).
+constexpr uint64_t kPartBytes = uint64_t{1} << 20;
 constexpr unsigned kMaxDepth = 4096;
 // Fixed buffer slots of one ring, and the kernel's largest fixed buffer.
 constexpr unsigned kFixedSlots = 1024;
@@ -233,18 +235,28 @@ Status UringBatch::add(uint64_t group, std::span<const FileOp> ops) {
     }
     FdInfo& info = it->second;
     const bool wants_direct = (info.flags & O_DIRECT) != 0;
-    Slot slot{
-        &op,        group,    0,       op.fd, wants_direct && aligned(op.buf, op.offset, op.len),
-        info.flags, info.dev, info.ino};
-    if (wants_direct && !slot.direct) {
-      if (info.twin < 0) {
-        auto twin = buffered_twin(op.fd, info.flags, info.dev, info.ino);
-        if (!twin) return twin.error();
-        info.twin = *twin;
+    for (uint64_t begin = 0; begin < op.len; begin += kPartBytes) {
+      const uint64_t len = std::min(kPartBytes, op.len - begin);
+      Slot slot{&op,
+                group,
+                begin,
+                len,
+                0,
+                op.fd,
+                wants_direct && aligned(static_cast<char*>(op.buf) + begin, op.offset + begin, len),
+                info.flags,
+                info.dev,
+                info.ino};
+      if (wants_direct && !slot.direct) {
+        if (info.twin < 0) {
+          auto twin = buffered_twin(op.fd, info.flags, info.dev, info.ino);
+          if (!twin) return twin.error();
+          info.twin = *twin;
+        }
+        slot.fd = info.twin;
       }
-      slot.fd = info.twin;
+      staged.push_back(slot);
     }
-    staged.push_back(slot);
   }
   if (staged.empty()) {
     finished_.push_back({group, {}});
@@ -345,10 +357,9 @@ void UringBatch::prep(size_t i) {
     io_uring_submit(ring);
     sqe = io_uring_get_sqe(ring);
   }
-  uint64_t chunk = op.len - s.done;
-  if (chunk > kMaxChunk) chunk = kMaxChunk;
-  char* p = static_cast<char*>(op.buf) + s.done;
-  const uint64_t off = op.offset + s.done;
+  const uint64_t chunk = s.len - s.done;
+  char* p = static_cast<char*>(op.buf) + s.begin + s.done;
+  const uint64_t off = op.offset + s.begin + s.done;
   const auto n = static_cast<unsigned>(chunk);
   const int slot = s.no_fixed ? -1 : fixed_slot(p, chunk);
   s.fixed = slot >= 0;
@@ -417,18 +428,19 @@ void UringBatch::reap() {
         fail(st.error());
       }
     } else if (res < 0) {
-      fail(op_error(op, s.done, std::strerror(-res)));
+      fail(op_error(op, s.begin + s.done, std::strerror(-res)));
     } else if (res == 0) {
-      fail(op_error(op, s.done,
+      const uint64_t at = s.begin + s.done;
+      fail(op_error(op, at,
                     op.kind == FileOp::Kind::Read
-                        ? "read past end of file at offset " + std::to_string(op.offset + s.done)
+                        ? "read past end of file at offset " + std::to_string(op.offset + at)
                         : std::string("write made no progress")));
     } else {
       s.done += static_cast<uint64_t>(res);
-      if (s.done < op.len) {
+      if (s.done < s.len) {
         again = true;
-        if (s.direct &&
-            !aligned(static_cast<char*>(op.buf) + s.done, op.offset + s.done, op.len - s.done)) {
+        if (s.direct && !aligned(static_cast<char*>(op.buf) + s.begin + s.done,
+                                 op.offset + s.begin + s.done, s.len - s.done)) {
           if (Status st = to_buffered(i); !st) {
             fail(st.error());
             again = false;

@@ -46,8 +46,9 @@ class UringBatch {
   UringBatch(const UringBatch&) = delete;
   UringBatch& operator=(const UringBatch&) = delete;
 
-  // Runs every op to completion, keeping up to queue_depth in flight: short reads/writes are
-  // resubmitted for the rest, EINTR/EAGAIN retried. Direct I/O (O_DIRECT fd) is used when buf,
+  // Runs every op to completion, keeping up to queue_depth in flight (an op longer than
+  // 1 MiB as 1 MiB parts in flight together): short reads/writes are resubmitted for the
+  // rest, EINTR/EAGAIN retried. Direct I/O (O_DIRECT fd) is used when buf,
   // offset and len are aligned to 4096; otherwise the op goes through a buffered twin of the
   // fd (reopened via /proc/self/fd/N without O_DIRECT, cached per fd) and that fallback is
   // logged once per fd, not per op. Errors: Io naming the fd (and its path from /proc/self/fd
@@ -106,11 +107,13 @@ class UringBatch {
     uint64_t len;
     unsigned slot;
   };
-  // One op of a group, from add() until it ends.
+  // One part of an op of a group, from add() until it ends.
   struct Slot {
     const FileOp* op;
     uint64_t group;
-    uint64_t done;  // bytes
+    uint64_t begin;  // the part: [begin, begin + len) of the op
+    uint64_t len;
+    uint64_t done;  // bytes of the part
     int fd;         // the one the next submission uses: the op's, or its buffered twin
     bool direct;
     int flags;  // of op->fd, with dev and ino: what a buffered twin opened later needs

@@ -14,9 +14,6 @@
 namespace kvbm {
 namespace {
 
-// The File path's largest op: the size of the disk ceilings' ops (io_uring, QD 64).
-constexpr uint64_t kFileOpBytes = 1 << 20;
-
 bool is_host(StorageKind k) {
   return k == StorageKind::System || k == StorageKind::Pinned;
 }
@@ -283,20 +280,15 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
       const bool read = src.storage_type().kind == StorageKind::Disk;
       std::vector<detail::FileOp> ops;
       ops.reserve(n);
-      // Runs of blocks coalesce into long chunks; each goes as ops of kFileOpBytes, so
-      // that many are in flight (one op of a 64 MiB run kept one I/O in flight).
-      for (const Chunk& c : chunks) {
-        for (uint64_t off = 0; off < c.len; off += kFileOpBytes) {
-          const uint64_t len = std::min<uint64_t>(kFileOpBytes, c.len - off);
-          if (read) {
-            ops.push_back({detail::FileOp::Kind::Read,
-                           static_cast<int>(src.region(c.src_region).type().id), c.src + off,
-                           reinterpret_cast<void*>(c.dst + off), len});
-          } else {
-            ops.push_back({detail::FileOp::Kind::Write,
-                           static_cast<int>(dst.region(c.dst_region).type().id), c.dst + off,
-                           reinterpret_cast<void*>(c.src + off), len});
-          }
+      for (const Chunk& c : chunks) {  // UringBatch cuts long ones into parts in flight
+        if (read) {
+          ops.push_back({detail::FileOp::Kind::Read,
+                         static_cast<int>(src.region(c.src_region).type().id), c.src,
+                         reinterpret_cast<void*>(c.dst), c.len});
+        } else {
+          ops.push_back({detail::FileOp::Kind::Write,
+                         static_cast<int>(dst.region(c.dst_region).type().id), c.dst,
+                         reinterpret_cast<void*>(c.src), c.len});
         }
       }
       auto job = (*worker)->submit(std::move(ops));

@@ -261,6 +261,37 @@ TEST(UringBatch, LargeOpsAreSplitAndManyOpsShareTheQueue) {
   ::close(fd);
 }
 
+// Ops longer than 1 MiB go as 1 MiB parts in flight together: an aligned one (direct
+// throughout) and one with an unaligned tail (its last part buffered) land whole, and an
+// error in a later part names the op and the offset where it happened.
+TEST(UringBatch, LongOpsGoAsPartsAndLandWhole) {
+  TempDir dir;
+  const auto path = dir.path() / "f";
+  const int fd = open_file(path, true);
+  ASSERT_GE(fd, 0);
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  const size_t a_len = (size_t{5} << 20) + 4096, u_len = (size_t{3} << 20) + 5;
+  Buf src(a_len + u_len), dst(a_len + u_len);
+  fill_pattern(src.p, a_len + u_len, 12);
+  const std::vector<FileOp> w = {{Kind::Write, fd, 0, src.p, a_len},
+                                 {Kind::Write, fd, a_len, src.p + a_len, u_len}};
+  const std::vector<FileOp> r = {{Kind::Read, fd, 0, dst.p, a_len},
+                                 {Kind::Read, fd, a_len, dst.p + a_len, u_len}};
+  ASSERT_TRUE(b->run(w));
+  EXPECT_EQ(std::filesystem::file_size(path), a_len + u_len);
+  ASSERT_TRUE(b->run(r));
+  EXPECT_EQ(find_pattern_mismatch(dst.p, a_len + u_len, 12), SIZE_MAX);
+  // Reading 4 MiB from 6 MiB on: the parts past the end fail; the first of them to come
+  // back names itself.
+  const FileOp past{Kind::Read, fd, size_t{6} << 20, dst.p, size_t{4} << 20};
+  auto st = b->run(std::span<const FileOp>(&past, 1));
+  EXPECT_ERROR(st, ErrorCode::Io, "offset 6291456 len 4194304");
+  EXPECT_NE(st.error().message.find("read past end of file at offset"), std::string::npos);
+  b->forget_fd(fd);
+  ::close(fd);
+}
+
 TEST(UringBatch, BufferedFallbackIsLoggedOncePerFd) {
   TempDir dir;
   bool got_direct = false;
