@@ -179,7 +179,25 @@ TEST(FileServer, TheStagingCapIsTheServersOwn) {
   EXPECT_FALSE(at_cap);
 }
 
-TEST(FileServer, ServesABatchGivingEachIoItsOwnStatus) {
+// Starts every io on the server's stream and reaps them all: each io's own status, in order.
+std::vector<Status> serve_all(FileServer& s, const std::vector<FileServer::Io>& ios) {
+  std::vector<Status> out(ios.size());
+  size_t running = 0;
+  for (size_t i = 0; i < ios.size(); ++i) {
+    out[i] = s.start(i, ios[i]);
+    if (out[i]) ++running;
+  }
+  for (int spins = 0; running > 0 && spins < 100000; ++spins) {
+    for (auto& [id, st] : s.finished(true)) {
+      out.at(id) = std::move(st);
+      --running;
+    }
+  }
+  EXPECT_EQ(running, 0u) << "ios never finished";
+  return out;
+}
+
+TEST(FileServer, StreamsIosGivingEachItsOwnStatus) {
   TempFile f;
   ASSERT_GE(f.fd, 0);
   const uint64_t fd = static_cast<uint64_t>(f.fd);
@@ -189,22 +207,27 @@ TEST(FileServer, ServesABatchGivingEachIoItsOwnStatus) {
   FileServer s;
   s.add({0, 8 * 4096, fd});
   std::vector<char> a(4096), b(4096), c(4096), w(4096, 'w');
-  std::vector<FileServer::Io> ios = {
-      {Op::Read, fd, 0, 4096, a.data(), {}},
-      {Op::Read, fd, 2 * 4096 + 100, 4096, b.data(), {}},  // past the end of the file
-      {Op::Write, fd, 4096, 4096, w.data(), {}},
-      {Op::Read, fd, 7 * 4096, 8192, c.data(), {}},  // past the region
-      {Op::Read, fd, 2 * 4096, 4096, c.data(), {}},
+  const std::vector<FileServer::Io> ios = {
+      {Op::Read, fd, 0, 4096, a.data()},
+      {Op::Read, fd, 2 * 4096 + 100, 4096, b.data()},  // past the end of the file
+      {Op::Write, fd, 4096, 4096, w.data()},
+      {Op::Read, fd, 7 * 4096, 8192, c.data()},  // past the region
+      {Op::Read, fd, 2 * 4096, 4096, c.data()},
   };
-  s.serve(ios);
-  EXPECT_TRUE(ios[0].status.ok()) << ios[0].status.error().to_string();
-  ASSERT_FALSE(ios[1].status.ok());
-  EXPECT_NE(ios[1].status.error().message.find("offset 8292"), std::string::npos)
-      << ios[1].status.error().message;
-  EXPECT_TRUE(ios[2].status.ok()) << ios[2].status.error().to_string();
-  ASSERT_FALSE(ios[3].status.ok());
-  EXPECT_EQ(ios[3].status.code(), ErrorCode::OutOfBounds);
-  EXPECT_TRUE(ios[4].status.ok()) << ios[4].status.error().to_string();
+  EXPECT_TRUE(s.finished(true).empty());  // nothing started: returns at once
+  auto st = serve_all(s, ios);
+  EXPECT_TRUE(st[0].ok()) << st[0].error().to_string();
+  ASSERT_FALSE(st[1].ok());
+  EXPECT_NE(st[1].error().message.find("offset 8292"), std::string::npos) << st[1].error().message;
+  EXPECT_TRUE(st[2].ok()) << st[2].error().to_string();
+  ASSERT_FALSE(st[3].ok());
+  EXPECT_EQ(st[3].code(), ErrorCode::OutOfBounds);
+  EXPECT_TRUE(st[4].ok()) << st[4].error().to_string();
+  // An id still running cannot start again.
+  ASSERT_TRUE(s.start(9, ios[0]));
+  EXPECT_ERROR(s.start(9, ios[0]), ErrorCode::InvalidArgument, "file io 9 is already running");
+  for (int spins = 0; spins < 1000 && s.finished(true).empty(); ++spins) {
+  }
   EXPECT_EQ(testing::find_pattern_mismatch(a.data(), 4096, 5), SIZE_MAX);
   EXPECT_EQ(testing::find_pattern_mismatch(c.data(), 4096, 5, 2 * 4096), SIZE_MAX);
   std::vector<char> back(4096);
@@ -245,8 +268,9 @@ TEST(FileServer, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
   FileServer s;
   s.add({0, 4096, fd});
   std::vector<char> got(64), sent(64, 'x');
-  std::vector<FileServer::Io> ios = {{Op::Read, fd, 0, 64, got.data(), {}}};
-  std::thread io([&] { s.serve(ios); });
+  const std::vector<FileServer::Io> ios = {{Op::Read, fd, 0, 64, got.data()}};
+  std::vector<Status> st;
+  std::thread io([&] { st = serve_all(s, ios); });
   ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
   ASSERT_TRUE(f.drained());  // the read is under way, waiting for the rest
   std::atomic<bool> removed{false};
@@ -259,7 +283,8 @@ TEST(FileServer, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
   io.join();
   remover.join();
   EXPECT_TRUE(removed.load());
-  EXPECT_TRUE(ios[0].status.ok()) << ios[0].status.error().to_string();
+  ASSERT_EQ(st.size(), 1u);
+  EXPECT_TRUE(st[0].ok()) << st[0].error().to_string();
   EXPECT_EQ(got, sent);
   auto after = s.check(fd, 0, 64);
   ASSERT_FALSE(after.ok());

@@ -46,7 +46,7 @@ void FileServer::remove(const Desc& region) {
   if (it == regions_.end()) return;
   std::shared_ptr<Region> r = std::move(it->second);
   regions_.erase(it);
-  // serve() pinned it before its I/O: the fd must stay open until that I/O ends.
+  // start() pinned it before its I/O: the fd must stay open until that I/O ends.
   cv_.wait(lock, [&] { return r->busy == 0; });
 }
 
@@ -140,40 +140,50 @@ Status FileServer::write(uint64_t fd, uint64_t offset, const char* buf, uint64_t
   return run({&op, 1});
 }
 
-void FileServer::serve(std::span<Io> ios) {
-  std::vector<std::shared_ptr<Region>> pinned;
-  std::vector<FileOp> ops;
-  std::vector<Io*> running;
+void FileServer::unpin(const std::shared_ptr<Region>& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--r->busy == 0) cv_.notify_all();
+}
+
+Status FileServer::start(uint64_t id, const Io& io) {
+  if (!stream_batch_) {
+    // Twice the batch path's depth: ios of many peers and transfers share it.
+    auto b = kvbm::detail::UringBatch::create(16);
+    if (!b) return b.error();
+    stream_batch_ = std::move(*b);
+  }
+  std::shared_ptr<Region> region;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (Io& io : ios) {
-      auto r = find(io.fd, io.offset, io.len);
-      if (!r) {
-        io.status = r.error();
-        continue;
-      }
-      ++(*r)->busy;  // remove() waits for it
-      pinned.push_back(std::move(*r));
-      ops.push_back({io.op == Op::Write ? FileOp::Kind::Write : FileOp::Kind::Read,
-                     static_cast<int>(io.fd), io.offset, io.buf, io.len});
-      running.push_back(&io);
-    }
+    auto r = find(io.fd, io.offset, io.len);
+    if (!r) return r.error();
+    region = std::move(*r);
+    ++region->busy;  // remove() waits for it
   }
-  if (!ops.empty()) {
-    std::lock_guard<std::mutex> lock(io_mu_);
-    Status st = run(ops);
-    if (st || ops.size() == 1) {
-      for (Io* io : running) io->status = st;
-    } else {
-      // The batch's error names one op: run each alone for its own status (reads and
-      // writes of the same bytes at the same offsets may safely repeat).
-      for (size_t i = 0; i < ops.size(); ++i) running[i]->status = run({&ops[i], 1});
-    }
+  auto [it, fresh] = streams_.try_emplace(
+      id, Stream{{io.op == Op::Write ? FileOp::Kind::Write : FileOp::Kind::Read,
+                  static_cast<int>(io.fd), io.offset, io.buf, io.len},
+                 region});
+  Status st = fresh ? stream_batch_->add(id, {&it->second.op, 1})
+                    : err(ErrorCode::InvalidArgument, "file io ", id, " is already running");
+  if (!st) {
+    if (fresh) streams_.erase(it);
+    unpin(region);
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  bool idle = false;
-  for (auto& r : pinned) idle |= --r->busy == 0;
-  if (idle) cv_.notify_all();
+  return st;
+}
+
+std::vector<std::pair<uint64_t, Status>> FileServer::finished(bool wait) {
+  std::vector<std::pair<uint64_t, Status>> out;
+  if (!stream_batch_) return out;
+  for (auto& f : stream_batch_->progress(wait && !streams_.empty())) {
+    auto it = streams_.find(f.group);
+    if (it == streams_.end()) continue;
+    unpin(it->second.region);
+    streams_.erase(it);
+    out.emplace_back(f.group, std::move(f.status));
+  }
+  return out;
 }
 
 }  // namespace kvbm::xfer::detail

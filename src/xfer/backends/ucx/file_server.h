@@ -60,7 +60,7 @@ class FileServer {
   size_t max_staging() const { return max_staging_; }
 
   // Reads len bytes at offset into buf; Io errors (end of file, closed fd) name them.
-  // Neither checks the served regions (serve() does).
+  // Neither checks the served regions (start() does).
   Status read(uint64_t fd, uint64_t offset, char* buf, uint64_t len);
   Status write(uint64_t fd, uint64_t offset, const char* buf, uint64_t len);
 
@@ -69,11 +69,15 @@ class FileServer {
     Op op = Op::Read;
     uint64_t fd = 0, offset = 0, len = 0;
     char* buf = nullptr;
-    Status status;  // set by serve()
   };
-  // Checks each io against the served regions and runs those inside one through one
-  // io_uring submission; sets each io's own status (check() or I/O error).
-  void serve(std::span<Io> ios);
+
+  // Streaming, for one thread (the serving thread): start() checks an io against the
+  // served regions and queues its I/O (the io's buffer must stay valid until it
+  // finishes); finished() reaps, first waiting for one to end when `wait` and some are
+  // in flight, and returns the ids that ended since with their status. Ios started
+  // while others run share the ring at once: the disk is never left idle between them.
+  Status start(uint64_t id, const Io& io);
+  std::vector<std::pair<uint64_t, Status>> finished(bool wait);
 
  private:
   friend struct StagingFree;
@@ -81,7 +85,7 @@ class FileServer {
   struct Region {
     bool known;  // fstat worked at registration
     uint64_t dev, ino;
-    size_t busy = 0;  // serve() calls doing I/O on it
+    size_t busy = 0;  // ios started on it and not yet finished
   };
   using Key = std::tuple<uint64_t, uint64_t, uint64_t>;  // fd, offset, len
 
@@ -89,6 +93,7 @@ class FileServer {
   // The served region holding the range (check()'s rules); mu_ held.
   Result<std::shared_ptr<Region>> find(uint64_t fd, uint64_t offset, uint64_t len) const;
   Status run(std::span<kvbm::detail::FileOp> ops);  // io_mu_ held
+  void unpin(const std::shared_ptr<Region>& r);     // a pinned region's I/O ended
 
   const size_t max_staging_;
   mutable std::mutex mu_;       // regions_, free_, in_use_, Region::busy
@@ -99,6 +104,14 @@ class FileServer {
 
   std::mutex io_mu_;                                 // batch_, and the I/O through it
   std::unique_ptr<kvbm::detail::UringBatch> batch_;  // made on first use
+
+  // Streaming: the streaming thread's own ring (made on first use), and its ios.
+  struct Stream {
+    kvbm::detail::FileOp op;  // what the ring reads, until the io ends
+    std::shared_ptr<Region> region;
+  };
+  std::unique_ptr<kvbm::detail::UringBatch> stream_batch_;
+  std::map<uint64_t, Stream> streams_;
 };
 
 }  // namespace kvbm::xfer::detail

@@ -1,5 +1,6 @@
 #include "xfer/backends/ucx/file_serving_thread.h"
 
+#include <map>
 #include <utility>
 
 namespace kvbm::xfer::detail {
@@ -41,25 +42,45 @@ void FileServingThread::stop() {
 }
 
 void FileServingThread::loop() {
-  std::vector<FileJob> batch;
-  std::vector<FileServer::Io> ios;
+  // Jobs stream through the server's ring: each starts as it arrives (while others run)
+  // and comes back as it ends, so the disk never idles between batches.
+  std::map<uint64_t, FileJob> running;  // by a local id
+  uint64_t next = 0;
+  std::vector<FileJob> fresh, done;
   for (;;) {
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
-      if (stopping_) return;
-      batch.swap(queue_);  // every job queued now: one io_uring submission
+      if (running.empty()) cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+      if (stopping_ && running.empty()) return;
+      if (!stopping_) fresh.swap(queue_);  // after stop(), only what runs is finished
     }
-    ios.clear();
-    for (const FileJob& j : batch) {
-      ios.push_back({j.h.op, j.h.fd, j.h.offset, j.h.len, j.data.get(), {}});
+    for (FileJob& j : fresh) {
+      const uint64_t id = next++;
+      const FileServer::Io io{j.h.op, j.h.fd, j.h.offset, j.h.len, j.data.get()};
+      if (Status st = server_.start(id, io); !st) {
+        j.status = std::move(st);
+        done.push_back(std::move(j));
+      } else {
+        running.emplace(id, std::move(j));
+      }
     }
-    server_.serve(ios);
-    for (size_t i = 0; i < batch.size(); ++i) batch[i].status = std::move(ios[i].status);
+    fresh.clear();
+    // Waits in the kernel for an I/O to end only when no job is done to hand back: jobs
+    // that arrive meanwhile start at the next completion.
+    for (auto& [id, st] : server_.finished(done.empty())) {
+      auto it = running.find(id);
+      if (it == running.end()) continue;
+      it->second.status = std::move(st);
+      done.push_back(std::move(it->second));
+      running.erase(it);
+    }
+    if (done.empty()) continue;
     std::lock_guard<std::mutex> lock(mu_);
-    for (FileJob& j : batch) done_.push_back(std::move(j));
-    has_done_.store(true, std::memory_order_release);
-    batch.clear();
+    if (!stopping_) {
+      for (FileJob& j : done) done_.push_back(std::move(j));
+      has_done_.store(true, std::memory_order_release);
+    }
+    done.clear();  // after stop(): dropped, their staging back to the server
   }
 }
 

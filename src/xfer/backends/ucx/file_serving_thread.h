@@ -1,7 +1,8 @@
 // The owner's file I/O for peers, off the UCX backend's lock: the progress path hands
 // it checked-out jobs (each with its staging buffer), this thread checks each against
-// the served regions and runs a batch of them through one io_uring submission, and the
-// progress path takes them back, done, to send the replies (UCX calls stay there).
+// the served regions and streams them through the server's io_uring (each starts as it
+// arrives, while others run, and ends on its own), and the progress path takes them
+// back, done, to send the replies (UCX calls stay there).
 //
 // Thread safety: submit(), take_done() and stop() may be called from any thread.
 #pragma once
@@ -39,7 +40,7 @@ class FileServingThread {
   void submit(std::vector<FileJob>& jobs);
   // The jobs served since the last call, each with its status.
   std::vector<FileJob> take_done();
-  // Lets the batch in progress finish (a disk's I/O cannot be called back), drops the
+  // Lets the jobs in progress finish (a disk's I/O cannot be called back), drops the
   // jobs not started and the ones done, and joins the thread.
   void stop();
 
