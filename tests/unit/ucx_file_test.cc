@@ -120,26 +120,49 @@ TEST(FileServer, AnFdReusedForAnotherFileIsRefused) {
   EXPECT_NE(st.error().message.find("no longer refers"), std::string::npos);
 }
 
+// Starts every io on the server's stream and reaps them all: each io's own status, in order.
+std::vector<Status> serve_all(FileServer& s, const std::vector<FileServer::Io>& ios) {
+  std::vector<Status> out(ios.size());
+  size_t running = 0;
+  for (size_t i = 0; i < ios.size(); ++i) {
+    out[i] = s.start(i, ios[i]);
+    if (out[i]) ++running;
+  }
+  for (int spins = 0; running > 0 && spins < 100000; ++spins) {
+    for (auto& [id, st] : s.finished(true)) {
+      out.at(id) = std::move(st);
+      --running;
+    }
+  }
+  EXPECT_EQ(running, 0u) << "ios never finished";
+  return out;
+}
+
 TEST(FileServer, ReadsAndWritesWithErrorsNamingFdAndOffset) {
   char path[] = "/tmp/kvbm_file_server_XXXXXX";
   const int fd = mkstemp(path);
   ASSERT_GE(fd, 0);
   unlink(path);
+  const uint64_t ufd = static_cast<uint64_t>(fd);
   FileServer s;
+  s.add({0, 20000, ufd});
   std::vector<char> data(10000), back(10000);
   testing::fill_pattern(data.data(), data.size(), 3);
-  ASSERT_TRUE(s.write(fd, 5, data.data(), data.size()).ok());
-  ASSERT_TRUE(s.read(fd, 5, back.data(), back.size()).ok());
+  auto one = [&](Op op, uint64_t at_fd, uint64_t offset, char* buf, uint64_t len) {
+    return serve_all(s, {{op, at_fd, offset, len, buf}}).at(0);
+  };
+  ASSERT_TRUE(one(Op::Write, ufd, 5, data.data(), data.size()).ok());
+  ASSERT_TRUE(one(Op::Read, ufd, 5, back.data(), back.size()).ok());
   EXPECT_EQ(testing::find_pattern_mismatch(back.data(), back.size(), 3), SIZE_MAX);
-  auto eof = s.read(fd, 9000, back.data(), 4096);
+  auto eof = one(Op::Read, ufd, 9000, back.data(), 4096);
   ASSERT_FALSE(eof.ok());
   EXPECT_NE(eof.error().message.find("offset 9000"), std::string::npos) << eof.error().message;
   EXPECT_NE(eof.error().message.find("end of file"), std::string::npos) << eof.error().message;
   close(fd);
-  auto closed = s.read(fd, 0, back.data(), 16);
+  auto closed = one(Op::Read, ufd, 0, back.data(), 16);
   ASSERT_FALSE(closed.ok());
   EXPECT_NE(closed.error().message.find("offset 0"), std::string::npos);
-  EXPECT_FALSE(s.read(uint64_t{1} << 40, 0, back.data(), 16).ok());
+  EXPECT_FALSE(one(Op::Read, uint64_t{1} << 40, 0, back.data(), 16).ok());
 }
 
 TEST(FileServer, StagingIsBoundedAndReused) {
@@ -177,24 +200,6 @@ TEST(FileServer, TheStagingCapIsTheServersOwn) {
   Staging c = s.acquire(&at_cap);
   EXPECT_TRUE(c);
   EXPECT_FALSE(at_cap);
-}
-
-// Starts every io on the server's stream and reaps them all: each io's own status, in order.
-std::vector<Status> serve_all(FileServer& s, const std::vector<FileServer::Io>& ios) {
-  std::vector<Status> out(ios.size());
-  size_t running = 0;
-  for (size_t i = 0; i < ios.size(); ++i) {
-    out[i] = s.start(i, ios[i]);
-    if (out[i]) ++running;
-  }
-  for (int spins = 0; running > 0 && spins < 100000; ++spins) {
-    for (auto& [id, st] : s.finished(true)) {
-      out.at(id) = std::move(st);
-      --running;
-    }
-  }
-  EXPECT_EQ(running, 0u) << "ios never finished";
-  return out;
 }
 
 TEST(FileServer, StreamsIosGivingEachItsOwnStatus) {

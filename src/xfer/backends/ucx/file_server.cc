@@ -111,46 +111,16 @@ size_t FileServer::in_use() const {
   return in_use_;
 }
 
-Status FileServer::run(std::span<FileOp> ops) {
-  if (!batch_) {
-    auto b = kvbm::detail::UringBatch::create(8);
-    if (!b) return b.error();
-    batch_ = std::move(*b);
-  }
-  return batch_->run(ops);
-}
-
-Status FileServer::read(uint64_t fd, uint64_t offset, char* buf, uint64_t len) {
-  if (fd > INT_MAX) {
-    return err(ErrorCode::InvalidArgument, "file fd ", fd, " offset ", offset,
-               ": not a file descriptor");
-  }
-  FileOp op{FileOp::Kind::Read, static_cast<int>(fd), offset, buf, len};
-  std::lock_guard<std::mutex> lock(io_mu_);
-  return run({&op, 1});
-}
-
-Status FileServer::write(uint64_t fd, uint64_t offset, const char* buf, uint64_t len) {
-  if (fd > INT_MAX) {
-    return err(ErrorCode::InvalidArgument, "file fd ", fd, " offset ", offset,
-               ": not a file descriptor");
-  }
-  FileOp op{FileOp::Kind::Write, static_cast<int>(fd), offset, const_cast<char*>(buf), len};
-  std::lock_guard<std::mutex> lock(io_mu_);
-  return run({&op, 1});
-}
-
 void FileServer::unpin(const std::shared_ptr<Region>& r) {
   std::lock_guard<std::mutex> lock(mu_);
   if (--r->busy == 0) cv_.notify_all();
 }
 
 Status FileServer::start(uint64_t id, const Io& io) {
-  if (!stream_batch_) {
-    // Twice the batch path's depth: ios of many peers and transfers share it.
-    auto b = kvbm::detail::UringBatch::create(16);
+  if (!batch_) {
+    auto b = kvbm::detail::UringBatch::create(kQueueDepth);
     if (!b) return b.error();
-    stream_batch_ = std::move(*b);
+    batch_ = std::move(*b);
   }
   std::shared_ptr<Region> region;
   {
@@ -164,7 +134,7 @@ Status FileServer::start(uint64_t id, const Io& io) {
       id, Stream{{io.op == Op::Write ? FileOp::Kind::Write : FileOp::Kind::Read,
                   static_cast<int>(io.fd), io.offset, io.buf, io.len},
                  region});
-  Status st = fresh ? stream_batch_->add(id, {&it->second.op, 1})
+  Status st = fresh ? batch_->add(id, {&it->second.op, 1})
                     : err(ErrorCode::InvalidArgument, "file io ", id, " is already running");
   if (!st) {
     if (fresh) streams_.erase(it);
@@ -175,8 +145,8 @@ Status FileServer::start(uint64_t id, const Io& io) {
 
 std::vector<std::pair<uint64_t, Status>> FileServer::finished(bool wait) {
   std::vector<std::pair<uint64_t, Status>> out;
-  if (!stream_batch_) return out;
-  for (auto& f : stream_batch_->progress(wait && !streams_.empty())) {
+  if (!batch_) return out;
+  for (auto& f : batch_->progress(wait && !streams_.empty())) {
     auto it = streams_.find(f.group);
     if (it == streams_.end()) continue;
     unpin(it->second.region);

@@ -2,9 +2,10 @@
 // and the reads and writes it does for them through staging buffers (io_uring, direct
 // I/O where aligned). Errors name the file, the offset and the length.
 //
-// Thread safety: every member may be called from any thread. Regions and staging
-// buffers are guarded by one mutex and the I/O by another, so a check or a staging
-// buffer never waits for a disk; remove() waits for the I/O in progress on its region.
+// Thread safety: start() and finished() belong to one thread (the serving thread); the
+// other members may be called from any thread. Regions and staging buffers are guarded
+// by one mutex that no I/O holds, so a check or a staging buffer never waits for a disk;
+// remove() waits for the I/O in progress on its region.
 #pragma once
 
 #include <condition_variable>
@@ -12,7 +13,6 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <span>
 #include <tuple>
 #include <vector>
 
@@ -59,11 +59,6 @@ class FileServer {
   size_t in_use() const;
   size_t max_staging() const { return max_staging_; }
 
-  // Reads len bytes at offset into buf; Io errors (end of file, closed fd) name them.
-  // Neither checks the served regions (start() does).
-  Status read(uint64_t fd, uint64_t offset, char* buf, uint64_t len);
-  Status write(uint64_t fd, uint64_t offset, const char* buf, uint64_t len);
-
   // One peer's chunk: buf is its staging buffer (READ: the destination; WRITE: the bytes).
   struct Io {
     Op op = Op::Read;
@@ -71,11 +66,12 @@ class FileServer {
     char* buf = nullptr;
   };
 
-  // Streaming, for one thread (the serving thread): start() checks an io against the
-  // served regions and queues its I/O (the io's buffer must stay valid until it
-  // finishes); finished() reaps, first waiting for one to end when `wait` and some are
-  // in flight, and returns the ids that ended since with their status. Ios started
-  // while others run share the ring at once: the disk is never left idle between them.
+  // For one thread (the serving thread): start() checks an io against the served regions
+  // and queues its I/O (the io's buffer must stay valid until it finishes); finished()
+  // reaps, first waiting for one to end when `wait` and some are in flight, and returns
+  // the ids that ended since with their status: Io errors (end of file, closed fd) name
+  // the fd and the offset. Ios started while others run share the ring at once: the
+  // disk is never left idle between them.
   Status start(uint64_t id, const Io& io);
   std::vector<std::pair<uint64_t, Status>> finished(bool wait);
 
@@ -92,8 +88,7 @@ class FileServer {
   void recycle(char* p);
   // The served region holding the range (check()'s rules); mu_ held.
   Result<std::shared_ptr<Region>> find(uint64_t fd, uint64_t offset, uint64_t len) const;
-  Status run(std::span<kvbm::detail::FileOp> ops);  // io_mu_ held
-  void unpin(const std::shared_ptr<Region>& r);     // a pinned region's I/O ended
+  void unpin(const std::shared_ptr<Region>& r);  // a pinned region's I/O ended
 
   const size_t max_staging_;
   mutable std::mutex mu_;       // regions_, free_, in_use_, Region::busy
@@ -102,15 +97,13 @@ class FileServer {
   std::vector<char*> free_;
   size_t in_use_ = 0;
 
-  std::mutex io_mu_;                                 // batch_, and the I/O through it
-  std::unique_ptr<kvbm::detail::UringBatch> batch_;  // made on first use
-
-  // Streaming: the streaming thread's own ring (made on first use), and its ios.
+  // The serving thread's ring (made on first use) and the ios running through it.
+  static constexpr unsigned kQueueDepth = 16;  // chunks of many peers and transfers
   struct Stream {
     kvbm::detail::FileOp op;  // what the ring reads, until the io ends
     std::shared_ptr<Region> region;
   };
-  std::unique_ptr<kvbm::detail::UringBatch> stream_batch_;
+  std::unique_ptr<kvbm::detail::UringBatch> batch_;
   std::map<uint64_t, Stream> streams_;
 };
 
