@@ -3,10 +3,11 @@
 #include <mutex>
 #include <thread>
 
+#include "common/uring_worker.h"
 #include "kvbm/transfer.h"
 #include "kvbm/xfer/mem_type.h"
+#include "transfer/completion.h"
 #include "transfer/cuda_copier.h"
-#include "transfer/file_worker.h"
 #include "transfer/host_pool.h"
 #include "transfer/staged_copier.h"
 #include "transfer/transfer_impl.h"
@@ -54,6 +55,12 @@ class JobTransfer final : public Transfer::Impl {
 
  private:
   std::shared_ptr<detail::Completion> job_;
+};
+
+// A File path job: its ops, kept until the worker's Done has finished it.
+struct FileJob : detail::Completion {
+  explicit FileJob(std::vector<detail::FileOp> o) : ops(std::move(o)) {}
+  const std::vector<detail::FileOp> ops;
 };
 
 class RemoteTransfer final : public Transfer::Impl {
@@ -125,7 +132,7 @@ struct TransferEngine::State {
   detail::HostPool pool;
   std::mutex mu;  // guards the lazily created paths below
   std::vector<std::unique_ptr<detail::CudaCopier>> cuda;
-  std::unique_ptr<detail::FileWorker> files;
+  std::unique_ptr<detail::UringWorker> files;
   std::unique_ptr<detail::StagedCopier> staged;  // destroyed first: it uses `cuda`
 
   explicit State(const TransferEngineOptions& o) : options(o), pool(o.host_threads) {}
@@ -141,10 +148,10 @@ struct TransferEngine::State {
     return cuda.back().get();
   }
 
-  Result<detail::FileWorker*> file_worker() {
+  Result<detail::UringWorker*> file_worker() {
     std::lock_guard lock(mu);
     if (!files) {
-      auto w = detail::FileWorker::create(options.uring_queue_depth);
+      auto w = detail::UringWorker::create(options.uring_queue_depth);
       if (!w) return w.error();
       files = std::move(*w);
     }
@@ -291,7 +298,8 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
                          reinterpret_cast<void*>(c.src), c.len});
         }
       }
-      auto job = (*worker)->submit(std::move(ops));
+      auto job = std::make_shared<FileJob>(std::move(ops));
+      (*worker)->submit(job->ops, [job](Status st) { job->finish(std::move(st)); });
       return Transfer(std::make_unique<JobTransfer>(*path, std::move(job), bytes, n));
     }
     case TransferPath::Staged: {

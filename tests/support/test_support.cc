@@ -1,11 +1,48 @@
 #include "support/test_support.h"
 
 #include <stdlib.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
 
 #include <cstring>
+#include <chrono>
 #include <mutex>
+#include <thread>
 
 namespace kvbm::testing {
+
+TempFile::TempFile() {
+  char path[] = "/tmp/kvbm_test_file_XXXXXX";
+  fd = mkstemp(path);
+  if (fd >= 0) unlink(path);
+}
+
+TempFile::~TempFile() {
+  if (fd >= 0) close(fd);
+}
+
+Pipe::Pipe() {
+  int p[2];
+  if (pipe(p) == 0) {
+    rd = p[0];
+    wr = p[1];
+  }
+}
+
+Pipe::~Pipe() {
+  if (rd >= 0) close(rd);
+  if (wr >= 0) close(wr);
+}
+
+bool Pipe::drained() const {
+  for (int i = 0; i < 30000; ++i) {
+    int n = -1;
+    if (ioctl(wr, FIONREAD, &n) != 0) return false;
+    if (n == 0) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return false;
+}
 
 TempDir::TempDir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "kvbm-test-XXXXXX").string();

@@ -45,6 +45,27 @@ class TempDir {
   std::filesystem::path path_;
 };
 
+// An unlinked temporary file (a fd only), closed on destruction; fd < 0 if mkstemp failed.
+struct TempFile {
+  TempFile();
+  ~TempFile();
+  TempFile(const TempFile&) = delete;
+  TempFile& operator=(const TempFile&) = delete;
+  int fd = -1;
+};
+
+// A pipe standing for a slow file: a read of `rd` waits until the test writes into `wr`.
+// Both ends closed on destruction; -1 if pipe() failed.
+struct Pipe {
+  Pipe();
+  ~Pipe();
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+  // Waits (up to 30 s) until the reader has taken every byte written so far.
+  bool drained() const;
+  int rd = -1, wr = -1;
+};
+
 // Captures kvbm log lines for the lifetime of the object.
 class LogCapture {
  public:

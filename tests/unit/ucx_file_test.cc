@@ -3,12 +3,13 @@
 // buffers, reads and writes with errors that name the file and offset) and the thread
 // that serves peers' chunks off the backend's lock.
 #include <gtest/gtest.h>
-#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <map>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -19,6 +20,9 @@
 
 namespace kvbm::xfer::detail {
 namespace {
+
+using kvbm::testing::Pipe;
+using kvbm::testing::TempFile;
 
 TEST(FileWire, RequestsAndRepliesRoundTrip) {
   FileRequestHeader req{Op::Write, 7, 3, 12, 4097, 65536};
@@ -75,19 +79,6 @@ TEST(FileWire, MalformedBytesAreRejected) {
   EXPECT_FALSE(decode_file_reply(good).ok());
 }
 
-// An unlinked temporary file, closed with the test.
-struct TempFile {
-  int fd = -1;
-  TempFile() {
-    char path[] = "/tmp/kvbm_file_server_XXXXXX";
-    fd = mkstemp(path);
-    if (fd >= 0) unlink(path);
-  }
-  ~TempFile() {
-    if (fd >= 0) close(fd);
-  }
-};
-
 TEST(FileServer, ServesOnlyRegisteredRanges) {
   TempFile f;
   ASSERT_GE(f.fd, 0);
@@ -118,51 +109,6 @@ TEST(FileServer, AnFdReusedForAnotherFileIsRefused) {
   ASSERT_FALSE(st.ok());
   EXPECT_EQ(st.code(), ErrorCode::Io);
   EXPECT_NE(st.error().message.find("no longer refers"), std::string::npos);
-}
-
-// Starts every io on the server's stream and reaps them all: each io's own status, in order.
-std::vector<Status> serve_all(FileServer& s, const std::vector<FileServer::Io>& ios) {
-  std::vector<Status> out(ios.size());
-  size_t running = 0;
-  for (size_t i = 0; i < ios.size(); ++i) {
-    out[i] = s.start(i, ios[i]);
-    if (out[i]) ++running;
-  }
-  for (int spins = 0; running > 0 && spins < 100000; ++spins) {
-    for (auto& [id, st] : s.finished(true)) {
-      out.at(id) = std::move(st);
-      --running;
-    }
-  }
-  EXPECT_EQ(running, 0u) << "ios never finished";
-  return out;
-}
-
-TEST(FileServer, ReadsAndWritesWithErrorsNamingFdAndOffset) {
-  char path[] = "/tmp/kvbm_file_server_XXXXXX";
-  const int fd = mkstemp(path);
-  ASSERT_GE(fd, 0);
-  unlink(path);
-  const uint64_t ufd = static_cast<uint64_t>(fd);
-  FileServer s;
-  s.add({0, 20000, ufd});
-  std::vector<char> data(10000), back(10000);
-  testing::fill_pattern(data.data(), data.size(), 3);
-  auto one = [&](Op op, uint64_t at_fd, uint64_t offset, char* buf, uint64_t len) {
-    return serve_all(s, {{op, at_fd, offset, len, buf}}).at(0);
-  };
-  ASSERT_TRUE(one(Op::Write, ufd, 5, data.data(), data.size()).ok());
-  ASSERT_TRUE(one(Op::Read, ufd, 5, back.data(), back.size()).ok());
-  EXPECT_EQ(testing::find_pattern_mismatch(back.data(), back.size(), 3), SIZE_MAX);
-  auto eof = one(Op::Read, ufd, 9000, back.data(), 4096);
-  ASSERT_FALSE(eof.ok());
-  EXPECT_NE(eof.error().message.find("offset 9000"), std::string::npos) << eof.error().message;
-  EXPECT_NE(eof.error().message.find("end of file"), std::string::npos) << eof.error().message;
-  close(fd);
-  auto closed = one(Op::Read, ufd, 0, back.data(), 16);
-  ASSERT_FALSE(closed.ok());
-  EXPECT_NE(closed.error().message.find("offset 0"), std::string::npos);
-  EXPECT_FALSE(one(Op::Read, uint64_t{1} << 40, 0, back.data(), 16).ok());
 }
 
 TEST(FileServer, StagingIsBoundedAndReused) {
@@ -202,98 +148,31 @@ TEST(FileServer, TheStagingCapIsTheServersOwn) {
   EXPECT_FALSE(at_cap);
 }
 
-TEST(FileServer, StreamsIosGivingEachItsOwnStatus) {
+TEST(FileServer, RemoveWaitsForEveryPinThenRefusesTheRegion) {
   TempFile f;
   ASSERT_GE(f.fd, 0);
   const uint64_t fd = static_cast<uint64_t>(f.fd);
-  std::vector<char> data(3 * 4096);
-  testing::fill_pattern(data.data(), data.size(), 5);
-  ASSERT_EQ(pwrite(f.fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
-  FileServer s;
-  s.add({0, 8 * 4096, fd});
-  std::vector<char> a(4096), b(4096), c(4096), w(4096, 'w');
-  const std::vector<FileServer::Io> ios = {
-      {Op::Read, fd, 0, 4096, a.data()},
-      {Op::Read, fd, 2 * 4096 + 100, 4096, b.data()},  // past the end of the file
-      {Op::Write, fd, 4096, 4096, w.data()},
-      {Op::Read, fd, 7 * 4096, 8192, c.data()},  // past the region
-      {Op::Read, fd, 2 * 4096, 4096, c.data()},
-  };
-  EXPECT_TRUE(s.finished(true).empty());  // nothing started: returns at once
-  auto st = serve_all(s, ios);
-  EXPECT_TRUE(st[0].ok()) << st[0].error().to_string();
-  ASSERT_FALSE(st[1].ok());
-  EXPECT_NE(st[1].error().message.find("offset 8292"), std::string::npos) << st[1].error().message;
-  EXPECT_TRUE(st[2].ok()) << st[2].error().to_string();
-  ASSERT_FALSE(st[3].ok());
-  EXPECT_EQ(st[3].code(), ErrorCode::OutOfBounds);
-  EXPECT_TRUE(st[4].ok()) << st[4].error().to_string();
-  // An id still running cannot start again.
-  ASSERT_TRUE(s.start(9, ios[0]));
-  EXPECT_ERROR(s.start(9, ios[0]), ErrorCode::InvalidArgument, "file io 9 is already running");
-  for (int spins = 0; spins < 1000 && s.finished(true).empty(); ++spins) {
-  }
-  EXPECT_EQ(testing::find_pattern_mismatch(a.data(), 4096, 5), SIZE_MAX);
-  EXPECT_EQ(testing::find_pattern_mismatch(c.data(), 4096, 5, 2 * 4096), SIZE_MAX);
-  std::vector<char> back(4096);
-  ASSERT_EQ(pread(f.fd, back.data(), 4096, 4096), 4096);
-  EXPECT_EQ(back, w);
-}
-
-// A FIFO registered as a file: a read of it waits until the test writes the bytes.
-struct Fifo {
-  int rd = -1, wr = -1;
-  Fifo() {
-    int p[2];
-    if (pipe(p) == 0) {
-      rd = p[0];
-      wr = p[1];
-    }
-  }
-  ~Fifo() {
-    if (rd >= 0) close(rd);
-    if (wr >= 0) close(wr);
-  }
-  // Waits until the reader has taken every byte written so far.
-  bool drained() const {
-    for (int i = 0; i < 30000; ++i) {
-      int n = -1;
-      if (ioctl(wr, FIONREAD, &n) != 0) return false;
-      if (n == 0) return true;
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-    return false;
-  }
-};
-
-TEST(FileServer, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
-  Fifo f;
-  ASSERT_GE(f.rd, 0);
-  const uint64_t fd = static_cast<uint64_t>(f.rd);
   FileServer s;
   s.add({0, 4096, fd});
-  std::vector<char> got(64), sent(64, 'x');
-  const std::vector<FileServer::Io> ios = {{Op::Read, fd, 0, 64, got.data()}};
-  std::vector<Status> st;
-  std::thread io([&] { st = serve_all(s, ios); });
-  ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
-  ASSERT_TRUE(f.drained());  // the read is under way, waiting for the rest
+  EXPECT_ERROR(s.pin(fd, 4000, 100), ErrorCode::OutOfBounds, "offset 4000 len 100");
+  auto a = s.pin(fd, 0, 64);
+  auto b = s.pin(fd, 64, 64);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::optional<FileServer::Pin> first(std::move(*a)), second(std::move(*b));
   std::atomic<bool> removed{false};
   std::thread remover([&] {
     s.remove({0, 4096, fd});
     removed = true;
   });
-  EXPECT_FALSE(removed.load());  // it cannot return before the read does
-  ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
-  io.join();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(removed.load());  // two pins hold it
+  first.reset();
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(removed.load());  // one still does
+  second.reset();
   remover.join();
   EXPECT_TRUE(removed.load());
-  ASSERT_EQ(st.size(), 1u);
-  EXPECT_TRUE(st[0].ok()) << st[0].error().to_string();
-  EXPECT_EQ(got, sent);
-  auto after = s.check(fd, 0, 64);
-  ASSERT_FALSE(after.ok());
-  EXPECT_EQ(after.code(), ErrorCode::OutOfBounds);
+  EXPECT_ERROR(s.pin(fd, 0, 64), ErrorCode::OutOfBounds, "not inside a FILE region");
 }
 
 // Takes the serving thread's done jobs until `n` have come back (or 30 s have passed).
@@ -304,6 +183,116 @@ std::vector<FileJob> wait_done(FileServingThread& t, size_t n) {
     if (done.size() < n) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   return done;
+}
+
+// A job of `len` bytes at `offset` of `fd`, with a staging buffer: for a WRITE, holding
+// the pattern `seed` from `offset`.
+FileJob file_job(FileServer& s, uint64_t id, Op op, uint64_t fd, uint64_t offset, uint64_t len,
+                 uint64_t seed = 0) {
+  FileJob j{id, {op, 1, id, fd, offset, len}, s.acquire(), {}};
+  if (j.data && op == Op::Write) testing::fill_pattern(j.data.get(), len, seed, offset);
+  return j;
+}
+
+// Serves the jobs through a fresh serving thread: each one back, with its status, by id.
+std::map<uint64_t, FileJob> serve_all(FileServer& s, std::vector<FileJob> jobs) {
+  FileServingThread t(s);
+  const size_t n = jobs.size();
+  t.submit(jobs);
+  std::map<uint64_t, FileJob> out;
+  for (FileJob& j : wait_done(t, n)) out.emplace(j.id, std::move(j));
+  EXPECT_EQ(out.size(), n) << "jobs never came back";
+  return out;
+}
+
+TEST(FileServingThread, ReadsAndWritesWithErrorsNamingFdAndOffset) {
+  char path[] = "/tmp/kvbm_file_server_XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  unlink(path);
+  const uint64_t ufd = static_cast<uint64_t>(fd);
+  FileServer s;
+  s.add({0, 20000, ufd});
+  auto one = [&](Op op, uint64_t at_fd, uint64_t offset, uint64_t len) {
+    std::vector<FileJob> jobs;
+    jobs.push_back(file_job(s, 0, op, at_fd, offset, len, 3));
+    auto done = serve_all(s, std::move(jobs));
+    return done.empty() ? FileJob{} : std::move(done.begin()->second);
+  };
+  // Unaligned: through the buffered twin of the fd.
+  FileJob w = one(Op::Write, ufd, 5, 10000);
+  ASSERT_TRUE(w.status.ok()) << w.status.error().to_string();
+  FileJob r = one(Op::Read, ufd, 5, 10000);
+  ASSERT_TRUE(r.status.ok()) << r.status.error().to_string();
+  EXPECT_EQ(testing::find_pattern_mismatch(r.data.get(), 10000, 3, 5), SIZE_MAX);
+  FileJob eof = one(Op::Read, ufd, 9000, 4096);
+  EXPECT_ERROR(eof.status, ErrorCode::Io, "offset 9000");
+  EXPECT_NE(eof.status.error().message.find("end of file"), std::string::npos);
+  close(fd);
+  EXPECT_ERROR(one(Op::Read, ufd, 0, 16).status, ErrorCode::Io,
+               "fd " + std::to_string(fd) + " offset 0");
+  EXPECT_ERROR(one(Op::Read, uint64_t{1} << 40, 0, 16).status, ErrorCode::OutOfBounds,
+               "not inside a FILE region");
+  EXPECT_EQ(s.in_use(), 3u);  // w, r and eof still hold theirs; refused jobs gave theirs back
+}
+
+TEST(FileServingThread, StreamsJobsGivingEachItsOwnStatus) {
+  TempFile f;
+  ASSERT_GE(f.fd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.fd);
+  std::vector<char> data(3 * 4096);
+  testing::fill_pattern(data.data(), data.size(), 5);
+  ASSERT_EQ(pwrite(f.fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  FileServer s;
+  s.add({0, 8 * 4096, fd});
+  std::vector<FileJob> jobs;
+  jobs.push_back(file_job(s, 0, Op::Read, fd, 0, 4096));
+  jobs.push_back(file_job(s, 1, Op::Read, fd, 2 * 4096 + 100, 4096));  // past the file's end
+  jobs.push_back(file_job(s, 2, Op::Write, fd, 4096, 4096, 7));
+  jobs.push_back(file_job(s, 3, Op::Read, fd, 7 * 4096, 8192));  // past the region
+  jobs.push_back(file_job(s, 4, Op::Read, fd, 2 * 4096, 4096));
+  auto done = serve_all(s, std::move(jobs));
+  ASSERT_EQ(done.size(), 5u);
+  EXPECT_TRUE(done[0].status.ok()) << done[0].status.error().to_string();
+  EXPECT_ERROR(done[1].status, ErrorCode::Io, "offset 8292");
+  EXPECT_TRUE(done[2].status.ok()) << done[2].status.error().to_string();
+  EXPECT_ERROR(done[3].status, ErrorCode::OutOfBounds, "offset 28672 len 8192");
+  EXPECT_TRUE(done[4].status.ok()) << done[4].status.error().to_string();
+  EXPECT_EQ(testing::find_pattern_mismatch(done[0].data.get(), 4096, 5), SIZE_MAX);
+  EXPECT_EQ(testing::find_pattern_mismatch(done[4].data.get(), 4096, 5, 2 * 4096), SIZE_MAX);
+  std::vector<char> back(4096);
+  ASSERT_EQ(pread(f.fd, back.data(), 4096, 4096), 4096);
+  EXPECT_EQ(testing::find_pattern_mismatch(back.data(), 4096, 7, 4096), SIZE_MAX);
+}
+
+TEST(FileServingThread, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
+  Pipe f;
+  ASSERT_GE(f.rd, 0);
+  const uint64_t fd = static_cast<uint64_t>(f.rd);
+  FileServer s;
+  s.add({0, 4096, fd});
+  FileServingThread t(s);
+  std::vector<FileJob> jobs;
+  jobs.push_back(file_job(s, 1, Op::Read, fd, 0, 64));
+  t.submit(jobs);
+  std::vector<char> sent(64, 'x');
+  ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
+  ASSERT_TRUE(f.drained());  // the read is under way, waiting for the rest
+  std::atomic<bool> removed{false};
+  std::thread remover([&] {
+    s.remove({0, 4096, fd});
+    removed = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(removed.load());  // it cannot return before the read does
+  ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
+  auto done = wait_done(t, 1);
+  remover.join();
+  EXPECT_TRUE(removed.load());
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_TRUE(done[0].status.ok()) << done[0].status.error().to_string();
+  EXPECT_EQ(std::string(done[0].data.get(), 64), std::string(sent.begin(), sent.end()));
+  EXPECT_ERROR(s.check(fd, 0, 64), ErrorCode::OutOfBounds, "not inside a FILE region");
 }
 
 TEST(FileServingThread, ServesJobsAndHandsThemBackWithTheirStatus) {
@@ -344,8 +333,8 @@ TEST(FileServingThread, ServesJobsAndHandsThemBackWithTheirStatus) {
   }
 }
 
-TEST(FileServingThread, StopFinishesTheIoInProgressAndDropsTheRest) {
-  Fifo f;
+TEST(FileServingThread, StopFinishesEveryJobSubmittedAndHandsNoneBack) {
+  Pipe f;
   TempFile other;
   ASSERT_GE(f.rd, 0);
   ASSERT_GE(other.fd, 0);
@@ -355,26 +344,36 @@ TEST(FileServingThread, StopFinishesTheIoInProgressAndDropsTheRest) {
   s.add({0, 1 << 20, ofd});
   FileServingThread t(s);
   std::vector<FileJob> jobs;
-  jobs.push_back({1, {Op::Read, 1, 0, fd, 0, 64}, s.acquire(), {}});
+  jobs.push_back(file_job(s, 1, Op::Read, fd, 0, 64));
   t.submit(jobs);
   ASSERT_EQ(write(f.wr, "0123456789abcdef", 16), 16);
   ASSERT_TRUE(f.drained());  // the first job's read is under way
-  // Queued behind it (writes, so that they cannot wait if they start before stop()).
-  for (uint64_t i = 2; i < 5; ++i) {
-    jobs.push_back({i, {Op::Write, 1, i, ofd, i * 4096, 4096}, s.acquire(), {}});
-  }
+  // Submitted behind it: they start at its completion, before stop() returns.
+  for (uint64_t i = 2; i < 5; ++i)
+    jobs.push_back(file_job(s, i, Op::Write, ofd, i * 4096, 4096, 11));
   t.submit(jobs);
   EXPECT_EQ(s.in_use(), 4u);
-  std::thread stopper([&] { t.stop(); });
+  std::atomic<bool> stopped{false};
+  std::thread stopper([&] {
+    t.stop();
+    stopped = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_FALSE(stopped.load());  // the read is still waiting for its bytes
   std::vector<char> rest(48, 'r');
   ASSERT_EQ(write(f.wr, rest.data(), rest.size()), 48);
   stopper.join();
-  // Every job's staging is back and none is handed back; later ones are dropped.
+  // Every job ran and its staging is back; none is handed back, and later ones are dropped.
   EXPECT_EQ(s.in_use(), 0u);
   EXPECT_TRUE(t.take_done().empty());
-  jobs.push_back({9, {Op::Read, 1, 9, ofd, 0, 64}, s.acquire(), {}});
+  std::vector<char> back(3 * 4096);
+  ASSERT_EQ(pread(other.fd, back.data(), back.size(), 2 * 4096), 3 * 4096);
+  EXPECT_EQ(testing::find_pattern_mismatch(back.data(), back.size(), 11, 2 * 4096), SIZE_MAX);
+  jobs.push_back(file_job(s, 9, Op::Read, ofd, 0, 64));
   t.submit(jobs);
+  EXPECT_TRUE(jobs.empty());
   EXPECT_EQ(s.in_use(), 0u);
+  EXPECT_TRUE(t.take_done().empty());
 }
 
 }  // namespace

@@ -5,15 +5,9 @@
 #include <atomic>
 #include <cerrno>
 #include <climits>
-#include <condition_variable>
 #include <cstring>
-#include <deque>
-#include <map>
-#include <mutex>
-#include <set>
-#include <thread>
 
-#include "common/uring_batch.h"
+#include "common/uring_worker.h"
 #include "xfer/backend_params.h"
 
 namespace kvbm::xfer::detail {
@@ -21,6 +15,7 @@ namespace {
 
 using kvbm::detail::FileOp;
 using kvbm::detail::UringBatch;
+using kvbm::detail::UringWorker;
 
 constexpr const char* kName = "POSIX";
 
@@ -53,6 +48,7 @@ struct Job {
   std::optional<std::string> notification;
   std::atomic<XferState> state{XferState::Idle};
   Error error{ErrorCode::Internal, "no error"};  // written before state becomes Error
+  std::atomic<uint64_t> ticket{UINT64_MAX};      // the worker's, of its last post
 };
 
 class PosixBackend;
@@ -73,19 +69,8 @@ class PosixRequest final : public BackendRequest {
 
 class PosixBackend final : public Backend {
  public:
-  PosixBackend(BackendEnv env, std::unique_ptr<UringBatch> batch, bool fixed_buffers)
-      : env_(std::move(env)), batch_(std::move(batch)), fixed_buffers_(fixed_buffers) {
-    worker_ = std::thread([this] { work(); });
-  }
-
-  ~PosixBackend() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      stop_ = true;
-    }
-    work_cv_.notify_all();
-    worker_.join();
-  }
+  PosixBackend(BackendEnv env, std::unique_ptr<UringWorker> worker, bool fixed_buffers)
+      : env_(std::move(env)), worker_(std::move(worker)), fixed_buffers_(fixed_buffers) {}
 
   const std::string& name() const override { return name_; }
   bool can_register(MemType type) const override {
@@ -113,9 +98,9 @@ class PosixBackend final : public Backend {
     }
     if (type == MemType::Dram && fixed_buffers_) {
       const auto* base = reinterpret_cast<const void*>(d.addr);
-      if (batch_->add_fixed(base, d.len)) {
+      if (worker_->batch().add_fixed(base, d.len)) {
         return std::unique_ptr<LocalRegion>(
-            std::make_unique<PosixLocalRegion>(type, batch_.get(), base));
+            std::make_unique<PosixLocalRegion>(type, &worker_->batch(), base));
       }
     }
     return std::unique_ptr<LocalRegion>(std::make_unique<PosixLocalRegion>(type));
@@ -175,32 +160,20 @@ class PosixBackend final : public Backend {
 
   size_t progress(LockWait) override { return 0; }  // the worker thread does the I/O
 
+  // Each request is a group of the worker's ring: requests posted while others run join
+  // one queue that never drains between them, and each ends as soon as its own ops have.
   Status submit(const std::shared_ptr<Job>& job) {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      job->state.store(XferState::InProgress, std::memory_order_release);
-      queue_.push_back(job);
-    }
-    work_cv_.notify_one();
+    job->state.store(XferState::InProgress, std::memory_order_release);
+    job->ticket.store(worker_->submit(job->ops, [this, job](Status st) { finish(*job, st); }),
+                      std::memory_order_release);
     return {};
   }
 
   // Takes `job` out of the queue, or waits until the worker has finished running it.
-  void cancel(Job* job) {
-    std::unique_lock<std::mutex> lock(mu_);
-    for (auto it = queue_.begin(); it != queue_.end();) {
-      it = it->get() == job ? queue_.erase(it) : std::next(it);
-    }
-    done_cv_.wait(lock, [&] {
-      for (const auto& [id, j] : running_) {
-        if (j.get() == job) return false;
-      }
-      return true;
-    });
-  }
+  void cancel(Job* job) { worker_->cancel(job->ticket.load(std::memory_order_acquire)); }
 
  private:
-  void finish(Job& job, Status st) {
+  void finish(Job& job, const Status& st) {
     if (st && job.notification && env_.on_notification) {
       env_.on_notification({env_.agent_name, *job.notification});
     }
@@ -210,62 +183,13 @@ class PosixBackend final : public Backend {
       job.error = err(st.code(), "POSIX ", st.error().message);
       job.state.store(XferState::Error, std::memory_order_release);
     }
-  }
-
-  // Each request is a group of the ring (UringBatch::add): its ops join one queue that
-  // never drains between requests, and it finishes as soon as its own ops have.
-  void work() {
-    std::vector<std::pair<uint64_t, Job*>> added;
-    std::vector<UringBatch::Finished> ended;
-    std::unique_lock<std::mutex> lock(mu_);
-    for (;;) {
-      while (!stop_ && !queue_.empty()) {  // once stopping, queued requests are dropped
-        const uint64_t id = next_group_++;
-        added.emplace_back(id, queue_.front().get());
-        running_.emplace(id, std::move(queue_.front()));
-        queue_.pop_front();
-      }
-      if (running_.empty()) {
-        if (stop_) return;
-        work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
-        continue;
-      }
-      lock.unlock();
-      // running_ changes only on this thread, so reading it unlocked here is safe.
-      for (auto& [id, job] : added) {
-        // A request the ring refuses up front (a closed fd, say) ends with that error.
-        if (Status st = batch_->add(id, job->ops); !st) ended.push_back({id, std::move(st)});
-      }
-      added.clear();
-      // Waits for the disk only when nothing ended above.
-      for (auto& f : batch_->progress(ended.empty())) ended.push_back(std::move(f));
-      for (auto& f : ended) finish(*running_.at(f.group), f.status);
-      lock.lock();
-      if (ended.empty()) continue;
-      for (auto& f : ended) running_.erase(f.group);
-      ended.clear();
-      done_cv_.notify_all();
-      if (env_.on_completion) {
-        lock.unlock();
-        env_.on_completion();
-        lock.lock();
-      }
-    }
+    if (env_.on_completion) env_.on_completion();
   }
 
   const std::string name_ = kName;
   BackendEnv env_;
-  std::unique_ptr<UringBatch> batch_;  // add()/progress() on the worker only; add_fixed() anywhere
+  std::unique_ptr<UringWorker> worker_;  // its Dones reach finish() until it is destroyed
   const bool fixed_buffers_;
-  uint64_t next_group_ = 0;  // worker only
-
-  std::mutex mu_;
-  std::condition_variable work_cv_;
-  std::condition_variable done_cv_;
-  std::deque<std::shared_ptr<Job>> queue_;
-  std::map<uint64_t, std::shared_ptr<Job>> running_;  // by ring group; changed by the worker
-  bool stop_ = false;
-  std::thread worker_;
 };
 
 PosixRequest::~PosixRequest() {
@@ -286,10 +210,10 @@ Result<std::unique_ptr<Backend>> make_posix_backend(const BackendEnv& env,
   // fixed_buffers=0 keeps registered DRAM out of the ring's fixed buffers (they pin it).
   auto fixed = number_param("POSIX", params, "fixed_buffers", 1, 0, 1);
   if (!fixed) return fixed.error();
-  auto batch = UringBatch::create(static_cast<unsigned>(*depth));
-  if (!batch) return batch.error();
+  auto worker = UringWorker::create(static_cast<unsigned>(*depth));
+  if (!worker) return worker.error();
   return std::unique_ptr<Backend>(
-      std::make_unique<PosixBackend>(env, std::move(*batch), *fixed == 1));
+      std::make_unique<PosixBackend>(env, std::move(*worker), *fixed == 1));
 }
 
 }  // namespace kvbm::xfer::detail

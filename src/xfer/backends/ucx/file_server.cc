@@ -11,8 +11,6 @@
 
 namespace kvbm::xfer::detail {
 
-using kvbm::detail::FileOp;
-
 void StagingFree::operator()(char* p) const {
   server->recycle(p);
 }
@@ -46,7 +44,7 @@ void FileServer::remove(const Desc& region) {
   if (it == regions_.end()) return;
   std::shared_ptr<Region> r = std::move(it->second);
   regions_.erase(it);
-  // start() pinned it before its I/O: the fd must stay open until that I/O ends.
+  // Pinned for its I/O in progress: the fd must stay open until that I/O ends.
   cv_.wait(lock, [&] { return r->busy == 0; });
 }
 
@@ -116,44 +114,12 @@ void FileServer::unpin(const std::shared_ptr<Region>& r) {
   if (--r->busy == 0) cv_.notify_all();
 }
 
-Status FileServer::start(uint64_t id, const Io& io) {
-  if (!batch_) {
-    auto b = kvbm::detail::UringBatch::create(kQueueDepth);
-    if (!b) return b.error();
-    batch_ = std::move(*b);
-  }
-  std::shared_ptr<Region> region;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    auto r = find(io.fd, io.offset, io.len);
-    if (!r) return r.error();
-    region = std::move(*r);
-    ++region->busy;  // remove() waits for it
-  }
-  auto [it, fresh] = streams_.try_emplace(
-      id, Stream{{io.op == Op::Write ? FileOp::Kind::Write : FileOp::Kind::Read,
-                  static_cast<int>(io.fd), io.offset, io.buf, io.len},
-                 region});
-  Status st = fresh ? batch_->add(id, {&it->second.op, 1})
-                    : err(ErrorCode::InvalidArgument, "file io ", id, " is already running");
-  if (!st) {
-    if (fresh) streams_.erase(it);
-    unpin(region);
-  }
-  return st;
-}
-
-std::vector<std::pair<uint64_t, Status>> FileServer::finished(bool wait) {
-  std::vector<std::pair<uint64_t, Status>> out;
-  if (!batch_) return out;
-  for (auto& f : batch_->progress(wait && !streams_.empty())) {
-    auto it = streams_.find(f.group);
-    if (it == streams_.end()) continue;
-    unpin(it->second.region);
-    streams_.erase(it);
-    out.emplace_back(f.group, std::move(f.status));
-  }
-  return out;
+Result<FileServer::Pin> FileServer::pin(uint64_t fd, uint64_t offset, uint64_t len) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto r = find(fd, offset, len);
+  if (!r) return r.error();
+  ++(*r)->busy;  // remove() waits for it
+  return Pin(this, std::move(*r));
 }
 
 }  // namespace kvbm::xfer::detail

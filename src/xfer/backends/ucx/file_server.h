@@ -2,10 +2,9 @@
 // and the reads and writes it does for them through staging buffers (io_uring, direct
 // I/O where aligned). Errors name the file, the offset and the length.
 //
-// Thread safety: start() and finished() belong to one thread (the serving thread); the
-// other members may be called from any thread. Regions and staging buffers are guarded
-// by one mutex that no I/O holds, so a check or a staging buffer never waits for a disk;
-// remove() waits for the I/O in progress on its region.
+// Thread safety: every member may be called from any thread. Regions and staging buffers
+// are guarded by one mutex that no I/O holds, so a check or a staging buffer never waits
+// for a disk; remove() waits until the region's pins (its I/O in progress) are gone.
 #pragma once
 
 #include <condition_variable>
@@ -16,7 +15,6 @@
 #include <tuple>
 #include <vector>
 
-#include "common/uring_batch.h"
 #include "kvbm/result.h"
 #include "kvbm/xfer/types.h"
 
@@ -32,6 +30,8 @@ struct StagingFree {
 using Staging = std::unique_ptr<char, StagingFree>;
 
 class FileServer {
+  struct Region;
+
  public:
   // Staging buffers in use at once, at most, unless told otherwise: 64 MiB. A READ waits
   // for a buffer; a WRITE that finds none is answered "busy" and its peer resends it.
@@ -59,21 +59,23 @@ class FileServer {
   size_t in_use() const;
   size_t max_staging() const { return max_staging_; }
 
-  // One peer's chunk: buf is its staging buffer (READ: the destination; WRITE: the bytes).
-  struct Io {
-    Op op = Op::Read;
-    uint64_t fd = 0, offset = 0, len = 0;
-    char* buf = nullptr;
-  };
+  // A served region held while I/O on it runs (remove() waits for it). Move-only.
+  class Pin {
+   public:
+    Pin(FileServer* server, std::shared_ptr<Region> region)
+        : server_(server), region_(std::move(region)) {}
+    Pin(Pin&& o) noexcept = default;
+    Pin& operator=(Pin&&) = delete;
+    ~Pin() {
+      if (region_) server_->unpin(region_);
+    }
 
-  // For one thread (the serving thread): start() checks an io against the served regions
-  // and queues its I/O (the io's buffer must stay valid until it finishes); finished()
-  // reaps, first waiting for one to end when `wait` and some are in flight, and returns
-  // the ids that ended since with their status: Io errors (end of file, closed fd) name
-  // the fd and the offset. Ios started while others run share the ring at once: the
-  // disk is never left idle between them.
-  Status start(uint64_t id, const Io& io);
-  std::vector<std::pair<uint64_t, Status>> finished(bool wait);
+   private:
+    FileServer* server_;
+    std::shared_ptr<Region> region_;
+  };
+  // check()'s rules and errors; on success the region stays served until the pin goes.
+  Result<Pin> pin(uint64_t fd, uint64_t offset, uint64_t len);
 
  private:
   friend struct StagingFree;
@@ -81,7 +83,7 @@ class FileServer {
   struct Region {
     bool known;  // fstat worked at registration
     uint64_t dev, ino;
-    size_t busy = 0;  // ios started on it and not yet finished
+    size_t busy = 0;  // its pins
   };
   using Key = std::tuple<uint64_t, uint64_t, uint64_t>;  // fd, offset, len
 
@@ -96,15 +98,6 @@ class FileServer {
   std::map<Key, std::shared_ptr<Region>> regions_;
   std::vector<char*> free_;
   size_t in_use_ = 0;
-
-  // The serving thread's ring (made on first use) and the ios running through it.
-  static constexpr unsigned kQueueDepth = 16;  // chunks of many peers and transfers
-  struct Stream {
-    kvbm::detail::FileOp op;  // what the ring reads, until the io ends
-    std::shared_ptr<Region> region;
-  };
-  std::unique_ptr<kvbm::detail::UringBatch> batch_;
-  std::map<uint64_t, Stream> streams_;
 };
 
 }  // namespace kvbm::xfer::detail

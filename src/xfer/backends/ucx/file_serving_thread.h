@@ -1,19 +1,21 @@
 // The owner's file I/O for peers, off the UCX backend's lock: the progress path hands
-// it checked-out jobs (each with its staging buffer), this thread checks each against
-// the served regions and streams them through the server's io_uring (each starts as it
-// arrives, while others run, and ends on its own), and the progress path takes them
-// back, done, to send the replies (UCX calls stay there).
+// it jobs (each with its staging buffer); each is checked against the served regions,
+// which stay pinned while its I/O runs, and streams through one io_uring on its own
+// thread (a UringWorker: each job starts as it arrives, while others run, and ends on
+// its own); the progress path takes them back, done, to send the replies (UCX calls
+// stay there).
 //
 // Thread safety: submit(), take_done() and stop() may be called from any thread.
 #pragma once
 
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
-#include <thread>
 #include <vector>
 
+#include "common/uring_worker.h"
 #include "kvbm/result.h"
 #include "xfer/backends/ucx/file_server.h"
 #include "xfer/backends/ucx/file_wire.h"
@@ -35,25 +37,33 @@ class FileServingThread {
   FileServingThread(const FileServingThread&) = delete;
   FileServingThread& operator=(const FileServingThread&) = delete;
 
-  // Queues the jobs (moved from; left empty); starts the thread on first use. After
-  // stop(), jobs are dropped.
+  // Starts the jobs (moved from; left empty); a job the server refuses (a range not
+  // served, a closed fd) is done at once with that error. The thread and its ring start
+  // on first use. After stop(), jobs are dropped.
   void submit(std::vector<FileJob>& jobs);
   // The jobs served since the last call, each with its status.
   std::vector<FileJob> take_done();
-  // Lets the jobs in progress finish (a disk's I/O cannot be called back), drops the
-  // jobs not started and the ones done, and joins the thread.
+  // Lets every job submitted finish (a disk's I/O cannot be called back), drops them and
+  // the ones done, and joins the thread.
   void stop();
 
  private:
-  void loop();
+  // A job while its I/O runs: the op the ring reads, the pin that keeps its region.
+  struct Running {
+    FileJob job;
+    kvbm::detail::FileOp op;
+    FileServer::Pin pin;
+  };
+  void finished(uint64_t id, Status st);  // the worker's Done
 
   FileServer& server_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::vector<FileJob> queue_, done_;
+  std::mutex mu_;  // the members below
+  std::unique_ptr<kvbm::detail::UringWorker> worker_;
+  std::map<uint64_t, std::unique_ptr<Running>> running_;  // by a local id
+  uint64_t next_ = 0;
+  std::vector<FileJob> done_;
   std::atomic<bool> has_done_{false};  // done_ is not empty (read without mu_)
   bool stopping_ = false;
-  std::thread thread_;
 };
 
 }  // namespace kvbm::xfer::detail
