@@ -99,6 +99,10 @@ int main() {
   if (!disk) return die("disk tier", disk.error());
   auto engine = kvbm::TransferEngine::create();
   if (!engine) return die("engine", engine.error());
+  // Optional: the host tier as fixed buffers of the engine's io_uring, so that offloads
+  // to disk and reads back skip pinning its pages on every I/O.
+  if (auto st = (*engine)->register_host_layout(*host); !st)
+    return die("register host", st.error());
   std::printf("GPU cache: %s; host tier: %s\n", gpu ? "GPU 0" : "host memory (no GPU here)",
               gpu ? "pinned" : "plain host memory");
 

@@ -282,9 +282,12 @@ int run_demo(const DemoOptions& options) {
   const std::string why_no_gpu = gpu ? "" : (gpus ? "no GPU" : gpus.error().message);
   const std::string no_gpu = why_no_gpu.substr(0, why_no_gpu.find(':'));
   const std::string host = gpu ? "pinned" : "host";
+  // Host layouts are registered with the engine's file path (fixed buffers of its io_uring).
   auto host_layout = [&](LayoutKind kind) -> Result<Layout> {
-    if (gpu) return zeroed_layout(n, kind, PinnedAllocator());
-    return zeroed_layout(n, kind, SystemAllocator());
+    auto l =
+        gpu ? zeroed_layout(n, kind, PinnedAllocator()) : zeroed_layout(n, kind, SystemAllocator());
+    if (l) KVBM_TRY((*engine)->register_host_layout(*l));
+    return l;
   };
 
   std::cout << "kvbm demo: " << n << " blocks of " << human_bytes(demo::block_bytes())

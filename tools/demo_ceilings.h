@@ -33,8 +33,8 @@ Result<CudaCeilings> cuda_ceilings(size_t bytes, int reps);
 
 // Writing, then reading, one buffer of `bytes` sequentially through a file made in `dir` the
 // way the Disk tier makes its files (so O_DIRECT exactly when the Disk tier has it): the
-// faster of one pwrite/pread of the whole buffer and 1 MiB ops through one io_uring, 64 in
-// flight.
+// fastest of one pwrite/pread of the whole buffer and 1 MiB ops through one io_uring, 64 in
+// flight, from a plain buffer and (where the kernel allows) from a fixed buffer.
 struct DiskCeilings {
   Ceiling write, read;
 };

@@ -6,7 +6,8 @@
 //             a table of (src, dst, len) chunks (pinned host memory read directly by the
 //             kernel); System memory is copied by the kernel where the GPU can address
 //             pageable memory, otherwise by one cudaMemcpyAsync per coalesced chunk.
-//   File      Disk <-> System/Pinned: one batched io_uring submission per request.
+//   File      Disk <-> System/Pinned: one batched io_uring submission per request (host
+//             layouts given to register_host_layout() go as fixed buffers of that ring).
 //   Staged    Disk <-> Disk and Disk <-> Device: through a host staging buffer the engine
 //             owns (TransferEngineOptions::staging_bytes; pinned once a Device is
 //             involved), in batches that fit half of it (larger chunks are split): io_uring
@@ -123,6 +124,23 @@ class TransferEngine {
 
   // The path copy() would take for this pair of layouts, or why there is none.
   Result<TransferPath> path_for(const Layout& src, const Layout& dst) const;
+
+  // Registers the host memory of `layout` (System or Pinned) with the File path: its
+  // io_uring takes each region as a fixed buffer, so that copies between it and a Disk
+  // layout skip pinning the pages on every I/O (CPU time per request; on the lent GPU
+  // machine, writes from pinned memory to its disk went 12-20% faster, reads and plain
+  // memory as fast as without). Optional: copies work without it. Each region keeps the
+  // registration under kFileRegistrationKey until it is destroyed or deregistered, or until the
+  // engine goes, whichever comes first. Errors: InvalidArgument for a layout that is not local host
+  // memory; AlreadyRegistered when a region has the key already (from this engine or another); Io
+  // when the File path's io_uring cannot be made. Where the kernel refuses fixed buffers (no
+  // CAP_IPC_LOCK and a low RLIMIT_MEMLOCK, a kernel before 5.19) it returns ok and logs
+  // it once: copies go as without it. Not thread-safe for the layout (its regions'
+  // registration maps): register before sharing the layout between threads.
+  Status register_host_layout(Layout& layout);
+  static constexpr const char* kFileRegistrationKey = "kvbm.transfer.file";
+  // I/O submissions of the File path that went from or to a registered region, so far.
+  uint64_t file_fixed_ios() const;
 
   size_t host_threads() const;
 

@@ -363,7 +363,7 @@ void UringBatch::prep(size_t i) {
   const auto n = static_cast<unsigned>(chunk);
   const int slot = s.no_fixed ? -1 : fixed_slot(p, chunk);
   s.fixed = slot >= 0;
-  if (s.fixed) ++fixed_submissions_;
+  if (s.fixed) fixed_submissions_.fetch_add(1, std::memory_order_relaxed);
   if (op.kind == FileOp::Kind::Read) {
     if (slot >= 0) {
       io_uring_prep_read_fixed(sqe, s.fd, p, n, off, slot);

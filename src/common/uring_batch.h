@@ -12,6 +12,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -86,8 +87,9 @@ class UringBatch {
   bool add_fixed(const void* base, uint64_t len);
   void remove_fixed(const void* base);
   size_t fixed_count() const;  // pieces registered now
-  // Submissions (ops and their resubmitted rests) that went as fixed-buffer I/O, so far.
-  uint64_t fixed_submissions() const { return fixed_submissions_; }
+  // Submissions (ops and their resubmitted rests) that went as fixed-buffer I/O, so far
+  // (readable from any thread).
+  uint64_t fixed_submissions() const { return fixed_submissions_.load(std::memory_order_relaxed); }
 
   unsigned queue_depth() const { return depth_; }
 
@@ -142,7 +144,7 @@ class UringBatch {
   std::unique_ptr<io_uring> ring_;
   unsigned depth_;
   std::unordered_map<int, Twin> twins_;
-  uint64_t fixed_submissions_ = 0;
+  std::atomic<uint64_t> fixed_submissions_{0};
   std::vector<Slot> slots_;
   std::vector<size_t> free_;  // indices of slots_ not in use
   std::deque<size_t> queue_;  // slots waiting for room in the ring

@@ -132,7 +132,7 @@ struct TransferEngine::State {
   detail::HostPool pool;
   std::mutex mu;  // guards the lazily created paths below
   std::vector<std::unique_ptr<detail::CudaCopier>> cuda;
-  std::unique_ptr<detail::UringWorker> files;
+  std::shared_ptr<detail::UringWorker> files;    // shared: registrations hold it weakly
   std::unique_ptr<detail::StagedCopier> staged;  // destroyed first: it uses `cuda`
 
   explicit State(const TransferEngineOptions& o) : options(o), pool(o.host_threads) {}
@@ -148,14 +148,14 @@ struct TransferEngine::State {
     return cuda.back().get();
   }
 
-  Result<detail::UringWorker*> file_worker() {
+  Result<std::shared_ptr<detail::UringWorker>> file_worker() {
     std::lock_guard lock(mu);
     if (!files) {
       auto w = detail::UringWorker::create(options.uring_queue_depth);
       if (!w) return w.error();
       files = std::move(*w);
     }
-    return files.get();
+    return files;
   }
 
   Result<detail::StagedCopier*> staged_copier() {
@@ -204,6 +204,61 @@ TransferEngine::~TransferEngine() = default;
 
 size_t TransferEngine::host_threads() const {
   return state_->pool.threads();
+}
+
+namespace {
+
+// A region's fixed buffer in the File path's ring: gone with the region, or with the ring.
+class FileRegistration final : public RegistrationHandle {
+ public:
+  FileRegistration(std::weak_ptr<detail::UringWorker> worker, const void* base)
+      : worker_(std::move(worker)), base_(base) {}
+  Status release() override {
+    // I/O into the region still in flight goes on as plain I/O (UringBatch::remove_fixed).
+    if (auto w = worker_.lock()) w->batch().remove_fixed(base_);
+    return {};
+  }
+
+ private:
+  std::weak_ptr<detail::UringWorker> worker_;
+  const void* base_;
+};
+
+}  // namespace
+
+Status TransferEngine::register_host_layout(Layout& layout) {
+  const StorageKind kind = layout.storage_type().kind;
+  if (layout.is_remote() || !is_host(kind)) {
+    return err(ErrorCode::InvalidArgument, "register_host_layout takes a layout of host memory",
+               " (System or Pinned), not ", layout.storage_type().to_string());
+  }
+  std::vector<RegisterableStorage*> regions;
+  for (size_t i = 0; i < layout.num_regions(); ++i) {
+    auto* r = dynamic_cast<RegisterableStorage*>(&layout.region(i));
+    if (r == nullptr || r->data() == nullptr) {
+      return err(ErrorCode::InvalidArgument, "region ", i, " of the layout (",
+                 layout.region(i).type().to_string(), ") cannot be registered");
+    }
+    if (r->is_registered(kFileRegistrationKey)) {
+      return err(ErrorCode::AlreadyRegistered, "region ", i, " of the layout is already under '",
+                 kFileRegistrationKey, "'");
+    }
+    regions.push_back(r);
+  }
+  auto worker = state_->file_worker();
+  if (!worker) return worker.error();
+  for (RegisterableStorage* r : regions) {
+    // Refused by the kernel (logged once by the ring): this region's copies go unfixed.
+    if (!(*worker)->batch().add_fixed(r->data(), r->size())) continue;
+    KVBM_TRY(r->register_handle(kFileRegistrationKey,
+                                std::make_unique<FileRegistration>(*worker, r->data())));
+  }
+  return {};
+}
+
+uint64_t TransferEngine::file_fixed_ios() const {
+  std::lock_guard lock(state_->mu);
+  return state_->files ? state_->files->batch().fixed_submissions() : 0;
 }
 
 Result<TransferPath> TransferEngine::path_for(const Layout& src, const Layout& dst) const {

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstring>
 #include <thread>
+#include <tuple>
 
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
@@ -353,6 +354,66 @@ TEST(TransferFile, LongRunsGoInPiecesAndComeBackWhole) {
     ASSERT_TRUE(st.ok()) << st.error().to_string();
     EXPECT_EQ(check_blocks(back, all, all, 8), "");
   }
+}
+
+// Host layouts registered with the engine are fixed buffers of the File path's io_uring:
+// copies through them land as before and go as fixed-buffer I/O; registration errors, an
+// explicit deregistration, and either the layout or the engine going first.
+TEST(TransferFile, RegisteredHostLayoutsGoAsFixedBuffers) {
+  testing::TempDir dir;
+  auto e = engine();
+  const LayoutConfig c = config(16, 4096, 4100);  // 65600-byte chunks, O_DIRECT where aligned
+  Layout src = host_layout(c, kShapes[0]);
+  Layout back = host_layout(c, kShapes[2]);  // one region per layer
+  Layout disk = disk_layout(c, kShapes[1], dir);
+  fill_all_blocks(src, 12);
+  EXPECT_EQ(e->file_fixed_ios(), 0u);
+  ASSERT_TRUE(e->register_host_layout(src).ok());
+  ASSERT_TRUE(e->register_host_layout(back).ok());
+  for (const Layout* l : {&src, &back}) {
+    for (size_t i = 0; i < l->num_regions(); ++i) {
+      const auto* r = dynamic_cast<const RegisterableStorage*>(&l->region(i));
+      ASSERT_NE(r, nullptr);
+      EXPECT_TRUE(r->is_registered(TransferEngine::kFileRegistrationKey));
+    }
+  }
+  const std::vector<size_t> s = {3, 0, 15, 7}, d = {1, 2, 3, 4}, b = {9, 8, 0, 15};
+  size_t ops = 0;  // the coalesced chunks, each one op (none over 1 MiB)
+  for (auto [from, to, from_ids, to_ids] :
+       {std::tuple{&src, &disk, &s, &d}, {&disk, &back, &d, &b}}) {
+    auto t = e->copy(*from, *from_ids, *to, *to_ids);
+    ASSERT_TRUE(t.ok()) << t.error().to_string();
+    ASSERT_TRUE(t->wait(10s).ok());
+    ops += t->chunks();
+  }
+  EXPECT_EQ(check_blocks(back, b, s, 12), "");
+  EXPECT_GE(e->file_fixed_ios(), ops) << "every op as fixed-buffer I/O";
+
+  // Errors: registered already, not host memory.
+  EXPECT_ERROR(e->register_host_layout(src), ErrorCode::AlreadyRegistered, "region 0");
+  EXPECT_ERROR(e->register_host_layout(disk), ErrorCode::InvalidArgument, "not Disk");
+  Layout gpu = fake_layout(c, StorageType::device(0));
+  EXPECT_ERROR(e->register_host_layout(gpu), ErrorCode::InvalidArgument, "host memory");
+  Layout unregisterable = fake_layout(c, StorageType::system());  // no registration map
+  EXPECT_ERROR(e->register_host_layout(unregisterable), ErrorCode::InvalidArgument,
+               "cannot be registered");
+
+  // Deregistered, a region's copies go as plain I/O and still land.
+  auto& r0 = dynamic_cast<RegisterableStorage&>(back.region(0));
+  ASSERT_TRUE(r0.deregister(TransferEngine::kFileRegistrationKey).ok());
+  std::vector<char> zero(back.region(0).size(), 0);
+  std::memcpy(back.region(0).data(), zero.data(), zero.size());
+  ASSERT_TRUE(copy_and_wait(*e, disk, d, back, b).ok());
+  EXPECT_EQ(check_blocks(back, b, s, 12), "");
+
+  // The layout goes first, then a new one at what may be the same address: no stale buffer.
+  { Layout gone = std::move(src); }
+  Layout fresh = host_layout(c, kShapes[0]);
+  ASSERT_TRUE(copy_and_wait(*e, disk, d, fresh, s).ok());
+  EXPECT_EQ(check_blocks(fresh, s, s, 12), "");
+  // The engine goes first: the layouts' registrations end with nothing left to undo.
+  ASSERT_TRUE(e->register_host_layout(fresh).ok());
+  e.reset();
 }
 
 TEST(TransferFile, IoErrorsComeBackThroughTheHandle) {
