@@ -268,6 +268,30 @@ TEST_P(RemoteFile, OwnerKilledMidReadFailsWithinThePeerTimeout) {
   owner.reset();
 }
 
+// A WRITE destroyed in flight reads no local byte after its destructor has returned: its
+// chunks still being sent are waited for, so the buffer may be unmapped at once (a chunk
+// sent from it afterwards would fault).
+TEST_P(RemoteFile, WriteDestroyedInFlightReadsNothingAfterward) {
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    {
+      auto src = SystemAllocator().allocate(kFileBytes);
+      ASSERT_TRUE(src.ok());
+      testing::fill_pattern(src->data(), kFileBytes, 70 + round);
+      ASSERT_TRUE(agent->register_storage(*src).ok());
+      auto req = agent->create_request(
+          Op::Write, testing::descs_at(MemType::Dram, src->addr(), {{0, kFileBytes}}),
+          file_descs({{0, kFileBytes}}), "owner");
+      ASSERT_TRUE(req.ok()) << req.error().to_string();
+      ASSERT_TRUE((*req)->post().ok());
+    }  // the request, then the buffer (deregistered and unmapped), while chunks are in flight
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_TRUE(run(Op::Read, local_descs({{0, 4096}}), file_descs({{0, 4096}})).ok());
+      std::this_thread::sleep_for(5ms);
+    }
+  }
+}
+
 // The owner serves peers from at most file_staging_mib of staging memory (1 MiB here):
 // while its one buffer is taken, the WRITE chunks that arrive (three requests' windows at
 // once) are answered "busy" and resent by this agent, and every byte still lands.

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <numeric>
 #include <random>
@@ -176,6 +177,30 @@ TEST_P(TwoAgents, RepostAfterCompletion) {
     ASSERT_TRUE((*req)->post().ok());
     ASSERT_TRUE((*req)->wait(10s).ok());
     EXPECT_EQ(peer.process->ask("check 4096 1048576 " + std::to_string(seed) + " 0"), "OK");
+  }
+}
+
+// A READ destroyed in flight writes no byte into local memory after its destructor has
+// returned: a get under way cannot be cancelled, so the destructor waits for it.
+TEST_P(TwoAgents, ReadDestroyedInFlightLandsNothingAfterward) {
+  constexpr size_t kLen = 64 << 20;
+  for (int round = 0; round < 3; ++round) {
+    SCOPED_TRACE(round);
+    auto req =
+        agent->create_request(Op::Read, local_descs({{0, kLen}}), peer_descs({{0, kLen}}), "peer");
+    ASSERT_TRUE(req.ok()) << req.error().to_string();
+    ASSERT_TRUE((*req)->post().ok());
+    req->reset();  // in flight, except where the same-host path copied it in post()
+    std::memset(local.data(), 0xab, kLen);
+    // More traffic with the peer, and time: what was still on its way would land now.
+    for (int i = 0; i < 20; ++i) {
+      ASSERT_TRUE(run(Op::Read, local_descs({{kLen, 4096}}), peer_descs({{0, 4096}})).ok());
+      std::this_thread::sleep_for(5ms);
+    }
+    const auto* p = static_cast<const unsigned char*>(local.data());
+    const size_t changed = static_cast<size_t>(
+        std::find_if(p, p + kLen, [](unsigned char b) { return b != 0xab; }) - p);
+    EXPECT_EQ(changed, kLen) << "byte " << changed << " changed after the request was destroyed";
   }
 }
 

@@ -74,7 +74,11 @@ enum class XferState : uint8_t { Idle, InProgress, Done, Error };
 const char* to_string(XferState state);
 
 // A prepared transfer. Created validated; post() starts it, and it can be posted again
-// once it is Done or Error. Destroying a request that is in flight cancels it.
+// once it is Done or Error. Destroying a request that is in flight cancels what has not
+// started and waits for what cannot be cancelled (a UCX get or put under way, a file
+// chunk being sent, a GPU copy or a disk I/O), so that no byte of its local memory moves
+// once the destructor has returned; a UCX peer that never answers is waited for up to
+// the peer timeout (then a warning is logged).
 class Request {
  public:
   virtual ~Request() = default;

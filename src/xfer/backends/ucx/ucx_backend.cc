@@ -162,6 +162,8 @@ struct FileXfer {
   std::deque<uint64_t> resend;
   std::chrono::steady_clock::time_point resend_at;
   std::chrono::microseconds backoff{0};
+  size_t sending =
+      0;  // chunk requests UCX has not finished sending (a WRITE's read the local bytes)
 };
 
 // Receive-side ordering of one sender's notifications.
@@ -219,6 +221,10 @@ class UcxBackend final : public Backend {
   ucp_worker_h worker_ = nullptr;
 
   void fail(Completion* c, Error e);
+  // For a request destroyed in flight, whose gets and puts cannot be cancelled: drives
+  // progress until `quiet()` (called with mu_ held) says no byte of it moves any more, or
+  // the peer timeout has passed (then logs that some may). Without mu_ held.
+  void wait_quiet(const std::string& peer, const std::function<bool()>& quiet);
   void data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status);
   void finish(Completion* c, ucs_status_t status);
   Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c);
@@ -304,6 +310,23 @@ class UcxRequest final : public BackendRequest {
 
   ~UcxRequest() override {
     if (!current_) return;
+    // No byte may move after this returns (the caller may free the memory next): a get
+    // still writes the local buffer, a put or a file WRITE's chunk still reads it.
+    if (file_chunks_) {
+      std::shared_ptr<FileXfer> x;
+      {
+        std::lock_guard<std::mutex> lock(backend_->mu_);
+        auto it = backend_->file_xfers_.find(file_xfer_);
+        if (it != backend_->file_xfers_.end()) x = it->second;
+      }
+      // A READ's replies are copied only while the transfer is listed (erased below).
+      if (x && op_ == Op::Write) backend_->wait_quiet(peer_->name, [&] { return x->sending == 0; });
+    } else if (!same_host_) {  // the same-host path moved the bytes in post()
+      auto c = current_;
+      backend_->wait_quiet(peer_->name, [&] {
+        return c->state.load(std::memory_order_acquire) != XferState::InProgress;
+      });
+    }
     std::lock_guard<std::mutex> lock(backend_->mu_);
     // Callbacks still hold the completion; they see the flag and send no notification.
     current_->cancelled = true;
@@ -963,7 +986,9 @@ void UcxBackend::pump_file(const std::shared_ptr<FileXfer>& x) {
     auto ctx = std::make_unique<FileSendCtx>();
     ctx->header = encode(FileRequestHeader{x->op, x->id, seq, c.fd, c.offset, c.len});
     const uint64_t id = x->id;
-    ctx->done = [this, id, seq](ucs_status_t s) {
+    ++x->sending;
+    ctx->done = [this, id, seq, x](ucs_status_t s) {
+      --x->sending;
       if (s == UCS_OK) return;
       auto it = file_xfers_.find(id);
       if (it == file_xfers_.end()) return;
@@ -976,6 +1001,23 @@ void UcxBackend::pump_file(const std::shared_ptr<FileXfer>& x) {
     const bool write = x->op == Op::Write;
     send_file_am(peer.ep, kFileRequestAmId, std::move(ctx), write ? c.local : nullptr,
                  write ? c.len : 0, true);
+  }
+}
+
+void UcxBackend::wait_quiet(const std::string& peer, const std::function<bool()>& quiet) {
+  const auto until = std::chrono::steady_clock::now() + env_.peer_timeout;
+  for (;;) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (quiet()) return;
+    }
+    if (std::chrono::steady_clock::now() >= until) {
+      log(LogLevel::Warn, "UCX: a request with agent '" + peer +
+                              "' destroyed in flight did not end within the peer timeout; "
+                              "its bytes may still move");
+      return;
+    }
+    progress(LockWait::Wait);
   }
 }
 
