@@ -162,8 +162,8 @@ struct FileXfer {
   std::deque<uint64_t> resend;
   std::chrono::steady_clock::time_point resend_at;
   std::chrono::microseconds backoff{0};
-  size_t sending =
-      0;  // chunk requests UCX has not finished sending (a WRITE's read the local bytes)
+  // Chunk requests UCX has not finished sending (a WRITE's read the local bytes).
+  size_t sending = 0;
 };
 
 // Receive-side ordering of one sender's notifications.
@@ -313,13 +313,9 @@ class UcxRequest final : public BackendRequest {
     // No byte may move after this returns (the caller may free the memory next): a get
     // still writes the local buffer, a put or a file WRITE's chunk still reads it.
     if (file_chunks_) {
-      std::shared_ptr<FileXfer> x;
-      {
-        std::lock_guard<std::mutex> lock(backend_->mu_);
-        auto it = backend_->file_xfers_.find(file_xfer_);
-        if (it != backend_->file_xfers_.end()) x = it->second;
-      }
-      // A READ's replies are copied only while the transfer is listed (erased below).
+      // A READ's replies are copied only while the transfer is listed (erased below); a
+      // WRITE's sends are waited for even once it failed and left the list.
+      auto x = file_x_;
       if (x && op_ == Op::Write) backend_->wait_quiet(peer_->name, [&] { return x->sending == 0; });
     } else if (!same_host_) {  // the same-host path moved the bytes in post()
       auto c = current_;
@@ -352,6 +348,7 @@ class UcxRequest final : public BackendRequest {
   std::optional<std::string> notification_;
   std::shared_ptr<const std::vector<FileChunk>> file_chunks_;  // set for a peer's FILE
   uint64_t file_xfer_ = 0;                                     // its FileXfer while posted
+  std::shared_ptr<FileXfer> file_x_;  // the last post's FileXfer (its sends in flight)
   std::shared_ptr<Completion> current_;
   bool same_host_ = false;                     // copied by this process: post_same_host()
   std::vector<iovec> cma_local_, cma_remote_;  // the items CMA moves
@@ -785,6 +782,7 @@ Status UcxRequest::post() {
     if (file_xfer_ != 0) backend_->file_xfers_.erase(file_xfer_);
     auto x = std::make_shared<FileXfer>();
     x->id = file_xfer_ = backend_->next_file_xfer_++;
+    file_x_ = x;
     x->op = op_;
     x->c = c;
     x->chunks = file_chunks_;
