@@ -21,8 +21,9 @@ struct Ceiling {
 // bytes / the fastest of `reps` runs of `fn`, in GB/s (1e9 B/s).
 Result<double> best_gbps(size_t bytes, int reps, const std::function<Status()>& fn);
 
-// memcpy between two host buffers, split over `threads` threads (as the host path is):
-// the faster of one memcpy per thread and 1 MiB memcpys per thread.
+// A copy between two host buffers on `threads` threads started once (as the host path's
+// are): the fastest of one memcpy per thread, 1 MiB memcpys and 1 MiB streaming-store
+// copies (the threads taking pieces in turn).
 Result<Ceiling> memcpy_ceiling(size_t bytes, size_t threads, int reps);
 
 // One cudaMemcpy of `bytes` between pinned memory and GPU 0, each direction.
