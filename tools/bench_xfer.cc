@@ -53,7 +53,8 @@ struct XferOptions {
   size_t rounds = 2;    // bandwidth: the best of this many runs, ours and ucx_perftest's
   size_t file_mib = 0;  // the peer's file section: its size (0: skipped)
   std::string dir;      // where the peer's file and the disk ceiling's file go
-  size_t inflight = 0;  // 0: enough requests for ~4 MiB in flight, 1..32
+  std::string file_inflight = "16M,64M";  // the peer's file: bytes in flight, per row
+  size_t inflight = 0;                    // 0: enough requests for ~4 MiB in flight, 1..32
   size_t max_request = 64 << 20;
   std::string transport = "shm";
   std::string op = "both";
@@ -333,8 +334,8 @@ int fail(const Error& e) {
 // registered, in requests of one descriptor, several in flight; the owner moves each
 // chunk between its disk and a staging buffer. The ceiling is the disk: O_DIRECT
 // pwrite/pread or io_uring on a file made the same way in the same directory, this run.
-Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops, int fd,
-                    const std::filesystem::path& dir) {
+Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
+                    const std::vector<size_t>& depths, int fd, const std::filesystem::path& dir) {
   const size_t bytes = o.file_mib << 20;
   auto local = SystemAllocator().allocate(bytes);
   if (!local) return local.error();
@@ -374,8 +375,9 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
   Table t({"op", "request", "in flight", "GB/s", "disk GB/s", "ratio", "disk ceiling"});
   for (Op op : ops) {
     const demo::Ceiling& c = op == Op::Write ? ceilings->write : ceilings->read;
-    for (size_t size : {size_t{1} << 20, size_t{4} << 20}) {
-      const size_t inflight = std::clamp<size_t>((size_t{16} << 20) / size, 1, 16);
+    for (size_t row = 0; row < 2 * depths.size(); ++row) {
+      const size_t size = size_t{1} << (row < depths.size() ? 20 : 22);
+      const size_t inflight = std::clamp<size_t>(depths[row % depths.size()] / size, 1, 64);
       double best = 0;
       for (size_t round = 0; round < o.rounds; ++round) {
         if (op == Op::Read) std::memset(p, 0, bytes);
@@ -405,6 +407,8 @@ int run_xfer(const XferOptions& o) {
   if (!descs) return fail(descs.error());
   auto lat_sizes = parse_sizes(o.lat_sizes, "--lat-sizes");
   if (!lat_sizes) return fail(lat_sizes.error());
+  auto file_depths = parse_sizes(o.file_inflight, "--file-inflight");
+  if (!file_depths) return fail(file_depths.error());
   std::vector<Op> ops;
   if (o.op != "read") ops.push_back(Op::Write);
   if (o.op != "write") ops.push_back(Op::Read);
@@ -591,7 +595,8 @@ int run_xfer(const XferOptions& o) {
   }
 
   if (o.file_mib > 0) {
-    if (auto st = file_section(s, o, ops, file_fd, file_dir); !st) return fail(st.error());
+    if (auto st = file_section(s, o, ops, *file_depths, file_fd, file_dir); !st)
+      return fail(st.error());
   }
 
   target->send("quit");
@@ -671,6 +676,10 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
                   "registered, against the disk (0: skipped)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{0}, size_t{1} << 20));
+  cmd->add_option("--file-inflight", o->file_inflight,
+                  "The peer's file: bytes of requests in flight, one row each (the owner "
+                  "stages up to 64 MiB at once)")
+      ->capture_default_str();
   cmd->add_option("--dir", o->dir,
                   "Where the peer's file and the disk ceiling's file go (default: the temp dir)");
   cmd->add_option("--rounds", o->rounds,
