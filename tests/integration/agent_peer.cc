@@ -172,6 +172,16 @@ int main(int argc, char** argv) {
         reply = reg ? "OK " + std::to_string(fd) + " " + path : "ERR " + reg.error().to_string();
         if (reg) files.push_back(std::move(*reg));
       }
+    } else if (cmd == "procmem") {
+      // A "file" whose first 64 KiB fail every read and write with EIO: /proc/self/mem
+      // below mmap_min_addr, where nothing is ever mapped.
+      const int fd = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+      auto reg = fd < 0 ? Result<std::unique_ptr<xfer::MemoryRegistration>>(
+                              err(ErrorCode::Io, "open /proc/self/mem"))
+                        : (*agent)->register_memory(xfer::DescList(
+                              xfer::MemType::File, {{0, 65536, static_cast<uint64_t>(fd)}}));
+      reply = reg ? "OK " + std::to_string(fd) : "ERR " + reg.error().to_string();
+      if (reg) files.push_back(std::move(*reg));
     } else if (cmd == "fsizelimit") {
       rlim_t limit = 0;
       in >> limit;

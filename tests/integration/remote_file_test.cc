@@ -159,6 +159,26 @@ TEST_P(RemoteFile, AClosedFileIsAnErrorNamingItsFdAndOffset) {
   }
 }
 
+TEST_P(RemoteFile, TheOwnersDeviceErrorIsAnIoErrorNamingFdAndOffset) {
+  auto mem = owner->ask("procmem");  // an fd whose reads and writes fail with EIO
+  ASSERT_TRUE(mem && mem->rfind("OK ", 0) == 0) << mem.value_or("<nothing>");
+  const uint64_t bad = std::stoull(mem->substr(3));
+  ASSERT_TRUE(agent->fetch_remote_metadata("127.0.0.1", port).ok());  // with that region
+  for (Op op : {Op::Read, Op::Write}) {
+    Status st =
+        run(op, local_descs({{0, 8192}}), testing::descs_at(MemType::File, 0, {{4096, 8192}}, bad));
+    ASSERT_FALSE(st.ok()) << to_string(op);
+    EXPECT_EQ(st.code(), ErrorCode::Io) << st.error().to_string();
+    EXPECT_NE(st.error().message.find("fd " + std::to_string(bad)), std::string::npos)
+        << st.error().message;
+    EXPECT_NE(st.error().message.find("offset 4096"), std::string::npos) << st.error().message;
+    EXPECT_NE(st.error().message.find(std::strerror(EIO)), std::string::npos) << st.error().message;
+  }
+  // The owner goes on serving its good file.
+  ASSERT_TRUE(run(Op::Read, local_descs({{0, 4096}}), file_descs({{8192, 4096}})).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(local.data(), 4096, kFileSeed, 8192), SIZE_MAX);
+}
+
 TEST_P(RemoteFile, AWriteTheOwnersFileSystemRefusesIsAnErrorNamingFdAndOffset) {
   // The owner may not grow its files any more: as on a full file system, its write past
   // the file's end fails (EFBIG here), and the error reaches this agent.

@@ -256,6 +256,34 @@ TEST(PosixBackend, ReadPastEndOfFileNamesFileAndOffset) {
   ::close(fd);
 }
 
+// A device error (EIO) is a request error that names the file and the offset. The kernel
+// gives one for any access through /proc/self/mem to an address nothing is mapped at: below
+// mmap_min_addr (64 KiB by default, never less than 4 KiB) nothing ever is.
+TEST(PosixBackend, DeviceErrorIsAnIoErrorNamingFileAndOffset) {
+  const int fd = ::open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  auto a = make_agent("a", AgentConfig{.backends = {"POSIX"}});
+  auto reg = a->register_memory(file(fd, 0, 65536));
+  auto buf = SystemAllocator().allocate(65536);
+  ASSERT_TRUE(reg && buf && register_with_agent(*buf, *a));
+  for (Op op : {Op::Read, Op::Write}) {
+    auto st = transfer(*a, op, dram(buf->addr(), 8192), file(fd, 4096, 8192));
+    EXPECT_ERROR(st, ErrorCode::Io, "Input/output error");
+    EXPECT_NE(st.error().message.find("/mem"), std::string::npos) << st.error().message;
+    EXPECT_NE(st.error().message.find("offset 4096"), std::string::npos) << st.error().message;
+  }
+  // The same fd at a good offset works: there it is our own memory, so a READ copies `buf`.
+  fill_pattern(buf->data(), 8192, 5);
+  auto good = a->register_memory(file(fd, buf->addr(), 8192));
+  auto back = SystemAllocator().allocate(8192);
+  ASSERT_TRUE(good && back && register_with_agent(*back, *a));
+  ASSERT_TRUE(transfer(*a, Op::Read, dram(back->addr(), 8192), file(fd, buf->addr(), 8192)));
+  EXPECT_EQ(find_pattern_mismatch(back->data(), 8192, 5), SIZE_MAX);
+  good->reset();
+  reg->reset();
+  ::close(fd);
+}
+
 TEST(PosixBackend, ClosedFdFailsOnlyItsOwnRequest) {
   TempDir dir;
   auto a = make_agent("a", AgentConfig{.backends = {"POSIX"}});
