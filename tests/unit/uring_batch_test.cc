@@ -483,17 +483,65 @@ bool break_ring() {
   return ok;
 }
 
-// Drives progress() for up to `for_ms`, collecting finished groups.
+// Drives progress() for up to `for_ms`, collecting finished groups. progress(true) waits
+// for a completion: `wait` false polls instead, for ops that may not complete at all.
 std::map<uint64_t, Status> drive(UringBatch& b, std::map<uint64_t, Status> done, size_t want,
-                                 int for_ms) {
+                                 int for_ms, bool wait = true) {
   const auto until = std::chrono::steady_clock::now() + std::chrono::milliseconds(for_ms);
   while (done.size() < want && std::chrono::steady_clock::now() < until) {
-    for (auto& f : b.progress(true)) {
+    for (auto& f : b.progress(wait)) {
       EXPECT_EQ(done.count(f.group), 0u) << "group " << f.group << " finished twice";
       done.emplace(f.group, std::move(f.status));
     }
   }
   return done;
+}
+
+// Transfers the kernel does in part go on from where they stopped until whole; on a
+// non-blocking pipe with nothing to read or no room to write, so that a kernel that
+// answers EAGAIN there (rather than waiting) has it retried too.
+TEST(UringBatch, ShortTransfersGoOnUntilWhole) {
+  int p[2];
+  ASSERT_EQ(::pipe2(p, O_CLOEXEC | O_NONBLOCK), 0);
+  auto b = make_batch(4);
+  ASSERT_TRUE(b);
+  Buf in(4096);
+  const std::vector<FileOp> read = {{Kind::Read, p[0], 0, in.p, 12}};
+  ASSERT_TRUE(b->add(1, read));
+  EXPECT_TRUE(drive(*b, {}, 1, 50, false).empty()) << "ended with nothing to read";
+  ASSERT_EQ(::write(p[1], "hello ", 6), 6);
+  EXPECT_TRUE(drive(*b, {}, 1, 50, false).empty()) << "ended after a short read";
+  ASSERT_EQ(::write(p[1], "world!", 6), 6);
+  auto done = drive(*b, {}, 1, 5000, false);
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_TRUE(done.at(1)) << done.at(1).error().to_string();
+  EXPECT_EQ(std::string(in.p, 12), "hello world!");
+
+  // A write of three times what the pipe holds, drained by a slow reader.
+  ASSERT_GE(::fcntl(p[1], F_SETPIPE_SZ, 4096), 4096);
+  const size_t n = 3 * static_cast<size_t>(::fcntl(p[1], F_GETPIPE_SZ));
+  Buf out(n);
+  kvbm::testing::fill_pattern(out.p, n, 9);
+  const std::vector<FileOp> write = {{Kind::Write, p[1], 0, out.p, n}};
+  ASSERT_TRUE(b->add(2, write));
+  std::string got;
+  std::thread reader([&] {
+    char chunk[1000];
+    while (got.size() < n) {
+      const ssize_t r = ::read(p[0], chunk, sizeof chunk);
+      if (r > 0) got.append(chunk, static_cast<size_t>(r));
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+  });
+  done = drive(*b, {}, 1, 10000, false);
+  reader.join();
+  ASSERT_EQ(done.size(), 1u);
+  EXPECT_TRUE(done.at(2)) << done.at(2).error().to_string();
+  ASSERT_EQ(got.size(), n);
+  EXPECT_EQ(kvbm::testing::find_pattern_mismatch(got.data(), n, 9), SIZE_MAX);
+  b.reset();
+  ::close(p[0]);
+  ::close(p[1]);
 }
 
 // A failed ring ends every group with its error, but a group whose op the kernel holds
