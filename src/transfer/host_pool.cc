@@ -8,6 +8,8 @@
 namespace kvbm::detail {
 namespace {
 constexpr uint64_t kMinPartBytes = 64 << 10;
+constexpr uint64_t kPartBytes = 1 << 20;
+constexpr uint64_t kMaxParts = 4096;
 // Jobs at least this large outgrow the caches: their destination is written with streaming
 // stores (no read for ownership), about twice the useful bandwidth of memcpy's stores.
 constexpr uint64_t kStreamJobBytes = 32 << 20;
@@ -74,7 +76,12 @@ HostPool::~HostPool() {
 }
 
 std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t bytes) {
-  size_t parts = std::min<uint64_t>(workers_.size(), std::max<uint64_t>(1, bytes / kMinPartBytes));
+  // One part per thread at least (none under 64 KiB), and parts of about 1 MiB for large
+  // jobs: the threads take them in turn, so one that runs late (a busy core, a vCPU the
+  // host took away) holds the job up by a part, not by its whole share.
+  const uint64_t per_thread = std::min<uint64_t>(workers_.size(), bytes / kMinPartBytes);
+  const size_t parts = std::clamp<uint64_t>(bytes / kPartBytes, std::max<uint64_t>(1, per_thread),
+                                            kMaxParts);
   auto job = std::make_shared<HostJob>(std::move(chunks), bytes, parts);
   {
     std::lock_guard lock(mu_);

@@ -1,5 +1,6 @@
 // A persistent pool of threads that copy host memory. A job's bytes are split into equal
-// parts (one per thread at most, none under 64 KiB), each part a range of the chunk list.
+// parts (one per thread at least, none under 64 KiB; about 1 MiB each in large jobs), each
+// part a range of the chunk list, which the threads take in turn.
 // Thread-safe: submit from any thread.
 #pragma once
 

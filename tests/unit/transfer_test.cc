@@ -15,6 +15,7 @@
 #include "kvbm/storage.h"
 #include "support/block_pattern.h"
 #include "support/test_support.h"
+#include "transfer/host_pool.h"
 #include "transfer/stream_copy.h"
 
 namespace kvbm {
@@ -232,6 +233,34 @@ TEST(TransferHost, LargeJobsWithOddChunksUseStreamingStores) {
   ASSERT_GE(t->bytes(), 32u << 20);
   ASSERT_TRUE(t->wait(30s).ok());
   EXPECT_EQ(check_blocks(dst, d, s, 21), "");
+}
+
+// The host pool's parts: one per thread at least (none under 64 KiB), and about 1 MiB each
+// in large jobs, which the threads take in turn; parts cut through chunks and every byte
+// still lands once.
+TEST(HostPool, LargeJobsGoInPartsOfAboutAMiB) {
+  detail::HostPool pool(2);
+  const size_t n = (5 << 20) + 17;
+  std::vector<char> src(n), dst(n, 0);
+  testing::fill_pattern(src.data(), n, 3);
+  auto at = [](std::vector<char>& v, size_t off) {
+    return reinterpret_cast<uint64_t>(v.data() + off);
+  };
+  // Three chunks, the second and third swapped in the destination.
+  const size_t a = 1234567, b = 3333333;
+  std::vector<Chunk> chunks = {{at(src, 0), at(dst, 0), a},
+                               {at(src, a), at(dst, a + n - b), b - a},
+                               {at(src, b), at(dst, a), n - b}};
+  auto job = pool.submit(chunks, n);
+  EXPECT_EQ(job->parts(), 5u);
+  ASSERT_TRUE(job->wait_for(10s));
+  EXPECT_EQ(std::memcmp(dst.data(), src.data(), a), 0);
+  EXPECT_EQ(std::memcmp(dst.data() + a + n - b, src.data() + a, b - a), 0);
+  EXPECT_EQ(std::memcmp(dst.data() + a, src.data() + b, n - b), 0);
+
+  EXPECT_EQ(pool.submit({{at(src, 0), at(dst, 0), 100 << 10}}, 100 << 10)->parts(), 1u);
+  EXPECT_EQ(pool.submit({{at(src, 0), at(dst, 0), 1 << 20}}, 1 << 20)->parts(), 2u);
+  EXPECT_EQ(pool.submit({{at(src, 0), at(dst, 0), 0}}, 0)->parts(), 1u);
 }
 
 TEST(TransferHost, ManyRequestsInFlightFromManyThreads) {
