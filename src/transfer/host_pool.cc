@@ -80,8 +80,8 @@ std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t by
   // jobs: the threads take them in turn, so one that runs late (a busy core, a vCPU the
   // host took away) holds the job up by a part, not by its whole share.
   const uint64_t per_thread = std::min<uint64_t>(workers_.size(), bytes / kMinPartBytes);
-  const size_t parts = std::clamp<uint64_t>(bytes / kPartBytes, std::max<uint64_t>(1, per_thread),
-                                            kMaxParts);
+  const size_t parts =
+      std::clamp<uint64_t>(bytes / kPartBytes, std::max<uint64_t>(1, per_thread), kMaxParts);
   auto job = std::make_shared<HostJob>(std::move(chunks), bytes, parts);
   {
     std::lock_guard lock(mu_);
