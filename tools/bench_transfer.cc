@@ -122,7 +122,7 @@ std::pair<std::vector<size_t>, std::vector<size_t>> ids_for(size_t n) {
 void host_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>& rows) {
   const size_t total = o.mib << 20;
   // Host copies on all cores (tools/demo_ceilings): the ceiling of the host path.
-  const auto ceiling = demo::memcpy_ceiling(total, e.host_threads(), o.iters);
+  const auto ceiling = demo::host_copy_ceiling(total, e.host_threads(), o.iters);
   for (size_t kib : o.chunk_kib) {
     Row r{"host -> host",
           kib << 10,

@@ -375,23 +375,25 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
   Table t({"op", "request", "in flight", "GB/s", "disk GB/s", "ratio", "disk ceiling"});
   for (Op op : ops) {
     const demo::Ceiling& c = op == Op::Write ? ceilings->write : ceilings->read;
-    for (size_t row = 0; row < 2 * depths.size(); ++row) {
-      const size_t size = size_t{1} << (row < depths.size() ? 20 : 22);
-      const size_t inflight = std::clamp<size_t>(depths[row % depths.size()] / size, 1, 64);
-      double best = 0;
-      for (size_t round = 0; round < o.rounds; ++round) {
-        if (op == Op::Read) std::memset(p, 0, bytes);
-        auto g = run(op, size, inflight);
-        if (!g) return g.error();
-        best = std::max(best, *g);
-      }
-      if (op == Op::Read) {
-        if (size_t bad = detail::find_pattern_mismatch(p, bytes, 77); bad != SIZE_MAX) {
-          return err(ErrorCode::Internal, "the peer's file read back differs at byte ", bad);
+    for (size_t size : {size_t{1} << 20, size_t{4} << 20}) {
+      for (size_t depth : depths) {
+        const size_t requests = (bytes + size - 1) / size;
+        const size_t inflight = std::clamp<size_t>(depth / size, 1, std::min<size_t>(64, requests));
+        double best = 0;
+        for (size_t round = 0; round < o.rounds; ++round) {
+          if (op == Op::Read) std::memset(p, 0, bytes);
+          auto g = run(op, size, inflight);
+          if (!g) return g.error();
+          best = std::max(best, *g);
         }
+        if (op == Op::Read) {
+          if (size_t bad = detail::find_pattern_mismatch(p, bytes, 77); bad != SIZE_MAX) {
+            return err(ErrorCode::Internal, "the peer's file read back differs at byte ", bad);
+          }
+        }
+        t.add({xfer::to_string(op), human_bytes(size), std::to_string(inflight), fixed(best, 2),
+               fixed(c.gbps, 2), fixed(best / c.gbps, 2), c.name});
       }
-      t.add({xfer::to_string(op), human_bytes(size), std::to_string(inflight), fixed(best, 2),
-             fixed(c.gbps, 2), fixed(best / c.gbps, 2), c.name});
     }
   }
   std::cout << "\nThe peer's file (" << human_bytes(bytes) << ", registered by the target in "

@@ -421,7 +421,7 @@ int run_demo(const DemoOptions& options) {
       rows.push_back(failed(to_host, bytes, h4.error().to_string()));
     } else {
       rows.push_back(hop(to_host, **engine, *back, *h4, true,
-                         demo::memcpy_ceiling(bytes, (*engine)->host_threads(), kReps)));
+                         demo::host_copy_ceiling(bytes, (*engine)->host_threads(), kReps)));
     }
   }
 

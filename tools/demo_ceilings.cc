@@ -53,7 +53,7 @@ Result<Ceiling> best_variant(size_t bytes, int reps, const std::vector<Variant>&
 
 }  // namespace
 
-Result<Ceiling> memcpy_ceiling(size_t bytes, size_t threads, int reps) {
+Result<Ceiling> host_copy_ceiling(size_t bytes, size_t threads, int reps) {
   auto a = SystemAllocator().allocate(bytes);
   if (!a) return a.error();
   auto b = SystemAllocator().allocate(bytes);

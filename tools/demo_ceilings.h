@@ -24,7 +24,7 @@ Result<double> best_gbps(size_t bytes, int reps, const std::function<Status()>& 
 // A copy between two host buffers on `threads` threads started once (as the host path's
 // are): the fastest of one memcpy per thread, 1 MiB memcpys and 1 MiB streaming-store
 // copies (the threads taking pieces in turn).
-Result<Ceiling> memcpy_ceiling(size_t bytes, size_t threads, int reps);
+Result<Ceiling> host_copy_ceiling(size_t bytes, size_t threads, int reps);
 
 // One cudaMemcpy of `bytes` between pinned memory and GPU 0, each direction.
 struct CudaCeilings {
