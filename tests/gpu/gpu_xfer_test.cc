@@ -271,6 +271,31 @@ TEST_F(GpuXferLocal, SingleHostCopiesAtOddOffsets) {
   }
 }
 
+// One VRAM -> VRAM descriptor of up to 4 MiB goes as one launch of the copy kernel with the
+// copy passed by value, larger ones as a cudaMemcpyAsync: every size, aligned or not, the
+// two ends at the same or at different alignments, lands whole and touches nothing around.
+TEST_F(GpuXferLocal, SingleVramCopiesAtOddOffsets) {
+  std::vector<char> back(kBytes);
+  uint64_t seed = 70;
+  const std::pair<size_t, size_t> offsets[] = {{0, 4096}, {48, 4144}, {5, 4099}};
+  for (auto [from, to] : offsets) {
+    for (size_t len : {size_t{1}, size_t{4099}, size_t{32} << 10, (size_t{1} << 20) + 3,
+                       (size_t{4} << 20), (size_t{8} << 20) + 16}) {
+      const std::string what =
+          std::to_string(len) + " bytes from " + std::to_string(from) + " to " + std::to_string(to);
+      fill_device(a->data(), kBytes, ++seed);
+      ASSERT_EQ(cudaMemset(b->data(), 0, kBytes), cudaSuccess);
+      auto st = run(*agent, Op::Write, vram(*a, from, len), vram(*b, to, len), "solo");
+      ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
+      ASSERT_EQ(cudaMemcpy(back.data(), b->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + to, len, seed, from), SIZE_MAX)
+          << what;
+      EXPECT_EQ(back[to - 1], 0) << what << ": byte before";
+      EXPECT_EQ(back[to + len], 0) << what << ": byte after";
+    }
+  }
+}
+
 // batch=0, kernel=0: a cudaMemcpyAsync per descriptor instead of one cudaMemcpyBatchAsync
 // (host sides) or one kernel launch (VRAM to VRAM); the same bytes land.
 TEST_F(GpuXferLocal, ScatteredDescriptorsOneCopyCallEach) {

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
+
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
 #include "support/block_pattern.h"
@@ -180,6 +182,31 @@ TEST_P(TransferGpu, ManyRequestsReuseTheChunkTables) {
   for (auto& t : inflight) ASSERT_TRUE(t.wait(30s).ok());
   ASSERT_TRUE(e.value()->copy(dev, rev, back, ids)->wait(30s).ok());
   EXPECT_EQ(check_blocks(back, ids, ids, 13), "");
+}
+
+// Thousands of blocks in one request, in one launch: every block lands.
+TEST_P(TransferGpu, ThousandsOfBlocksInOneRequest) {
+  KVBM_REQUIRE_GPU();
+  auto e = TransferEngine::create(options());
+  ASSERT_TRUE(e.ok());
+  LayoutConfig c = config(5000, 1, 16);  // 128-byte chunks, 8 per block
+  Layout src = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, PinnedAllocator());
+  Layout dev = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, DeviceAllocator(0));
+  Layout back = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, PinnedAllocator());
+  fill_all_blocks(src, 14);
+  for (size_t n : {size_t{2048}, size_t{2049}, size_t{5000}}) {
+    SCOPED_TRACE(std::to_string(n) + " blocks");
+    std::vector<size_t> ids(n), mid(n), out(n);
+    for (size_t i = 0; i < n; ++i) {
+      ids[i] = (i * 7 + n) % 5000;  // 7 is prime to 5000: distinct ids
+      mid[i] = 4999 - i;
+      out[i] = i;
+    }
+    std::memset(back.region(0).data(), 0, back.region(0).size());
+    ASSERT_TRUE(e.value()->copy(src, ids, dev, mid)->wait(30s).ok());
+    ASSERT_TRUE(e.value()->copy(dev, mid, back, out)->wait(30s).ok());
+    EXPECT_EQ(check_blocks(back, out, ids, 14), "");
+  }
 }
 
 // host -> disk (File), disk -> device and device -> disk (Staged, under test), disk -> host

@@ -21,7 +21,27 @@ __global__ void copy_list(const CopyPiece* __restrict__ pieces, uint32_t count) 
   }
 }
 
+// CTAs stride over slices of one copy: each thread issues its 4 loads of a slice at once.
+constexpr uint32_t kSliceBytes = kThreads * 16 * 4;
+
+__global__ void copy_one(uint64_t src, uint64_t dst, uint32_t len) {
+  for (uint32_t off = blockIdx.x * kSliceBytes; off < len; off += gridDim.x * kSliceBytes) {
+    // Slices start at multiples of 16: each keeps the alignment of the whole copy.
+    kvbm::detail::copy_piece<4, uint32_t>(src + off, dst + off, min(kSliceBytes, len - off),
+                                          threadIdx.x, kThreads);
+  }
+}
+
 }  // namespace
+
+cudaError_t launch_copy_one(uint64_t src, uint64_t dst, uint64_t len, cudaStream_t stream) {
+  if (len == 0) return cudaSuccess;
+  if (len > kCopyOneMaxBytes) return cudaErrorInvalidValue;
+  const uint64_t slices = (len + kSliceBytes - 1) / kSliceBytes;
+  const auto grid = static_cast<unsigned>(std::min<uint64_t>(slices, kMaxCtas));
+  copy_one<<<grid, kThreads, 0, stream>>>(src, dst, static_cast<uint32_t>(len));
+  return cudaGetLastError();
+}
 
 cudaError_t launch_copy_list(const CopyPiece* pieces, uint32_t count, cudaStream_t stream) {
   if (count == 0) return cudaSuccess;

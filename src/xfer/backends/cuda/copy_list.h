@@ -26,4 +26,11 @@ constexpr uint64_t kCopyPieceBytes = 64 << 10;
 // memory, left untouched until the launch completes) on `stream`; count 0 queues nothing.
 cudaError_t launch_copy_list(const CopyPiece* pieces, uint32_t count, cudaStream_t stream);
 
+// Queues one copy of `len` bytes (at most kCopyOneMaxBytes) on `stream`, passed by value:
+// no table for the kernel to read first. A single VRAM copy of a few MiB goes this way
+// because a kernel launch costs the caller less than a device-to-device cudaMemcpyAsync
+// (on the H100 4.6 against 5.9 us), and at 1 MiB that call is most of a request's time.
+constexpr uint64_t kCopyOneMaxBytes = uint64_t{1} << 31;
+cudaError_t launch_copy_one(uint64_t src, uint64_t dst, uint64_t len, cudaStream_t stream);
+
 }  // namespace kvbm::xfer::detail::cuda

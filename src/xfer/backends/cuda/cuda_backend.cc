@@ -7,13 +7,15 @@ namespace kvbm::xfer::detail {
 namespace cuda {
 namespace {
 
-// enqueue()'s choice of the copy kernel, by a device's copies in a request: several, of up
-// to a few MiB on average VRAM <-> VRAM, of small ones with a host side. On the H100, 64 x
-// 16 KiB pinned <-> VRAM: kernel 0.95 / 0.91 (h2d / d2h) of one large copy, batch 0.14 /
-// 0.56; 64 x 64 KiB and 256 KiB: kernel 0.92-0.97, batch 0.99-1.02. A single copy stays
-// with the copy engine: through the kernel one 1 MiB h2d moved more with 4 in flight (0.92
-// against 0.85) but took 6 us longer alone (the kernel's dependent PCIe reads).
+// enqueue()'s choice of the copy kernel, by a device's copies in a request: up to a few MiB
+// on average VRAM <-> VRAM (one of them too: see launch_copy_one), several small ones with
+// a host side. On the H100, 64 x 16 KiB pinned <-> VRAM: kernel 0.95 / 0.91 (h2d / d2h) of
+// one large copy, batch 0.14 / 0.56; 64 x 64 KiB and 256 KiB: kernel 0.92-0.97, batch
+// 0.99-1.02. A single host copy stays with the copy engine: through the kernel one 1 MiB
+// h2d moved more with 4 in flight (0.92 against 0.85) but took 6 us longer alone (the
+// kernel's dependent PCIe reads).
 constexpr uint64_t kVramKernelMaxAvg = 4 << 20;
+static_assert(kVramKernelMaxAvg <= kCopyOneMaxBytes);
 constexpr uint64_t kHostKernelMaxAvg = 32 << 10;
 constexpr uint64_t kHostPieceBytes = 16 << 10;
 // VRAM pieces: about kVramPiecesWanted per launch, so that enough warps copy at once (64 x
@@ -147,7 +149,8 @@ Status CudaCopyRequest::post() {
 // VRAM: 0.97 of one large copy, against 0.31 a call each, on the H100), unless the copies
 // are small and the host side is mapped pinned memory: the copy engines still pay a setup
 // per copy there (64 x 16 KiB: 0.14), so one launch of the copy kernel moves them over
-// PCIe instead. VRAM to VRAM, a few MiB each or less: the copy kernel (copy_list.h); as
+// PCIe instead. VRAM to VRAM, a few MiB each or less: the copy kernel (copy_list.h, a
+// single copy passed by value); as
 // pieces of a batch they ran at 55-62 GB/s, about what a call each gives (51), where one
 // large cudaMemcpyAsync moves 1.4 TB/s. Otherwise a cudaMemcpyAsync each.
 Status CudaCopyRequest::enqueue(DeviceCopies& d) {
@@ -155,9 +158,19 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   const size_t n = d.sizes.size();
   uint64_t total = 0;
   for (size_t len : d.sizes) total += len;
-  const bool kernel =
-      backend_->kernel_copies_ && n > 1 && !d.cross_gpu &&
-      (d.host ? d.mapped && total / n <= kHostKernelMaxAvg : total / n <= kVramKernelMaxAvg);
+  const bool kernel = backend_->kernel_copies_ && !d.cross_gpu &&
+                      (d.host ? n > 1 && d.mapped && total / n <= kHostKernelMaxAvg
+                              : total / n <= kVramKernelMaxAvg);
+  if (kernel && n == 1) {
+    if (cudaError_t e = launch_copy_one(reinterpret_cast<uint64_t>(d.srcs[0]),
+                                        reinterpret_cast<uint64_t>(d.dsts[0]), total, d.stream);
+        e != cudaSuccess) {
+      return cuda_fail(ErrorCode::Internal, e,
+                       "copy kernel launch for " + std::to_string(total) + " bytes on device " +
+                           std::to_string(d.device));
+    }
+    return {};
+  }
   if (kernel) {
     // Small pieces: more warps copy at once (for host memory, more PCIe reads in flight).
     const uint64_t piece = d.host ? kHostPieceBytes : vram_piece_bytes(total);
