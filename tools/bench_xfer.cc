@@ -485,8 +485,10 @@ int run_xfer(const XferOptions& o) {
 
   std::optional<std::string> perftest = find_program(o.perftest);
   const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
+  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
   std::cout << "kvbm bench xfer: transport " << o.transport << " (UCX_TLS=" << tls
             << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
+            << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
             << "), target pid " << target->pid() << " ("
             << (o.target_thread ? "progress thread" : "spinning on progress()") << ")"
             << ", buffers " << human_bytes(bytes) << " each, data verified\n";

@@ -322,6 +322,8 @@ TEST_P(TwoAgents, SameHostPathMapsThePeersMemoryOnlyWhenAllowed) {
 
 INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgents,
                          ::testing::Values(Transport{"shm", "sm,self", "auto"},
+                                           // Large copies in parts on 3 helper threads.
+                                           Transport{"shm_threads", "sm,self", "auto", "3"},
                                            Transport{"shm_cma", "sm,self", "cma"},
                                            Transport{"shm_ucx", "sm,self", "off"},
                                            Transport{"tcp", "tcp,self"}),

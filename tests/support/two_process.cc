@@ -20,6 +20,11 @@ void PrintTo(const Transport& t, std::ostream* os) {
 void use_transport(const Transport& t) {
   setenv("UCX_TLS", t.tls, 1);
   setenv("KVBM_UCX_SAME_HOST", t.same_host, 1);
+  if (t.copy_threads != nullptr) {
+    setenv("KVBM_UCX_COPY_THREADS", t.copy_threads, 1);
+  } else {
+    unsetenv("KVBM_UCX_COPY_THREADS");
+  }
 }
 
 std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& process,
@@ -30,6 +35,7 @@ std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& proce
   argv.insert(argv.end(), args.begin(), args.end());
   env["UCX_TLS"] = t.tls;
   env["KVBM_UCX_SAME_HOST"] = t.same_host;
+  if (t.copy_threads != nullptr) env["KVBM_UCX_COPY_THREADS"] = t.copy_threads;
   process = std::make_unique<ChildProcess>(argv, std::move(env));
   auto ready = process->read_line();
   if (!ready || ready->rfind("READY ", 0) != 0) {

@@ -27,6 +27,7 @@ struct Transport {
   const char* name;
   const char* tls;
   const char* same_host = "auto";
+  const char* copy_threads = nullptr;  // KVBM_UCX_COPY_THREADS; null: the default
 };
 // So test names read "…/shm" rather than a dump of the struct's bytes.
 void PrintTo(const Transport& t, std::ostream* os);

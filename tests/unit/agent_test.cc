@@ -60,7 +60,8 @@ TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
   EXPECT_ERROR(a->create_backend("NOPE"), ErrorCode::NotFound, "NOPE");
   auto b = make_agent("b", none);
   EXPECT_ERROR(b->create_backend("UCX", {{"bogus", "1"}}), ErrorCode::InvalidArgument,
-               "UCX backend has no parameter 'bogus' (known: same_host, file_staging_mib)");
+               "UCX backend has no parameter 'bogus' (known: same_host, file_staging_mib, "
+               "copy_threads)");
   EXPECT_ERROR(b->create_backend("UCX", {{"same_host", "fast"}}), ErrorCode::InvalidArgument,
                "'fast'");
   EXPECT_ERROR(b->create_backend("UCX", {{"file_staging_mib", "0"}}), ErrorCode::InvalidArgument,
@@ -70,6 +71,11 @@ TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
   setenv("KVBM_UCX_FILE_STAGING_MIB", "70000", 1);  // the parameter's default from the environment
   EXPECT_ERROR(b->create_backend("UCX"), ErrorCode::InvalidArgument, "file_staging_mib 70000");
   unsetenv("KVBM_UCX_FILE_STAGING_MIB");
+  EXPECT_ERROR(b->create_backend("UCX", {{"copy_threads", "65"}}), ErrorCode::InvalidArgument,
+               "UCX copy_threads 65 must be in 0..64");
+  setenv("KVBM_UCX_COPY_THREADS", "-1", 1);
+  EXPECT_ERROR(b->create_backend("UCX"), ErrorCode::InvalidArgument, "copy_threads '-1'");
+  unsetenv("KVBM_UCX_COPY_THREADS");
   EXPECT_TRUE(b->create_backend("UCX", {{"file_staging_mib", "1"}, {"same_host", "off"}}).ok());
 }
 

@@ -68,5 +68,77 @@ TEST(TaskPool, CallsFromSeveralThreadsTakeTurns) {
   EXPECT_EQ(sum.load(), size_t{4 * 50 * 45});
 }
 
+// With a spin time, threads poll for the next call before they sleep: calls back to back
+// and calls after the threads went to sleep (the spin long over) all run every task.
+TEST(TaskPool, SpinningThreadsServeCallsBackToBackAndAfterSleeping) {
+  TaskPool pool(2, 2ms);
+  std::atomic<size_t> sum{0};
+  for (int round = 0; round < 3; ++round) {
+    for (int call = 0; call < 200; ++call) pool.run(3, [&](size_t i) { sum += i + 1; });
+    std::this_thread::sleep_for(20ms);  // the threads stop spinning and sleep
+  }
+  EXPECT_EQ(sum.load(), size_t{3 * 200 * 6});
+}
+
+// Tasks run on the pool's threads too, not only on the caller's, when they spin.
+TEST(TaskPool, SpinningThreadsTakeTasks) {
+  TaskPool pool(3, 1s);
+  std::mutex mu;
+  std::condition_variable cv;
+  int started = 0;
+  std::atomic<int> saw_all{0};
+  pool.run(4, [&](size_t) {
+    std::unique_lock<std::mutex> lock(mu);
+    ++started;
+    cv.notify_all();
+    if (cv.wait_for(lock, 10s, [&] { return started == 4; })) ++saw_all;
+  });
+  EXPECT_EQ(saw_all.load(), 4);
+}
+
+TEST(TaskPool, TryRunRunsNothingWhileAnotherCallIsInProgress) {
+  TaskPool pool(1, 1ms);
+  std::mutex mu;
+  std::condition_variable cv;
+  bool inside = false, release = false;
+  std::thread first([&] {
+    pool.run(1, [&](size_t) {
+      std::unique_lock<std::mutex> lock(mu);
+      inside = true;
+      cv.notify_all();
+      cv.wait_for(lock, 10s, [&] { return release; });
+    });
+  });
+  {
+    std::unique_lock<std::mutex> lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return inside; }));
+  }
+  std::atomic<int> calls{0};
+  EXPECT_FALSE(pool.try_run(2, [&](size_t) { ++calls; }));
+  EXPECT_EQ(calls.load(), 0);
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    release = true;
+  }
+  cv.notify_all();
+  first.join();
+  EXPECT_TRUE(pool.try_run(2, [&](size_t) { ++calls; }));
+  EXPECT_EQ(calls.load(), 2);
+  EXPECT_TRUE(pool.try_run(0, [&](size_t) { ++calls; }));
+  EXPECT_EQ(calls.load(), 2);
+}
+
+// Threads still spinning (for up to a minute here) leave at once when the pool goes.
+TEST(TaskPool, DestructionStopsSpinningThreads) {
+  const auto t0 = std::chrono::steady_clock::now();
+  {
+    TaskPool pool(2, std::chrono::minutes(1));
+    std::atomic<int> calls{0};
+    pool.run(3, [&](size_t) { ++calls; });
+    EXPECT_EQ(calls.load(), 3);
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 30s);
+}
+
 }  // namespace
 }  // namespace kvbm::detail

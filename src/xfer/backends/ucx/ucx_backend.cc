@@ -26,6 +26,7 @@
 #include "xfer/backends/ucx/file_server.h"
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/backends/ucx/parallel_copy.h"
 #include "xfer/backends/ucx/same_host.h"
 #include "xfer/backends/ucx/ucx_worker.h"
 
@@ -178,9 +179,13 @@ class UcxRequest;
 class UcxBackend final : public Backend {
  public:
   // file_staging: the staging buffers (kFileChunkBytes each) this agent uses at once to
-  // serve its files to peers.
-  UcxBackend(BackendEnv env, SameHostMode same_host, size_t file_staging)
-      : env_(std::move(env)), same_host_(same_host), file_server_(file_staging) {
+  // serve its files to peers; copy_threads: the same-host path's helper threads
+  // (parallel_copy.h).
+  UcxBackend(BackendEnv env, SameHostMode same_host, size_t file_staging, size_t copy_threads)
+      : env_(std::move(env)),
+        same_host_(same_host),
+        copier_(copy_threads),
+        file_server_(file_staging) {
     std::random_device rd;
     connection_seed_ = (uint64_t{rd()} << 32) ^ rd();
   }
@@ -254,6 +259,7 @@ class UcxBackend final : public Backend {
   BackendEnv env_;
   const SameHostMode same_host_;
   const SameHostSelf self_;
+  ParallelCopier copier_;  // thread-safe: used by requests without mu_
   std::string address_;
   const std::string host_ = host_identity();
   std::map<std::string, std::shared_ptr<UcxPeer>> peers_;
@@ -300,6 +306,8 @@ class UcxRequest final : public BackendRequest {
     for (const Item& it : items_) {
       if (it.direct != nullptr) {
         if (it.remote_region->mapping) mappings_.push_back(it.remote_region->mapping);
+        direct_.push_back(op_ == Op::Write ? CopySpan{it.direct, it.local, it.len}
+                                           : CopySpan{it.local, it.direct, it.len});
         continue;
       }
       if (peer_->self || !peer_->host) same_host_ = false;
@@ -351,6 +359,7 @@ class UcxRequest final : public BackendRequest {
   std::shared_ptr<FileXfer> file_x_;  // the last post's FileXfer (its sends in flight)
   std::shared_ptr<Completion> current_;
   bool same_host_ = false;                     // copied by this process: post_same_host()
+  std::vector<CopySpan> direct_;               // the items copied through mappings
   std::vector<iovec> cma_local_, cma_remote_;  // the items CMA moves
   std::vector<std::shared_ptr<SharedMapping>> mappings_;  // kept while the request lives
 };
@@ -753,14 +762,7 @@ Status UcxRequest::post_same_host() {
 }
 
 Status UcxRequest::copy_same_host() {
-  for (const Item& it : items_) {
-    if (it.direct == nullptr) continue;
-    if (op_ == Op::Write) {
-      std::memmove(it.direct, it.local, it.len);
-    } else {
-      std::memmove(it.local, it.direct, it.len);
-    }
-  }
+  backend_->copier_.copy(direct_);
   if (cma_local_.empty()) return {};
   return peer_->host->copy(op_, cma_local_, cma_remote_);
 }
@@ -1215,16 +1217,20 @@ ucs_status_t UcxBackend::on_file_am(void* arg, const void* header, size_t header
 Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
                                                   const BackendParams& params) {
   // UCX itself is configured through UCX_* environment variables; the parameters are
-  // ours: same_host (same_host.h), defaulting to KVBM_UCX_SAME_HOST, else auto; and
+  // ours: same_host (same_host.h), defaulting to KVBM_UCX_SAME_HOST, else auto;
   // file_staging_mib, the staging memory for serving this agent's files to peers,
-  // defaulting to KVBM_UCX_FILE_STAGING_MIB, else 64.
-  if (auto st = check_param_keys("UCX", params, {"same_host", "file_staging_mib"}); !st) {
+  // defaulting to KVBM_UCX_FILE_STAGING_MIB, else 64; and copy_threads, the helper threads
+  // of the same-host path's large copies (parallel_copy.h), defaulting to
+  // KVBM_UCX_COPY_THREADS, else a quarter of the cores, at most 3.
+  if (auto st = check_param_keys("UCX", params, {"same_host", "file_staging_mib", "copy_threads"});
+      !st) {
     return err(ErrorCode::InvalidArgument, st.error().message,
                "; UCX itself reads UCX_* environment variables");
   }
   BackendParams p = params;
   for (const auto& [key, var] : {std::pair{"same_host", "KVBM_UCX_SAME_HOST"},
-                                 std::pair{"file_staging_mib", "KVBM_UCX_FILE_STAGING_MIB"}}) {
+                                 std::pair{"file_staging_mib", "KVBM_UCX_FILE_STAGING_MIB"},
+                                 std::pair{"copy_threads", "KVBM_UCX_COPY_THREADS"}}) {
     const char* env_value = std::getenv(var);
     if (env_value != nullptr && *env_value != '\0') p.emplace(key, env_value);  // params win
   }
@@ -1234,7 +1240,10 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   auto staging =
       number_param("UCX", p, "file_staging_mib", FileServer::kDefaultMaxStaging, 1, 1 << 16);
   if (!staging) return staging.error();
-  auto backend = std::make_unique<UcxBackend>(env, *mode, *staging);
+  auto copy_threads =
+      number_param("UCX", p, "copy_threads", ParallelCopier::default_threads(), 0, 64);
+  if (!copy_threads) return copy_threads.error();
+  auto backend = std::make_unique<UcxBackend>(env, *mode, *staging, *copy_threads);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }
