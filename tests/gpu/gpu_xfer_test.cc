@@ -271,6 +271,40 @@ TEST_F(GpuXferLocal, SingleHostCopiesAtOddOffsets) {
   }
 }
 
+// A small host -> VRAM copy posted while a larger request is still in progress, from
+// pinned and from plain memory, at odd offsets and sizes: both land whole, and nothing
+// around the small one is touched.
+TEST_F(GpuXferLocal, SmallHostToVramCopiesBehindQueuedOnes) {
+  std::vector<char> back(kBytes);
+  uint64_t seed = 90;
+  for (Storage* host : std::initializer_list<Storage*>{&*pinned, &*plain}) {
+    for (size_t len : {size_t{1}, size_t{4099}, size_t{1} << 20}) {
+      const size_t hoff = 4093, voff = (8 << 20) + 8191;
+      const std::string what = std::string(host == &*pinned ? "pinned" : "plain") + ", " +
+                               std::to_string(len) + " bytes";
+      testing::fill_pattern(host->data(), kBytes, ++seed);
+      ASSERT_EQ(cudaMemset(a->data(), 0, kBytes), cudaSuccess);
+      auto ahead =
+          agent->create_request(Op::Write, dram(*host, 0, 4 << 20), vram(*a, 0, 4 << 20), "solo");
+      auto small =
+          agent->create_request(Op::Write, dram(*host, hoff, len), vram(*a, voff, len), "solo");
+      ASSERT_TRUE(ahead.ok() && small.ok()) << what;
+      ASSERT_TRUE((*ahead)->post().ok()) << what;
+      auto st = (*small)->post();
+      ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
+      ASSERT_TRUE((*small)->wait(30s).ok()) << what;
+      ASSERT_TRUE((*ahead)->wait(30s).ok()) << what;
+      ASSERT_EQ(cudaMemcpy(back.data(), a->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
+      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + voff, len, seed, hoff), SIZE_MAX)
+          << what;
+      EXPECT_EQ(testing::find_pattern_mismatch(back.data(), 4 << 20, seed, 0), SIZE_MAX)
+          << what << ": the request ahead";
+      EXPECT_EQ(back[voff - 1], 0) << what << ": byte before";
+      EXPECT_EQ(back[voff + len], 0) << what << ": byte after";
+    }
+  }
+}
+
 // One VRAM -> VRAM descriptor of up to 4 MiB goes as one launch of the copy kernel with the
 // copy passed by value, larger ones as a cudaMemcpyAsync: every size, aligned or not, the
 // two ends at the same or at different alignments, lands whole and touches nothing around.
