@@ -56,21 +56,33 @@ uint64_t build_chunks(const Layout& src, std::span<const size_t> src_ids, const 
                       std::span<const size_t> dst_ids, std::vector<Chunk>& out) {
   out.clear();
   const LayoutConfig& c = src.config();
+  const uint64_t chunk = c.chunk_bytes();
+  // Each chunk's address by the strides, from region bases read once: the block copy
+  // kernel's formula. Through memory_region_unchecked() (two calls to a region's addr()
+  // per chunk) this loop took about 3 ms for 1 GiB of 16 KiB chunks, before any thread
+  // copied a byte (a sixth of that copy's time on 16 cores).
+  const Layout::Strides ss = src.strides();
+  const Layout::Strides ds = dst.strides();
+  std::vector<uint64_t> src_base(ss.per_layer_regions ? c.num_layers : 1);
+  std::vector<uint64_t> dst_base(ds.per_layer_regions ? c.num_layers : 1);
+  for (size_t r = 0; r < src_base.size(); ++r) src_base[r] = src.region(r).addr();
+  for (size_t r = 0; r < dst_base.size(); ++r) dst_base[r] = dst.region(r).addr();
   uint64_t total = 0;
   auto emit = [&](size_t i, size_t l, size_t o) {
-    const MemoryRegion s = src.memory_region_unchecked(src_ids[i], l, o);
-    const MemoryRegion d = dst.memory_region_unchecked(dst_ids[i], l, o);
-    total += s.size;
+    const auto sr = static_cast<uint32_t>(ss.per_layer_regions ? l : 0);
+    const auto dr = static_cast<uint32_t>(ds.per_layer_regions ? l : 0);
+    const uint64_t s = src_base[sr] + src_ids[i] * ss.block + l * ss.layer + o * ss.outer;
+    const uint64_t d = dst_base[dr] + dst_ids[i] * ds.block + l * ds.layer + o * ds.outer;
+    total += chunk;
     if (!out.empty()) {
       Chunk& last = out.back();
-      if (last.src_region == s.region && last.dst_region == d.region &&
-          last.src + last.len == s.addr && last.dst + last.len == d.addr) {
-        last.len += s.size;
+      if (last.src_region == sr && last.dst_region == dr && last.src + last.len == s &&
+          last.dst + last.len == d) {
+        last.len += chunk;
         return;
       }
     }
-    out.push_back(Chunk{s.addr, d.addr, s.size, static_cast<uint32_t>(s.region),
-                        static_cast<uint32_t>(d.region)});
+    out.push_back(Chunk{s, d, chunk, sr, dr});
   };
   // Visit chunks in the order both sides store them, so runs of blocks coalesce.
   const size_t n = src_ids.size();
