@@ -1,7 +1,9 @@
 // Block transfers: copy a list of blocks (src_ids[i] -> dst_ids[i]) between two layouts with
 // the same blocks (layers, outer_dim, page_size, inner_dim, dtype_bytes; kind, order,
 // alignment and num_blocks may differ) on any two tiers. The engine chooses the path:
-//   Host      System/Pinned <-> System/Pinned: memcpy split across a persistent thread pool.
+//   Host      System/Pinned <-> System/Pinned: memcpy split across a persistent thread pool
+//             (a request of 4096 chunks or more in ranges of blocks, each thread working
+//             out the chunks of its own range).
 //   Cuda      any pair with Device memory: ONE gather/scatter kernel launch per request over
 //             a table of (src, dst, len) chunks (pinned host memory read directly by the
 //             kernel); System memory is copied by the kernel where the GPU can address
@@ -74,7 +76,9 @@ class Transfer {
   TransferPath path() const;
   uint64_t bytes() const;  // payload of the request
   // Contiguous ranges after coalescing; on the GPU kernel path (which computes addresses
-  // per chunk on the GPU) every (block, layer, outer) chunk.
+  // per chunk on the GPU) every (block, layer, outer) chunk; on the host path, for a request
+  // of 4096 chunks or more, the ranges its parts copied (each part coalesces its own
+  // blocks), known once finished.
   size_t chunks() const;
 
  private:

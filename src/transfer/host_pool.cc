@@ -13,40 +13,70 @@ constexpr uint64_t kMaxParts = 4096;
 // Jobs at least this large outgrow the caches: their destination is written with streaming
 // stores (no read for ownership), about twice the useful bandwidth of memcpy's stores.
 constexpr uint64_t kStreamJobBytes = 32 << 20;
-}  // namespace
 
-HostJob::HostJob(std::vector<Chunk> chunks, uint64_t bytes, size_t parts)
-    : chunks_(std::move(chunks)), bytes_(bytes), parts_(parts), remaining_(parts) {
-  starts_.reserve(chunks_.size());
-  uint64_t at = 0;
-  for (const Chunk& c : chunks_) {
-    starts_.push_back(at);
-    at += c.len;
+void copy_bytes(uint64_t dst, uint64_t src, uint64_t n, bool stream) {
+  if (stream) {
+    stream_copy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+  } else {
+    std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
   }
 }
 
-void HostJob::run_part(size_t part) {
-  const uint64_t begin = bytes_ * part / parts_;
-  const uint64_t end = bytes_ * (part + 1) / parts_;
-  // The chunk holding byte `begin`: the last one starting at or before it.
-  size_t i = std::upper_bound(starts_.begin(), starts_.end(), begin) - starts_.begin() - 1;
-  uint64_t at = begin;
-  const bool stream = bytes_ >= kStreamJobBytes;
-  while (at < end && i < chunks_.size()) {
-    const Chunk& c = chunks_[i];
-    const uint64_t off = at - starts_[i];
-    const uint64_t n = std::min(c.len - off, end - at);
-    auto* dst = reinterpret_cast<void*>(c.dst + off);
-    const auto* src = reinterpret_cast<const void*>(c.src + off);
-    if (stream) {
-      stream_copy(dst, src, n);
-    } else {
-      std::memcpy(dst, src, n);
+// A chunk list and where each chunk starts within the job's bytes.
+struct ChunkList {
+  std::vector<Chunk> chunks;
+  std::vector<uint64_t> starts;
+  uint64_t bytes;
+  size_t parts;
+
+  // Copies part `part` of `parts` equal byte ranges (cutting through chunks).
+  size_t copy(size_t part) const {
+    const uint64_t begin = bytes * part / parts;
+    const uint64_t end = bytes * (part + 1) / parts;
+    // The chunk holding byte `begin`: the last one starting at or before it.
+    size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
+    uint64_t at = begin;
+    const bool stream = bytes >= kStreamJobBytes;
+    size_t copied = 0;
+    while (at < end && i < chunks.size()) {
+      const Chunk& c = chunks[i];
+      const uint64_t off = at - starts[i];
+      const uint64_t n = std::min(c.len - off, end - at);
+      copy_bytes(c.dst + off, c.src + off, n, stream);
+      at += n;
+      ++i;
+      ++copied;
     }
-    at += n;
-    ++i;
+    if (stream) stream_fence();  // the stores are visible before the job reports done
+    return copied;
   }
-  if (stream) stream_fence();  // the stores are visible before the job reports done
+};
+
+// A block copy: part k copies blocks [blocks * k / parts, blocks * (k + 1) / parts).
+struct BlockList {
+  ChunkPlan plan;
+  std::vector<size_t> src_ids, dst_ids;
+  size_t parts;
+  bool stream;
+
+  size_t copy(size_t part) const {
+    const size_t n = src_ids.size();
+    size_t copied = 0;
+    plan.for_each(src_ids, dst_ids, n * part / parts, n * (part + 1) / parts, [&](const Chunk& c) {
+      copy_bytes(c.dst, c.src, c.len, stream);
+      ++copied;
+    });
+    if (stream) stream_fence();
+    return copied;
+  }
+};
+}  // namespace
+
+HostJob::HostJob(size_t parts, std::function<size_t(size_t)> copy)
+    : copy_(std::move(copy)), parts_(parts), remaining_(parts) {}
+
+void HostJob::run_part(size_t part) {
+  chunks_.fetch_add(copy_(part), std::memory_order_relaxed);
   std::lock_guard lock(mu_);
   if (--remaining_ == 0) cv_.notify_all();
 }
@@ -75,14 +105,40 @@ HostPool::~HostPool() {
   for (auto& t : workers_) t.join();
 }
 
-std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t bytes) {
-  // One part per thread at least (none under 64 KiB), and parts of about 1 MiB for large
-  // jobs: the threads take them in turn, so one that runs late (a busy core, a vCPU the
-  // host took away) holds the job up by a part, not by its whole share.
+// One part per thread at least (none under 64 KiB), and parts of about 1 MiB for large
+// jobs: the threads take them in turn, so one that runs late (a busy core, a vCPU the host
+// took away) holds the job up by a part, not by its whole share.
+size_t HostPool::parts_for(uint64_t bytes) const {
   const uint64_t per_thread = std::min<uint64_t>(workers_.size(), bytes / kMinPartBytes);
-  const size_t parts =
-      std::clamp<uint64_t>(bytes / kPartBytes, std::max<uint64_t>(1, per_thread), kMaxParts);
-  auto job = std::make_shared<HostJob>(std::move(chunks), bytes, parts);
+  return std::clamp<uint64_t>(bytes / kPartBytes, std::max<uint64_t>(1, per_thread), kMaxParts);
+}
+
+std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t bytes) {
+  auto list = std::make_shared<ChunkList>();
+  list->starts.reserve(chunks.size());
+  uint64_t at = 0;
+  for (const Chunk& c : chunks) {
+    list->starts.push_back(at);
+    at += c.len;
+  }
+  list->chunks = std::move(chunks);
+  list->bytes = bytes;
+  list->parts = parts_for(bytes);
+  return start(
+      std::make_shared<HostJob>(list->parts, [list](size_t part) { return list->copy(part); }));
+}
+
+std::shared_ptr<HostJob> HostPool::submit_blocks(ChunkPlan plan, std::vector<size_t> src_ids,
+                                                 std::vector<size_t> dst_ids) {
+  const uint64_t bytes = src_ids.size() * plan.chunks_per_block() * plan.chunk_bytes();
+  const size_t parts = std::clamp<size_t>(parts_for(bytes), 1, std::max<size_t>(src_ids.size(), 1));
+  auto list = std::make_shared<BlockList>(BlockList{
+      std::move(plan), std::move(src_ids), std::move(dst_ids), parts, bytes >= kStreamJobBytes});
+  return start(std::make_shared<HostJob>(parts, [list](size_t part) { return list->copy(part); }));
+}
+
+std::shared_ptr<HostJob> HostPool::start(std::shared_ptr<HostJob> job) {
+  const size_t parts = job->parts();
   {
     std::lock_guard lock(mu_);
     for (size_t p = 0; p < parts; ++p) tasks_.emplace_back(job, p);

@@ -1,16 +1,22 @@
-// A persistent pool of threads that copy host memory. A job's bytes are split into equal
-// parts (one per thread at least, none under 64 KiB; about 1 MiB each in large jobs), each
-// part a range of the chunk list, which the threads take in turn.
+// A persistent pool of threads that copy host memory. A job is cut into parts (one per
+// thread at least, none under 64 KiB; about 1 MiB each in large jobs), which the threads
+// take in turn. Two kinds of job: a chunk list, cut into parts of equal bytes; and a block
+// copy, cut into ranges of blocks, each part working out its own chunks (chunk_plan.h), so
+// that a request of many blocks starts copying at once rather than after one thread has
+// listed them all.
 // Thread-safe: submit from any thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
 
+#include "transfer/chunk_plan.h"
 #include "transfer/transfer_impl.h"
 
 namespace kvbm::detail {
@@ -25,8 +31,14 @@ class HostPool {
 
   // Starts copying `chunks` (src/dst are host addresses) and returns the job to wait on.
   std::shared_ptr<HostJob> submit(std::vector<Chunk> chunks, uint64_t bytes);
+  // Starts copying blocks src_ids[i] to dst_ids[i] as `plan` addresses them (host
+  // addresses; validate_copy passed) and returns the job to wait on.
+  std::shared_ptr<HostJob> submit_blocks(ChunkPlan plan, std::vector<size_t> src_ids,
+                                         std::vector<size_t> dst_ids);
 
  private:
+  size_t parts_for(uint64_t bytes) const;
+  std::shared_ptr<HostJob> start(std::shared_ptr<HostJob> job);
   void run();
 
   std::mutex mu_;
@@ -38,18 +50,20 @@ class HostPool {
 
 class HostJob {
  public:
-  HostJob(std::vector<Chunk> chunks, uint64_t bytes, size_t parts);
+  // `parts` calls of copy(part), each returning the number of chunks it copied.
+  HostJob(size_t parts, std::function<size_t(size_t)> copy);
   bool done() const;
   // True when finished within `timeout`.
   bool wait_for(std::chrono::milliseconds timeout);
   void run_part(size_t part);
   size_t parts() const { return parts_; }
+  // The chunks the parts copied (each part's coalesced ranges): final once done().
+  size_t chunks() const { return chunks_.load(std::memory_order_relaxed); }
 
  private:
-  std::vector<Chunk> chunks_;
-  std::vector<uint64_t> starts_;  // byte offset of each chunk within the job
-  uint64_t bytes_;
+  std::function<size_t(size_t)> copy_;
   size_t parts_;
+  std::atomic<size_t> chunks_{0};
   mutable std::mutex mu_;
   std::condition_variable cv_;
   size_t remaining_;

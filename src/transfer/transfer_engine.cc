@@ -1,6 +1,8 @@
-// The transfer engine: validates a request, builds its chunk list, and hands it to a path.
+// The transfer engine: validates a request, builds its chunk list (or, for a large host
+// request, a plan that the host pool's parts work from), and hands it to a path.
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <thread>
 
 #include "common/uring_worker.h"
@@ -15,6 +17,11 @@
 namespace kvbm {
 namespace {
 
+// Host requests of at least this many chunks go to the pool as blocks, each part working
+// out its own chunks: listing 1 GiB of 16 KiB chunks first took one thread 0.8-2.5 ms of a
+// 19 ms copy on the H100 machines, while 16 waited.
+constexpr size_t kHostBlockJobChunks = 4096;
+
 bool is_host(StorageKind k) {
   return k == StorageKind::System || k == StorageKind::Pinned;
 }
@@ -26,10 +33,15 @@ Error timeout_error(TransferPath path, std::chrono::milliseconds timeout) {
 
 class HostTransfer final : public Transfer::Impl {
  public:
-  HostTransfer(std::shared_ptr<detail::HostJob> job, uint64_t bytes, size_t chunks)
-      : Impl(TransferPath::Host, bytes, chunks), job_(std::move(job)) {}
+  // `chunks`: the request's coalesced chunks, where known up front; else (a block job,
+  // whose parts list their own) what the parts copied, known once done.
+  HostTransfer(std::shared_ptr<detail::HostJob> job, uint64_t bytes, std::optional<size_t> chunks)
+      : Impl(TransferPath::Host, bytes, chunks.value_or(0)),
+        job_(std::move(job)),
+        counted_(!chunks) {}
   ~HostTransfer() override { job_->wait_for(std::chrono::hours(24 * 365)); }
   bool ready() override { return job_->done(); }
+  size_t chunks() const override { return counted_ ? job_->chunks() : Impl::chunks(); }
   Status wait(std::chrono::milliseconds timeout) override {
     if (!job_->wait_for(timeout)) return timeout_error(path(), timeout);
     return {};
@@ -37,6 +49,7 @@ class HostTransfer final : public Transfer::Impl {
 
  private:
   std::shared_ptr<detail::HostJob> job_;
+  bool counted_;
 };
 
 // A job run by a worker thread (File, Staged).
@@ -315,8 +328,18 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
       return Transfer(std::move(*impl));
     }
   }
+  const size_t per_block = src.config().num_layers * src.config().outer_dim;
+  if (*path == TransferPath::Host && src_ids.size() * per_block >= kHostBlockJobChunks) {
+    // Many chunks: the pool's threads work out their own (chunk_plan.h).
+    detail::ChunkPlan plan(src, dst);
+    const uint64_t bytes = src_ids.size() * per_block * plan.chunk_bytes();
+    auto job = state_->pool.submit_blocks(std::move(plan),
+                                          std::vector<size_t>(src_ids.begin(), src_ids.end()),
+                                          std::vector<size_t>(dst_ids.begin(), dst_ids.end()));
+    return Transfer(std::make_unique<HostTransfer>(std::move(job), bytes, std::nullopt));
+  }
   std::vector<Chunk> chunks;
-  chunks.reserve(src_ids.size() * src.config().num_layers * src.config().outer_dim);
+  chunks.reserve(src_ids.size() * per_block);
   const uint64_t bytes = detail::build_chunks(src, src_ids, dst, dst_ids, chunks);
   const size_t n = chunks.size();
 

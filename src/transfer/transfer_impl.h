@@ -32,7 +32,7 @@ class Transfer::Impl {
 
   TransferPath path() const { return path_; }
   uint64_t bytes() const { return bytes_; }
-  size_t chunks() const { return chunks_; }
+  virtual size_t chunks() const { return chunks_; }
 
  private:
   TransferPath path_;

@@ -235,6 +235,42 @@ TEST(TransferHost, LargeJobsWithOddChunksUseStreamingStores) {
   EXPECT_EQ(check_blocks(dst, d, s, 21), "");
 }
 
+// A host request of 4096 chunks or more goes to the pool as blocks, each part working out
+// its own chunks: between every pair of layout shapes, ids shuffled, every block lands, and
+// the chunks counted are those the parts copied (sequential ids coalesce within parts).
+TEST(TransferHost, RequestsOfManyChunksGoAsBlocks) {
+  auto e = engine({.host_threads = 3});
+  const size_t blocks = 1024;  // x 3 layers x 2 outer = 6144 chunks of 64 bytes
+  std::vector<size_t> shuffled(blocks), seq(blocks);
+  for (size_t i = 0; i < blocks; ++i) {
+    shuffled[i] = (i * 389 + 7) % blocks;  // 389 is prime to 1024: a permutation
+    seq[i] = i;
+  }
+  for (const Shape& from : kShapes) {
+    for (const Shape& to : kShapes) {
+      SCOPED_TRACE(std::string(from.name) + " -> " + to.name);
+      Layout src = host_layout(config(blocks), from);
+      Layout dst = host_layout(config(blocks), to);
+      fill_all_blocks(src, 31);
+      auto t = e->copy(src, seq, dst, shuffled);
+      ASSERT_TRUE(t.ok()) << t.error().to_string();
+      ASSERT_TRUE(t->wait(30s).ok());
+      EXPECT_EQ(check_blocks(dst, shuffled, seq, 31), "");
+      EXPECT_GT(t->chunks(), 0u);
+      EXPECT_LE(t->chunks(), blocks * 6);
+    }
+  }
+  // The same shape and ids on both sides: each part's blocks are one run per region.
+  Layout a = host_layout(config(blocks), kShapes[0]);
+  Layout b = host_layout(config(blocks), kShapes[0]);
+  fill_all_blocks(a, 32);
+  auto t = e->copy(a, seq, b, seq);
+  ASSERT_TRUE(t.ok());
+  ASSERT_TRUE(t->wait(30s).ok());
+  EXPECT_EQ(check_blocks(b, seq, seq, 32), "");
+  EXPECT_EQ(t->chunks(), 3u) << "one run per part, a part per thread";
+}
+
 // The host pool's parts: one per thread at least (none under 64 KiB), and about 1 MiB each
 // in large jobs, which the threads take in turn; parts cut through chunks and every byte
 // still lands once.
