@@ -508,22 +508,17 @@ int run_xfer(const XferOptions& o) {
   // target is judged on the second; for one descriptor they are the same.
   Table bw({"op", "size", "descs", "request", "in flight", "requests", "GB/s",
             "perftest GB/s (size)", "ratio", "perftest GB/s (request)", "ratio (request)"});
-  std::map<std::pair<Op, size_t>, std::optional<double>> perf_bw;  // per (op, message size)
-  auto perf = [&](Op op, size_t size, size_t n) -> std::optional<double> {
-    auto key = std::make_pair(op, size);
-    if (perf_bw.count(key) == 0) {
-      std::optional<double> best;
-      for (size_t round = 0; round < o.rounds; ++round) {
-        auto pr = run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
-        if (!pr) {
-          std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
-          break;
-        }
-        best = std::max(best.value_or(0), pr->gbps);
-      }
-      perf_bw[key] = best;
+  // One ucx_perftest run; nullopt (and a line on stderr) when it fails.
+  auto perf_once = [&](Op op, size_t size, size_t n) -> std::optional<double> {
+    auto pr = run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
+    if (!pr) {
+      std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
+      return std::nullopt;
     }
-    return perf_bw[key];
+    return pr->gbps;
+  };
+  auto keep_best = [](std::optional<double>& best, std::optional<double> v) {
+    if (v) best = std::max(best.value_or(0), *v);
   };
   double worst_bw_ratio = 1e9;
   for (Op op : ops) {
@@ -533,21 +528,27 @@ int run_xfer(const XferOptions& o) {
           o.iters != 0 ? o.iters : std::clamp<size_t>(point_bytes / request, 8, 20000);
       const size_t inflight =
           o.inflight != 0 ? o.inflight : std::clamp<size_t>((size_t{4} << 20) / request, 1, 32);
-      Result<BwPoint> r = BwPoint{};
-      for (size_t round = 0; round < o.rounds; ++round) {
-        auto one = measure_bandwidth(s, op, p.size, p.count, iters, inflight);
-        if (!one) return fail(one.error());
-        if (one->gbps > r->gbps) r = *one;
-      }
       // ucx_perftest messages of `size` bytes for as many bytes as this row moves.
       auto messages = [&](size_t size) {
         return o.iters != 0 ? o.iters * request / size
                             : std::clamp<size_t>(point_bytes / size, 8, 100000);
       };
+      // Our runs and ucx_perftest's interleaved, round by round, so that both meet the
+      // machine in the same state (a run is a few milliseconds; a slow spell of a shared
+      // machine used to fall on one side only).
+      Result<BwPoint> r = BwPoint{};
       std::optional<double> theirs, theirs_request;
-      if (perftest) {
-        theirs = perf(op, p.size, messages(p.size));
-        theirs_request = p.count == 1 ? theirs : perf(op, request, messages(request));
+      bool perf_ok = perftest.has_value();
+      for (size_t round = 0; round < o.rounds; ++round) {
+        auto one = measure_bandwidth(s, op, p.size, p.count, iters, inflight);
+        if (!one) return fail(one.error());
+        if (one->gbps > r->gbps) r = *one;
+        if (!perf_ok) continue;
+        auto t = perf_once(op, p.size, messages(p.size));
+        auto tr = p.count == 1 || !t ? t : perf_once(op, request, messages(request));
+        perf_ok = t && tr;
+        keep_best(theirs, t);
+        keep_best(theirs_request, tr);
       }
       if (theirs_request && request >= (64u << 10))
         worst_bw_ratio = std::min(worst_bw_ratio, r->gbps / *theirs_request);
@@ -558,8 +559,9 @@ int run_xfer(const XferOptions& o) {
     }
   }
   std::cout << "Bandwidth, best of " << o.rounds
-            << " runs each (GB/s = 1e9 B/s; perftest: ucp_put_bw / ucp_get of one message of "
-               "'size', and of 'request', each buffer reused)\n";
+            << " runs each, ours and perftest's taking turns (GB/s = 1e9 B/s; perftest: "
+               "ucp_put_bw / ucp_get of one message of 'size', and of 'request', each buffer "
+               "reused)\n";
   bw.print(std::cout);
 
   Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
