@@ -46,6 +46,17 @@ size_t device_mismatch(const void* dev, size_t len, uint64_t seed, size_t poff) 
   return testing::find_pattern_mismatch(host.data(), len, seed, poff);
 }
 
+// "" when [buf + at, + len) holds the pattern of `seed` from position `poff` and the bytes
+// just before and after it are still zero; else what is wrong.
+std::string landed(const char* buf, size_t at, size_t len, uint64_t seed, size_t poff) {
+  if (size_t b = testing::find_pattern_mismatch(buf + at, len, seed, poff); b != SIZE_MAX) {
+    return "byte " + std::to_string(b) + " differs";
+  }
+  if (buf[at - 1] != 0) return "the byte before was written";
+  if (buf[at + len] != 0) return "the byte after was written";
+  return "";
+}
+
 Status run(Agent& a, Op op, const DescList& l, const DescList& r, const std::string& peer,
            std::optional<std::string> notif = {}) {
   auto req = a.create_request(op, l, r, peer, std::move(notif));
@@ -254,19 +265,13 @@ TEST_F(GpuXferLocal, SingleHostCopiesAtOddOffsets) {
       auto st = run(*agent, Op::Write, dram(*host, hoff, len), vram(*a, voff, len), "solo");
       ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
       ASSERT_EQ(cudaMemcpy(back.data(), a->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
-      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + voff, len, seed, hoff), SIZE_MAX)
-          << what << " -> VRAM";
-      EXPECT_EQ(back[voff - 1], 0) << what << " -> VRAM: byte before";
-      EXPECT_EQ(back[voff + len], 0) << what << " -> VRAM: byte after";
+      EXPECT_EQ(landed(back.data(), voff, len, seed, hoff), "") << what << " -> VRAM";
 
       fill_device(a->data(), kBytes, ++seed);
       std::memset(h, 0, kBytes);
       st = run(*agent, Op::Read, dram(*host, hoff, len), vram(*a, voff, len), "solo");
       ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
-      EXPECT_EQ(testing::find_pattern_mismatch(h + hoff, len, seed, voff), SIZE_MAX)
-          << what << " <- VRAM";
-      EXPECT_EQ(h[hoff - 1], 0) << what << " <- VRAM: byte before";
-      EXPECT_EQ(h[hoff + len], 0) << what << " <- VRAM: byte after";
+      EXPECT_EQ(landed(h, hoff, len, seed, voff), "") << what << " <- VRAM";
     }
   }
 }
@@ -295,12 +300,9 @@ TEST_F(GpuXferLocal, SmallHostToVramCopiesBehindQueuedOnes) {
       ASSERT_TRUE((*small)->wait(30s).ok()) << what;
       ASSERT_TRUE((*ahead)->wait(30s).ok()) << what;
       ASSERT_EQ(cudaMemcpy(back.data(), a->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
-      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + voff, len, seed, hoff), SIZE_MAX)
-          << what;
+      EXPECT_EQ(landed(back.data(), voff, len, seed, hoff), "") << what;
       EXPECT_EQ(testing::find_pattern_mismatch(back.data(), 4 << 20, seed, 0), SIZE_MAX)
           << what << ": the request ahead";
-      EXPECT_EQ(back[voff - 1], 0) << what << ": byte before";
-      EXPECT_EQ(back[voff + len], 0) << what << ": byte after";
     }
   }
 }
@@ -322,10 +324,7 @@ TEST_F(GpuXferLocal, SingleVramCopiesAtOddOffsets) {
       auto st = run(*agent, Op::Write, vram(*a, from, len), vram(*b, to, len), "solo");
       ASSERT_TRUE(st.ok()) << what << ": " << st.error().to_string();
       ASSERT_EQ(cudaMemcpy(back.data(), b->data(), kBytes, cudaMemcpyDeviceToHost), cudaSuccess);
-      EXPECT_EQ(testing::find_pattern_mismatch(back.data() + to, len, seed, from), SIZE_MAX)
-          << what;
-      EXPECT_EQ(back[to - 1], 0) << what << ": byte before";
-      EXPECT_EQ(back[to + len], 0) << what << ": byte after";
+      EXPECT_EQ(landed(back.data(), to, len, seed, from), "") << what;
     }
   }
 }
