@@ -88,10 +88,17 @@ Status AgentImpl::start() {
     }
   }
   if (config_.progress_thread) progress_thread_ = std::thread([this] { progress_loop(); });
-  return {};
+  return start_discovery();
 }
 
 AgentImpl::~AgentImpl() {
+  if (discovery_) {
+    // Peers see this agent leave at once, rather than when its lease expires.
+    if (auto st = discovery_->withdraw(); !st) {
+      log(LogLevel::Warn, "agent '" + name_ + "': withdrawing from etcd: " + st.error().message);
+    }
+    discovery_->stop();
+  }
   alive_.reset();
   {
     std::lock_guard<std::mutex> lock(listen_mu_);
@@ -328,6 +335,7 @@ Result<std::string> AgentImpl::load_remote_metadata(std::string_view bytes) {
 }
 
 Status AgentImpl::invalidate_remote(const std::string& agent) {
+  if (discovery_) discovery_->forget(agent);
   std::shared_ptr<RemotePeer> peer;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -395,8 +403,11 @@ Status AgentImpl::publish(const std::string& key, std::string bytes) {
   }
   auto item = std::make_shared<const std::string>(std::move(bytes));
   std::shared_ptr<const std::string> old;  // freed outside the lock
-  std::lock_guard<std::mutex> lock(published_mu_);
-  old = std::exchange(published_[key], std::move(item));
+  {
+    std::lock_guard<std::mutex> lock(published_mu_);
+    old = std::exchange(published_[key], item);
+  }
+  if (discovery_) return discovery_->publish_item(key, *item);
   return {};
 }
 
@@ -411,6 +422,7 @@ Status AgentImpl::unpublish(const std::string& key) {
     old = std::move(it->second);
     published_.erase(it);
   }
+  if (discovery_) return discovery_->unpublish_item(key);
   return {};
 }
 

@@ -14,6 +14,7 @@
 
 #include "kvbm/xfer/agent.h"
 #include "xfer/backend.h"
+#include "xfer/etcd_discovery.h"
 #include "xfer/side_channel.h"
 
 namespace kvbm::xfer::detail {
@@ -85,6 +86,11 @@ class AgentImpl final : public Agent {
                                       const std::string& key,
                                       std::chrono::milliseconds timeout) override;
 
+  Status publish_metadata() override;
+  Status withdraw_metadata() override;
+  Result<std::string> fetch_remote_metadata(const std::string& name) override;
+  Result<std::string> fetch_published(const std::string& name, const std::string& key) override;
+
   Result<std::unique_ptr<Request>> create_request(Op op, const DescList& local,
                                                   const DescList& remote,
                                                   const std::string& remote_agent,
@@ -141,6 +147,12 @@ class AgentImpl final : public Agent {
   mutable std::mutex published_mu_;
   // Shared, so that serving one copies it outside the lock.
   std::map<std::string, std::shared_ptr<const std::string>> published_;
+
+  Status start_discovery();
+  EtcdDiscovery* discovery_or_error(Status* why) const;
+  // etcd discovery; null without endpoints. Stopped first in the destructor, so its
+  // callbacks (which load and invalidate peers) never run on a half-destroyed agent.
+  std::unique_ptr<EtcdDiscovery> discovery_;
 
   std::mutex listen_mu_;
   std::unique_ptr<SideChannelServer> side_channel_;

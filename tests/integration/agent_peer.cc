@@ -19,6 +19,8 @@
 //   fsizelimit BYTES          -> OK         (RLIMIT_FSIZE, SIGXFSZ ignored: a write past
 //                                             BYTES of any file fails with EFBIG)
 //   expectfile MSG TIMEOUT_MS FD OFF LEN SEED POFF -> OK | BAD <index> | TIMEOUT
+//   publish                   -> OK | ERR <message>   (its metadata to etcd: KVBM_ETCD_ENDPOINTS,
+//                                             lease AGENT_PEER_ETCD_TTL_S seconds if set)
 //   quit
 // Usage: agent_peer NAME BYTES SEED [poll]
 #include <fcntl.h>
@@ -27,6 +29,7 @@
 #include <unistd.h>
 
 #include <csignal>
+#include <cstdlib>
 
 #include <algorithm>
 #include <cstring>
@@ -50,6 +53,9 @@ int main(int argc, char** argv) {
   const uint64_t seed = std::stoull(argv[3]);
   xfer::AgentConfig config;
   config.progress_thread = !(argc > 4 && std::string(argv[4]) == "poll");
+  if (const char* ttl = std::getenv("AGENT_PEER_ETCD_TTL_S")) {
+    config.etcd_lease_ttl = std::chrono::seconds(std::stoi(ttl));
+  }
   auto agent = xfer::Agent::create(name, config);
   if (!agent) {
     std::cout << "ERR " << agent.error().to_string() << std::endl;
@@ -230,6 +236,9 @@ int main(int argc, char** argv) {
         reply = st ? "OK " + std::to_string(more->addr()) : "ERR " + st.error().to_string();
         extra.push_back(std::move(*more));
       }
+    } else if (cmd == "publish") {
+      auto st = (*agent)->publish_metadata();
+      reply = st ? "OK" : "ERR " + st.error().to_string();
     } else if (cmd == "quit") {
       break;
     } else {

@@ -58,6 +58,14 @@ struct AgentConfig {
   // Largest metadata blob accepted from a peer (side channel and load_remote_metadata),
   // and largest item this agent publishes or fetches (publish, fetch_published).
   size_t max_metadata_bytes = 64 << 20;
+  // etcd discovery (optional; without endpoints the side channel is the only way). The
+  // endpoints ("http://host:2379" or "host:2379"; KVBM_ETCD_ENDPOINTS, comma-separated,
+  // when empty) and the key prefix (KVBM_ETCD_PREFIX when empty, else "kvbm/"). What the
+  // agent publishes is kept under a lease of etcd_lease_ttl, refreshed while it lives, so
+  // a peer that dies disappears from etcd within the ttl.
+  std::vector<std::string> etcd_endpoints;
+  std::string etcd_prefix;
+  std::chrono::seconds etcd_lease_ttl{10};
 };
 
 // The registration of memory with an agent. Deregisters on release() or destruction.
@@ -156,6 +164,24 @@ class Agent {
   virtual Result<std::string> fetch_published(
       const std::string& host, uint16_t port, const std::string& key,
       std::chrono::milliseconds timeout = std::chrono::seconds(5)) = 0;
+
+  // ---- etcd discovery (AgentConfig::etcd_endpoints) ----
+  // Unsupported from each of these when the agent has no etcd endpoints; Io naming the
+  // endpoints when etcd is unreachable (what is loaded keeps working meanwhile; what was
+  // published is put again once etcd answers).
+  //
+  // Publishes local_metadata() under <prefix>agents/<name> (call again after registering
+  // more memory). With etcd, publish() also puts its items under <prefix>items/<name>/<key>.
+  virtual Status publish_metadata() = 0;
+  // Removes what this agent published from etcd (also done when the agent is destroyed).
+  virtual Status withdraw_metadata() = 0;
+  // Fetches agent `name`'s metadata from etcd and loads it; returns the name. NotFound
+  // when etcd has none. The agent then follows the peer: when its key is deleted or its
+  // lease expires (it died), the peer is invalidated; when it publishes new metadata (it
+  // restarted under the same name), that is loaded in its place.
+  virtual Result<std::string> fetch_remote_metadata(const std::string& name) = 0;
+  // An item peer `name` published, from etcd. NotFound naming agent and key.
+  virtual Result<std::string> fetch_published(const std::string& name, const std::string& key) = 0;
 
   // Prepares a READ or WRITE between local and remote descriptors, validating first:
   // equal counts and lengths, every local range inside a region registered here, every

@@ -1,0 +1,195 @@
+// Agents that find each other through a real etcd: publish, fetch by name, follow a peer
+// that leaves, dies or restarts, and keep working while etcd is away.
+#include <gtest/gtest.h>
+
+#include <sstream>
+#include <thread>
+
+#include "kvbm/storage.h"
+#include "kvbm/xfer/agent.h"
+#include "support/etcd_server.h"
+#include "support/test_support.h"
+#include "support/two_process.h"
+
+namespace kvbm::xfer {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr testing::Transport kTcp{"tcp", "tcp,self", "off"};
+
+AgentConfig etcd_config(const testing::EtcdServer& etcd) {
+  AgentConfig c;
+  c.add_cuda_if_gpu = false;
+  c.etcd_endpoints = {etcd.endpoint()};
+  c.etcd_prefix = "test/";
+  c.etcd_lease_ttl = 2s;
+  c.peer_timeout = testing::peer_timeout();
+  return c;
+}
+
+std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config) {
+  auto a = Agent::create(name, std::move(config));
+  EXPECT_TRUE(a.ok()) << a.error().to_string();
+  return a.ok() ? std::move(*a) : nullptr;
+}
+
+SystemStorage make_buffer(size_t size, uint64_t seed) {
+  auto s = SystemAllocator().allocate(size);
+  testing::fill_pattern(s->data(), size, seed);
+  return std::move(*s);
+}
+
+DescList dram(uint64_t addr, uint64_t len) {
+  return DescList(MemType::Dram, {Desc{addr, len, 0}});
+}
+
+// Polls `cond` for up to `timeout` (etcd's events arrive on another thread).
+template <typename Cond>
+bool eventually(Cond cond, std::chrono::milliseconds timeout = 15s) {
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < until) {
+    if (cond()) return true;
+    std::this_thread::sleep_for(20ms);
+  }
+  return cond();
+}
+
+TEST(AgentEtcd, WithoutEndpointsEveryCallIsUnsupported) {
+  unsetenv("KVBM_ETCD_ENDPOINTS");
+  auto a = make_agent("a", AgentConfig{});
+  ASSERT_NE(a, nullptr);
+  EXPECT_ERROR(a->publish_metadata(), ErrorCode::Unsupported, "no etcd endpoints");
+  EXPECT_ERROR(a->withdraw_metadata(), ErrorCode::Unsupported, "no etcd endpoints");
+  EXPECT_ERROR(a->fetch_remote_metadata(std::string("b")), ErrorCode::Unsupported,
+               "no etcd endpoints");
+  EXPECT_ERROR(a->fetch_published(std::string("b"), std::string("k")), ErrorCode::Unsupported,
+               "no etcd endpoints");
+}
+
+TEST(AgentEtcd, BadConfigIsRefusedAtCreation) {
+  AgentConfig c;
+  c.etcd_endpoints = {"https://127.0.0.1:1"};
+  EXPECT_ERROR(Agent::create("a", c), ErrorCode::InvalidArgument, "not http://host:port");
+  c.etcd_endpoints = {"127.0.0.1:1"};
+  c.etcd_lease_ttl = 1s;
+  EXPECT_ERROR(Agent::create("a", c), ErrorCode::InvalidArgument, "ttl of 1 s");
+}
+
+TEST(AgentEtcd, PublishFetchByNameTransferWithdraw) {
+  KVBM_REQUIRE_ETCD();
+  testing::EtcdServer etcd;
+  ASSERT_TRUE(etcd.ready());
+  testing::use_transport(kTcp);
+  auto a = make_agent("a", etcd_config(etcd)), b = make_agent("b", etcd_config(etcd));
+  ASSERT_TRUE(a && b);
+  auto abuf = make_buffer(1 << 20, 5), bbuf = make_buffer(1 << 20, 6);
+  ASSERT_TRUE(a->register_storage(abuf).ok());
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  EXPECT_ERROR(b->fetch_remote_metadata(std::string("a")), ErrorCode::NotFound, "no agent 'a'");
+  ASSERT_TRUE(a->publish_metadata().ok());
+  ASSERT_TRUE(a->publish("blocks/7", "descriptor bytes").ok());
+
+  auto name = b->fetch_remote_metadata(std::string("a"));
+  ASSERT_TRUE(name.ok()) << name.error().to_string();
+  EXPECT_EQ(*name, "a");
+  ASSERT_TRUE(
+      testing::transfer(*b, Op::Write, dram(bbuf.addr(), 1 << 20), dram(abuf.addr(), 1 << 20), "a")
+          .ok());
+  a->progress();
+  EXPECT_EQ(testing::find_pattern_mismatch(abuf.data(), 1 << 20, 6), SIZE_MAX);
+  EXPECT_EQ(b->fetch_published(std::string("a"), std::string("blocks/7")).value(),
+            "descriptor bytes");
+  EXPECT_ERROR(b->fetch_published(std::string("a"), std::string("blocks/8")), ErrorCode::NotFound,
+               "no item 'blocks/8'");
+  ASSERT_TRUE(a->unpublish("blocks/7").ok());
+  EXPECT_ERROR(b->fetch_published(std::string("a"), std::string("blocks/7")), ErrorCode::NotFound,
+               "blocks/7");
+
+  // Leaving etcd: the follower invalidates the peer.
+  ASSERT_TRUE(a->withdraw_metadata().ok());
+  EXPECT_TRUE(eventually([&] { return !b->has_remote("a"); }));
+}
+
+TEST(AgentEtcd, APeerThatDiesIsInvalidatedAndItsRestartIsLoaded) {
+  KVBM_REQUIRE_ETCD();
+  testing::EtcdServer etcd;
+  ASSERT_TRUE(etcd.ready());
+  testing::use_transport(kTcp);
+  auto b = make_agent("b", etcd_config(etcd));
+  ASSERT_NE(b, nullptr);
+  auto bbuf = make_buffer(1 << 16, 3);
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  const std::map<std::string, std::string> env = {{"KVBM_ETCD_ENDPOINTS", etcd.endpoint()},
+                                                  {"KVBM_ETCD_PREFIX", "test/"},
+                                                  {"AGENT_PEER_ETCD_TTL_S", "2"}};
+  auto start_peer = [&](std::unique_ptr<testing::ChildProcess>& p, uint64_t seed) -> uint64_t {
+    auto ready = testing::start_agent_peer(p, {"peer", "65536", std::to_string(seed)}, kTcp, env);
+    if (!ready) return 0;
+    std::istringstream in(*ready);
+    int port = 0;
+    uint64_t addr = 0;
+    in >> port >> addr;
+    EXPECT_EQ(p->ask("publish").value_or(""), "OK");
+    return addr;
+  };
+  std::unique_ptr<testing::ChildProcess> peer;
+  const uint64_t addr1 = start_peer(peer, 11);
+  ASSERT_NE(addr1, 0u);
+  ASSERT_TRUE(b->fetch_remote_metadata(std::string("peer")).ok());
+  ASSERT_TRUE(
+      testing::transfer(*b, Op::Read, dram(bbuf.addr(), 4096), dram(addr1, 4096), "peer").ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(bbuf.data(), 4096, 11), SIZE_MAX);
+
+  // kill -9: nothing withdraws; the lease expires and the follower invalidates the peer.
+  peer->kill_now();
+  peer->wait();
+  EXPECT_TRUE(eventually([&] { return !b->has_remote("peer"); }));
+
+  // Restarted under the same name; fetched again, it is followed again, and a second
+  // restart's metadata is loaded by the watch alone.
+  const uint64_t addr2 = start_peer(peer, 12);
+  ASSERT_NE(addr2, 0u);
+  ASSERT_TRUE(b->fetch_remote_metadata(std::string("peer")).ok());
+  peer->kill_now();
+  peer->wait();
+  std::unique_ptr<testing::ChildProcess> third;
+  const uint64_t addr3 = start_peer(third, 13);
+  ASSERT_NE(addr3, 0u);
+  EXPECT_TRUE(eventually([&] {
+    return b->has_remote("peer") &&
+           testing::transfer(*b, Op::Read, dram(bbuf.addr(), 4096), dram(addr3, 4096), "peer").ok();
+  }));
+  EXPECT_EQ(testing::find_pattern_mismatch(bbuf.data(), 4096, 13), SIZE_MAX);
+}
+
+TEST(AgentEtcd, EtcdAwayFailsNewDiscoveryOnlyAndRecovers) {
+  KVBM_REQUIRE_ETCD();
+  testing::EtcdServer etcd;
+  ASSERT_TRUE(etcd.ready());
+  testing::use_transport(kTcp);
+  auto a = make_agent("a", etcd_config(etcd)), b = make_agent("b", etcd_config(etcd));
+  ASSERT_TRUE(a && b);
+  auto abuf = make_buffer(1 << 16, 5), bbuf = make_buffer(1 << 16, 6);
+  ASSERT_TRUE(a->register_storage(abuf).ok());
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  ASSERT_TRUE(a->publish_metadata().ok());
+  ASSERT_TRUE(b->fetch_remote_metadata(std::string("a")).ok());
+
+  etcd.kill();
+  EXPECT_ERROR(b->fetch_remote_metadata(std::string("c")), ErrorCode::Io, "etcd unreachable");
+  EXPECT_ERROR(a->publish("k", "v"), ErrorCode::Io, "etcd unreachable");
+  // The connection made before keeps working.
+  EXPECT_TRUE(
+      testing::transfer(*b, Op::Read, dram(bbuf.addr(), 4096), dram(abuf.addr(), 4096), "a").ok());
+  EXPECT_TRUE(b->has_remote("a"));
+
+  ASSERT_TRUE(etcd.restart());
+  // What failed to publish is put once etcd answers again; discovery works again.
+  EXPECT_TRUE(
+      eventually([&] { return b->fetch_published(std::string("a"), std::string("k")).ok(); }));
+  EXPECT_TRUE(b->fetch_remote_metadata(std::string("a")).ok());
+}
+
+}  // namespace
+}  // namespace kvbm::xfer
