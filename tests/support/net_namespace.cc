@@ -1,0 +1,70 @@
+#include "support/net_namespace.h"
+
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdlib>
+
+namespace kvbm::testing {
+namespace {
+
+constexpr const char* kIp = "/usr/sbin/ip";
+
+bool run(const std::string& command) {
+  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+std::atomic<int> counter{0};
+
+}  // namespace
+
+std::string NetNamespace::unavailable() {
+  if (geteuid() != 0) return "network namespaces need root";
+  if (access(kIp, X_OK) != 0) return "iproute2's ip is not installed";
+  const std::string probe = "kvbm-probe-" + std::to_string(getpid());
+  if (!run(std::string(kIp) + " netns add " + probe)) return "ip netns add is refused here";
+  run(std::string(kIp) + " netns del " + probe);
+  return {};
+}
+
+NetNamespace::NetNamespace() {
+  // Unique per process and instance, so tests running at once never share a name or subnet.
+  const int n = counter++;
+  const unsigned index = (static_cast<unsigned>(getpid()) * 8 + static_cast<unsigned>(n)) % 32768;
+  const std::string id = std::to_string(getpid() % 100000) + "x" + std::to_string(n);
+  name_ = "kvbm-" + id;
+  host_dev_ = "kv" + id + "a";
+  peer_dev_ = "kv" + id + "b";
+  // A /30 of 198.18.0.0/15 each: .1 ours, .2 the namespace's.
+  const unsigned base = index * 4;
+  const std::string net = "198." + std::to_string(18 + (base >> 16)) + "." +
+                          std::to_string((base >> 8) & 255) + ".";
+  host_addr_ = net + std::to_string((base & 255) + 1);
+  peer_addr_ = net + std::to_string((base & 255) + 2);
+  const std::string ip = kIp;
+  ok_ = run(ip + " netns add " + name_) &&
+        run(ip + " link add " + host_dev_ + " type veth peer name " + peer_dev_) &&
+        run(ip + " link set " + peer_dev_ + " netns " + name_) &&
+        run(ip + " addr add " + host_addr_ + "/30 dev " + host_dev_) &&
+        run(ip + " link set " + host_dev_ + " up") &&
+        run(ip + " -n " + name_ + " addr add " + peer_addr_ + "/30 dev " + peer_dev_) &&
+        run(ip + " -n " + name_ + " link set " + peer_dev_ + " up") &&
+        run(ip + " -n " + name_ + " link set lo up");
+}
+
+NetNamespace::~NetNamespace() {
+  run(std::string(kIp) + " link del " + host_dev_);  // takes its peer end with it
+  run(std::string(kIp) + " netns del " + name_);
+}
+
+std::vector<std::string> NetNamespace::exec(const std::vector<std::string>& argv) const {
+  std::vector<std::string> out = {kIp, "netns", "exec", name_};
+  out.insert(out.end(), argv.begin(), argv.end());
+  return out;
+}
+
+bool NetNamespace::set_link(bool up) const {
+  return run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"));
+}
+
+}  // namespace kvbm::testing
