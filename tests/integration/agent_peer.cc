@@ -1,6 +1,6 @@
 // The second agent of the two-process tests: owns one registered host buffer filled
-// with a known pattern, serves its metadata on 127.0.0.1, and answers commands on stdin
-// (one per line; replies on stdout):
+// with a known pattern, serves its metadata on 127.0.0.1 (or AGENT_PEER_LISTEN), and answers
+// commands on stdin (one per line; replies on stdout):
 //   check OFF LEN SEED POFF   -> OK | BAD <index>     (bytes vs pattern SEED at POFF)
 //   fill SEED | zero          -> OK
 //   fetch PORT                -> OK <name> | ERR <message>
@@ -68,7 +68,8 @@ int main(int argc, char** argv) {
     std::cout << "ERR " << st.error().to_string() << std::endl;
     return 1;
   }
-  auto port = (*agent)->listen("127.0.0.1", 0);
+  const char* listen_host = std::getenv("AGENT_PEER_LISTEN");  // another host's tests
+  auto port = (*agent)->listen(listen_host != nullptr ? listen_host : "127.0.0.1", 0);
   if (!port) {
     std::cout << "ERR " << port.error().to_string() << std::endl;
     return 1;

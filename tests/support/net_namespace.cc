@@ -37,8 +37,8 @@ NetNamespace::NetNamespace() {
   peer_dev_ = "kv" + id + "b";
   // A /30 of 198.18.0.0/15 each: .1 ours, .2 the namespace's.
   const unsigned base = index * 4;
-  const std::string net = "198." + std::to_string(18 + (base >> 16)) + "." +
-                          std::to_string((base >> 8) & 255) + ".";
+  const std::string net =
+      "198." + std::to_string(18 + (base >> 16)) + "." + std::to_string((base >> 8) & 255) + ".";
   host_addr_ = net + std::to_string((base & 255) + 1);
   peer_addr_ = net + std::to_string((base & 255) + 2);
   const std::string ip = kIp;
