@@ -37,8 +37,9 @@ struct BenchTransferOptions {
   size_t threads = 0;
   bool no_gpu = false;
   bool no_host = false;
-  TransferEngineOptions engine;  // the CUDA kernel's shape, for tuning sweeps
-  std::string kernel = "warp";   // engine.cuda_kernel by name
+  TransferEngineOptions engine;      // the CUDA kernel's shape, for tuning sweeps
+  std::string kernel = "warp";       // engine.cuda_kernel by name
+  std::string host_engine = "auto";  // engine.cuda_host_engine by name
 };
 
 // Median seconds of `iters` runs of `fn` (after one warm-up run).
@@ -215,12 +216,19 @@ void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>
       }
       rows.push_back(r);
     };
+    // The engine each pinned row goes through (measured on this machine, or forced).
+    auto engine = [&](bool to_device) {
+      auto en = e.cuda_host_engine(0, to_device, c.chunk_bytes());
+      return std::string(en ? to_string(*en) : "?");
+    };
+    const std::string h2d_name = "pinned -> GPU (" + engine(true) + ")";
+    const std::string d2h_name = "GPU -> pinned (" + engine(false) + ")";
     // pinned -> GPU (scattered into the shuffled device blocks), GPU -> GPU, GPU -> pinned.
-    run("pinned -> GPU", *host, *dev, sids, dids, h2d, "cudaMemcpy H2D", &*host);
+    run(h2d_name.c_str(), *host, *dev, sids, dids, h2d, "cudaMemcpy H2D", &*host);
     run("GPU -> GPU", *dev, *dev2, dids, sids, d2d, "cudaMemcpy D2D", nullptr);
     rows.back().note = "checked below";
     // dev2 block b holds host block b, so host2 block dids[i] must hold host block sids[i].
-    run("GPU -> pinned", *dev2, *host2, sids, dids, d2h, "cudaMemcpy D2H", &*host);
+    run(d2h_name.c_str(), *dev2, *host2, sids, dids, d2h, "cudaMemcpy D2H", &*host);
   }
 }
 #endif
@@ -231,6 +239,9 @@ int run_bench_transfer(const BenchTransferOptions& o) {
   eo.cuda_kernel = o.kernel == "warp"  ? CudaCopyKernel::Warp
                    : o.kernel == "cta" ? CudaCopyKernel::Cta
                                        : CudaCopyKernel::Baseline;
+  eo.cuda_host_engine = o.host_engine == "kernel"  ? CudaHostEngine::Kernel
+                        : o.host_engine == "batch" ? CudaHostEngine::Batch
+                                                   : CudaHostEngine::Auto;
   auto e = TransferEngine::create(eo);
   if (!e) {
     std::cerr << "kvbm bench transfer: " << e.error().to_string() << "\n";
@@ -290,6 +301,12 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
                   "math, next ids prefetched), warp (as cta, a warp per piece of <= 32 KiB)")
       ->capture_default_str()
       ->check(CLI::IsMember({"baseline", "cta", "warp"}));
+  cmd->add_option("--host-engine", o->host_engine,
+                  "Pinned <-> GPU: auto (the faster on this machine, measured once), kernel (the "
+                  "copy kernel reads pinned memory), batch (copy engines, one "
+                  "cudaMemcpyBatchAsync)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "kernel", "batch"}));
   cmd->callback([o, &runner] { runner = [o] { return run_bench_transfer(*o); }; });
 }
 

@@ -57,6 +57,16 @@ const char* to_string(TransferPath path);
 enum class CudaCopyKernel : uint8_t { Baseline, Cta, Warp };
 const char* to_string(CudaCopyKernel kernel);
 
+// How the Cuda path moves blocks between pinned host memory and a GPU. Which is faster
+// differs between machines and drivers, so by default (Auto) it is measured on the machine:
+// the first copy between pinned memory and a GPU times both over scattered chunks of each
+// size class (up to 16 KiB, 64 KiB, 256 KiB, larger) and direction, and the faster is kept
+// for that GPU. VRAM <-> VRAM copies always use the kernel.
+//   Kernel  the block copy kernel reads or writes the mapped pinned memory itself.
+//   Batch   the GPU's copy engines, every coalesced chunk in one cudaMemcpyBatchAsync.
+enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch };
+const char* to_string(CudaHostEngine engine);
+
 // An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,
 // File, Staged) or cancels it (Remote), so memory is never written after the handle is gone.
 class Transfer {
@@ -95,6 +105,8 @@ struct TransferEngineOptions {
   CudaCopyKernel cuda_kernel = CudaCopyKernel::Warp;
   // Cta and Warp: 64-bit index arithmetic even where 32 bits suffice (for tests).
   bool cuda_index64 = false;
+  // Pinned host memory <-> GPU: measured per GPU (Auto), or forced.
+  CudaHostEngine cuda_host_engine = CudaHostEngine::Auto;
   // The Staged path's host buffer, allocated on first use and kept: a positive multiple
   // of 8192 (two halves of whole pages), at most 64 GiB. Larger requests go in batches.
   size_t staging_bytes = 64 << 20;
@@ -147,6 +159,12 @@ class TransferEngine {
   uint64_t file_fixed_ios() const;
 
   size_t host_threads() const;
+
+  // The engine the Cuda path uses on GPU `ordinal` between pinned memory and the GPU
+  // (`to_device`: host -> GPU) for coalesced chunks of `chunk_bytes`: the forced one, or
+  // with Auto the measured one (measuring now if not yet done: some tens of ms).
+  // DeviceUnavailable without a usable GPU.
+  Result<CudaHostEngine> cuda_host_engine(int ordinal, bool to_device, size_t chunk_bytes);
 
  private:
   struct State;

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <mutex>
 #include <thread>
 
 #include "common/cuda_util.h"
 #include "kvbm/log.h"
 #include "transfer/copy_kernel.h"
+#include "transfer/host_engines.h"
 
 namespace kvbm::detail {
 
@@ -46,6 +48,23 @@ struct CudaCopier::State {
   std::mutex mu;
   std::array<Slot, kSlots> slots;
   size_t next = 0;
+  BatchArgs batch_args;  // under mu
+
+  // The host engine of each direction (0: to the GPU) and chunk class, once measured.
+  std::once_flag probed;
+  std::array<std::array<CudaHostEngine, kHostEngineClasses>, 2> engines{};
+  std::atomic<bool> batch_supported{true};
+
+  CopyLaunch launch() const {
+    CopyLaunch l;
+    l.kernel = copy_kernel(options.cuda_kernel);
+    l.max_ctas = static_cast<unsigned>(
+        std::min<uint64_t>(uint64_t{sms} * options.cuda_ctas_per_sm, UINT32_MAX));
+    l.threads = options.cuda_threads;
+    l.index64 = options.cuda_index64;
+    return l;
+  }
+  void probe_engines();
 
   ~State() {
     DeviceGuard guard(ordinal);
@@ -261,18 +280,90 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& 
   job.outer_dim = static_cast<uint32_t>(src.config().outer_dim);
   job.chunk = src.config().chunk_bytes();
   job.piece = st.options.cuda_max_piece;
-  CopyLaunch launch;
-  launch.kernel = copy_kernel(st.options.cuda_kernel);
-  launch.max_ctas = static_cast<unsigned>(
-      std::min<uint64_t>(uint64_t{st.sms} * st.options.cuda_ctas_per_sm, UINT32_MAX));
-  launch.threads = st.options.cuda_threads;
-  launch.index64 = st.options.cuda_index64;
-  if ((e = launch_block_copy_kernel(job, launch, st.stream)) != cudaSuccess) {
+  if ((e = launch_block_copy_kernel(job, st.launch(), st.stream)) != cudaSuccess) {
     return fail(e, "launching the block copy kernel");
   }
   if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) return fail(e, "cudaEventRecord");
   return std::unique_ptr<Transfer::Impl>(new CudaTransfer(state_.get(), index, slot.generation,
                                                           bytes, pairs * layers * job.outer_dim));
+}
+
+// Times both engines for each direction and class over one pair of probe buffers, and keeps
+// the faster; the kernel where anything fails (it needs nothing the driver may lack).
+void CudaCopier::State::probe_engines() {
+  for (auto& dir : engines) dir.fill(CudaHostEngine::Kernel);
+  constexpr size_t kProbeBytes = 32 << 20;
+  DeviceGuard guard(ordinal);
+  void* pinned = nullptr;
+  void* device = nullptr;
+  cudaError_t e = cudaHostAlloc(&pinned, kProbeBytes, cudaHostAllocMapped);
+  if (e == cudaSuccess) e = cudaMalloc(&device, kProbeBytes);
+  if (e == cudaSuccess) e = cudaMemset(device, 0x5a, kProbeBytes);
+  std::string choices;
+  for (int dir = 0; dir < 2 && e == cudaSuccess; ++dir) {
+    for (size_t cls = 0; cls < kHostEngineClasses; ++cls) {
+      auto rates = probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device,
+                                      kProbeBytes, launch(), options.cuda_max_piece, stream);
+      if (!rates) {
+        log(LogLevel::Warn, "GPU " + std::to_string(ordinal) +
+                                ": probing the host copy engines: " + rates.error().message);
+        e = cudaErrorUnknown;
+        break;
+      }
+      const bool batch = rates->batch_gbps > rates->kernel_gbps;
+      engines[dir][cls] = batch ? CudaHostEngine::Batch : CudaHostEngine::Kernel;
+      choices += std::string(dir == 0 ? " h2d " : " d2h ") +
+                 std::to_string(host_engine_class_bytes(cls) >> 10) +
+                 "K:" + (batch ? "batch" : "kernel");
+    }
+  }
+  if (device != nullptr) cudaFree(device);
+  if (pinned != nullptr) cudaFreeHost(pinned);
+  cudaGetLastError();
+  if (e == cudaSuccess)
+    log(LogLevel::Debug, "GPU " + std::to_string(ordinal) + " host engines:" + choices);
+}
+
+CudaHostEngine CudaCopier::host_engine(bool to_device, size_t chunk_bytes) {
+  State& st = *state_;
+  if (!st.batch_supported.load(std::memory_order_relaxed)) return CudaHostEngine::Kernel;
+  if (st.options.cuda_host_engine != CudaHostEngine::Auto) return st.options.cuda_host_engine;
+  std::call_once(st.probed, [&] { st.probe_engines(); });
+  return st.engines[to_device ? 0 : 1][host_engine_class(chunk_bytes)];
+}
+
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_batch(std::span<const Chunk> chunks,
+                                                                 uint64_t bytes) {
+  State& st = *state_;
+  std::lock_guard lock(st.mu);
+  DeviceGuard guard(st.ordinal);
+  auto acquired = st.acquire();
+  if (!acquired) return acquired.error();
+  const size_t index = *acquired;
+  State::Slot& slot = st.slots[index];
+  cudaError_t e = enqueue_batch(chunks, st.batch_args, st.stream);
+  if (e == cudaErrorNotSupported || e == cudaErrorCallRequiresNewerDriver) {
+    // Not on this driver: the kernel from now on; this request a copy call each.
+    cudaGetLastError();
+    st.batch_supported = false;
+    log(LogLevel::Info, "GPU " + std::to_string(st.ordinal) +
+                            ": cudaMemcpyBatchAsync unsupported; block copies use the kernel");
+    e = cudaSuccess;
+    for (const Chunk& c : chunks) {
+      e = cudaMemcpyAsync(reinterpret_cast<void*>(c.dst), reinterpret_cast<const void*>(c.src),
+                          c.len, cudaMemcpyDefault, st.stream);
+      if (e != cudaSuccess) break;
+    }
+  }
+  if (e != cudaSuccess) {
+    return st.fail(slot, e,
+                   "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
+  }
+  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) {
+    return st.fail(slot, e, "cudaEventRecord");
+  }
+  return std::unique_ptr<Transfer::Impl>(
+      new CudaTransfer(state_.get(), index, slot.generation, bytes, chunks.size()));
 }
 
 int CudaCopier::ordinal() const {
@@ -294,6 +385,12 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk
 }
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(
     const Layout&, std::span<const size_t>, const Layout&, std::span<const size_t>, uint64_t) {
+  return cuda_device_count().error();
+}
+CudaHostEngine CudaCopier::host_engine(bool, size_t) {
+  return CudaHostEngine::Kernel;
+}
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_batch(std::span<const Chunk>, uint64_t) {
   return cuda_device_count().error();
 }
 int CudaCopier::ordinal() const {

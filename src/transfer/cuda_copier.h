@@ -37,6 +37,15 @@ class CudaCopier {
                                                         std::span<const size_t> dst_ids,
                                                         uint64_t bytes);
 
+  // The engine for copies between pinned memory and this GPU of coalesced chunks of
+  // `chunk_bytes` (CudaHostEngine): the forced one, or measured on the first call (for
+  // every class and direction at once) and kept.
+  CudaHostEngine host_engine(bool to_device, size_t chunk_bytes);
+  // Starts the copy of `chunks` between pinned memory and this GPU as one
+  // cudaMemcpyBatchAsync.
+  Result<std::unique_ptr<Transfer::Impl>> submit_batch(std::span<const Chunk> chunks,
+                                                       uint64_t bytes);
+
   struct State;
 
  private:

@@ -26,6 +26,18 @@ bool is_host(StorageKind k) {
   return k == StorageKind::System || k == StorageKind::Pinned;
 }
 
+// The size of the chunks a copy between two layouts coalesces into, before runs of
+// consecutive block ids merge further: whole blocks where both are fully contiguous
+// without padding, else one (block, layer, outer) chunk.
+size_t coalesced_chunk_bytes(const Layout& src, const Layout& dst) {
+  const LayoutConfig& c = src.config();
+  const size_t block = c.num_layers * c.outer_dim * c.chunk_bytes();
+  const bool whole = src.kind() == LayoutKind::FullyContiguous &&
+                     dst.kind() == LayoutKind::FullyContiguous && src.strides().block == block &&
+                     dst.strides().block == block;
+  return whole ? block : c.chunk_bytes();
+}
+
 Error timeout_error(TransferPath path, std::chrono::milliseconds timeout) {
   return err(ErrorCode::Timeout, to_string(path), " block copy not finished after ",
              timeout.count(), " ms");
@@ -104,6 +116,18 @@ const char* to_string(TransferPath path) {
       return "remote";
     case TransferPath::Staged:
       return "staged";
+  }
+  return "?";
+}
+
+const char* to_string(CudaHostEngine engine) {
+  switch (engine) {
+    case CudaHostEngine::Auto:
+      return "auto";
+    case CudaHostEngine::Kernel:
+      return "kernel";
+    case CudaHostEngine::Batch:
+      return "batch";
   }
   return "?";
 }
@@ -203,6 +227,10 @@ Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOpt
     return err(ErrorCode::InvalidArgument, "cuda_kernel ",
                static_cast<unsigned>(options.cuda_kernel), " is not a kernel (0..2)");
   }
+  if (options.cuda_host_engine > CudaHostEngine::Batch) {
+    return err(ErrorCode::InvalidArgument, "cuda_host_engine ",
+               static_cast<unsigned>(options.cuda_host_engine), " is not an engine (0..2)");
+  }
   // Two halves, each a whole number of pages (direct I/O); at most 64 GiB.
   if (options.staging_bytes == 0 || options.staging_bytes % 8192 != 0 ||
       options.staging_bytes > (size_t{64} << 30)) {
@@ -217,6 +245,13 @@ TransferEngine::~TransferEngine() = default;
 
 size_t TransferEngine::host_threads() const {
   return state_->pool.threads();
+}
+
+Result<CudaHostEngine> TransferEngine::cuda_host_engine(int ordinal, bool to_device,
+                                                        size_t chunk_bytes) {
+  auto copier = state_->cuda_for(ordinal);
+  if (!copier) return copier.error();
+  return (*copier)->host_engine(to_device, chunk_bytes);
 }
 
 namespace {
@@ -323,6 +358,17 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
     if (!pageable || (*copier)->pageable_access()) {
       const LayoutConfig& c = src.config();
       const uint64_t bytes = src_ids.size() * c.num_layers * c.outer_dim * c.chunk_bytes();
+      const bool host_side = s.kind != d.kind;  // pinned <-> GPU: the engine measured faster
+      if (!pageable && host_side &&
+          (*copier)->host_engine(d.kind == StorageKind::Device, coalesced_chunk_bytes(src, dst)) ==
+              CudaHostEngine::Batch) {
+        std::vector<Chunk> chunks;
+        chunks.reserve(src_ids.size() * c.num_layers * c.outer_dim);
+        detail::build_chunks(src, src_ids, dst, dst_ids, chunks);
+        auto impl = (*copier)->submit_batch(chunks, bytes);
+        if (!impl) return impl.error();
+        return Transfer(std::move(*impl));
+      }
       auto impl = (*copier)->submit_blocks(src, src_ids, dst, dst_ids, bytes);
       if (!impl) return impl.error();
       return Transfer(std::move(*impl));

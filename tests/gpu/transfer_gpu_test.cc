@@ -91,6 +91,7 @@ class TransferGpu : public ::testing::TestWithParam<Kernel> {
     TransferEngineOptions o;
     o.cuda_kernel = GetParam().kernel;
     o.cuda_index64 = GetParam().index64;
+    o.cuda_host_engine = CudaHostEngine::Kernel;  // pinned memory too goes through the kernel
     return o;
   }
 };
@@ -211,6 +212,38 @@ TEST_P(TransferGpu, ThousandsOfBlocksInOneRequest) {
 
 // host -> disk (File), disk -> device and device -> disk (Staged, under test), disk -> host
 // (File), every byte checked; staging buffers of the default size and smaller than a chunk.
+// Pinned <-> GPU through the copy engines (one cudaMemcpyBatchAsync per request), and the
+// choice measured on the machine.
+TEST(TransferGpuHostEngine, BatchCopiesEveryChunkOfScatteredBlocks) {
+  KVBM_REQUIRE_GPU();
+  TransferEngineOptions o;
+  o.cuda_host_engine = CudaHostEngine::Batch;
+  auto e = TransferEngine::create(o);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ((*e)->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Batch);
+  round_trip(**e, Host{"pinned", true}, 16, 256);
+  round_trip(**e, Host{"pinned", true}, 1, 1);
+  round_trip(**e, Host{"pinned", true}, 1024, 4096);
+  round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the batch's
+}
+
+TEST(TransferGpuHostEngine, AutoMeasuresAndKeepsAChoicePerDirectionAndSize) {
+  KVBM_REQUIRE_GPU();
+  auto e = TransferEngine::create();
+  ASSERT_TRUE(e.ok());
+  for (bool to_device : {true, false}) {
+    for (size_t chunk : {size_t{4} << 10, size_t{64} << 10, size_t{1} << 20, size_t{8} << 20}) {
+      auto engine = (*e)->cuda_host_engine(0, to_device, chunk);
+      ASSERT_TRUE(engine.ok()) << engine.error().to_string();
+      EXPECT_NE(*engine, CudaHostEngine::Auto);
+      EXPECT_EQ((*e)->cuda_host_engine(0, to_device, chunk).value(), *engine);  // kept
+    }
+  }
+  round_trip(**e, Host{"pinned", true}, 16, 256);
+  round_trip(**e, Host{"pinned", true}, 1024, 4096);
+  EXPECT_FALSE((*e)->cuda_host_engine(99, true, 4096).ok());
+}
+
 TEST(TransferGpuStaged, DiskToDeviceAndBack) {
   KVBM_REQUIRE_GPU();
   testing::TempDir dir;

@@ -108,6 +108,9 @@ TEST(TransferEngine, RejectsBadOptions) {
   o = {};
   o.cuda_kernel = static_cast<CudaCopyKernel>(7);
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "cuda_kernel 7");
+  o.cuda_kernel = CudaCopyKernel::Warp;
+  o.cuda_host_engine = static_cast<CudaHostEngine>(5);
+  EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "cuda_host_engine 5");
   for (size_t staging : {size_t{0}, size_t{4096}, size_t{12288}, size_t{128} << 30}) {
     o = {};
     o.staging_bytes = staging;
@@ -116,7 +119,11 @@ TEST(TransferEngine, RejectsBadOptions) {
   }
   EXPECT_STREQ(to_string(CudaCopyKernel::Warp), "warp");
   EXPECT_STREQ(to_string(TransferPath::Staged), "staged");
+  EXPECT_STREQ(to_string(CudaHostEngine::Batch), "batch");
   auto e = engine();
+  if (!cuda_device_count()) {  // no GPU: asking for its engine says why, as a copy would
+    EXPECT_EQ(e->cuda_host_engine(0, true, 4096).code(), ErrorCode::DeviceUnavailable);
+  }
   EXPECT_EQ(e->host_threads(), std::max(1u, std::thread::hardware_concurrency()));
 }
 

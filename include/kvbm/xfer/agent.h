@@ -63,8 +63,8 @@ struct AgentConfig {
   // when empty) and the key prefix (KVBM_ETCD_PREFIX when empty, else "kvbm/"). What the
   // agent publishes is kept under a lease of etcd_lease_ttl, refreshed while it lives, so
   // a peer that dies disappears from etcd within the ttl.
-  std::vector<std::string> etcd_endpoints;
-  std::string etcd_prefix;
+  std::vector<std::string> etcd_endpoints{};
+  std::string etcd_prefix{};
   std::chrono::seconds etcd_lease_ttl{10};
 };
 

@@ -1,0 +1,133 @@
+#include "transfer/host_engines.h"
+
+#if KVBM_HAVE_CUDA
+#include <algorithm>
+
+#include "common/cuda_util.h"
+
+namespace kvbm::detail {
+namespace {
+
+constexpr size_t kClassBytes[kHostEngineClasses] = {16 << 10, 64 << 10, 256 << 10, 2 << 20};
+constexpr int kRuns = 3;
+
+// Destroys what the probe created, whatever way it leaves.
+struct ProbeResources {
+  cudaEvent_t start = nullptr;
+  cudaEvent_t stop = nullptr;
+  void* ids = nullptr;    // device: the kernel's (source, destination) id pairs
+  void* bases = nullptr;  // device: one region base per side
+  ~ProbeResources() {
+    if (start != nullptr) cudaEventDestroy(start);
+    if (stop != nullptr) cudaEventDestroy(stop);
+    if (ids != nullptr) cudaFree(ids);
+    if (bases != nullptr) cudaFree(bases);
+    cudaGetLastError();
+  }
+};
+
+// Scattered but covering every chunk once: n is a power of two and the factor odd.
+size_t scattered(size_t i, size_t n) {
+  return (i * 7919) & (n - 1);
+}
+
+// Seconds of the fastest of kRuns runs of `enqueue` (after a warm-up run).
+template <typename Enqueue>
+Result<double> best_seconds(ProbeResources& r, cudaStream_t stream, Enqueue enqueue) {
+  double best = 0;
+  for (int run = 0; run <= kRuns; ++run) {
+    cudaError_t e = cudaEventRecord(r.start, stream);
+    if (e == cudaSuccess) e = enqueue();
+    if (e == cudaSuccess) e = cudaEventRecord(r.stop, stream);
+    if (e == cudaSuccess) e = cudaEventSynchronize(r.stop);
+    float ms = 0;
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, r.start, r.stop);
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return cuda_error(ErrorCode::Internal, e, "timing a probe copy");
+    }
+    if (run > 0 && (best == 0 || ms / 1e3 < best)) best = ms / 1e3;
+  }
+  return best;
+}
+
+}  // namespace
+
+size_t host_engine_class(size_t chunk_bytes) {
+  for (size_t c = 0; c + 1 < kHostEngineClasses; ++c) {
+    if (chunk_bytes <= kClassBytes[c]) return c;
+  }
+  return kHostEngineClasses - 1;
+}
+
+size_t host_engine_class_bytes(size_t cls) {
+  return kClassBytes[std::min(cls, kHostEngineClasses - 1)];
+}
+
+cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream) {
+  const size_t n = chunks.size();
+  if (n == 0) return cudaSuccess;
+  args.dsts.resize(n);
+  args.srcs.resize(n);
+  args.sizes.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    args.dsts[i] = reinterpret_cast<void*>(chunks[i].dst);
+    args.srcs[i] = reinterpret_cast<void*>(chunks[i].src);
+    args.sizes[i] = chunks[i].len;
+  }
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t first = 0;
+  return cudaMemcpyBatchAsync(args.dsts.data(), args.srcs.data(), args.sizes.data(), n, &attr,
+                              &first, 1, stream);
+}
+
+Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
+                                           size_t bytes, const CopyLaunch& launch, uint64_t piece,
+                                           cudaStream_t stream) {
+  size_t n = 1;
+  while (n * 2 * chunk <= bytes) n *= 2;
+  ProbeResources r;
+  cudaError_t e = cudaEventCreate(&r.start);
+  if (e == cudaSuccess) e = cudaEventCreate(&r.stop);
+  if (e == cudaSuccess) e = cudaMalloc(&r.ids, 2 * n * sizeof(uint64_t));
+  if (e == cudaSuccess) e = cudaMalloc(&r.bases, 2 * sizeof(uint64_t));
+  if (e != cudaSuccess) return cuda_error(ErrorCode::Internal, e, "setting up the copy probe");
+
+  const auto src = reinterpret_cast<uint64_t>(to_device ? pinned : device);
+  const auto dst = reinterpret_cast<uint64_t>(to_device ? device : pinned);
+  std::vector<uint64_t> ids(2 * n);
+  std::vector<Chunk> chunks(n);
+  for (size_t i = 0; i < n; ++i) {
+    ids[2 * i] = i;
+    ids[2 * i + 1] = scattered(i, n);
+    chunks[i] = {src + i * chunk, dst + scattered(i, n) * chunk, chunk, 0, 0};
+  }
+  const uint64_t bases[2] = {src, dst};
+  e = cudaMemcpy(r.ids, ids.data(), ids.size() * sizeof(uint64_t), cudaMemcpyHostToDevice);
+  if (e == cudaSuccess) e = cudaMemcpy(r.bases, bases, sizeof(bases), cudaMemcpyHostToDevice);
+  if (e != cudaSuccess) return cuda_error(ErrorCode::Internal, e, "uploading the probe's table");
+
+  const auto* dev_bases = static_cast<const uint64_t*>(r.bases);
+  BlockCopy job{};
+  job.src = {dev_bases, chunk, 0, 0, 0};
+  job.dst = {dev_bases + 1, chunk, 0, 0, 0};
+  job.ids = static_cast<const uint64_t*>(r.ids);
+  job.pairs = n;
+  job.layers = 1;
+  job.outer_dim = 1;
+  job.chunk = chunk;
+  job.piece = piece;
+  auto kernel =
+      best_seconds(r, stream, [&] { return launch_block_copy_kernel(job, launch, stream); });
+  if (!kernel) return kernel.error();
+  HostEngineRates rates;
+  rates.kernel_gbps = static_cast<double>(n * chunk) / *kernel / 1e9;
+  BatchArgs args;
+  auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream); });
+  if (batch) rates.batch_gbps = static_cast<double>(n * chunk) / *batch / 1e9;
+  return rates;
+}
+
+}  // namespace kvbm::detail
+#endif

@@ -1,0 +1,52 @@
+// The two engines of the Cuda path between pinned host memory and a GPU (CudaHostEngine,
+// include/kvbm/transfer.h), and the probe that chooses between them on the machine: the
+// block copy kernel reading mapped pinned memory, or the copy engines through one
+// cudaMemcpyBatchAsync. Which wins depends on the machine and driver, and on the chunk size.
+#pragma once
+
+#if KVBM_HAVE_CUDA
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kvbm/result.h"
+#include "transfer/copy_kernel.h"
+#include "transfer/transfer_impl.h"
+
+namespace kvbm::detail {
+
+// Chunk size classes the choice is made for: up to 16 KiB, 64 KiB, 256 KiB, larger.
+constexpr size_t kHostEngineClasses = 4;
+size_t host_engine_class(size_t chunk_bytes);
+// The chunk size the probe times for a class.
+size_t host_engine_class_bytes(size_t cls);
+
+// Reusable argument arrays of cudaMemcpyBatchAsync (so a request allocates nothing once
+// they have grown to its size).
+struct BatchArgs {
+  std::vector<void*> dsts;
+  std::vector<void*> srcs;
+  std::vector<size_t> sizes;
+};
+
+// Queues every chunk as one cudaMemcpyBatchAsync on `stream` (the current device's).
+// cudaErrorNotSupported / cudaErrorCallRequiresNewerDriver where the driver lacks it.
+cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream);
+
+struct HostEngineRates {
+  double kernel_gbps = 0;
+  double batch_gbps = 0;  // 0 where the batch call is not supported
+};
+
+// Times both engines on the current device copying `bytes` of `pinned` (mapped pinned
+// memory) to `device` (to_device) or back, in chunks of `chunk` bytes in a scattered order:
+// the best of a few runs each, after a warm-up. CUDA's error if a copy fails.
+Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
+                                           size_t bytes, const CopyLaunch& launch, uint64_t piece,
+                                           cudaStream_t stream);
+
+}  // namespace kvbm::detail
+#endif
