@@ -130,13 +130,15 @@ TEST(AgentRegister, StorageOwnsItsRegistration) {
                ErrorCode::OutOfBounds, "remote descriptor 0");
 }
 
-TEST(AgentRegister, RegistrationOutlivingAgentFailsCleanly) {
+// The agent released the regions when it went: releasing afterwards is no error.
+TEST(AgentRegister, RegistrationOutlivingAgentReleasesCleanly) {
   auto buf = make_buffer(4096, 1);
   auto a = make_agent("a");
   auto reg = a->register_memory(dram(buf.addr(), 4096));
   ASSERT_TRUE(reg.ok());
   a.reset();
-  EXPECT_ERROR((*reg)->release(), ErrorCode::RegistrationFailed, "destroyed");
+  EXPECT_TRUE((*reg)->release().ok());
+  EXPECT_TRUE((*reg)->release().ok());
 }
 
 class LoopbackTest : public ::testing::Test {

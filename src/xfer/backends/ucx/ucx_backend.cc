@@ -139,6 +139,14 @@ struct Completion {
   std::atomic<XferState> state{XferState::InProgress};
   Error error{ErrorCode::Internal, ""};
   bool cancelled = false;  // guarded by the backend lock
+  // A posted request's gets, puts and flush still to call back, plus one while post()
+  // issues them; the first failure among them; and the completion itself, kept alive
+  // for their callbacks (which carry a plain pointer) until the last one. Guarded by the
+  // backend lock. Each operation's own status counts: a flush that reports success after
+  // the peer failed is no proof that every get landed.
+  size_t ops_pending = 0;
+  ucs_status_t ops_status = UCS_OK;
+  std::shared_ptr<Completion> ops_keep;
 };
 
 // One chunk of a transfer with a peer's file: local bytes <-> (fd, offset) at the owner.
@@ -231,6 +239,9 @@ class UcxBackend final : public Backend {
   // the peer timeout has passed (then logs that some may). Without mu_ held.
   void wait_quiet(const std::string& peer, const std::function<bool()>& quiet);
   void data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status);
+  // One of a request's operations (see Completion::ops_pending) ended with `status`.
+  void op_done(Completion* c, ucs_status_t status);
+  static void on_op_done(void* request, ucs_status_t status, void* user);
   void finish(Completion* c, ucs_status_t status);
   Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c);
   void close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why);
@@ -792,43 +803,65 @@ Status UcxRequest::post() {
     backend_->start_file(x);
     return {};
   }
+  // Every get and put reports its own completion, and the flush (a WRITE's proof that the
+  // bytes are at the target) one more: the request is done when all have called back,
+  // and failed if any of them failed.
+  c->ops_pending = 1;  // post()'s own, dropped below
+  c->ops_keep = c;
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.send = &UcxBackend::on_op_done;
+  p.user_data = c.get();
   for (const Item& it : items_) {
     if (it.remote_region->rkey == nullptr) {
-      backend_->fail(c.get(),
-                     err(ErrorCode::Remote, "connection to agent '", peer_->name, "' is closed"));
-      return c->error;
+      c->ops_status = UCS_ERR_NOT_CONNECTED;
+      break;
     }
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
     p.memh = it.memh;
     ucs_status_ptr_t r =
         op_ == Op::Write
             ? ucp_put_nbx(peer_->ep, it.local, it.len, it.remote, it.remote_region->rkey, &p)
             : ucp_get_nbx(peer_->ep, it.local, it.len, it.remote, it.remote_region->rkey, &p);
     if (UCS_PTR_IS_ERR(r)) {
-      backend_->fail(c.get(),
-                     ucx_error(ErrorCode::Remote, op_ == Op::Write ? "ucp_put_nbx" : "ucp_get_nbx",
-                               UCS_PTR_STATUS(r)));
-      return c->error;
+      c->ops_status = UCS_PTR_STATUS(r);
+      break;
     }
-    // Completion is observed through the flush below; this request needs no callback.
-    if (r != nullptr) ucp_request_free(r);
+    if (r != nullptr) ++c->ops_pending;  // its callback frees it
   }
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  p.user_data = new std::shared_ptr<Completion>(c);
-  p.cb.send = [](void* request, ucs_status_t status, void* user) {
-    auto* holder = static_cast<std::shared_ptr<Completion>*>(user);
-    (*holder)->backend->data_complete(*holder, status);
-    delete holder;
-    // Freed here, not after posting: a request freed early never calls back.
-    ucp_request_free(request);
-  };
-  ucs_status_ptr_t r = ucp_ep_flush_nbx(peer_->ep, &p);
-  if (UCS_PTR_IS_PTR(r)) return {};
-  delete static_cast<std::shared_ptr<Completion>*>(p.user_data);
-  backend_->data_complete(c, UCS_PTR_STATUS(r));
+  if (c->ops_status == UCS_OK) {
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    ucs_status_ptr_t r = ucp_ep_flush_nbx(peer_->ep, &p);
+    if (UCS_PTR_IS_PTR(r)) {
+      ++c->ops_pending;
+    } else if (UCS_PTR_IS_ERR(r)) {
+      c->ops_status = UCS_PTR_STATUS(r);
+    }
+  }
+  backend_->op_done(c.get(), UCS_OK);
+  if (c->state.load() == XferState::Error) return c->error;
   return {};
+}
+
+void UcxBackend::on_op_done(void* request, ucs_status_t status, void* user) {
+  auto* c = static_cast<Completion*>(user);
+  c->backend->op_done(c, status);
+  // Freed here, not after posting: a request freed early never calls back.
+  ucp_request_free(request);
+}
+
+void UcxBackend::op_done(Completion* c, ucs_status_t status) {
+  if (status != UCS_OK && c->ops_status == UCS_OK) c->ops_status = status;
+  if (--c->ops_pending != 0) return;
+  auto keep = std::move(c->ops_keep);
+  status = c->ops_status;
+  // The endpoint's failure may be noted in the same progress call as a flush that still
+  // reported success: that flush proves nothing.
+  if (status == UCS_OK) {
+    for (const auto& [ep, s] : failed_eps_) {
+      if (ep == c->peer->ep) status = s;
+    }
+  }
+  data_complete(keep, status);
 }
 
 ucs_status_t UcxBackend::on_am(void* arg, const void* header, size_t header_length, void* data,
