@@ -315,7 +315,9 @@ Result<std::string> AgentImpl::load_remote_metadata(std::string_view bytes) {
     Backend* b = backend_named(bname);
     if (b == nullptr) continue;  // a transport we lack; others may still do
     if (auto st = b->connect(md->name, conn); !st) {
-      return err(ErrorCode::Remote, "connecting to agent '", md->name, "' over ", bname, ": ",
+      // Refused connection data keeps its code (InvalidArgument, Unsupported); UCX's own
+      // failures are Remote already.
+      return err(st.code(), "connecting to agent '", md->name, "' over ", bname, ": ",
                  st.error().message);
     }
     peer->connected.push_back(b);

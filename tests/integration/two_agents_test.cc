@@ -317,8 +317,9 @@ TEST_P(TwoAgents, ReadFromAnOwnerKilledMidTransferNeverSucceedsWithWrongBytes) {
     ASSERT_NE(owner.port, 0);
     ASSERT_TRUE((*reader)->fetch_remote_metadata("127.0.0.1", owner.port).ok());
     std::memset(dst->data(), 0, kLen);
-    auto req = (*reader)->create_request(Op::Read, DescList(MemType::Dram, {{dst->addr(), kLen, 0}}),
-                                         DescList(MemType::Dram, {{owner.addr, kLen, 0}}), name);
+    auto req =
+        (*reader)->create_request(Op::Read, DescList(MemType::Dram, {{dst->addr(), kLen, 0}}),
+                                  DescList(MemType::Dram, {{owner.addr, kLen, 0}}), name);
     ASSERT_TRUE(req.ok()) << req.error().to_string();
     Status st = (*req)->post();
     while (st.ok() && (*req)->state() == XferState::InProgress &&

@@ -249,14 +249,14 @@ TEST(PosixBackend, AnFdReplacedByAnotherFileIsNeitherReadNorWritten) {
   const std::string named = "fd " + std::to_string(fd) + " offset 0 len 65536";
   ASSERT_TRUE((*before)->post());
   EXPECT_ERROR((*before)->wait(10s), ErrorCode::Io, named);
-  EXPECT_ERROR(transfer(*a, Op::Read, dram(buf->addr(), 65536), file(fd, 0, 65536)),
-               ErrorCode::Io, "no longer refers to the registered file");
+  EXPECT_ERROR(transfer(*a, Op::Read, dram(buf->addr(), 65536), file(fd, 0, 65536)), ErrorCode::Io,
+               "no longer refers to the registered file");
   const auto* got = static_cast<const char*>(buf->data());
   EXPECT_TRUE(std::all_of(got, got + 65536, [](char c) { return c == 0; }))
       << "the other file was read";
   fill_pattern(buf->data(), 65536, 3);
-  EXPECT_ERROR(transfer(*a, Op::Write, dram(buf->addr(), 65536), file(fd, 0, 65536)),
-               ErrorCode::Io, named);
+  EXPECT_ERROR(transfer(*a, Op::Write, dram(buf->addr(), 65536), file(fd, 0, 65536)), ErrorCode::Io,
+               named);
   std::vector<char> back(65536);
   ASSERT_EQ(pread(fd, back.data(), back.size(), 0), 65536);
   EXPECT_EQ(find_pattern_mismatch(back.data(), back.size(), 2), SIZE_MAX)
