@@ -9,7 +9,8 @@
 //            2: the rest is region 0's packed key (inside its remote info)
 //            3: the rest is the worker address (after the transport and host lines)
 // Any input must load or fail with an error and a message, never crash or abort.
-// KVBM_FUZZ_WRITE_SEEDS=<dir> writes one seed per part from the live peer, then exits.
+// KVBM_FUZZ_WRITE_SEEDS=<dir> writes one seed per part from the live peer, then exits;
+// KVBM_FUZZ_PARTS=<digits> fuzzes only those parts (e.g. "12": the keys).
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -107,7 +108,10 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  static const char* parts = std::getenv("KVBM_FUZZ_PARTS");
   if (size < 1 || size > 4096) return -1;
+  if (parts != nullptr && std::string_view(parts).find(char('0' + data[0])) == std::string::npos)
+    return -1;
   World& w = world();
   const std::string part(reinterpret_cast<const char*>(data) + 1, size - 1);
   AgentMetadata md = w.base;
