@@ -344,6 +344,10 @@ TEST_P(TwoAgents, ReadFromAnOwnerKilledMidTransferNeverSucceedsWithWrongBytes) {
 // way lands or is cancelled before the registrations and the backend go): no abort in
 // UCX's registration cache, and the request, destroyed later, reports why it ended.
 TEST_P(TwoAgents, AgentDestroyedWithARequestInFlightEndsItFirst) {
+  const std::string_view transport = GetParam().name;
+  if (transport != "tcp" && transport != "shm_ucx") {
+    GTEST_SKIP() << "the same-host paths copy in post(): nothing is in flight";
+  }
   constexpr size_t kLen = 64 << 20;
   auto req =
       agent->create_request(Op::Read, local_descs({{0, kLen}}), peer_descs({{0, kLen}}), "peer");
