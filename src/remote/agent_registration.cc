@@ -1,7 +1,6 @@
 #include "kvbm/remote/agent_registration.h"
 
 #include "kvbm/log.h"
-#include "kvbm/storage/disk.h"
 #include "kvbm/xfer/mem_type.h"
 
 namespace kvbm {
@@ -16,20 +15,8 @@ const xfer::MemoryRegistration* agent_handle(const RegisterableStorage& storage)
 
 Status register_with_agent(RegisterableStorage& storage, xfer::Agent& agent,
                            const AgentRegistrationOptions& options) {
-  auto* disk = dynamic_cast<DiskStorage*>(&storage);
-  if (disk != nullptr && disk->unlinked()) {
-    return err(ErrorCode::InvalidArgument, "disk storage '", disk->path().string(),
-               "' is already unlinked; it cannot be registered again");
-  }
-  KVBM_TRY(agent.register_storage(storage, options.backend));
-  if (disk != nullptr) {
-    // The seed's rule: a registered file is unlinked; the fd keeps its bytes reachable.
-    if (auto st = disk->unlink(); !st) {
-      (void)storage.deregister(xfer::Agent::kRegistrationKey);
-      return st;
-    }
-  }
-  return {};
+  // The agent enforces the Disk rule (an unlinked file is refused; registration unlinks).
+  return agent.register_storage(storage, options.backend);
 }
 
 Status deregister_from_agent(RegisterableStorage& storage) {

@@ -5,6 +5,7 @@
 #include "common/hex.h"
 #include "kvbm/cuda.h"
 #include "kvbm/log.h"
+#include "kvbm/storage/disk.h"
 #include "kvbm/xfer/mem_type.h"
 #include "xfer/agent_impl.h"
 #include "xfer/memory_registration_impl.h"
@@ -103,6 +104,13 @@ AgentImpl::~AgentImpl() {
   {
     std::lock_guard<std::mutex> lock(listen_mu_);
     side_channel_.reset();
+  }
+  {
+    // Requests still alive end first: one in flight still moves bytes between regions
+    // that the backends below release (UCX's registration cache aborts on that).
+    std::lock_guard<std::mutex> lock(requests_mu_);
+    for (RequestImpl* r : requests_) r->detach("agent '" + name_ + "' was destroyed");
+    requests_.clear();
   }
   stop_ = true;
   if (progress_thread_.joinable()) progress_thread_.join();
@@ -248,11 +256,26 @@ Status AgentImpl::register_storage(RegisterableStorage& storage, const std::stri
     return err(ErrorCode::AlreadyRegistered, storage.type().to_string(),
                " storage is already registered with an agent");
   }
+  // The Disk rule holds on every path (register_with_agent comes here too): registration
+  // unlinks the file, and an unlinked file (whose name may already be another file's) is
+  // never registered again.
+  auto* disk = dynamic_cast<DiskStorage*>(&storage);
+  if (disk != nullptr && disk->unlinked()) {
+    return err(ErrorCode::InvalidArgument, "disk storage '", disk->path().string(),
+               "' is already unlinked; it cannot be registered again");
+  }
   auto list = desc_list_of(storage);
   if (!list) return list.error();
   auto reg = register_memory(*list, backend);
   if (!reg) return reg.error();
-  return storage.register_handle(kRegistrationKey, std::move(*reg));
+  KVBM_TRY(storage.register_handle(kRegistrationKey, std::move(*reg)));
+  if (disk != nullptr) {
+    if (auto st = disk->unlink(); !st) {
+      (void)storage.deregister(kRegistrationKey);
+      return st;
+    }
+  }
+  return {};
 }
 
 void AgentImpl::deregister(const std::vector<RegionKey>& keys) {
@@ -299,7 +322,9 @@ Result<std::string> AgentImpl::load_remote_metadata(std::string_view bytes) {
     Backend* b = backend_named(bname);
     if (b == nullptr) continue;  // a transport we lack; others may still do
     if (auto st = b->connect(md->name, conn); !st) {
-      return err(ErrorCode::Remote, "connecting to agent '", md->name, "' over ", bname, ": ",
+      // Refused connection data keeps its code (InvalidArgument, Unsupported); UCX's own
+      // failures are Remote already.
+      return err(st.code(), "connecting to agent '", md->name, "' over ", bname, ": ",
                  st.error().message);
     }
     peer->connected.push_back(b);
@@ -667,6 +692,16 @@ void AgentImpl::progress_loop() {
       std::this_thread::sleep_for(std::chrono::microseconds(idle < 4096 ? 20 : 200));
     }
   }
+}
+
+void AgentImpl::track(RequestImpl* request) {
+  std::lock_guard<std::mutex> lock(requests_mu_);
+  requests_.insert(request);
+}
+
+void AgentImpl::forget(RequestImpl* request) {
+  std::lock_guard<std::mutex> lock(requests_mu_);
+  requests_.erase(request);
 }
 
 void AgentImpl::peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend* backend,

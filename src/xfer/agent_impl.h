@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -46,6 +47,8 @@ struct RemoteRegionEntry {
   Desc desc;
   BackendHandles<RemoteRegion> regions;
 };
+
+class RequestImpl;
 
 struct RemotePeer {
   std::string name;
@@ -108,6 +111,10 @@ class AgentImpl final : public Agent {
   bool has_progress_thread() const { return config_.progress_thread; }
   void deregister(const std::vector<RegionKey>& keys);
   void peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend* backend, const Error& why);
+  // The requests alive now: the agent's destructor ends them (cancels, or waits for what
+  // cannot be cancelled) before its backends go, so a request may outlive its agent.
+  void track(RequestImpl* request);
+  void forget(RequestImpl* request);
   // Blocks until some backend completes something or `until` passes.
   void wait_for_progress(std::chrono::steady_clock::time_point until);
 
@@ -156,6 +163,9 @@ class AgentImpl final : public Agent {
 
   std::mutex listen_mu_;
   std::unique_ptr<SideChannelServer> side_channel_;
+
+  std::mutex requests_mu_;
+  std::set<RequestImpl*> requests_;
 
   // Registrations hold a weak reference, so that one outliving the agent fails cleanly.
   std::shared_ptr<AgentImpl*> alive_;

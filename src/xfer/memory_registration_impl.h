@@ -5,7 +5,6 @@
 #include <string>
 #include <vector>
 
-#include "kvbm/log.h"
 #include "kvbm/xfer/agent.h"
 #include "xfer/agent_impl.h"
 
@@ -19,21 +18,15 @@ class MemoryRegistrationImpl final : public MemoryRegistration {
         agent_name_(std::move(agent_name)),
         regions_(std::move(regions)),
         keys_(std::move(keys)) {}
-  ~MemoryRegistrationImpl() override {
-    if (auto st = release(); !st) log(LogLevel::Error, st.error().to_string());
-  }
+  ~MemoryRegistrationImpl() override { (void)release(); }
 
-  // Idempotent. RegistrationFailed if the agent is already gone.
+  // Idempotent, and never fails: an agent destroyed first released the regions itself
+  // (before its backends went), so storages and their agent may go in either order.
   Status release() override {
     if (keys_.empty()) return {};
     auto keys = std::move(keys_);
     keys_.clear();
-    auto agent = agent_.lock();
-    if (!agent) {
-      return err(ErrorCode::RegistrationFailed, "agent '", agent_name_,
-                 "' was destroyed before its memory registration");
-    }
-    (*agent)->deregister(keys);
+    if (auto agent = agent_.lock()) (*agent)->deregister(keys);
     return {};
   }
   const std::string& agent_name() const override { return agent_name_; }

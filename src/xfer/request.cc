@@ -7,11 +7,30 @@
 namespace kvbm::xfer::detail {
 
 RequestImpl::~RequestImpl() {
+  if (agent_ == nullptr) return;  // detached: nothing left
   // Destroying the backend request cancels what is still in flight.
   request_.reset();
+  agent_->forget(this);
+}
+
+void RequestImpl::detach(const std::string& why) {
+  detached_ = err(ErrorCode::Cancelled, why);
+  if (state_ == XferState::InProgress) {
+    // What ended already keeps its outcome (a completed copy is no cancellation).
+    const XferState s = request_->poll();
+    if (s == XferState::Error) error_ = request_->error();
+    state_ = s == XferState::InProgress ? XferState::Error : s;
+    if (s == XferState::InProgress) error_ = *detached_;
+  }
+  request_.reset();  // cancels, or waits for what cannot be cancelled
+  keep_alive_.clear();
+  peer_.reset();
+  notifier_ = nullptr;
+  agent_ = nullptr;
 }
 
 Status RequestImpl::post() {
+  if (detached_) return *detached_;
   if (state_ == XferState::InProgress) {
     return err(ErrorCode::InvalidArgument, "request is already in progress; wait for it first");
   }

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -22,8 +23,13 @@ class RequestImpl final : public Request {
         backend_(backend),
         peer_(std::move(peer)),
         request_(std::move(request)),
-        keep_alive_(std::move(keep_alive)) {}
+        keep_alive_(std::move(keep_alive)) {
+    agent_->track(this);
+  }
   ~RequestImpl() override;
+  // Called by the agent's destructor: ends the transfer (as destroying the request
+  // would) and releases what it holds of the agent; later calls fail with that reason.
+  void detach(const std::string& why);
 
   Status post() override;
   XferState state() override;
@@ -39,13 +45,14 @@ class RequestImpl final : public Request {
   }
 
  private:
-  AgentImpl* agent_;
+  AgentImpl* agent_;  // null once the agent was destroyed (detach)
   Backend* backend_;
   std::shared_ptr<RemotePeer> peer_;  // null for transfers within this agent
   std::unique_ptr<BackendRequest> request_;
   std::vector<std::shared_ptr<void>> keep_alive_;
   XferState state_ = XferState::Idle;
   Error error_{ErrorCode::Internal, "request has not failed"};
+  std::optional<Error> detached_;  // why, once the agent was destroyed
   std::chrono::steady_clock::time_point deadline_;
   Backend* notifier_ = nullptr;
   std::string notify_agent_;

@@ -313,8 +313,10 @@ TEST_P(RemoteFile, WriteDestroyedInFlightReadsNothingAfterward) {
 }
 
 // The owner serves peers from at most file_staging_mib of staging memory (1 MiB here):
-// while its one buffer is taken, the WRITE chunks that arrive (three requests' windows at
-// once) are answered "busy" and resent by this agent, and every byte still lands.
+// while its one buffer is taken, the WRITE chunks that arrive are answered "busy" and
+// resent by this agent, and every byte still lands. The buffer is held on purpose, by a
+// READ of a FIFO that waits for its bytes, so no chunk can find it free by luck of
+// timing (a loaded machine spaced chunks so far apart that each found it free).
 class RemoteFileOneStagingBuffer : public RemoteFile {
  protected:
   RemoteFileOneStagingBuffer() { owner_env["KVBM_UCX_FILE_STAGING_MIB"] = "1"; }
@@ -322,33 +324,64 @@ class RemoteFileOneStagingBuffer : public RemoteFile {
 
 TEST_P(RemoteFileOneStagingBuffer, WritesTheOwnerIsTooBusyForAreResentAndLand) {
   testing::LogCapture log;
+  constexpr size_t kFifoLen = 65536;  // one chunk; the FIFO's buffer holds it
+  auto fifo = owner->ask("fifo " + std::to_string(kFifoLen));
+  ASSERT_TRUE(fifo && fifo->rfind("OK ", 0) == 0) << fifo.value_or("<nothing>");
+  uint64_t fifo_fd = 0;
+  std::string path;
+  std::istringstream(fifo->substr(3)) >> fifo_fd >> path;
+  const int w = open(path.c_str(), O_WRONLY);
+  ASSERT_GE(w, 0) << path << ": " << std::strerror(errno);
+  unlink(path.c_str());
+  rmdir(path.substr(0, path.rfind('/')).c_str());
+  std::vector<char> fifo_bytes(kFifoLen);
+  testing::fill_pattern(fifo_bytes.data(), kFifoLen, 78);
+  ASSERT_TRUE(agent->fetch_remote_metadata("127.0.0.1", port).ok());  // with the FIFO's region
+
+  // The READ takes the owner's one staging buffer: once its first half of the bytes is
+  // gone from the FIFO, the owner's read is under way and waits for the rest.
+  auto hold = agent->create_request(Op::Read, local_descs({{kFileBytes, kFifoLen}}),
+                                    DescList(MemType::File, {{0, kFifoLen, fifo_fd}}), "owner");
+  ASSERT_TRUE(hold.ok()) << hold.error().to_string();
+  ASSERT_TRUE((*hold)->post().ok());
+  ASSERT_EQ(write(w, fifo_bytes.data(), kFifoLen / 2), static_cast<ssize_t>(kFifoLen / 2));
+  int queued = -1;
+  for (int i = 0; i < 30000 && queued != 0; ++i) {
+    ASSERT_EQ(ioctl(w, FIONREAD, &queued), 0);
+    if (queued != 0) std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(queued, 0) << "the owner never read from the FIFO";
+
   constexpr size_t kPart = kFileBytes / 3;  // 4 MiB: a window of 4 chunks each
+  testing::fill_pattern(local.data(), kFileBytes, 61);
   std::vector<std::unique_ptr<Request>> reqs;
   for (size_t i = 0; i < 3; ++i) {
     auto r = agent->create_request(Op::Write, local_descs({{i * kPart, kPart}}),
                                    file_descs({{i * kPart, kPart}}), "owner");
     ASSERT_TRUE(r.ok()) << r.error().to_string();
+    ASSERT_TRUE((*r)->post().ok());
     reqs.push_back(std::move(*r));
   }
-  // Whether a chunk finds the buffer taken depends on timing: on a loaded machine (CI's
-  // sanitizer builds, two at once) chunks can arrive so far apart that each finds it free.
-  // A few rounds, each with new bytes that must all land, until one had to be resent.
-  bool resent = false;
-  for (uint64_t seed = 61; seed < 69 && !resent; ++seed) {
-    testing::fill_pattern(local.data(), kFileBytes, seed);
-    for (auto& r : reqs) ASSERT_TRUE(r->post().ok());
-    for (auto& r : reqs) {
-      auto st = r->wait(30s);
-      EXPECT_TRUE(st.ok()) << st.error().to_string();
-    }
-    ASSERT_EQ(owner->ask("checkfile " + std::to_string(fd) + " 0 " + std::to_string(kFileBytes) +
-                         " " + std::to_string(seed) + " 0"),
-              "OK");
-    resent = log.contains("agent 'owner' has no staging memory free");
+  // Every chunk that arrives now is answered "busy"; the first answer is logged here.
+  for (int i = 0; i < 30000 && !log.contains("agent 'owner' has no staging memory free"); ++i) {
+    std::this_thread::sleep_for(1ms);
   }
-  EXPECT_TRUE(resent) << "no chunk was resent in 8 rounds";
-  testing::fill_pattern(local.data(), kFileBytes, 61);
-  ASSERT_TRUE(run(Op::Write, local_descs({{0, kFileBytes}}), file_descs({{0, kFileBytes}})).ok());
+  EXPECT_TRUE(log.contains("agent 'owner' has no staging memory free"));
+  // The rest of the FIFO's bytes end the READ and free the buffer: the WRITEs land.
+  ASSERT_EQ(write(w, fifo_bytes.data() + kFifoLen / 2, kFifoLen / 2),
+            static_cast<ssize_t>(kFifoLen / 2));
+  close(w);
+  for (auto& r : reqs) {
+    auto st = r->wait(30s);
+    EXPECT_TRUE(st.ok()) << st.error().to_string();
+  }
+  Status held = (*hold)->wait(30s);
+  ASSERT_TRUE(held.ok()) << held.error().to_string();
+  EXPECT_EQ(std::memcmp(static_cast<char*>(local.data()) + kFileBytes, fifo_bytes.data(), kFifoLen),
+            0);
+  ASSERT_EQ(
+      owner->ask("checkfile " + std::to_string(fd) + " 0 " + std::to_string(kFileBytes) + " 61 0"),
+      "OK");
   // READs queue for the one buffer at the owner instead.
   std::memset(local.data(), 0, kFileBytes);
   ASSERT_TRUE(run(Op::Read, local_descs({{0, kFileBytes}}), file_descs({{0, kFileBytes}})).ok());

@@ -292,6 +292,80 @@ TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
   second.process->send("quit");
 }
 
+// A READ whose owner dies mid-transfer fails, naming the owner; it never ends "done"
+// with bytes that did not arrive. (Over TCP, UCX's flush of a failed endpoint reported
+// success while most gets had not landed.) Each round kills a fresh owner once the first
+// MiB of its 64 MiB READ has landed: this agent is driven by the test (no progress
+// thread), so the bytes are checked between progress calls, and the rest is still to come.
+TEST_P(TwoAgents, ReadFromAnOwnerKilledMidTransferNeverSucceedsWithWrongBytes) {
+  if (std::string_view(GetParam().name) != "tcp") {
+    GTEST_SKIP() << "the same-host paths copy in post(); UCX's shared memory sees no death";
+  }
+  constexpr size_t kLen = 64 << 20, kFirst = 1 << 20;
+  AgentConfig config;
+  config.peer_timeout = peer_timeout();
+  config.progress_thread = false;
+  auto reader = Agent::create("reader", config);
+  ASSERT_TRUE(reader.ok()) << reader.error().to_string();
+  auto dst = SystemAllocator().allocate(kLen);
+  ASSERT_TRUE(dst.ok());
+  ASSERT_TRUE((*reader)->register_storage(*dst).ok());
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE(round);
+    const std::string name = "owner" + std::to_string(round);
+    Peer owner = start_peer(name, GetParam());
+    ASSERT_NE(owner.port, 0);
+    ASSERT_TRUE((*reader)->fetch_remote_metadata("127.0.0.1", owner.port).ok());
+    std::memset(dst->data(), 0, kLen);
+    auto req =
+        (*reader)->create_request(Op::Read, DescList(MemType::Dram, {{dst->addr(), kLen, 0}}),
+                                  DescList(MemType::Dram, {{owner.addr, kLen, 0}}), name);
+    ASSERT_TRUE(req.ok()) << req.error().to_string();
+    Status st = (*req)->post();
+    while (st.ok() && (*req)->state() == XferState::InProgress &&
+           testing::find_pattern_mismatch(dst->data(), kFirst, kPeerSeed) != SIZE_MAX) {
+    }
+    owner.process->kill_now();
+    owner.process->wait();
+    if (st) st = (*req)->wait(peer_timeout() + 5s);
+    if (st.ok()) {
+      EXPECT_EQ(testing::find_pattern_mismatch(dst->data(), kLen, kPeerSeed), SIZE_MAX)
+          << "the READ succeeded with wrong bytes";
+    } else {
+      EXPECT_TRUE(st.code() == ErrorCode::Remote || st.code() == ErrorCode::Timeout)
+          << st.error().to_string();
+      EXPECT_NE(st.error().message.find("'" + name + "'"), std::string::npos)
+          << st.error().to_string();
+    }
+  }
+}
+
+// An agent destroyed while its request is in flight ends the request first (a get under
+// way lands or is cancelled before the registrations and the backend go): no abort in
+// UCX's registration cache, and the request, destroyed later, reports why it ended.
+TEST_P(TwoAgents, AgentDestroyedWithARequestInFlightEndsItFirst) {
+  const std::string_view transport = GetParam().name;
+  if (transport != "tcp" && transport != "shm_ucx") {
+    GTEST_SKIP() << "the same-host paths copy in post(): nothing is in flight";
+  }
+  constexpr size_t kLen = 64 << 20;
+  auto req =
+      agent->create_request(Op::Read, local_descs({{0, kLen}}), peer_descs({{0, kLen}}), "peer");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  ASSERT_TRUE((*req)->post().ok());
+  agent.reset();
+  const XferState s = (*req)->state();
+  if (s == XferState::Error) {
+    EXPECT_ERROR((*req)->wait(1s), ErrorCode::Cancelled, "'initiator' was destroyed");
+  } else {
+    EXPECT_EQ(s, XferState::Done);  // the same-host paths copy in post()
+  }
+  EXPECT_ERROR((*req)->post(), ErrorCode::Cancelled, "'initiator' was destroyed");
+  req->reset();
+  // The peer is unharmed.
+  EXPECT_EQ(peer.process->ask("check 0 4096 " + std::to_string(kPeerSeed) + " 0"), "OK");
+}
+
 // How many memory files (SystemStorage) this process has mapped.
 int memfd_mappings() {
   std::ifstream maps("/proc/self/maps");

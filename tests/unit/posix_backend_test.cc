@@ -4,6 +4,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -216,6 +217,50 @@ TEST(PosixBackend, DiskRoundTripThroughTheAgent) {
   // The Disk rule: unlinked storage cannot be registered again.
   ASSERT_TRUE(deregister_from_agent(*disk));
   EXPECT_ERROR(register_with_agent(*disk, *a), ErrorCode::InvalidArgument, "already unlinked");
+}
+
+// A registered Disk whose fd now names another file (dup2 over it) is neither read nor
+// written: the backend checks the file's device and inode at each post, as UCX's file
+// server does, whether the request was made before the swap or after it.
+TEST(PosixBackend, AnFdReplacedByAnotherFileIsNeitherReadNorWritten) {
+  TempDir dir;
+  auto a = make_agent("a", AgentConfig{.backends = {"POSIX"}});
+  auto disk = DiskStorage::allocate(1 << 20, dir.path());
+  ASSERT_TRUE(disk) << disk.error().to_string();
+  ASSERT_TRUE(a->register_storage(*disk));
+  auto buf = SystemAllocator().allocate(1 << 20);
+  ASSERT_TRUE(buf);
+  ASSERT_TRUE(a->register_storage(*buf));
+  const int fd = disk->fd();
+  fill_pattern(buf->data(), 65536, 1);
+  ASSERT_TRUE(transfer(*a, Op::Write, dram(buf->addr(), 65536), file(fd, 0, 65536)));
+  auto before = a->create_request(Op::Read, dram(buf->addr(), 65536), file(fd, 0, 65536), "a");
+  ASSERT_TRUE(before) << before.error().to_string();
+
+  const int other = ::open((dir.path() / "other").c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(other, 0);
+  std::vector<char> other_bytes(65536);
+  fill_pattern(other_bytes.data(), other_bytes.size(), 2);
+  ASSERT_EQ(pwrite(other, other_bytes.data(), other_bytes.size(), 0), 65536);
+  ASSERT_EQ(dup2(other, fd), fd);
+  ::close(other);
+
+  std::memset(buf->data(), 0, 65536);
+  const std::string named = "fd " + std::to_string(fd) + " offset 0 len 65536";
+  ASSERT_TRUE((*before)->post());
+  EXPECT_ERROR((*before)->wait(10s), ErrorCode::Io, named);
+  EXPECT_ERROR(transfer(*a, Op::Read, dram(buf->addr(), 65536), file(fd, 0, 65536)), ErrorCode::Io,
+               "no longer refers to the registered file");
+  const auto* got = static_cast<const char*>(buf->data());
+  EXPECT_TRUE(std::all_of(got, got + 65536, [](char c) { return c == 0; }))
+      << "the other file was read";
+  fill_pattern(buf->data(), 65536, 3);
+  EXPECT_ERROR(transfer(*a, Op::Write, dram(buf->addr(), 65536), file(fd, 0, 65536)), ErrorCode::Io,
+               named);
+  std::vector<char> back(65536);
+  ASSERT_EQ(pread(fd, back.data(), back.size(), 0), 65536);
+  EXPECT_EQ(find_pattern_mismatch(back.data(), back.size(), 2), SIZE_MAX)
+      << "the other file was written";
 }
 
 TEST(PosixBackend, NotificationsReachTheAgentItself) {

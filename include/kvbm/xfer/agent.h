@@ -16,9 +16,11 @@
 //   b->fetch_remote_metadata(host, port);                         // on the peer
 //   std::string item = b->fetch_published(host, port, "blocks/7").value();
 //
-// Ownership: Agent is held by unique_ptr; registrations and requests it returns must be
-// destroyed before it. Thread safety: every Agent method may be called from many
-// threads at once. A Request may be used from one thread at a time.
+// Ownership: Agent is held by unique_ptr. Registrations and requests it returns may
+// outlive it: destroying the agent ends its requests (cancelled, or waited for where
+// bytes may still move; then they fail with Cancelled) and releases its registrations.
+// Thread safety: every Agent method may be called from many threads at once. A Request
+// may be used from one thread at a time, and not while its agent is being destroyed.
 #pragma once
 
 #include <chrono>
@@ -124,7 +126,8 @@ class Agent {
       const DescList& regions, const std::string& backend = {}) = 0;
 
   // Registers a storage's whole region and hands the registration to the storage under
-  // kRegistrationKey; it is released with the storage or by storage.deregister(key).
+  // kRegistrationKey; it is released with the storage or by storage.deregister(key). A
+  // Disk storage is unlinked once registered; an unlinked one is refused (InvalidArgument).
   virtual Status register_storage(RegisterableStorage& storage,
                                   const std::string& backend = {}) = 0;
 

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "common/uring_worker.h"
+#include "xfer/backend_file_id.h"
 #include "xfer/backend_params.h"
 
 namespace kvbm::xfer::detail {
@@ -23,13 +24,15 @@ constexpr const char* kName = "POSIX";
 // (UringBatch::add_fixed): I/O into it then skips pinning its pages per request.
 class PosixLocalRegion final : public LocalRegion {
  public:
-  PosixLocalRegion(MemType t, UringBatch* fixed_in = nullptr, const void* fixed_base = nullptr)
-      : type(t), fixed_in_(fixed_in), fixed_base_(fixed_base) {}
+  PosixLocalRegion(MemType t, UringBatch* fixed_in = nullptr, const void* fixed_base = nullptr,
+                   FileId file = {})
+      : type(t), file(file), fixed_in_(fixed_in), fixed_base_(fixed_base) {}
   ~PosixLocalRegion() override {
     if (fixed_in_ != nullptr) fixed_in_->remove_fixed(fixed_base_);
   }
   std::string remote_info() const override { return {}; }
   const MemType type;
+  const FileId file;  // FILE: the file its fd referred to at registration
 
  private:
   UringBatch* fixed_in_;  // the backend's; regions go before their backend
@@ -38,13 +41,22 @@ class PosixLocalRegion final : public LocalRegion {
 
 class PosixRemoteRegion final : public RemoteRegion {
  public:
-  explicit PosixRemoteRegion(MemType t) : type(t) {}
+  explicit PosixRemoteRegion(MemType t, FileId file = {}) : type(t), file(file) {}
   const MemType type;
+  const FileId file;  // FILE: as PosixLocalRegion::file
 };
 
 // One prepared transfer, shared by its request and (while queued or running) the worker.
 struct Job {
   std::vector<FileOp> ops;
+  // The registered files its ops reach (one entry per run of ops on one fd), checked at
+  // each post: an fd replaced since (dup2, or closed and reused) is never read or written.
+  struct FileCheck {
+    int fd;
+    FileId id;
+    uint64_t offset, len;  // the first op's, for the error
+  };
+  std::vector<FileCheck> files;
   std::optional<std::string> notification;
   std::atomic<XferState> state{XferState::Idle};
   Error error{ErrorCode::Internal, "no error"};  // written before state becomes Error
@@ -103,18 +115,22 @@ class PosixBackend final : public Backend {
             std::make_unique<PosixLocalRegion>(type, &worker_->batch(), base));
       }
     }
-    return std::unique_ptr<LocalRegion>(std::make_unique<PosixLocalRegion>(type));
+    return std::unique_ptr<LocalRegion>(std::make_unique<PosixLocalRegion>(
+        type, nullptr, nullptr, type == MemType::File ? file_id_of(d.dev_id) : FileId{}));
   }
 
   Status connect(const std::string&, std::string_view) override { return {}; }
   void disconnect(const std::string&) override {}
 
+  // Only this agent's own regions (its loopback), just registered: their fds are current.
   Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string&, MemType type,
-                                                           const Desc&, std::string_view) override {
+                                                           const Desc& d,
+                                                           std::string_view) override {
     if (!can_register(type)) {
       return err(ErrorCode::Unsupported, "POSIX backend has no ", to_string(type), " regions");
     }
-    return std::unique_ptr<RemoteRegion>(std::make_unique<PosixRemoteRegion>(type));
+    return std::unique_ptr<RemoteRegion>(std::make_unique<PosixRemoteRegion>(
+        type, type == MemType::File ? file_id_of(d.dev_id) : FileId{}));
   }
 
   Result<std::unique_ptr<BackendRequest>> prepare(
@@ -137,6 +153,11 @@ class PosixBackend final : public Backend {
       }
       const bool remote_is_file = rt == MemType::File;
       const Desc& file = remote_is_file ? s.remote : s.local;
+      const FileId& id = remote_is_file ? static_cast<PosixRemoteRegion*>(s.remote_region)->file
+                                        : static_cast<PosixLocalRegion*>(s.local_region)->file;
+      const int fd = static_cast<int>(file.dev_id);
+      if (job->files.empty() || job->files.back().fd != fd)
+        job->files.push_back({fd, id, file.addr, file.len});
       const Desc& mem = remote_is_file ? s.local : s.remote;
       // READ brings remote bytes to local: from the file when the remote side is the file.
       const bool file_read = (op == Op::Read) == remote_is_file;
@@ -197,6 +218,14 @@ PosixRequest::~PosixRequest() {
 }
 
 Status PosixRequest::post() {
+  // As an I/O error would: the request ends in Error, and wait() says why.
+  for (const Job::FileCheck& f : job_->files) {
+    if (auto st = check_file_id(f.id, static_cast<uint64_t>(f.fd), f.offset, f.len); !st) {
+      job_->error = err(ErrorCode::Io, "POSIX ", st.error().message);
+      job_->state.store(XferState::Error, std::memory_order_release);
+      return {};
+    }
+  }
   return backend_->submit(job_);
 }
 

@@ -1,8 +1,5 @@
 #include "xfer/backends/ucx/file_server.h"
 
-#include <sys/stat.h>
-
-#include <cerrno>
 #include <climits>
 #include <cstdlib>
 #include <cstring>
@@ -30,10 +27,7 @@ void FileServer::recycle(char* p) {
 }
 
 void FileServer::add(const Desc& region) {
-  struct stat st {};
-  const bool known = region.dev_id <= INT_MAX && fstat(static_cast<int>(region.dev_id), &st) == 0;
-  auto r = std::make_shared<Region>(
-      Region{known, static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)});
+  auto r = std::make_shared<Region>(Region{file_id_of(region.dev_id)});
   std::lock_guard<std::mutex> lock(mu_);
   regions_[{region.dev_id, region.addr, region.len}] = std::move(r);
 }
@@ -64,18 +58,7 @@ Result<std::shared_ptr<FileServer::Region>> FileServer::find(uint64_t fd, uint64
     const auto& [rfd, roff, rlen] = it->first;
     if (rfd == fd && fd <= INT_MAX && offset >= roff && len <= rlen &&
         offset - roff <= rlen - len) {
-      struct stat st {};
-      if (fstat(static_cast<int>(fd), &st) != 0) {
-        const int e = errno;
-        return err(ErrorCode::Io, "file fd ", fd, " offset ", offset, " len ", len, ": ",
-                   std::strerror(e));
-      }
-      const Region& id = *it->second;
-      if (id.known && (static_cast<uint64_t>(st.st_dev) != id.dev ||
-                       static_cast<uint64_t>(st.st_ino) != id.ino)) {
-        return err(ErrorCode::Io, "file fd ", fd, " offset ", offset, " len ", len,
-                   ": fd no longer refers to the registered file (closed and reused?)");
-      }
+      KVBM_TRY(check_file_id(it->second->id, fd, offset, len));
       return it->second;
     }
   }

@@ -17,6 +17,7 @@
 
 #include "kvbm/result.h"
 #include "kvbm/xfer/types.h"
+#include "xfer/backend_file_id.h"
 
 namespace kvbm::xfer::detail {
 
@@ -81,8 +82,7 @@ class FileServer {
   friend struct StagingFree;
   static constexpr size_t kKeepFree = 8;
   struct Region {
-    bool known;  // fstat worked at registration
-    uint64_t dev, ino;
+    FileId id;        // the file fd referred to at registration
     size_t busy = 0;  // its pins
   };
   using Key = std::tuple<uint64_t, uint64_t, uint64_t>;  // fd, offset, len

@@ -27,6 +27,7 @@
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
 #include "xfer/backends/ucx/parallel_copy.h"
+#include "xfer/backends/ucx/peer_check.h"
 #include "xfer/backends/ucx/same_host.h"
 #include "xfer/backends/ucx/ucx_worker.h"
 
@@ -139,6 +140,14 @@ struct Completion {
   std::atomic<XferState> state{XferState::InProgress};
   Error error{ErrorCode::Internal, ""};
   bool cancelled = false;  // guarded by the backend lock
+  // A posted request's gets, puts and flush still to call back, plus one while post()
+  // issues them; the first failure among them; and the completion itself, kept alive
+  // for their callbacks (which carry a plain pointer) until the last one. Guarded by the
+  // backend lock. Each operation's own status counts: a flush that reports success after
+  // the peer failed is no proof that every get landed.
+  size_t ops_pending = 0;
+  ucs_status_t ops_status = UCS_OK;
+  std::shared_ptr<Completion> ops_keep;
 };
 
 // One chunk of a transfer with a peer's file: local bytes <-> (fd, offset) at the owner.
@@ -193,6 +202,8 @@ class UcxBackend final : public Backend {
   Status init();
 
   const std::string& name() const override { return name_; }
+  // shape_, from our own address and a key packed for a probe page.
+  Status learn_shape();
   // FILE regions are registered to be served to peers (file_server.h); a peer's FILE
   // regions are reached through their owner (see FileXfer).
   bool can_register(MemType type) const override {
@@ -201,10 +212,10 @@ class UcxBackend final : public Backend {
   bool supports(MemType local, MemType remote) const override {
     return local == MemType::Dram && (remote == MemType::Dram || remote == MemType::File);
   }
-  // "<boot id>[ <same-host line>]\n<UCX worker address>"
+  // "<transport line>\n<boot id>[ <same-host line>]\n<UCX worker address>" (peer_check.h)
   std::string connection_info() const override {
-    if (same_host_ == SameHostMode::Off) return host_ + "\n" + address_;
-    return host_ + " " + self_.line() + "\n" + address_;
+    if (same_host_ == SameHostMode::Off) return transport_ + "\n" + host_ + "\n" + address_;
+    return transport_ + "\n" + host_ + " " + self_.line() + "\n" + address_;
   }
 
   Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
@@ -231,6 +242,9 @@ class UcxBackend final : public Backend {
   // the peer timeout has passed (then logs that some may). Without mu_ held.
   void wait_quiet(const std::string& peer, const std::function<bool()>& quiet);
   void data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status);
+  // One of a request's operations (see Completion::ops_pending) ended with `status`.
+  void op_done(Completion* c, ucs_status_t status);
+  static void on_op_done(void* request, ucs_status_t status, void* user);
   void finish(Completion* c, ucs_status_t status);
   Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c);
   void close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why);
@@ -262,6 +276,8 @@ class UcxBackend final : public Backend {
   ParallelCopier copier_;  // thread-safe: used by requests without mu_
   std::string address_;
   const std::string host_ = host_identity();
+  const std::string transport_ = ucx_transport_line();
+  UcxWireShape shape_;  // what a peer's address and keys must look like
   std::map<std::string, std::shared_ptr<UcxPeer>> peers_;
   std::map<std::string, Inbox> inboxes_;
   std::vector<std::pair<ucp_ep_h, ucs_status_t>> failed_eps_;  // noted in callbacks, handled after
@@ -385,10 +401,33 @@ UcxLocalRegion::~UcxLocalRegion() {
 
 Status UcxBackend::init() {
   KVBM_TRY(open_worker(UCP_FEATURE_RMA | UCP_FEATURE_AM, &context_, &worker_, &address_));
+  KVBM_TRY(learn_shape());
   KVBM_TRY(set_am_handler(worker_, kNotifAmId, &UcxBackend::on_am, this));
   for (unsigned id : {kFileRequestAmId, kFileReplyAmId}) {
     KVBM_TRY(set_am_handler(worker_, id, &UcxBackend::on_file_am, this));
   }
+  return {};
+}
+
+Status UcxBackend::learn_shape() {
+  static char probe[64];
+  ucp_mem_map_params_t mp{};
+  mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+  mp.address = probe;
+  mp.length = sizeof probe;
+  ucp_mem_h memh = nullptr;
+  if (ucs_status_t s = ucp_mem_map(context_, &mp, &memh); s != UCS_OK) {
+    return ucx_error(ErrorCode::RegistrationFailed, "ucp_mem_map of a probe", s);
+  }
+  void* packed = nullptr;
+  size_t len = 0;
+  ucs_status_t s = ucp_rkey_pack(context_, memh, &packed, &len);
+  if (s == UCS_OK) {
+    shape_ = learn_wire_shape(address_, {static_cast<const char*>(packed), len});
+    ucp_rkey_buffer_release(packed);
+  }
+  ucp_mem_unmap(context_, memh);
+  if (s != UCS_OK) return ucx_error(ErrorCode::RegistrationFailed, "ucp_rkey_pack of a probe", s);
   return {};
 }
 
@@ -453,10 +492,17 @@ void UcxBackend::on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
 }
 
 Status UcxBackend::connect(const std::string& agent, std::string_view connection_info) {
+  const size_t tl = connection_info.find('\n');
+  if (tl == std::string_view::npos) {
+    return err(ErrorCode::InvalidArgument, "malformed UCX connection data for agent '", agent, "'");
+  }
+  KVBM_TRY(check_transport_line(agent, connection_info.substr(0, tl)));
+  connection_info.remove_prefix(tl + 1);
   const size_t nl = connection_info.find('\n');
   if (nl == std::string_view::npos || nl > 128 || nl + 1 == connection_info.size()) {
     return err(ErrorCode::InvalidArgument, "malformed UCX connection data for agent '", agent, "'");
   }
+  KVBM_TRY(check_worker_address(agent, connection_info.substr(nl + 1), shape_));
   // The first line: the peer's boot id, then (if it offers one) its same-host line.
   const std::string_view first = connection_info.substr(0, nl);
   const size_t sp = first.find(' ');
@@ -553,6 +599,9 @@ Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::
   }
   auto info = decode_region_info(remote_info);
   if (!info) return info.error();
+  if (auto st = check_packed_rkey(info->rkey, shape_); !st) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent, "': ", st.error().message);
+  }
   ucp_rkey_h rkey = nullptr;
   if (ucs_status_t s = ucp_ep_rkey_unpack(it->second->ep, info->rkey.data(), &rkey); s != UCS_OK) {
     return ucx_error(ErrorCode::InvalidArgument, "ucp_ep_rkey_unpack", s);
@@ -792,43 +841,66 @@ Status UcxRequest::post() {
     backend_->start_file(x);
     return {};
   }
+  // Every get and put reports its own completion, and the flush (a WRITE's proof that the
+  // bytes are at the target) one more: the request is done when all have called back,
+  // and failed if any of them failed.
+  c->ops_pending = 1;  // post()'s own, dropped below
+  c->ops_keep = c;
+  ucp_request_param_t p{};
+  p.op_attr_mask =
+      UCP_OP_ATTR_FIELD_MEMH | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.cb.send = &UcxBackend::on_op_done;
+  p.user_data = c.get();
   for (const Item& it : items_) {
     if (it.remote_region->rkey == nullptr) {
-      backend_->fail(c.get(),
-                     err(ErrorCode::Remote, "connection to agent '", peer_->name, "' is closed"));
-      return c->error;
+      c->ops_status = UCS_ERR_NOT_CONNECTED;
+      break;
     }
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_MEMH;
     p.memh = it.memh;
     ucs_status_ptr_t r =
         op_ == Op::Write
             ? ucp_put_nbx(peer_->ep, it.local, it.len, it.remote, it.remote_region->rkey, &p)
             : ucp_get_nbx(peer_->ep, it.local, it.len, it.remote, it.remote_region->rkey, &p);
     if (UCS_PTR_IS_ERR(r)) {
-      backend_->fail(c.get(),
-                     ucx_error(ErrorCode::Remote, op_ == Op::Write ? "ucp_put_nbx" : "ucp_get_nbx",
-                               UCS_PTR_STATUS(r)));
-      return c->error;
+      c->ops_status = UCS_PTR_STATUS(r);
+      break;
     }
-    // Completion is observed through the flush below; this request needs no callback.
-    if (r != nullptr) ucp_request_free(r);
+    if (r != nullptr) ++c->ops_pending;  // its callback frees it
   }
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  p.user_data = new std::shared_ptr<Completion>(c);
-  p.cb.send = [](void* request, ucs_status_t status, void* user) {
-    auto* holder = static_cast<std::shared_ptr<Completion>*>(user);
-    (*holder)->backend->data_complete(*holder, status);
-    delete holder;
-    // Freed here, not after posting: a request freed early never calls back.
-    ucp_request_free(request);
-  };
-  ucs_status_ptr_t r = ucp_ep_flush_nbx(peer_->ep, &p);
-  if (UCS_PTR_IS_PTR(r)) return {};
-  delete static_cast<std::shared_ptr<Completion>*>(p.user_data);
-  backend_->data_complete(c, UCS_PTR_STATUS(r));
+  if (c->ops_status == UCS_OK) {
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    ucs_status_ptr_t r = ucp_ep_flush_nbx(peer_->ep, &p);
+    if (UCS_PTR_IS_PTR(r)) {
+      ++c->ops_pending;
+    } else if (UCS_PTR_IS_ERR(r)) {
+      c->ops_status = UCS_PTR_STATUS(r);
+    }
+  }
+  backend_->op_done(c.get(), UCS_OK);
+  if (c->state.load() == XferState::Error) return c->error;
   return {};
+}
+
+void UcxBackend::on_op_done(void* request, ucs_status_t status, void* user) {
+  auto* c = static_cast<Completion*>(user);
+  c->backend->op_done(c, status);
+  // Freed here, not after posting: a request freed early never calls back.
+  ucp_request_free(request);
+}
+
+void UcxBackend::op_done(Completion* c, ucs_status_t status) {
+  if (status != UCS_OK && c->ops_status == UCS_OK) c->ops_status = status;
+  if (--c->ops_pending != 0) return;
+  auto keep = std::move(c->ops_keep);
+  status = c->ops_status;
+  // The endpoint's failure may be noted in the same progress call as a flush that still
+  // reported success: that flush proves nothing.
+  if (status == UCS_OK) {
+    for (const auto& [ep, s] : failed_eps_) {
+      if (ep == c->peer->ep) status = s;
+    }
+  }
+  data_complete(keep, status);
 }
 
 ucs_status_t UcxBackend::on_am(void* arg, const void* header, size_t header_length, void* data,

@@ -1,8 +1,15 @@
 // The UCX backend: host memory (DRAM) within and across processes and hosts, over
 // whatever UCX selects (shared memory, CMA, TCP, verbs; UCX_TLS and UCX_NET_DEVICES are
 // honoured). Regions are ucp_mem_map'ed and published as packed remote keys; READ and
-// WRITE are ucp_get/put followed by an endpoint flush; notifications are active messages
-// sent after the flush, so they arrive after the data is visible.
+// WRITE are ucp_get/put followed by an endpoint flush, and a request is done only when
+// every one of them called back without error (a flush may report success after the
+// peer failed, with gets that never landed); notifications are active messages sent after
+// that, so they arrive after the data is visible.
+//
+// A peer's bytes: its connection data names the transport and its UCX version (another
+// major.minor is refused), and its worker address and packed keys are checked against
+// the layout this UCX writes before UCX sees them (peer_check.h). So peers must run UCX
+// with the same memory domains for host memory (same UCX version and UCX_TLS).
 //
 // Same host: a peer on this machine is reached by mapping its shareable memory or by CMA
 // (same_host.h), the bytes moving in the caller's thread; only notifications go over UCX.
