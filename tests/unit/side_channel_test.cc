@@ -13,6 +13,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
@@ -22,7 +24,9 @@
 #include <thread>
 #include <vector>
 
+#include "kvbm/xfer/agent.h"
 #include "support/test_support.h"
+#include "xfer/metadata.h"
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -716,6 +720,184 @@ TEST(SideChannelAbuse, StartRejectsZeroBounds) {
   options.request_timeout = 0ms;
   EXPECT_ERROR(SideChannelServer::start("127.0.0.1", 0, provider, options),
                ErrorCode::InvalidArgument, "request_timeout 0 ms");
+}
+
+// --- Authentication: a keyed server serves only requests made with its key ---
+
+constexpr std::string_view kKey = "the shared key, 16+ bytes";
+
+SideChannelOptions keyed(std::string_view key = kKey) {
+  SideChannelOptions options;
+  options.auth_key = std::string(key);
+  return options;
+}
+
+TEST(SideChannelAuth, MatchingKeysWork) {
+  auto server = serve(items_provider(), "127.0.0.1", keyed());
+  ASSERT_TRUE(server);
+  auto got = fetch_blob("127.0.0.1", server->port(), "a", 2s, 64, kKey);
+  ASSERT_TRUE(got.ok()) << got.error().to_string();
+  EXPECT_EQ(*got, "item a");
+  EXPECT_EQ(fetch_blob("127.0.0.1", server->port(), "", 2s, 64, kKey).value(), "the metadata");
+}
+
+TEST(SideChannelAuth, UnkeyedOrWrongKeyedClientsAreRefused) {
+  std::atomic<int> calls{0};
+  auto server = serve(
+      [&](const std::string&) -> Result<std::string> {
+        ++calls;
+        return std::string("secret");
+      },
+      "127.0.0.1", keyed());
+  ASSERT_TRUE(server);
+  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), "", 2s, 64), ErrorCode::Remote,
+               "authentication required: this agent serves only requests authenticated with "
+               "its key");
+  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), "", 2s, 64, "not the key, 16+ bytes"),
+               ErrorCode::Remote,
+               "authentication failed: the request's MAC does not match this agent's key");
+  EXPECT_EQ(calls.load(), 0);  // nothing was produced for them
+}
+
+TEST(SideChannelAuth, KeyedClientRefusesAnUnauthenticatedServer) {
+  auto server = serve(items_provider());
+  ASSERT_TRUE(server);
+  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), "a", 2s, 64, kKey),
+               ErrorCode::InvalidArgument, "the server sent item 'a' unauthenticated");
+}
+
+TEST(SideChannelAuth, ReplayedRequestIsRefused) {
+  auto server = serve(items_provider(), "127.0.0.1", keyed());
+  ASSERT_TRUE(server);
+  const Nonce nonce{1, 2, 3};
+  const std::string request = encode_request("a", kKey, wall_clock_ns(), nonce);
+  const std::string first = exchange(server->port(), request);
+  ASSERT_GE(first.size(), kAuthReplyHeaderBytes);
+  EXPECT_EQ(first.substr(0, 8), "KVBMMD02");
+  EXPECT_EQ(first.substr(kAuthReplyHeaderBytes), "item a");
+  EXPECT_EQ(error_text(exchange(server->port(), request)),
+            "replayed request refused (its nonce was seen before)");
+}
+
+TEST(SideChannelAuth, StaleOrFutureRequestIsRefused) {
+  auto server = serve(items_provider(), "127.0.0.1", keyed());
+  ASSERT_TRUE(server);
+  const uint64_t minute = 60'000'000'000;
+  EXPECT_NE(error_text(exchange(server->port(),
+                                encode_request("a", kKey, wall_clock_ns() - minute, Nonce{4})))
+                .find("request timestamp is -6"),
+            std::string::npos);
+  EXPECT_NE(error_text(exchange(server->port(),
+                                encode_request("a", kKey, wall_clock_ns() + minute, Nonce{5})))
+                .find("s off this agent's clock (the window is +-30 s)"),
+            std::string::npos);
+}
+
+TEST(SideChannelAuth, TamperedReplyIsRefused) {
+  // A server that answers with a MAC it could not have made with the key.
+  FakeServer fake("KVBMMD02" + le64(2) + std::string(32, 'm') + "ok");
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 64, kKey), ErrorCode::InvalidArgument,
+               "fails authentication: its MAC does not match this agent's key");
+}
+
+TEST(SideChannelAuth, ShortKeyIsRejected) {
+  EXPECT_ERROR(SideChannelServer::start("127.0.0.1", 0, blobs(items_provider()), keyed("short")),
+               ErrorCode::InvalidArgument, "auth key of 5 bytes; at least 16 are required");
+}
+
+// --- Agents with keys: who may fetch our metadata and items, and whose metadata we load ---
+
+std::unique_ptr<Agent> bare_agent(const std::string& name, std::string key = {}) {
+  AgentConfig config;
+  config.backends = {};  // the side channel and metadata need no transport
+  config.add_cuda_if_gpu = false;
+  config.progress_thread = false;
+  config.auth_key = std::move(key);
+  auto agent = Agent::create(name, std::move(config));
+  EXPECT_TRUE(agent.ok()) << agent.error().to_string();
+  return agent ? std::move(*agent) : nullptr;
+}
+
+TEST(AgentAuth, AgentsWithTheSameKeyExchangeMetadataAndItems) {
+  auto a = bare_agent("a", std::string(kKey));
+  auto b = bare_agent("b", std::string(kKey));
+  ASSERT_TRUE(a && b);
+  const uint16_t port = a->listen("127.0.0.1", 0).value();
+  ASSERT_TRUE(a->publish("blocks/7", "descriptor").ok());
+  auto name = b->fetch_remote_metadata("127.0.0.1", port);
+  ASSERT_TRUE(name.ok()) << name.error().to_string();
+  EXPECT_EQ(*name, "a");
+  EXPECT_EQ(b->fetch_published("127.0.0.1", port, "blocks/7").value(), "descriptor");
+  EXPECT_EQ(b->load_remote_metadata(a->local_metadata().value()).value(), "a");
+}
+
+TEST(AgentAuth, KeyedAgentRefusesUnkeyedAndWrongKeyedPeers) {
+  auto a = bare_agent("a", std::string(kKey));
+  auto plain = bare_agent("plain");
+  auto other = bare_agent("other", "a different key, 16+");
+  ASSERT_TRUE(a && plain && other);
+  const uint16_t port = a->listen("127.0.0.1", 0).value();
+  ASSERT_TRUE(a->publish("blocks/7", "descriptor").ok());
+  EXPECT_ERROR(plain->fetch_remote_metadata("127.0.0.1", port), ErrorCode::Remote,
+               "authentication required");
+  EXPECT_ERROR(plain->fetch_published("127.0.0.1", port, "blocks/7"), ErrorCode::Remote,
+               "authentication required");
+  EXPECT_ERROR(other->fetch_remote_metadata("127.0.0.1", port), ErrorCode::Remote,
+               "authentication failed");
+  EXPECT_FALSE(plain->has_remote("a"));
+  // Nor does the keyed agent load metadata that is not sealed with its key.
+  EXPECT_ERROR(a->load_remote_metadata(plain->local_metadata().value()), ErrorCode::InvalidArgument,
+               "metadata is not authenticated");
+  EXPECT_ERROR(a->load_remote_metadata(other->local_metadata().value()), ErrorCode::InvalidArgument,
+               "metadata authentication failed");
+  EXPECT_FALSE(a->has_remote("plain"));
+}
+
+TEST(AgentAuth, UnkeyedAgentsWorkAsBefore) {
+  auto a = bare_agent("a");
+  auto b = bare_agent("b");
+  ASSERT_TRUE(a && b);
+  const uint16_t port = a->listen("127.0.0.1", 0).value();
+  EXPECT_EQ(b->fetch_remote_metadata("127.0.0.1", port).value(), "a");
+  EXPECT_TRUE(b->has_remote("a"));
+}
+
+// Sets an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, const std::string& value) : name_(name) {
+    ::setenv(name, value.c_str(), 1);
+  }
+  ~ScopedEnv() { ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+};
+
+TEST(AgentAuth, KeyFromTheEnvironmentOrAFile) {
+  {
+    ScopedEnv env("KVBM_AUTH_KEY", std::string(kKey));
+    auto a = bare_agent("a");
+    ASSERT_TRUE(a);
+    EXPECT_TRUE(decode_metadata(a->local_metadata().value(), 1 << 20, kKey).ok());
+  }
+  {
+    testing::TempDir dir;
+    const auto path = dir.path() / "key";
+    FILE* f = std::fopen(path.c_str(), "w");
+    ASSERT_NE(f, nullptr);
+    std::fprintf(f, "%s\n", std::string(kKey).c_str());  // the newline is not part of the key
+    std::fclose(f);
+    ScopedEnv env("KVBM_AUTH_KEY_FILE", path.string());
+    auto a = bare_agent("a");
+    ASSERT_TRUE(a);
+    EXPECT_TRUE(decode_metadata(a->local_metadata().value(), 1 << 20, kKey).ok());
+  }
+  ScopedEnv env("KVBM_AUTH_KEY", "short");
+  AgentConfig config;
+  config.backends = {};
+  EXPECT_ERROR(Agent::create("a", config), ErrorCode::InvalidArgument,
+               "auth key from KVBM_AUTH_KEY is 5 bytes; at least 16 are required");
 }
 
 TEST(SideChannel, Ipv6Loopback) {
