@@ -63,7 +63,7 @@ struct AgentConfig {
   // its metadata with an HMAC made with it, sends authenticated requests, and loads only
   // metadata and side-channel replies made with it. Empty: $KVBM_AUTH_KEY, else the
   // contents of the file named by $KVBM_AUTH_KEY_FILE; neither: off. At least 16 bytes.
-  std::string auth_key;
+  std::string auth_key{};
 };
 
 // The registration of memory with an agent. Deregisters on release() or destruction.
