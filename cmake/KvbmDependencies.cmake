@@ -6,9 +6,9 @@ find_package(PkgConfig REQUIRED)
 pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
 # File I/O (src/common/uring_batch.cc); linked privately into libkvbm.
 pkg_check_modules(URING REQUIRED IMPORTED_TARGET liburing)
-# etcd discovery (src/xfer/etcd_client.cc): HTTP through libcurl, base64 through libcrypto.
+# etcd discovery (src/xfer/etcd_client.cc): HTTP through libcurl (base64 through OpenSSL,
+# linked in src/ for authentication too).
 pkg_check_modules(CURL REQUIRED IMPORTED_TARGET libcurl)
-pkg_check_modules(CRYPTO REQUIRED IMPORTED_TARGET libcrypto)
 
 set(KVBM_HAVE_CUDA 0)
 if(KVBM_CUDA)

@@ -1,7 +1,10 @@
 // Wire form: one CBOR (or JSON) object
 //   {"v": 1, "agent": str, "addr": uint, "size": uint, "mem": "DRAM"|"VRAM"|"FILE"|"UNKNOWN",
 //    "dev": uint, "notif": str (optional)}
-// decoded with nlohmann-json without exceptions, every field checked.
+// decoded with nlohmann-json without exceptions, every field checked. Decoding goes through
+// a SAX handler that keeps only the top-level scalars: nested values (of fields this build
+// does not know) are walked, counted and dropped, never built, so hostile input (deep
+// nesting, huge arrays of small values) costs time linear in its size and little memory.
 #include "kvbm/remote/remote_descriptor.h"
 
 #include <nlohmann/json.hpp>
@@ -16,6 +19,9 @@ using json = nlohmann::json;
 constexpr size_t kMaxEncodedBytes = 1 << 20;
 // Our object nests one level; room for later additions, and far from the stack's limit.
 constexpr size_t kMaxCborDepth = 32;
+constexpr size_t kMaxJsonDepth = 32;
+// Values of any kind, at any depth: ours has 7; room for later additions.
+constexpr size_t kMaxValues = 4096;
 
 // nlohmann's CBOR reader recurses once per nested array, map or tag, so a megabyte of
 // 0x81 bytes would overflow the stack. This walks the item heads without recursion and
@@ -158,6 +164,84 @@ Result<RemoteDescriptor> from_object(const json& j) {
   return d;
 }
 
+// Builds the top-level object of scalars and nothing else. A field whose value is an array
+// or object keeps an empty one (so that its type error names it); what is inside is
+// skipped. Stops at the first limit passed, leaving the reason in `error`.
+class FlatObjectSax : public nlohmann::json_sax<json> {
+ public:
+  explicit FlatObjectSax(size_t max_depth) : max_depth_(max_depth) {}
+  json result = json::object();
+  std::string error;
+
+  bool null() override { return scalar(nullptr); }
+  bool boolean(bool v) override { return scalar(v); }
+  bool number_integer(number_integer_t v) override { return scalar(v); }
+  bool number_unsigned(number_unsigned_t v) override { return scalar(v); }
+  bool number_float(number_float_t v, const string_t&) override { return scalar(v); }
+  bool string(string_t& v) override { return scalar(std::move(v)); }
+  bool binary(binary_t& v) override { return scalar(json::binary_t(std::move(v))); }
+  bool start_object(std::size_t) override { return open(json::object()); }
+  bool start_array(std::size_t) override { return open(json::array()); }
+  bool end_object() override { return close(); }
+  bool end_array() override { return close(); }
+  bool key(string_t& k) override {
+    if (depth_ == 1) key_ = std::move(k);
+    return true;
+  }
+  bool parse_error(std::size_t pos, const std::string&,
+                   const nlohmann::detail::exception& e) override {
+    error = "does not parse: " + std::string(e.what()) + " (at byte " + std::to_string(pos) + ")";
+    return false;
+  }
+
+ private:
+  bool counted() {
+    if (++values_ <= kMaxValues) return true;
+    error = "holds over " + std::to_string(kMaxValues) + " values";
+    return false;
+  }
+  bool scalar(json v) {
+    if (!counted()) return false;
+    if (depth_ == 0) return not_an_object();
+    if (depth_ == 1) result[key_] = std::move(v);
+    return true;
+  }
+  bool open(json empty) {
+    if (!counted()) return false;
+    if (depth_ == 0 && !empty.is_object()) return not_an_object();
+    if (depth_ == 1) result[key_] = std::move(empty);
+    if (++depth_ > max_depth_) {
+      error = "nests deeper than " + std::to_string(max_depth_) + " levels";
+      return false;
+    }
+    return true;
+  }
+  bool close() {
+    --depth_;
+    return true;
+  }
+  bool not_an_object() {
+    error = "is not an object";
+    return false;
+  }
+
+  size_t max_depth_;
+  size_t depth_ = 0;
+  size_t values_ = 0;
+  std::string key_;
+};
+
+// Decodes `in` (JSON or CBOR) through FlatObjectSax, then checks the fields.
+template <typename Input>
+Result<RemoteDescriptor> decode_flat(const Input& in, json::input_format_t format) {
+  FlatObjectSax sax(format == json::input_format_t::json ? kMaxJsonDepth : kMaxCborDepth);
+  if (!json::sax_parse(in.begin(), in.end(), &sax, format, /*strict=*/true)) {
+    if (sax.error.empty()) sax.error = "does not parse";
+    return err(ErrorCode::InvalidArgument, "remote descriptor ", sax.error);
+  }
+  return from_object(sax.result);
+}
+
 Status check_size(std::string_view bytes) {
   if (bytes.size() > kMaxEncodedBytes) {
     return err(ErrorCode::InvalidArgument, "remote descriptor of ", bytes.size(), " bytes exceeds ",
@@ -189,7 +273,7 @@ Result<RemoteDescriptor> RemoteDescriptor::from_bytes(std::string_view bytes) {
   // Even without exceptions enabled, nlohmann throws for some hostile input (a huge
   // declared array size); nothing may escape.
   try {
-    return from_object(json::from_cbor(bytes.begin(), bytes.end(), true, false));
+    return decode_flat(bytes, json::input_format_t::cbor);
   } catch (const std::exception& e) {
     return err(ErrorCode::InvalidArgument, "remote descriptor does not parse: ", e.what());
   }
@@ -198,7 +282,7 @@ Result<RemoteDescriptor> RemoteDescriptor::from_bytes(std::string_view bytes) {
 Result<RemoteDescriptor> RemoteDescriptor::from_json(std::string_view text) {
   KVBM_TRY(check_size(text));
   try {
-    return from_object(json::parse(text.begin(), text.end(), nullptr, false));
+    return decode_flat(text, json::input_format_t::json);
   } catch (const std::exception& e) {
     return err(ErrorCode::InvalidArgument, "remote descriptor does not parse: ", e.what());
   }

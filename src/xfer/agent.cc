@@ -8,6 +8,7 @@
 #include "kvbm/storage/disk.h"
 #include "kvbm/xfer/mem_type.h"
 #include "xfer/agent_impl.h"
+#include "xfer/auth.h"
 #include "xfer/memory_registration_impl.h"
 #include "xfer/metadata.h"
 #include "xfer/request_impl.h"
@@ -23,6 +24,9 @@ Result<std::unique_ptr<Agent>> Agent::create(std::string name, AgentConfig confi
     return err(ErrorCode::InvalidArgument, "peer_timeout must be > 0 ms, got ",
                config.peer_timeout.count());
   }
+  auto key = detail::resolve_auth_key(config.auth_key);
+  if (!key) return key.error();
+  config.auth_key = std::move(*key);
   auto agent = std::make_unique<detail::AgentImpl>(std::move(name), std::move(config));
   KVBM_TRY(agent->start());
   return std::unique_ptr<Agent>(std::move(agent));
@@ -305,11 +309,11 @@ Result<std::string> AgentImpl::local_metadata() const {
       r.remote_info[b->name()] = region->remote_info();
     md.regions.push_back(std::move(r));
   }
-  return encode_metadata(md);
+  return encode_metadata(md, config_.auth_key);
 }
 
 Result<std::string> AgentImpl::load_remote_metadata(std::string_view bytes) {
-  auto md = decode_metadata(bytes, config_.max_metadata_bytes);
+  auto md = decode_metadata(bytes, config_.max_metadata_bytes, config_.auth_key);
   if (!md) return md.error();
   if (md->name == name_) {
     return err(ErrorCode::InvalidArgument, "metadata of agent '", name_,
@@ -386,8 +390,13 @@ Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
     return err(ErrorCode::InvalidArgument, "agent '", name_, "' already listens on port ",
                side_channel_->port());
   }
-  auto server =
-      SideChannelServer::start(host, port, [this](const std::string& key) { return serve(key); });
+  SideChannelOptions options;
+  options.auth_key = config_.auth_key;
+  // Room for a few replies of the largest size at once (shared buffers: one per item).
+  options.max_reply_bytes =
+      std::max(options.max_reply_bytes, std::min(config_.max_metadata_bytes, SIZE_MAX / 4) * 4);
+  auto server = SideChannelServer::start(
+      host, port, [this](const std::string& key) { return serve(key); }, std::move(options));
   if (!server) return server.error();
   side_channel_ = std::move(*server);
   return side_channel_->port();
@@ -395,7 +404,7 @@ Result<uint16_t> AgentImpl::listen(const std::string& host, uint16_t port) {
 
 Result<std::string> AgentImpl::fetch_remote_metadata(const std::string& host, uint16_t port,
                                                      std::chrono::milliseconds timeout) {
-  auto bytes = fetch_blob(host, port, "", timeout, config_.max_metadata_bytes);
+  auto bytes = fetch_blob(host, port, "", timeout, config_.max_metadata_bytes, config_.auth_key);
   if (!bytes) return bytes.error();
   return load_remote_metadata(*bytes);
 }
@@ -455,11 +464,18 @@ Result<std::string> AgentImpl::fetch_published(const std::string& host, uint16_t
                                                const std::string& key,
                                                std::chrono::milliseconds timeout) {
   KVBM_TRY(check_item_key(name_, key));
-  return fetch_blob(host, port, key, timeout, config_.max_metadata_bytes);
+  return fetch_blob(host, port, key, timeout, config_.max_metadata_bytes, config_.auth_key);
 }
 
-Result<std::string> AgentImpl::serve(const std::string& key) const {
-  if (key.empty()) return local_metadata();
+Result<Blob> AgentImpl::serve(const std::string& key) {
+  if (key.empty()) {
+    auto md = local_metadata();
+    if (!md) return md.error();
+    // The same bytes as last time are served from the same buffer, shared by every client.
+    if (!served_metadata_ || *served_metadata_ != *md)
+      served_metadata_ = std::make_shared<const std::string>(std::move(*md));
+    return served_metadata_;
+  }
   std::shared_ptr<const std::string> item;
   {
     std::lock_guard<std::mutex> lock(published_mu_);
@@ -468,7 +484,7 @@ Result<std::string> AgentImpl::serve(const std::string& key) const {
   }
   if (!item)
     return err(ErrorCode::NotFound, "no item '", key, "' published by agent '", name_, "'");
-  return *item;
+  return item;
 }
 
 Result<std::unique_ptr<Request>> AgentImpl::create_request(

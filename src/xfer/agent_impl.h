@@ -104,7 +104,8 @@ class AgentImpl final : public Agent {
   void progress() override;
 
   // What the side channel serves under `key`: the metadata (empty key) or an item.
-  Result<std::string> serve(const std::string& key) const;
+  // Called on the side channel's thread only.
+  Result<Blob> serve(const std::string& key);
 
   // For requests and registrations.
   const AgentConfig& config() const { return config_; }
@@ -163,6 +164,7 @@ class AgentImpl final : public Agent {
 
   std::mutex listen_mu_;
   std::unique_ptr<SideChannelServer> side_channel_;
+  Blob served_metadata_;  // the metadata last served (side channel thread only)
 
   std::mutex requests_mu_;
   std::set<RequestImpl*> requests_;

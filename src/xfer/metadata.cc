@@ -1,6 +1,7 @@
-// Agent metadata <-> its protobuf wire form (metadata.proto). Decoding treats the bytes as
-// hostile: size-checked before parsing, then every field validated before anything is
-// copied out, each failure an InvalidArgument that names the offending value.
+// Agent metadata <-> its sealed wire form (metadata.h): the envelope, then the protobuf
+// payload (metadata.proto). Decoding treats the bytes as hostile: size-checked, the
+// envelope's checksum and MAC verified before parsing, then every field validated before
+// anything is copied out, each failure an InvalidArgument that names the offending value.
 #include "xfer/metadata.h"
 
 #include <google/protobuf/io/coded_stream.h>
@@ -8,8 +9,10 @@
 
 #include <climits>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 
+#include "xfer/auth.h"
 #include "xfer/metadata.pb.h"  // generated into the build dir
 
 namespace kvbm::xfer::detail {
@@ -18,6 +21,12 @@ namespace {
 constexpr size_t kMaxNameBytes = 256;
 constexpr size_t kMaxRegions = 1'000'000;
 constexpr size_t kMaxBackendFieldBytes = size_t{1} << 20;  // a backend name, a remote_info
+
+constexpr char kEnvelopeMagic[4] = {'K', 'V', 'M', 'D'};
+constexpr uint8_t kEnvelopeVersion = 1;
+constexpr uint8_t kFlagMac = 1;
+constexpr size_t kEnvelopeHeaderBytes = 16;
+constexpr std::string_view kMacContext = "kvbm metadata";
 
 // A name from the wire, fit for an error message: quoted, non-printable bytes escaped,
 // long ones cut (they may be up to a MiB of anything).
@@ -76,7 +85,7 @@ bool from_wire(int type, MemType* out) {
 
 }  // namespace
 
-std::string encode_metadata(const AgentMetadata& metadata) {
+std::string encode_metadata_payload(const AgentMetadata& metadata) {
   wire::AgentMetadata w;
   w.set_version(AgentMetadata::kVersion);
   w.set_name(metadata.name);
@@ -103,11 +112,94 @@ std::string encode_metadata(const AgentMetadata& metadata) {
   return bytes;
 }
 
-Result<AgentMetadata> decode_metadata(std::string_view bytes, size_t max_bytes) {
+std::string encode_metadata(const AgentMetadata& metadata, std::string_view auth_key) {
+  return seal_metadata(encode_metadata_payload(metadata), auth_key);
+}
+
+std::string seal_metadata(std::string_view payload, std::string_view auth_key) {
+  std::string out(kEnvelopeHeaderBytes, '\0');
+  std::memcpy(out.data(), kEnvelopeMagic, 4);
+  out[4] = static_cast<char>(kEnvelopeVersion);
+  out[5] = static_cast<char>(auth_key.empty() ? 0 : kFlagMac);
+  for (int i = 0; i < 8; ++i) out[8 + i] = static_cast<char>((payload.size() >> (8 * i)) & 0xff);
+  out.reserve(out.size() + payload.size() + 2 * sizeof(Digest));
+  out.append(payload);
+  const Digest sum = sha256(out);
+  out.append(as_view(sum));
+  if (!auth_key.empty()) {
+    const Digest mac = hmac_sha256(
+        auth_key,
+        {kMacContext, std::string_view(out).substr(0, kEnvelopeHeaderBytes), as_view(sum)});
+    out.append(as_view(mac));
+  }
+  return out;
+}
+
+Result<std::string_view> open_metadata(std::string_view bytes, size_t max_bytes,
+                                       std::string_view auth_key) {
   if (bytes.size() > max_bytes) {
     return err(ErrorCode::InvalidArgument, "metadata of ", bytes.size(),
                " bytes exceeds the limit of ", max_bytes, " bytes");
   }
+  if (bytes.size() < kEnvelopeHeaderBytes) {
+    return err(ErrorCode::InvalidArgument, "metadata of ", bytes.size(),
+               " bytes is shorter than its ", kEnvelopeHeaderBytes, "-byte envelope header");
+  }
+  if (std::memcmp(bytes.data(), kEnvelopeMagic, 4) != 0) {
+    return err(ErrorCode::InvalidArgument, "metadata envelope magic ", quoted(bytes.substr(0, 4)),
+               " is not 'KVMD' (not kvbm metadata, or from a kvbm without the envelope)");
+  }
+  const auto version = static_cast<uint8_t>(bytes[4]);
+  const auto flags = static_cast<uint8_t>(bytes[5]);
+  if (version != kEnvelopeVersion) {
+    return err(ErrorCode::InvalidArgument, "metadata envelope version ", int{version},
+               " is not supported (", int{kEnvelopeVersion}, " is)");
+  }
+  if ((flags & ~kFlagMac) != 0 || bytes[6] != 0 || bytes[7] != 0) {
+    return err(ErrorCode::InvalidArgument, "metadata envelope has unknown flags ", int{flags},
+               " or nonzero reserved bytes");
+  }
+  uint64_t len = 0;
+  for (int i = 0; i < 8; ++i) len |= uint64_t{static_cast<uint8_t>(bytes[8 + i])} << (8 * i);
+  const bool has_mac = (flags & kFlagMac) != 0;
+  const size_t trailer = sizeof(Digest) * (has_mac ? 2 : 1);
+  const size_t body = bytes.size() - kEnvelopeHeaderBytes;
+  if (body < trailer || len != body - trailer) {
+    return err(ErrorCode::InvalidArgument, "metadata envelope declares a payload of ", len,
+               " bytes, but ", body, " bytes follow its header (payload + ", trailer,
+               " bytes of checksum", has_mac ? " and MAC" : "", " expected)");
+  }
+  const std::string_view covered = bytes.substr(0, kEnvelopeHeaderBytes + len);
+  const Digest sum = sha256(covered);
+  const auto* stored = reinterpret_cast<const uint8_t*>(bytes.data() + covered.size());
+  if (!digests_equal(sum.data(), stored)) {
+    return err(ErrorCode::InvalidArgument, "metadata checksum mismatch: the ", bytes.size(),
+               "-byte blob is corrupt (SHA-256 over its ", len, "-byte payload differs)");
+  }
+  if (!auth_key.empty()) {
+    if (!has_mac) {
+      return err(ErrorCode::InvalidArgument,
+                 "metadata is not authenticated; this agent has an auth key and loads only "
+                 "metadata sealed with it (is the peer configured with the key?)");
+    }
+    const Digest mac =
+        hmac_sha256(auth_key, {kMacContext, bytes.substr(0, kEnvelopeHeaderBytes), as_view(sum)});
+    if (!digests_equal(mac.data(), stored + sizeof(Digest))) {
+      return err(ErrorCode::InvalidArgument,
+                 "metadata authentication failed: its MAC does not match this agent's key");
+    }
+  }
+  return bytes.substr(kEnvelopeHeaderBytes, len);
+}
+
+Result<AgentMetadata> decode_metadata(std::string_view bytes, size_t max_bytes,
+                                      std::string_view auth_key) {
+  auto payload = open_metadata(bytes, max_bytes, auth_key);
+  if (!payload) return payload.error();
+  return decode_metadata_payload(*payload);
+}
+
+Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
     return err(ErrorCode::InvalidArgument, "metadata of ", bytes.size(),
                " bytes exceeds protobuf's limit of ", INT_MAX, " bytes");

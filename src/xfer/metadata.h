@@ -1,5 +1,12 @@
-// An agent's metadata and its wire form: a versioned protobuf message (metadata.proto),
-// decoded with size limits and full validation, because the bytes come from the network.
+// An agent's metadata and its wire form: a versioned protobuf message (metadata.proto)
+// inside a versioned envelope that carries its SHA-256 and, when the agent has an auth key,
+// an HMAC-SHA256 made with it. Decoded with size limits and full validation, because the
+// bytes come from the network: the envelope is checked (so corruption and forgery are
+// errors) before a byte of the payload is parsed, and no backend sees bytes that fail.
+//
+// Envelope: "KVMD", u8 envelope version (1), u8 flags (bit 0: a MAC follows), two zero
+// bytes, le64 payload length, the payload, SHA-256 of everything before it, and with
+// flag 0 set HMAC-SHA256(auth key, "kvbm metadata" + the header + that SHA-256).
 #pragma once
 
 #include <cstdint>
@@ -30,12 +37,27 @@ struct AgentMetadata {
   bool operator==(const AgentMetadata&) const = default;
 };
 
-std::string encode_metadata(const AgentMetadata& metadata);
+// The sealed blob: the payload in its envelope, MACed with `auth_key` when it is not empty.
+std::string encode_metadata(const AgentMetadata& metadata, std::string_view auth_key = {});
 
-// InvalidArgument (naming what is wrong) for: more than `max_bytes`, bytes that do not
-// parse, a version other than kVersion, an empty or over-long name (> 256 bytes), an
-// empty region, a region whose addr + len overflows, unknown memory types, a region's
-// remote_info naming a backend the metadata does not list.
-Result<AgentMetadata> decode_metadata(std::string_view bytes, size_t max_bytes);
+// Opens the envelope, then decodes the payload. InvalidArgument (naming what is wrong)
+// for: more than `max_bytes`, a wrong envelope magic, version, flags or length, a SHA-256
+// that does not match (corruption); with `auth_key`: no MAC, or a MAC made with another key;
+// then every error of decode_metadata_payload.
+Result<AgentMetadata> decode_metadata(std::string_view bytes, size_t max_bytes,
+                                      std::string_view auth_key = {});
+
+// The inner parts, for tests and fuzzers that reach past the envelope.
+// The payload alone (protobuf), deterministic: equal metadata gives equal bytes.
+std::string encode_metadata_payload(const AgentMetadata& metadata);
+// Puts any payload in an envelope, as encode_metadata does.
+std::string seal_metadata(std::string_view payload, std::string_view auth_key = {});
+// The payload inside a sealed blob, once the envelope checks pass (a view into `bytes`).
+Result<std::string_view> open_metadata(std::string_view bytes, size_t max_bytes,
+                                       std::string_view auth_key = {});
+// InvalidArgument for: bytes that do not parse, a version other than kVersion, an empty
+// or over-long name (> 256 bytes), an empty region, a region whose addr + len overflows,
+// unknown memory types, a region's remote_info naming a backend the metadata does not list.
+Result<AgentMetadata> decode_metadata_payload(std::string_view payload);
 
 }  // namespace kvbm::xfer::detail

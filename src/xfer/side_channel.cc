@@ -17,7 +17,10 @@
 #include <climits>
 #include <cstring>
 #include <exception>
+#include <memory>
+#include <optional>
 #include <system_error>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -28,18 +31,11 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-constexpr char kRequestMagic[8] = {'K', 'V', 'B', 'M', 'R', 'Q', '0', '1'};
-constexpr char kMagic[8] = {'K', 'V', 'B', 'M', 'M', 'D', '0', '1'};
-constexpr char kErrorMagic[8] = {'K', 'V', 'B', 'M', 'E', 'R', '0', '1'};
-constexpr size_t kRequestHeaderBytes = 12;  // magic + little-endian uint32 key length
-constexpr size_t kHeaderBytes = 16;         // magic + little-endian uint64 length
-constexpr size_t kMaxErrorBytes = 4096;
-// Each connection must be read from and written to within this; a peer that sends no
-// request, or stops reading the reply, is dropped.
-constexpr auto kServeDeadline = std::chrono::seconds(5);
-// More pending connections wait in the listen backlog until a slot frees.
-constexpr size_t kMaxConnections = 64;
-constexpr int kBacklog = 128;
+// Connections arriving faster than one wake-up accepts them wait here; a short queue
+// would drop their SYNs and cost each a retransmission.
+constexpr int kBacklog = 1024;
+// New connections taken per wake-up, so that a flood of them cannot starve the others.
+constexpr int kAcceptsPerRound = 64;
 
 // Owns one file descriptor.
 class Fd {
@@ -80,43 +76,6 @@ std::string endpoint(const std::string& host, uint16_t port) {
   return host + ":" + std::to_string(port);
 }
 
-// Bytes from the peer, fit for an error message.
-std::string printable(std::string_view s) {
-  std::string out;
-  for (char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (c >= 0x20 && c < 0x7f) {
-      out += ch;
-    } else {
-      static constexpr char kHex[] = "0123456789abcdef";
-      out += "\\x";
-      out += kHex[c >> 4];
-      out += kHex[c & 0xf];
-    }
-  }
-  return out;
-}
-
-void put_le64(char* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
-void put_le32(char* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<char>((v >> (8 * i)) & 0xff);
-}
-
-uint32_t get_le32(const char* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= uint32_t{static_cast<unsigned char>(p[i])} << (8 * i);
-  return v;
-}
-
-uint64_t get_le64(const char* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= uint64_t{static_cast<unsigned char>(p[i])} << (8 * i);
-  return v;
-}
-
 // Milliseconds until `deadline` for poll(), rounded up so that a poll never returns
 // early only to spin; 0 once it has passed; -1 (forever) for Clock::time_point::max().
 int poll_ms(Clock::time_point deadline) {
@@ -147,89 +106,184 @@ struct Addresses {
   }
 };
 
-// One connection the server is still serving: first it reads the request (a 12-byte
-// header, then the key) into a fixed buffer, then it writes the reply: a 16-byte header,
-// then the payload (sent from where the provider put it, with no copy into one frame).
+// One connection the server is still serving: first it reads the request into a fixed
+// buffer, never past its end (so that closing later discards no unread bytes with a
+// reset), then it writes the reply: a header, then the payload from its shared buffer.
 struct Connection {
   Fd fd;
-  Clock::time_point deadline;  // for request and reply together
+  Clock::time_point deadline;       // for the request, then for the reply
+  Clock::time_point last_progress;  // accept, then the last bytes the client took
 
-  char request[kRequestHeaderBytes + kMaxKeyBytes];
-  size_t received = 0;  // of the request
+  char request[kMaxRequestBytes];
+  size_t received = 0;
   bool replying = false;
 
-  char header[kHeaderBytes];
-  std::string payload;
+  char header[kAuthReplyHeaderBytes];
+  size_t header_len = 0;
+  Blob payload;
   size_t sent = 0;  // of header + payload
 
-  Connection(Fd f, Clock::time_point d) : fd(std::move(f)), deadline(d) {}
-
-  // The request's length once its header is in (the header alone until then).
-  size_t request_total() const {
-    if (received < kRequestHeaderBytes) return kRequestHeaderBytes;
-    return kRequestHeaderBytes + get_le32(request + 8);
-  }
-  std::string key() const {
-    return std::string(request + kRequestHeaderBytes, received - kRequestHeaderBytes);
-  }
-  void reply(const char (&magic)[8], std::string p) {
-    replying = true;
-    payload = std::move(p);
-    std::memcpy(header, magic, 8);
-    put_le64(header + 8, payload.size());
-  }
-  size_t total() const { return kHeaderBytes + payload.size(); }
+  Connection(Fd f, Clock::time_point now, Clock::time_point d)
+      : fd(std::move(f)), deadline(d), last_progress(now) {}
+  size_t total() const { return header_len + payload->size(); }
 };
 
-enum class ReadState { Complete, Pending, Malformed, Failed };
+// The distinct payloads connections hold, each counted once however many send it, with
+// its SHA-256 once an authenticated reply needed it.
+class ReplyBuffers {
+ public:
+  bool fits(const Blob& b, size_t limit) const {
+    return held_.count(b.get()) != 0 || (b->size() <= limit && bytes_ <= limit - b->size());
+  }
+  void take(const Blob& b) {
+    auto [it, fresh] = held_.try_emplace(b.get());
+    if (fresh) bytes_ += b->size();
+    ++it->second.refs;
+  }
+  void release(const Blob& b) {
+    auto it = held_.find(b.get());
+    if (it == held_.end() || --it->second.refs > 0) return;
+    bytes_ -= b->size();
+    held_.erase(it);
+  }
+  const Digest& digest(const Blob& b) {
+    auto& h = held_.at(b.get());
+    if (!h.digest) h.digest = sha256(*b);
+    return *h.digest;
+  }
+  size_t bytes() const { return bytes_; }
 
-// Reads what is still missing of the request, never past its end (so that closing the
-// connection later does not discard unread bytes with a reset). Malformed leaves the
-// reason in `why`.
-ReadState read_request(Connection& c, std::string& why) {
+ private:
+  struct Held {
+    size_t refs = 0;
+    std::optional<Digest> digest;
+  };
+  std::unordered_map<const std::string*, Held> held_;
+  size_t bytes_ = 0;
+};
+
+enum class Progress { Done, Pending, Failed };
+
+}  // namespace
+
+// The server thread's state: its connections and what their replies hold.
+class ServeLoop {
+ public:
+  explicit ServeLoop(SideChannelServer& server)
+      : s_(server), opts_(server.options_), auth_(opts_.auth_key, opts_.auth_window) {}
+  ~ServeLoop() {
+    while (!conns_.empty()) drop(conns_.size() - 1, nullptr);
+  }
+  void run();
+
+ private:
+  Progress advance(Connection& c);
+  Progress read_request(Connection& c);
+  void answer(Connection& c);
+  void reply(Connection& c, Blob payload, const Nonce* nonce);
+  void reply_error(Connection& c, std::string text);
+  Progress send_some(Connection& c);
+  void accept_some();
+  void evict_one();
+  void drop(size_t i, const char* why);
+  void publish_stats();
+
+  SideChannelServer& s_;
+  const SideChannelOptions& opts_;
+  RequestAuthenticator auth_;
+  std::vector<Connection> conns_;
+  ReplyBuffers buffers_;
+  Clock::time_point listen_paused_until_{};
+};
+
+void ServeLoop::reply(Connection& c, Blob payload, const Nonce* nonce) {
+  c.replying = true;
+  c.deadline = Clock::now() + opts_.reply_timeout;
+  buffers_.take(payload);
+  std::memcpy(c.header, nonce ? kAuthReplyMagic : kPlainReplyMagic, 8);
+  put_le64(c.header + 8, payload->size());
+  c.header_len = kReplyHeaderBytes;
+  if (nonce) {
+    const Digest mac = reply_mac(auth_.key(), *nonce, payload->size(), buffers_.digest(payload));
+    std::memcpy(c.header + kReplyHeaderBytes, mac.data(), mac.size());
+    c.header_len = kAuthReplyHeaderBytes;
+  }
+  c.payload = std::move(payload);
+}
+
+void ServeLoop::reply_error(Connection& c, std::string text) {
+  if (text.size() > kMaxErrorBytes) text.resize(kMaxErrorBytes);
+  reply(c, std::make_shared<const std::string>(std::move(text)), nullptr);
+  std::memcpy(c.header, kErrorMagic, 8);
+}
+
+// The reply to a complete request: the provider's bytes for its key, or why not.
+void ServeLoop::answer(Connection& c) {
+  auto request = decode_request(std::string_view(c.request, c.received));
+  if (!request) return reply_error(c, "bad request: " + request.error().message);
+  if (!opts_.auth_key.empty()) {
+    if (auto ok = auth_.admit(*request, wall_clock_ns()); !ok)
+      return reply_error(c, ok.error().message);
+  }
+  // A provider that throws must not take the thread (and the process) down.
+  std::string text;
+  try {
+    Result<Blob> blob = s_.provider_(request->key);
+    if (blob && *blob == nullptr) blob = err(ErrorCode::Internal, "provider gave no bytes");
+    if (blob && !buffers_.fits(*blob, opts_.max_reply_bytes)) {
+      s_.busy_.fetch_add(1, std::memory_order_relaxed);
+      return reply_error(c, "busy: " + std::to_string(buffers_.bytes()) +
+                                " bytes of replies are being sent; a reply of " +
+                                std::to_string((*blob)->size()) + " more would exceed " +
+                                std::to_string(opts_.max_reply_bytes) + " (retry later)");
+    }
+    if (blob) return reply(c, std::move(*blob), opts_.auth_key.empty() ? nullptr : &request->nonce);
+    text = blob.error().to_string();
+  } catch (const std::exception& e) {
+    text = std::string("provider threw: ") + e.what();
+  } catch (...) {
+    text = "provider threw";
+  }
+  reply_error(c, std::move(text));
+}
+
+// Reads what is still missing of the request. Done: it is complete (or malformed, and
+// the connection answers why).
+Progress ServeLoop::read_request(Connection& c) {
   for (;;) {
-    const size_t want = c.request_total();
-    if (c.received == want) return ReadState::Complete;
-    const ssize_t n = ::recv(c.fd.get(), c.request + c.received, want - c.received, 0);
+    auto want = request_size(std::string_view(c.request, c.received));
+    if (!want) {
+      reply_error(c, "bad request: " + want.error().message);
+      return Progress::Done;
+    }
+    if (c.received == *want) return Progress::Done;
+    const ssize_t n = ::recv(c.fd.get(), c.request + c.received, *want - c.received, 0);
     if (n > 0) {
       c.received += static_cast<size_t>(n);
-      if (c.received != kRequestHeaderBytes) continue;
-      if (std::memcmp(c.request, kRequestMagic, 8) != 0) {
-        why = "wrong request magic '" + printable(std::string_view(c.request, 8)) +
-              "' (expected 'KVBMRQ01')";
-        return ReadState::Malformed;
-      }
-      if (const uint32_t len = get_le32(c.request + 8); len > kMaxKeyBytes) {
-        why = "request key of " + std::to_string(len) + " bytes exceeds " +
-              std::to_string(kMaxKeyBytes);
-        return ReadState::Malformed;
-      }
-    } else if (n == 0) {
-      why = "request ended after " + std::to_string(c.received) + " of " + std::to_string(want) +
-            " bytes";
-      return ReadState::Malformed;  // half-closed: the client may still read why
+    } else if (n == 0) {  // half-closed: the client may still read why
+      reply_error(c, "bad request: request ended after " + std::to_string(c.received) + " of " +
+                         std::to_string(*want) + " bytes");
+      return Progress::Done;
     } else if (errno == EINTR) {
       continue;
     } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      return ReadState::Pending;
+      return Progress::Pending;
     } else {
-      return ReadState::Failed;  // reset: nobody to answer
+      return Progress::Failed;  // reset: nobody to answer
     }
   }
 }
 
-enum class SendState { Done, Pending, Failed };
-
-SendState send_some(Connection& c) {
+Progress ServeLoop::send_some(Connection& c) {
   while (c.sent < c.total()) {
     iovec iov[2];
     int n_iov = 0;
-    if (c.sent < kHeaderBytes) {
-      iov[n_iov++] = {c.header + c.sent, kHeaderBytes - c.sent};
-      iov[n_iov++] = {c.payload.data(), c.payload.size()};
+    if (c.sent < c.header_len) {
+      iov[n_iov++] = {c.header + c.sent, c.header_len - c.sent};
+      iov[n_iov++] = {const_cast<char*>(c.payload->data()), c.payload->size()};
     } else {
-      const size_t off = c.sent - kHeaderBytes;
-      iov[n_iov++] = {c.payload.data() + off, c.payload.size() - off};
+      const size_t off = c.sent - c.header_len;
+      iov[n_iov++] = {const_cast<char*>(c.payload->data()) + off, c.payload->size() - off};
     }
     msghdr msg{};
     msg.msg_iov = iov;
@@ -237,67 +291,153 @@ SendState send_some(Connection& c) {
     const ssize_t n = ::sendmsg(c.fd.get(), &msg, MSG_NOSIGNAL);
     if (n > 0) {
       c.sent += static_cast<size_t>(n);
+      c.last_progress = Clock::now();
     } else if (n < 0 && errno == EINTR) {
       continue;
     } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      return SendState::Pending;
+      return Progress::Pending;
     } else {
-      return SendState::Failed;  // the peer went away (EPIPE, ECONNRESET): nothing to do
+      return Progress::Failed;  // the peer went away (EPIPE, ECONNRESET): nothing to do
     }
   }
-  return SendState::Done;
+  return Progress::Done;
 }
 
-// The reply to a complete request: the provider's bytes for its key, or its error's text.
-void answer(Connection& c, const SideChannelServer::Provider& provider) {
-  // A provider that throws must not take the thread (and the process) down.
-  std::string text;
-  try {
-    Result<std::string> blob = provider(c.key());
-    if (blob) {
-      c.reply(kMagic, std::move(*blob));
-      return;
-    }
-    text = blob.error().to_string();
-  } catch (const std::exception& e) {
-    text = std::string("provider threw: ") + e.what();
-  } catch (...) {
-    text = "provider threw";
-  }
-  if (text.size() > kMaxErrorBytes) text.resize(kMaxErrorBytes);
-  c.reply(kErrorMagic, std::move(text));
-}
-
-// Moves a connection on as far as it goes without blocking: reads the request, asks the
-// provider, sends the reply. Done or Failed: the connection is finished with.
-SendState advance(Connection& c, const SideChannelServer::Provider& provider) {
+// Moves a connection on as far as it goes without blocking: reads the request, answers
+// it, sends the reply. Done or Failed: the connection is finished with.
+Progress ServeLoop::advance(Connection& c) {
   if (!c.replying) {
-    std::string why;
-    switch (read_request(c, why)) {
-      case ReadState::Pending:
-        return SendState::Pending;
-      case ReadState::Failed:
-        return SendState::Failed;
-      case ReadState::Malformed:
-        c.reply(kErrorMagic, "bad request: " + why);
-        break;
-      case ReadState::Complete:
-        answer(c, provider);
-        break;
-    }
+    const Progress p = read_request(c);
+    if (p != Progress::Done) return p;
+    if (!c.replying) answer(c);
   }
   return send_some(c);
 }
 
-}  // namespace
+void ServeLoop::drop(size_t i, const char* why) {
+  Connection& c = conns_[i];
+  if (why != nullptr) {
+    log(LogLevel::Debug,
+        std::string("side channel: dropped a client ") + why + " (" +
+            (c.replying ? "it read " + std::to_string(c.sent) + " of " + std::to_string(c.total()) +
+                              " reply bytes"
+                        : "it sent " + std::to_string(c.received) + " request bytes") +
+            ")");
+  }
+  if (c.payload) buffers_.release(c.payload);
+  if (i + 1 != conns_.size()) conns_[i] = std::move(conns_.back());
+  conns_.pop_back();
+}
+
+// Makes room for a new connection: the one waiting longest for its request goes first; if
+// all are replying, the one whose client took bytes least recently.
+void ServeLoop::evict_one() {
+  size_t victim = conns_.size();
+  for (size_t i = 0; i < conns_.size(); ++i) {
+    const Connection& c = conns_[i];
+    if (victim == conns_.size()) {
+      victim = i;
+      continue;
+    }
+    const Connection& v = conns_[victim];
+    const bool better = c.replying != v.replying ? !c.replying
+                                                 : (c.replying ? c.last_progress < v.last_progress
+                                                               : c.deadline < v.deadline);
+    if (better) victim = i;
+  }
+  if (victim == conns_.size()) return;
+  s_.evicted_.fetch_add(1, std::memory_order_relaxed);
+  drop(victim, "to make room for a new connection");
+}
+
+void ServeLoop::accept_some() {
+  for (int k = 0; k < kAcceptsPerRound; ++k) {
+    Fd fd(::accept4(s_.listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+    if (!fd) {
+      const int e = errno;
+      if (e == EINTR || e == ECONNABORTED) continue;
+      if (e != EAGAIN && e != EWOULDBLOCK) {
+        // Out of descriptors leaves the listen socket readable: pause it rather than spin.
+        log(LogLevel::Warn, "side channel: accept: " + errno_text(e));
+        listen_paused_until_ = Clock::now() + std::chrono::milliseconds(100);
+      }
+      return;
+    }
+    if (conns_.size() >= opts_.max_connections) evict_one();
+    const auto now = Clock::now();
+    conns_.emplace_back(std::move(fd), now, now + opts_.request_timeout);
+    // The request may be in already, and most replies fit in the socket buffer at once;
+    // only the rest wait for poll().
+    if (advance(conns_.back()) != Progress::Pending) drop(conns_.size() - 1, nullptr);
+  }
+}
+
+void ServeLoop::publish_stats() {
+  size_t replying = 0;
+  for (const auto& c : conns_) replying += c.replying ? 1 : 0;
+  s_.connections_.store(conns_.size(), std::memory_order_relaxed);
+  s_.replying_.store(replying, std::memory_order_relaxed);
+  s_.reply_bytes_.store(buffers_.bytes(), std::memory_order_relaxed);
+}
+
+void ServeLoop::run() {
+  std::vector<pollfd> fds;
+  for (;;) {
+    publish_stats();
+    const auto now = Clock::now();
+    const bool listening = now >= listen_paused_until_;
+    Clock::time_point wake_at = listening ? Clock::time_point::max() : listen_paused_until_;
+    fds.clear();
+    fds.push_back({s_.wake_fd_, POLLIN, 0});
+    fds.push_back({listening ? s_.listen_fd_ : -1, POLLIN, 0});  // poll() skips a negative fd
+    for (const auto& c : conns_) {
+      fds.push_back({c.fd.get(), static_cast<short>(c.replying ? POLLOUT : POLLIN), 0});
+      wake_at = std::min(wake_at, c.deadline);
+    }
+    const int n = ::poll(fds.data(), fds.size(), poll_ms(wake_at));
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      log(LogLevel::Error, "side channel: poll: " + errno_text(errno));
+      return;
+    }
+    if (fds[0].revents != 0) return;  // the destructor asks us to stop
+
+    // Backwards, so that dropping one (the last moves into its place) leaves the poll
+    // entries of those still to visit where they were.
+    const auto after_poll = Clock::now();
+    for (size_t i = conns_.size(); i-- > 0;) {
+      Progress p = Progress::Pending;
+      if (fds[2 + i].revents != 0) p = advance(conns_[i]);
+      if (p == Progress::Pending && after_poll >= conns_[i].deadline) {
+        s_.timed_out_.fetch_add(1, std::memory_order_relaxed);
+        drop(i, "at its deadline");
+      } else if (p != Progress::Pending) {
+        drop(i, nullptr);
+      }
+    }
+    if (listening && (fds[1].revents & POLLIN) != 0) accept_some();
+  }
+}
 
 Result<std::unique_ptr<SideChannelServer>> SideChannelServer::start(const std::string& host,
                                                                     uint16_t port,
-                                                                    Provider provider) {
+                                                                    Provider provider,
+                                                                    SideChannelOptions options) {
   const std::string where = endpoint(host, port);
   if (!provider) return err(ErrorCode::InvalidArgument, "side channel ", where, ": no provider");
   if (host.empty())
     return err(ErrorCode::InvalidArgument, "side channel: empty host (port ", port, ")");
+  if (options.request_timeout.count() <= 0 || options.reply_timeout.count() <= 0 ||
+      options.max_connections == 0 || options.auth_window.count() <= 0) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": request_timeout ",
+               options.request_timeout.count(), " ms, reply_timeout ",
+               options.reply_timeout.count(), " ms, max_connections ", options.max_connections,
+               " and auth_window ", options.auth_window.count(), " s must all be > 0");
+  }
+  if (!options.auth_key.empty() && options.auth_key.size() < kMinAuthKeyBytes) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": auth key of ",
+               options.auth_key.size(), " bytes; at least ", kMinAuthKeyBytes, " are required");
+  }
 
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
@@ -352,6 +492,7 @@ Result<std::unique_ptr<SideChannelServer>> SideChannelServer::start(const std::s
     return err(ErrorCode::Io, "side channel ", where, ": eventfd: ", errno_text(errno));
   }
   server->provider_ = std::move(provider);
+  server->options_ = std::move(options);
   try {
     server->thread_ = std::thread(&SideChannelServer::serve, server.get());
   } catch (const std::system_error& e) {
@@ -372,72 +513,19 @@ SideChannelServer::~SideChannelServer() {
 }
 
 void SideChannelServer::serve() {
-  std::vector<Connection> connections;  // closed (by Fd) on return
-  std::vector<pollfd> fds;
-  // accept() failing for want of descriptors leaves the listen socket readable; pausing
-  // it for a moment keeps that from spinning.
-  Clock::time_point listen_paused_until{};
+  ServeLoop loop(*this);
+  loop.run();
+}
 
-  for (;;) {
-    const auto now = Clock::now();
-    Clock::time_point wake_at = Clock::time_point::max();
-    const bool listening = connections.size() < kMaxConnections && now >= listen_paused_until;
-    if (connections.size() < kMaxConnections && !listening) wake_at = listen_paused_until;
-    fds.clear();
-    fds.push_back({wake_fd_, POLLIN, 0});
-    fds.push_back({listening ? listen_fd_ : -1, POLLIN, 0});  // poll() skips a negative fd
-    for (const auto& c : connections) {
-      fds.push_back({c.fd.get(), static_cast<short>(c.replying ? POLLOUT : POLLIN), 0});
-      wake_at = std::min(wake_at, c.deadline);
-    }
-    const int n = ::poll(fds.data(), fds.size(), poll_ms(wake_at));
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      log(LogLevel::Error, "side channel: poll: " + errno_text(errno));
-      return;
-    }
-    if (fds[0].revents != 0) return;  // the destructor asks us to stop
-
-    // Backwards, so erasing one does not shift the poll entries of those still to visit.
-    const auto after_poll = Clock::now();
-    for (size_t i = connections.size(); i-- > 0;) {
-      auto& c = connections[i];
-      SendState state = SendState::Pending;
-      if (fds[2 + i].revents != 0) state = advance(c, provider_);
-      if (state == SendState::Pending && after_poll >= c.deadline) {
-        if (c.replying) {
-          log(LogLevel::Debug, "side channel: dropped a client that read " +
-                                   std::to_string(c.sent) + " of " + std::to_string(c.total()) +
-                                   " bytes in time");
-        } else {
-          log(LogLevel::Debug, "side channel: dropped a client that sent " +
-                                   std::to_string(c.received) + " of " +
-                                   std::to_string(c.request_total()) + " request bytes in time");
-        }
-        state = SendState::Failed;
-      }
-      if (state != SendState::Pending)
-        connections.erase(connections.begin() + static_cast<long>(i));
-    }
-
-    if (!listening || (fds[1].revents & POLLIN) == 0) continue;
-    while (connections.size() < kMaxConnections) {
-      Fd fd(::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-      if (!fd) {
-        const int e = errno;
-        if (e == EINTR || e == ECONNABORTED) continue;
-        if (e != EAGAIN && e != EWOULDBLOCK) {
-          log(LogLevel::Warn, "side channel: accept: " + errno_text(e));
-          listen_paused_until = Clock::now() + std::chrono::milliseconds(100);
-        }
-        break;
-      }
-      connections.emplace_back(std::move(fd), Clock::now() + kServeDeadline);
-      // The request may be in already, and most replies fit in the socket buffer at
-      // once; only the rest wait for poll().
-      if (advance(connections.back(), provider_) != SendState::Pending) connections.pop_back();
-    }
-  }
+SideChannelStats SideChannelServer::stats() const {
+  SideChannelStats st;
+  st.connections = connections_.load(std::memory_order_relaxed);
+  st.replying = replying_.load(std::memory_order_relaxed);
+  st.reply_bytes = reply_bytes_.load(std::memory_order_relaxed);
+  st.timed_out = timed_out_.load(std::memory_order_relaxed);
+  st.evicted = evicted_.load(std::memory_order_relaxed);
+  st.busy = busy_.load(std::memory_order_relaxed);
+  return st;
 }
 
 namespace {
@@ -501,22 +589,10 @@ Status write_all(int fd, std::string_view bytes, Clock::time_point deadline,
   return {};
 }
 
-}  // namespace
-
-Result<std::string> fetch_blob(const std::string& host, uint16_t port, std::string_view key,
-                               std::chrono::milliseconds timeout, size_t max_bytes) {
-  const std::string where = endpoint(host, port);
-  if (timeout.count() <= 0) {
-    return err(ErrorCode::InvalidArgument, "side channel ", where, ": timeout ", timeout.count(),
-               " ms must be > 0");
-  }
-  if (key.size() > kMaxKeyBytes) {
-    return err(ErrorCode::InvalidArgument, "side channel ", where, ": key of ", key.size(),
-               " bytes exceeds ", kMaxKeyBytes);
-  }
-  const std::string what = key.empty() ? "the metadata" : "item '" + printable(key) + "'";
-  const auto deadline = Clock::now() + timeout;
-
+// Connects to host:port, trying each address in turn (localhost may be ::1 and 127.0.0.1),
+// all within the deadline.
+Result<Fd> connect_by(const std::string& host, uint16_t port, Clock::time_point deadline,
+                      std::chrono::milliseconds timeout, const std::string& where) {
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -528,20 +604,14 @@ Result<std::string> fetch_blob(const std::string& host, uint16_t port, std::stri
     return err(ErrorCode::InvalidArgument, "side channel ", where, ": cannot resolve '", host,
                "': ", ::gai_strerror(rc));
   }
-
-  // Each address in turn (localhost may be ::1 and 127.0.0.1), all within the deadline.
-  Fd fd;
   std::string last_error = "no address";
-  for (addrinfo* ai = addrs.list; ai != nullptr && !fd; ai = ai->ai_next) {
+  for (addrinfo* ai = addrs.list; ai != nullptr; ai = ai->ai_next) {
     Fd s(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
     if (!s) {
       last_error = "socket: " + errno_text(errno);
       continue;
     }
-    if (::connect(s.get(), ai->ai_addr, ai->ai_addrlen) == 0) {
-      fd = std::move(s);
-      break;
-    }
+    if (::connect(s.get(), ai->ai_addr, ai->ai_addrlen) == 0) return s;
     if (errno != EINPROGRESS) {
       last_error = errno_text(errno);
       continue;
@@ -562,55 +632,37 @@ Result<std::string> fetch_blob(const std::string& host, uint16_t port, std::stri
       last_error = errno_text(so_error);
       continue;
     }
-    fd = std::move(s);
+    return s;
   }
-  if (!fd) return err(ErrorCode::Io, "side channel ", where, ": connect: ", last_error);
+  return err(ErrorCode::Io, "side channel ", where, ": connect: ", last_error);
+}
 
-  std::string request(kRequestHeaderBytes + key.size(), '\0');
-  std::memcpy(request.data(), kRequestMagic, 8);
-  put_le32(request.data() + 8, static_cast<uint32_t>(key.size()));
-  std::memcpy(request.data() + kRequestHeaderBytes, key.data(), key.size());
-  KVBM_TRY(write_all(fd.get(), request, deadline, timeout, where));
+// One exchange's reading side: where from, by when, and (authenticated) with what.
+struct ReplyReader {
+  int fd;
+  Clock::time_point deadline;
+  std::chrono::milliseconds timeout;
+  const std::string& where;
+  std::string_view auth_key;
+  const Nonce& nonce;
 
-  char header[kHeaderBytes];
-  auto got = read_some(fd.get(), header, kHeaderBytes, deadline, timeout, where, "header");
-  KVBM_TRY(got);
-  if (*got < kHeaderBytes) {
-    return err(ErrorCode::InvalidArgument, "side channel ", where, ": connection closed after ",
-               *got, " of ", kHeaderBytes, " header bytes");
+  Result<size_t> read(char* buf, size_t len, const char* what) const {
+    return read_some(fd, buf, len, deadline, timeout, where, what);
   }
-  const uint64_t len = get_le64(header + 8);
+  Result<std::string> payload(uint64_t len) const;
+  Result<std::string> error_text(uint64_t len, const std::string& what) const;
+  Result<std::string> reply(size_t max_bytes, const std::string& what) const;
+};
 
-  if (std::memcmp(header, kErrorMagic, 8) == 0) {
-    if (len > kMaxErrorBytes) {
-      return err(ErrorCode::InvalidArgument, "side channel ", where, ": error text of ", len,
-                 " bytes exceeds ", kMaxErrorBytes);
-    }
-    std::string text(len, '\0');
-    auto n = read_some(fd.get(), text.data(), len, deadline, timeout, where, "error text");
-    KVBM_TRY(n);
-    text.resize(*n);
-    return err(ErrorCode::Remote, "side channel ", where, ": the server could not provide ", what,
-               ": ", printable(text));
-  }
-  if (std::memcmp(header, kMagic, 8) != 0) {
-    return err(ErrorCode::InvalidArgument, "side channel ", where, ": wrong magic '",
-               printable(std::string_view(header, 8)), "' (expected 'KVBMMD01')");
-  }
-  if (len > max_bytes) {
-    return err(ErrorCode::InvalidArgument, "side channel ", where, ": declared length ", len,
-               " exceeds max_bytes ", max_bytes);
-  }
-
+Result<std::string> ReplyReader::payload(uint64_t len) const {
   // Sized for up to 16 MiB at once, then doubled as bytes arrive, so a peer that declares
   // much more than it sends cannot make us allocate it.
-  std::string payload;
+  std::string out;
   size_t have = 0;
   while (have < len) {
     const size_t want = std::min<uint64_t>(len, std::max<size_t>(have * 2, size_t{16} << 20));
-    payload.resize(want);
-    auto n = read_some(fd.get(), payload.data() + have, want - have, deadline, timeout, where,
-                       "payload");
+    out.resize(want);
+    auto n = read(out.data() + have, want - have, "payload");
     KVBM_TRY(n);
     have += *n;
     if (have < want) {
@@ -618,7 +670,91 @@ Result<std::string> fetch_blob(const std::string& host, uint16_t port, std::stri
                  have, " of ", len, " payload bytes");
     }
   }
-  return payload;
+  return out;
+}
+
+Result<std::string> ReplyReader::error_text(uint64_t len, const std::string& what) const {
+  if (len > kMaxErrorBytes) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": error text of ", len,
+               " bytes exceeds ", kMaxErrorBytes);
+  }
+  std::string text(len, '\0');
+  auto n = read(text.data(), len, "error text");
+  KVBM_TRY(n);
+  text.resize(*n);
+  return err(ErrorCode::Remote, "side channel ", where, ": the server could not provide ", what,
+             ": ", printable(text));
+}
+
+Result<std::string> ReplyReader::reply(size_t max_bytes, const std::string& what) const {
+  char header[kAuthReplyHeaderBytes];
+  auto got = read(header, kReplyHeaderBytes, "header");
+  KVBM_TRY(got);
+  if (*got < kReplyHeaderBytes) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": connection closed after ",
+               *got, " of ", kReplyHeaderBytes, " header bytes");
+  }
+  const uint64_t len = get_le64(header + 8);
+  if (std::memcmp(header, kErrorMagic, 8) == 0) return error_text(len, what);
+  const bool plain = std::memcmp(header, kPlainReplyMagic, 8) == 0;
+  const bool authenticated = std::memcmp(header, kAuthReplyMagic, 8) == 0;
+  if (plain && !auth_key.empty()) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": the server sent ", what,
+               " unauthenticated; this agent has an auth key and accepts only replies made with "
+               "it (is the server configured with the key?)");
+  }
+  if (!(plain || (authenticated && !auth_key.empty()))) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": wrong magic '",
+               printable(std::string_view(header, 8)), "' (expected '",
+               auth_key.empty() ? "KVBMMD01" : "KVBMMD02", "')");
+  }
+  if (len > max_bytes) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": declared length ", len,
+               " exceeds max_bytes ", max_bytes);
+  }
+  if (authenticated) {
+    auto n = read(header + kReplyHeaderBytes, sizeof(Digest), "reply MAC");
+    KVBM_TRY(n);
+    if (*n < sizeof(Digest)) {
+      return err(ErrorCode::InvalidArgument, "side channel ", where, ": connection closed after ",
+                 kReplyHeaderBytes + *n, " of ", kAuthReplyHeaderBytes, " header bytes");
+    }
+  }
+  auto body = payload(len);
+  if (!body || !authenticated) return body;
+  const Digest mac = reply_mac(auth_key, nonce, len, sha256(*body));
+  if (!digests_equal(mac.data(), reinterpret_cast<const uint8_t*>(header + kReplyHeaderBytes))) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": the reply with ", what,
+               " fails authentication: its MAC does not match this agent's key");
+  }
+  return body;
+}
+
+}  // namespace
+
+Result<std::string> fetch_blob(const std::string& host, uint16_t port, std::string_view key,
+                               std::chrono::milliseconds timeout, size_t max_bytes,
+                               std::string_view auth_key) {
+  const std::string where = endpoint(host, port);
+  if (timeout.count() <= 0) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": timeout ", timeout.count(),
+               " ms must be > 0");
+  }
+  if (key.size() > kMaxKeyBytes) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": key of ", key.size(),
+               " bytes exceeds ", kMaxKeyBytes);
+  }
+  const std::string what = key.empty() ? "the metadata" : "item '" + printable(key) + "'";
+  const auto deadline = Clock::now() + timeout;
+  Nonce nonce{};
+  if (!auth_key.empty()) KVBM_TRY(random_bytes(nonce.data(), nonce.size()));
+
+  auto fd = connect_by(host, port, deadline, timeout, where);
+  if (!fd) return fd.error();
+  const std::string request = encode_request(key, auth_key, wall_clock_ns(), nonce);
+  KVBM_TRY(write_all(fd->get(), request, deadline, timeout, where));
+  const ReplyReader reader{fd->get(), deadline, timeout, where, auth_key, nonce};
+  return reader.reply(max_bytes, what);
 }
 
 }  // namespace kvbm::xfer::detail

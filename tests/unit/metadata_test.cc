@@ -118,23 +118,26 @@ TEST(Metadata, RejectsInputOverTheLimitBeforeParsing) {
 }
 
 TEST(Metadata, RejectsBytesThatDoNotParse) {
-  EXPECT_ERROR(decode_metadata(std::string("\xff\xff\xff\xff", 4), kNoLimit),
+  EXPECT_ERROR(decode_metadata(seal_metadata(std::string("\xff\xff\xff\xff", 4)), kNoLimit),
                ErrorCode::InvalidArgument, "4 bytes do not parse");
   // A length-delimited field that claims more than there is.
-  EXPECT_ERROR(decode_metadata(std::string("\x12\x10"
-                                           "ab",
-                                           4),
+  EXPECT_ERROR(decode_metadata(seal_metadata(std::string("\x12\x10"
+                                                         "ab",
+                                                         4)),
                                kNoLimit),
                ErrorCode::InvalidArgument, "do not parse");
 }
 
 TEST(Metadata, RejectsOtherVersions) {
-  EXPECT_ERROR(decode_metadata("", kNoLimit), ErrorCode::InvalidArgument, "version 0");
+  EXPECT_ERROR(decode_metadata(seal_metadata(""), kNoLimit), ErrorCode::InvalidArgument,
+               "version 0");
   // A scalar repeated later on the wire overrides the first: this sets version = 2.
-  const auto v2 = encode_metadata(sample()) + std::string("\x08\x02", 2);
-  EXPECT_ERROR(decode_metadata(v2, kNoLimit), ErrorCode::InvalidArgument, "version 2");
-  const auto v_max = encode_metadata(sample()) + std::string("\x08\xff\xff\xff\xff\x0f", 6);
-  EXPECT_ERROR(decode_metadata(v_max, kNoLimit), ErrorCode::InvalidArgument, "version 4294967295");
+  const auto v2 = encode_metadata_payload(sample()) + std::string("\x08\x02", 2);
+  EXPECT_ERROR(decode_metadata(seal_metadata(v2), kNoLimit), ErrorCode::InvalidArgument,
+               "version 2");
+  const auto v_max = encode_metadata_payload(sample()) + std::string("\x08\xff\xff\xff\xff\x0f", 6);
+  EXPECT_ERROR(decode_metadata(seal_metadata(v_max), kNoLimit), ErrorCode::InvalidArgument,
+               "version 4294967295");
 }
 
 TEST(Metadata, RejectsEmptyOrLongName) {
@@ -195,7 +198,7 @@ TEST(Metadata, RejectsOverlongBackendNameAndRemoteInfo) {
                "region 1: remote_info of backend 'ucx' is 1048577 bytes");
 }
 
-// Hand-made wire bytes: version 1, name "a", then `count` copies of `region`.
+// Hand-made payload bytes, sealed: version 1, name "a", then `count` copies of `region`.
 std::string with_regions(size_t count, std::string_view region) {
   std::string bytes(
       "\x08\x01\x12\x01"
@@ -203,7 +206,7 @@ std::string with_regions(size_t count, std::string_view region) {
       5);
   bytes.reserve(bytes.size() + count * region.size());
   for (size_t i = 0; i < count; ++i) bytes += region;
-  return bytes;
+  return seal_metadata(bytes);
 }
 
 TEST(Metadata, AcceptsAMillionRegionsButNoMore) {
@@ -224,12 +227,13 @@ TEST(Metadata, RejectsNonUtf8Names) {
                "do not parse");
 }
 
-TEST(Metadata, EveryTruncationDecodesOrFailsCleanly) {
-  const auto bytes = encode_metadata(sample());
-  ASSERT_GT(bytes.size(), 50u);
+// Past the envelope: mutated payloads, sealed, reach the payload decoder.
+TEST(Metadata, EveryTruncationOfThePayloadDecodesOrFailsCleanly) {
+  const auto payload = encode_metadata_payload(sample());
+  ASSERT_GT(payload.size(), 50u);
   size_t failures = 0;
-  for (size_t n = 0; n < bytes.size(); ++n) {
-    auto r = decode_checked(std::string_view(bytes).substr(0, n));
+  for (size_t n = 0; n < payload.size(); ++n) {
+    auto r = decode_checked(seal_metadata(std::string_view(payload).substr(0, n)));
     if (!r) ++failures;
     // A prefix that still decodes cannot hold everything the whole did.
     if (r) {
@@ -237,23 +241,23 @@ TEST(Metadata, EveryTruncationDecodesOrFailsCleanly) {
     }
   }
   // Most cuts land inside a field; the empty prefix at least has no version.
-  EXPECT_GT(failures, bytes.size() / 2);
+  EXPECT_GT(failures, payload.size() / 2);
 }
 
-TEST(Metadata, EveryBitFlipDecodesOrFailsCleanly) {
-  const auto bytes = encode_metadata(sample());
+TEST(Metadata, EveryBitFlipOfThePayloadDecodesOrFailsCleanly) {
+  const auto payload = encode_metadata_payload(sample());
   size_t failures = 0;
-  for (size_t bit = 0; bit < bytes.size() * 8; ++bit) {
-    std::string flipped = bytes;
+  for (size_t bit = 0; bit < payload.size() * 8; ++bit) {
+    std::string flipped = payload;
     flipped[bit / 8] = static_cast<char>(flipped[bit / 8] ^ (1 << (bit % 8)));
-    auto r = decode_checked(flipped);
+    auto r = decode_checked(seal_metadata(flipped));
     if (!r) ++failures;
   }
   // Flipping any bit of the leading version field must be caught.
   EXPECT_GE(failures, 8u);
 }
 
-TEST(Metadata, RandomBytesDecodeOrFailCleanly) {
+TEST(Metadata, RandomPayloadBytesDecodeOrFailCleanly) {
   uint64_t state = 0x9e3779b97f4a7c15ull;
   auto next = [&state] {
     state ^= state << 13;
@@ -261,17 +265,102 @@ TEST(Metadata, RandomBytesDecodeOrFailCleanly) {
     state ^= state << 17;
     return state;
   };
-  const auto valid = encode_metadata(sample());
+  const auto valid = encode_metadata_payload(sample());
   int decoded = 0;
   for (int i = 0; i < 2000; ++i) {
     std::string bytes = valid;
     // A few random byte overwrites keep most of the structure, so deeper checks run.
     for (int k = 0; k < 1 + i % 4; ++k) bytes[next() % bytes.size()] = static_cast<char>(next());
-    if (decode_checked(bytes)) ++decoded;
+    if (decode_checked(seal_metadata(bytes))) ++decoded;
   }
   // Both outcomes occur: changes inside opaque bytes decode, broken structure does not.
   EXPECT_GT(decoded, 0);
   EXPECT_LT(decoded, 2000);
+}
+
+// --- The envelope: corruption and forgery are errors before the payload is parsed ---
+
+TEST(MetadataEnvelope, EveryBitFlipOfTheBlobIsCaught) {
+  const auto bytes = encode_metadata(sample());
+  for (size_t bit = 0; bit < bytes.size() * 8; ++bit) {
+    std::string flipped = bytes;
+    flipped[bit / 8] = static_cast<char>(flipped[bit / 8] ^ (1 << (bit % 8)));
+    auto r = decode_metadata(flipped, kNoLimit);
+    ASSERT_FALSE(r.ok()) << "bit " << bit;
+    EXPECT_EQ(r.code(), ErrorCode::InvalidArgument);
+    // Inside the payload or the checksum, it is the checksum that catches it.
+    if (bit / 8 >= 16) {
+      EXPECT_NE(r.error().message.find("checksum mismatch"), std::string::npos)
+          << "bit " << bit << ": " << r.error().message;
+    }
+  }
+}
+
+TEST(MetadataEnvelope, EveryTruncationOrExtensionOfTheBlobIsCaught) {
+  const auto bytes = encode_metadata(sample());
+  for (size_t n = 0; n < bytes.size(); ++n) {
+    auto r = decode_metadata(std::string_view(bytes).substr(0, n), kNoLimit);
+    EXPECT_EQ(r.code(), ErrorCode::InvalidArgument) << "prefix " << n;
+  }
+  EXPECT_ERROR(decode_metadata(bytes.substr(0, 10), kNoLimit), ErrorCode::InvalidArgument,
+               "10 bytes is shorter than its 16-byte envelope header");
+  EXPECT_ERROR(decode_metadata(bytes + "x", kNoLimit), ErrorCode::InvalidArgument,
+               "bytes follow its header");
+}
+
+TEST(MetadataEnvelope, RejectsWrongMagicVersionAndFlags) {
+  const auto bytes = encode_metadata(sample());
+  // What a kvbm without the envelope sent: the bare payload.
+  EXPECT_ERROR(decode_metadata(encode_metadata_payload(sample()), kNoLimit),
+               ErrorCode::InvalidArgument, "is not 'KVMD'");
+  std::string v2 = bytes;
+  v2[4] = 2;
+  EXPECT_ERROR(decode_metadata(v2, kNoLimit), ErrorCode::InvalidArgument,
+               "metadata envelope version 2 is not supported (1 is)");
+  std::string flags = bytes;
+  flags[5] = 4;
+  EXPECT_ERROR(decode_metadata(flags, kNoLimit), ErrorCode::InvalidArgument, "unknown flags 4");
+}
+
+TEST(MetadataEnvelope, SealedPayloadOpensToItself) {
+  const std::string payload("any\0bytes", 9);
+  auto opened = open_metadata(seal_metadata(payload), kNoLimit);
+  ASSERT_TRUE(opened.ok()) << opened.error().to_string();
+  EXPECT_EQ(*opened, payload);
+  EXPECT_EQ(encode_metadata(sample()), seal_metadata(encode_metadata_payload(sample())));
+}
+
+// --- Authentication: a key seals with an HMAC; a keyed reader loads only that ---
+
+constexpr std::string_view kKey = "a key of at least 16 bytes";
+
+TEST(MetadataAuth, MatchingKeyLoads) {
+  auto r = decode_metadata(encode_metadata(sample(), kKey), kNoLimit, kKey);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, sample());
+  // A reader without a key still checks the checksum, and loads it.
+  EXPECT_TRUE(decode_metadata(encode_metadata(sample(), kKey), kNoLimit).ok());
+}
+
+TEST(MetadataAuth, KeyedReaderRefusesUnauthenticatedOrOtherKeys) {
+  EXPECT_ERROR(decode_metadata(encode_metadata(sample()), kNoLimit, kKey),
+               ErrorCode::InvalidArgument, "metadata is not authenticated");
+  EXPECT_ERROR(decode_metadata(encode_metadata(sample(), "another key, 16+ bytes"), kNoLimit, kKey),
+               ErrorCode::InvalidArgument,
+               "metadata authentication failed: its MAC does not match this agent's key");
+}
+
+TEST(MetadataAuth, ForgedPayloadWithARecomputedChecksumIsRefused) {
+  // An attacker without the key changes a region and fixes up the checksum: the MAC
+  // (over the header and the checksum) no longer matches.
+  auto forged = sample();
+  forged.regions[0].desc.len = 1 << 30;
+  const std::string payload = encode_metadata_payload(forged);
+  const std::string genuine = encode_metadata(sample(), kKey);
+  std::string blob = seal_metadata(payload, "attacker's own key!!");
+  blob.replace(blob.size() - 32, 32, genuine.substr(genuine.size() - 32));  // the genuine MAC
+  EXPECT_ERROR(decode_metadata(blob, kNoLimit, kKey), ErrorCode::InvalidArgument,
+               "metadata authentication failed");
 }
 
 }  // namespace

@@ -242,6 +242,51 @@ TEST(RemoteDescriptorDecode, OversizedInput) {
   EXPECT_TRUE(RemoteDescriptor::from_bytes(cbor(j)).ok());
 }
 
+// --- Hostile input: bounded work and memory per input, whatever its shape ---
+
+TEST(RemoteDescriptorDecode, DeepNestingIsRefusedEarly) {
+  // A valid descriptor with one unknown field nested 200 000 levels deep.
+  std::string deep = valid_object().dump();
+  deep.pop_back();
+  deep += ",\"x\":" + std::string(200'000, '[') + std::string(200'000, ']') + "}";
+  EXPECT_ERROR(RemoteDescriptor::from_json(deep), ErrorCode::InvalidArgument,
+               "nests deeper than 32 levels");
+  // Objects too, and unbalanced input that never closes.
+  std::string objects;
+  for (int i = 0; i < 10'000; ++i) objects += "{\"a\":";
+  EXPECT_ERROR(RemoteDescriptor::from_json(objects), ErrorCode::InvalidArgument,
+               "nests deeper than 32 levels");
+}
+
+TEST(RemoteDescriptorDecode, HugeArraysOfSmallValuesAreRefused) {
+  std::string many = valid_object().dump();
+  many.pop_back();
+  many += ",\"x\":[0";
+  while (many.size() < (1 << 20) - 16) many += ",0";
+  many += "]}";
+  EXPECT_ERROR(RemoteDescriptor::from_json(many), ErrorCode::InvalidArgument,
+               "holds over 4096 values");
+  // The same in CBOR: an array of 500 000 zero bytes (one byte each).
+  json j = valid_object();
+  j["x"] = json::array();
+  std::string bytes = cbor(j);
+  bytes.back() = '\x9a';  // the empty array's head, now "array of 500 000 items" (4-byte count)
+  bytes += std::string("\x00\x07\xa1\x20", 4) + std::string(500'000, '\0');
+  EXPECT_ERROR(RemoteDescriptor::from_bytes(bytes), ErrorCode::InvalidArgument,
+               "holds over 4096 values");
+}
+
+TEST(RemoteDescriptorDecode, UnknownNestedFieldsWithinTheLimitsAreIgnored) {
+  json j = valid_object();
+  j["later"] = {{"a", json::array({1, 2, {{"b", "c"}}})}, {"d", nullptr}};
+  auto from_json = RemoteDescriptor::from_json(j.dump());
+  ASSERT_TRUE(from_json.ok()) << from_json.error().to_string();
+  EXPECT_EQ(from_json->agent_name(), "a");
+  auto from_bytes = RemoteDescriptor::from_bytes(cbor(j));
+  ASSERT_TRUE(from_bytes.ok()) << from_bytes.error().to_string();
+  EXPECT_EQ(*from_bytes, *from_json);
+}
+
 TEST(RemoteDescriptorDecode, NotCborOrJson) {
   EXPECT_ERROR(RemoteDescriptor::from_bytes(""), ErrorCode::InvalidArgument, "does not parse");
   EXPECT_ERROR(RemoteDescriptor::from_json(""), ErrorCode::InvalidArgument, "does not parse");
@@ -289,10 +334,17 @@ TEST(RemoteDescriptorDecode, DeepNestingIsRejectedWithoutCrashing) {
       RemoteDescriptor::from_bytes(std::string("\x9b\xff\xff\xff\xff\xff\xff\xff\xff", 9)).ok());
   EXPECT_FALSE(
       RemoteDescriptor::from_bytes(std::string("\x5b\xff\xff\xff\xff\xff\xff\xff\xff", 9)).ok());
-  // A declared size beyond what the decoder can hold makes nlohmann throw even with
-  // exceptions off: an error here, never an exception.
+  // A declared size beyond what any decoder could hold: an error, never an exception or an
+  // allocation of that size (the declared size is not trusted to reserve anything).
   EXPECT_ERROR(RemoteDescriptor::from_bytes(std::string("\x9b\x44\x5b\x00\x00\x00\x00\x00\x02", 9)),
-               ErrorCode::InvalidArgument, "excessive array size");
+               ErrorCode::InvalidArgument, "not an object");
+  json huge = valid_object();
+  huge["x"] = json::array();
+  std::string declared = cbor(huge);
+  declared.back() = '\x9b';
+  declared += std::string("\x44\x5b\x00\x00\x00\x00\x00\x02", 8);
+  EXPECT_ERROR(RemoteDescriptor::from_bytes(declared), ErrorCode::InvalidArgument,
+               "does not parse");
   EXPECT_ERROR(RemoteDescriptor::from_bytes(std::string("\xbb\x44\x5b\x00\x00\x00\x00\x00\x02", 9)),
                ErrorCode::InvalidArgument, "does not parse");
 }

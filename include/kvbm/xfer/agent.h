@@ -68,6 +68,12 @@ struct AgentConfig {
   std::vector<std::string> etcd_endpoints{};
   std::string etcd_prefix{};
   std::chrono::seconds etcd_lease_ttl{10};
+  // A key shared by the agents that may use each other (README "Authentication"): with
+  // one, this agent serves its side channel only to requests authenticated with it, seals
+  // its metadata with an HMAC made with it, sends authenticated requests, and loads only
+  // metadata and side-channel replies made with it. Empty: $KVBM_AUTH_KEY, else the
+  // contents of the file named by $KVBM_AUTH_KEY_FILE; neither: off. At least 16 bytes.
+  std::string auth_key{};
 };
 
 // The registration of memory with an agent. Deregisters on release() or destruction.
