@@ -49,11 +49,11 @@ struct FileOptions {
   size_t mib = 1024;
   size_t req_kib = 1024;
   size_t qd = 32;
-  std::string dir;             // empty: the temp dir
-  std::string vram_mode;       // empty: no VRAM rows; else the GDS backend's mode
-  size_t cufile_threads = 0;   // 0: the GDS backend's default
-  std::string fixed_buffers;   // empty: the POSIX backend's default
-  size_t rounds = 2;           // each path's best of this many, the paths interleaved
+  std::string dir;            // empty: the temp dir
+  std::string vram_mode;      // empty: no VRAM rows; else the GDS backend's mode
+  size_t cufile_threads = 0;  // 0: the GDS backend's default
+  std::string fixed_buffers;  // empty: the POSIX backend's default
+  size_t rounds = 2;          // each path's best of this many, the paths interleaved
 };
 
 // What every path moves: `n` requests of `req` bytes, from and into `slots` buffers.
@@ -144,8 +144,8 @@ Result<HostPath> host_path(Agent& a, const FileOptions& o, const std::filesystem
 // VRAM <-> FILE through the GDS backend (cuFile, or its pinned bounce path); the buffers
 // start as copies of the host path's.
 Result<std::function<Result<Times>()>> vram_path(Agent& a, const FileOptions& o,
-                                                 const std::filesystem::path& dir,
-                                                 const Shape& s, const SystemStorage& pattern) {
+                                                 const std::filesystem::path& dir, const Shape& s,
+                                                 const SystemStorage& pattern) {
 #if KVBM_HAVE_CUDA
   set_log_level(LogLevel::Info);  // the GDS backend says which path each file takes
   BackendParams gds{{"mode", o.vram_mode}};
@@ -172,8 +172,7 @@ Result<std::function<Result<Times>()>> vram_path(Agent& a, const FileOptions& o,
     auto t = agent_round_trip(a, *vdisk, MemType::Vram, vsrc->addr(), vdst->addr(), s);
     if (!t) return t;
     std::vector<char> check(s.slots * s.req);
-    if (cudaMemcpy(check.data(), vdst->data(), check.size(), cudaMemcpyDeviceToHost) !=
-        cudaSuccess)
+    if (cudaMemcpy(check.data(), vdst->data(), check.size(), cudaMemcpyDeviceToHost) != cudaSuccess)
       return err(ErrorCode::Internal, "VRAM bench: cudaMemcpy back");
     KVBM_TRY(check_slots(check.data(), s, "VRAM"));
     return t;
@@ -212,7 +211,8 @@ struct RawFile {
 Status open_raw(RawFile& raw, const std::filesystem::path& dir, HostPath& h, const Shape& s) {
   raw.file = ScratchFile(dir / "kvbm-file-bench-raw");
   raw.fd = ::open(raw.file.path().c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
-  if (raw.fd < 0) return err(ErrorCode::Io, "open ", raw.file.path().string(), ": ", std::strerror(errno));
+  if (raw.fd < 0)
+    return err(ErrorCode::Io, "open ", raw.file.path().string(), ": ", std::strerror(errno));
   if (::fallocate(raw.fd, 0, 0, static_cast<off_t>(s.total)) != 0)
     return err(ErrorCode::Io, "fallocate ", raw.file.path().string(), ": ", std::strerror(errno));
   for (uint64_t i = 0; i < s.n; ++i) {
@@ -300,8 +300,8 @@ Status run(const FileOptions& o, const std::filesystem::path& dir, const Shape& 
   }
   // dd with direct I/O, 1 MiB blocks, over the raw file.
   const std::string path = raw.file.path().string(), count = std::to_string(s.total >> 20);
-  auto dd_w = run_dd("if=/dev/zero of=" + path + " bs=1M count=" + count +
-                     " oflag=direct conv=notrunc");
+  auto dd_w =
+      run_dd("if=/dev/zero of=" + path + " bs=1M count=" + count + " oflag=direct conv=notrunc");
   if (!dd_w) return dd_w.error();
   auto dd_r = run_dd("if=" + path + " of=/dev/null bs=1M count=" + count + " iflag=direct");
   if (!dd_r) return dd_r.error();
@@ -336,17 +336,18 @@ int run_bench_file(const FileOptions& o) {
 void add_bench_file(CLI::App& bench, Runner& runner) {
   auto o = std::make_shared<FileOptions>();
   auto* cmd = bench.add_subcommand(
-      "file", "DRAM (and with --vram, VRAM) <-> FILE through the agent, against raw io_uring "
-              "O_DIRECT and dd");
+      "file",
+      "DRAM (and with --vram, VRAM) <-> FILE through the agent, against raw io_uring "
+      "O_DIRECT and dd");
   add_size_option(*cmd, "--mib", o->mib, "File size in MiB", 1, size_t{1} << 20, size_t{1} << 20);
   add_size_option(*cmd, "--req-kib", o->req_kib, "Request size in KiB (a multiple of 4 KiB)", 4,
                   size_t{1} << 16, size_t{1} << 10);
-  cmd->add_option("--qd", o->qd, "Requests in flight")->capture_default_str()->check(
-      CLI::Range(size_t{1}, size_t{4096}));
+  cmd->add_option("--qd", o->qd, "Requests in flight")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{4096}));
   cmd->add_option("--dir", o->dir, "Where the files go (default: the temp dir)")
       ->check(CLI::ExistingDirectory);
-  cmd->add_option("--vram", o->vram_mode,
-                  "Also VRAM <-> FILE through the GDS backend in this mode")
+  cmd->add_option("--vram", o->vram_mode, "Also VRAM <-> FILE through the GDS backend in this mode")
       ->check(CLI::IsMember({"auto", "cufile", "bounce"}));
   cmd->add_option("--cufile-threads", o->cufile_threads,
                   "The GDS backend's cufile_threads (default: its own)")

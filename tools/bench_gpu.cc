@@ -106,11 +106,11 @@ class Target {
     Subprocess::Options opt;
     opt.pipe_stdin = true;
     opt.pipe_stdout = true;
-    auto p = Subprocess::spawn({"/proc/self/exe", "bench", "gpu", "--target", mode, "--max-mib",
-                                std::to_string(o.max_mib), "--chunk-bytes",
-                                std::to_string(o.chunk_bytes), "--bounce-buffers",
-                                std::to_string(o.bounce_buffers)},
-                               opt);
+    auto p = Subprocess::spawn(
+        {"/proc/self/exe", "bench", "gpu", "--target", mode, "--max-mib", std::to_string(o.max_mib),
+         "--chunk-bytes", std::to_string(o.chunk_bytes), "--bounce-buffers",
+         std::to_string(o.bounce_buffers)},
+        opt);
     if (!p) {
       error_ = p.error().to_string();
       return;
@@ -549,8 +549,8 @@ void add_bench_gpu(CLI::App& bench, Runner& runner) {
   cmd->add_option("--iters", o->iters, "Repetitions at 4 MiB")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
-  add_size_option(*cmd, "--chunk-bytes", o->chunk_bytes, "Staged path: bounce buffer bytes",
-                  4096, size_t{1} << 30);
+  add_size_option(*cmd, "--chunk-bytes", o->chunk_bytes, "Staged path: bounce buffer bytes", 4096,
+                  size_t{1} << 30);
   cmd->add_option("--bounce-buffers", o->bounce_buffers, "Staged path: buffers per direction")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{1024}));

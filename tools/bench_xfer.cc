@@ -55,10 +55,10 @@ struct XferOptions {
   // at 35 GB/s, and a slow time slice of a shared machine can spoil it: with the best of 2 a
   // 64 KiB row read 0.55 in one device run and 0.93-1.23 in the next four.
   size_t rounds = 3;
-  size_t file_mib = 0;                    // the peer's file section: its size (0: skipped)
-  std::string dir;                        // where the peer's file and the disk ceiling's file go
+  size_t file_mib = 0;  // the peer's file section: its size (0: skipped)
+  std::string dir;      // where the peer's file and the disk ceiling's file go
   std::vector<size_t> file_inflight = {16 << 20, 64 << 20};  // the peer's file: per row
-  size_t inflight = 0;                    // 0: enough requests for ~4 MiB in flight, 1..32
+  size_t inflight = 0;  // 0: enough requests for ~4 MiB in flight, 1..32
   size_t max_request = 64 << 20;
   std::string transport = "shm";
   std::string op = "both";

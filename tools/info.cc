@@ -126,9 +126,10 @@ void add_gpus(Table& t) {
     char bus[32];
     std::snprintf(bus, sizeof bus, "%04x:%02x:%02x.0", prop.pciDomainID, prop.pciBusID,
                   prop.pciDeviceID);
-    t.add({"GPU " + std::to_string(i), std::string(prop.name) + ", " +
-                                           human_bytes(prop.totalGlobalMem / (1 << 20) * (1 << 20)) +
-                                           ", " + bus + ", " + pcie_link(bus)});
+    t.add(
+        {"GPU " + std::to_string(i), std::string(prop.name) + ", " +
+                                         human_bytes(prop.totalGlobalMem / (1 << 20) * (1 << 20)) +
+                                         ", " + bus + ", " + pcie_link(bus)});
   }
 #endif
 }

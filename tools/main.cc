@@ -59,7 +59,7 @@ void add_info(CLI::App& app, Runner& runner) {
 int main(int argc, char** argv) {
   using namespace kvbm::tools;
   install_signal_cleanup();  // Ctrl-C leaves no scratch files and no child processes
-  (void)kvbm::log_level();    // reads KVBM_LOG now, so a bad value is reported on every run
+  (void)kvbm::log_level();   // reads KVBM_LOG now, so a bad value is reported on every run
   CLI::App app{"kvbm: store and move LLM KV-cache blocks across GPU, host, files and peers"};
   app.footer("Exit status: 0 on success, 1 when a run fails, " + std::to_string(kUsageError) +
              " for a usage error.");

@@ -19,9 +19,9 @@ uint64_t suffix_scale(std::string_view s) {
     uint64_t scale;
   };
   static constexpr Unit kUnits[] = {
-      {"B", 1},           {"K", 1ull << 10},  {"k", 1ull << 10},  {"KiB", 1ull << 10},
-      {"M", 1ull << 20},  {"m", 1ull << 20},  {"MiB", 1ull << 20}, {"G", 1ull << 30},
-      {"g", 1ull << 30},  {"GiB", 1ull << 30}, {"T", 1ull << 40},  {"t", 1ull << 40},
+      {"B", 1},           {"K", 1ull << 10},   {"k", 1ull << 10},   {"KiB", 1ull << 10},
+      {"M", 1ull << 20},  {"m", 1ull << 20},   {"MiB", 1ull << 20}, {"G", 1ull << 30},
+      {"g", 1ull << 30},  {"GiB", 1ull << 30}, {"T", 1ull << 40},   {"t", 1ull << 40},
       {"TiB", 1ull << 40}};
   for (const Unit& u : kUnits) {
     if (s == u.name) return u.scale;
@@ -38,7 +38,8 @@ std::string unit_name(uint64_t unit) {
 }
 
 std::string range_text(size_t min, size_t max, size_t unit) {
-  return std::to_string(min) + ".." + std::to_string(max) + (unit == 1 ? "" : " " + unit_name(unit));
+  return std::to_string(min) + ".." + std::to_string(max) +
+         (unit == 1 ? "" : " " + unit_name(unit));
 }
 
 // The option's value (or list) parsed and range-checked; CLI::ValidationError otherwise.
@@ -55,7 +56,8 @@ std::vector<uint64_t> checked(const std::string& name, const std::string& text, 
   if (!v) throw CLI::ValidationError(name, v.error().message);
   for (uint64_t x : *v) {
     if (x < min || x > max) {
-      throw CLI::ValidationError(name, std::to_string(x) + (unit == 1 ? "" : " " + unit_name(unit)) +
+      throw CLI::ValidationError(name, std::to_string(x) +
+                                           (unit == 1 ? "" : " " + unit_name(unit)) +
                                            " is not in " + range_text(min, max, unit));
     }
   }
@@ -115,8 +117,8 @@ CLI::Option* add_size_option(CLI::App& app, const std::string& name, size_t& val
 }
 
 CLI::Option* add_size_list_option(CLI::App& app, const std::string& name,
-                                  std::vector<size_t>& values, const std::string& help,
-                                  size_t min, size_t max, size_t unit) {
+                                  std::vector<size_t>& values, const std::string& help, size_t min,
+                                  size_t max, size_t unit) {
   std::string defaults;
   for (size_t v : values) defaults += (defaults.empty() ? "" : ",") + std::to_string(v);
   return app

@@ -38,8 +38,8 @@ CLI::Option* add_size_option(CLI::App& app, const std::string& name, size_t& val
                              const std::string& help, size_t min, size_t max, size_t unit = 1);
 // The same for a comma-separated list; every item in [min, max].
 CLI::Option* add_size_list_option(CLI::App& app, const std::string& name,
-                                  std::vector<size_t>& values, const std::string& help,
-                                  size_t min, size_t max, size_t unit = 1);
+                                  std::vector<size_t>& values, const std::string& help, size_t min,
+                                  size_t max, size_t unit = 1);
 
 // Parses the command line and runs what it chose: `runner` once a subcommand's callback set
 // it. Usage errors print a message naming the offending word or value and return

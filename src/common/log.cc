@@ -19,8 +19,10 @@ LogLevel level_from_env() {
   if (v == "error") return LogLevel::Error;
   if (v == "off") return LogLevel::Off;
   // A typo must not pass for a level: say so once (the logger reads the variable once).
-  std::fprintf(stderr, "kvbm warn: KVBM_LOG='%s' is not one of debug, info, warn, error, off; "
-               "logging at warn\n", env);
+  std::fprintf(stderr,
+               "kvbm warn: KVBM_LOG='%s' is not one of debug, info, warn, error, off; "
+               "logging at warn\n",
+               env);
   return LogLevel::Warn;
 }
 
