@@ -96,6 +96,18 @@ std::string library_state(const char* name) {
   return std::string(loadable(name) ? "found (" : "not found (") + name + ")";
 }
 
+#if KVBM_HAVE_CUDA
+// "Gen5" for sysfs's "32.0 GT/s PCIe".
+std::string pcie_generation(const std::string& speed) {
+  static const std::pair<const char*, const char*> kGens[] = {
+      {"2.5 GT/s", "Gen1"},  {"5.0 GT/s", "Gen2"},  {"8.0 GT/s", "Gen3"},
+      {"16.0 GT/s", "Gen4"}, {"32.0 GT/s", "Gen5"}, {"64.0 GT/s", "Gen6"}};
+  for (const auto& [rate, gen] : kGens) {
+    if (speed.rfind(rate, 0) == 0) return gen;
+  }
+  return speed;
+}
+
 // "PCIe Gen5 x16 (max Gen5 x16)" from sysfs for a PCI address like 0000:1b:00.0.
 std::string pcie_link(const std::string& address) {
   const std::filesystem::path dev = "/sys/bus/pci/devices/" + address;
@@ -106,10 +118,11 @@ std::string pcie_link(const std::string& address) {
     return v;
   };
   const std::string speed = read("current_link_speed"), width = read("current_link_width");
-  if (speed.empty() || width.empty()) return "link unknown";
-  return "PCIe " + speed + " x" + width + " (max " + read("max_link_speed") + " x" +
-         read("max_link_width") + ")";
+  if (speed.empty() || width.empty()) return "PCIe link unknown";
+  return "PCIe " + pcie_generation(speed) + " x" + width + " (max " +
+         pcie_generation(read("max_link_speed")) + " x" + read("max_link_width") + ")";
 }
+#endif
 
 void add_gpus(Table& t) {
   // CUDA says "driver version is insufficient" when there is no driver at all.
