@@ -5,7 +5,9 @@ install(TARGETS kvbm EXPORT kvbmTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
   INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
-install(DIRECTORY include/kvbm DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY include/kvbm DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} PATTERN "*.in" EXCLUDE)
+install(FILES ${PROJECT_BINARY_DIR}/include/kvbm/version.h
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvbm)
 if(TARGET kvbm_cli)
   install(TARGETS kvbm_cli RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
 endif()
@@ -19,3 +21,8 @@ write_basic_package_version_file(${CMAKE_CURRENT_BINARY_DIR}/kvbmConfigVersion.c
 install(FILES ${CMAKE_CURRENT_BINARY_DIR}/kvbmConfig.cmake
   ${CMAKE_CURRENT_BINARY_DIR}/kvbmConfigVersion.cmake
   DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/kvbm)
+
+# pkg-config (kvbm.pc) for builds without CMake; its prefix is relative to where it lies.
+file(RELATIVE_PATH KVBM_PC_TO_PREFIX ${CMAKE_INSTALL_FULL_LIBDIR}/pkgconfig ${CMAKE_INSTALL_PREFIX})
+configure_file(cmake/kvbm.pc.in ${CMAKE_CURRENT_BINARY_DIR}/kvbm.pc @ONLY)
+install(FILES ${CMAKE_CURRENT_BINARY_DIR}/kvbm.pc DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)

@@ -14,8 +14,6 @@
 // done) next to one cudaMemcpyAsync + cudaStreamSynchronize: the agent's own cost per
 // request. The peers are this program again (`kvbm bench gpu --target ipc|staged`),
 // started before this process touches CUDA. Without a GPU it prints why and exits 0.
-#include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -28,10 +26,14 @@
 #include <thread>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
 #include "commands.h"
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "options.h"
+#include "subprocess.h"
 #include "table.h"
 
 #if KVBM_HAVE_CUDA
@@ -101,50 +103,28 @@ int serve_target(const BenchGpuOptions& o) {
 class Target {
  public:
   Target(const BenchGpuOptions& o, const std::string& mode) {
-    int in[2], out[2];
-    if (pipe(in) != 0 || pipe(out) != 0) {
-      error_ = "pipe failed";
+    Subprocess::Options opt;
+    opt.pipe_stdin = true;
+    opt.pipe_stdout = true;
+    auto p = Subprocess::spawn(
+        {"/proc/self/exe", "bench", "gpu", "--target", mode, "--max-mib", std::to_string(o.max_mib),
+         "--chunk-bytes", std::to_string(o.chunk_bytes), "--bounce-buffers",
+         std::to_string(o.bounce_buffers)},
+        opt);
+    if (!p) {
+      error_ = p.error().to_string();
       return;
     }
-    pid_ = fork();
-    if (pid_ == 0) {
-      dup2(in[0], 0);
-      dup2(out[1], 1);
-      close(in[1]);
-      close(out[0]);
-      const std::string max = std::to_string(o.max_mib), chunk = std::to_string(o.chunk_bytes),
-                        bufs = std::to_string(o.bounce_buffers);
-      execl("/proc/self/exe", "kvbm", "bench", "gpu", "--target", mode.c_str(), "--max-mib",
-            max.c_str(), "--chunk-bytes", chunk.c_str(), "--bounce-buffers", bufs.c_str(),
-            static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    to_ = in[1];
-    from_ = fdopen(out[0], "r");
-    char line[512] = {};
-    if (pid_ < 0 || from_ == nullptr || fgets(line, sizeof line, from_) == nullptr) {
-      error_ = "target process did not answer";
+    process_.emplace(std::move(*p));
+    auto line = process_->read_line(std::chrono::seconds(60));
+    if (!line) {
+      error_ = "target process did not answer: " + line.error().to_string();
       return;
     }
-    std::istringstream s(line);
+    std::istringstream s(*line);
     std::string word;
     s >> word >> port_ >> vram_ >> dram_;
-    if (word != "READY") error_ = std::string("target process: ") + line;
-  }
-  ~Target() {
-    if (to_ >= 0) close(to_);  // the target exits at end of input
-    if (from_ != nullptr) fclose(from_);
-    if (pid_ > 0) {
-      int status = 0;
-      for (int i = 0; i < 500 && waitpid(pid_, &status, WNOHANG) == 0; ++i)
-        std::this_thread::sleep_for(10ms);
-      if (waitpid(pid_, &status, WNOHANG) == 0) {
-        kill(pid_, SIGKILL);
-        waitpid(pid_, &status, 0);
-      }
-    }
+    if (word != "READY") error_ = "target process: " + *line;
   }
   const std::string& error() const { return error_; }
   uint16_t port() const { return port_; }
@@ -152,9 +132,7 @@ class Target {
   uint64_t dram() const { return dram_; }
 
  private:
-  pid_t pid_ = -1;
-  int to_ = -1;
-  FILE* from_ = nullptr;
+  std::optional<Subprocess> process_;  // its destructor ends the target (EOF, then SIGKILL)
   uint16_t port_ = 0;
   uint64_t vram_ = 0, dram_ = 0;
   std::string error_;
@@ -557,5 +535,41 @@ int run_bench_gpu(const BenchGpuOptions& o) {
 }
 
 #endif
+
+}  // namespace kvbm::tools
+
+namespace kvbm::tools {
+
+void add_bench_gpu(CLI::App& bench, Runner& runner) {
+  auto o = std::make_shared<BenchGpuOptions>();
+  auto* cmd = bench.add_subcommand(
+      "gpu", "VRAM through the agent: IPC, pinned DRAM, staged over UCX (skips without a GPU)");
+  add_size_option(*cmd, "--max-mib", o->max_mib, "Largest transfer in MiB", 1, 8192,
+                  size_t{1} << 20);
+  cmd->add_option("--iters", o->iters, "Repetitions at 4 MiB")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  add_size_option(*cmd, "--chunk-bytes", o->chunk_bytes, "Staged path: bounce buffer bytes", 4096,
+                  size_t{1} << 30);
+  cmd->add_option("--bounce-buffers", o->bounce_buffers, "Staged path: buffers per direction")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{1024}));
+  cmd->add_option("--depth", o->depth,
+                  "Requests kept in flight (and copies, for the ceilings); 1: one at a time")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  cmd->add_option("--cuda-streams", o->cuda_streams, "CUDA streams per device (initiator)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{1}, size_t{64}));
+  cmd->add_flag("--polling", o->polling,
+                "The initiator's agent has no progress thread: requests poll the backends");
+  cmd->add_option("--lat-iters", o->lat_iters, "Latency section: timed runs per size")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 100000));
+  cmd->add_option("--target", o->target, "internal: serve as the peer process")
+      ->check(CLI::IsMember({"ipc", "staged"}))
+      ->group("");
+  cmd->callback([o, &runner] { runner = [o] { return run_bench_gpu(*o); }; });
+}
 
 }  // namespace kvbm::tools

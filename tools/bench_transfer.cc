@@ -19,6 +19,7 @@
 #include "demo_ceilings.h"
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
+#include "options.h"
 #include "table.h"
 
 #if KVBM_HAVE_CUDA
@@ -282,20 +283,24 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
   auto o = std::make_shared<BenchTransferOptions>();
   auto* cmd = bench.add_subcommand(
       "transfer", "Scattered block copies (host, GPU<->pinned, GPU<->GPU) against ceilings");
-  cmd->add_option("--mib", o->mib, "MiB moved per measurement")->check(CLI::Range(1, 1 << 16));
-  cmd->add_option("--chunk-kib", o->chunk_kib, "Chunk sizes in KiB, comma-separated")
-      ->delimiter(',')
-      ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--iters", o->iters, "Timed runs per row (median)")->check(CLI::Range(1, 1000));
-  cmd->add_option("--threads", o->threads, "Host copy threads (0: every core)");
+  add_size_option(*cmd, "--mib", o->mib, "MiB moved per measurement", 1, size_t{1} << 16,
+                  size_t{1} << 20);
+  add_size_list_option(*cmd, "--chunk-kib", o->chunk_kib, "Chunk sizes in KiB, comma-separated", 1,
+                       size_t{1} << 20, size_t{1} << 10);
+  cmd->add_option("--iters", o->iters, "Timed runs per row (median)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--threads", o->threads, "Host copy threads (0: every core)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{0}, size_t{1024}));
   cmd->add_flag("--no-gpu", o->no_gpu, "Skip the GPU rows");
   cmd->add_flag("--no-host", o->no_host, "Skip the host rows");
   cmd->add_option("--cuda-ctas-per-sm", o->engine.cuda_ctas_per_sm, "Copy kernel CTAs per SM")
       ->check(CLI::Range(1, 64));
   cmd->add_option("--cuda-threads", o->engine.cuda_threads, "Copy kernel threads per CTA")
       ->check(CLI::IsMember({32, 64, 128, 256, 512, 1024}));
-  cmd->add_option("--cuda-max-piece", o->engine.cuda_max_piece, "Copy kernel: largest piece, bytes")
-      ->check(CLI::Range(4096, 1 << 30));
+  add_size_option(*cmd, "--cuda-max-piece", o->engine.cuda_max_piece,
+                  "Copy kernel: largest piece, bytes", 4096, size_t{1} << 30);
   cmd->add_option("--cuda-kernel", o->kernel,
                   "Copy kernel: baseline (a CTA per piece), cta (a CTA per piece, 32-bit index "
                   "math, next ids prefetched), warp (as cta, a warp per piece of <= 32 KiB)")

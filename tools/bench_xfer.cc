@@ -35,6 +35,7 @@
 #include "demo_ceilings.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "options.h"
 #include "subprocess.h"
 #include "table.h"
 
@@ -45,19 +46,19 @@ using Clock = std::chrono::steady_clock;
 using xfer::Op;
 
 struct XferOptions {
-  std::string sizes = "4K,64K,1M,16M,64M";
-  std::string descs = "1,16,256,1024";
-  std::string lat_sizes = "8,4K";
+  std::vector<size_t> sizes = {4 << 10, 64 << 10, 1 << 20, 16 << 20, 64 << 20};
+  std::vector<size_t> descs = {1, 16, 256, 1024};
+  std::vector<size_t> lat_sizes = {8, 4 << 10};
   size_t iters = 0;  // requests per bandwidth point; 0: enough for ~256 MiB (shm)
   size_t lat_iters = 5000;
   // Bandwidth: the best of this many runs, ours and ucx_perftest's. A run moves 256 MiB, 7 ms
   // at 35 GB/s, and a slow time slice of a shared machine can spoil it: with the best of 2 a
   // 64 KiB row read 0.55 in one device run and 0.93-1.23 in the next four.
   size_t rounds = 3;
-  size_t file_mib = 0;                    // the peer's file section: its size (0: skipped)
-  std::string dir;                        // where the peer's file and the disk ceiling's file go
-  std::string file_inflight = "16M,64M";  // the peer's file: bytes in flight, per row
-  size_t inflight = 0;                    // 0: enough requests for ~4 MiB in flight, 1..32
+  size_t file_mib = 0;  // the peer's file section: its size (0: skipped)
+  std::string dir;      // where the peer's file and the disk ceiling's file go
+  std::vector<size_t> file_inflight = {16 << 20, 64 << 20};  // the peer's file: per row
+  size_t inflight = 0;  // 0: enough requests for ~4 MiB in flight, 1..32
   size_t max_request = 64 << 20;
   std::string transport = "shm";
   std::string op = "both";
@@ -71,29 +72,6 @@ struct TargetOptions {
   std::string dir;
   bool progress_thread = false;
 };
-
-// "4096", "4K", "64KiB", "1M", "2G" -> bytes (binary units).
-Result<std::vector<size_t>> parse_sizes(const std::string& list, const char* what) {
-  std::vector<size_t> out;
-  std::istringstream in(list);
-  for (std::string item; std::getline(in, item, ',');) {
-    size_t value = 0;
-    auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), value);
-    std::string unit(end, static_cast<const char*>(item.data() + item.size()));
-    size_t scale = 0;
-    if (unit.empty() || unit == "B") scale = 1;
-    if (unit == "K" || unit == "KiB" || unit == "k") scale = size_t{1} << 10;
-    if (unit == "M" || unit == "MiB") scale = size_t{1} << 20;
-    if (unit == "G" || unit == "GiB") scale = size_t{1} << 30;
-    if (ec != std::errc() || scale == 0 || value == 0 || value > (size_t{1} << 40) / scale) {
-      return err(ErrorCode::InvalidArgument, what, ": '", item,
-                 "' is not a positive size (4096, 4K, 1M, 1G)");
-    }
-    out.push_back(value * scale);
-  }
-  if (out.empty()) return err(ErrorCode::InvalidArgument, what, ": empty list");
-  return out;
-}
 
 const char* ucx_tls(const std::string& transport) {
   return transport == "tcp" ? "tcp,self" : "sm,self";
@@ -406,14 +384,6 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
 }
 
 int run_xfer(const XferOptions& o) {
-  auto sizes = parse_sizes(o.sizes, "--sizes");
-  if (!sizes) return fail(sizes.error());
-  auto descs = parse_sizes(o.descs, "--descs");
-  if (!descs) return fail(descs.error());
-  auto lat_sizes = parse_sizes(o.lat_sizes, "--lat-sizes");
-  if (!lat_sizes) return fail(lat_sizes.error());
-  auto file_depths = parse_sizes(o.file_inflight, "--file-inflight");
-  if (!file_depths) return fail(file_depths.error());
   std::vector<Op> ops;
   if (o.op != "read") ops.push_back(Op::Write);
   if (o.op != "write") ops.push_back(Op::Read);
@@ -423,14 +393,14 @@ int run_xfer(const XferOptions& o) {
   };
   std::vector<Point> points;
   size_t bytes = 0;
-  for (size_t s : *sizes) {
-    for (size_t d : *descs) {
+  for (size_t s : o.sizes) {
+    for (size_t d : o.descs) {
       if (s * d > o.max_request) continue;
       points.push_back({s, d});
       bytes = std::max(bytes, s * d);
     }
   }
-  for (size_t s : *lat_sizes) bytes = std::max(bytes, s);
+  for (size_t s : o.lat_sizes) bytes = std::max(bytes, s);
   if (points.empty()) {
     return fail(err(ErrorCode::InvalidArgument, "every size x descs exceeds --max-request ",
                     o.max_request));
@@ -567,7 +537,7 @@ int run_xfer(const XferOptions& o) {
   Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
   double worst_lat_ratio = 0;
   for (Op op : ops) {
-    for (size_t size : *lat_sizes) {
+    for (size_t size : o.lat_sizes) {
       auto r = measure_latency(s, op, size, o.lat_iters);
       if (!r) return fail(r.error());
       std::optional<double> theirs;
@@ -604,7 +574,7 @@ int run_xfer(const XferOptions& o) {
   }
 
   if (o.file_mib > 0) {
-    if (auto st = file_section(s, o, ops, *file_depths, file_fd, file_dir); !st)
+    if (auto st = file_section(s, o, ops, o.file_inflight, file_fd, file_dir); !st)
       return fail(st.error());
   }
 
@@ -665,30 +635,31 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
   auto o = std::make_shared<XferOptions>();
   auto* cmd = bench.add_subcommand(
       "xfer", "Agent READ/WRITE between two processes on loopback, against ucx_perftest");
-  cmd->add_option("--sizes", o->sizes, "Bytes per descriptor, comma-separated (4K,64K,1M...)")
-      ->capture_default_str();
-  cmd->add_option("--descs", o->descs, "Descriptors per request, comma-separated")
-      ->capture_default_str();
+  add_size_list_option(*cmd, "--sizes", o->sizes, "Bytes per descriptor, comma-separated", 1,
+                       size_t{1} << 34);
+  add_size_list_option(*cmd, "--descs", o->descs, "Descriptors per request, comma-separated", 1,
+                       size_t{1} << 20);
   cmd->add_option("--iters", o->iters, "Requests per bandwidth point (0: ~256 MiB worth)")
-      ->capture_default_str();
-  cmd->add_option("--inflight", o->inflight, "Requests in flight (0: ~4 MiB worth, 1..32)")
-      ->capture_default_str();
-  cmd->add_option("--max-request", o->max_request, "Skip size x descs above this many bytes")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  cmd->add_option("--lat-sizes", o->lat_sizes, "Message sizes for latency")->capture_default_str();
+      ->check(CLI::Range(size_t{0}, size_t{100000000}));
+  cmd->add_option("--inflight", o->inflight, "Requests in flight (0: ~4 MiB worth)")
+      ->capture_default_str()
+      ->check(CLI::Range(size_t{0}, size_t{32}));
+  add_size_option(*cmd, "--max-request", o->max_request, "Skip size x descs above this many bytes",
+                  1, size_t{1} << 40);
+  add_size_list_option(*cmd, "--lat-sizes", o->lat_sizes, "Message sizes for latency", 1,
+                       size_t{64} << 20);
   cmd->add_option("--lat-iters", o->lat_iters, "Round trips per latency point")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{10000000}));
-  cmd->add_option("--file-mib", o->file_mib,
-                  "The peer's file: READ and WRITE a file of this size that the target "
-                  "registered, against the disk (0: skipped)")
-      ->capture_default_str()
-      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
-  cmd->add_option("--file-inflight", o->file_inflight,
-                  "The peer's file: bytes of requests in flight, one row each (the owner "
-                  "stages up to 64 MiB at once)")
-      ->capture_default_str();
+  add_size_option(*cmd, "--file-mib", o->file_mib,
+                  "The peer's file: READ and WRITE a file of this many MiB that the target "
+                  "registered, against the disk (0: skipped)",
+                  0, size_t{1} << 20, size_t{1} << 20);
+  add_size_list_option(*cmd, "--file-inflight", o->file_inflight,
+                       "The peer's file: bytes of requests in flight, one row each (the owner "
+                       "stages up to 64 MiB at once)",
+                       4096, size_t{1} << 30);
   cmd->add_option("--dir", o->dir,
                   "Where the peer's file and the disk ceiling's file go (default: the temp dir)");
   cmd->add_option("--rounds", o->rounds,
@@ -712,7 +683,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
   target->add_option("--bytes", t->bytes, "Registered buffer size")
       ->check(CLI::Range(size_t{1}, size_t{1} << 40));
   target->add_flag("--progress-thread", t->progress_thread, "Use the agent's progress thread");
-  target->add_option("--file-mib", t->file_mib, "Also serve a registered file of this size");
+  target->add_option("--file-mib", t->file_mib, "Also serve a registered file of this size")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
   target->add_option("--dir", t->dir, "Where that file is made");
   target->callback([t, &runner] { runner = [t] { return run_target(*t); }; });
 }

@@ -42,7 +42,11 @@ struct BenchGpuOptions {
   std::string target;            // internal: "ipc" or "staged" serves as the peer process
 };
 
-int run_info();
+struct InfoOptions {
+  std::filesystem::path dir;  // where to test O_DIRECT; empty: the temp dir
+};
+
+int run_info(const InfoOptions& options);
 int run_bench_gpu(const BenchGpuOptions& options);
 int run_demo(const DemoOptions& options);
 int run_demo_peer(const DemoPeerOptions& options);
@@ -56,5 +60,11 @@ void add_bench_transfer(CLI::App& bench, Runner& runner);
 
 // `kvbm bench xfer` (and its hidden target process, `kvbm bench xfer-target`).
 void add_bench_xfer(CLI::App& bench, Runner& runner);
+
+// `kvbm bench gpu` (and its hidden target mode).
+void add_bench_gpu(CLI::App& bench, Runner& runner);
+
+// `kvbm bench file`: DRAM (and VRAM) <-> FILE through the agent against raw io_uring and dd.
+void add_bench_file(CLI::App& bench, Runner& runner);
 
 }  // namespace kvbm::tools

@@ -19,6 +19,7 @@
 #include <optional>
 #include <sstream>
 
+#include "cleanup.h"
 #include "commands.h"
 #include "demo_blocks.h"
 #include "demo_ceilings.h"
@@ -234,15 +235,26 @@ Status finish_peer(Peer& peer) {
   return {};
 }
 
-// Removes the temp dir it made, if any.
+// Removes the temp dir it made, if any, at the end and on SIGINT/SIGTERM (tools/cleanup.h).
 struct DemoDir {
   std::filesystem::path path;
   bool made = false;
+  int signal_slot = -1;
   ~DemoDir() {
     std::error_code ec;
     if (made) std::filesystem::remove_all(path, ec);
+    forget_on_signal(signal_slot);
   }
 };
+
+// Disk layouts go through the engine by file descriptor: their names can go at once, so a
+// stopped demo leaves no file of --mib bytes behind.
+Status unlink_regions(Layout& l) {
+  for (size_t i = 0; i < l.num_regions(); ++i) {
+    if (auto* d = dynamic_cast<DiskStorage*>(&l.region(i))) KVBM_TRY(d->unlink());
+  }
+  return {};
+}
 
 }  // namespace
 
@@ -263,6 +275,7 @@ int run_demo(const DemoOptions& options) {
     }
     dir.path = tmpl;
     dir.made = true;
+    dir.signal_slot = remove_on_signal(dir.path, true);
   }
   const size_t n = std::max<size_t>(1, options.bytes / demo::block_bytes());
   const size_t bytes = n * demo::block_bytes();
@@ -353,6 +366,9 @@ int run_demo(const DemoOptions& options) {
   {
     auto d = Layout::allocate(demo::block_config(n), LayoutKind::FullyContiguous,
                               DiskAllocator(dir.path));
+    if (d) {
+      if (auto st = unlink_regions(*d); !st) d = st.error();
+    }
     auto back = host_layout(LayoutKind::FullyContiguous);
     if (!d) {
       rows.push_back(failed(to_disk, bytes, d.error().to_string()));

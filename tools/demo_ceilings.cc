@@ -122,6 +122,8 @@ Result<CudaCeilings> cuda_ceilings(size_t bytes, int reps) {
 Result<DiskCeilings> disk_ceilings(const std::filesystem::path& dir, size_t bytes, int reps) {
   auto file = DiskAllocator(dir).allocate(bytes);
   if (!file) return file.error();
+  // Read and written by fd: no name to leave behind.
+  KVBM_TRY(file->unlink());
   auto buf = SystemAllocator().allocate(bytes);  // page-aligned, as O_DIRECT needs
   if (!buf) return buf.error();
   std::memset(buf->data(), 1, bytes);

@@ -1,9 +1,11 @@
 #include "subprocess.h"
 
+#include "cleanup.h"
+
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,10 +43,42 @@ std::optional<std::string> find_program(const std::string& program) {
   return std::nullopt;
 }
 
+namespace {
+
+// What the child does between vfork() and exec: only async-signal-safe calls, nothing that
+// touches memory the parent still uses (the child borrows it until exec). Sets *error and
+// exits 127 if it cannot exec.
+[[noreturn]] void exec_child(pid_t parent, const char* program, char* const* argv,
+                             char* const* envp, int in_fd, int out_fd, bool quiet_stderr,
+                             volatile int* error) {
+  // Dies with us (SIGKILL included), in a group of its own that our signal handler kills.
+  // The death signal follows the thread that spawned it: spawn from a thread that lives as
+  // long as the child (the commands spawn from main's).
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(127);  // we died before prctl took effect
+  ::setpgid(0, 0);
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  for (int sig : {SIGINT, SIGTERM, SIGHUP, SIGPIPE}) ::sigaction(sig, &dfl, nullptr);
+  const int null_fd = ::open("/dev/null", O_RDWR | O_CLOEXEC);
+  ::dup2(in_fd >= 0 ? in_fd : null_fd, STDIN_FILENO);  // the terminal is not the child's
+  ::dup2(out_fd >= 0 ? out_fd : null_fd, STDOUT_FILENO);
+  if (quiet_stderr) ::dup2(null_fd, STDERR_FILENO);
+  sigset_t none;
+  sigemptyset(&none);
+  ::sigprocmask(SIG_SETMASK, &none, nullptr);
+  ::execve(program, argv, envp);
+  *error = errno;
+  ::_exit(127);
+}
+
+}  // namespace
+
 Result<Subprocess> Subprocess::spawn(const std::vector<std::string>& argv, const Options& options) {
   if (argv.empty()) return err(ErrorCode::InvalidArgument, "empty command line");
   auto program = find_program(argv[0]);
   if (!program) return err(ErrorCode::NotFound, "program '", argv[0], "' not found");
+  install_signal_cleanup();
   int to_child[2] = {-1, -1}, from_child[2] = {-1, -1};
   auto close_all = [&] {
     for (int fd : {to_child[0], to_child[1], from_child[0], from_child[1]}) {
@@ -55,17 +89,6 @@ Result<Subprocess> Subprocess::spawn(const std::vector<std::string>& argv, const
       (options.pipe_stdout && pipe2(from_child, O_CLOEXEC) != 0)) {
     close_all();
     return err(ErrorCode::Io, "pipe for '", argv[0], "': ", std::strerror(errno));
-  }
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  if (options.pipe_stdin) posix_spawn_file_actions_adddup2(&actions, to_child[0], STDIN_FILENO);
-  if (options.pipe_stdout) {
-    posix_spawn_file_actions_adddup2(&actions, from_child[1], STDOUT_FILENO);
-  } else {
-    posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, "/dev/null", O_WRONLY, 0);
-  }
-  if (options.quiet_stderr) {
-    posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, "/dev/null", O_WRONLY, 0);
   }
 
   std::vector<std::string> envs;
@@ -81,16 +104,32 @@ Result<Subprocess> Subprocess::spawn(const std::vector<std::string>& argv, const
   for (auto& e : envs) cenv.push_back(e.data());
   cenv.push_back(nullptr);
 
-  pid_t pid = -1;
-  int rc = posix_spawn(&pid, program->c_str(), &actions, nullptr, cargv.data(), cenv.data());
-  posix_spawn_file_actions_destroy(&actions);
-  if (rc != 0) {
+  // Signals wait until the child is registered for the handler to kill (and the child,
+  // which shares our memory until exec, never runs our handler).
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  volatile int exec_error = 0;
+  const pid_t parent = getpid();
+  const pid_t pid = vfork();
+  if (pid == 0) {
+    exec_child(parent, program->c_str(), cargv.data(), cenv.data(), to_child[0], from_child[1],
+               options.quiet_stderr, &exec_error);
+  }
+  const int spawn_errno = errno;
+  const int slot = pid > 0 ? kill_on_signal(pid) : -1;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  if (pid < 0 || exec_error != 0) {
+    if (pid > 0) waitpid(pid, nullptr, 0);
+    forget_on_signal(slot);
     close_all();
-    return err(ErrorCode::Io, "cannot start '", *program, "': ", std::strerror(rc));
+    return err(ErrorCode::Io, "cannot start '", *program,
+               "': ", std::strerror(pid < 0 ? spawn_errno : exec_error));
   }
   signal(SIGPIPE, SIG_IGN);  // a child that died must not kill us on send()
   Subprocess p;
   p.pid_ = pid;
+  p.slot_ = slot;
   if (options.pipe_stdin) {
     close(to_child[0]);
     p.in_ = to_child[1];
@@ -107,7 +146,9 @@ Subprocess::Subprocess(Subprocess&& o) noexcept
       in_(o.in_),
       out_(o.out_),
       buffer_(std::move(o.buffer_)),
-      exit_code_(o.exit_code_) {
+      exit_code_(o.exit_code_),
+      slot_(o.slot_) {
+  o.slot_ = -1;
   o.pid_ = -1;
   o.in_ = -1;
   o.out_ = -1;
@@ -122,6 +163,7 @@ Subprocess::~Subprocess() {
     }
   }
   if (out_ >= 0) close(out_);
+  forget_on_signal(slot_);
 }
 
 bool Subprocess::send(const std::string& line) {

@@ -1,6 +1,8 @@
-// A child process for the benchmarks: started with posix_spawn, optionally with its
-// stdin and stdout on pipes, and always reaped (killed first if needed) by the destructor.
-// Not thread-safe: one owner drives it.
+// A child process of the kvbm command: optionally with its stdin and stdout on pipes,
+// always reaped (killed first if needed) by the destructor, and never outliving us: it gets
+// SIGKILL when the spawning thread dies (PR_SET_PDEATHSIG), and it leads a process group of
+// its own that our SIGINT/SIGTERM handler kills (tools/cleanup.h). Its stdin is /dev/null
+// unless piped. Not thread-safe: one owner drives it.
 #pragma once
 
 #include <sys/types.h>
@@ -52,6 +54,7 @@ class Subprocess {
   int out_ = -1;
   std::string buffer_;
   std::optional<int> exit_code_;
+  int slot_ = -1;  // in the signal handler's table (tools/cleanup.h)
 };
 
 // The full path of `program` in PATH (or itself when it has a '/'), if executable.

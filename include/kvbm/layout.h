@@ -149,7 +149,7 @@ class Layout {
   // Rebuilds a peer's layout over RemoteStorage regions. The input is untrusted:
   // InvalidArgument naming the problem (not CBOR/JSON, version, a missing or mistyped
   // field, an invalid config, region count, regions of different agents or memory types,
-  // a region smaller than needed, input over 16 MiB).
+  // a region smaller than needed, input over 16 MiB or nesting deeper than 32 levels).
   static Result<Layout> from_bytes(std::string_view bytes);
   static Result<Layout> from_json(std::string_view json);
   // A peer's layout from its regions' descriptors (what from_bytes does after decoding).

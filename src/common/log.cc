@@ -11,12 +11,18 @@ namespace {
 
 LogLevel level_from_env() {
   const char* env = std::getenv("KVBM_LOG");
-  if (env == nullptr) return LogLevel::Warn;
+  if (env == nullptr || *env == '\0') return LogLevel::Warn;
   const std::string v(env);
   if (v == "debug") return LogLevel::Debug;
   if (v == "info") return LogLevel::Info;
+  if (v == "warn") return LogLevel::Warn;
   if (v == "error") return LogLevel::Error;
   if (v == "off") return LogLevel::Off;
+  // A typo must not pass for a level: say so once (the logger reads the variable once).
+  std::fprintf(stderr,
+               "kvbm warn: KVBM_LOG='%s' is not one of debug, info, warn, error, off; "
+               "logging at warn\n",
+               env);
   return LogLevel::Warn;
 }
 

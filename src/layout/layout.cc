@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/nesting.h"
 #include "kvbm/remote/agent_registration.h"
 #include "kvbm/remote/remote_storage.h"
 #include "kvbm/storage/registration.h"
@@ -19,6 +20,9 @@ namespace {
 
 using json = nlohmann::json;
 constexpr size_t kMaxEncodedBytes = 16 << 20;
+// The layout object nests three levels (object, regions, descriptor); the limit leaves room
+// for additions and stays far from the stack's limit (see common/nesting.h).
+constexpr size_t kMaxDepth = 32;
 
 bool mul(size_t a, size_t b, size_t* out) {
   return !__builtin_mul_overflow(a, b, out);
@@ -432,12 +436,28 @@ Result<Layout> Layout::from_remote(const LayoutConfig& config, LayoutKind kind,
 
 Result<Layout> Layout::from_bytes(std::string_view bytes) {
   KVBM_TRY(check_size(bytes));
-  return from_object(json::from_cbor(bytes.begin(), bytes.end(), true, false), true);
+  if (detail::cbor_nests_deeper_than(bytes, kMaxDepth)) {
+    return err(ErrorCode::InvalidArgument, "layout nests deeper than ", kMaxDepth, " levels");
+  }
+  // Even without exceptions enabled, nlohmann throws for some hostile input (a huge
+  // declared array size); nothing may escape.
+  try {
+    return from_object(json::from_cbor(bytes.begin(), bytes.end(), true, false), true);
+  } catch (const std::exception& e) {
+    return err(ErrorCode::InvalidArgument, "layout does not parse: ", e.what());
+  }
 }
 
 Result<Layout> Layout::from_json(std::string_view text) {
   KVBM_TRY(check_size(text));
-  return from_object(json::parse(text.begin(), text.end(), nullptr, false), false);
+  if (detail::json_nests_deeper_than(text, kMaxDepth)) {
+    return err(ErrorCode::InvalidArgument, "layout nests deeper than ", kMaxDepth, " levels");
+  }
+  try {
+    return from_object(json::parse(text.begin(), text.end(), nullptr, false), false);
+  } catch (const std::exception& e) {
+    return err(ErrorCode::InvalidArgument, "layout does not parse: ", e.what());
+  }
 }
 
 }  // namespace kvbm

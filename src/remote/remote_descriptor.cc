@@ -9,81 +9,22 @@
 
 #include <nlohmann/json.hpp>
 
-#include <algorithm>
 #include <vector>
+
+#include "common/nesting.h"
 
 namespace kvbm {
 namespace {
 
 using json = nlohmann::json;
 constexpr size_t kMaxEncodedBytes = 1 << 20;
-// Our object nests one level; room for later additions, and far from the stack's limit.
-constexpr size_t kMaxCborDepth = 32;
-constexpr size_t kMaxJsonDepth = 32;
+// Our object nests one level; room for later additions, and far from the stack's limit
+// (common/nesting.h says why the decoders need a limit).
+constexpr size_t kMaxDepth = 32;
+constexpr size_t kMaxCborDepth = kMaxDepth;
+constexpr size_t kMaxJsonDepth = kMaxDepth;
 // Values of any kind, at any depth: ours has 7; room for later additions.
 constexpr size_t kMaxValues = 4096;
-
-// nlohmann's CBOR reader recurses once per nested array, map or tag, so a megabyte of
-// 0x81 bytes would overflow the stack. This walks the item heads without recursion and
-// reports whether containers nest deeper than `max_depth`. Input it cannot follow is
-// malformed, and left to the decoder to reject (it fails there, no deeper than here).
-bool cbor_nests_deeper_than(std::string_view in, size_t max_depth) {
-  constexpr uint64_t kIndefinite = UINT64_MAX;
-  std::vector<uint64_t> left = {1};  // items left in each open container; the top is one item
-  size_t pos = 0;
-  while (pos < in.size() && !left.empty()) {
-    if (left.back() == 0) {
-      left.pop_back();
-      continue;
-    }
-    const auto head = static_cast<uint8_t>(in[pos++]);
-    if (head == 0xff) {  // "break": ends an indefinite-length container
-      if (left.back() != kIndefinite) return false;
-      left.pop_back();
-      continue;
-    }
-    if (left.back() != kIndefinite) --left.back();
-    const uint8_t major = head >> 5;
-    const uint8_t info = head & 31;
-    uint64_t arg = info;
-    const bool indefinite = info == 31;
-    if (info >= 24 && info <= 27) {
-      const size_t n = size_t{1} << (info - 24);
-      if (n > in.size() - pos) return false;
-      arg = 0;
-      for (size_t i = 0; i < n; ++i) arg = (arg << 8) | static_cast<uint8_t>(in[pos++]);
-    } else if (info >= 28 && !indefinite) {
-      return false;
-    }
-    const uint64_t remaining = in.size() - pos;  // every item takes at least one byte
-    switch (major) {
-      case 2:
-      case 3:
-        if (indefinite) {
-          left.push_back(kIndefinite);
-        } else {
-          if (arg > remaining) return false;
-          pos += arg;
-        }
-        break;
-      case 4:
-      case 5:
-        if (indefinite) {
-          left.push_back(kIndefinite);
-        } else {
-          left.push_back(std::min(arg, remaining) * (major == 5 ? 2 : 1));
-        }
-        break;
-      case 6:
-        left.push_back(1);
-        break;
-      default:
-        break;
-    }
-    if (left.size() - 1 > max_depth) return true;
-  }
-  return false;
-}
 
 json to_object(const RemoteDescriptor& d) {
   json j = {{"v", RemoteDescriptor::kVersion},
@@ -266,8 +207,8 @@ std::string RemoteDescriptor::to_json() const {
 
 Result<RemoteDescriptor> RemoteDescriptor::from_bytes(std::string_view bytes) {
   KVBM_TRY(check_size(bytes));
-  if (cbor_nests_deeper_than(bytes, kMaxCborDepth)) {
-    return err(ErrorCode::InvalidArgument, "remote descriptor nests deeper than ", kMaxCborDepth,
+  if (detail::cbor_nests_deeper_than(bytes, kMaxDepth)) {
+    return err(ErrorCode::InvalidArgument, "remote descriptor nests deeper than ", kMaxDepth,
                " levels");
   }
   // Even without exceptions enabled, nlohmann throws for some hostile input (a huge

@@ -1,7 +1,8 @@
 # Runs a command and checks its exit status and its output (stdout and stderr together);
 # ctest's own properties check one or the other, not both.
-#   cmake -DCMD=<program> "-DARGS=a|b|c" -DSTATUS=zero|nonzero "-DLINES=re1@@re2" -P expect.cmake
-# Each regex in LINES must match some line of the output.
+#   cmake -DCMD=<program> "-DARGS=a|b|c" -DSTATUS=zero|nonzero|<number> "-DLINES=re1@@re2"
+#         ["-DNOT=re3@@re4"] -P expect.cmake
+# Each regex in LINES must match some line of the output; no regex in NOT may match any.
 string(REPLACE "|" ";" args "${ARGS}")
 execute_process(COMMAND ${CMD} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
                 TIMEOUT 110)
@@ -11,6 +12,8 @@ if(STATUS STREQUAL "zero" AND NOT rc EQUAL 0)
   message(FATAL_ERROR "expected exit status 0, got ${rc}")
 elseif(STATUS STREQUAL "nonzero" AND rc EQUAL 0)
   message(FATAL_ERROR "expected a nonzero exit status, got 0")
+elseif(STATUS MATCHES "^[0-9]+$" AND NOT rc EQUAL STATUS)
+  message(FATAL_ERROR "expected exit status ${STATUS}, got ${rc}")
 endif()
 string(REPLACE ";" "," text "${text}")
 string(REPLACE "\n" ";" lines "${text}")
@@ -26,4 +29,12 @@ foreach(re IN LISTS regexes)
   if(NOT found)
     message(FATAL_ERROR "no line of the output matches: ${re}")
   endif()
+endforeach()
+string(REPLACE "@@" ";" unwanted "${NOT}")
+foreach(re IN LISTS unwanted)
+  foreach(line IN LISTS lines)
+    if(line MATCHES "${re}")
+      message(FATAL_ERROR "a line of the output matches what must not be there: ${re}")
+    endif()
+  endforeach()
 endforeach()

@@ -362,5 +362,34 @@ TEST_F(LayoutSerialize, RejectsGarbage) {
                ErrorCode::InvalidArgument, "no regions");
 }
 
+// A peer's bytes nest as deep as it likes: nlohmann's CBOR reader and JSON writer recurse
+// per level, so half a megabyte of nesting overflowed the stack before the depth guard.
+TEST_F(LayoutSerialize, DeepNestingIsRejectedWithoutCrashing) {
+  ASSERT_TRUE(layout->register_with_agent(*agent).ok());
+  for (char head : {'\x81', '\xa1', '\x9f', '\xc6'}) {  // array, map, indefinite, tag
+    std::string deep_cbor(500000, head);
+    deep_cbor += '\x00';
+    EXPECT_ERROR(Layout::from_bytes(deep_cbor), ErrorCode::InvalidArgument,
+                 "layout nests deeper than 32 levels");
+  }
+  // Deep JSON inside a region (the decoder re-serializes each region object).
+  std::string text = wire().dump();
+  const size_t region = text.find("\"regions\":[{");
+  ASSERT_NE(region, std::string::npos);
+  text.insert(region + 12, "\"deep\":" + std::string(200000, '[') + std::string(200000, ']') + ",");
+  EXPECT_ERROR(Layout::from_json(text), ErrorCode::InvalidArgument,
+               "layout nests deeper than 32 levels");
+  // Brackets inside strings do not count, and nesting within the limit still decodes.
+  json j = wire();
+  j["note"] = std::string(1000, '[');
+  json nested = 1;
+  for (int i = 0; i < 28; ++i) nested = json::array({nested});
+  j["regions"][0]["extra"] = nested;
+  EXPECT_TRUE(Layout::from_json(j.dump()).ok());
+  // A CBOR array declaring more items than the input holds fails as a parse error.
+  EXPECT_ERROR(Layout::from_bytes(std::string("\x9b\x0f\xff\xff\xff\xff\xff\xff\xff", 9)),
+               ErrorCode::InvalidArgument, "does not parse");
+}
+
 }  // namespace
 }  // namespace kvbm
