@@ -4,7 +4,9 @@
 #pragma once
 
 #include "kvbm/pool/block.h"
+#include "kvbm/pool/block_manager.h"
 #include "kvbm/pool/block_pool.h"
+#include "kvbm/pool/config.h"
 #include "kvbm/pool/events.h"
 #include "kvbm/pool/hash.h"
 #include "kvbm/pool/token_sequence.h"
