@@ -57,4 +57,8 @@ void add_bench_transfer(CLI::App& bench, Runner& runner);
 // `kvbm bench xfer` (and its hidden target process, `kvbm bench xfer-target`).
 void add_bench_xfer(CLI::App& bench, Runner& runner);
 
+// `kvbm bench pool`: the block manager (match latency, register rate, bookkeeping bytes,
+// offload/onboard next to the engine's own copy).
+void add_bench_pool(CLI::App& bench, Runner& runner);
+
 }  // namespace kvbm::tools

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
   bench_cmd->require_subcommand(1);
   kvbm::tools::add_bench_transfer(*bench_cmd, runner);
   kvbm::tools::add_bench_xfer(*bench_cmd, runner);
+  kvbm::tools::add_bench_pool(*bench_cmd, runner);
   kvbm::tools::BenchGpuOptions gpu;
   auto* gpu_cmd = bench_cmd->add_subcommand(
       "gpu", "VRAM through the agent: IPC, pinned DRAM, staged over UCX (skips without a GPU)");
