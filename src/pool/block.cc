@@ -1,5 +1,7 @@
 #include "kvbm/pool/block.h"
 
+#include <utility>
+
 #include "pool/pool_state.h"
 
 namespace kvbm {
@@ -19,12 +21,15 @@ const char* to_string(BlockState state) {
 }
 
 MutableBlock::MutableBlock(MutableBlock&& other) noexcept
-    : pool_(std::move(other.pool_)), id_(other.id_), state_(other.state_), key_(other.key_) {}
+    : pool_(std::exchange(other.pool_, nullptr)),
+      id_(other.id_),
+      state_(other.state_),
+      key_(other.key_) {}
 
 MutableBlock& MutableBlock::operator=(MutableBlock&& other) noexcept {
   if (this != &other) {
     release();
-    pool_ = std::move(other.pool_);
+    pool_ = std::exchange(other.pool_, nullptr);
     id_ = other.id_;
     state_ = other.state_;
     key_ = other.key_;
@@ -42,11 +47,7 @@ Tier MutableBlock::tier() const {
 
 void MutableBlock::release() {
   if (!pool_) return;
-  {
-    std::lock_guard lock(pool_->mu);
-    pool_->free_locked(id_);
-  }
-  pool_.reset();
+  detail::PoolState::release_handle(std::exchange(pool_, nullptr), id_, true);
   state_ = BlockState::Reset;
 }
 
@@ -102,6 +103,7 @@ ImmutableBlock::ImmutableBlock(const ImmutableBlock& other)
   if (!pool_) return;
   std::lock_guard lock(pool_->mu);
   pool_->acquire_locked(id_);
+  ++pool_->handles;
 }
 
 ImmutableBlock& ImmutableBlock::operator=(const ImmutableBlock& other) {
@@ -109,27 +111,16 @@ ImmutableBlock& ImmutableBlock::operator=(const ImmutableBlock& other) {
   return *this;
 }
 
-ImmutableBlock::ImmutableBlock(ImmutableBlock&& other) noexcept
-    : pool_(std::move(other.pool_)),
-      id_(other.id_),
-      hash_(other.hash_),
-      parent_(other.parent_),
-      has_parent_(other.has_parent_) {}
-
 ImmutableBlock& ImmutableBlock::operator=(ImmutableBlock&& other) noexcept {
   if (this != &other) {
     release();
-    pool_ = std::move(other.pool_);
+    pool_ = std::exchange(other.pool_, nullptr);
     id_ = other.id_;
     hash_ = other.hash_;
     parent_ = other.parent_;
     has_parent_ = other.has_parent_;
   }
   return *this;
-}
-
-ImmutableBlock::~ImmutableBlock() {
-  release();
 }
 
 Tier ImmutableBlock::tier() const {
@@ -143,11 +134,7 @@ std::optional<SequenceHash> ImmutableBlock::parent_hash() const {
 
 void ImmutableBlock::release() {
   if (!pool_) return;
-  {
-    std::lock_guard lock(pool_->mu);
-    pool_->release_locked(id_);
-  }
-  pool_.reset();
+  detail::PoolState::release_handle(std::exchange(pool_, nullptr), id_, false);
 }
 
 }  // namespace kvbm

@@ -14,11 +14,13 @@ Result<std::unique_ptr<BlockPool>> BlockPool::create(Tier tier, size_t num_block
     return err(ErrorCode::InvalidArgument, "a ", to_string(tier), " pool of ", num_blocks,
                " blocks: it needs 1 to ", kNoBlock - 1);
   }
-  auto state = std::make_shared<PoolState>(tier, num_blocks, std::move(on_event));
-  return std::unique_ptr<BlockPool>(new BlockPool(tier, std::move(state)));
+  auto* state = new PoolState(tier, num_blocks, std::move(on_event));
+  return std::unique_ptr<BlockPool>(new BlockPool(tier, state));
 }
 
-BlockPool::~BlockPool() = default;
+BlockPool::~BlockPool() {
+  PoolState::release_pool(state_);
+}
 
 size_t BlockPool::num_blocks() const {
   return state_->slots.size();
@@ -44,6 +46,7 @@ Result<std::vector<MutableBlock>> BlockPool::allocate(size_t n) {
     s.slots[id].use = SlotUse::Mutable;
     out.push_back(MutableBlock(state_, id));
   }
+  s.handles += n;
   return out;
 }
 
@@ -65,10 +68,10 @@ Result<ImmutableBlock> BlockPool::register_block(MutableBlock& block, uint32_t p
   std::lock_guard lock(state_->mu);
   PoolState& s = *state_;
   uint32_t id = block.id_;
-  if (auto it = s.by_hash.find(key.sequence_hash); it != s.by_hash.end()) {
+  if (const uint32_t found = s.by_hash.find(key.sequence_hash); found != kNoBlock) {
     s.free_locked(block.id_);
     ++s.dedups;
-    id = it->second;
+    id = found;
     s.acquire_locked(id);
   } else {
     detail::Slot& slot = s.slots[id];
@@ -78,11 +81,11 @@ Result<ImmutableBlock> BlockPool::register_block(MutableBlock& block, uint32_t p
     slot.has_parent = key.parent_hash.has_value();
     slot.priority = priority;
     slot.refs = 1;
-    s.by_hash.emplace(key.sequence_hash, id);
+    s.by_hash.insert(key.sequence_hash, id);
     ++s.registered_count;
     s.emit_locked(EventKind::Stored, slot);
   }
-  block.pool_.reset();
+  block.pool_ = nullptr;  // its count passes to the returned handle
   block.state_ = BlockState::Reset;
   const detail::Slot& slot = s.slots[id];
   std::optional<SequenceHash> parent;
@@ -96,9 +99,8 @@ std::vector<ImmutableBlock> BlockPool::match(std::span<const SequenceHash> hashe
   PoolState& s = *state_;
   ++s.lookups;
   for (SequenceHash h : hashes) {
-    auto it = s.by_hash.find(h);
-    if (it == s.by_hash.end()) break;
-    const uint32_t id = it->second;
+    const uint32_t id = s.by_hash.find(h);
+    if (id == kNoBlock) break;
     s.acquire_locked(id);
     const detail::Slot& slot = s.slots[id];
     std::optional<SequenceHash> parent;
@@ -107,12 +109,13 @@ std::vector<ImmutableBlock> BlockPool::match(std::span<const SequenceHash> hashe
     out.push_back(ImmutableBlock(state_, id, h, parent));
   }
   s.matched += out.size();
+  s.handles += out.size();
   return out;
 }
 
 bool BlockPool::contains(SequenceHash hash) const {
   std::lock_guard lock(state_->mu);
-  return state_->by_hash.contains(hash);
+  return state_->by_hash.find(hash) != kNoBlock;
 }
 
 void BlockPool::remove(const ImmutableBlock& block) {
@@ -154,13 +157,10 @@ PoolCounters BlockPool::counters() const {
 size_t BlockPool::bookkeeping_bytes() const {
   std::lock_guard lock(state_->mu);
   const PoolState& s = *state_;
-  // A hash map node: next pointer, key, value, and the allocator's header, rounded to 16.
-  constexpr size_t kMapNode = 32;
   // A std::map node of the inactive lists: three pointers, a color, key and value, header.
   constexpr size_t kListNode = 64;
   return sizeof(PoolState) + s.slots.capacity() * sizeof(detail::Slot) +
-         s.free.capacity() * sizeof(uint32_t) + s.by_hash.bucket_count() * sizeof(void*) +
-         s.by_hash.size() * kMapNode + s.inactive.size() * kListNode;
+         s.free.capacity() * sizeof(uint32_t) + s.by_hash.bytes() + s.inactive.size() * kListNode;
 }
 
 }  // namespace kvbm

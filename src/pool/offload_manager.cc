@@ -57,9 +57,12 @@ void OffloadManager::registered(const ImmutableBlock& block) {
 
 void OffloadManager::matched(const MatchResult& match) {
   if (!options_.enabled || match.blocks() == 0) return;
+  const auto now = FrequencyFilter::Clock::now();
   std::lock_guard lock(mu_);
   for (const auto* part : {&match.g1, &match.g2, &match.g3}) {
-    for (const ImmutableBlock& b : *part) to_disk_if_due_locked(b, filter_.hit(b.sequence_hash()));
+    for (const ImmutableBlock& b : *part) {
+      to_disk_if_due_locked(b, filter_.hit(b.sequence_hash(), now));
+    }
   }
 }
 

@@ -3,11 +3,10 @@
 namespace kvbm::detail {
 
 PoolState::PoolState(Tier t, size_t n, EventCallback cb)
-    : tier(t), slots(n), on_event(std::move(cb)) {
+    : tier(t), slots(n), by_hash(n), on_event(std::move(cb)) {
   free.reserve(n);
   // Lowest ids on top of the stack, so a fresh pool hands out 0, 1, 2, ...
   for (size_t i = n; i > 0; --i) free.push_back(static_cast<uint32_t>(i - 1));
-  by_hash.reserve(n);
 }
 
 void PoolState::emit_locked(EventKind kind, const Slot& s) {
@@ -82,6 +81,30 @@ void PoolState::unregister_locked(uint32_t id) {
   by_hash.erase(s.hash);
   --registered_count;
   emit_locked(EventKind::Removed, s);
+}
+
+void PoolState::release_handle(PoolState* s, uint32_t id, bool is_mutable) {
+  bool last;
+  {
+    std::lock_guard lock(s->mu);
+    if (is_mutable) {
+      s->free_locked(id);
+    } else {
+      s->release_locked(id);
+    }
+    last = --s->handles == 0 && !s->pool_alive;
+  }
+  if (last) delete s;
+}
+
+void PoolState::release_pool(PoolState* s) {
+  bool last;
+  {
+    std::lock_guard lock(s->mu);
+    s->pool_alive = false;
+    last = s->handles == 0;
+  }
+  if (last) delete s;
 }
 
 uint32_t PoolState::evict_one_locked() {

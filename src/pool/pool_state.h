@@ -6,10 +6,10 @@
 #include <map>
 #include <mutex>
 #include <optional>
-#include <unordered_map>
 #include <vector>
 
 #include "kvbm/pool/events.h"
+#include "pool/hash_index.h"
 
 namespace kvbm::detail {
 
@@ -50,8 +50,12 @@ struct PoolState {
   std::map<uint32_t, InactiveList> inactive;  // by priority, lowest first
   size_t inactive_count = 0;
   size_t registered_count = 0;
-  std::unordered_map<SequenceHash, uint32_t> by_hash;
+  HashIndex by_hash;
   EventCallback on_event;
+  // The state lives while the pool or a handle does: handles are counted under the lock
+  // (cheaper than a shared_ptr's atomic per handle), and the last one out deletes it.
+  size_t handles = 0;
+  bool pool_alive = true;
   uint64_t stored = 0, removed = 0, evictions = 0, dedups = 0, lookups = 0, matched = 0;
 
   void emit_locked(EventKind kind, const Slot& s);
@@ -66,6 +70,12 @@ struct PoolState {
   uint32_t evict_one_locked();
   // Removes a registered block's hash from the map (one Removed event).
   void unregister_locked(uint32_t id);
+
+  // A handle goes: frees its block (mutable) or drops its reference, and deletes the state
+  // when nothing else refers to it.
+  static void release_handle(PoolState* s, uint32_t id, bool is_mutable);
+  // The pool goes; the state stays while handles remain.
+  static void release_pool(PoolState* s);
 };
 
 }  // namespace kvbm::detail

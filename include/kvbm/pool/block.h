@@ -16,8 +16,8 @@
 #pragma once
 
 #include <cstdint>
-#include <memory>
 #include <optional>
+#include <utility>
 
 #include "kvbm/pool/events.h"
 #include "kvbm/pool/token_sequence.h"
@@ -61,11 +61,11 @@ class MutableBlock {
  private:
   friend class BlockPool;
   friend struct detail::PoolState;
-  MutableBlock(std::shared_ptr<detail::PoolState> pool, uint32_t id)
-      : pool_(std::move(pool)), id_(id) {}
+  // Precondition: the pool's lock is held and counted this handle.
+  MutableBlock(detail::PoolState* pool, uint32_t id) : pool_(pool), id_(id) {}
   Status check_not_empty(const char* what) const;
 
-  std::shared_ptr<detail::PoolState> pool_;
+  detail::PoolState* pool_ = nullptr;  // kept alive by the pool's count of handles
   uint32_t id_ = 0;
   BlockState state_ = BlockState::Reset;
   SequenceBlock key_;
@@ -76,9 +76,17 @@ class ImmutableBlock {
   ImmutableBlock() = default;  // empty
   ImmutableBlock(const ImmutableBlock& other);
   ImmutableBlock& operator=(const ImmutableBlock& other);
-  ImmutableBlock(ImmutableBlock&& other) noexcept;
+  // Inline: match() moves one handle per block into its result.
+  ImmutableBlock(ImmutableBlock&& other) noexcept
+      : pool_(std::exchange(other.pool_, nullptr)),
+        id_(other.id_),
+        hash_(other.hash_),
+        parent_(other.parent_),
+        has_parent_(other.has_parent_) {}
   ImmutableBlock& operator=(ImmutableBlock&& other) noexcept;
-  ~ImmutableBlock();
+  ~ImmutableBlock() {
+    if (pool_) release();
+  }
 
   bool empty() const { return pool_ == nullptr; }
   // Precondition for the accessors: !empty().
@@ -93,15 +101,16 @@ class ImmutableBlock {
  private:
   friend class BlockPool;
   friend struct detail::PoolState;
-  ImmutableBlock(std::shared_ptr<detail::PoolState> pool, uint32_t id, SequenceHash hash,
+  // Precondition: the pool's lock is held and counted this handle.
+  ImmutableBlock(detail::PoolState* pool, uint32_t id, SequenceHash hash,
                  std::optional<SequenceHash> parent)
-      : pool_(std::move(pool)),
+      : pool_(pool),
         id_(id),
         hash_(hash),
         parent_(parent.value_or(0)),
         has_parent_(parent.has_value()) {}
 
-  std::shared_ptr<detail::PoolState> pool_;
+  detail::PoolState* pool_ = nullptr;  // kept alive by the pool's count of handles
   uint32_t id_ = 0;
   SequenceHash hash_ = 0;
   SequenceHash parent_ = 0;

@@ -78,10 +78,10 @@ class BlockPool {
   size_t bookkeeping_bytes() const;
 
  private:
-  BlockPool(Tier tier, std::shared_ptr<detail::PoolState> state)
-      : tier_(tier), state_(std::move(state)) {}
+  BlockPool(Tier tier, detail::PoolState* state) : tier_(tier), state_(state) {}
   Tier tier_;
-  std::shared_ptr<detail::PoolState> state_;
+  // Shared with the handles: freed by the last of the pool and its handles to go.
+  detail::PoolState* state_;
 };
 
 }  // namespace kvbm

@@ -1,8 +1,12 @@
-// The frequency filter in front of the disk tier: counts, decay, capacity. Time is given,
-// never waited for.
+// The pool's internals: the frequency filter in front of the disk tier (counts, decay,
+// capacity; time is given, never waited for) and the hash index (against std::unordered_map).
 #include <gtest/gtest.h>
 
+#include <random>
+#include <unordered_map>
+
 #include "pool/frequency_filter.h"
+#include "pool/hash_index.h"
 
 namespace kvbm::detail {
 namespace {
@@ -53,6 +57,35 @@ TEST(FrequencyFilter, AFullFilterDecaysBeforeTakingANewHash) {
   EXPECT_EQ(f.hit(4, t0), 1u);
   EXPECT_EQ(f.count(4, t0), 0u);
   EXPECT_EQ(f.tracked(), 2u);
+}
+
+// Random inserts and erases over a small key space (long probe runs, wrap-around at the
+// table's end), every key looked up after each step.
+TEST(HashIndex, MatchesAReferenceMap) {
+  constexpr size_t kCapacity = 100;
+  HashIndex index(kCapacity);
+  std::unordered_map<uint64_t, uint32_t> ref;
+  std::mt19937_64 rng(7);
+  for (int step = 0; step < 200000; ++step) {
+    const uint64_t key = rng() % 300;
+    if (ref.contains(key)) {
+      index.erase(key);
+      ref.erase(key);
+    } else if (ref.size() < kCapacity) {
+      const auto value = static_cast<uint32_t>(rng() % 1000);
+      index.insert(key, value);
+      ref[key] = value;
+    }
+    if (step % 97 != 0) continue;
+    ASSERT_EQ(index.size(), ref.size());
+    for (uint64_t k = 0; k < 300; ++k) {
+      auto it = ref.find(k);
+      ASSERT_EQ(index.find(k), it == ref.end() ? HashIndex::kNone : it->second)
+          << "key " << k << " at step " << step;
+    }
+  }
+  index.erase(12345);  // absent: no-op
+  EXPECT_EQ(index.size(), ref.size());
 }
 
 }  // namespace
