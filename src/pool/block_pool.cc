@@ -118,6 +118,19 @@ bool BlockPool::contains(SequenceHash hash) const {
   return state_->by_hash.find(hash) != kNoBlock;
 }
 
+ImmutableBlock BlockPool::find(SequenceHash hash) {
+  std::lock_guard lock(state_->mu);
+  PoolState& s = *state_;
+  const uint32_t id = s.by_hash.find(hash);
+  if (id == kNoBlock) return {};
+  s.acquire_locked(id);
+  ++s.handles;
+  const detail::Slot& slot = s.slots[id];
+  std::optional<SequenceHash> parent;
+  if (slot.has_parent) parent = slot.parent;
+  return ImmutableBlock(state_, id, hash, parent);
+}
+
 void BlockPool::remove(const ImmutableBlock& block) {
   if (block.pool_ != state_) return;
   std::lock_guard lock(state_->mu);

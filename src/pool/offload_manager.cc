@@ -42,9 +42,19 @@ void OffloadManager::enqueue_locked(const ImmutableBlock& block, Tier dst) {
 }
 
 void OffloadManager::to_disk_if_due_locked(const ImmutableBlock& block, uint32_t hits) {
-  if (disk_source_ == nullptr || block.tier() != disk_source_->tier) return;
-  if (hits < filter_.min_hits()) return;
-  enqueue_locked(block, Tier::G3);
+  if (disk_source_ == nullptr || hits < filter_.min_hits()) return;
+  if (block.tier() == disk_source_->tier) {
+    enqueue_locked(block, Tier::G3);
+    return;
+  }
+  // Hit on another tier (G1, with G2 as the disk source): the copy on the source tier, if
+  // it has one yet (else the G1 -> G2 offload queues it when done).
+  if (block.tier() == Tier::G3 ||
+      tier_of(tiers_, Tier::G3)->pool->contains(block.sequence_hash())) {
+    return;
+  }
+  ImmutableBlock on_source = disk_source_->pool->find(block.sequence_hash());
+  if (!on_source.empty()) enqueue_locked(on_source, Tier::G3);
 }
 
 void OffloadManager::registered(const ImmutableBlock& block) {
@@ -52,7 +62,8 @@ void OffloadManager::registered(const ImmutableBlock& block) {
   std::lock_guard lock(mu_);
   const uint32_t hits = filter_.hit(block.sequence_hash());
   if (tier_of(tiers_, Tier::G2) != nullptr) enqueue_locked(block, Tier::G2);
-  to_disk_if_due_locked(block, hits);
+  // Only a block on the disk source tier (G1 with the bypass or without G2) goes now.
+  if (block.tier() == disk_source_tier()) to_disk_if_due_locked(block, hits);
 }
 
 void OffloadManager::matched(const MatchResult& match) {

@@ -11,6 +11,7 @@
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -47,6 +48,9 @@ class OffloadManager {
   void enqueue_locked(const ImmutableBlock& block, Tier dst);
   // With mu_ held: queues a disk copy when `block` is on the disk source tier and passes.
   void to_disk_if_due_locked(const ImmutableBlock& block, uint32_t hits);
+  std::optional<Tier> disk_source_tier() const {
+    return disk_source_ ? std::optional<Tier>(disk_source_->tier) : std::nullopt;
+  }
   void run();
   void process(std::vector<Job> batch);
   // Allocates destinations for a tier pair's blocks and starts their request.

@@ -195,6 +195,20 @@ TEST(BlockPool, EvictsLowestPriorityFirstThenLeastRecentlyReleased) {
   EXPECT_EQ(order, (std::vector<SequenceHash>{11, 13, 10, 12}));
 }
 
+TEST(BlockPool, FindTakesAReferenceAndCountsNoLookup) {
+  auto pool = make_pool(2);
+  { auto a = fill_and_register(*pool, key(3)); }
+  EXPECT_TRUE(pool->find(4).empty());
+  ImmutableBlock b = pool->find(3);
+  ASSERT_FALSE(b.empty());
+  EXPECT_EQ(b.sequence_hash(), 3u);
+  auto c = pool->counters();
+  EXPECT_EQ(c.inactive_blocks, 0u);
+  EXPECT_EQ(c.lookups, 0u);
+  b.release();
+  EXPECT_EQ(pool->counters().inactive_blocks, 1u);
+}
+
 TEST(BlockPool, RemoveDetachesAndFreesWithTheLastHandle) {
   EventQueue q;
   auto pool = make_pool(2, &q);

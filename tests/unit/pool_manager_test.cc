@@ -327,12 +327,8 @@ TEST(BlockManager, FrequencyFilterHoldsBackTheDiskUntilReuse) {
   auto c = (*m)->counters();
   EXPECT_EQ(c.g1_to_g2.blocks, 4u);
   EXPECT_EQ(c.g2_to_g3.blocks, 0u);
-  // A second hit (a match) of the first two blocks lets them through.
-  { auto hit = (*m)->match(seq->sequence_hashes().subspan(0, 2)); }
-  ASSERT_TRUE((*m)->flush());
-  c = (*m)->counters();
-  EXPECT_EQ(c.g2_to_g3.blocks, 0u);  // matched on G1: the disk copies come from G2
-  (*m)->pool(Tier::G1).clear_inactive();
+  // A second hit (a match, here on G1) of the first two blocks lets them through: their
+  // disk copies come from G2.
   { auto hit = (*m)->match(seq->sequence_hashes().subspan(0, 2)); }
   ASSERT_TRUE((*m)->flush());
   c = (*m)->counters();

@@ -65,6 +65,9 @@ class BlockPool {
   std::vector<ImmutableBlock> match(std::span<const SequenceHash> hashes);
   // True when `hash` is registered here (takes no reference, counts no lookup).
   bool contains(SequenceHash hash) const;
+  // A handle to the block registered under `hash`, or an empty one; counts no lookup (for
+  // the movers between tiers).
+  ImmutableBlock find(SequenceHash hash);
 
   // Makes the block unmatchable now (one Removed event); its space returns to the free
   // list when its last handle goes. No-op when it was removed already.
