@@ -66,5 +66,8 @@ void add_bench_gpu(CLI::App& bench, Runner& runner);
 
 // `kvbm bench file`: DRAM (and VRAM) <-> FILE through the agent against raw io_uring and dd.
 void add_bench_file(CLI::App& bench, Runner& runner);
+// `kvbm bench pool`: the block manager (match latency, register rate, bookkeeping bytes,
+// offload/onboard next to the engine's own copy).
+void add_bench_pool(CLI::App& bench, Runner& runner);
 
 }  // namespace kvbm::tools

@@ -23,6 +23,7 @@
 #include "commands.h"
 #include "demo_blocks.h"
 #include "demo_ceilings.h"
+#include "demo_reuse.h"
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
 #include "kvbm/xfer/agent.h"
@@ -469,6 +470,7 @@ int run_demo(const DemoOptions& options) {
     bad |= r.failed;
   }
   t.print(std::cout);
+  bad |= !demo::prefix_reuse_act(dir.path, std::cout);
   std::cout << "\nGB/s = 1e9 B/s: each hop the best of " << kHopReps
             << " runs after a warm-up, each ceiling the best of its variants, " << kReps
             << " runs each; every block checked after each hop\n"

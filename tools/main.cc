@@ -76,5 +76,6 @@ int main(int argc, char** argv) {
   add_bench_xfer(*bench, runner);
   add_bench_gpu(*bench, runner);
   add_bench_file(*bench, runner);
+  add_bench_pool(*bench, runner);
   return run_command_line(app, argc, argv, runner);
 }
