@@ -95,3 +95,11 @@ def _view_numpy(self):
 
 
 View.numpy = _view_numpy
+
+
+def _descriptor_from_bytes(data: bytes) -> RemoteDescriptor:
+    return RemoteDescriptor.from_bytes(data)
+
+
+# Pickled as its CBOR bytes (a function pybind11 defines cannot be pickled by reference).
+RemoteDescriptor.__reduce__ = lambda self: (_descriptor_from_bytes, (self.to_bytes(),))

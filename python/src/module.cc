@@ -207,10 +207,7 @@ void bind_desc_list(py::module_& m) {
 }
 
 void bind_remote_descriptor(py::module_& m) {
-  m.def(
-      "_descriptor_from_bytes",
-      [](py::handle b) { return unwrap(RemoteDescriptor::from_bytes(bytes_arg(b, "data"))); },
-      py::arg("data"), "RemoteDescriptor.from_bytes, for pickle.");
+
   py::class_<RemoteDescriptor>(
       m, "RemoteDescriptor",
       "Memory registered with an agent, as a peer addresses it: address (file offset for "
@@ -269,11 +266,6 @@ void bind_remote_descriptor(py::module_& m) {
       .def(
           "__eq__", [](const RemoteDescriptor& a, const RemoteDescriptor& b) { return a == b; },
           py::is_operator())
-      .def("__reduce__",
-           [](const RemoteDescriptor& d) {
-             py::object f = py::module_::import("kvbm._kvbm").attr("_descriptor_from_bytes");
-             return py::make_tuple(f, py::make_tuple(py::bytes(d.to_bytes())));
-           })
       .def("__repr__", [](const RemoteDescriptor& d) {
         return "RemoteDescriptor(addr=" + std::to_string(d.storage().addr()) +
                ", size=" + std::to_string(d.size()) + ", mem_type=" +

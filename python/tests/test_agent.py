@@ -87,7 +87,7 @@ def test_publish_fetch_over_the_side_channel():
 def test_agent_errors():
     with pytest.raises(kvbm.InvalidArgumentError):
         kvbm.Agent("")
-    with pytest.raises(kvbm.InvalidArgumentError):
+    with pytest.raises(kvbm.NotFoundError, match="NOPE"):
         kvbm.Agent("x", backends=["NOPE"])
     a = kvbm.Agent("errors")
     with pytest.raises(kvbm.AlreadyRegisteredError):

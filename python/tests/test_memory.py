@@ -117,7 +117,9 @@ def test_disk_storage_and_layout(tmp_path, config):
 def test_address_tuple(config):
     arr = np.zeros(config.block_bytes * config.num_blocks, dtype=np.uint8)
     layout = kvbm.Layout.from_memory((arr.ctypes.data, arr.nbytes, "cpu"), config)
-    layout.block(7).numpy()[:] = 1  # default dtype: uint16 for dtype_bytes=2
+    view = layout.block(7)
+    assert view.dtype == "uint16"  # the default for dtype_bytes=2
+    view.numpy()[:] = 0x0101
     assert arr[7 * config.block_bytes:].all() and not arr[:7 * config.block_bytes].any()
 
 
@@ -131,7 +133,7 @@ def test_memory_errors(config):
         kvbm.Layout.from_memory(np.zeros(100, dtype=np.uint8))
     with pytest.raises(ValueError, match="dtype_bytes is 4"):
         kvbm.Layout.from_memory(arr, config.replace(dtype_bytes=4))
-    with pytest.raises(kvbm.OutOfBoundsError, match="size") as e:
+    with pytest.raises(kvbm.OutOfBoundsError, match="needs 16384") as e:
         kvbm.Layout.from_memory(arr[:4], config)  # half the blocks' bytes
     assert e.value.code == kvbm.ErrorCode.OutOfBounds
     with pytest.raises(TypeError, match="__dlpack__"):
@@ -181,7 +183,8 @@ def test_agent_dropped_before_its_registrations_exits_cleanly():
         layout = kvbm.Layout.allocate(config, kvbm.SystemAllocator())
         arr = np.zeros(1 << 16, dtype=np.uint8)
         over = kvbm.Storage.from_memory(arr)
-        reg = agent.register_memory(kvbm.DescList(kvbm.MemType.DRAM, [(arr.ctypes.data, 4096, 0)]))
+        raw = np.zeros(4096, dtype=np.uint8)
+        reg = agent.register_memory(kvbm.DescList(kvbm.MemType.DRAM, [(raw.ctypes.data, 4096, 0)]))
         for obj in (storage, layout):
             agent.register(obj)
         agent.register(over)

@@ -73,7 +73,7 @@ def test_asyncio_raises_the_copy_error(engine, config, tmp_path):
         asyncio.run(bad())
 
 
-def _ticks_during(fn, period=0.001):
+def _ticks_during(fn, period=0.005):
     """Ticks of a sleeping ticker thread while fn() runs, and fn's duration."""
     count = [0]
     stop = threading.Event()
@@ -104,7 +104,7 @@ def test_gil_is_released_while_a_256_mib_copy_runs():
     one_thread.copy(src, ids, dst, ids).wait()  # fault the pages in
 
     def copies():
-        end = time.perf_counter() + 0.3
+        end = time.perf_counter() + 0.5
         while time.perf_counter() < end:
             one_thread.copy(src, ids, dst, ids).wait()
 
@@ -130,7 +130,7 @@ def test_copy_errors(engine, config, tmp_path):
         engine.copy(a, [0, 1], b, [0])
     with pytest.raises(kvbm.InvalidArgumentError):
         engine.copy(a, [], b, [])
-    with pytest.raises(kvbm.InvalidArgumentError, match="duplicate"):
+    with pytest.raises(kvbm.InvalidArgumentError, match="more than once"):
         engine.copy(a, [0, 1], b, [2, 2])
     with pytest.raises(ValueError, match=r"src_ids\[1\] is -1"):
         engine.copy(a, [0, -1], b)
