@@ -35,7 +35,9 @@ struct RequestBox {
 };
 using RequestPtr = std::shared_ptr<RequestBox>;
 
-xfer::Agent& A(const AgentPtr& a) { return *a->agent; }
+xfer::Agent& A(const AgentPtr& a) {
+  return *a->agent;
+}
 
 RegisterableStorage& registerable(Storage& s, const char* what) {
   auto* r = dynamic_cast<RegisterableStorage*>(&s);
@@ -70,8 +72,9 @@ void register_obj(const AgentPtr& a, py::handle obj, const std::string& backend)
     }
     return;
   }
-  throw py::type_error("register() takes a kvbm.Storage or kvbm.Layout; use register_memory() "
-                       "for raw ranges");
+  throw py::type_error(
+      "register() takes a kvbm.Storage or kvbm.Layout; use register_memory() "
+      "for raw ranges");
 }
 
 xfer::DescList local_arg(py::handle local, std::vector<std::shared_ptr<void>>& keep) {
@@ -136,8 +139,8 @@ xfer::Notification wait_notification(const AgentPtr& a, py::handle timeout, py::
   for (;;) {
     if (auto n = take_matching(*a, p, msg)) return std::move(*n);
     if (std::chrono::steady_clock::now() >= deadline) {
-      raise(err(ErrorCode::Timeout, "no notification", p ? " from '" + *p + "'" : "",
-                " within ", ms.count(), " ms"));
+      raise(err(ErrorCode::Timeout, "no notification", p ? " from '" + *p + "'" : "", " within ",
+                ms.count(), " ms"));
     }
     A(a).progress();
     std::this_thread::sleep_for(200us);
@@ -161,20 +164,21 @@ AgentPtr make_agent(const std::string& name, py::object backends, bool progress_
   return box;
 }
 
-void bind_requests(py::module_& m) {
+void bind_notification(py::module_& m) {
   py::class_<xfer::Notification>(m, "Notification", "A notification as received.")
       .def_readonly("agent", &xfer::Notification::agent, "The sender.")
       .def_property_readonly("message",
                              [](const xfer::Notification& n) { return py::bytes(n.message); })
       .def(
-          "__eq__",
-          [](const xfer::Notification& a, const xfer::Notification& b) { return a == b; },
+          "__eq__", [](const xfer::Notification& a, const xfer::Notification& b) { return a == b; },
           py::is_operator())
       .def("__repr__", [](const xfer::Notification& n) {
-        return "Notification(agent='" + n.agent + "', message=" +
-               std::string(py::repr(py::bytes(n.message))) + ")";
+        return "Notification(agent='" + n.agent +
+               "', message=" + std::string(py::repr(py::bytes(n.message))) + ")";
       });
+}
 
+void bind_registration(py::module_& m) {
   py::class_<RegistrationBox, RegistrationPtr>(
       m, "MemoryRegistration",
       "Ranges registered with an agent; released by release(), at the end of a with "
@@ -197,7 +201,9 @@ void bind_requests(py::module_& m) {
         std::lock_guard l(r.mu);
         r.reg.reset();
       });
+}
 
+void bind_request(py::module_& m) {
   py::class_<RequestBox, RequestPtr>(
       m, "Request",
       "A READ or WRITE between this agent's memory and a peer's. wait() blocks without "
@@ -250,17 +256,13 @@ void bind_requests(py::module_& m) {
           "Waits until done (seconds; None: no limit) and raises the request's error.");
 }
 
-void bind_agent_class(py::module_& m) {
-  py::class_<AgentBox, AgentPtr>(
-      m, "Agent",
-      "A named transfer agent (NIXL's model): registers memory, exchanges metadata with "
-      "peers (in memory or over its TCP side channel), READs and WRITEs their registered "
-      "memory, sends and receives notifications. Thread-safe. Registrations and requests "
-      "keep the agent alive, so it may be dropped before them.")
-      .def(py::init(&make_agent), py::arg("name"), py::kw_only(), py::arg("backends") = py::none(),
-           py::arg("progress_thread") = true, py::arg("peer_timeout") = 10.0,
-           py::arg("add_cuda_if_gpu") = true, py::arg("max_metadata_bytes") = 64 << 20,
-           "backends: default ['UCX', 'POSIX'] (CUDA added when a GPU is usable).")
+using AgentClass = py::class_<AgentBox, AgentPtr>;
+
+void bind_agent_basics(AgentClass& c) {
+  c.def(py::init(&make_agent), py::arg("name"), py::kw_only(), py::arg("backends") = py::none(),
+        py::arg("progress_thread") = true, py::arg("peer_timeout") = 10.0,
+        py::arg("add_cuda_if_gpu") = true, py::arg("max_metadata_bytes") = 64 << 20,
+        "backends: default ['UCX', 'POSIX'] (CUDA added when a GPU is usable).")
       .def_property_readonly("name", [](const AgentBox& a) { return a.agent->name(); })
       .def_property_readonly("backends", [](const AgentBox& a) { return a.agent->backends(); })
       .def(
@@ -291,16 +293,26 @@ void bind_agent_class(py::module_& m) {
             return box;
           },
           py::arg("regions"), py::kw_only(), py::arg("backend") = py::none())
-      .def("metadata",
+      .def("progress",
            [](const AgentPtr& a) {
-             std::string md;
-             {
-               py::gil_scoped_release g;
-               md = unwrap(A(a).local_metadata());
-             }
-             return py::bytes(md);
-           },
-           "This agent's metadata, for a peer's load_metadata().")
+             py::gil_scoped_release g;
+             A(a).progress();
+           })
+      .def("__repr__", [](const AgentBox& a) { return "Agent('" + a.agent->name() + "')"; });
+}
+
+void bind_agent_metadata(AgentClass& c) {
+  c.def(
+       "metadata",
+       [](const AgentPtr& a) {
+         std::string md;
+         {
+           py::gil_scoped_release g;
+           md = unwrap(A(a).local_metadata());
+         }
+         return py::bytes(md);
+       },
+       "This agent's metadata, for a peer's load_metadata().")
       .def(
           "load_metadata",
           [](const AgentPtr& a, py::handle md) {
@@ -311,7 +323,10 @@ void bind_agent_class(py::module_& m) {
           py::arg("metadata"), "Loads a peer's metadata; returns its name.")
       .def(
           "invalidate",
-          [](const AgentPtr& a, const std::string& peer) { check(A(a).invalidate_remote(peer)); },
+          [](const AgentPtr& a, const std::string& peer) {
+            py::gil_scoped_release g;
+            check(A(a).invalidate_remote(peer));
+          },
           py::arg("peer"))
       .def(
           "has_remote", [](const AgentPtr& a, const std::string& p) { return A(a).has_remote(p); },
@@ -334,24 +349,28 @@ void bind_agent_class(py::module_& m) {
             return unwrap(A(a).fetch_remote_metadata(host, static_cast<uint16_t>(port), ms));
           },
           py::arg("host"), py::arg("port"), py::arg("timeout") = 5.0,
-          "Fetches and loads a peer's metadata from its listener; returns its name.")
+          "Fetches and loads a peer's metadata from its listener; returns its name.");
+}
+
+void bind_agent_publishing(AgentClass& c) {
+  c.def(
+       "publish",
+       [](const AgentPtr& a, const std::string& key, py::handle value) {
+         if (py::isinstance<RemoteDescriptor>(value)) {
+           const auto& d = value.cast<const RemoteDescriptor&>();
+           py::gil_scoped_release g;
+           check(publish_descriptor(A(a), key, d));
+           return;
+         }
+         std::string b = bytes_arg(value, "value");
+         py::gil_scoped_release g;
+         check(A(a).publish(key, std::move(b)));
+       },
+       py::arg("key"), py::arg("value"),
+       "Publishes bytes or a RemoteDescriptor under `key` on the side channel.")
       .def(
-          "publish",
-          [](const AgentPtr& a, const std::string& key, py::handle value) {
-            if (py::isinstance<RemoteDescriptor>(value)) {
-              const auto& d = value.cast<const RemoteDescriptor&>();
-              py::gil_scoped_release g;
-              check(publish_descriptor(A(a), key, d));
-              return;
-            }
-            std::string b = bytes_arg(value, "value");
-            py::gil_scoped_release g;
-            check(A(a).publish(key, std::move(b)));
-          },
-          py::arg("key"), py::arg("value"),
-          "Publishes bytes or a RemoteDescriptor under `key` on the side channel.")
-      .def(
-          "unpublish", [](const AgentPtr& a, const std::string& key) { check(A(a).unpublish(key)); },
+          "unpublish",
+          [](const AgentPtr& a, const std::string& key) { check(A(a).unpublish(key)); },
           py::arg("key"))
       .def(
           "fetch",
@@ -374,18 +393,21 @@ void bind_agent_class(py::module_& m) {
             if (port <= 0 || port > 65535) throw py::value_error("port must be 1..65535");
             auto ms = timeout_arg(timeout);
             py::gil_scoped_release g;
-            return unwrap(fetch_descriptor(
-                A(a), host, static_cast<uint16_t>(port), key, ms,
-                reload ? OwnerMetadata::Reload : OwnerMetadata::LoadIfUnknown));
+            return unwrap(
+                fetch_descriptor(A(a), host, static_cast<uint16_t>(port), key, ms,
+                                 reload ? OwnerMetadata::Reload : OwnerMetadata::LoadIfUnknown));
           },
-          py::arg("host"), py::arg("port"), py::arg("key"), py::arg("timeout") = 5.0,
-          py::kw_only(), py::arg("reload") = false,
-          "Fetches a published RemoteDescriptor and loads its owner's metadata.")
-      .def("request", &make_request, py::arg("op"), py::arg("local"), py::arg("remote"),
-           py::arg("peer") = py::none(), py::kw_only(), py::arg("notification") = py::none(),
-           py::arg("post") = true,
-           "A READ or WRITE between local (Storage or DescList) and remote "
-           "(RemoteDescriptor or DescList with peer=); posted unless post=False.")
+          py::arg("host"), py::arg("port"), py::arg("key"), py::arg("timeout") = 5.0, py::kw_only(),
+          py::arg("reload") = false,
+          "Fetches a published RemoteDescriptor and loads its owner's metadata.");
+}
+
+void bind_agent_requests(AgentClass& c) {
+  c.def("request", &make_request, py::arg("op"), py::arg("local"), py::arg("remote"),
+        py::arg("peer") = py::none(), py::kw_only(), py::arg("notification") = py::none(),
+        py::arg("post") = true,
+        "A READ or WRITE between local (Storage or DescList) and remote "
+        "(RemoteDescriptor or DescList with peer=); posted unless post=False.")
       .def(
           "read",
           [](const AgentPtr& a, py::handle l, py::handle r, py::handle peer, py::handle n) {
@@ -408,33 +430,39 @@ void bind_agent_class(py::module_& m) {
             check(A(a).gen_notif(peer, msg));
           },
           py::arg("peer"), py::arg("message"))
-      .def("notifications",
-           [](const AgentPtr& a) {
-             py::gil_scoped_release g;
-             std::lock_guard l(a->mu);
-             std::vector<xfer::Notification> out(a->pending.begin(), a->pending.end());
-             a->pending.clear();
-             for (auto& n : A(a).get_notifs()) out.push_back(std::move(n));
-             return out;
-           },
-           "Returns and clears the notifications received.")
+      .def(
+          "notifications",
+          [](const AgentPtr& a) {
+            py::gil_scoped_release g;
+            std::lock_guard l(a->mu);
+            std::vector<xfer::Notification> out(a->pending.begin(), a->pending.end());
+            a->pending.clear();
+            for (auto& n : A(a).get_notifs()) out.push_back(std::move(n));
+            return out;
+          },
+          "Returns and clears the notifications received.")
       .def("wait_notification", &wait_notification, py::arg("timeout") = 5.0, py::kw_only(),
            py::arg("peer") = py::none(), py::arg("message") = py::none(),
            "Waits for a notification (from `peer`, equal to `message`, when given); "
-           "kvbm.TimeoutError if none comes within `timeout` seconds.")
-      .def("progress",
-           [](const AgentPtr& a) {
-             py::gil_scoped_release g;
-             A(a).progress();
-           })
-      .def("__repr__", [](const AgentBox& a) { return "Agent('" + a.agent->name() + "')"; });
+           "kvbm.TimeoutError if none comes within `timeout` seconds.");
 }
 
 }  // namespace
 
 void bind_agent(py::module_& m) {
-  bind_requests(m);
-  bind_agent_class(m);
+  bind_notification(m);
+  bind_registration(m);
+  bind_request(m);
+  AgentClass c(m, "Agent",
+               "A named transfer agent (NIXL's model): registers memory, exchanges metadata "
+               "with peers (in memory or over its TCP side channel), READs and WRITEs their "
+               "registered memory, sends and receives notifications. Thread-safe. "
+               "Registrations and requests keep the agent alive, so it may be dropped "
+               "before them.");
+  bind_agent_basics(c);
+  bind_agent_metadata(c);
+  bind_agent_publishing(c);
+  bind_agent_requests(c);
 }
 
 }  // namespace kvbm::python

@@ -40,7 +40,9 @@ namespace py = pybind11;
 struct KvbmException {
   Error error;
 };
-[[noreturn]] inline void raise(Error e) { throw KvbmException{std::move(e)}; }
+[[noreturn]] inline void raise(Error e) {
+  throw KvbmException{std::move(e)};
+}
 inline void check(const Status& s) {
   if (!s) raise(s.error());
 }
@@ -105,8 +107,8 @@ struct ExternalSource {
 
 struct AgentBox {
   std::unique_ptr<xfer::Agent> agent;
-  std::mutex mu;                               // guards pending
-  std::deque<xfer::Notification> pending;      // received, not yet handed out
+  std::mutex mu;                           // guards pending
+  std::deque<xfer::Notification> pending;  // received, not yet handed out
   ~AgentBox() {
     MaybeReleaseGil g;
     agent.reset();
@@ -131,7 +133,7 @@ struct LayoutBox {
   std::vector<AgentPtr> agents;
   std::vector<ExternalSource> sources;
   std::unique_ptr<Layout> layout;
-  std::mutex mu;  // registration
+  std::mutex mu;                    // registration
   DLDataType dtype{kDLUInt, 8, 1};  // element type of views
   ~LayoutBox() {
     MaybeReleaseGil g;

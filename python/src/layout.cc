@@ -64,9 +64,21 @@ LayoutPtr allocate_layout(const LayoutConfig& c, py::handle allocator, LayoutKin
   if (py::isinstance<DiskAllocator>(allocator)) {
     return allocate_with(c, kind, order, allocator.cast<const DiskAllocator&>(), t);
   }
-  throw py::type_error("allocator must be a SystemAllocator, PinnedAllocator, DeviceAllocator "
-                       "or DiskAllocator, got " +
-                       std::string(py::str(py::type::of(allocator).attr("__name__"))));
+  throw py::type_error(
+      "allocator must be a SystemAllocator, PinnedAllocator, DeviceAllocator "
+      "or DiskAllocator, got " +
+      std::string(py::str(py::type::of(allocator).attr("__name__"))));
+}
+
+// The layout's wire form; reads its regions' registrations, so it waits for a registration
+// another thread is making.
+std::string serialize(LayoutBox& b, bool binary) {
+  Result<std::string> r = [&] {
+    py::gil_scoped_release g;
+    std::lock_guard l(b.mu);
+    return binary ? b.layout->to_bytes() : b.layout->to_json();
+  }();
+  return unwrap(std::move(r));
 }
 
 bool is_address_tuple(py::handle h) {
@@ -77,8 +89,9 @@ bool is_address_tuple(py::handle h) {
 // A config from one 5-D tensor: (blocks, layers, outer, page, inner).
 LayoutConfig infer_config(const ImportedMemory& m) {
   if (m.shape.size() != 5) {
-    throw py::value_error("config is required unless memory is one 5-D tensor shaped "
-                          "(num_blocks, num_layers, outer_dim, page_size, inner_dim)");
+    throw py::value_error(
+        "config is required unless memory is one 5-D tensor shaped "
+        "(num_blocks, num_layers, outer_dim, page_size, inner_dim)");
   }
   LayoutConfig c;
   c.num_blocks = static_cast<size_t>(m.shape[0]);
@@ -114,9 +127,9 @@ LayoutPtr layout_over(py::handle memory, std::optional<LayoutConfig> config,
                           " but the tensor's elements are " + std::to_string(dtype.bits / 8) +
                           " bytes");
   }
-  LayoutKind k = kind ? *kind
-                      : (imported.size() == 1 ? LayoutKind::FullyContiguous
-                                              : LayoutKind::LayerSeparate);
+  LayoutKind k =
+      kind ? *kind
+           : (imported.size() == 1 ? LayoutKind::FullyContiguous : LayoutKind::LayerSeparate);
   auto box = std::make_shared<LayoutBox>();
   std::vector<std::unique_ptr<Storage>> regions;
   for (auto& im : imported) {
@@ -168,12 +181,12 @@ View block_view(const LayoutPtr& b, int64_t block, py::object layer) {
   const auto O = static_cast<int64_t>(c.outer_dim);
   if (layer.is_none()) {
     if (l.kind() != LayoutKind::FullyContiguous) {
-      throw py::value_error("a block of a LAYER_SEPARATE layout spans one region per layer: "
-                            "pass layer=");
+      throw py::value_error(
+          "a block of a LAYER_SEPARATE layout spans one region per layer: "
+          "pass layer=");
     }
     auto r = unwrap(l.memory_region(index_arg(block, "block"), 0, 0));
-    return make_view(b, r.addr, {static_cast<int64_t>(c.num_layers), O, P},
-                     {st.layer, st.outer});
+    return make_view(b, r.addr, {static_cast<int64_t>(c.num_layers), O, P}, {st.layer, st.outer});
   }
   auto r = unwrap(
       l.memory_region(index_arg(block, "block"), index_arg(layer.cast<int64_t>(), "layer"), 0));
@@ -233,7 +246,7 @@ void bind_config(py::module_& m) {
                            "(outer 1) of one layer.")
       .def(py::init([](size_t num_blocks, size_t num_layers, size_t outer_dim, size_t page_size,
                        size_t inner_dim, size_t dtype_bytes, size_t alignment) {
-             LayoutConfig c{num_blocks, num_layers, outer_dim, page_size,
+             LayoutConfig c{num_blocks, num_layers,  outer_dim, page_size,
                             inner_dim,  dtype_bytes, alignment};
              check(c.validate());
              return c;
@@ -249,10 +262,9 @@ void bind_config(py::module_& m) {
       .def_readonly("dtype_bytes", &LayoutConfig::dtype_bytes)
       .def_readonly("alignment", &LayoutConfig::alignment)
       .def_property_readonly("chunk_bytes", &LayoutConfig::chunk_bytes)
-      .def_property_readonly("block_bytes",
-                             [](const LayoutConfig& c) {
-                               return c.chunk_bytes() * c.num_layers * c.outer_dim;
-                             })
+      .def_property_readonly(
+          "block_bytes",
+          [](const LayoutConfig& c) { return c.chunk_bytes() * c.num_layers * c.outer_dim; })
       .def(
           "replace",
           [](const LayoutConfig& c, py::kwargs kw) {
@@ -260,14 +272,22 @@ void bind_config(py::module_& m) {
             for (auto [k, v] : kw) {
               auto key = k.cast<std::string>();
               size_t val = v.cast<size_t>();
-              if (key == "num_blocks") n.num_blocks = val;
-              else if (key == "num_layers") n.num_layers = val;
-              else if (key == "outer_dim") n.outer_dim = val;
-              else if (key == "page_size") n.page_size = val;
-              else if (key == "inner_dim") n.inner_dim = val;
-              else if (key == "dtype_bytes") n.dtype_bytes = val;
-              else if (key == "alignment") n.alignment = val;
-              else throw py::type_error("LayoutConfig has no field '" + key + "'");
+              if (key == "num_blocks")
+                n.num_blocks = val;
+              else if (key == "num_layers")
+                n.num_layers = val;
+              else if (key == "outer_dim")
+                n.outer_dim = val;
+              else if (key == "page_size")
+                n.page_size = val;
+              else if (key == "inner_dim")
+                n.inner_dim = val;
+              else if (key == "dtype_bytes")
+                n.dtype_bytes = val;
+              else if (key == "alignment")
+                n.alignment = val;
+              else
+                throw py::type_error("LayoutConfig has no field '" + key + "'");
             }
             check(n.validate());
             return n;
@@ -287,17 +307,15 @@ void bind_config(py::module_& m) {
       });
 }
 
-void bind_layout_class(py::module_& m) {
+using LayoutClass = py::class_<LayoutBox, LayoutPtr>;
+
+void bind_layout_making(LayoutClass& c) {
   using K = LayoutKind;
-  py::class_<LayoutBox, LayoutPtr>(
-      m, "Layout",
-      "KV blocks over one tier: allocated (Layout.allocate), over memory the caller owns "
-      "(Layout.from_memory, which keeps that object alive), or a peer's (Layout.from_bytes).")
-      .def_static("allocate", &allocate_layout, py::arg("config"), py::arg("allocator"),
-                  py::kw_only(), py::arg("kind") = K::FullyContiguous,
-                  py::arg("order") = LayerOrder::BlockMajor, py::arg("dtype") = py::none(),
-                  "Allocates the layout's regions with `allocator`. `dtype` is the element "
-                  "type of views (default: unsigned ints of config.dtype_bytes).")
+  c.def_static("allocate", &allocate_layout, py::arg("config"), py::arg("allocator"), py::kw_only(),
+               py::arg("kind") = K::FullyContiguous, py::arg("order") = LayerOrder::BlockMajor,
+               py::arg("dtype") = py::none(),
+               "Allocates the layout's regions with `allocator`. `dtype` is the element "
+               "type of views (default: unsigned ints of config.dtype_bytes).")
       .def_static("from_memory", &layout_over, py::arg("memory"), py::arg("config") = py::none(),
                   py::kw_only(), py::arg("kind") = py::none(),
                   py::arg("order") = LayerOrder::BlockMajor, py::arg("pin") = false,
@@ -320,10 +338,14 @@ void bind_layout_class(py::module_& m) {
             return box_of(std::move(l), t);
           },
           py::arg("text"))
-      .def("to_bytes", [](const LayoutBox& b) { return py::bytes(unwrap(b.layout->to_bytes())); },
-           "Config and region descriptors for a peer; NotRegisteredError until registered.")
-      .def("to_json", [](const LayoutBox& b) { return unwrap(b.layout->to_json()); })
-      .def_property_readonly("config", [](const LayoutBox& b) { return b.layout->config(); })
+      .def(
+          "to_bytes", [](LayoutBox& b) { return py::bytes(serialize(b, true)); },
+          "Config and region descriptors for a peer; NotRegisteredError until registered.")
+      .def("to_json", [](LayoutBox& b) { return serialize(b, false); });
+}
+
+void bind_layout_access(LayoutClass& c) {
+  c.def_property_readonly("config", [](const LayoutBox& b) { return b.layout->config(); })
       .def_property_readonly("kind", [](const LayoutBox& b) { return b.layout->kind(); })
       .def_property_readonly("order", [](const LayoutBox& b) { return b.layout->order(); })
       .def_property_readonly("num_blocks",
@@ -336,22 +358,22 @@ void bind_layout_class(py::module_& m) {
       .def_property_readonly("is_remote", [](const LayoutBox& b) { return b.layout->is_remote(); })
       .def_property_readonly("remote_agent",
                              [](const LayoutBox& b) { return b.layout->remote_agent(); })
-      .def_property_readonly("regions",
-                             [](const LayoutBox& b) {
-                               py::list out;
-                               for (size_t i = 0; i < b.layout->num_regions(); ++i) {
-                                 const Storage& s = b.layout->region(i);
-                                 out.append(py::make_tuple(s.addr(), s.size()));
-                               }
-                               return out;
-                             },
-                             "(address or file offset, size) of each region.")
+      .def_property_readonly(
+          "regions",
+          [](const LayoutBox& b) {
+            py::list out;
+            for (size_t i = 0; i < b.layout->num_regions(); ++i) {
+              const Storage& s = b.layout->region(i);
+              out.append(py::make_tuple(s.addr(), s.size()));
+            }
+            return out;
+          },
+          "(address or file offset, size) of each region.")
       .def(
           "memory_region",
           [](const LayoutBox& b, int64_t block, int64_t layer, int64_t outer) {
-            auto r = unwrap(b.layout->memory_region(index_arg(block, "block"),
-                                                    index_arg(layer, "layer"),
-                                                    index_arg(outer, "outer")));
+            auto r = unwrap(b.layout->memory_region(
+                index_arg(block, "block"), index_arg(layer, "layer"), index_arg(outer, "outer")));
             return py::make_tuple(r.addr, r.size);
           },
           py::arg("block"), py::arg("layer"), py::arg("outer") = 0,
@@ -378,9 +400,9 @@ void bind_layout_class(py::module_& m) {
            "order, computed by kvbm; host memory only.")
       .def("__repr__", [](const LayoutBox& b) {
         const auto& l = *b.layout;
-        return std::string("Layout(") + to_string(l.kind()) + ", " +
-               l.storage_type().to_string() + ", num_blocks=" +
-               std::to_string(l.config().num_blocks) + ", dtype=" + dtype_name(b.dtype) + ")";
+        return std::string("Layout(") + to_string(l.kind()) + ", " + l.storage_type().to_string() +
+               ", num_blocks=" + std::to_string(l.config().num_blocks) +
+               ", dtype=" + dtype_name(b.dtype) + ")";
       });
 }
 
@@ -497,11 +519,13 @@ void bind_engine(py::module_& m) {
       .def("ready", &transfer_ready, "True once the copy finished (successfully or not).")
       .def_property_readonly("path",
                              [](TransferBox& t) {
+                               py::gil_scoped_release g;
                                std::lock_guard l(t.mu);
                                return t.transfer->path();
                              })
       .def_property_readonly("bytes",
                              [](TransferBox& t) {
+                               py::gil_scoped_release g;
                                std::lock_guard l(t.mu);
                                return t.transfer->bytes();
                              })
@@ -566,7 +590,12 @@ void bind_engine(py::module_& m) {
 
 void bind_layout(py::module_& m) {
   bind_config(m);
-  bind_layout_class(m);
+  LayoutClass c(m, "Layout",
+                "KV blocks over one tier: allocated (Layout.allocate), over memory the "
+                "caller owns (Layout.from_memory, which keeps that object alive), or a "
+                "peer's (Layout.from_bytes).");
+  bind_layout_making(c);
+  bind_layout_access(c);
   bind_engine(m);
 }
 

@@ -72,8 +72,10 @@ StorageType device_arg(py::handle d) {
     auto t = d.cast<std::pair<int, int64_t>>();
     return device_from_dl(t.first, t.second);
   }
-  throw py::type_error("device must be a str ('cpu', 'cuda:0') or a (DLPack device type, id) "
-                       "tuple, got " + type_name(d));
+  throw py::type_error(
+      "device must be a str ('cpu', 'cuda:0') or a (DLPack device type, id) "
+      "tuple, got " +
+      type_name(d));
 }
 
 ImportedMemory import_dlpack(py::handle obj) {
@@ -87,9 +89,9 @@ ImportedMemory import_dlpack(py::handle obj) {
   m.source.owner = PyRef(obj);
   const DLTensor& t = m.source.managed->dl_tensor;
   if (t.dtype.lanes != 1 || t.dtype.bits % 8 != 0 || t.dtype.bits == 0) {
-    throw py::value_error("unsupported element type (code " + std::to_string(t.dtype.code) +
-                          ", " + std::to_string(t.dtype.bits) + " bits, " +
-                          std::to_string(t.dtype.lanes) + " lanes)");
+    throw py::value_error("unsupported element type (code " + std::to_string(t.dtype.code) + ", " +
+                          std::to_string(t.dtype.bits) + " bits, " + std::to_string(t.dtype.lanes) +
+                          " lanes)");
   }
   const int64_t elem = t.dtype.bits / 8;
   int64_t count = 1;
@@ -135,7 +137,8 @@ ImportedMemory import_memory(py::handle obj) {
   }
   throw py::type_error(
       "memory must be an object with __dlpack__ (a numpy array, a torch tensor) or an "
-      "(address, size, device) tuple, got " + type_name(obj));
+      "(address, size, device) tuple, got " +
+      type_name(obj));
 }
 
 std::unique_ptr<Storage> storage_over(const ImportedMemory& m, bool pin) {
@@ -175,13 +178,13 @@ struct DtypeName {
   DLDataType type;
 };
 constexpr DtypeName kDtypes[] = {
-    {"uint8", {kDLUInt, 8, 1}},      {"int8", {kDLInt, 8, 1}},
-    {"uint16", {kDLUInt, 16, 1}},    {"int16", {kDLInt, 16, 1}},
-    {"uint32", {kDLUInt, 32, 1}},    {"int32", {kDLInt, 32, 1}},
-    {"uint64", {kDLUInt, 64, 1}},    {"int64", {kDLInt, 64, 1}},
-    {"float16", {kDLFloat, 16, 1}},  {"bfloat16", {kDLBfloat, 16, 1}},
-    {"float32", {kDLFloat, 32, 1}},  {"float64", {kDLFloat, 64, 1}},
-    {"half", {kDLFloat, 16, 1}},     {"float", {kDLFloat, 32, 1}},
+    {"uint8", {kDLUInt, 8, 1}},     {"int8", {kDLInt, 8, 1}},
+    {"uint16", {kDLUInt, 16, 1}},   {"int16", {kDLInt, 16, 1}},
+    {"uint32", {kDLUInt, 32, 1}},   {"int32", {kDLInt, 32, 1}},
+    {"uint64", {kDLUInt, 64, 1}},   {"int64", {kDLInt, 64, 1}},
+    {"float16", {kDLFloat, 16, 1}}, {"bfloat16", {kDLBfloat, 16, 1}},
+    {"float32", {kDLFloat, 32, 1}}, {"float64", {kDLFloat, 64, 1}},
+    {"half", {kDLFloat, 16, 1}},    {"float", {kDLFloat, 32, 1}},
     {"double", {kDLFloat, 64, 1}},
 };
 
@@ -202,7 +205,8 @@ DLDataType dtype_arg(py::handle obj) {
   for (const auto& d : kDtypes) {
     if (s == d.name) return d.type;
   }
-  throw py::value_error("unknown dtype '" + s + "' (uint8..int64, float16, bfloat16, float32, "
+  throw py::value_error("unknown dtype '" + s +
+                        "' (uint8..int64, float16, bfloat16, float32, "
                         "float64)");
 }
 
@@ -223,7 +227,9 @@ struct Exported {
   std::vector<int64_t> shape, strides;
 };
 
-void delete_exported(DLManagedTensor* t) { delete static_cast<Exported*>(t->manager_ctx); }
+void delete_exported(DLManagedTensor* t) {
+  delete static_cast<Exported*>(t->manager_ctx);
+}
 
 void capsule_destructor(PyObject* cap) {
   // Called with an exception possibly set; a consumer renames a capsule it took.
@@ -296,7 +302,8 @@ py::dict array_interface(const View& v) {
 
 RegisterableStorage& registerable(StorageBox& b) {
   auto* r = dynamic_cast<RegisterableStorage*>(b.storage.get());
-  if (r == nullptr) throw py::value_error(b.storage->type().to_string() + " storage cannot be registered");
+  if (r == nullptr)
+    throw py::value_error(b.storage->type().to_string() + " storage cannot be registered");
   return *r;
 }
 
@@ -329,9 +336,9 @@ void bind_view(py::module_& m) {
                    "numpy.from_dlpack / torch.from_dlpack alias it without a copy; the "
                    "memory stays alive while the view or any array made from it does.")
       .def_property_readonly("shape", [](const View& v) { return py::tuple(py::cast(v.shape)); })
-      .def_property_readonly("strides",
-                             [](const View& v) { return py::tuple(py::cast(v.strides)); },
-                             "Strides in elements.")
+      .def_property_readonly(
+          "strides", [](const View& v) { return py::tuple(py::cast(v.strides)); },
+          "Strides in elements.")
       .def_property_readonly("dtype", [](const View& v) { return dtype_name(v.dtype); })
       .def_property_readonly("addr", [](const View& v) { return v.addr; })
       .def_property_readonly("nbytes", &view_bytes)
@@ -374,8 +381,9 @@ void bind_storage(py::module_& m) {
       .def_property_readonly("kind", [](const StorageBox& b) { return b.storage->type().kind; })
       .def_property_readonly("addr", [](const StorageBox& b) { return b.storage->addr(); })
       .def_property_readonly("size", [](const StorageBox& b) { return b.storage->size(); })
-      .def_property_readonly("device_id", [](const StorageBox& b) { return b.storage->type().id; },
-                             "CUDA ordinal (Device), file descriptor (Disk), else 0.")
+      .def_property_readonly(
+          "device_id", [](const StorageBox& b) { return b.storage->type().id; },
+          "CUDA ordinal (Device), file descriptor (Disk), else 0.")
       .def_property_readonly("path",
                              [](const StorageBox& b) -> py::object {
                                auto* d = dynamic_cast<const DiskStorage*>(b.storage.get());
@@ -393,8 +401,11 @@ void bind_storage(py::module_& m) {
       .def(
           "remote_descriptor",
           [](StorageBox& b, py::object notification) {
-            std::lock_guard l(b.mu);
-            auto d = unwrap(remote_descriptor_of(registerable(b)));
+            auto d = [&] {
+              py::gil_scoped_release g;
+              std::lock_guard l(b.mu);
+              return unwrap(remote_descriptor_of(registerable(b)));
+            }();
             if (!notification.is_none()) d.set_notif(bytes_arg(notification, "notification"));
             return d;
           },
@@ -420,8 +431,8 @@ void bind_storage(py::module_& m) {
              return py::make_tuple(static_cast<int>(d.device_type), d.device_id);
            })
       .def("__repr__", [](const StorageBox& b) {
-        return "Storage(" + b.storage->type().to_string() + ", size=" +
-               std::to_string(b.storage->size()) + ")";
+        return "Storage(" + b.storage->type().to_string() +
+               ", size=" + std::to_string(b.storage->size()) + ")";
       });
 }
 
@@ -455,14 +466,14 @@ void bind_allocators(py::module_& m) {
                             "when their storage goes.")
       .def(py::init([](py::object dir) {
              if (dir.is_none()) return DiskAllocator();
-             return DiskAllocator(std::string(py::str(py::module_::import("os").attr("fspath")(dir))));
+             return DiskAllocator(
+                 std::string(py::str(py::module_::import("os").attr("fspath")(dir))));
            }),
            py::arg("dir") = py::none())
       .def_property_readonly("dir", [](const DiskAllocator& a) { return a.dir().string(); })
       .def("allocate", &allocate_storage<DiskAllocator>, py::arg("size"))
-      .def("__repr__", [](const DiskAllocator& a) {
-        return "DiskAllocator('" + a.dir().string() + "')";
-      });
+      .def("__repr__",
+           [](const DiskAllocator& a) { return "DiskAllocator('" + a.dir().string() + "')"; });
 }
 
 }  // namespace

@@ -11,11 +11,20 @@ namespace kvbm::python {
 namespace {
 
 constexpr ErrorCode kCodes[] = {
-    ErrorCode::AllocationFailed, ErrorCode::OutOfBounds,       ErrorCode::RegistrationFailed,
-    ErrorCode::AlreadyRegistered, ErrorCode::NotRegistered,    ErrorCode::DeviceUnavailable,
-    ErrorCode::InvalidArgument,  ErrorCode::Io,                ErrorCode::Unsupported,
-    ErrorCode::NotFound,         ErrorCode::Timeout,           ErrorCode::Remote,
-    ErrorCode::Cancelled,        ErrorCode::Internal,
+    ErrorCode::AllocationFailed,
+    ErrorCode::OutOfBounds,
+    ErrorCode::RegistrationFailed,
+    ErrorCode::AlreadyRegistered,
+    ErrorCode::NotRegistered,
+    ErrorCode::DeviceUnavailable,
+    ErrorCode::InvalidArgument,
+    ErrorCode::Io,
+    ErrorCode::Unsupported,
+    ErrorCode::NotFound,
+    ErrorCode::Timeout,
+    ErrorCode::Remote,
+    ErrorCode::Cancelled,
+    ErrorCode::Internal,
 };
 constexpr size_t kNumCodes = sizeof(kCodes) / sizeof(kCodes[0]);
 
@@ -184,18 +193,17 @@ void bind_desc_list(py::module_& m) {
   py::class_<xfer::DescList>(m, "DescList",
                              "Ranges of one memory type for an agent request: "
                              "(address or file offset, length, device id) tuples.")
-      .def(py::init([](xfer::MemType type, const std::vector<std::tuple<uint64_t, uint64_t,
-                                                                         uint64_t>>& descs) {
+      .def(py::init([](xfer::MemType type,
+                       const std::vector<std::tuple<uint64_t, uint64_t, uint64_t>>& descs) {
              xfer::DescList d(type);
              for (auto& [a, l, dev] : descs) d.add(a, l, dev);
              return d;
            }),
-           py::arg("mem_type"), py::arg("descs") = std::vector<std::tuple<uint64_t, uint64_t,
-                                                                           uint64_t>>{})
+           py::arg("mem_type"),
+           py::arg("descs") = std::vector<std::tuple<uint64_t, uint64_t, uint64_t>>{})
       .def_readonly("mem_type", &xfer::DescList::type)
       .def_property_readonly("descs", &descs_of)
-      .def("append", &xfer::DescList::add, py::arg("addr"), py::arg("len"),
-           py::arg("dev_id") = 0)
+      .def("append", &xfer::DescList::add, py::arg("addr"), py::arg("len"), py::arg("dev_id") = 0)
       .def("__len__", &xfer::DescList::size)
       .def(
           "__eq__", [](const xfer::DescList& a, const xfer::DescList& b) { return a == b; },
@@ -207,7 +215,6 @@ void bind_desc_list(py::module_& m) {
 }
 
 void bind_remote_descriptor(py::module_& m) {
-
   py::class_<RemoteDescriptor>(
       m, "RemoteDescriptor",
       "Memory registered with an agent, as a peer addresses it: address (file offset for "
@@ -268,9 +275,10 @@ void bind_remote_descriptor(py::module_& m) {
           py::is_operator())
       .def("__repr__", [](const RemoteDescriptor& d) {
         return "RemoteDescriptor(addr=" + std::to_string(d.storage().addr()) +
-               ", size=" + std::to_string(d.size()) + ", mem_type=" +
-               to_string(d.storage().mem_type()) + ", device_id=" +
-               std::to_string(d.storage().device_id()) + ", agent='" + d.agent_name() + "')";
+               ", size=" + std::to_string(d.size()) +
+               ", mem_type=" + to_string(d.storage().mem_type()) +
+               ", device_id=" + std::to_string(d.storage().device_id()) + ", agent='" +
+               d.agent_name() + "')";
       });
 }
 
@@ -294,8 +302,9 @@ void bind_module(py::module_& m) {
   m.def(
       "cuda_device_count", [] { return unwrap(cuda_device_count()); },
       "The number of usable GPUs; DeviceUnavailableError (with CUDA's reason) if none.");
-  m.def("set_log_level", [](const std::string& s) { set_log_level(parse_level(s)); },
-        py::arg("level"), "Level of kvbm's own log on stderr: debug, info, warn, error, off.");
+  m.def(
+      "set_log_level", [](const std::string& s) { set_log_level(parse_level(s)); },
+      py::arg("level"), "Level of kvbm's own log on stderr: debug, info, warn, error, off.");
 }
 
 }  // namespace kvbm::python
