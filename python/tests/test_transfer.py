@@ -73,8 +73,8 @@ def test_asyncio_raises_the_copy_error(engine, config, tmp_path):
         asyncio.run(bad())
 
 
-def _ticks_during(fn, period=0.005):
-    """Ticks of a sleeping ticker thread while fn() runs, and fn's duration."""
+def _ticks_during(fn, period=0.002):
+    """Ticks of a sleeping ticker thread while fn() runs."""
     count = [0]
     stop = threading.Event()
 
@@ -86,15 +86,20 @@ def _ticks_during(fn, period=0.005):
     th = threading.Thread(target=tick)
     th.start()
     time.sleep(0.01)
-    c0, t0 = count[0], time.perf_counter()
+    c0 = count[0]
     fn()
-    c1, dt = count[0], time.perf_counter() - t0
+    c1 = count[0]
     stop.set()
     th.join()
-    return c1 - c0, dt
+    return c1 - c0
 
 
 def test_gil_is_released_while_a_256_mib_copy_runs():
+    """A ticker thread keeps >= 90% of its ticks while the main thread waits for 256 MiB
+    copies, counted against the ticks it gets while the same copies run and the main
+    thread polls ready() with sleeps (which release the GIL whatever wait() does), so
+    that a loaded machine slows both windows alike. Holding the GIL in wait() would
+    leave the ticker almost no ticks."""
     config = kvbm.LayoutConfig(num_blocks=256, num_layers=2, outer_dim=2, page_size=16,
                                inner_dim=4096, dtype_bytes=2)  # 1 MiB blocks
     src = kvbm.Layout.allocate(config, kvbm.SystemAllocator())
@@ -103,19 +108,24 @@ def test_gil_is_released_while_a_256_mib_copy_runs():
     ids = list(range(256))
     one_thread.copy(src, ids, dst, ids).wait()  # fault the pages in
 
-    def copies():
-        end = time.perf_counter() + 0.5
+    def copies(wait, seconds=0.3):
+        end = time.perf_counter() + seconds
         while time.perf_counter() < end:
-            one_thread.copy(src, ids, dst, ids).wait()
+            t = one_thread.copy(src, ids, dst, ids)
+            if wait:
+                t.wait()
+            else:
+                while not t.ready():
+                    time.sleep(0.0005)
 
-    best = 0.0
-    for _ in range(3):  # a loaded machine may steal one window; the GIL would steal all
-        ticks, dt = _ticks_during(copies)
-        idle, _ = _ticks_during(lambda: time.sleep(dt))
-        best = max(best, ticks / max(idle, 1))
-        if best >= 0.9:
+    ratios = []
+    for _ in range(5):  # a loaded machine may spoil a window; holding the GIL spoils all
+        waiting = _ticks_during(lambda: copies(True))
+        polling = _ticks_during(lambda: copies(False))
+        ratios.append(waiting / max(polling, 1))
+        if ratios[-1] >= 0.9:
             break
-    assert best >= 0.9, f"the ticker kept {best:.0%} of its ticks"
+    assert max(ratios) >= 0.9, f"the ticker kept {[f'{r:.0%}' for r in ratios]} of its ticks"
 
 
 def test_copy_errors(engine, config, tmp_path):
