@@ -15,15 +15,16 @@ LayoutPtr box_of(Layout layout, DLDataType dtype) {
   return box;
 }
 
-// The element type of views when the caller names none: unsigned ints of dtype_bytes.
+// The element type of views when the caller names none: ints of dtype_bytes (signed
+// beyond one byte: torch has no wider unsigned types).
 DLDataType default_dtype(const LayoutConfig& c) {
   switch (c.dtype_bytes) {
     case 2:
-      return {kDLUInt, 16, 1};
+      return {kDLInt, 16, 1};
     case 4:
-      return {kDLUInt, 32, 1};
+      return {kDLInt, 32, 1};
     case 8:
-      return {kDLUInt, 64, 1};
+      return {kDLInt, 64, 1};
     default:
       return {kDLUInt, 8, 1};
   }
@@ -315,7 +316,7 @@ void bind_layout_making(LayoutClass& c) {
                py::arg("kind") = K::FullyContiguous, py::arg("order") = LayerOrder::BlockMajor,
                py::arg("dtype") = py::none(),
                "Allocates the layout's regions with `allocator`. `dtype` is the element "
-               "type of views (default: unsigned ints of config.dtype_bytes).")
+               "type of views (default: uint8, int16, int32 or int64 by config.dtype_bytes).")
       .def_static("from_memory", &layout_over, py::arg("memory"), py::arg("config") = py::none(),
                   py::kw_only(), py::arg("kind") = py::none(),
                   py::arg("order") = LayerOrder::BlockMajor, py::arg("pin") = false,

@@ -34,7 +34,7 @@ def test_device_pinned_device_round_trip(engine, gpu_config):
                                  kind=kvbm.LayoutKind.LAYER_SEPARATE)
     dev_b = kvbm.Layout.allocate(gpu_config, kvbm.DeviceAllocator(0))
     rng = np.random.default_rng(1)
-    want = rng.integers(0, 1 << 16, size=host.view().shape, dtype=np.uint16)
+    want = rng.integers(-(1 << 15), 1 << 15, size=host.view().shape, dtype=np.int16)
     host.view().numpy()[:] = want
     ids = list(range(16))
     engine.copy(host, ids, dev_a, ids[::-1]).wait()

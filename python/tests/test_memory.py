@@ -118,7 +118,7 @@ def test_address_tuple(config):
     arr = np.zeros(config.block_bytes * config.num_blocks, dtype=np.uint8)
     layout = kvbm.Layout.from_memory((arr.ctypes.data, arr.nbytes, "cpu"), config)
     view = layout.block(7)
-    assert view.dtype == "uint16"  # the default for dtype_bytes=2
+    assert view.dtype == "int16"  # the default for dtype_bytes=2
     view.numpy()[:] = 0x0101
     assert arr[7 * config.block_bytes:].all() and not arr[:7 * config.block_bytes].any()
 

@@ -32,7 +32,7 @@ def test_torch_tensor_round_trips_through_disk(engine, tmp_path):
 def test_copy_defaults_and_properties(engine, config):
     a = kvbm.Layout.allocate(config, kvbm.SystemAllocator())
     b = kvbm.Layout.allocate(config, kvbm.SystemAllocator(), kind=kvbm.LayoutKind.LAYER_SEPARATE)
-    a.view().numpy()[:] = np.arange(8, dtype=np.uint16)[:, None, None, None, None]
+    a.view().numpy()[:] = np.arange(8, dtype=np.int16)[:, None, None, None, None]
     t = engine.copy(a, np.array([1, 2, 3]), b)  # numpy ids; dst_ids default to src_ids
     t.wait(timeout=30)
     assert t.ready() and t.bytes == 3 * config.block_bytes and t.path == kvbm.TransferPath.HOST
@@ -43,7 +43,7 @@ def test_copy_defaults_and_properties(engine, config):
 
 def test_asyncio_awaits_several_copies(engine, config):
     src = kvbm.Layout.allocate(config.replace(num_blocks=64), kvbm.SystemAllocator())
-    src.view().numpy()[:] = np.arange(64, dtype=np.uint16)[:, None, None, None, None]
+    src.view().numpy()[:] = np.arange(64, dtype=np.int16)[:, None, None, None, None]
     dsts = [kvbm.Layout.allocate(config.replace(num_blocks=64), kvbm.SystemAllocator())
             for _ in range(4)]
 
