@@ -241,9 +241,24 @@ void capsule_destructor(PyObject* cap) {
   PyErr_Restore(type, value, tb);
 }
 
-py::object to_dlpack(const View& v, py::handle stream) {
+// The DLPack capsule of a view. A consumer that asks for a versioned capsule (max_version)
+// gets the unversioned one, as the protocol allows; dl_device must be the view's own and
+// copy must not be True (kvbm exports its memory, never a copy).
+py::object to_dlpack(const View& v, py::handle stream, py::handle max_version, py::handle dl_device,
+                     py::handle copy) {
+  (void)max_version;
   if (v.device.device_type == kDLCPU && !stream.is_none()) {
     throw py::value_error("stream must be None for CPU memory");
+  }
+  if (!copy.is_none() && copy.cast<bool>()) {
+    throw py::buffer_error("kvbm views export their memory; copy=True is not supported");
+  }
+  if (!dl_device.is_none()) {
+    auto d = dl_device.cast<std::pair<int, int>>();
+    if (d.first != v.device.device_type || d.second != v.device.device_id) {
+      throw py::buffer_error("dl_device (" + std::to_string(d.first) + ", " +
+                             std::to_string(d.second) + ") is not the view's device");
+    }
   }
   // Nothing kvbm does is pending on a consumer's stream: a Transfer is waited for before
   // its blocks are read, so any `stream` is already in order.
@@ -345,7 +360,9 @@ void bind_view(py::module_& m) {
       .def_property_readonly("__array_interface__", &array_interface,
                              "numpy's array interface (host memory): numpy.asarray(view) "
                              "is a writable array over the view's memory.")
-      .def("__dlpack__", &to_dlpack, py::kw_only(), py::arg("stream") = py::none())
+      .def("__dlpack__", &to_dlpack, py::kw_only(), py::arg("stream") = py::none(),
+           py::arg("max_version") = py::none(), py::arg("dl_device") = py::none(),
+           py::arg("copy") = py::none())
       .def("__dlpack_device__",
            [](const View& v) {
              return py::make_tuple(static_cast<int>(v.device.device_type), v.device.device_id);
@@ -423,8 +440,12 @@ void bind_storage(py::module_& m) {
       .def("view", [](const StoragePtr& b) { return storage_view(b); })
       .def(
           "__dlpack__",
-          [](const StoragePtr& b, py::handle stream) { return to_dlpack(storage_view(b), stream); },
-          py::kw_only(), py::arg("stream") = py::none())
+          [](const StoragePtr& b, py::handle stream, py::handle max_version, py::handle dl_device,
+             py::handle copy) {
+            return to_dlpack(storage_view(b), stream, max_version, dl_device, copy);
+          },
+          py::kw_only(), py::arg("stream") = py::none(), py::arg("max_version") = py::none(),
+          py::arg("dl_device") = py::none(), py::arg("copy") = py::none())
       .def("__dlpack_device__",
            [](const StoragePtr& b) {
              DLDevice d = dl_device_of(b->storage->type(), "a view");

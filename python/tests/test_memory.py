@@ -160,6 +160,12 @@ def test_memory_errors(config):
         layout.block(-1)
     with pytest.raises(ValueError):
         layout.block(0).__dlpack__(stream=1)
+    with pytest.raises(BufferError, match="copy=True"):
+        layout.block(0).__dlpack__(copy=True)
+    with pytest.raises(BufferError, match="not the view's device"):
+        layout.block(0).__dlpack__(dl_device=(2, 0))
+    # Newer consumers ask for a versioned capsule and take the classic one.
+    assert layout.block(0).__dlpack__(max_version=(1, 0), dl_device=(1, 0), copy=False)
 
 
 def test_pinned_and_device_need_a_gpu(config):
