@@ -1,5 +1,6 @@
 // The transfer agent: backends, registration, metadata, publish/fetch, READ/WRITE
 // requests, notifications.
+#include <optional>
 #include <thread>
 
 #include "common.h"
@@ -185,9 +186,14 @@ void bind_registration(py::module_& m) {
       "block, or when dropped.")
       .def_property_readonly("regions",
                              [](RegistrationBox& r) -> py::object {
-                               std::lock_guard l(r.mu);
-                               if (!r.reg) return py::none();
-                               return py::cast(r.reg->regions());
+                               std::optional<xfer::DescList> d;
+                               {
+                                 py::gil_scoped_release g;
+                                 std::lock_guard l(r.mu);
+                                 if (r.reg) d = r.reg->regions();
+                               }
+                               if (!d) return py::none();
+                               return py::cast(*d);
                              })
       .def("release",
            [](RegistrationBox& r) {

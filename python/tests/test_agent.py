@@ -1,5 +1,6 @@
 """The agent: descriptors, metadata, publish/fetch, requests, notifications, two processes."""
 
+import asyncio
 import multiprocessing
 import pickle
 import socket
@@ -61,6 +62,9 @@ def test_in_process_metadata_read_write_and_notifications():
     req.post()
     req.wait(timeout=20)
     assert req.ready() and req.error is None
+    async def both():  # requests are awaitable too
+        await asyncio.gather(b.read(dst, src.remote_descriptor()), b.read(dst, src.desc_list(), "a"))
+    asyncio.run(both())
     b.notify("a", "ping")
     assert a.wait_notification(timeout=20, peer="b", message=b"ping").message == b"ping"
     assert a.notifications() == []
@@ -154,3 +158,18 @@ def test_two_processes_write_with_notification():
     assert child.exitcode == 0
     assert n.agent == "writer"
     assert (dst.view().numpy() == pattern(nbytes, 7)).all()
+
+
+def test_register_memory_ranges():
+    a = kvbm.Agent("ranges")
+    arr = np.zeros(8192, dtype=np.uint8)
+    d = kvbm.DescList(kvbm.MemType.DRAM, [(arr.ctypes.data, 8192, 0)])
+    with a.register_memory(d) as reg:
+        assert reg.regions == d
+        with pytest.raises(kvbm.InvalidArgumentError, match="overlaps"):
+            a.register_memory(d)
+    assert reg.regions is None
+    a.register_memory(d).release()  # free to register again
+    over = kvbm.Storage.from_memory(arr)
+    a.register(over)
+    assert over.remote_descriptor().addr == arr.ctypes.data
