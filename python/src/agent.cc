@@ -106,7 +106,7 @@ RequestPtr make_request(const AgentPtr& a, xfer::Op op, py::handle local, py::ha
   } else {
     throw py::type_error("remote must be a kvbm.RemoteDescriptor or a kvbm.DescList");
   }
-  if (!peer.is_none()) peer_name = peer.cast<std::string>();
+  if (!peer.is_none()) peer_name = cast_arg<std::string>(peer, "peer", "an agent name");
   if (peer_name.empty()) throw py::value_error("peer is required with a DescList remote");
   if (!notification.is_none()) notif = bytes_arg(notification, "notification");
   py::gil_scoped_release g;
@@ -133,7 +133,7 @@ xfer::Notification wait_notification(const AgentPtr& a, py::handle timeout, py::
                                      py::handle message) {
   auto ms = timeout_arg(timeout);
   std::optional<std::string> p, msg;
-  if (!peer.is_none()) p = peer.cast<std::string>();
+  if (!peer.is_none()) p = cast_arg<std::string>(peer, "peer", "an agent name");
   if (!message.is_none()) msg = bytes_arg(message, "message");
   py::gil_scoped_release g;
   const auto deadline = std::chrono::steady_clock::now() + ms;
@@ -151,7 +151,10 @@ xfer::Notification wait_notification(const AgentPtr& a, py::handle timeout, py::
 AgentPtr make_agent(const std::string& name, py::object backends, bool progress_thread,
                     double peer_timeout, bool add_cuda_if_gpu, size_t max_metadata_bytes) {
   xfer::AgentConfig c;
-  if (!backends.is_none()) c.backends = backends.cast<std::vector<std::string>>();
+  if (PyUnicode_Check(backends.ptr())) throw py::type_error("backends must be a list of names");
+  if (!backends.is_none()) {
+    c.backends = cast_arg<std::vector<std::string>>(backends, "backends", "a list of names");
+  }
   c.progress_thread = progress_thread;
   c.peer_timeout = timeout_arg(py::float_(peer_timeout));
   c.add_cuda_if_gpu = add_cuda_if_gpu;
@@ -275,7 +278,9 @@ void bind_agent_basics(AgentClass& c) {
           "create_backend",
           [](const AgentPtr& a, const std::string& type, py::object params) {
             xfer::BackendParams p;
-            if (!params.is_none()) p = params.cast<xfer::BackendParams>();
+            if (!params.is_none()) {
+              p = cast_arg<xfer::BackendParams>(params, "params", "a dict of str to str");
+            }
             py::gil_scoped_release g;
             check(A(a).create_backend(type, p));
           },
@@ -283,7 +288,9 @@ void bind_agent_basics(AgentClass& c) {
       .def(
           "register",
           [](const AgentPtr& a, py::handle obj, py::object backend) {
-            register_obj(a, obj, backend.is_none() ? "" : backend.cast<std::string>());
+            register_obj(
+                a, obj,
+                backend.is_none() ? "" : cast_arg<std::string>(backend, "backend", "a name"));
           },
           py::arg("obj"), py::kw_only(), py::arg("backend") = py::none(),
           "Registers a Storage or every region of a Layout; the registration lives with "
@@ -293,7 +300,8 @@ void bind_agent_basics(AgentClass& c) {
           [](const AgentPtr& a, const xfer::DescList& d, py::object backend) {
             auto box = std::make_shared<RegistrationBox>();
             box->agent = a;
-            std::string b = backend.is_none() ? "" : backend.cast<std::string>();
+            std::string b =
+                backend.is_none() ? "" : cast_arg<std::string>(backend, "backend", "a name");
             py::gil_scoped_release g;
             box->reg = unwrap(A(a).register_memory(d, b));
             return box;

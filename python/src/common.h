@@ -168,6 +168,16 @@ std::vector<size_t> to_ids(py::handle obj, const char* name);
 std::string bytes_arg(py::handle obj, const char* name);
 // Seconds (None: a day) as milliseconds; ValueError for a negative or NaN value.
 std::chrono::milliseconds timeout_arg(py::handle seconds);
+// obj as a T; TypeError "NAME must be EXPECTED, got TYPE" when it is not one.
+template <typename T>
+T cast_arg(py::handle obj, const char* name, const char* expected) {
+  try {
+    return obj.cast<T>();
+  } catch (const py::cast_error&) {
+    throw py::type_error(std::string(name) + " must be " + expected + ", got " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+  }
+}
 // Non-negative index; ValueError otherwise.
 size_t index_arg(int64_t v, const char* name);
 

@@ -189,8 +189,9 @@ View block_view(const LayoutPtr& b, int64_t block, py::object layer) {
     auto r = unwrap(l.memory_region(index_arg(block, "block"), 0, 0));
     return make_view(b, r.addr, {static_cast<int64_t>(c.num_layers), O, P}, {st.layer, st.outer});
   }
-  auto r = unwrap(
-      l.memory_region(index_arg(block, "block"), index_arg(layer.cast<int64_t>(), "layer"), 0));
+  auto r =
+      unwrap(l.memory_region(index_arg(block, "block"),
+                             index_arg(cast_arg<int64_t>(layer, "layer", "an int"), "layer"), 0));
   return make_view(b, r.addr, {O, P}, {st.outer});
 }
 
@@ -208,7 +209,8 @@ View layout_view(const LayoutPtr& b, py::object layer) {
     return make_view(b, l.region(0).addr(), {N, static_cast<int64_t>(c.num_layers), O, P},
                      {st.block, st.layer, st.outer});
   }
-  auto r = unwrap(l.memory_region(0, index_arg(layer.cast<int64_t>(), "layer"), 0));
+  auto r = unwrap(
+      l.memory_region(0, index_arg(cast_arg<int64_t>(layer, "layer", "an int"), "layer"), 0));
   return make_view(b, r.addr, {N, O, P}, {st.block, st.outer});
 }
 
@@ -272,7 +274,7 @@ void bind_config(py::module_& m) {
             LayoutConfig n = c;
             for (auto [k, v] : kw) {
               auto key = k.cast<std::string>();
-              size_t val = v.cast<size_t>();
+              auto val = cast_arg<size_t>(v, key.c_str(), "an int >= 0");
               if (key == "num_blocks")
                 n.num_blocks = val;
               else if (key == "num_layers")

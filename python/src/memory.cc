@@ -69,7 +69,7 @@ StorageType device_arg(py::handle d) {
     throw py::value_error("device must be 'cpu', 'pinned', 'cuda' or 'cuda:N', got '" + s + "'");
   }
   if (PyTuple_Check(d.ptr()) && py::len(d) == 2) {
-    auto t = d.cast<std::pair<int, int64_t>>();
+    auto t = cast_arg<std::pair<int, int64_t>>(d, "device", "(DLPack device type, id)");
     return device_from_dl(t.first, t.second);
   }
   throw py::type_error(
@@ -125,8 +125,8 @@ ImportedMemory import_memory(py::handle obj) {
   if (PyTuple_Check(obj.ptr()) && py::len(obj) == 3) {
     py::tuple t = py::reinterpret_borrow<py::tuple>(obj);
     ImportedMemory m;
-    int64_t addr = t[0].cast<int64_t>();
-    int64_t size = t[1].cast<int64_t>();
+    auto addr = cast_arg<int64_t>(t[0], "address", "an int");
+    auto size = cast_arg<int64_t>(t[1], "size", "an int");
     if (addr == 0) throw py::value_error("address must not be 0");
     if (size <= 0) throw py::value_error("size must be > 0, got " + std::to_string(size));
     m.addr = static_cast<uint64_t>(addr);
@@ -254,7 +254,7 @@ py::object to_dlpack(const View& v, py::handle stream, py::handle max_version, p
     throw py::buffer_error("kvbm views export their memory; copy=True is not supported");
   }
   if (!dl_device.is_none()) {
-    auto d = dl_device.cast<std::pair<int, int>>();
+    auto d = cast_arg<std::pair<int, int>>(dl_device, "dl_device", "(device type, id)");
     if (d.first != v.device.device_type || d.second != v.device.device_id) {
       throw py::buffer_error("dl_device (" + std::to_string(d.first) + ", " +
                              std::to_string(d.second) + ") is not the view's device");

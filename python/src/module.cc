@@ -113,7 +113,7 @@ std::string bytes_arg(py::handle obj, const char* name) {
 
 std::chrono::milliseconds timeout_arg(py::handle seconds) {
   if (seconds.is_none()) return std::chrono::hours(24);
-  double s = seconds.cast<double>();
+  auto s = cast_arg<double>(seconds, "timeout", "a number of seconds or None");
   if (std::isnan(s) || s < 0) {
     throw py::value_error("timeout must be >= 0 seconds, got " + std::to_string(s));
   }
@@ -146,6 +146,9 @@ void bind_errors(py::module_& m) {
     } catch (const KvbmException& e) {
       py::object inst = make_exception(e.error);
       PyErr_SetObject(error_class(e.error.code), inst.ptr());
+    } catch (const py::cast_error& e) {
+      // An argument of the wrong type that no cast_arg() named.
+      PyErr_SetString(PyExc_TypeError, e.what());
     }
   });
 }

@@ -93,7 +93,13 @@ def test_agent_errors():
         kvbm.Agent("")
     with pytest.raises(kvbm.NotFoundError, match="NOPE"):
         kvbm.Agent("x", backends=["NOPE"])
+    with pytest.raises(TypeError, match="backends must be a list"):
+        kvbm.Agent("x", backends="UCX")
     a = kvbm.Agent("errors")
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        a.wait_notification(timeout="soon")
+    with pytest.raises(TypeError, match="params must be a dict"):
+        a.create_backend("GDS", params={"threads": 8})
     with pytest.raises(kvbm.AlreadyRegisteredError):
         a.create_backend("UCX")
     with pytest.raises(kvbm.NotFoundError):

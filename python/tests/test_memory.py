@@ -140,6 +140,14 @@ def test_memory_errors(config):
         kvbm.Layout.from_memory("not memory", config)
     with pytest.raises(ValueError, match="device must be"):
         kvbm.Layout.from_memory((arr.ctypes.data, arr.nbytes, "tpu"), config)
+    with pytest.raises(TypeError, match="address must be an int"):
+        kvbm.Storage.from_memory(("0x1000", 4096, "cpu"))
+    with pytest.raises(TypeError, match="device must be"):
+        kvbm.Storage.from_memory((arr.ctypes.data, 4096, (1, "x")))
+    with pytest.raises(TypeError, match="num_blocks must be an int >= 0"):
+        config.replace(num_blocks=-1)
+    with pytest.raises(TypeError, match="has no field"):
+        config.replace(blocks=1)
     with pytest.raises(ValueError, match="size must be > 0"):
         kvbm.Storage.from_memory((arr.ctypes.data, 0, "cpu"))
     with pytest.raises(kvbm.InvalidArgumentError, match="inner_dim") as e:
