@@ -11,20 +11,20 @@ BlockIds = Union[Sequence[int], Iterable[int]]
 Memory = Any
 
 class ErrorCode(enum.Enum):
-    AllocationFailed: ErrorCode
-    OutOfBounds: ErrorCode
-    RegistrationFailed: ErrorCode
-    AlreadyRegistered: ErrorCode
-    NotRegistered: ErrorCode
-    DeviceUnavailable: ErrorCode
-    InvalidArgument: ErrorCode
-    Io: ErrorCode
-    Unsupported: ErrorCode
-    NotFound: ErrorCode
-    Timeout: ErrorCode
-    Remote: ErrorCode
-    Cancelled: ErrorCode
-    Internal: ErrorCode
+    ALLOCATION_FAILED: ErrorCode
+    OUT_OF_BOUNDS: ErrorCode
+    REGISTRATION_FAILED: ErrorCode
+    ALREADY_REGISTERED: ErrorCode
+    NOT_REGISTERED: ErrorCode
+    DEVICE_UNAVAILABLE: ErrorCode
+    INVALID_ARGUMENT: ErrorCode
+    IO: ErrorCode
+    UNSUPPORTED: ErrorCode
+    NOT_FOUND: ErrorCode
+    TIMEOUT: ErrorCode
+    REMOTE: ErrorCode
+    CANCELLED: ErrorCode
+    INTERNAL: ErrorCode
 
 class StorageKind(enum.Enum):
     SYSTEM: StorageKind

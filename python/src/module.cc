@@ -128,12 +128,23 @@ size_t index_arg(int64_t v, const char* name) {
 
 namespace {
 
+// "OutOfBounds" -> "OUT_OF_BOUNDS", as the other enums' members are spelled.
+std::string upper_snake(const std::string& camel) {
+  std::string out;
+  for (size_t i = 0; i < camel.size(); ++i) {
+    char c = camel[i];
+    if (i > 0 && c >= 'A' && c <= 'Z') out += '_';
+    out += static_cast<char>(c >= 'a' && c <= 'z' ? c - 'a' + 'A' : c);
+  }
+  return out;
+}
+
 void bind_errors(py::module_& m) {
   py::enum_<ErrorCode> code(m, "ErrorCode", "The code of a kvbm.Error (kvbm/result.h).");
   py::module_ errors = py::module_::import("kvbm._errors");
   for (size_t i = 0; i < kNumCodes; ++i) {
     std::string name(to_string(kCodes[i]));
-    code.value(name.c_str(), kCodes[i]);
+    code.value(upper_snake(name).c_str(), kCodes[i]);
     py::object cls = errors.attr((name + "Error").c_str());
     g_error_classes[i] = cls.inc_ref().ptr();
   }

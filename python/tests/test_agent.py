@@ -116,7 +116,7 @@ def test_agent_errors():
         a.publish("", b"x")
     with pytest.raises(kvbm.TimeoutError) as e:
         a.wait_notification(timeout=0.01)
-    assert isinstance(e.value, TimeoutError) and e.value.code == kvbm.ErrorCode.Timeout
+    assert isinstance(e.value, TimeoutError) and e.value.code == kvbm.ErrorCode.TIMEOUT
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

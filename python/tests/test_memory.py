@@ -135,7 +135,7 @@ def test_memory_errors(config):
         kvbm.Layout.from_memory(arr, config.replace(dtype_bytes=4))
     with pytest.raises(kvbm.OutOfBoundsError, match="needs 16384") as e:
         kvbm.Layout.from_memory(arr[:4], config)  # half the blocks' bytes
-    assert e.value.code == kvbm.ErrorCode.OutOfBounds
+    assert e.value.code == kvbm.ErrorCode.OUT_OF_BOUNDS
     with pytest.raises(TypeError, match="__dlpack__"):
         kvbm.Layout.from_memory("not memory", config)
     with pytest.raises(ValueError, match="device must be"):
@@ -152,7 +152,7 @@ def test_memory_errors(config):
         kvbm.Storage.from_memory((arr.ctypes.data, 0, "cpu"))
     with pytest.raises(kvbm.InvalidArgumentError, match="inner_dim") as e:
         kvbm.LayoutConfig(num_blocks=1, num_layers=1, page_size=1, inner_dim=0)
-    assert isinstance(e.value, ValueError) and e.value.code == kvbm.ErrorCode.InvalidArgument
+    assert isinstance(e.value, ValueError) and e.value.code == kvbm.ErrorCode.INVALID_ARGUMENT
     with pytest.raises(kvbm.InvalidArgumentError):
         kvbm.SystemAllocator().allocate(0)
     with pytest.raises(TypeError):
@@ -181,7 +181,7 @@ def test_pinned_and_device_need_a_gpu(config):
         pytest.skip("a GPU is present")
     with pytest.raises(kvbm.DeviceUnavailableError) as e:
         kvbm.PinnedAllocator().allocate(4096)
-    assert e.value.code == kvbm.ErrorCode.DeviceUnavailable and e.value.message
+    assert e.value.code == kvbm.ErrorCode.DEVICE_UNAVAILABLE and e.value.message
     with pytest.raises(kvbm.DeviceUnavailableError):
         kvbm.Layout.allocate(config, kvbm.DeviceAllocator(0))
     with pytest.raises(kvbm.DeviceUnavailableError):
@@ -214,3 +214,11 @@ def test_agent_dropped_before_its_registrations_exits_cleanly():
     assert r.returncode == 0, r.stderr
     assert r.stdout == "short-lived\n"
     assert r.stderr == ""
+
+
+def test_every_error_code_has_its_class():
+    classes = [getattr(kvbm, n) for n in kvbm._errors.__all__ if n != "Error"]
+    assert sorted(c.code.name for c in classes) == sorted(kvbm.ErrorCode.__members__)
+    assert all(issubclass(c, kvbm.Error) for c in classes)
+    e = kvbm.NotFoundError("no such agent 'x'")
+    assert isinstance(e, LookupError) and e.message == str(e) == "no such agent 'x'"
