@@ -11,8 +11,9 @@ import asyncio as _asyncio
 import concurrent.futures as _futures
 import threading as _threading
 
+from . import _errors
 from ._errors import *  # noqa: F401,F403
-from ._errors import Error
+from ._errors import Error, TimeoutError  # noqa: A004
 from ._kvbm import (
     Agent,
     DescList,
@@ -27,9 +28,9 @@ from ._kvbm import (
     MemType,
     Notification,
     Op,
+    PinnedAllocator,
     RemoteDescriptor,
     Request,
-    PinnedAllocator,
     Storage,
     StorageKind,
     SystemAllocator,
@@ -44,6 +45,13 @@ from ._kvbm import (
 )
 
 __version__ = "0.1.0"
+__all__ = [
+    "Agent", "DescList", "DeviceAllocator", "DiskAllocator", "ErrorCode", "LayerOrder",
+    "Layout", "LayoutConfig", "LayoutKind", "MemoryRegistration", "MemType", "Notification",
+    "Op", "PinnedAllocator", "RemoteDescriptor", "Request", "Storage", "StorageKind",
+    "SystemAllocator", "Transfer", "TransferEngine", "TransferPath", "View", "XferState",
+    "built_with_cuda", "cuda_device_count", "gpu_count", "set_log_level",
+] + [n for n in _errors.__all__ if n != "TimeoutError"]  # a star import would shadow the builtin
 
 
 def gpu_count() -> int:
