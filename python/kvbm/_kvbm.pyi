@@ -1,0 +1,276 @@
+# Type stubs of kvbm's C++ extension (python/src). Every blocking call releases the GIL.
+# Errors: kvbm.Error subclasses (kvbm._errors) carrying .code and .message; TypeError and
+# ValueError for arguments of the wrong type or value.
+import enum
+from typing import Any, Generator, Iterable, Mapping, Optional, Sequence, Tuple, Union
+
+BytesLike = Union[bytes, bytearray, memoryview, str]
+BlockIds = Union[Sequence[int], Iterable[int]]
+# An object with __dlpack__ (numpy array, torch tensor) or (address, size, device), where
+# device is "cpu", "pinned", "cuda", "cuda:N" or a (DLPack device type, id) tuple.
+Memory = Any
+
+class ErrorCode(enum.Enum):
+    ALLOCATION_FAILED: ErrorCode
+    OUT_OF_BOUNDS: ErrorCode
+    REGISTRATION_FAILED: ErrorCode
+    ALREADY_REGISTERED: ErrorCode
+    NOT_REGISTERED: ErrorCode
+    DEVICE_UNAVAILABLE: ErrorCode
+    INVALID_ARGUMENT: ErrorCode
+    IO: ErrorCode
+    UNSUPPORTED: ErrorCode
+    NOT_FOUND: ErrorCode
+    TIMEOUT: ErrorCode
+    REMOTE: ErrorCode
+    CANCELLED: ErrorCode
+    INTERNAL: ErrorCode
+
+class StorageKind(enum.Enum):
+    SYSTEM: StorageKind
+    PINNED: StorageKind
+    DEVICE: StorageKind
+    DISK: StorageKind
+    REMOTE: StorageKind
+    NULL: StorageKind
+
+class MemType(enum.Enum):
+    DRAM: MemType
+    VRAM: MemType
+    FILE: MemType
+    UNKNOWN: MemType
+
+class LayoutKind(enum.Enum):
+    FULLY_CONTIGUOUS: LayoutKind
+    LAYER_SEPARATE: LayoutKind
+
+class LayerOrder(enum.Enum):
+    BLOCK_MAJOR: LayerOrder
+    OUTER_MAJOR: LayerOrder
+
+class TransferPath(enum.Enum):
+    HOST: TransferPath
+    CUDA: TransferPath
+    FILE: TransferPath
+    REMOTE: TransferPath
+    STAGED: TransferPath
+
+class Op(enum.Enum):
+    READ: Op
+    WRITE: Op
+
+class XferState(enum.Enum):
+    IDLE: XferState
+    IN_PROGRESS: XferState
+    DONE: XferState
+    ERROR: XferState
+
+def built_with_cuda() -> bool: ...
+def cuda_device_count() -> int:
+    """Usable GPUs; DeviceUnavailableError when there are none."""
+def set_log_level(level: str) -> None: ...
+
+class DescList:
+    def __init__(self, mem_type: MemType, descs: Sequence[Tuple[int, int, int]] = ...) -> None: ...
+    @property
+    def mem_type(self) -> MemType: ...
+    @property
+    def descs(self) -> list[Tuple[int, int, int]]: ...
+    def append(self, addr: int, len: int, dev_id: int = 0) -> None: ...
+    def __len__(self) -> int: ...
+
+class RemoteDescriptor:
+    def __init__(self, addr: int, size: int, mem_type: MemType, device_id: int, agent: str,
+                 notification: Optional[BytesLike] = None) -> None: ...
+    addr: int
+    size: int
+    mem_type: MemType
+    device_id: int
+    agent: str
+    notification: Optional[bytes]
+    def desc_list(self) -> DescList: ...
+    def slice(self, offset: int, size: int) -> RemoteDescriptor: ...
+    def to_bytes(self) -> bytes: ...
+    def to_json(self) -> str: ...
+    @staticmethod
+    def from_bytes(data: BytesLike) -> RemoteDescriptor: ...
+    @staticmethod
+    def from_json(text: BytesLike) -> RemoteDescriptor: ...
+
+class View:
+    """An n-D array over kvbm memory; keeps the memory alive."""
+    shape: Tuple[int, ...]
+    strides: Tuple[int, ...]
+    dtype: str
+    addr: int
+    nbytes: int
+    __array_interface__: dict
+    def __dlpack__(self, *, stream: Optional[int] = None,
+                   max_version: Optional[Tuple[int, int]] = None,
+                   dl_device: Optional[Tuple[int, int]] = None,
+                   copy: Optional[bool] = None) -> Any: ...
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+    def numpy(self) -> Any: ...
+
+class Storage:
+    @staticmethod
+    def from_memory(memory: Memory, *, pin: bool = False) -> Storage: ...
+    kind: StorageKind
+    addr: int
+    size: int
+    device_id: int
+    path: Optional[str]
+    registered_agent: Optional[str]
+    def desc_list(self) -> DescList: ...
+    def remote_descriptor(self, notification: Optional[BytesLike] = None) -> RemoteDescriptor: ...
+    def deregister(self) -> None: ...
+    def view(self) -> View: ...
+    def __dlpack__(self, *, stream: Optional[int] = None,
+                   max_version: Optional[Tuple[int, int]] = None,
+                   dl_device: Optional[Tuple[int, int]] = None,
+                   copy: Optional[bool] = None) -> Any: ...
+    def __dlpack_device__(self) -> Tuple[int, int]: ...
+
+class SystemAllocator:
+    def __init__(self, *, shareable: bool = False) -> None: ...
+    def allocate(self, size: int) -> Storage: ...
+
+class PinnedAllocator:
+    def __init__(self) -> None: ...
+    def allocate(self, size: int) -> Storage: ...
+
+class DeviceAllocator:
+    def __init__(self, ordinal: int = 0) -> None: ...
+    ordinal: int
+    def allocate(self, size: int) -> Storage: ...
+
+class DiskAllocator:
+    def __init__(self, dir: Optional[Any] = None) -> None: ...
+    dir: str
+    def allocate(self, size: int) -> Storage: ...
+
+Allocator = Union[SystemAllocator, PinnedAllocator, DeviceAllocator, DiskAllocator]
+
+class LayoutConfig:
+    def __init__(self, *, num_blocks: int, num_layers: int, outer_dim: int = 2,
+                 page_size: int, inner_dim: int, dtype_bytes: int = 2,
+                 alignment: int = 1) -> None: ...
+    num_blocks: int
+    num_layers: int
+    outer_dim: int
+    page_size: int
+    inner_dim: int
+    dtype_bytes: int
+    alignment: int
+    chunk_bytes: int
+    block_bytes: int
+    def replace(self, **fields: int) -> LayoutConfig: ...
+
+class Layout:
+    @staticmethod
+    def allocate(config: LayoutConfig, allocator: Allocator, *,
+                 kind: LayoutKind = LayoutKind.FULLY_CONTIGUOUS,
+                 order: LayerOrder = LayerOrder.BLOCK_MAJOR,
+                 dtype: Optional[Any] = None) -> Layout: ...
+    @staticmethod
+    def from_memory(memory: Union[Memory, Sequence[Memory]],
+                    config: Optional[LayoutConfig] = None, *,
+                    kind: Optional[LayoutKind] = None,
+                    order: LayerOrder = LayerOrder.BLOCK_MAJOR, pin: bool = False) -> Layout: ...
+    @staticmethod
+    def from_bytes(data: BytesLike) -> Layout: ...
+    @staticmethod
+    def from_json(text: BytesLike) -> Layout: ...
+    def to_bytes(self) -> bytes: ...
+    def to_json(self) -> str: ...
+    config: LayoutConfig
+    kind: LayoutKind
+    order: LayerOrder
+    num_blocks: int
+    storage_kind: StorageKind
+    device_id: int
+    dtype: str
+    is_remote: bool
+    remote_agent: str
+    regions: list[Tuple[int, int]]
+    def memory_region(self, block: int, layer: int, outer: int = 0) -> Tuple[int, int]: ...
+    def same_shape(self, other: Layout) -> bool: ...
+    def block(self, block: int, layer: Optional[int] = None) -> View: ...
+    def chunk(self, block: int, layer: int, outer: int = 0) -> View: ...
+    def view(self, layer: Optional[int] = None) -> View: ...
+    def checksum(self, blocks: Optional[BlockIds] = None) -> int: ...
+
+class Transfer:
+    def wait(self, timeout: Optional[float] = None) -> None: ...
+    def ready(self) -> bool: ...
+    async def wait_async(self, timeout: Optional[float] = None) -> None: ...
+    def __await__(self) -> Generator[Any, None, None]: ...
+    path: TransferPath
+    bytes: int
+    chunks: int
+
+class TransferEngine:
+    def __init__(self, *, host_threads: int = 0, uring_queue_depth: int = 64,
+                 staging_bytes: int = 64 << 20) -> None: ...
+    def copy(self, src: Layout, src_ids: BlockIds, dst: Layout,
+             dst_ids: Optional[BlockIds] = None, *, agent: Optional[Agent] = None,
+             notification: Optional[BytesLike] = None) -> Transfer: ...
+    def path_for(self, src: Layout, dst: Layout) -> TransferPath: ...
+    def register_host_layout(self, layout: Layout) -> None: ...
+    host_threads: int
+    file_fixed_ios: int
+
+class Notification:
+    agent: str
+    message: bytes
+
+class MemoryRegistration:
+    regions: Optional[DescList]
+    def release(self) -> None: ...
+    def __enter__(self) -> MemoryRegistration: ...
+    def __exit__(self, *exc: Any) -> None: ...
+
+class Request:
+    def post(self) -> None: ...
+    state: XferState
+    def ready(self) -> bool: ...
+    error: Optional[Exception]
+    def wait(self, timeout: Optional[float] = None) -> None: ...
+    async def wait_async(self, timeout: Optional[float] = None) -> None: ...
+    def __await__(self) -> Generator[Any, None, None]: ...
+
+class Agent:
+    def __init__(self, name: str, *, backends: Optional[Sequence[str]] = None,
+                 progress_thread: bool = True, peer_timeout: float = 10.0,
+                 add_cuda_if_gpu: bool = True, max_metadata_bytes: int = 64 << 20) -> None: ...
+    name: str
+    backends: list[str]
+    def create_backend(self, type: str, params: Optional[Mapping[str, str]] = None) -> None: ...
+    def register(self, obj: Union[Storage, Layout], *, backend: Optional[str] = None) -> None: ...
+    def register_memory(self, regions: DescList, *,
+                        backend: Optional[str] = None) -> MemoryRegistration: ...
+    def metadata(self) -> bytes: ...
+    def load_metadata(self, metadata: BytesLike) -> str: ...
+    def invalidate(self, peer: str) -> None: ...
+    def has_remote(self, peer: str) -> bool: ...
+    def listen(self, host: str = "127.0.0.1", port: int = 0) -> int: ...
+    def fetch_metadata(self, host: str, port: int, timeout: Optional[float] = 5.0) -> str: ...
+    def publish(self, key: str, value: Union[BytesLike, RemoteDescriptor]) -> None: ...
+    def unpublish(self, key: str) -> None: ...
+    def fetch(self, host: str, port: int, key: str, timeout: Optional[float] = 5.0) -> bytes: ...
+    def fetch_descriptor(self, host: str, port: int, key: str, timeout: Optional[float] = 5.0,
+                         *, reload: bool = False) -> RemoteDescriptor: ...
+    def request(self, op: Op, local: Union[Storage, DescList],
+                remote: Union[RemoteDescriptor, DescList], peer: Optional[str] = None, *,
+                notification: Optional[BytesLike] = None, post: bool = True) -> Request: ...
+    def read(self, local: Union[Storage, DescList], remote: Union[RemoteDescriptor, DescList],
+             peer: Optional[str] = None, *,
+             notification: Optional[BytesLike] = None) -> Request: ...
+    def write(self, local: Union[Storage, DescList], remote: Union[RemoteDescriptor, DescList],
+              peer: Optional[str] = None, *,
+              notification: Optional[BytesLike] = None) -> Request: ...
+    def notify(self, peer: str, message: BytesLike) -> None: ...
+    def notifications(self) -> list[Notification]: ...
+    def wait_notification(self, timeout: Optional[float] = 5.0, *, peer: Optional[str] = None,
+                          message: Optional[BytesLike] = None) -> Notification: ...
+    def progress(self) -> None: ...
