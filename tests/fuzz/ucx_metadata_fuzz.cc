@@ -8,6 +8,7 @@
 //            1: the rest is region 0's UCX remote info
 //            2: the rest is region 0's packed key (inside its remote info)
 //            3: the rest is the worker address (after the transport and host lines)
+//            4: the rest is the transport and host lines (before the worker address)
 // Any input must load or fail with an error and a message, never crash or abort.
 // KVBM_FUZZ_WRITE_SEEDS=<dir> writes one seed per part from the live peer, then exits;
 // KVBM_FUZZ_PARTS=<digits> fuzzes only those parts (e.g. "12": the keys).
@@ -80,7 +81,8 @@ void write_seeds(World& w, const std::string& dir) {
       {"connection", std::string(1, '\0') + w.conn},
       {"region-info", std::string(1, '\1') + w.info},
       {"rkey", std::string(1, '\2') + info->rkey},
-      {"address", std::string(1, '\3') + w.conn.substr(w.address_at)}};
+      {"address", std::string(1, '\3') + w.conn.substr(w.address_at)},
+      {"lines", std::string(1, '\4') + w.conn.substr(0, w.address_at)}};
   for (const auto& [name, bytes] : seeds) std::ofstream(dir + "/" + name) << bytes;
 }
 
@@ -130,6 +132,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
     case 3:
       md.backends["UCX"] = w.conn.substr(0, w.address_at) + part;
+      break;
+    case 4:
+      md.backends["UCX"] = part + w.conn.substr(w.address_at);
       break;
     default:
       return -1;

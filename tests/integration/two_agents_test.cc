@@ -297,10 +297,10 @@ TEST_P(TwoAgents, PeerKilledMidTransferFailsInBoundedTime) {
 // success while most gets had not landed.) Each round kills a fresh owner once the first
 // MiB of its 64 MiB READ has landed: this agent is driven by the test (no progress
 // thread), so the bytes are checked between progress calls, and the rest is still to come.
-TEST_P(TwoAgents, ReadFromAnOwnerKilledMidTransferNeverSucceedsWithWrongBytes) {
-  if (std::string_view(GetParam().name) != "tcp") {
-    GTEST_SKIP() << "the same-host paths copy in post(); UCX's shared memory sees no death";
-  }
+// Over TCP only: the same-host paths copy in post(), and UCX's shared memory sees no death.
+class TwoAgentsOverTcp : public TwoAgents {};
+
+TEST_P(TwoAgentsOverTcp, ReadFromAnOwnerKilledMidTransferNeverSucceedsWithWrongBytes) {
   constexpr size_t kLen = 64 << 20, kFirst = 1 << 20;
   AgentConfig config;
   config.peer_timeout = peer_timeout();
@@ -343,11 +343,10 @@ TEST_P(TwoAgents, ReadFromAnOwnerKilledMidTransferNeverSucceedsWithWrongBytes) {
 // An agent destroyed while its request is in flight ends the request first (a get under
 // way lands or is cancelled before the registrations and the backend go): no abort in
 // UCX's registration cache, and the request, destroyed later, reports why it ended.
-TEST_P(TwoAgents, AgentDestroyedWithARequestInFlightEndsItFirst) {
-  const std::string_view transport = GetParam().name;
-  if (transport != "tcp" && transport != "shm_ucx") {
-    GTEST_SKIP() << "the same-host paths copy in post(): nothing is in flight";
-  }
+// Where UCX moves the bytes (the same-host paths copy in post(): nothing is in flight).
+class TwoAgentsOverUcx : public TwoAgents {};
+
+TEST_P(TwoAgentsOverUcx, AgentDestroyedWithARequestInFlightEndsItFirst) {
   constexpr size_t kLen = 64 << 20;
   auto req =
       agent->create_request(Op::Read, local_descs({{0, kLen}}), peer_descs({{0, kLen}}), "peer");
@@ -400,6 +399,12 @@ INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgents,
                                            Transport{"shm_threads", "sm,self", "auto", "3"},
                                            Transport{"shm_cma", "sm,self", "cma"},
                                            Transport{"shm_ucx", "sm,self", "off"},
+                                           Transport{"tcp", "tcp,self"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgentsOverTcp, ::testing::Values(Transport{"tcp", "tcp,self"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgentsOverUcx,
+                         ::testing::Values(Transport{"shm_ucx", "sm,self", "off"},
                                            Transport{"tcp", "tcp,self"}),
                          [](const auto& info) { return std::string(info.param.name); });
 
