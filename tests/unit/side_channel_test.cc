@@ -862,6 +862,30 @@ TEST(AgentAuth, UnkeyedAgentsWorkAsBefore) {
   EXPECT_TRUE(b->has_remote("a"));
 }
 
+TEST(AgentMetadataIntegrity, CorruptedMetadataIsRefusedBeforeAnyBackendSeesIt) {
+  // Real UCX agents: a flipped byte in a worker address or rkey once reached UCX.
+  AgentConfig config;
+  config.backends = {"UCX"};
+  config.add_cuda_if_gpu = false;
+  config.progress_thread = false;
+  auto a = Agent::create("a", config);
+  auto b = Agent::create("b", config);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::vector<char> memory(4096);
+  auto reg = (*a)->register_memory(DescList(
+      MemType::Dram, {Desc{reinterpret_cast<uintptr_t>(memory.data()), memory.size(), 0}}));
+  ASSERT_TRUE(reg.ok()) << reg.error().to_string();
+  const std::string md = (*a)->local_metadata().value();
+  for (size_t at : {size_t{20}, md.size() / 2, md.size() - 40}) {
+    std::string corrupt = md;
+    corrupt[at] = static_cast<char>(corrupt[at] ^ 0x10);
+    EXPECT_ERROR((*b)->load_remote_metadata(corrupt), ErrorCode::InvalidArgument,
+                 "metadata checksum mismatch");
+  }
+  EXPECT_FALSE((*b)->has_remote("a"));
+  EXPECT_EQ((*b)->load_remote_metadata(md).value(), "a");
+}
+
 // Sets an environment variable for one scope.
 class ScopedEnv {
  public:
