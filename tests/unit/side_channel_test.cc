@@ -357,7 +357,7 @@ TEST(SideChannel, OversizedErrorTextIsRejected) {
 }
 
 TEST(SideChannel, ManyConcurrentFetches) {
-  // More clients than the server's 64 connection slots: the rest wait in the backlog.
+  // Many clients at once, each served in turn by the one server thread.
   const std::string blob(64 * 1024, 'm');
   auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
