@@ -324,7 +324,8 @@ TEST(MetadataEnvelope, RejectsWrongMagicVersionAndFlags) {
 
 TEST(MetadataEnvelope, SealedPayloadOpensToItself) {
   const std::string payload("any\0bytes", 9);
-  auto opened = open_metadata(seal_metadata(payload), kNoLimit);
+  const std::string sealed = seal_metadata(payload);
+  auto opened = open_metadata(sealed, kNoLimit);  // a view into `sealed`
   ASSERT_TRUE(opened.ok()) << opened.error().to_string();
   EXPECT_EQ(*opened, payload);
   EXPECT_EQ(encode_metadata(sample()), seal_metadata(encode_metadata_payload(sample())));

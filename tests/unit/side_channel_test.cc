@@ -357,7 +357,7 @@ TEST(SideChannel, OversizedErrorTextIsRejected) {
 }
 
 TEST(SideChannel, ManyConcurrentFetches) {
-  // More clients than the server's 64 connection slots: the rest wait in the backlog.
+  // Many clients at once, each served in turn by the one server thread.
   const std::string blob(64 * 1024, 'm');
   auto server = serve([&](const std::string&) -> Result<std::string> { return blob; });
   ASSERT_TRUE(server);
@@ -860,6 +860,30 @@ TEST(AgentAuth, UnkeyedAgentsWorkAsBefore) {
   const uint16_t port = a->listen("127.0.0.1", 0).value();
   EXPECT_EQ(b->fetch_remote_metadata("127.0.0.1", port).value(), "a");
   EXPECT_TRUE(b->has_remote("a"));
+}
+
+TEST(AgentMetadataIntegrity, CorruptedMetadataIsRefusedBeforeAnyBackendSeesIt) {
+  // Real UCX agents: a flipped byte in a worker address or rkey once reached UCX.
+  AgentConfig config;
+  config.backends = {"UCX"};
+  config.add_cuda_if_gpu = false;
+  config.progress_thread = false;
+  auto a = Agent::create("a", config);
+  auto b = Agent::create("b", config);
+  ASSERT_TRUE(a.ok() && b.ok());
+  std::vector<char> memory(4096);
+  auto reg = (*a)->register_memory(DescList(
+      MemType::Dram, {Desc{reinterpret_cast<uintptr_t>(memory.data()), memory.size(), 0}}));
+  ASSERT_TRUE(reg.ok()) << reg.error().to_string();
+  const std::string md = (*a)->local_metadata().value();
+  for (size_t at : {size_t{20}, md.size() / 2, md.size() - 40}) {
+    std::string corrupt = md;
+    corrupt[at] = static_cast<char>(corrupt[at] ^ 0x10);
+    EXPECT_ERROR((*b)->load_remote_metadata(corrupt), ErrorCode::InvalidArgument,
+                 "metadata checksum mismatch");
+  }
+  EXPECT_FALSE((*b)->has_remote("a"));
+  EXPECT_EQ((*b)->load_remote_metadata(md).value(), "a");
 }
 
 // Sets an environment variable for one scope.
