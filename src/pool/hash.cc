@@ -1,5 +1,7 @@
 #include "kvbm/pool/hash.h"
 
+// The whole of XXH3 inline, from the header: no libxxhash at run time.
+#define XXH_INLINE_ALL
 #include <xxhash.h>
 
 #include <bit>

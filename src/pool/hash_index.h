@@ -32,8 +32,14 @@ class HashIndex {
     uint32_t value = kNone;
   };
   size_t home(uint64_t key) const {
-    // Fibonacci hashing: spreads small or patterned keys (tests, benches) too.
-    return static_cast<size_t>((key * 0x9E3779B97F4A7C15ull) >> shift_);
+    // A full mix first: sequence hashes are random already, but keys in arithmetic
+    // progression (tests, benches) put through one multiply alone form long probe runs.
+    key ^= key >> 32;
+    key *= 0xd6e8feb86659fd93ull;
+    key ^= key >> 32;
+    key *= 0xd6e8feb86659fd93ull;
+    key ^= key >> 32;
+    return static_cast<size_t>(key >> shift_);
   }
   size_t slot_of(uint64_t key) const;  // its slot, or the empty one where it would go
 

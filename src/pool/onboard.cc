@@ -19,6 +19,34 @@ struct Part {
   std::optional<Error> error;
 };
 
+// Waits for one part. Blocks that arrived are registered on G1 and, while every block before
+// them arrived too, join the result (and count as hits). A failed part fails closed: each of
+// its blocks is named and removed from its tier.
+void finish_part(BlockManager::State& state, Part& part, OnboardResult& out, bool& prefix) {
+  Result<std::vector<ImmutableBlock>> landed = std::vector<ImmutableBlock>();
+  if (part.copy) {
+    landed = part.copy->finish();
+  } else {
+    landed = *part.error;
+  }
+  const std::vector<ImmutableBlock>& src = part.copy ? part.copy->sources() : *part.sources;
+  const size_t n = src.size();
+  if (landed) {
+    state.counters.moved(part.tier, Tier::G1, n, part.copy->bytes(), 0);
+    if (!prefix) return;  // registered on G1, but not part of this prefix
+    state.counters.hits(part.tier, n, n * state.config.block.page_size);
+    for (ImmutableBlock& b : *landed) out.blocks.push_back(std::move(b));
+    return;
+  }
+  prefix = false;
+  state.counters.moved(part.tier, Tier::G1, 0, 0, n);
+  for (const ImmutableBlock& b : src) {
+    out.failed.push_back(b.sequence_hash());
+    state.tier(part.tier).pool->remove(b);
+  }
+  if (!out.error) out.error = landed.error();
+}
+
 }  // namespace
 
 Result<OnboardResult> BlockManager::onboard(MatchResult& match) {
@@ -27,16 +55,17 @@ Result<OnboardResult> BlockManager::onboard(MatchResult& match) {
   if (n2 + n3 > 0) {
     auto space = pool(Tier::G1).allocate(n2 + n3);
     if (!space) return space.error();
-    std::vector<MutableBlock> to2(std::make_move_iterator(space->begin()),
-                                  std::make_move_iterator(space->begin() + n2));
-    std::vector<MutableBlock> to3(std::make_move_iterator(space->begin() + n2),
-                                  std::make_move_iterator(space->end()));
+    std::vector<MutableBlock> dst[2];
+    dst[0].assign(std::make_move_iterator(space->begin()),
+                  std::make_move_iterator(space->begin() + n2));
+    dst[1].assign(std::make_move_iterator(space->begin() + n2),
+                  std::make_move_iterator(space->end()));
     Part parts[] = {{Tier::G2, &match.g2, {}, {}}, {Tier::G3, &match.g3, {}, {}}};
-    std::vector<MutableBlock>* dst[] = {&to2, &to3};
+    // Both requests start before either is waited for.
     for (size_t i = 0; i < 2; ++i) {
       if (parts[i].sources->empty()) continue;
       auto c = TierCopy::start(*state_->engine, state_->tier(parts[i].tier), *parts[i].sources,
-                               state_->tier(Tier::G1), std::move(*dst[i]));
+                               state_->tier(Tier::G1), std::move(dst[i]));
       if (c) {
         parts[i].copy.emplace(std::move(*c));
       } else {
@@ -44,31 +73,9 @@ Result<OnboardResult> BlockManager::onboard(MatchResult& match) {
       }
     }
     out.blocks = std::move(match.g1);
-    bool prefix = true;  // every block so far arrived
+    bool prefix = true;
     for (Part& part : parts) {
-      Result<std::vector<ImmutableBlock>> landed =
-          part.copy ? part.copy->finish()
-                    : Result<std::vector<ImmutableBlock>>(
-                          part.error.value_or(Error{ErrorCode::Internal, ""}));
-      if (!part.copy && !part.error) continue;
-      const std::vector<ImmutableBlock>& src = part.copy ? part.copy->sources() : *part.sources;
-      const size_t n = src.size();
-      if (landed) {
-        state_->counters.moved(part.tier, Tier::G1, n, part.copy->bytes(), 0);
-        state_->counters.hits(part.tier, n, n * block_size());
-        if (prefix) {
-          for (ImmutableBlock& b : *landed) out.blocks.push_back(std::move(b));
-        }
-        continue;
-      }
-      // Fail closed: name every block of the request and drop it from its tier.
-      prefix = false;
-      state_->counters.moved(part.tier, Tier::G1, 0, 0, n);
-      for (const ImmutableBlock& b : src) {
-        out.failed.push_back(b.sequence_hash());
-        pool(part.tier).remove(b);
-      }
-      if (!out.error) out.error = landed.error();
+      if (part.copy || part.error) finish_part(*state_, part, out, prefix);
     }
   } else {
     out.blocks = std::move(match.g1);
