@@ -39,8 +39,9 @@ case $what in
     # on its client with the server running, as it does on a slow real one.
     printf '#!/bin/sh\necho $$ >> "%s/perftest.pids"\nexec sleep 600\n' "$work" >"$work/perftest"
     chmod +x "$work/perftest"
+    # --file-mib: the target also makes a scratch file in the temp dir.
     args=(bench xfer --sizes 4K --descs 1 --iters 10 --rounds 1 --lat-sizes 8 --lat-iters 10
-          --perftest "$work/perftest")
+          --file-mib 8 --perftest "$work/perftest")
     ready() { [ -f "$work/perftest.pids" ] && [ "$(wc -l <"$work/perftest.pids")" -ge 2 ]; }
     ;;
   *) fail "unknown case $what" ;;
