@@ -663,7 +663,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
                        "stages up to 64 MiB at once)",
                        4096, size_t{1} << 30);
   cmd->add_option("--dir", o->dir,
-                  "Where the peer's file and the disk ceiling's file go (default: the temp dir)");
+                  "Where the peer's file and the disk ceiling's file go (default: the temp dir)")
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--rounds", o->rounds,
                   "Bandwidth points: the best of this many runs, ours and ucx_perftest's")
       ->capture_default_str()
