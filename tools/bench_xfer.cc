@@ -639,8 +639,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
       "xfer", "Agent READ/WRITE between two processes on loopback, against ucx_perftest");
   add_size_list_option(*cmd, "--sizes", o->sizes, "Bytes per descriptor, comma-separated", 1,
                        size_t{1} << 34);
-  add_size_list_option(*cmd, "--descs", o->descs, "Descriptors per request, comma-separated", 1,
-                       size_t{1} << 20);
+  add_count_list_option(*cmd, "--descs", o->descs, "Descriptors per request, comma-separated", 1,
+                        size_t{1} << 20);
   cmd->add_option("--iters", o->iters, "Requests per bandwidth point (0: ~256 MiB worth)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{0}, size_t{100000000}));
