@@ -213,7 +213,8 @@ struct RawFile {
 };
 
 Status open_raw(RawFile& raw, const std::filesystem::path& dir, HostPath& h, const Shape& s) {
-  raw.file = ScratchFile(dir / "kvbm-file-bench-raw");
+  // Named per process: two runs in one folder must not share it.
+  raw.file = ScratchFile(dir / ("kvbm-file-bench-raw-" + std::to_string(::getpid())));
   raw.fd = ::open(raw.file.path().c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
   if (raw.fd < 0)
     return err(ErrorCode::Io, "open ", raw.file.path().string(), ": ", std::strerror(errno));
