@@ -15,13 +15,25 @@ fail() {
   cat "$work/out.txt" 2>/dev/null || true
   exit 1
 }
+# /proc/<pid>/stat after the command name (which may hold spaces): "state ppid ...".
+stat_fields() {
+  local s
+  read -r s <"/proc/$1/stat" 2>/dev/null || return 1
+  echo "${s##*) }"
+}
 children_of() {  # the pids whose parent is $1
-  awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null || true
+  local f pid fields
+  for f in /proc/[0-9]*; do
+    pid=${f#/proc/}
+    read -r -a fields <<<"$(stat_fields "$pid" || true)"
+    [ "${fields[1]:-}" = "$1" ] && echo "$pid"
+  done
+  return 0
 }
 gone() {  # no such process, or a zombie waiting for its reaper
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null || true)
-  [ -z "$state" ] || [ "$state" = Z ]
+  local fields
+  read -r -a fields <<<"$(stat_fields "$1" || true)"
+  [ -z "${fields[0]:-}" ] || [ "${fields[0]}" = Z ]
 }
 
 case $what in
