@@ -18,6 +18,7 @@
 #include <vector>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "cleanup.h"
 #include "commands.h"
@@ -26,6 +27,7 @@
 #include "kvbm/log.h"
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
+#include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
 #include "table.h"
@@ -54,6 +56,8 @@ struct FileOptions {
   size_t cufile_threads = 0;  // 0: the GDS backend's default
   std::string fixed_buffers;  // empty: the POSIX backend's default
   size_t rounds = 2;          // each path's best of this many, the paths interleaved
+  bool json = false;          // one JSON object on stdout instead of the table
+  double check = 0;           // > 0: exit 1 when the agent reaches less of the best raw
 };
 
 // What every path moves: `n` requests of `req` bytes, from and into `slots` buffers.
@@ -128,7 +132,7 @@ Result<HostPath> host_path(Agent& a, const FileOptions& o, const std::filesystem
   KVBM_TRY(a.create_backend("POSIX", posix));
   auto disk = DiskStorage::allocate(s.total, dir);
   if (!disk) return disk.error();
-  if (!disk->direct_io()) std::cout << "note: " << dir.string() << " does not support O_DIRECT\n";
+  if (!disk->direct_io()) std::cerr << "note: " << dir.string() << " does not support O_DIRECT\n";
   auto src = SystemAllocator().allocate(s.slots * s.req);
   if (!src) return src.error();
   auto dst = SystemAllocator().allocate(s.slots * s.req);
@@ -209,7 +213,8 @@ struct RawFile {
 };
 
 Status open_raw(RawFile& raw, const std::filesystem::path& dir, HostPath& h, const Shape& s) {
-  raw.file = ScratchFile(dir / "kvbm-file-bench-raw");
+  // Named per process: two runs in one folder must not share it.
+  raw.file = ScratchFile(dir / ("kvbm-file-bench-raw-" + std::to_string(::getpid())));
   raw.fd = ::open(raw.file.path().c_str(), O_RDWR | O_CREAT | O_TRUNC | O_DIRECT | O_CLOEXEC, 0600);
   if (raw.fd < 0)
     return err(ErrorCode::Io, "open ", raw.file.path().string(), ": ", std::strerror(errno));
@@ -241,30 +246,12 @@ struct Best {
   }
 };
 
-void print(const FileOptions& o, const std::filesystem::path& dir, const Shape& s,
-           const Best& agent, const Best& vram, const Best& plain, const Best& fixed_buf,
-           const Best& dd) {
-  auto gbs = [&](double secs) { return fixed(static_cast<double>(s.total) / secs / 1e9, 2); };
-  auto pct = [](double ceiling, double ours) { return fixed(100 * ceiling / ours, 0) + "%"; };
-  const double raw_w = std::min(plain.w, fixed_buf.w), raw_r = std::min(plain.r, fixed_buf.r);
-  std::cout << "kvbm bench file: " << o.mib << " MiB in " << o.req_kib
-            << " KiB requests, queue depth " << o.qd << ", dir " << dir.string() << ", best of "
-            << o.rounds << "\n";
-  Table t({"path", "write GB/s", "read GB/s"});
-  t.add({"agent POSIX (DRAM<->FILE)", gbs(agent.w), gbs(agent.r)});
-  if (!o.vram_mode.empty()) {
-    t.add({"agent GDS (VRAM<->FILE), mode " + o.vram_mode, gbs(vram.w), gbs(vram.r)});
-  }
-  t.add({"raw io_uring O_DIRECT", gbs(plain.w), gbs(plain.r)});
-  t.add({"raw, fixed buffers", gbs(fixed_buf.w), gbs(fixed_buf.r)});
-  t.add({"dd bs=1M direct", gbs(dd.w), gbs(dd.r)});
-  t.add({"agent / best raw", pct(raw_w, agent.w), pct(raw_r, agent.r)});
-  if (!o.vram_mode.empty()) t.add({"GDS VRAM / best raw", pct(raw_w, vram.w), pct(raw_r, vram.r)});
-  t.add({"agent / dd", pct(dd.w, agent.w), pct(dd.r, agent.r)});
-  t.print(std::cout);
-}
+// Every path's best times, 1e30 where not measured.
+struct Timings {
+  Best agent, vram, plain, fixed, dd;
+};
 
-Status run(const FileOptions& o, const std::filesystem::path& dir, const Shape& s) {
+Result<Timings> run(const FileOptions& o, const std::filesystem::path& dir, const Shape& s) {
   AgentConfig cfg;
   cfg.backends = {};
   auto agent = Agent::create("bench", cfg);
@@ -282,20 +269,20 @@ Status run(const FileOptions& o, const std::filesystem::path& dir, const Shape& 
   KVBM_TRY(open_raw(raw, dir, *host, s));
   // Each path's best of o.rounds, the paths taking turns: a shared disk's speed drifts
   // between seconds, and a path timed only first or only last would carry that drift.
-  Best agent_t, vram_t, plain_t, fixed_t, dd_t;
+  Timings t;
   for (size_t round = 0; round < o.rounds; ++round) {
-    auto t = host->once(a, s);
-    if (!t) return t.error();
-    agent_t.keep(*t);
+    auto h = host->once(a, s);
+    if (!h) return h.error();
+    t.agent.keep(*h);
     if (vram_once) {
       auto v = vram_once();
       if (!v) return v.error();
-      vram_t.keep(*v);
+      t.vram.keep(*v);
     }
     for (bool fixed_buffers : {false, true}) {
       auto r = raw.once(fixed_buffers, *host, s);
       if (!r) return r.error();
-      (fixed_buffers ? fixed_t : plain_t).keep(*r);
+      (fixed_buffers ? t.fixed : t.plain).keep(*r);
     }
   }
   // dd with direct I/O, 1 MiB blocks, over the raw file.
@@ -305,9 +292,69 @@ Status run(const FileOptions& o, const std::filesystem::path& dir, const Shape& 
   if (!dd_w) return dd_w.error();
   auto dd_r = run_dd("if=" + path + " of=/dev/null bs=1M count=" + count + " iflag=direct");
   if (!dd_r) return dd_r.error();
-  dd_t.keep({*dd_w, *dd_r});
-  print(o, dir, s, agent_t, vram_t, plain_t, fixed_t, dd_t);
-  return {};
+  t.dd.keep({*dd_w, *dd_r});
+  return t;
+}
+
+// The table, or with --json one JSON object; the exit status (--check: 1 when the agent's
+// POSIX path reaches less than that share of the best raw io_uring, either way).
+int report(const FileOptions& o, const std::filesystem::path& dir, const Shape& s,
+           const Timings& t) {
+  auto gbps = [&](double secs) { return static_cast<double>(s.total) / secs / 1e9; };
+  const Best raw{std::min(t.plain.w, t.fixed.w), std::min(t.plain.r, t.fixed.r)};
+  struct Row {
+    std::string path;
+    const Best* times;
+  };
+  std::vector<Row> rows = {{"agent POSIX (DRAM<->FILE)", &t.agent}};
+  if (!o.vram_mode.empty())
+    rows.push_back({"agent GDS (VRAM<->FILE), mode " + o.vram_mode, &t.vram});
+  rows.insert(rows.end(), {{"raw io_uring O_DIRECT", &t.plain},
+                           {"raw, fixed buffers", &t.fixed},
+                           {"dd bs=1M direct", &t.dd}});
+  const double ratio_w = raw.w / t.agent.w, ratio_r = raw.r / t.agent.r;
+  const bool missed = o.check > 0 && (ratio_w < o.check || ratio_r < o.check);
+  if (o.json) {
+    nlohmann::ordered_json j = {{"command", "kvbm bench file"},
+                                {"kvbm", version()},
+                                {"machine", {{"cpu_cores", sysconf(_SC_NPROCESSORS_ONLN)}}},
+                                {"options",
+                                 {{"mib", o.mib},
+                                  {"req_kib", o.req_kib},
+                                  {"qd", o.qd},
+                                  {"dir", dir.string()},
+                                  {"rounds", o.rounds},
+                                  {"vram", o.vram_mode}}},
+                                {"rows", nlohmann::ordered_json::array()},
+                                {"ceiling", "best raw io_uring O_DIRECT (plain or fixed buffers)"},
+                                {"agent_vs_ceiling", {{"write", ratio_w}, {"read", ratio_r}}},
+                                {"check", o.check},
+                                {"verdict", missed ? "missed" : "ok"}};
+    for (const Row& r : rows) {
+      j["rows"].push_back(
+          {{"path", r.path}, {"write_gbps", gbps(r.times->w)}, {"read_gbps", gbps(r.times->r)}});
+    }
+    std::cout << j.dump(2) << "\n";
+  } else {
+    auto pct = [](double ratio) { return fixed(100 * ratio, 0) + "%"; };
+    std::cout << "kvbm bench file: " << o.mib << " MiB in " << o.req_kib
+              << " KiB requests, queue depth " << o.qd << ", dir " << dir.string() << ", best of "
+              << o.rounds << "\n";
+    Table table({"path", "write GB/s", "read GB/s"});
+    for (const Row& r : rows)
+      table.add({r.path, fixed(gbps(r.times->w), 2), fixed(gbps(r.times->r), 2)});
+    table.add({"agent / best raw", pct(ratio_w), pct(ratio_r)});
+    if (!o.vram_mode.empty())
+      table.add({"GDS VRAM / best raw", pct(raw.w / t.vram.w), pct(raw.r / t.vram.r)});
+    table.add({"agent / dd", pct(t.dd.w / t.agent.w), pct(t.dd.r / t.agent.r)});
+    table.print(std::cout);
+  }
+  if (missed) {
+    std::cerr << "kvbm bench file: the agent reached " << fixed(ratio_w, 2) << " / "
+              << fixed(ratio_r, 2) << " of the best raw io_uring (write / read), below --check "
+              << fixed(o.check, 2) << "\n";
+  }
+  return missed ? 1 : 0;
 }
 
 int run_bench_file(const FileOptions& o) {
@@ -324,11 +371,12 @@ int run_bench_file(const FileOptions& o) {
   s.slots = std::min<uint64_t>(s.n, 64);  // a DRAM ring reused across the file
   const std::filesystem::path dir =
       o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
-  if (auto st = run(o, dir, s); !st) {
-    std::cerr << "kvbm bench file: " << st.error().to_string() << "\n";
+  auto t = run(o, dir, s);
+  if (!t) {
+    std::cerr << "kvbm bench file: " << t.error().to_string() << "\n";
     return 1;
   }
-  return 0;
+  return report(o, dir, s, *t);
 }
 
 }  // namespace
@@ -358,6 +406,12 @@ void add_bench_file(CLI::App& bench, Runner& runner) {
   cmd->add_option("--rounds", o->rounds, "Each figure the best of this many, paths interleaved")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{20}));
+  cmd->add_flag("--json", o->json,
+                "One JSON object on stdout: options, every row, the ratios, the verdict");
+  cmd->add_option("--check", o->check,
+                  "Exit 1 when the agent's POSIX path reaches less than this share of the best "
+                  "raw io_uring, write or read (e.g. 0.8)")
+      ->check(CLI::Range(0.0, 10.0));
   cmd->callback([o, &runner] {
     runner = [o] {
       if (o->req_kib % 4 != 0) {

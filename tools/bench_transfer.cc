@@ -13,12 +13,14 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common/pattern.h"
 #include "demo_ceilings.h"
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
+#include "kvbm/version.h"
 #include "options.h"
 #include "table.h"
 
@@ -41,6 +43,8 @@ struct BenchTransferOptions {
   TransferEngineOptions engine;      // the CUDA kernel's shape, for tuning sweeps
   std::string kernel = "warp";       // engine.cuda_kernel by name
   std::string host_engine = "auto";  // engine.cuda_host_engine by name
+  bool json = false;                 // one JSON object on stdout instead of the table
+  double check = 0;                  // > 0: exit 1 when a row reaches less of its ceiling
 };
 
 // Median seconds of `iters` runs of `fn` (after one warm-up run).
@@ -234,6 +238,57 @@ void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>
 }
 #endif
 
+// The table, or with --json one JSON object; the exit status: 1 when a row failed or (with
+// --check) a measured row's ratio to its ceiling is below the target.
+int report(const BenchTransferOptions& o, const TransferEngineOptions& eo,
+           const std::vector<Row>& rows) {
+  bool failed = false, missed = false;
+  for (const Row& r : rows) {
+    failed |= r.note != "verified" && r.note != "checked below" && r.note.rfind("skipped", 0) != 0;
+    missed |= o.check > 0 && r.gbps > 0 && r.ceiling > 0 && r.gbps / r.ceiling < o.check;
+  }
+  if (o.json) {
+    nlohmann::ordered_json j = {{"command", "kvbm bench transfer"},
+                                {"kvbm", version()},
+                                {"options",
+                                 {{"mib", o.mib},
+                                  {"iters", o.iters},
+                                  {"kernel", to_string(eo.cuda_kernel)},
+                                  {"cuda_ctas_per_sm", eo.cuda_ctas_per_sm},
+                                  {"cuda_threads", eo.cuda_threads}}},
+                                {"rows", nlohmann::ordered_json::array()},
+                                {"check", o.check},
+                                {"verdict", failed   ? "failed"
+                                            : missed ? "missed"
+                                                     : "ok"}};
+    for (const Row& r : rows) {
+      j["rows"].push_back({{"path", r.path},
+                           {"chunk_bytes", r.chunk},
+                           {"gbps", r.gbps},
+                           {"ceiling_gbps", r.ceiling},
+                           {"ratio", r.gbps && r.ceiling ? r.gbps / r.ceiling : 0.0},
+                           {"ceiling", r.ceiling_name},
+                           {"note", r.note}});
+    }
+    std::cout << j.dump(2) << "\n";
+  } else {
+    std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
+              << ", scattered (shuffled) blocks, no chunk coalesced; copy kernel "
+              << to_string(eo.cuda_kernel) << ", " << o.engine.cuda_ctas_per_sm << " CTAs/SM x "
+              << o.engine.cuda_threads << " threads\n";
+    Table t({"path", "chunk", "GB/s", "ceiling GB/s", "ratio", "ceiling", "note"});
+    for (const Row& r : rows) {
+      t.add({r.path, r.chunk ? human_bytes(r.chunk) : "", r.gbps ? fixed(r.gbps, 2) : "",
+             r.ceiling ? fixed(r.ceiling, 2) : "",
+             r.gbps && r.ceiling ? fixed(r.gbps / r.ceiling, 2) : "", r.ceiling_name, r.note});
+    }
+    t.print(std::cout);
+  }
+  if (missed && !failed)
+    std::cerr << "kvbm bench transfer: a row's ratio is below --check " << o.check << "\n";
+  return failed || missed ? 1 : 0;
+}
+
 int run_bench_transfer(const BenchTransferOptions& o) {
   TransferEngineOptions eo = o.engine;
   eo.host_threads = o.threads;
@@ -261,20 +316,7 @@ int run_bench_transfer(const BenchTransferOptions& o) {
 #else
   rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: built without CUDA"});
 #endif
-  std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
-            << ", scattered (shuffled) blocks, no chunk coalesced; copy kernel "
-            << to_string(eo.cuda_kernel) << ", " << o.engine.cuda_ctas_per_sm << " CTAs/SM x "
-            << o.engine.cuda_threads << " threads\n";
-  Table t({"path", "chunk", "GB/s", "ceiling GB/s", "ratio", "ceiling", "note"});
-  bool failed = false;
-  for (const Row& r : rows) {
-    failed |= r.note != "verified" && r.note != "checked below" && r.note.rfind("skipped", 0) != 0;
-    t.add({r.path, r.chunk ? human_bytes(r.chunk) : "", r.gbps ? fixed(r.gbps, 2) : "",
-           r.ceiling ? fixed(r.ceiling, 2) : "",
-           r.gbps && r.ceiling ? fixed(r.gbps / r.ceiling, 2) : "", r.ceiling_name, r.note});
-  }
-  t.print(std::cout);
-  return failed ? 1 : 0;
+  return report(o, eo, rows);
 }
 
 }  // namespace
@@ -312,6 +354,11 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
                   "cudaMemcpyBatchAsync)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kernel", "batch"}));
+  cmd->add_flag("--json", o->json,
+                "One JSON object on stdout: options, every row with its ceiling, the verdict");
+  cmd->add_option("--check", o->check,
+                  "Exit 1 when a row reaches less than this share of its ceiling (e.g. 0.8)")
+      ->check(CLI::Range(0.0, 10.0));
   cmd->callback([o, &runner] { runner = [o] { return run_bench_transfer(*o); }; });
 }
 

@@ -605,6 +605,8 @@ int run_target(const TargetOptions& o) {
   if (o.file_mib > 0) {
     auto f = DiskAllocator(o.dir).allocate(o.file_mib << 20);
     if (!f) return fail(f.error());
+    // Served by fd: its name can go now, so a killed target leaves no file behind.
+    if (auto st = f->unlink(); !st) return fail(st.error());
     file.emplace(std::move(*f));
     if (auto st = (*agent)->register_storage(*file); !st) return fail(st.error());
   }
@@ -637,8 +639,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
       "xfer", "Agent READ/WRITE between two processes on loopback, against ucx_perftest");
   add_size_list_option(*cmd, "--sizes", o->sizes, "Bytes per descriptor, comma-separated", 1,
                        size_t{1} << 34);
-  add_size_list_option(*cmd, "--descs", o->descs, "Descriptors per request, comma-separated", 1,
-                       size_t{1} << 20);
+  add_count_list_option(*cmd, "--descs", o->descs, "Descriptors per request, comma-separated", 1,
+                        size_t{1} << 20);
   cmd->add_option("--iters", o->iters, "Requests per bandwidth point (0: ~256 MiB worth)")
       ->capture_default_str()
       ->check(CLI::Range(size_t{0}, size_t{100000000}));
@@ -661,7 +663,8 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
                        "stages up to 64 MiB at once)",
                        4096, size_t{1} << 30);
   cmd->add_option("--dir", o->dir,
-                  "Where the peer's file and the disk ceiling's file go (default: the temp dir)");
+                  "Where the peer's file and the disk ceiling's file go (default: the temp dir)")
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--rounds", o->rounds,
                   "Bandwidth points: the best of this many runs, ours and ucx_perftest's")
       ->capture_default_str()

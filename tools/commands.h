@@ -44,6 +44,7 @@ struct BenchGpuOptions {
 
 struct InfoOptions {
   std::filesystem::path dir;  // where to test O_DIRECT; empty: the temp dir
+  bool json = false;          // one JSON object on stdout instead of the table
 };
 
 int run_info(const InfoOptions& options);

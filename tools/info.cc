@@ -13,6 +13,7 @@
 
 #include <ucp/api/ucp.h>
 #include <uct/api/uct.h>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common/uring_batch.h"
@@ -163,7 +164,15 @@ int run_info(const InfoOptions& options) {
   add_gpus(t);
   t.add({"CPU cores", std::to_string(sysconf(_SC_NPROCESSORS_ONLN))});
   t.add({"page size", std::to_string(sysconf(_SC_PAGESIZE))});
-  t.print(std::cout);
+  if (!options.json) {
+    t.print(std::cout);
+    return 0;
+  }
+  nlohmann::ordered_json items = nlohmann::ordered_json::object();
+  for (const auto& row : t.rows()) items[row[0]] = row[1];
+  const nlohmann::ordered_json j = {
+      {"command", "kvbm info"}, {"kvbm", version()}, {"items", items}};
+  std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   return 0;
 }
 

@@ -50,6 +50,8 @@ void add_info(CLI::App& app, Runner& runner) {
   auto* cmd = app.add_subcommand("info", "Show what this machine offers kvbm");
   cmd->add_option("--dir", o->dir, "Directory whose O_DIRECT support to test (default: temp dir)")
       ->check(CLI::ExistingDirectory);
+  cmd->add_flag("--json", o->json,
+                "One JSON object on stdout: {\"kvbm\": version, \"items\": {...}}");
   cmd->callback([o, &runner] { runner = [o] { return run_info(*o); }; });
 }
 

@@ -37,8 +37,19 @@ std::string unit_name(uint64_t unit) {
   return "units of " + std::to_string(unit) + " bytes";
 }
 
-std::string range_text(size_t min, size_t max, size_t unit) {
-  return std::to_string(min) + ".." + std::to_string(max) +
+// How help shows a value: bytes with the largest suffix that divides them (64M), counts and
+// values in larger units as numbers.
+std::string shown(uint64_t v, uint64_t unit, bool bytes) {
+  if (!bytes || unit != 1 || v == 0) return std::to_string(v);
+  for (const auto& [suffix, scale] : {std::pair{"T", 1ull << 40}, std::pair{"G", 1ull << 30},
+                                      std::pair{"M", 1ull << 20}, std::pair{"K", 1ull << 10}}) {
+    if (v % scale == 0) return std::to_string(v / scale) + suffix;
+  }
+  return std::to_string(v);
+}
+
+std::string range_text(size_t min, size_t max, size_t unit, bool bytes = true) {
+  return shown(min, unit, bytes) + ".." + shown(max, unit, bytes) +
          (unit == 1 ? "" : " " + unit_name(unit));
 }
 
@@ -113,14 +124,15 @@ CLI::Option* add_size_option(CLI::App& app, const std::string& name, size_t& val
           },
           help + " [" + range_text(min, max, unit) + "; suffixes K, M, G]")
       ->type_name("SIZE")
-      ->default_str(std::to_string(value));
+      ->default_str(shown(value, unit, true));
 }
 
-CLI::Option* add_size_list_option(CLI::App& app, const std::string& name,
-                                  std::vector<size_t>& values, const std::string& help, size_t min,
-                                  size_t max, size_t unit) {
+namespace {
+
+CLI::Option* add_list(CLI::App& app, const std::string& name, std::vector<size_t>& values,
+                      const std::string& help, size_t min, size_t max, size_t unit, bool bytes) {
   std::string defaults;
-  for (size_t v : values) defaults += (defaults.empty() ? "" : ",") + std::to_string(v);
+  for (size_t v : values) defaults += (defaults.empty() ? "" : ",") + shown(v, unit, bytes);
   return app
       .add_option_function<std::string>(
           name,
@@ -128,9 +140,24 @@ CLI::Option* add_size_list_option(CLI::App& app, const std::string& name,
             auto v = checked(name, s, true, min, max, unit);
             values.assign(v.begin(), v.end());
           },
-          help + " [each " + range_text(min, max, unit) + "; suffixes K, M, G]")
-      ->type_name("SIZE,...")
+          help + " [each " + range_text(min, max, unit, bytes) +
+              (bytes ? "; suffixes K, M, G]" : "]"))
+      ->type_name(bytes ? "SIZE,..." : "N,...")
       ->default_str(defaults);
+}
+
+}  // namespace
+
+CLI::Option* add_size_list_option(CLI::App& app, const std::string& name,
+                                  std::vector<size_t>& values, const std::string& help, size_t min,
+                                  size_t max, size_t unit) {
+  return add_list(app, name, values, help, min, max, unit, true);
+}
+
+CLI::Option* add_count_list_option(CLI::App& app, const std::string& name,
+                                   std::vector<size_t>& values, const std::string& help, size_t min,
+                                   size_t max) {
+  return add_list(app, name, values, help, min, max, 1, false);
 }
 
 namespace {

@@ -41,6 +41,11 @@ CLI::Option* add_size_list_option(CLI::App& app, const std::string& name,
                                   std::vector<size_t>& values, const std::string& help, size_t min,
                                   size_t max, size_t unit = 1);
 
+// A comma-separated list of counts (no suffixes shown in help, though "1K" parses as 1024).
+CLI::Option* add_count_list_option(CLI::App& app, const std::string& name,
+                                   std::vector<size_t>& values, const std::string& help, size_t min,
+                                   size_t max);
+
 // Parses the command line and runs what it chose: `runner` once a subcommand's callback set
 // it. Usage errors print a message naming the offending word or value and return
 // kUsageError; an unknown subcommand is named, with the choices.

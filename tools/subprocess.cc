@@ -1,7 +1,5 @@
 #include "subprocess.h"
 
-#include "cleanup.h"
-
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,6 +12,8 @@
 #include <cstring>
 #include <sstream>
 #include <thread>
+
+#include "cleanup.h"
 
 extern char** environ;
 

@@ -15,13 +15,25 @@ fail() {
   cat "$work/out.txt" 2>/dev/null || true
   exit 1
 }
+# /proc/<pid>/stat after the command name (which may hold spaces): "state ppid ...".
+stat_fields() {
+  local s
+  read -r s <"/proc/$1/stat" 2>/dev/null || return 1
+  echo "${s##*) }"
+}
 children_of() {  # the pids whose parent is $1
-  awk -v p="$1" '$4 == p { print $1 }' /proc/[0-9]*/stat 2>/dev/null || true
+  local f pid fields
+  for f in /proc/[0-9]*; do
+    pid=${f#/proc/}
+    read -r -a fields <<<"$(stat_fields "$pid" || true)"
+    [ "${fields[1]:-}" = "$1" ] && echo "$pid"
+  done
+  return 0
 }
 gone() {  # no such process, or a zombie waiting for its reaper
-  local state
-  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null || true)
-  [ -z "$state" ] || [ "$state" = Z ]
+  local fields
+  read -r -a fields <<<"$(stat_fields "$1" || true)"
+  [ -z "${fields[0]:-}" ] || [ "${fields[0]}" = Z ]
 }
 
 case $what in
@@ -39,8 +51,9 @@ case $what in
     # on its client with the server running, as it does on a slow real one.
     printf '#!/bin/sh\necho $$ >> "%s/perftest.pids"\nexec sleep 600\n' "$work" >"$work/perftest"
     chmod +x "$work/perftest"
+    # --file-mib: the target also makes a scratch file in the temp dir.
     args=(bench xfer --sizes 4K --descs 1 --iters 10 --rounds 1 --lat-sizes 8 --lat-iters 10
-          --perftest "$work/perftest")
+          --file-mib 8 --perftest "$work/perftest")
     ready() { [ -f "$work/perftest.pids" ] && [ "$(wc -l <"$work/perftest.pids")" -ge 2 ]; }
     ;;
   *) fail "unknown case $what" ;;
