@@ -132,7 +132,9 @@ using StoragePtr = std::shared_ptr<StorageBox>;
 struct LayoutBox {
   std::vector<AgentPtr> agents;
   std::vector<ExternalSource> sources;
-  std::unique_ptr<Layout> layout;
+  // Owned, or (aliasing) a layout inside another object, such as a block manager's tier,
+  // that the pointer keeps alive.
+  std::shared_ptr<Layout> layout;
   std::mutex mu;                    // registration
   DLDataType dtype{kDLUInt, 8, 1};  // element type of views
   ~LayoutBox() {
