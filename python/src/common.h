@@ -202,6 +202,7 @@ DLDevice dl_device_of(StorageType type, const char* what);
 void bind_module(py::module_& m);
 void bind_memory(py::module_& m);
 void bind_layout(py::module_& m);
+void bind_transfer(py::module_& m);
 void bind_agent(py::module_& m);
 
 }  // namespace kvbm::python
