@@ -132,7 +132,9 @@ using StoragePtr = std::shared_ptr<StorageBox>;
 struct LayoutBox {
   std::vector<AgentPtr> agents;
   std::vector<ExternalSource> sources;
-  std::unique_ptr<Layout> layout;
+  // Owned, or (aliasing) a layout inside another object, such as a block manager's tier,
+  // that the pointer keeps alive.
+  std::shared_ptr<Layout> layout;
   std::mutex mu;                    // registration
   DLDataType dtype{kDLUInt, 8, 1};  // element type of views
   ~LayoutBox() {
@@ -200,6 +202,7 @@ DLDevice dl_device_of(StorageType type, const char* what);
 void bind_module(py::module_& m);
 void bind_memory(py::module_& m);
 void bind_layout(py::module_& m);
+void bind_transfer(py::module_& m);
 void bind_agent(py::module_& m);
 
 }  // namespace kvbm::python

@@ -328,5 +328,6 @@ PYBIND11_MODULE(_kvbm, m) {
   kvbm::python::bind_module(m);
   kvbm::python::bind_memory(m);
   kvbm::python::bind_layout(m);
+  kvbm::python::bind_transfer(m);
   kvbm::python::bind_agent(m);
 }

@@ -158,3 +158,30 @@ def test_copy_errors(engine, config, tmp_path):
         engine.copy(a, [0], b, [1]).wait(timeout=-1)
     with pytest.raises(kvbm.InvalidArgumentError):
         engine.register_host_layout(kvbm.Layout.allocate(config, kvbm.DiskAllocator(tmp_path)))
+
+
+def test_threads_share_an_engine_and_a_transfer(engine, config):
+    big = config.replace(num_blocks=64)
+    src = kvbm.Layout.allocate(big, kvbm.SystemAllocator())
+    src.view().numpy()[:] = np.arange(64, dtype=np.int16)[:, None, None, None, None]
+    dsts = [kvbm.Layout.allocate(big, kvbm.SystemAllocator()) for _ in range(5)]
+    errors = []
+
+    def work(dst):
+        try:
+            for i in range(50):
+                engine.copy(src, [i], dst, [63 - i]).wait(timeout=30)
+        except Exception as e:  # surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in dsts[:4]]
+    shared = engine.copy(src, list(range(64)), dsts[4])  # waited for by three threads
+    threads += [threading.Thread(target=shared.wait) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and shared.ready()
+    for d in dsts[:4]:
+        assert (d.view().numpy()[63 - np.arange(50)] == src.view().numpy()[:50]).all()
+    assert (dsts[4].view().numpy() == src.view().numpy()).all()
