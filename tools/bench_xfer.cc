@@ -605,8 +605,8 @@ int run_target(const TargetOptions& o) {
   if (o.file_mib > 0) {
     auto f = DiskAllocator(o.dir).allocate(o.file_mib << 20);
     if (!f) return fail(f.error());
-    // Served by fd: its name can go now, so a killed target leaves no file behind.
-    if (auto st = f->unlink(); !st) return fail(st.error());
+    // Served by fd: registering it unlinks its name (the Disk rule), so a killed target
+    // leaves no file behind.
     file.emplace(std::move(*f));
     if (auto st = (*agent)->register_storage(*file); !st) return fail(st.error());
   }
