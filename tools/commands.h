@@ -71,4 +71,8 @@ void add_bench_file(CLI::App& bench, Runner& runner);
 // offload/onboard next to the engine's own copy).
 void add_bench_pool(CLI::App& bench, Runner& runner);
 
+// `kvbm bench soak`: random requests both ways with a peer killed and restarted at random;
+// every byte checked.
+void add_bench_soak(CLI::App& bench, Runner& runner);
+
 }  // namespace kvbm::tools

@@ -79,5 +79,6 @@ int main(int argc, char** argv) {
   add_bench_gpu(*bench, runner);
   add_bench_file(*bench, runner);
   add_bench_pool(*bench, runner);
+  add_bench_soak(*bench, runner);
   return run_command_line(app, argc, argv, runner);
 }
