@@ -118,14 +118,16 @@ def test_gil_is_released_while_a_256_mib_copy_runs():
                 while not t.ready():
                     time.sleep(0.0005)
 
-    ratios = []
-    for _ in range(5):  # a loaded machine may spoil a window; holding the GIL spoils all
+    ratios, total_waiting, total_polling = [], 0, 0
+    for _ in range(8):  # a loaded machine may spoil a window; holding the GIL spoils all
         waiting = _ticks_during(lambda: copies(True))
         polling = _ticks_during(lambda: copies(False))
+        total_waiting, total_polling = total_waiting + waiting, total_polling + polling
         ratios.append(waiting / max(polling, 1))
-        if ratios[-1] >= 0.9:
+        if ratios[-1] >= 0.9 or total_waiting >= 0.9 * total_polling:
             break
-    assert max(ratios) >= 0.9, f"the ticker kept {[f'{r:.0%}' for r in ratios]} of its ticks"
+    assert max(ratios) >= 0.9 or total_waiting >= 0.9 * total_polling, (
+        f"the ticker kept {[f'{r:.0%}' for r in ratios]} of its ticks")
 
 
 def test_copy_errors(engine, config, tmp_path):
