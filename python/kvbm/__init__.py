@@ -3,7 +3,9 @@
 Layouts of KV blocks on any tier, zero-copy views of their blocks through DLPack
 (numpy.from_dlpack, torch.from_dlpack), a transfer engine that copies lists of blocks
 between any two layouts, and a transfer agent (NIXL's model) that READs and WRITEs
-a peer's registered memory, with notifications. Every blocking call releases the GIL;
+a peer's registered memory, with notifications; and the block manager: token sequences
+with Dynamo-compatible hashes, block pools on G1/G2/G3 with prefix match, offload and
+onboard between them, events and counters. Every blocking call releases the GIL;
 transfers and requests are awaitable in asyncio. Errors raise kvbm.Error subclasses.
 """
 
@@ -16,41 +18,64 @@ from ._errors import *  # noqa: F401,F403
 from ._errors import Error, TimeoutError  # noqa: A004
 from ._kvbm import (
     Agent,
+    BlockManager,
+    BlockManagerConfig,
+    BlockPool,
+    BlockState,
+    CudaHostEngine,
     DescList,
     DeviceAllocator,
     DiskAllocator,
     ErrorCode,
+    Event,
+    EventKind,
+    ImmutableBlock,
     LayerOrder,
     Layout,
     LayoutConfig,
     LayoutKind,
+    MatchResult,
     MemoryRegistration,
     MemType,
+    MutableBlock,
     Notification,
+    OffloadOptions,
+    OnboardResult,
     Op,
     PinnedAllocator,
     RemoteDescriptor,
     Request,
+    SequenceBlock,
     Storage,
     StorageKind,
     SystemAllocator,
+    Tier,
+    TokenSequence,
     Transfer,
     TransferEngine,
+    TransferEngineOptions,
     TransferPath,
     View,
     XferState,
+    block_hash,
     built_with_cuda,
     cuda_device_count,
+    salt_hash,
+    sequence_hash,
     set_log_level,
 )
 
 __version__ = "0.1.0"
 __all__ = [
-    "Agent", "DescList", "DeviceAllocator", "DiskAllocator", "ErrorCode", "LayerOrder",
+    "Agent", "BlockManager", "BlockManagerConfig", "BlockPool", "BlockState", "CudaHostEngine",
+    "DescList", "DeviceAllocator", "DiskAllocator", "ErrorCode", "LayerOrder",
     "Layout", "LayoutConfig", "LayoutKind", "MemoryRegistration", "MemType", "Notification",
     "Op", "PinnedAllocator", "RemoteDescriptor", "Request", "Storage", "StorageKind",
     "SystemAllocator", "Transfer", "TransferEngine", "TransferPath", "View", "XferState",
     "built_with_cuda", "cuda_device_count", "gpu_count", "set_log_level",
+    "Event", "EventKind", "ImmutableBlock", "MatchResult", "MutableBlock", "OffloadOptions",
+    "OnboardResult", "SequenceBlock", "Tier", "TokenSequence", "TransferEngineOptions",
+    "block_hash", "salt_hash", "sequence_hash",
 ] + [n for n in _errors.__all__ if n != "TimeoutError"]  # a star import would shadow the builtin
 
 

@@ -4,6 +4,8 @@
 import enum
 from typing import Any, Generator, Iterable, Mapping, Optional, Sequence, Tuple, Union
 
+from ._errors import Error
+
 BytesLike = Union[bytes, bytearray, memoryview, str]
 BlockIds = Union[Sequence[int], Iterable[int]]
 # An object with __dlpack__ (numpy array, torch tensor) or (address, size, device), where
@@ -200,6 +202,20 @@ class Layout:
     def view(self, layer: Optional[int] = None) -> View: ...
     def checksum(self, blocks: Optional[BlockIds] = None) -> int: ...
 
+class CudaHostEngine(enum.Enum):
+    AUTO: CudaHostEngine
+    KERNEL: CudaHostEngine
+    BATCH: CudaHostEngine
+
+class TransferEngineOptions:
+    def __init__(self, *, host_threads: int = 0, uring_queue_depth: int = 64,
+                 staging_bytes: int = 64 << 20,
+                 cuda_host_engine: CudaHostEngine = CudaHostEngine.AUTO) -> None: ...
+    host_threads: int
+    uring_queue_depth: int
+    staging_bytes: int
+    cuda_host_engine: CudaHostEngine
+
 class Transfer:
     def wait(self, timeout: Optional[float] = None) -> None: ...
     def ready(self) -> bool: ...
@@ -211,12 +227,16 @@ class Transfer:
 
 class TransferEngine:
     def __init__(self, *, host_threads: int = 0, uring_queue_depth: int = 64,
-                 staging_bytes: int = 64 << 20) -> None: ...
+                 staging_bytes: int = 64 << 20,
+                 cuda_host_engine: CudaHostEngine = CudaHostEngine.AUTO) -> None: ...
     def copy(self, src: Layout, src_ids: BlockIds, dst: Layout,
              dst_ids: Optional[BlockIds] = None, *, agent: Optional[Agent] = None,
              notification: Optional[BytesLike] = None) -> Transfer: ...
     def path_for(self, src: Layout, dst: Layout) -> TransferPath: ...
     def register_host_layout(self, layout: Layout) -> None: ...
+    def cuda_host_engine(self, ordinal: int, to_device: bool, chunk_bytes: int) -> CudaHostEngine:
+        """KERNEL or BATCH for pinned <-> GPU `ordinal` copies of chunk_bytes chunks;
+        DeviceUnavailableError without a usable GPU."""
     host_threads: int
     file_fixed_ios: int
 
@@ -274,3 +294,156 @@ class Agent:
     def wait_notification(self, timeout: Optional[float] = 5.0, *, peer: Optional[str] = None,
                           message: Optional[BytesLike] = None) -> Notification: ...
     def progress(self) -> None: ...
+
+# ---- the block manager (kvbm/pool.h) ------------------------------------------------------
+
+# Tokens: 0..2^32-1; hashes: 0..2^64-1. Lists of them: sequences or iterables of ints, or
+# 1-D integer numpy arrays (read without a per-item cost).
+Tokens = Union[Sequence[int], Iterable[int], Any]
+Hashes = Union[Sequence[int], Iterable[int], Any]
+
+def salt_hash(salt: BytesLike) -> int:
+    """XXH3-64 of the salt (seed 0); 0 for an empty one."""
+def block_hash(tokens: Tokens, salt_hash: int = 0) -> int:
+    """XXH3-64 of the tokens as little-endian u32 bytes, seeded with the salt hash."""
+def sequence_hash(parent: int, block: int, salt_hash: int = 0) -> int:
+    """XXH3-64 of (parent sequence hash, block hash) as little-endian u64s."""
+
+class SequenceBlock:
+    def __init__(self, block_hash: int, sequence_hash: int,
+                 parent_hash: Optional[int] = None) -> None: ...
+    block_hash: int
+    sequence_hash: int
+    parent_hash: Optional[int]
+
+class TokenSequence:
+    """Tokens split into full blocks (hashed as they fill) and a tail. Not thread-safe."""
+    def __init__(self, block_size: int, tokens: Optional[Tokens] = None, *,
+                 salt: Optional[BytesLike] = None, salt_hash: Optional[int] = None) -> None: ...
+    def append(self, token: int) -> int: ...
+    def extend(self, tokens: Tokens) -> int: ...
+    def truncate(self, num_tokens: int) -> None: ...
+    def __len__(self) -> int: ...
+    def block(self, index: int) -> SequenceBlock: ...
+    block_size: int
+    salt_hash: int
+    num_blocks: int
+    tokens: list[int]
+    tail: list[int]
+    block_hashes: list[int]
+    sequence_hashes: list[int]
+    blocks: list[SequenceBlock]
+
+class Tier(enum.Enum):
+    G1: Tier
+    G2: Tier
+    G3: Tier
+
+class BlockState(enum.Enum):
+    RESET: BlockState
+    PARTIAL: BlockState
+    COMPLETE: BlockState
+    REGISTERED: BlockState
+
+class EventKind(enum.Enum):
+    STORED: EventKind
+    REMOVED: EventKind
+
+class Event:
+    kind: EventKind
+    tier: Tier
+    sequence_hash: int
+    parent_hash: Optional[int]
+
+class MutableBlock:
+    """A G1 block being filled; dropping it (or release()) frees the block."""
+    empty: bool
+    block_id: int
+    tier: Tier
+    state: BlockState
+    key: Optional[SequenceBlock]
+    def begin_fill(self) -> None: ...
+    def complete(self, key: SequenceBlock) -> None: ...
+    def reset(self) -> None: ...
+    def release(self) -> None: ...
+
+class ImmutableBlock:
+    """A reference to a registered block (not evicted while one lives)."""
+    empty: bool
+    block_id: int
+    tier: Tier
+    sequence_hash: int
+    parent_hash: Optional[int]
+    def release(self) -> None: ...
+
+class MatchResult:
+    g1: list[ImmutableBlock]
+    g2: list[ImmutableBlock]
+    g3: list[ImmutableBlock]
+    def __len__(self) -> int: ...
+    def release(self) -> None: ...
+
+class OnboardResult:
+    blocks: list[ImmutableBlock]
+    failed: list[int]
+    error: Optional[Error]
+    ok: bool
+
+class OffloadOptions:
+    def __init__(self, *, enabled: bool = True, queue_capacity: int = 4096,
+                 max_batch: int = 1024, disk_min_hits: int = 2,
+                 hit_decay_period: float = 60.0, filter_capacity: int = 1 << 20,
+                 g1_to_g3_bypass: bool = False) -> None: ...
+    enabled: bool
+    queue_capacity: int
+    max_batch: int
+    disk_min_hits: int
+    hit_decay_period: float
+    filter_capacity: int
+    g1_to_g3_bypass: bool
+
+class BlockManagerConfig:
+    def __init__(self, block: LayoutConfig, *, g1_blocks: int = 0, g2_blocks: int = 0,
+                 g3_blocks: int = 0, kind: LayoutKind = LayoutKind.FULLY_CONTIGUOUS,
+                 disk_dir: Optional[Any] = None, use_gpu: bool = True, device: int = 0,
+                 offload: Optional[OffloadOptions] = None,
+                 engine: Optional[TransferEngineOptions] = None) -> None: ...
+    block: LayoutConfig
+    kind: LayoutKind
+    g1_blocks: int
+    g2_blocks: int
+    g3_blocks: int
+    disk_dir: Optional[str]
+    use_gpu: bool
+    device: int
+    offload: OffloadOptions
+    engine: TransferEngineOptions
+    block_bytes: int
+    def apply_env_overrides(self) -> None:
+        """g2_blocks from KVBM_CPU_CACHE_GB, g3_blocks from KVBM_DISK_CACHE_GB (GiB)."""
+
+class BlockPool:
+    tier: Tier
+    num_blocks: int
+    bookkeeping_bytes: int
+    def contains(self, sequence_hash: int) -> bool: ...
+    def remove(self, block: ImmutableBlock) -> None: ...
+    def clear_inactive(self) -> int: ...
+    def counters(self) -> dict[str, int]: ...
+
+class BlockManager:
+    """Pools on G1/G2/G3, prefix match, offload and onboard. Thread-safe."""
+    def __init__(self, config: BlockManagerConfig, *, events: bool = False) -> None: ...
+    def has_tier(self, tier: Tier) -> bool: ...
+    tiers: list[Tier]
+    block_size: int
+    def layout(self, tier: Tier, dtype: Optional[Any] = None) -> Layout: ...
+    def pool(self, tier: Tier) -> BlockPool: ...
+    def allocate(self, n: int) -> list[MutableBlock]: ...
+    def register(self, block: MutableBlock, priority: int = 0) -> ImmutableBlock: ...
+    def match(self, sequence_hashes: Hashes) -> MatchResult: ...
+    def onboard(self, match: MatchResult) -> OnboardResult: ...
+    def flush(self, timeout: float = 60.0) -> None: ...
+    def counters(self) -> dict[str, Any]: ...
+    def events(self) -> list[Event]:
+        """Drains the recorded events (needs events=True)."""

@@ -186,6 +186,9 @@ size_t index_arg(int64_t v, const char* name);
 // A DLPack element type from a name ("float16", "torch.bfloat16", a numpy dtype...).
 DLDataType dtype_arg(py::handle obj);
 std::string dtype_name(DLDataType t);
+// The element type of a layout's views: `dtype` (ValueError when it does not divide a
+// chunk), or for None ints of config.dtype_bytes (signed beyond one byte).
+DLDataType view_dtype(const LayoutConfig& c, py::handle dtype);
 
 // A view of memory as an n-D array that keeps `keep` alive (see memory.cc).
 struct View {
@@ -204,5 +207,6 @@ void bind_memory(py::module_& m);
 void bind_layout(py::module_& m);
 void bind_transfer(py::module_& m);
 void bind_agent(py::module_& m);
+void bind_pool(py::module_& m);
 
 }  // namespace kvbm::python

@@ -7,15 +7,7 @@ namespace kvbm::python {
 
 namespace {
 
-LayoutPtr box_of(Layout layout, DLDataType dtype) {
-  auto box = std::make_shared<LayoutBox>();
-  box->layout = std::make_unique<Layout>(std::move(layout));
-  box->dtype = dtype;
-  return box;
-}
-
-// The element type of views when the caller names none: ints of dtype_bytes (signed
-// beyond one byte: torch has no wider unsigned types).
+// Signed beyond one byte: torch has no wider unsigned types.
 DLDataType default_dtype(const LayoutConfig& c) {
   switch (c.dtype_bytes) {
     case 2:
@@ -29,7 +21,9 @@ DLDataType default_dtype(const LayoutConfig& c) {
   }
 }
 
-DLDataType dtype_for(const LayoutConfig& c, py::handle dtype) {
+}  // namespace
+
+DLDataType view_dtype(const LayoutConfig& c, py::handle dtype) {
   if (dtype.is_none()) return default_dtype(c);
   DLDataType t = dtype_arg(dtype);
   if ((c.page_size * c.inner_dim * c.dtype_bytes) % (t.bits / 8) != 0) {
@@ -37,6 +31,15 @@ DLDataType dtype_for(const LayoutConfig& c, py::handle dtype) {
                           std::to_string(c.chunk_bytes()) + " bytes");
   }
   return t;
+}
+
+namespace {
+
+LayoutPtr box_of(Layout layout, DLDataType dtype) {
+  auto box = std::make_shared<LayoutBox>();
+  box->layout = std::make_unique<Layout>(std::move(layout));
+  box->dtype = dtype;
+  return box;
 }
 
 template <typename Allocator>
@@ -51,7 +54,7 @@ LayoutPtr allocate_with(const LayoutConfig& c, LayoutKind kind, LayerOrder order
 
 LayoutPtr allocate_layout(const LayoutConfig& c, py::handle allocator, LayoutKind kind,
                           LayerOrder order, py::handle dtype) {
-  DLDataType t = dtype_for(c, dtype);
+  DLDataType t = view_dtype(c, dtype);
   if (py::isinstance<SystemAllocator>(allocator)) {
     return allocate_with(c, kind, order, allocator.cast<const SystemAllocator&>(), t);
   }

@@ -330,4 +330,5 @@ PYBIND11_MODULE(_kvbm, m) {
   kvbm::python::bind_layout(m);
   kvbm::python::bind_transfer(m);
   kvbm::python::bind_agent(m);
+  kvbm::python::bind_pool(m);
 }

@@ -108,6 +108,41 @@ double bench_copy(const EnginePtr& e, const LayoutPtr& src, py::handle src_ids,
   return dt.count();
 }
 
+TransferEngineOptions engine_options(int64_t host_threads, int64_t uring_queue_depth,
+                                     int64_t staging_bytes, CudaHostEngine cuda_host_engine) {
+  TransferEngineOptions o;
+  o.host_threads = index_arg(host_threads, "host_threads");
+  o.uring_queue_depth = static_cast<unsigned>(
+      std::min<size_t>(index_arg(uring_queue_depth, "uring_queue_depth"), 1u << 20));
+  o.staging_bytes = index_arg(staging_bytes, "staging_bytes");
+  o.cuda_host_engine = cuda_host_engine;
+  return o;
+}
+
+// The options a BlockManagerConfig carries for its engine (the engine's constructor takes
+// the same as keywords).
+void bind_options(py::module_& m) {
+  py::enum_<CudaHostEngine>(m, "CudaHostEngine",
+                            "Pinned host memory <-> GPU: KERNEL (the copy kernel reads or "
+                            "writes mapped pinned memory), BATCH (copy engines), or AUTO "
+                            "(measured per GPU).")
+      .value("AUTO", CudaHostEngine::Auto)
+      .value("KERNEL", CudaHostEngine::Kernel)
+      .value("BATCH", CudaHostEngine::Batch);
+  const TransferEngineOptions d;
+  using O = TransferEngineOptions;
+  py::class_<O>(m, "TransferEngineOptions",
+                "A TransferEngine's options (checked when an engine is made from them).")
+      .def(py::init(&engine_options), py::kw_only(), py::arg("host_threads") = d.host_threads,
+           py::arg("uring_queue_depth") = d.uring_queue_depth,
+           py::arg("staging_bytes") = d.staging_bytes,
+           py::arg("cuda_host_engine") = d.cuda_host_engine)
+      .def_readwrite("host_threads", &O::host_threads)
+      .def_readwrite("uring_queue_depth", &O::uring_queue_depth)
+      .def_readwrite("staging_bytes", &O::staging_bytes)
+      .def_readwrite("cuda_host_engine", &O::cuda_host_engine);
+}
+
 void bind_engine(py::module_& m) {
   py::class_<TransferBox, TransferPtr>(
       m, "Transfer",
@@ -141,12 +176,10 @@ void bind_engine(py::module_& m) {
       "Copies lists of blocks between two layouts of the same block shape on any two "
       "tiers (host threads, one CUDA kernel, io_uring, staged, or a peer's layout through "
       "an agent). Thread-safe.")
-      .def(py::init([](int64_t host_threads, int64_t uring_queue_depth, int64_t staging_bytes) {
-             TransferEngineOptions o;
-             o.host_threads = index_arg(host_threads, "host_threads");
-             o.uring_queue_depth = static_cast<unsigned>(
-                 std::min<size_t>(index_arg(uring_queue_depth, "uring_queue_depth"), 1u << 20));
-             o.staging_bytes = index_arg(staging_bytes, "staging_bytes");
+      .def(py::init([](int64_t host_threads, int64_t uring_queue_depth, int64_t staging_bytes,
+                       CudaHostEngine cuda_host_engine) {
+             auto o =
+                 engine_options(host_threads, uring_queue_depth, staging_bytes, cuda_host_engine);
              auto box = std::make_shared<EngineBox>();
              auto e = [&] {
                py::gil_scoped_release g;
@@ -156,7 +189,7 @@ void bind_engine(py::module_& m) {
              return box;
            }),
            py::kw_only(), py::arg("host_threads") = 0, py::arg("uring_queue_depth") = 64,
-           py::arg("staging_bytes") = 64 << 20)
+           py::arg("staging_bytes") = 64 << 20, py::arg("cuda_host_engine") = CudaHostEngine::Auto)
       .def("copy", &start_copy, py::arg("src"), py::arg("src_ids"), py::arg("dst"),
            py::arg("dst_ids") = py::none(), py::kw_only(), py::arg("agent") = py::none(),
            py::arg("notification") = py::none(),
@@ -178,6 +211,17 @@ void bind_engine(py::module_& m) {
           },
           py::arg("layout"),
           "Registers a host layout's memory as fixed buffers of the File path (optional).")
+      .def(
+          "cuda_host_engine",
+          [](EngineBox& e, int ordinal, bool to_device, int64_t chunk_bytes) {
+            auto bytes = index_arg(chunk_bytes, "chunk_bytes");
+            py::gil_scoped_release g;
+            return unwrap(e.engine->cuda_host_engine(ordinal, to_device, bytes));
+          },
+          py::arg("ordinal"), py::arg("to_device"), py::arg("chunk_bytes"),
+          "The engine (KERNEL or BATCH) that copies chunks of chunk_bytes between pinned "
+          "memory and GPU `ordinal`: the forced one, or with AUTO the measured one "
+          "(measuring now if not yet done). DeviceUnavailableError without a usable GPU.")
       .def_property_readonly("host_threads",
                              [](const EngineBox& e) { return e.engine->host_threads(); })
       .def_property_readonly("file_fixed_ios",
@@ -190,6 +234,7 @@ void bind_engine(py::module_& m) {
 }  // namespace
 
 void bind_transfer(py::module_& m) {
+  bind_options(m);
   bind_engine(m);
 }
 

@@ -187,3 +187,14 @@ def test_threads_share_an_engine_and_a_transfer(engine, config):
     for d in dsts[:4]:
         assert (d.view().numpy()[63 - np.arange(50)] == src.view().numpy()[:50]).all()
     assert (dsts[4].view().numpy() == src.view().numpy()).all()
+
+
+def test_cuda_host_engine_is_forced_or_needs_a_gpu():
+    forced = kvbm.TransferEngine(host_threads=1, cuda_host_engine=kvbm.CudaHostEngine.BATCH)
+    options = kvbm.TransferEngineOptions(cuda_host_engine=kvbm.CudaHostEngine.KERNEL)
+    assert options.cuda_host_engine == kvbm.CudaHostEngine.KERNEL and options.host_threads == 0
+    if kvbm.gpu_count() == 0:
+        with pytest.raises(kvbm.DeviceUnavailableError):
+            forced.cuda_host_engine(0, True, 1 << 20)
+    else:
+        assert forced.cuda_host_engine(0, True, 1 << 20) == kvbm.CudaHostEngine.BATCH
