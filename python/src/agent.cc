@@ -1,5 +1,6 @@
 // The transfer agent: backends, registration, metadata, publish/fetch, READ/WRITE
 // requests, notifications.
+#include <cmath>
 #include <optional>
 #include <thread>
 
@@ -148,8 +149,28 @@ xfer::Notification wait_notification(const AgentPtr& a, py::handle timeout, py::
   }
 }
 
+// etcd discovery and authentication (AgentConfig's etcd_* and auth_key).
+void set_discovery(xfer::AgentConfig& c, py::object endpoints, const std::string& prefix,
+                   double lease_ttl, py::object auth_key) {
+  if (PyUnicode_Check(endpoints.ptr())) {
+    throw py::type_error("etcd_endpoints must be a list of endpoints");
+  }
+  if (!endpoints.is_none()) {
+    c.etcd_endpoints =
+        cast_arg<std::vector<std::string>>(endpoints, "etcd_endpoints", "a list of endpoints");
+  }
+  c.etcd_prefix = prefix;
+  if (!(lease_ttl >= 1) || lease_ttl > 86400.0 * 365) {
+    throw py::value_error("etcd_lease_ttl must be 1 s..1 year, got " + std::to_string(lease_ttl));
+  }
+  c.etcd_lease_ttl = std::chrono::seconds(static_cast<int64_t>(std::ceil(lease_ttl)));
+  if (!auth_key.is_none()) c.auth_key = bytes_arg(auth_key, "auth_key");
+}
+
 AgentPtr make_agent(const std::string& name, py::object backends, bool progress_thread,
-                    double peer_timeout, bool add_cuda_if_gpu, size_t max_metadata_bytes) {
+                    double peer_timeout, bool add_cuda_if_gpu, size_t max_metadata_bytes,
+                    py::object etcd_endpoints, const std::string& etcd_prefix,
+                    double etcd_lease_ttl, py::object auth_key) {
   xfer::AgentConfig c;
   if (PyUnicode_Check(backends.ptr())) throw py::type_error("backends must be a list of names");
   if (!backends.is_none()) {
@@ -159,6 +180,7 @@ AgentPtr make_agent(const std::string& name, py::object backends, bool progress_
   c.peer_timeout = timeout_arg(py::float_(peer_timeout));
   c.add_cuda_if_gpu = add_cuda_if_gpu;
   c.max_metadata_bytes = max_metadata_bytes;
+  set_discovery(c, etcd_endpoints, etcd_prefix, etcd_lease_ttl, auth_key);
   auto box = std::make_shared<AgentBox>();
   auto a = [&] {
     py::gil_scoped_release g;
@@ -271,7 +293,14 @@ void bind_agent_basics(AgentClass& c) {
   c.def(py::init(&make_agent), py::arg("name"), py::kw_only(), py::arg("backends") = py::none(),
         py::arg("progress_thread") = true, py::arg("peer_timeout") = 10.0,
         py::arg("add_cuda_if_gpu") = true, py::arg("max_metadata_bytes") = 64 << 20,
-        "backends: default ['UCX', 'POSIX'] (CUDA added when a GPU is usable).")
+        py::arg("etcd_endpoints") = py::none(), py::arg("etcd_prefix") = "",
+        py::arg("etcd_lease_ttl") = 10.0, py::arg("auth_key") = py::none(),
+        "backends: default ['UCX', 'POSIX'] (CUDA added when a GPU is usable). "
+        "etcd_endpoints ('http://host:2379'; default $KVBM_ETCD_ENDPOINTS) and etcd_prefix "
+        "(default $KVBM_ETCD_PREFIX, else 'kvbm/') turn on etcd discovery; what the agent "
+        "publishes there lives under a lease of etcd_lease_ttl seconds. auth_key (at least "
+        "16 bytes; default $KVBM_AUTH_KEY or the file $KVBM_AUTH_KEY_FILE) authenticates "
+        "the side channel and seals the metadata.")
       .def_property_readonly("name", [](const AgentBox& a) { return a.agent->name(); })
       .def_property_readonly("backends", [](const AgentBox& a) { return a.agent->backends(); })
       .def(
@@ -364,6 +393,47 @@ void bind_agent_metadata(AgentClass& c) {
           },
           py::arg("host"), py::arg("port"), py::arg("timeout") = 5.0,
           "Fetches and loads a peer's metadata from its listener; returns its name.");
+}
+
+// etcd discovery: each call waits for etcd (without the GIL).
+void bind_agent_etcd(AgentClass& c) {
+  c.def(
+       "publish_metadata",
+       [](const AgentPtr& a) {
+         py::gil_scoped_release g;
+         check(A(a).publish_metadata());
+       },
+       "Puts this agent's metadata (and, from then on, what publish() publishes) in etcd. "
+       "UnsupportedError without etcd endpoints; IoError naming them when etcd is "
+       "unreachable.")
+      .def(
+          "withdraw_metadata",
+          [](const AgentPtr& a) {
+            py::gil_scoped_release g;
+            check(A(a).withdraw_metadata());
+          },
+          "Removes what this agent published from etcd (also done when it is destroyed).")
+      .def(
+          "fetch_remote_metadata",
+          [](const AgentPtr& a, const std::string& name) {
+            py::gil_scoped_release g;
+            return unwrap(A(a).fetch_remote_metadata(name));
+          },
+          py::arg("name"),
+          "Fetches agent `name`'s metadata from etcd and loads it; returns the name. "
+          "NotFoundError when etcd has none.")
+      .def(
+          "fetch_published",
+          [](const AgentPtr& a, const std::string& name, const std::string& key) {
+            std::string b;
+            {
+              py::gil_scoped_release g;
+              b = unwrap(A(a).fetch_published(name, key));
+            }
+            return py::bytes(b);
+          },
+          py::arg("name"), py::arg("key"),
+          "An item agent `name` published, from etcd. NotFoundError naming agent and key.");
 }
 
 void bind_agent_publishing(AgentClass& c) {
@@ -476,6 +546,7 @@ void bind_agent(py::module_& m) {
   bind_agent_basics(c);
   bind_agent_metadata(c);
   bind_agent_publishing(c);
+  bind_agent_etcd(c);
   bind_agent_requests(c);
 }
 

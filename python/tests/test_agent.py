@@ -2,8 +2,11 @@
 
 import asyncio
 import multiprocessing
+import os
 import pickle
 import socket
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -179,3 +182,58 @@ def test_register_memory_ranges():
     over = kvbm.Storage.from_memory(arr)
     a.register(over)
     assert over.remote_descriptor().addr == arr.ctypes.data
+
+
+@pytest.fixture
+def etcd(tmp_path):
+    """A real etcd on free 127.0.0.1 ports (as tests/support/etcd_server.cc starts one)."""
+    if not os.access("/usr/bin/etcd", os.X_OK):
+        pytest.skip("no /usr/bin/etcd")
+    client, peer = (f"http://127.0.0.1:{free_port()}" for _ in range(2))
+    proc = subprocess.Popen(
+        ["/usr/bin/etcd", "--name", "kvbm-py", "--data-dir", str(tmp_path / "data"),
+         "--listen-client-urls", client, "--advertise-client-urls", client,
+         "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+         "--initial-cluster", f"kvbm-py={peer}", "--logger", "zap",
+         "--log-outputs", str(tmp_path / "etcd.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        yield client
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metadata_and_items_through_etcd(etcd):
+    key = b"k" * 16
+    a = kvbm.Agent("etcd-a", backends=["POSIX"], add_cuda_if_gpu=False, etcd_endpoints=[etcd],
+                   etcd_prefix="pytest/", auth_key=key)
+    b = kvbm.Agent("etcd-b", backends=["POSIX"], add_cuda_if_gpu=False, etcd_endpoints=[etcd],
+                   etcd_prefix="pytest/", auth_key=key)
+    for _ in range(400):  # until etcd has elected itself leader and answers
+        try:
+            a.publish_metadata()
+            break
+        except kvbm.IoError:
+            time.sleep(0.05)
+    else:
+        pytest.fail(f"etcd at {etcd} did not answer")
+    a.publish("blocks/7", b"seven")
+    assert b.fetch_remote_metadata("etcd-a") == "etcd-a" and b.has_remote("etcd-a")
+    assert b.fetch_published("etcd-a", "blocks/7") == b"seven"
+    with pytest.raises(kvbm.NotFoundError, match="etcd-c"):
+        b.fetch_remote_metadata("etcd-c")
+    a.withdraw_metadata()
+    with pytest.raises(kvbm.NotFoundError, match="blocks/7"):
+        b.fetch_published("etcd-a", "blocks/7")
+    plain = kvbm.Agent("plain", backends=["POSIX"], add_cuda_if_gpu=False)
+    with pytest.raises(kvbm.UnsupportedError):
+        plain.publish_metadata()
+    with pytest.raises(ValueError, match="etcd_lease_ttl"):
+        kvbm.Agent("x", backends=["POSIX"], etcd_lease_ttl=0)
