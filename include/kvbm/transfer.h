@@ -162,7 +162,7 @@ class TransferEngine {
 
   // The engine the Cuda path uses on GPU `ordinal` between pinned memory and the GPU
   // (`to_device`: host -> GPU) for coalesced chunks of `chunk_bytes`: the forced one, or
-  // with Auto the measured one (measuring now if not yet done: some tens of ms).
+  // with Auto the measured one (measured now, once per GPU, if not yet done).
   // DeviceUnavailable without a usable GPU.
   Result<CudaHostEngine> cuda_host_engine(int ordinal, bool to_device, size_t chunk_bytes);
 
