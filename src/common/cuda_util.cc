@@ -1,5 +1,7 @@
 #include "common/cuda_util.h"
 
+#include <dlfcn.h>
+
 #include <string>
 
 #include "kvbm/cuda.h"
@@ -12,11 +14,28 @@ bool built_with_cuda() {
 
 #if KVBM_HAVE_CUDA
 
+namespace {
+
+// Whether the NVIDIA driver's user-space library can be loaded at all.
+bool driver_library_present() {
+  void* handle = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (handle == nullptr) return false;
+  dlclose(handle);
+  return true;
+}
+
+}  // namespace
+
 Result<int> cuda_device_count() {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
     cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    // Without any driver CUDA says its version "is insufficient": say what is missing.
+    if (e == cudaErrorInsufficientDriver && !driver_library_present()) {
+      return err(ErrorCode::DeviceUnavailable,
+                 "no usable GPU: no NVIDIA driver (libcuda.so.1 not found)");
+    }
     return detail::cuda_error(ErrorCode::DeviceUnavailable, e, "no usable GPU: cudaGetDeviceCount");
   }
   if (n == 0) return err(ErrorCode::DeviceUnavailable, "no usable GPU: cudaGetDeviceCount found 0");

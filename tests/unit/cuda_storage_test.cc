@@ -1,5 +1,6 @@
 // CUDA-backed storages on any machine: without a GPU (or without a CUDA build) every
 // entry point must give DeviceUnavailable, never crash. With a GPU, see tests/gpu/.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include "kvbm/storage.h"
@@ -18,6 +19,13 @@ class NoGpu : public ::testing::Test {
 TEST_F(NoGpu, DeviceCountSaysWhy) {
   auto n = cuda_device_count();
   EXPECT_ERROR(n, ErrorCode::DeviceUnavailable, built_with_cuda() ? "GPU" : "without CUDA");
+  // Where no driver is installed at all, in those words (not CUDA's "insufficient").
+  void* driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+  if (driver != nullptr) {
+    dlclose(driver);
+  } else if (built_with_cuda()) {
+    EXPECT_ERROR(n, ErrorCode::DeviceUnavailable, "no NVIDIA driver (libcuda.so.1 not found)");
+  }
 }
 
 TEST_F(NoGpu, PinnedAllocate) {
