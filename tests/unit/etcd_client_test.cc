@@ -48,6 +48,20 @@ struct Seen {
   }
 };
 
+// A real etcd per test, and a client of it.
+class LiveEtcd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    KVBM_REQUIRE_ETCD();
+    etcd_ = std::make_unique<testing::EtcdServer>();
+    ASSERT_TRUE(etcd_->ready());
+    c_ = client_for({etcd_->endpoint()});
+    ASSERT_NE(c_, nullptr);
+  }
+  std::unique_ptr<testing::EtcdServer> etcd_;
+  std::unique_ptr<EtcdClient> c_;
+};
+
 TEST(Base64, RoundTripsEveryLengthAndRejectsGarbage) {
   std::string bytes;
   for (int i = 0; i < 40; ++i) {
@@ -78,12 +92,8 @@ TEST(EtcdClient, UnreachableIsAnIoErrorNamingTheEndpoints) {
   EXPECT_ERROR(EtcdWatch::start(*c, "p/", [](const EtcdEvent&) {}), ErrorCode::Io, "etcd watch");
 }
 
-TEST(EtcdClient, PutGetPrefixDelete) {
-  KVBM_REQUIRE_ETCD();
-  testing::EtcdServer etcd;
-  ASSERT_TRUE(etcd.ready());
-  auto c = client_for({etcd.endpoint()});
-  ASSERT_NE(c, nullptr);
+TEST_F(LiveEtcd, PutGetPrefixDelete) {
+  auto& c = c_;
   const std::string binary("a\0b\xff", 4);
   ASSERT_TRUE(c->put("kvbm/agents/a", binary).ok());
   ASSERT_TRUE(c->put("kvbm/agents/b", "B").ok());
@@ -116,12 +126,8 @@ TEST(EtcdClient, AFirstEndpointThatIsDownIsSkipped) {
   EXPECT_EQ(c->get("k")->value_or(""), "v");
 }
 
-TEST(EtcdClient, KeysOfARevokedLeaseAreGoneAndItsKeepAliveFails) {
-  KVBM_REQUIRE_ETCD();
-  testing::EtcdServer etcd;
-  ASSERT_TRUE(etcd.ready());
-  auto c = client_for({etcd.endpoint()});
-  ASSERT_NE(c, nullptr);
+TEST_F(LiveEtcd, KeysOfARevokedLeaseAreGoneAndItsKeepAliveFails) {
+  auto& c = c_;
   auto lease = c->grant_lease(30s);
   ASSERT_TRUE(lease.ok()) << lease.error().to_string();
   ASSERT_TRUE(c->put("leased", "x", *lease).ok());
@@ -132,12 +138,8 @@ TEST(EtcdClient, KeysOfARevokedLeaseAreGoneAndItsKeepAliveFails) {
   EXPECT_ERROR(c->put("k", "v", *lease), ErrorCode::InvalidArgument, "lease not found");
 }
 
-TEST(EtcdWatch, SeesPutsAndDeletesUnderItsPrefixOnly) {
-  KVBM_REQUIRE_ETCD();
-  testing::EtcdServer etcd;
-  ASSERT_TRUE(etcd.ready());
-  auto c = client_for({etcd.endpoint()});
-  ASSERT_NE(c, nullptr);
+TEST_F(LiveEtcd, WatchSeesPutsAndDeletesUnderItsPrefixOnly) {
+  auto& c = c_;
   Seen seen;
   auto w = EtcdWatch::start(*c, "kvbm/agents/", [&](const EtcdEvent& e) { seen.add(e); });
   ASSERT_TRUE(w.ok()) << w.error().to_string();
@@ -154,12 +156,9 @@ TEST(EtcdWatch, SeesPutsAndDeletesUnderItsPrefixOnly) {
   EXPECT_EQ(seen.events[1].key, "kvbm/agents/a");
 }
 
-TEST(EtcdWatch, ReportsABreakAndResumesWhenEtcdReturns) {
-  KVBM_REQUIRE_ETCD();
-  testing::EtcdServer etcd;
-  ASSERT_TRUE(etcd.ready());
-  auto c = client_for({etcd.endpoint()});
-  ASSERT_NE(c, nullptr);
+TEST_F(LiveEtcd, WatchReportsABreakAndResumesWhenEtcdReturns) {
+  auto& etcd = *etcd_;
+  auto& c = c_;
   Seen seen;
   auto w = EtcdWatch::start(
       *c, "p/", [&](const EtcdEvent& e) { seen.add(e); }, [&](const Error& e) { seen.fail(e); });
@@ -174,12 +173,8 @@ TEST(EtcdWatch, ReportsABreakAndResumesWhenEtcdReturns) {
   EXPECT_EQ(seen.events.back().value, "after");
 }
 
-TEST(EtcdWatch, StopsPromptlyWhileIdle) {
-  KVBM_REQUIRE_ETCD();
-  testing::EtcdServer etcd;
-  ASSERT_TRUE(etcd.ready());
-  auto c = client_for({etcd.endpoint()});
-  ASSERT_NE(c, nullptr);
+TEST_F(LiveEtcd, WatchStopsPromptlyWhileIdle) {
+  auto& c = c_;
   auto w = EtcdWatch::start(*c, "p/", [](const EtcdEvent&) {});
   ASSERT_TRUE(w.ok());
   (*w)->stop();  // must return (the test's timeout guards it); a second stop is harmless
