@@ -14,6 +14,7 @@
 #include "kvbm/xfer/mem_type.h"
 #include "support/test_support.h"
 #include "xfer/backends/ucx/same_host.h"
+#include "xfer/backends/ucx/worker_address.h"
 #include "xfer/metadata.h"
 
 namespace kvbm::xfer {
@@ -289,6 +290,62 @@ TEST(AgentMetadata, UcxPartsAreCheckedBeforeUcxSeesThem) {
   EXPECT_ERROR(with_key([](std::string& k) { k.resize(4); }), ErrorCode::InvalidArgument,
                "UCX remote key of 4 bytes");
   EXPECT_EQ(a->load_remote_metadata(*bytes).value_or(""), "b");
+}
+
+// A peer's worker address is walked whole before UCX sees it: sizes UCX never writes for a
+// transport are refused, and whether the peer is on this machine is read from the address
+// (its shared-memory devices), so a garbled boot-id line cannot make UCX open a
+// shared-memory endpoint with peer error handling (which crashed UCX 1.13).
+TEST(AgentMetadata, UcxWorkerAddressIsWalkedBeforeUcxSeesIt) {
+  auto a = make_agent("a", AgentConfig{.backends = {"UCX"}});
+  auto b = make_agent("b", AgentConfig{.backends = {"UCX"}});
+  auto abuf = make_buffer(4096, 1), bbuf = make_buffer(4096, 2);
+  ASSERT_TRUE(a->register_storage(abuf).ok());
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  auto bytes = b->local_metadata();
+  ASSERT_TRUE(bytes.ok());
+  auto md = detail::decode_metadata(*bytes, 1 << 20);
+  ASSERT_TRUE(md.ok()) << md.error().to_string();
+  const std::string conn = md->backends.at("UCX");
+  const size_t tl = conn.find('\n'), nl = conn.find('\n', tl + 1);
+  const std::string address = conn.substr(nl + 1);
+  auto walked = xfer::detail::parse_worker_address(address);
+  ASSERT_TRUE(walked.ok()) << walked.error().to_string();
+  auto with_conn = [&](std::string c) {
+    auto m = *md;
+    m.backends["UCX"] = std::move(c);
+    return a->load_remote_metadata(detail::encode_metadata(m));
+  };
+  auto with_address = [&](const std::function<void(std::string&)>& mutate) {
+    std::string changed = address;
+    mutate(changed);
+    return with_conn(conn.substr(0, nl + 1) + changed);
+  };
+  for (size_t cut = 16; cut < address.size(); cut += 5) {  // every length stays inside
+    EXPECT_ERROR(with_address([&](std::string& s) { s.resize(cut); }), ErrorCode::InvalidArgument,
+                 "agent 'b' sent a malformed UCX worker address");
+  }
+  EXPECT_ERROR(with_address([](std::string& s) { s += '\0'; }), ErrorCode::InvalidArgument,
+               "bytes after the last device");
+  for (const auto& e : walked->entries) {
+    const size_t at = static_cast<size_t>(e.device.data() - address.data());
+    if (e.tl_checksum ==
+        xfer::detail::transport_checksum("tcp")) {  // an address family of no such size
+      EXPECT_ERROR(with_address([&](std::string& s) { s[at + 1] = 99; }),
+                   ErrorCode::InvalidArgument, "device address of");
+    }
+  }
+  // The boot-id line garbled: the address still says "this machine", so the peer loads and
+  // a transfer over UCX's shared memory (or whatever UCX_TLS allows) works.
+  std::string garbled = conn;
+  garbled.replace(tl + 1, 8, "00000000");
+  auto name = with_conn(garbled);
+  ASSERT_TRUE(name.ok()) << name.error().to_string();
+  auto req = a->create_request(Op::Read, dram(abuf.addr(), 4096), dram(bbuf.addr(), 4096), "b");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  ASSERT_TRUE((*req)->post().ok());
+  ASSERT_TRUE((*req)->wait(10s).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(abuf.data(), 4096, 2), SIZE_MAX);
 }
 
 TEST(AgentMetadata, TwoAgentsInOneProcess) {

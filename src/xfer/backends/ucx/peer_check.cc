@@ -1,11 +1,14 @@
 #include "xfer/backends/ucx/peer_check.h"
 
+#include <sys/socket.h>
 #include <ucp/api/ucp.h>
 
+#include <algorithm>
 #include <bit>
 #include <cstring>
 
 #include "common/hex.h"
+#include "xfer/backends/ucx/worker_address.h"
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -20,6 +23,69 @@ constexpr uint8_t kHostMemory = 0;  // UCS_MEMORY_TYPE_HOST
 
 std::string version_string(unsigned major, unsigned minor, unsigned release) {
   return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(release);
+}
+
+// UCX's shared-memory transports: their device address is the machine's system id.
+bool is_shared_memory(uint16_t checksum) {
+  static const std::array<uint16_t, 5> kShm = {
+      transport_checksum("posix"), transport_checksum("sysv"), transport_checksum("cma"),
+      transport_checksum("xpmem"), transport_checksum("knem")};
+  return std::find(kShm.begin(), kShm.end(), checksum) != kShm.end();
+}
+
+// A TCP device address: flags, address family, then the IP address, or for loopback the
+// machine's and network namespace's ids (UCX 1.13's uct_tcp_device_addr_t).
+bool tcp_device_fits(std::string_view device) {
+  constexpr uint8_t kLoopback = 1;
+  constexpr size_t kLocalIds = 16;
+  if (device.size() < 2) return false;
+  const auto flags = static_cast<uint8_t>(device[0]);
+  const auto family = static_cast<uint8_t>(device[1]);
+  if (family != AF_INET && family != AF_INET6) return false;
+  const size_t ip = (flags & kLoopback) ? kLocalIds : family == AF_INET ? 4 : 16;
+  return device.size() == 2 + ip;
+}
+
+template <typename T>
+bool contains(const std::vector<T>& v, const T& x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+void learn_transports(std::string_view address, UcxWireShape& s) {
+  auto walked = parse_worker_address(address);
+  if (!walked) return;
+  for (const UcxAddressEntry& e : walked->entries) {
+    auto it = std::find_if(s.transports.begin(), s.transports.end(),
+                           [&](const auto& t) { return t.checksum == e.tl_checksum; });
+    if (it == s.transports.end()) {
+      it = s.transports.insert(it, UcxTransportShape{});
+      it->checksum = e.tl_checksum;
+    }
+    if (!contains(it->device_sizes, e.device.size())) it->device_sizes.push_back(e.device.size());
+    if (!contains(it->interface_sizes, e.interface.size())) {
+      it->interface_sizes.push_back(e.interface.size());
+    }
+    if (is_shared_memory(e.tl_checksum) && !e.device.empty()) s.machine = e.device;
+  }
+  s.address_walks = true;
+}
+
+// Refuses an interface of a transport this UCX has, with addresses of sizes it never
+// writes for it.
+Status check_entry(const std::string& agent, const UcxAddressEntry& e, const UcxWireShape& ours) {
+  auto it = std::find_if(ours.transports.begin(), ours.transports.end(),
+                         [&](const auto& t) { return t.checksum == e.tl_checksum; });
+  if (it == ours.transports.end()) return {};
+  const bool tcp = e.tl_checksum == transport_checksum("tcp");
+  const bool device_fits =
+      tcp ? tcp_device_fits(e.device) : contains(it->device_sizes, e.device.size());
+  if (!device_fits || !contains(it->interface_sizes, e.interface.size())) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent,
+               "' sent a UCX worker address whose transport ", kvbm::detail::hex(e.tl_checksum),
+               " has a device address of ", e.device.size(), " bytes and an interface address of ",
+               e.interface.size(), " bytes; this UCX writes other sizes for it");
+  }
+  return {};
 }
 
 }  // namespace
@@ -60,6 +126,7 @@ UcxWireShape learn_wire_shape(std::string_view address, std::string_view rkey) {
   s.address_header = address.empty() ? 0 : static_cast<uint8_t>(address[0]);
   s.address_len = address.size();
   s.md_key_size.fill(-1);
+  learn_transports(address, s);
   if (rkey.size() < kKeyHeader) return s;
   std::memcpy(&s.md_map, rkey.data(), sizeof s.md_map);
   size_t at = kKeyHeader;
@@ -72,8 +139,8 @@ UcxWireShape learn_wire_shape(std::string_view address, std::string_view rkey) {
   return s;
 }
 
-Status check_worker_address(const std::string& agent, std::string_view address,
-                            const UcxWireShape& ours) {
+Result<UcxPeerAddress> check_worker_address(const std::string& agent, std::string_view address,
+                                            const UcxWireShape& ours) {
   if (address.size() < kMinAddress || address.size() > kMaxAddress) {
     return err(ErrorCode::InvalidArgument, "agent '", agent, "' sent a UCX worker address of ",
                address.size(), " bytes; expected ", kMinAddress, " to ", kMaxAddress);
@@ -84,7 +151,20 @@ Status check_worker_address(const std::string& agent, std::string_view address,
                "' sent a UCX worker address with header ", int{header}, "; this UCX writes ",
                int{ours.address_header}, " (another address version, or other UCX settings)");
   }
-  return {};
+  UcxPeerAddress peer;
+  if (!ours.address_walks) return peer;
+  auto walked = parse_worker_address(address);
+  if (!walked) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent, "' sent a malformed ",
+               walked.error().message);
+  }
+  for (const UcxAddressEntry& e : walked->entries) {
+    KVBM_TRY(check_entry(agent, e, ours));
+    if (is_shared_memory(e.tl_checksum) && !ours.machine.empty() && e.device == ours.machine) {
+      peer.same_machine = true;
+    }
+  }
+  return peer;
 }
 
 Status check_packed_rkey(std::string_view rkey, const UcxWireShape& ours) {

@@ -502,19 +502,24 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
   if (nl == std::string_view::npos || nl > 128 || nl + 1 == connection_info.size()) {
     return err(ErrorCode::InvalidArgument, "malformed UCX connection data for agent '", agent, "'");
   }
-  KVBM_TRY(check_worker_address(agent, connection_info.substr(nl + 1), shape_));
+  auto address = check_worker_address(agent, connection_info.substr(nl + 1), shape_);
+  if (!address) return address.error();
   // The first line: the peer's boot id, then (if it offers one) its same-host line.
   const std::string_view first = connection_info.substr(0, nl);
   const size_t sp = first.find(' ');
   const bool same_host = first.substr(0, sp) == host_;
   // Shared memory is the fast path on one host, but UCX 1.13's shared-memory transports
-  // cannot report a failed peer, so they are only selectable without peer error handling.
-  // Elsewhere (another host, or UCX_TLS without shared memory) UCX watches the peer.
-  const bool shm = same_host && tls_allows_shared_memory();
+  // cannot report a failed peer, so they are only selectable without peer error handling
+  // (asked for anyway, UCX crashes). Whether UCX will pick them is the address's to say,
+  // not the boot-id line's. Elsewhere (another host, or UCX_TLS without shared memory)
+  // UCX watches the peer.
+  const bool reaches_shm = shape_.address_walks ? address->same_machine : same_host;
+  const bool shm = reaches_shm && tls_allows_shared_memory();
   const bool peer_errors = !shm;
   const bool self = agent == env_.agent_name && same_host_ != SameHostMode::Off;
   std::shared_ptr<SameHostPeer> host;
-  if (shm && !self && same_host_ != SameHostMode::Off && sp != std::string_view::npos) {
+  if (shm && same_host && !self && same_host_ != SameHostMode::Off &&
+      sp != std::string_view::npos) {
     std::string why;
     host = SameHostPeer::reach(first.substr(sp + 1), &why);
     if (!host) {
