@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <string>
 
 #include "support/test_support.h"
@@ -89,6 +91,19 @@ TEST(UcxWorkerAddress, Version1CarriesItsFlagsInTheHeaderAndHas16AttributeBytes)
   ASSERT_EQ(w->entries.size(), 1u);
   EXPECT_EQ(w->entries[0].tl_checksum, 0x7563);
   EXPECT_EQ(w->entries[0].interface, "x");
+  // The floats UCX scores transports by: a negative or non-finite one is refused (UCX
+  // asserts on a negative score).
+  for (float bad : {-1.0f, std::nanf(""), INFINITY}) {
+    for (size_t field : {0, 4, 8}) {  // overhead, bandwidth, latency
+      std::string c = a;
+      std::memcpy(c.data() + 13 + field, &bad, 4);
+      EXPECT_ERROR(parse_worker_address(c), ErrorCode::InvalidArgument,
+                   "interface attributes out of range");
+    }
+  }
+  std::string zero_bandwidth = a;
+  std::memset(zero_bandwidth.data() + 13 + 4, 0, 4);
+  EXPECT_ERROR(parse_worker_address(zero_bandwidth), ErrorCode::InvalidArgument, "out of range");
   // An extension value is no extension in version 1: 0x1f is a 31-byte device address.
   std::string b = a;
   b[10] = static_cast<char>(0x80 | 0x1f);

@@ -2,6 +2,7 @@
 
 #include <ucs/algorithm/crc.h>
 
+#include <cmath>
 #include <cstring>
 
 namespace kvbm::xfer::detail {
@@ -67,6 +68,19 @@ Error malformed(const Reader& r, std::string_view what) {
   return err(ErrorCode::InvalidArgument, "UCX worker address: ", what, " at byte ", r.at());
 }
 
+// Version 1 carries overhead, bandwidth and latency as floats, from which UCX scores the
+// transports (and asserts that no score is negative): each must be finite, the times not
+// negative, the bandwidth positive. Version 2's 8-bit encodings are never negative.
+bool attributes_fit(std::string_view attr, uint8_t version) {
+  if (version != kVersion1) return true;
+  float overhead = 0, bandwidth = 0, latency = 0;
+  std::memcpy(&overhead, attr.data(), 4);
+  std::memcpy(&bandwidth, attr.data() + 4, 4);
+  std::memcpy(&latency, attr.data() + 8, 4);
+  return std::isfinite(overhead) && std::isfinite(bandwidth) && std::isfinite(latency) &&
+         overhead >= 0 && latency >= 0 && bandwidth > 0;
+}
+
 uint32_t caps_of(std::string_view attr, uint8_t version) {
   if (version == kVersion1) {
     uint32_t prio_caps = 0;
@@ -106,6 +120,9 @@ Status read_interface(Reader& r, const UcxWorkerAddress& a, UcxAddressEntry& e, 
   e.interface = r.take(len);
   if (!r.ok()) return malformed(r, "interface cut short");
   if (flags & kIfaceHasEpAddress) return malformed(r, "endpoint address in a worker address");
+  if (!attributes_fit(attr, a.version)) {
+    return malformed(r, "interface attributes out of range (a negative or non-finite value)");
+  }
   e.caps = caps_of(attr, a.version);
   *last = (flags & kLast) != 0;
   return {};
