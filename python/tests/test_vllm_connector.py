@@ -9,12 +9,10 @@ from collections import OrderedDict
 import pytest
 
 torch = pytest.importorskip("torch")
-prometheus = pytest.importorskip("prometheus_client")
 
 import kvbm  # noqa: E402
 from kvbm.vllm import HAVE_VLLM, KvbmConnectorMetadata  # noqa: E402
 from _vllm_harness import BLOCK, Engine, Request  # noqa: E402
-from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 
 def tokens(n, seed):
@@ -157,6 +155,7 @@ def metric(families, name, **labels):
 
 
 def test_pressure_agrees_with_a_reference_lru_and_the_exported_metrics(engines):
+    parser = pytest.importorskip("prometheus_client.parser")
     # Both smaller than the working set (6 prompts of 6-8 blocks and a tail): G1 holds about
     # one prompt, G2 about four.
     g1, g2 = 10, 28
@@ -186,7 +185,7 @@ def test_pressure_agrees_with_a_reference_lru_and_the_exported_metrics(engines):
     # The exporter, scraped over HTTP, parsed with prometheus_client's parser.
     port = e.shared.metrics_server.port
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    fam = list(text_string_to_metric_families(text))
+    fam = list(parser.text_string_to_metric_families(text))
     blocks = expect["matched"] // BLOCK
     assert metric(fam, "kvbm_vllm_matched_tokens_total") == expect["matched"]
     assert metric(fam, "kvbm_hit_blocks_total", tier="G2") == blocks

@@ -51,8 +51,9 @@ class SchedulerSide:
         if seq is None:
             seq = self._seqs[rid] = TokenSequence(self._bs, salt=request_salt(request))
         tokens = request.all_token_ids
-        if len(tokens) > len(seq):
-            seq.extend(tokens[len(seq):])
+        have = len(seq)
+        if len(tokens) > have:
+            seq.extend(tokens[have:] if have else tokens)  # no copy of a new prompt
         return seq
 
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> Tuple[int, bool]:
