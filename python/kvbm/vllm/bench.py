@@ -119,15 +119,19 @@ def scheduler_cost(blocks, calls):
     return _percentiles(repeat), _percentiles(first), len(repeat), len(first)
 
 
-def gpu_load(blocks, repeat):
+def gpu_load(blocks, repeat, host=False):
+    """host=True runs the same flow with host memory standing for the GPU (a check of the
+    bench itself where there is no GPU; its figures mean nothing)."""
     from .. import gpu_count
 
-    if gpu_count() == 0:
+    if gpu_count() == 0 and not host:
         print("vllm-load: skipped (no usable GPU)")
         return None
+    gpu_alloc = SystemAllocator() if host else DeviceAllocator(0)
+    pinned_alloc = SystemAllocator() if host else PinnedAllocator()
     config = LayoutConfig(num_blocks=blocks, num_layers=32, outer_dim=2, page_size=16,
                           inner_dim=8 * 128, dtype_bytes=2)
-    kv = Layout.allocate(config, DeviceAllocator(0), kind=LayoutKind.LAYER_SEPARATE,
+    kv = Layout.allocate(config, gpu_alloc, kind=LayoutKind.LAYER_SEPARATE,
                          order=LayerOrder.OUTER_MAJOR)
     sched, worker = _connectors(kv, g2_blocks=blocks, g3_blocks=0)
     engine = TransferEngine()
@@ -135,8 +139,8 @@ def gpu_load(blocks, repeat):
     _save(sched, worker, tokens[:blocks * 16], blocks)
     nbytes = blocks * config.block_bytes
     # The ceiling: the same bytes, pinned -> GPU, as one contiguous copy.
-    pinned = Layout.allocate(config, PinnedAllocator())
-    dev = Layout.allocate(config, DeviceAllocator(0))
+    pinned = Layout.allocate(config, pinned_alloc)
+    dev = Layout.allocate(config, gpu_alloc)
     ids = list(range(blocks))
     engine.copy(pinned, ids, dev, ids).wait()
     ceiling = float("inf")
@@ -178,6 +182,8 @@ def main(argv):
     p.add_argument("--blocks", type=int, default=1000)
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--host", action="store_true",
+                   help="vllm-load with host memory for the GPU: checks the bench, not the GPU")
     a = p.parse_args(argv)
     if a.what == "vllm-scheduler":
         (r50, r99), (f50, f99), nr, nf = scheduler_cost(a.blocks, a.calls)
@@ -185,7 +191,7 @@ def main(argv):
         print(f"  repeat (hashes cached)  p50 {r50:8.1f} us   p99 {r99:8.1f} us   ({nr} calls)")
         print(f"  first (tokens hashed)   p50 {f50:8.1f} us   p99 {f99:8.1f} us   ({nf} calls)")
         return
-    r = gpu_load(a.blocks, a.repeat)
+    r = gpu_load(a.blocks, a.repeat, a.host)
     if r is None:
         return
     gb = r["bytes"] / 1e9
