@@ -442,7 +442,8 @@ class BlockPool:
 class BlockManager:
     """Pools on G1/G2/G3, prefix match, offload and onboard. Thread-safe."""
     def __init__(self, config: BlockManagerConfig, *, events: bool = False,
-                 g1: Optional[Layout] = None) -> None: ...
+                 g1: Optional[Layout] = None, g2: Optional[Layout] = None,
+                 g3: Optional[Layout] = None) -> None: ...
     def has_tier(self, tier: Tier) -> bool: ...
     tiers: list[Tier]
     block_size: int
@@ -458,8 +459,8 @@ class BlockManager:
         """Drains the recorded events (needs events=True)."""
 
 # ---- an engine-owned G1 (kvbm.vllm's core) -------------------------------------------------
-# BlockManager(config, *, events=False, g1: Optional[Layout] = None): g1 is a Layout the
-# caller owns (an engine's paged KV cache), used as G1 instead of allocating one.
+# BlockManager(config, *, events=False, g1=None, g2=None, g3=None): Layouts the caller made
+# (g1: an engine's paged KV cache), used instead of allocating those tiers.
 
 class ExternalSave:
     """A save of engine blocks into G2; finish() -> {saved, present, dropped, error}."""

@@ -566,7 +566,7 @@ void bind_config(py::module_& m) {
 // ---- the manager and its pools ----------------------------------------------------------
 
 struct ManagerBox {
-  LayoutPtr g1_source;                 // an engine-owned G1 the manager aliases (g1=); outlives it
+  std::vector<LayoutPtr> given;        // layouts the manager aliases (g1=, g2=, g3=); outlive it
   std::unique_ptr<EventQueue> events;  // with events=True; outlives the manager
   std::unique_ptr<BlockManager> manager;
   ~ManagerBox() {
@@ -587,16 +587,21 @@ struct PoolRef {
   BlockPool* pool;
 };
 
-ManagerPtr make_manager(BlockManagerConfig config, bool events, py::handle g1) {
+ManagerPtr make_manager(BlockManagerConfig config, bool events, py::handle g1, py::handle g2,
+                        py::handle g3) {
   auto box = std::make_shared<ManagerBox>();
   if (events) {
     box->events = std::make_unique<EventQueue>();
     config.on_event = box->events->callback();
   }
   TierLayouts given;
-  if (!g1.is_none()) {
-    box->g1_source = cast_arg<LayoutPtr>(g1, "g1", "a kvbm.Layout");
-    given.g1 = unwrap(alias_layout(*box->g1_source->layout));
+  const std::pair<py::handle, std::optional<Layout>*> tiers[] = {
+      {g1, &given.g1}, {g2, &given.g2}, {g3, &given.g3}};
+  const char* names[] = {"g1", "g2", "g3"};
+  for (size_t i = 0; i < 3; ++i) {
+    if (tiers[i].first.is_none()) continue;
+    box->given.push_back(cast_arg<LayoutPtr>(tiers[i].first, names[i], "a kvbm.Layout"));
+    *tiers[i].second = unwrap(alias_layout(*box->given.back()->layout));
   }
   auto r = [&] {
     py::gil_scoped_release g;
@@ -671,10 +676,10 @@ void bind_manager(py::module_& m) {
       "a prefix of sequence hashes across the tiers, onboard G2/G3 hits to G1. A block's "
       "bytes live at its block_id in layout(tier). Thread-safe.")
       .def(py::init(&make_manager), py::arg("config"), py::kw_only(), py::arg("events") = false,
-           py::arg("g1") = py::none(),
-           "events=True records every tier's STORED/REMOVED events for events(). g1: a "
-           "Layout the caller owns (an engine's paged KV cache) to use as G1 instead of "
-           "allocating one; the manager keeps it alive (see ExternalG1).")
+           py::arg("g1") = py::none(), py::arg("g2") = py::none(), py::arg("g3") = py::none(),
+           "events=True records every tier's STORED/REMOVED events for events(). g1, g2, "
+           "g3: Layouts the caller made (g1: an engine's paged KV cache, see ExternalG1) to "
+           "use instead of allocating the tier; the manager keeps them alive.")
       .def("has_tier", [](const ManagerBox& b, Tier t) { return b.manager->has_tier(t); })
       .def_property_readonly("tiers",
                              [](const ManagerBox& b) {

@@ -14,8 +14,9 @@ vLLM has told this worker the request finished."""
 from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from .._errors import Error as KvbmError
-from .._kvbm import (BlockManager, BlockManagerConfig, ExternalG1, LayerOrder, Layout,
-                     LayoutConfig, LayoutKind, OffloadOptions, StorageKind)
+from .._kvbm import (BlockManager, BlockManagerConfig, DiskAllocator, ExternalG1, LayerOrder,
+                     Layout, LayoutConfig, LayoutKind, OffloadOptions, PinnedAllocator,
+                     StorageKind, SystemAllocator)
 from ._shared import Shared
 
 
@@ -81,7 +82,17 @@ class WorkerSide:
             g3_blocks=s.blocks(s.g3_blocks, s.disk_cache_gb, block.block_bytes),
             disk_dir=s.disk_dir, offload=OffloadOptions(disk_min_hits=int(s.disk_min_hits)))
         config.apply_env_overrides()  # KVBM_CPU_CACHE_GB, KVBM_DISK_CACHE_GB win where set
-        self._shared.manager = BlockManager(config, g1=layout)
+        # G2 and G3 in the engine's order (outer-major), so that runs of consecutive blocks
+        # on both sides copy as one chunk per layer and K/V.
+        tiers = {}
+        for name, n, alloc in (
+                ("g2", config.g2_blocks, PinnedAllocator() if gpu else SystemAllocator()),
+                ("g3", config.g3_blocks, DiskAllocator(s.disk_dir))):
+            if n > 0:
+                tiers[name] = Layout.allocate(block.replace(num_blocks=n), alloc,
+                                              kind=LayoutKind.LAYER_SEPARATE,
+                                              order=LayerOrder.OUTER_MAJOR)
+        self._shared.manager = BlockManager(config, g1=layout, **tiers)
         self._shared.external = ExternalG1(self._shared.manager)
         if s.metrics_port is not None and self._shared.metrics_server is None:
             from .. import metrics
