@@ -140,6 +140,8 @@ class Engine:
         self.finished_ids = set()
         self.finished_sending |= sending or set()
         self.finished_recving |= recving or set()
+        self.sched.update_connector_output(SimpleNamespace(finished_sending=sending,
+                                                           finished_recving=recving))
         self.load_errors |= self.worker.get_block_ids_with_load_errors()
         self.worker.clear_connector_metadata()
         return meta

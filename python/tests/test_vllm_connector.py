@@ -118,6 +118,25 @@ def test_a_cut_disk_file_reports_load_errors_and_the_request_completes(engines, 
     assert e.shared.stats.snapshot()["load_failed_blocks"] == 8
 
 
+def test_a_request_aborted_while_loading_keeps_its_blocks_until_the_load_is_done(engines):
+    e = engines(80, g2_blocks=64, load_async=True)
+    a = Request(tokens(8 * BLOCK, 11))
+    e.run(a)
+    b = Request(a.prompt_token_ids + [5])
+    assert e.sched.get_num_new_matched_tokens(b, 0) == (8 * BLOCK, True)
+    ids = list(range(40, 49))
+    e.sched.update_state_after_alloc(b, ids, 8 * BLOCK)
+    # Aborted before its load ran: nothing computed, but the load will write its blocks.
+    assert e.sched.request_finished(b, ids) == (True, None)
+    e.finished_ids.add(b.request_id)
+    e.step()  # the load starts; the blocks go back only once it is done
+    assert b.request_id not in e.finished_sending or b.request_id in e.finished_recving
+    if b.request_id not in e.finished_sending:
+        e.worker._worker.drain()
+        e.step()
+    assert b.request_id in e.finished_recving and b.request_id in e.finished_sending
+
+
 class ReferenceLru:
     """kvbm's G2 as the connector drives it: a load touches its blocks in order when it
     finishes; a save inserts the missing blocks in order, evicting least recently used."""

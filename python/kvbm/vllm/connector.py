@@ -55,7 +55,7 @@ class KvbmConnector(KVConnectorBase_V1):
         return self._scheduler.build_connector_meta(scheduler_output)
 
     def update_connector_output(self, connector_output):
-        return None
+        self._scheduler.update_connector_output(connector_output)
 
     def request_finished(self, request, block_ids) -> Tuple[bool, Optional[dict]]:
         return self._scheduler.request_finished(request, block_ids)

@@ -43,6 +43,7 @@ class SchedulerSide:
         self._matched: Dict[str, Tuple[int, int]] = {}  # request -> (first block, blocks)
         self._loads: list = []
         self._saves: list = []
+        self._loading: set = set()  # asynchronous loads not yet reported done
 
     def sequence(self, request) -> TokenSequence:
         """The request's hashed tokens, extended by those added since the last call."""
@@ -86,6 +87,8 @@ class SchedulerSide:
         seq = self._seqs[request.request_id]
         hashes = seq.sequence_hashes[first:first + len(ids)]
         self._loads.append(LoadSpec(request.request_id, hashes, ids))
+        if self._shared.settings.load_async:
+            self._loading.add(request.request_id)
         self._shared.stats.add(matched_tokens=len(ids) * self._bs)
 
     def build_connector_meta(self, scheduler_output):
@@ -94,18 +97,25 @@ class SchedulerSide:
         self._loads, self._saves = [], []
         return meta
 
+    def update_connector_output(self, connector_output) -> None:
+        for rid in getattr(connector_output, "finished_recving", None) or ():
+            self._loading.discard(rid)
+
     def request_finished(self, request, block_ids) -> Tuple[bool, Optional[dict]]:
         """Saves the request's full, computed blocks; True (blocks kept) until the worker
-        reports the save done through get_finished."""
+        reports the save done through get_finished. A request finished (aborted) while its
+        asynchronous load still writes its blocks keeps them too, until the load is done."""
         seq = self.sequence(request) if self._shared.external is not None else None
         self._seqs.pop(request.request_id, None)
         self._matched.pop(request.request_id, None)
+        loading = request.request_id in self._loading
+        self._loading.discard(request.request_id)
         if seq is None:
             return False, None
         ids = _block_ids(block_ids)
         computed = min(int(getattr(request, "num_computed_tokens", 0)), len(seq))
         n = min(computed // self._bs, len(ids), seq.num_blocks)
-        if n == 0:
+        if n == 0 and not loading:
             return False, None
         self._saves.append(SaveSpec(request.request_id, seq, ids[:n]))
         return True, None

@@ -152,16 +152,6 @@ class WorkerSide:
         self._finished_seen.update(finished_req_ids or ())
         sending, recving = set(), set()
         stats = self._shared.stats
-        for rid in [r for r in self._saves if r in self._finished_seen]:
-            op = self._saves[rid]
-            if not op.ready():
-                continue
-            r = op.finish()
-            stats.add(saved_blocks=r["saved"], save_present_blocks=r["present"],
-                      save_dropped_blocks=r["dropped"])
-            del self._saves[rid]
-            self._finished_seen.discard(rid)
-            sending.add(rid)
         for rid in list(self._async_loads):
             op = self._async_loads[rid]
             if op is not None and not op.ready():
@@ -170,6 +160,16 @@ class WorkerSide:
                 self._finish_load(op)
             del self._async_loads[rid]
             recving.add(rid)
+        for rid in [r for r in self._saves if r in self._finished_seen]:
+            op = self._saves[rid]
+            if not op.ready() or rid in self._async_loads:  # its load still writes its blocks
+                continue
+            r = op.finish()
+            stats.add(saved_blocks=r["saved"], save_present_blocks=r["present"],
+                      save_dropped_blocks=r["dropped"])
+            del self._saves[rid]
+            self._finished_seen.discard(rid)
+            sending.add(rid)
         stats.pending_saves = len(self._saves)
         stats.pending_loads = len(self._async_loads) + len(self._step_loads)
         return (sending or None), (recving or None)
