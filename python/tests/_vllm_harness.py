@@ -14,7 +14,6 @@ from types import SimpleNamespace
 
 import torch
 
-import kvbm
 from kvbm.vllm import KvbmConnector, KVConnectorRole
 
 LAYERS, BLOCK, HEADS, HEAD = 4, 16, 2, 8

@@ -10,7 +10,8 @@ See docs/vllm.md for the design, the settings and what was tested where.
 """
 
 from ._base import HAVE_VLLM, KVConnectorRole
-from .connector import KvbmConnector, KvbmConnectorMetadata, LoadSpec, SaveSpec
+from ._meta import KvbmConnectorMetadata, LoadSpec, SaveSpec
+from .connector import KvbmConnector
 
 __all__ = ["HAVE_VLLM", "KVConnectorRole", "KvbmConnector", "KvbmConnectorMetadata", "LoadSpec",
            "SaveSpec"]

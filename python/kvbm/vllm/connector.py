@@ -13,7 +13,7 @@ each call to the half of its role."""
 from typing import Optional, Tuple
 
 from ._base import KVConnectorBase_V1, KVConnectorRole, init_base
-from ._meta import KvbmConnectorMetadata, LoadSpec, SaveSpec  # noqa: F401 (re-exported)
+from ._meta import KvbmConnectorMetadata
 from ._shared import Settings, forget, shared_for
 from .scheduler import SchedulerSide
 from .worker import WorkerSide
