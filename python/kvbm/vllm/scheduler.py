@@ -115,6 +115,9 @@ class SchedulerSide:
         ids = _block_ids(block_ids)
         computed = min(int(getattr(request, "num_computed_tokens", 0)), len(seq))
         n = min(computed // self._bs, len(ids), seq.num_blocks)
+        publishable = getattr(request, "num_publishable_block_hashes", None)  # newer vLLM
+        if isinstance(publishable, int):
+            n = min(n, publishable)
         if n == 0 and not loading:
             return False, None
         self._saves.append(SaveSpec(request.request_id, seq, ids[:n]))
