@@ -8,5 +8,7 @@
 #include "kvbm/pool/block_pool.h"
 #include "kvbm/pool/config.h"
 #include "kvbm/pool/events.h"
+#include "kvbm/pool/external_g1.h"
 #include "kvbm/pool/hash.h"
+#include "kvbm/pool/layout_alias.h"
 #include "kvbm/pool/token_sequence.h"

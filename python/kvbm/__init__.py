@@ -29,6 +29,9 @@ from ._kvbm import (
     ErrorCode,
     Event,
     EventKind,
+    ExternalG1,
+    ExternalLoad,
+    ExternalSave,
     ImmutableBlock,
     LayerOrder,
     Layout,
@@ -76,6 +79,7 @@ __all__ = [
     "Event", "EventKind", "ImmutableBlock", "MatchResult", "MutableBlock", "OffloadOptions",
     "OnboardResult", "SequenceBlock", "Tier", "TokenSequence", "TransferEngineOptions",
     "block_hash", "salt_hash", "sequence_hash",
+    "ExternalG1", "ExternalLoad", "ExternalSave",
 ] + [n for n in _errors.__all__ if n != "TimeoutError"]  # a star import would shadow the builtin
 
 

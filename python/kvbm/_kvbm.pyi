@@ -441,7 +441,9 @@ class BlockPool:
 
 class BlockManager:
     """Pools on G1/G2/G3, prefix match, offload and onboard. Thread-safe."""
-    def __init__(self, config: BlockManagerConfig, *, events: bool = False) -> None: ...
+    def __init__(self, config: BlockManagerConfig, *, events: bool = False,
+                 g1: Optional[Layout] = None, g2: Optional[Layout] = None,
+                 g3: Optional[Layout] = None) -> None: ...
     def has_tier(self, tier: Tier) -> bool: ...
     tiers: list[Tier]
     block_size: int
@@ -455,3 +457,33 @@ class BlockManager:
     def counters(self) -> dict[str, Any]: ...
     def events(self) -> list[Event]:
         """Drains the recorded events (needs events=True)."""
+
+# ---- an engine-owned G1 (kvbm.vllm's core) -------------------------------------------------
+# BlockManager(config, *, events=False, g1=None, g2=None, g3=None): Layouts the caller made
+# (g1: an engine's paged KV cache), used instead of allocating those tiers.
+
+class ExternalSave:
+    """A save of engine blocks into G2; finish() -> {saved, present, dropped, error}."""
+    def ready(self) -> bool: ...
+    def finish(self) -> dict[str, Any]: ...
+
+class ExternalLoad:
+    """A layer-wise load into engine block ids; finish() -> {loaded, failed_ids, error}."""
+    num_layers: int
+    blocks: int
+    def wait_layer(self, layer: int) -> None: ...
+    def ready(self) -> bool: ...
+    def finish(self) -> dict[str, Any]: ...
+
+class ExternalG1:
+    """A block manager whose G1 is an engine's paged KV cache (every tier LAYER_SEPARATE)."""
+    def __init__(self, manager: BlockManager) -> None: ...
+    num_layers: int
+    engine_blocks: int
+    def peek(self, sequence: Union[TokenSequence, Hashes], first_block: int = 0,
+             count: Optional[int] = None) -> Tuple[int, int]:
+        """(g2, g3) consecutive blocks a load would find; no handle, counter, event or I/O."""
+    def save(self, engine_ids: Sequence[int], sequence: TokenSequence,
+             first_block: int = 0) -> ExternalSave: ...
+    def load(self, sequence: Union[TokenSequence, Hashes], engine_ids: Sequence[int],
+             first_block: int = 0) -> ExternalLoad: ...

@@ -54,6 +54,13 @@ def bulk(engine, gib, repeat):
 
 
 def main(argv=None):
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0].startswith("vllm-"):  # the vLLM connector's benches (kvbm.vllm.bench)
+        from .vllm import bench as vllm_bench
+
+        return vllm_bench.main(argv)
     p = argparse.ArgumentParser(prog="python3 -m kvbm.bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--iterations", type=int, default=2000)

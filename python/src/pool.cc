@@ -108,6 +108,16 @@ std::vector<T> uints_arg(py::handle obj, const char* name) {
   PyObject** items = PySequence_Fast_ITEMS(seq.ptr());
   out.resize(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
+    // Plain ints in range take the short way (a prompt's tokens: once per token).
+    if (PyLong_CheckExact(items[i])) {
+      int overflow = 0;
+      const long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
+      if (overflow == 0 && v >= 0 &&
+          static_cast<unsigned long long>(v) <= std::numeric_limits<T>::max()) {
+        out[static_cast<size_t>(i)] = static_cast<T>(v);
+        continue;
+      }
+    }
     out[static_cast<size_t>(i)] =
         static_cast<T>(uint_item(items[i], std::string(name) + "[" + std::to_string(i) + "]",
                                  std::numeric_limits<T>::max()));
@@ -556,6 +566,7 @@ void bind_config(py::module_& m) {
 // ---- the manager and its pools ----------------------------------------------------------
 
 struct ManagerBox {
+  std::vector<LayoutPtr> given;        // layouts the manager aliases (g1=, g2=, g3=); outlive it
   std::unique_ptr<EventQueue> events;  // with events=True; outlives the manager
   std::unique_ptr<BlockManager> manager;
   ~ManagerBox() {
@@ -576,15 +587,25 @@ struct PoolRef {
   BlockPool* pool;
 };
 
-ManagerPtr make_manager(BlockManagerConfig config, bool events) {
+ManagerPtr make_manager(BlockManagerConfig config, bool events, py::handle g1, py::handle g2,
+                        py::handle g3) {
   auto box = std::make_shared<ManagerBox>();
   if (events) {
     box->events = std::make_unique<EventQueue>();
     config.on_event = box->events->callback();
   }
+  TierLayouts given;
+  const std::pair<py::handle, std::optional<Layout>*> tiers[] = {
+      {g1, &given.g1}, {g2, &given.g2}, {g3, &given.g3}};
+  const char* names[] = {"g1", "g2", "g3"};
+  for (size_t i = 0; i < 3; ++i) {
+    if (tiers[i].first.is_none()) continue;
+    box->given.push_back(cast_arg<LayoutPtr>(tiers[i].first, names[i], "a kvbm.Layout"));
+    *tiers[i].second = unwrap(alias_layout(*box->given.back()->layout));
+  }
   auto r = [&] {
     py::gil_scoped_release g;
-    return BlockManager::create(std::move(config));
+    return BlockManager::create(std::move(config), std::move(given));
   }();
   box->manager = unwrap(std::move(r));
   return box;
@@ -655,7 +676,10 @@ void bind_manager(py::module_& m) {
       "a prefix of sequence hashes across the tiers, onboard G2/G3 hits to G1. A block's "
       "bytes live at its block_id in layout(tier). Thread-safe.")
       .def(py::init(&make_manager), py::arg("config"), py::kw_only(), py::arg("events") = false,
-           "events=True records every tier's STORED/REMOVED events for events().")
+           py::arg("g1") = py::none(), py::arg("g2") = py::none(), py::arg("g3") = py::none(),
+           "events=True records every tier's STORED/REMOVED events for events(). g1, g2, "
+           "g3: Layouts the caller made (g1: an engine's paged KV cache, see ExternalG1) to "
+           "use instead of allocating the tier; the manager keeps them alive.")
       .def("has_tier", [](const ManagerBox& b, Tier t) { return b.manager->has_tier(t); })
       .def_property_readonly("tiers",
                              [](const ManagerBox& b) {
@@ -720,6 +744,189 @@ void bind_manager(py::module_& m) {
           "Returns and clears the events recorded so far, in order per tier.");
 }
 
+// ---- an engine-owned G1 (kvbm/pool/external_g1.h) ---------------------------------------
+
+struct ExternalBox {
+  ManagerPtr owner;
+  std::unique_ptr<ExternalG1> x;
+  ~ExternalBox() {
+    MaybeReleaseGil g;
+    x.reset();
+  }
+};
+using ExternalPtr = std::shared_ptr<ExternalBox>;
+
+// An operation; waits (without the GIL) for its copies when dropped unfinished.
+template <typename Op>
+struct OpBox {
+  ExternalPtr owner;
+  std::mutex mu;
+  std::optional<Op> op;
+  ~OpBox() {
+    MaybeReleaseGil g;
+    op.reset();
+  }
+};
+using SavePtr = std::shared_ptr<OpBox<ExternalSave>>;
+using LoadPtr = std::shared_ptr<OpBox<ExternalLoad>>;
+
+// Hashes [first, first + count) of a TokenSequence (count None: to its end), or of a
+// sequence of hashes.
+std::vector<SequenceHash> hashes_of(py::handle obj, int64_t first, py::handle count) {
+  std::vector<SequenceHash> all;
+  std::span<const SequenceHash> from;
+  if (py::isinstance<TokenSequence>(obj)) {
+    from = obj.cast<const TokenSequence&>().sequence_hashes();
+  } else {
+    all = uints_arg<uint64_t>(obj, "sequence");
+    from = all;
+  }
+  const size_t f = std::min(index_arg(first, "first_block"), from.size());
+  size_t n = from.size() - f;
+  if (!count.is_none())
+    n = std::min(n, index_arg(cast_arg<int64_t>(count, "count", "an int"), "count"));
+  return {from.begin() + f, from.begin() + f + n};
+}
+
+ExternalPeek peek_seq(ExternalBox& b, py::handle seq, int64_t first, py::handle count) {
+  if (py::isinstance<TokenSequence>(seq)) {  // no copy of the hashes
+    auto h = seq.cast<const TokenSequence&>().sequence_hashes();
+    const size_t f = std::min(index_arg(first, "first_block"), h.size());
+    size_t n = h.size() - f;
+    if (!count.is_none()) {
+      n = std::min(n, index_arg(cast_arg<int64_t>(count, "count", "an int"), "count"));
+    }
+    return b.x->peek(h.subspan(f, n));
+  }
+  auto h = hashes_of(seq, first, count);
+  return b.x->peek(h);
+}
+
+SavePtr save_blocks(const ExternalPtr& b, py::handle ids, const TokenSequence& seq, int64_t first) {
+  auto engine_ids = to_ids(ids, "engine_ids");
+  const size_t f = index_arg(first, "first_block");
+  if (f + engine_ids.size() > seq.num_blocks()) {
+    throw py::value_error("blocks " + std::to_string(f) + ".." +
+                          std::to_string(f + engine_ids.size()) + " are past the sequence's " +
+                          std::to_string(seq.num_blocks()) + " full blocks");
+  }
+  std::vector<SequenceBlock> keys;
+  keys.reserve(engine_ids.size());
+  for (size_t i = 0; i < engine_ids.size(); ++i) keys.push_back(unwrap(seq.block(f + i)));
+  auto box = std::make_shared<OpBox<ExternalSave>>();
+  box->owner = b;
+  py::gil_scoped_release g;
+  box->op.emplace(unwrap(b->x->save(engine_ids, keys)));
+  return box;
+}
+
+LoadPtr load_blocks(const ExternalPtr& b, py::handle seq, py::handle ids, int64_t first) {
+  auto engine_ids = to_ids(ids, "engine_ids");
+  auto h = hashes_of(seq, first, py::int_(engine_ids.size()));
+  if (h.size() != engine_ids.size()) {
+    throw py::value_error(std::to_string(engine_ids.size()) + " engine block ids for " +
+                          std::to_string(h.size()) + " hashes from block " + std::to_string(first));
+  }
+  auto box = std::make_shared<OpBox<ExternalLoad>>();
+  box->owner = b;
+  py::gil_scoped_release g;
+  box->op.emplace(unwrap(b->x->load(h, engine_ids)));
+  return box;
+}
+
+template <typename Op, typename F>
+auto with_op(OpBox<Op>& b, F f) {
+  py::gil_scoped_release g;
+  std::lock_guard l(b.mu);
+  return f(*b.op);
+}
+
+py::dict save_result(const SaveResult& r) {
+  py::dict d;
+  d["saved"] = r.saved;
+  d["present"] = r.present;
+  d["dropped"] = r.dropped;
+  d["error"] = r.error ? make_exception(*r.error) : py::none();
+  return d;
+}
+
+py::dict load_result(const LoadResult& r) {
+  py::dict d;
+  d["loaded"] = r.loaded;
+  d["failed_ids"] = r.failed_ids;
+  d["error"] = r.error ? make_exception(*r.error) : py::none();
+  return d;
+}
+
+void bind_external_ops(py::module_& m) {
+  using S = OpBox<ExternalSave>;
+  using L = OpBox<ExternalLoad>;
+  py::class_<S, SavePtr>(m, "ExternalSave",
+                         "A save of engine blocks into G2 (ExternalG1.save). finish() waits, "
+                         "registers the copies and returns {saved, present, dropped, error}.")
+      .def("ready", [](S& b) { return with_op(b, [](ExternalSave& s) { return s.ready(); }); })
+      .def("finish", [](S& b) {
+        return save_result(with_op(b, [](ExternalSave& s) { return s.finish(); }));
+      });
+  py::class_<L, LoadPtr>(m, "ExternalLoad",
+                         "A layer-wise load into engine block ids (ExternalG1.load). "
+                         "finish() waits for every layer and returns {loaded, failed_ids, "
+                         "error}; failed_ids name the engine blocks whose bytes did not "
+                         "arrive.")
+      .def_property_readonly("num_layers", [](L& b) { return b.op->num_layers(); })
+      .def_property_readonly("blocks", [](L& b) { return b.op->blocks(); })
+      .def(
+          "wait_layer",
+          [](L& b, int64_t layer) {
+            const size_t l = index_arg(layer, "layer");
+            check(with_op(b, [&](ExternalLoad& x) { return x.wait_layer(l); }));
+          },
+          py::arg("layer"),
+          "Waits until `layer` of every block is in; raises the kvbm.Error of its copy.")
+      .def("ready", [](L& b) { return with_op(b, [](ExternalLoad& x) { return x.ready(); }); })
+      .def("finish", [](L& b) {
+        return load_result(with_op(b, [](ExternalLoad& x) { return x.finish(); }));
+      });
+}
+
+void bind_external_g1(py::module_& m) {
+  bind_external_ops(m);
+  py::class_<ExternalBox, ExternalPtr>(
+      m, "ExternalG1",
+      "A block manager whose G1 is an engine's paged KV cache (BlockManager(config, g1=...), "
+      "every tier LAYER_SEPARATE): side-effect-free peek, save of engine block ids into G2, "
+      "layer-wise load into engine block ids. Thread-safe.")
+      .def(py::init([](const ManagerPtr& mgr) {
+             auto b = std::make_shared<ExternalBox>();
+             b->owner = mgr;
+             b->x = unwrap(ExternalG1::create(*mgr->manager));
+             return b;
+           }),
+           py::arg("manager"))
+      .def_property_readonly("num_layers", [](const ExternalBox& b) { return b.x->num_layers(); })
+      .def_property_readonly("engine_blocks",
+                             [](const ExternalBox& b) { return b.x->engine_blocks(); })
+      .def(
+          "peek",
+          [](ExternalBox& b, py::handle seq, int64_t first, py::handle count) {
+            ExternalPeek p = peek_seq(b, seq, first, count);
+            return py::make_tuple(p.g2, p.g3);
+          },
+          py::arg("sequence"), py::arg("first_block") = 0, py::arg("count") = py::none(),
+          "(g2, g3): how many consecutive blocks from first_block (at most count) a load "
+          "would find on G2, then G3. sequence: a TokenSequence or sequence hashes. No "
+          "handle, counter, event or I/O.")
+      .def("save", &save_blocks, py::arg("engine_ids"), py::arg("sequence"),
+           py::arg("first_block") = 0,
+           "Copies engine_ids[i] into G2 under the key of block first_block + i of the "
+           "TokenSequence; returns an ExternalSave.")
+      .def("load", &load_blocks, py::arg("sequence"), py::arg("engine_ids"),
+           py::arg("first_block") = 0,
+           "Loads blocks first_block.. of the sequence (a TokenSequence or hashes) into "
+           "engine_ids, one engine request per layer and source tier in layer order; returns "
+           "an ExternalLoad.");
+}
+
 }  // namespace
 
 void bind_pool(py::module_& m) {
@@ -732,6 +939,7 @@ void bind_pool(py::module_& m) {
   bind_config(m);
   bind_pool_ref(m);
   bind_manager(m);
+  bind_external_g1(m);
 }
 
 }  // namespace kvbm::python

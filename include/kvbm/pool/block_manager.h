@@ -121,6 +121,7 @@ class BlockManager {
   struct State;
 
  private:
+  friend class ExternalG1;  // an engine-owned G1 (kvbm/pool/external_g1.h)
   explicit BlockManager(std::unique_ptr<State> state);
   std::unique_ptr<State> state_;
 };
