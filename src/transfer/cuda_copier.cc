@@ -16,7 +16,10 @@ namespace kvbm::detail {
 #if KVBM_HAVE_CUDA
 
 namespace {
-constexpr size_t kSlots = 4;
+// Requests in flight on the stream before a new one waits for the oldest to finish (its
+// table is reused): enough for a layer-by-layer load of a whole model to be queued at once,
+// so that its first layer is usable before the caller has queued the last.
+constexpr size_t kSlots = 64;
 
 CopyKernel copy_kernel(CudaCopyKernel k) {
   switch (k) {
@@ -49,6 +52,7 @@ struct CudaCopier::State {
   std::array<Slot, kSlots> slots;
   size_t next = 0;
   BatchArgs batch_args;  // under mu
+  BatchLanes lanes;      // under mu
 
   // The host engine of each direction (0: to the GPU) and chunk class, once measured.
   std::once_flag probed;
@@ -75,6 +79,7 @@ struct CudaCopier::State {
       if (s.done != nullptr) cudaEventDestroy(s.done);
     }
     if (stream != nullptr) cudaStreamDestroy(stream);
+    lanes.destroy();
     cudaGetLastError();
   }
 
@@ -201,6 +206,10 @@ Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int ordinal,
     cudaGetLastError();
     return cuda_error(ErrorCode::DeviceUnavailable, e, "cudaStreamCreate");
   }
+  if ((e = st->lanes.create()) != cudaSuccess) {
+    cudaGetLastError();
+    return cuda_error(ErrorCode::DeviceUnavailable, e, "creating the copy engines' side streams");
+  }
   for (auto& s : st->slots) {
     e = cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming);
     if (e != cudaSuccess) {
@@ -302,8 +311,9 @@ void CudaCopier::State::probe_engines() {
   std::string choices;
   for (int dir = 0; dir < 2 && e == cudaSuccess; ++dir) {
     for (size_t cls = 0; cls < kHostEngineClasses; ++cls) {
-      auto rates = probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device,
-                                      kProbeBytes, launch(), options.cuda_max_piece, stream);
+      auto rates =
+          probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device, kProbeBytes,
+                             launch(), options.cuda_max_piece, stream, &lanes);
       if (!rates) {
         log(LogLevel::Warn, "GPU " + std::to_string(ordinal) +
                                 ": probing the host copy engines: " + rates.error().message);
@@ -341,7 +351,7 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_batch(std::span<const
   if (!acquired) return acquired.error();
   const size_t index = *acquired;
   State::Slot& slot = st.slots[index];
-  cudaError_t e = enqueue_batch(chunks, st.batch_args, st.stream);
+  cudaError_t e = enqueue_batch(chunks, st.batch_args, st.stream, &st.lanes);
   if (e == cudaErrorNotSupported || e == cudaErrorCallRequiresNewerDriver) {
     // Not on this driver: the kernel from now on; this request a copy call each.
     cudaGetLastError();

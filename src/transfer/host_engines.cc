@@ -64,7 +64,54 @@ size_t host_engine_class_bytes(size_t cls) {
   return kClassBytes[std::min(cls, kHostEngineClasses - 1)];
 }
 
-cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream) {
+cudaError_t BatchLanes::create() {
+  for (cudaStream_t& s : side) {
+    if (cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking); e != cudaSuccess)
+      return e;
+  }
+  for (cudaEvent_t& e : events) {
+    if (cudaError_t r = cudaEventCreateWithFlags(&e, cudaEventDisableTiming); r != cudaSuccess)
+      return r;
+  }
+  return cudaSuccess;
+}
+
+void BatchLanes::destroy() {
+  for (cudaStream_t& s : side) {
+    if (s != nullptr) cudaStreamDestroy(s);
+    s = nullptr;
+  }
+  for (cudaEvent_t& e : events) {
+    if (e != nullptr) cudaEventDestroy(e);
+    e = nullptr;
+  }
+}
+
+namespace {
+
+// A part of a batch below this stays on one queue: splitting costs a few calls.
+constexpr uint64_t kLaneMinBytes = 4 << 20;
+
+cudaError_t batch_call(BatchArgs& args, size_t from, size_t to, cudaStream_t stream) {
+  cudaMemcpyAttributes attr{};
+  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
+  size_t first = 0;
+  return cudaMemcpyBatchAsync(args.dsts.data() + from, args.srcs.data() + from,
+                              args.sizes.data() + from, to - from, &attr, &first, 1, stream);
+}
+
+size_t lanes_for(std::span<const Chunk> chunks, const BatchLanes* lanes) {
+  if (lanes == nullptr) return 1;
+  uint64_t bytes = 0;
+  for (const Chunk& c : chunks) bytes += c.len;
+  return static_cast<size_t>(
+      std::clamp<uint64_t>(bytes / kLaneMinBytes, 1, std::min(kBatchLanes, chunks.size())));
+}
+
+}  // namespace
+
+cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream,
+                          const BatchLanes* lanes) {
   const size_t n = chunks.size();
   if (n == 0) return cudaSuccess;
   args.dsts.resize(n);
@@ -75,16 +122,24 @@ cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaSt
     args.srcs[i] = reinterpret_cast<void*>(chunks[i].src);
     args.sizes[i] = chunks[i].len;
   }
-  cudaMemcpyAttributes attr{};
-  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-  size_t first = 0;
-  return cudaMemcpyBatchAsync(args.dsts.data(), args.srcs.data(), args.sizes.data(), n, &attr,
-                              &first, 1, stream);
+  const size_t parts = lanes_for(chunks, lanes);
+  if (parts == 1) return batch_call(args, 0, n, stream);
+  // Fork: each side stream starts after what the request's stream holds so far.
+  cudaError_t e = cudaEventRecord(lanes->events[0], stream);
+  for (size_t p = 1; p < parts && e == cudaSuccess; ++p) {
+    cudaStream_t side = lanes->side[p - 1];
+    e = cudaStreamWaitEvent(side, lanes->events[0], 0);
+    if (e == cudaSuccess) e = batch_call(args, n * p / parts, n * (p + 1) / parts, side);
+    if (e == cudaSuccess) e = cudaEventRecord(lanes->events[p], side);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, lanes->events[p], 0);
+  }
+  if (e == cudaSuccess) e = batch_call(args, 0, n / parts, stream);
+  return e;
 }
 
 Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
                                            size_t bytes, const CopyLaunch& launch, uint64_t piece,
-                                           cudaStream_t stream) {
+                                           cudaStream_t stream, const BatchLanes* lanes) {
   size_t n = 1;
   while (n * 2 * chunk <= bytes) n *= 2;
   ProbeResources r;
@@ -124,7 +179,7 @@ Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* p
   HostEngineRates rates;
   rates.kernel_gbps = static_cast<double>(n * chunk) / *kernel / 1e9;
   BatchArgs args;
-  auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream); });
+  auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream, lanes); });
   if (batch) rates.batch_gbps = static_cast<double>(n * chunk) / *batch / 1e9;
   return rates;
 }

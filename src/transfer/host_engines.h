@@ -7,6 +7,7 @@
 #if KVBM_HAVE_CUDA
 #include <cuda_runtime_api.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <span>
@@ -32,9 +33,23 @@ struct BatchArgs {
   std::vector<size_t> sizes;
 };
 
-// Queues every chunk as one cudaMemcpyBatchAsync on `stream` (the current device's).
+// Side streams a batch spreads over, with the events that fork them from the request's
+// stream and join them back: the copy engines take more of the link from several queues
+// than from one. Made and destroyed on the current device; used by one caller at a time.
+constexpr size_t kBatchLanes = 4;
+struct BatchLanes {
+  std::array<cudaStream_t, kBatchLanes - 1> side{};
+  std::array<cudaEvent_t, kBatchLanes> events{};  // [0] forks, [1 + i] joins side[i]
+  cudaError_t create();
+  void destroy();
+};
+
+// Queues every chunk as cudaMemcpyBatchAsync on `stream` (the current device's): one call,
+// or with `lanes`, a request of several lane-sized parts split over the stream and the side
+// streams, all joined back into `stream` (what follows on it waits for every part).
 // cudaErrorNotSupported / cudaErrorCallRequiresNewerDriver where the driver lacks it.
-cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream);
+cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream,
+                          const BatchLanes* lanes = nullptr);
 
 struct HostEngineRates {
   double kernel_gbps = 0;
@@ -46,7 +61,7 @@ struct HostEngineRates {
 // the best of a few runs each, after a warm-up. CUDA's error if a copy fails.
 Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
                                            size_t bytes, const CopyLaunch& launch, uint64_t piece,
-                                           cudaStream_t stream);
+                                           cudaStream_t stream, const BatchLanes* lanes);
 
 }  // namespace kvbm::detail
 #endif
