@@ -297,6 +297,7 @@ int run_bench_transfer(const BenchTransferOptions& o) {
                                        : CudaCopyKernel::Baseline;
   eo.cuda_host_engine = o.host_engine == "kernel"  ? CudaHostEngine::Kernel
                         : o.host_engine == "batch" ? CudaHostEngine::Batch
+                        : o.host_engine == "split" ? CudaHostEngine::Split
                                                    : CudaHostEngine::Auto;
   auto e = TransferEngine::create(eo);
   if (!e) {
@@ -349,11 +350,11 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
       ->capture_default_str()
       ->check(CLI::IsMember({"baseline", "cta", "warp"}));
   cmd->add_option("--host-engine", o->host_engine,
-                  "Pinned <-> GPU: auto (the faster on this machine, measured once), kernel (the "
-                  "copy kernel reads pinned memory), batch (copy engines, one "
-                  "cudaMemcpyBatchAsync)")
+                  "Pinned <-> GPU: auto (the fastest on this machine, measured once), kernel (the "
+                  "copy kernel reads pinned memory), batch (copy engines, cudaMemcpyBatchAsync), "
+                  "split (both at once on disjoint blocks)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "kernel", "batch"}));
+      ->check(CLI::IsMember({"auto", "kernel", "batch", "split"}));
   cmd->add_flag("--json", o->json,
                 "One JSON object on stdout: options, every row with its ceiling, the verdict");
   cmd->add_option("--check", o->check,

@@ -59,12 +59,14 @@ const char* to_string(CudaCopyKernel kernel);
 
 // How the Cuda path moves blocks between pinned host memory and a GPU. Which is faster
 // differs between machines and drivers, so by default (Auto) it is measured on the machine:
-// the first copy between pinned memory and a GPU times both over scattered chunks of each
-// size class (up to 16 KiB, 64 KiB, 256 KiB, larger) and direction, and the faster is kept
+// the first copy between pinned memory and a GPU times each over scattered chunks of each
+// size class (up to 16 KiB, 64 KiB, 256 KiB, larger) and direction, and the fastest is kept
 // for that GPU. VRAM <-> VRAM copies always use the kernel.
 //   Kernel  the block copy kernel reads or writes the mapped pinned memory itself.
-//   Batch   the GPU's copy engines, every coalesced chunk in one cudaMemcpyBatchAsync.
-enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch };
+//   Batch   the GPU's copy engines, the coalesced chunks through cudaMemcpyBatchAsync.
+//   Split   both at once on disjoint blocks of a request: the kernel takes a share (its
+//           measured part of the two engines' sum), the copy engines the rest.
+enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch, Split };
 const char* to_string(CudaHostEngine engine);
 
 // An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,

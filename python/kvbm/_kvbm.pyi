@@ -206,6 +206,7 @@ class CudaHostEngine(enum.Enum):
     AUTO: CudaHostEngine
     KERNEL: CudaHostEngine
     BATCH: CudaHostEngine
+    SPLIT: CudaHostEngine
 
 class TransferEngineOptions:
     def __init__(self, *, host_threads: int = 0, uring_queue_depth: int = 64,

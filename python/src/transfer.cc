@@ -124,11 +124,12 @@ TransferEngineOptions engine_options(int64_t host_threads, int64_t uring_queue_d
 void bind_options(py::module_& m) {
   py::enum_<CudaHostEngine>(m, "CudaHostEngine",
                             "Pinned host memory <-> GPU: KERNEL (the copy kernel reads or "
-                            "writes mapped pinned memory), BATCH (copy engines), or AUTO "
-                            "(measured per GPU).")
+                            "writes mapped pinned memory), BATCH (copy engines), SPLIT (both "
+                            "at once on disjoint blocks), or AUTO (measured per GPU).")
       .value("AUTO", CudaHostEngine::Auto)
       .value("KERNEL", CudaHostEngine::Kernel)
-      .value("BATCH", CudaHostEngine::Batch);
+      .value("BATCH", CudaHostEngine::Batch)
+      .value("SPLIT", CudaHostEngine::Split);
   const TransferEngineOptions d;
   using O = TransferEngineOptions;
   py::class_<O>(m, "TransferEngineOptions",

@@ -21,6 +21,14 @@ namespace {
 // so that its first layer is usable before the caller has queued the last.
 constexpr size_t kSlots = 64;
 
+// The fastest engine of a probe; both at once only when that beats either alone by more
+// than the probe's noise (it costs a second stream and two events).
+CudaHostEngine choose(const HostEngineRates& r) {
+  const double single = std::max(r.kernel_gbps, r.batch_gbps);
+  if (r.split_gbps > single * 1.03) return CudaHostEngine::Split;
+  return r.batch_gbps > r.kernel_gbps ? CudaHostEngine::Batch : CudaHostEngine::Kernel;
+}
+
 CopyKernel copy_kernel(CudaCopyKernel k) {
   switch (k) {
     case CudaCopyKernel::Cta:
@@ -57,6 +65,9 @@ struct CudaCopier::State {
   // The host engine of each direction (0: to the GPU) and chunk class, once measured.
   std::once_flag probed;
   std::array<std::array<CudaHostEngine, kHostEngineClasses>, 2> engines{};
+  // Split: the kernel's share of a request's blocks, per direction and class (measured;
+  // half where forced without a measurement).
+  std::array<std::array<double, kHostEngineClasses>, 2> kernel_share{};
   std::atomic<bool> batch_supported{true};
 
   CopyLaunch launch() const {
@@ -69,6 +80,9 @@ struct CudaCopier::State {
     return l;
   }
   void probe_engines();
+  Result<size_t> enqueue_blocks(Slot& slot, const Layout& src, std::span<const size_t> src_ids,
+                                const Layout& dst, std::span<const size_t> dst_ids,
+                                cudaStream_t on);
 
   ~State() {
     DeviceGuard guard(ordinal);
@@ -244,6 +258,51 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk
       new CudaTransfer(state_.get(), index, slot.generation, bytes, chunks.size()));
 }
 
+// Uploads the slot's table of block ids and launches the kernel over it on `stream`;
+// the number of chunks it copies. Called with mu held.
+Result<size_t> CudaCopier::State::enqueue_blocks(Slot& slot, const Layout& src,
+                                                 std::span<const size_t> src_ids, const Layout& dst,
+                                                 std::span<const size_t> dst_ids, cudaStream_t on) {
+  // The table: each side's region addresses, then (source id, destination id) pairs.
+  const Layout::Strides ss = src.strides();
+  const Layout::Strides ds = dst.strides();
+  const size_t layers = src.config().num_layers;
+  const size_t ns = ss.per_layer_regions ? layers : 1;
+  const size_t nd = ds.per_layer_regions ? layers : 1;
+  const size_t pairs = src_ids.size();
+  const size_t words = ns + nd + 2 * pairs;
+  KVBM_TRY(grow(slot, words * sizeof(uint64_t)));
+  auto* table = static_cast<uint64_t*>(slot.host);
+  for (size_t i = 0; i < ns; ++i) table[i] = src.region(i).addr();
+  for (size_t i = 0; i < nd; ++i) table[ns + i] = dst.region(i).addr();
+  uint64_t* ids = table + ns + nd;
+  for (size_t i = 0; i < pairs; ++i) {
+    ids[2 * i] = src_ids[i];
+    ids[2 * i + 1] = dst_ids[i];
+  }
+  cudaError_t e =
+      cudaMemcpyAsync(slot.dev, slot.host, words * sizeof(uint64_t), cudaMemcpyHostToDevice, on);
+  if (e != cudaSuccess) {
+    cudaGetLastError();
+    return cuda_error(ErrorCode::Internal, e, "uploading the block table");
+  }
+  const auto* dev = static_cast<const uint64_t*>(slot.dev);
+  BlockCopy job{};
+  job.src = {dev, ss.block, ss.layer, ss.outer, ss.per_layer_regions};
+  job.dst = {dev + ns, ds.block, ds.layer, ds.outer, ds.per_layer_regions};
+  job.ids = dev + ns + nd;
+  job.pairs = pairs;
+  job.layers = static_cast<uint32_t>(layers);
+  job.outer_dim = static_cast<uint32_t>(src.config().outer_dim);
+  job.chunk = src.config().chunk_bytes();
+  job.piece = options.cuda_max_piece;
+  if ((e = launch_block_copy_kernel(job, launch(), on)) != cudaSuccess) {
+    cudaGetLastError();
+    return cuda_error(ErrorCode::Internal, e, "launching the block copy kernel");
+  }
+  return pairs * layers * job.outer_dim;
+}
+
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& src,
                                                                   std::span<const size_t> src_ids,
                                                                   const Layout& dst,
@@ -256,45 +315,54 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& 
   if (!acquired) return acquired.error();
   const size_t index = *acquired;
   State::Slot& slot = st.slots[index];
-  auto fail = [&](auto&&... why) -> Error { return st.fail(slot, why...); };
-
-  // The table: each side's region addresses, then (source id, destination id) pairs.
-  const Layout::Strides ss = src.strides();
-  const Layout::Strides ds = dst.strides();
-  const size_t layers = src.config().num_layers;
-  const size_t ns = ss.per_layer_regions ? layers : 1;
-  const size_t nd = ds.per_layer_regions ? layers : 1;
-  const size_t pairs = src_ids.size();
-  const size_t words = ns + nd + 2 * pairs;
-  if (auto grown = st.grow(slot, words * sizeof(uint64_t)); !grown) return fail(grown.error());
-  auto* table = static_cast<uint64_t*>(slot.host);
-  for (size_t i = 0; i < ns; ++i) table[i] = src.region(i).addr();
-  for (size_t i = 0; i < nd; ++i) table[ns + i] = dst.region(i).addr();
-  uint64_t* ids = table + ns + nd;
-  for (size_t i = 0; i < pairs; ++i) {
-    ids[2 * i] = src_ids[i];
-    ids[2 * i + 1] = dst_ids[i];
+  auto chunks = st.enqueue_blocks(slot, src, src_ids, dst, dst_ids, st.stream);
+  if (!chunks) return st.fail(slot, chunks.error());
+  if (cudaError_t e = cudaEventRecord(slot.done, st.stream); e != cudaSuccess) {
+    return st.fail(slot, e, "cudaEventRecord");
   }
-  cudaError_t e = cudaMemcpyAsync(slot.dev, slot.host, words * sizeof(uint64_t),
-                                  cudaMemcpyHostToDevice, st.stream);
-  if (e != cudaSuccess) return fail(e, "uploading the block table");
+  return std::unique_ptr<Transfer::Impl>(
+      new CudaTransfer(state_.get(), index, slot.generation, bytes, *chunks));
+}
 
-  const auto* dev = static_cast<const uint64_t*>(slot.dev);
-  BlockCopy job{};
-  job.src = {dev, ss.block, ss.layer, ss.outer, ss.per_layer_regions};
-  job.dst = {dev + ns, ds.block, ds.layer, ds.outer, ds.per_layer_regions};
-  job.ids = dev + ns + nd;
-  job.pairs = pairs;
-  job.layers = static_cast<uint32_t>(layers);
-  job.outer_dim = static_cast<uint32_t>(src.config().outer_dim);
-  job.chunk = src.config().chunk_bytes();
-  job.piece = st.options.cuda_max_piece;
-  if ((e = launch_block_copy_kernel(job, st.launch(), st.stream)) != cudaSuccess) {
-    return fail(e, "launching the block copy kernel");
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_split(
+    const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
+    std::span<const size_t> dst_ids, std::span<const Chunk> chunks, uint64_t bytes) {
+  State& st = *state_;
+  std::lock_guard lock(st.mu);
+  DeviceGuard guard(st.ordinal);
+  auto acquired = st.acquire();
+  if (!acquired) return acquired.error();
+  const size_t index = *acquired;
+  State::Slot& slot = st.slots[index];
+  BatchLanes& lanes = st.lanes;
+  // The kernel's stream forks from the request's stream, runs beside the batch, and is
+  // joined back before the slot's event (also on failure: its table upload may be queued).
+  cudaError_t e = cudaEventRecord(lanes.kernel_events[0], st.stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes.kernel, lanes.kernel_events[0], 0);
+  if (e != cudaSuccess) return st.fail(slot, e, "forking the kernel's stream");
+  auto kernel_chunks = st.enqueue_blocks(slot, src, src_ids, dst, dst_ids, lanes.kernel);
+  e = cudaEventRecord(lanes.kernel_events[1], lanes.kernel);
+  const cudaError_t batch =
+      kernel_chunks ? enqueue_batch(chunks, st.batch_args, st.stream, &lanes) : cudaSuccess;
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(st.stream, lanes.kernel_events[1], 0);
+  if (!kernel_chunks) return st.fail(slot, kernel_chunks.error());
+  if (batch != cudaSuccess) {
+    return st.fail(slot, batch,
+                   "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
   }
-  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) return fail(e, "cudaEventRecord");
+  if (e != cudaSuccess) return st.fail(slot, e, "joining the kernel's stream");
+  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) {
+    return st.fail(slot, e, "cudaEventRecord");
+  }
   return std::unique_ptr<Transfer::Impl>(new CudaTransfer(state_.get(), index, slot.generation,
-                                                          bytes, pairs * layers * job.outer_dim));
+                                                          bytes, *kernel_chunks + chunks.size()));
+}
+
+size_t CudaCopier::kernel_blocks(bool to_device, size_t chunk_bytes, size_t blocks) const {
+  if (blocks < 2) return blocks;
+  const double share = state_->kernel_share[to_device ? 0 : 1][host_engine_class(chunk_bytes)];
+  const auto k = static_cast<size_t>(static_cast<double>(blocks) * (share > 0 ? share : 0.5));
+  return std::clamp<size_t>(k, 1, blocks - 1);
 }
 
 // Times both engines for each direction and class over one pair of probe buffers, and keeps
@@ -320,11 +388,11 @@ void CudaCopier::State::probe_engines() {
         e = cudaErrorUnknown;
         break;
       }
-      const bool batch = rates->batch_gbps > rates->kernel_gbps;
-      engines[dir][cls] = batch ? CudaHostEngine::Batch : CudaHostEngine::Kernel;
+      engines[dir][cls] = choose(*rates);
+      kernel_share[dir][cls] = rates->kernel_share;
       choices += std::string(dir == 0 ? " h2d " : " d2h ") +
                  std::to_string(host_engine_class_bytes(cls) >> 10) +
-                 "K:" + (batch ? "batch" : "kernel");
+                 "K:" + to_string(engines[dir][cls]);
     }
   }
   if (device != nullptr) cudaFree(device);
@@ -401,6 +469,16 @@ CudaHostEngine CudaCopier::host_engine(bool, size_t) {
   return CudaHostEngine::Kernel;
 }
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_batch(std::span<const Chunk>, uint64_t) {
+  return cuda_device_count().error();
+}
+size_t CudaCopier::kernel_blocks(bool, size_t, size_t blocks) const {
+  return blocks;
+}
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_split(const Layout&,
+                                                                 std::span<const size_t>,
+                                                                 const Layout&,
+                                                                 std::span<const size_t>,
+                                                                 std::span<const Chunk>, uint64_t) {
   return cuda_device_count().error();
 }
 int CudaCopier::ordinal() const {

@@ -41,10 +41,19 @@ class CudaCopier {
   // `chunk_bytes` (CudaHostEngine): the forced one, or measured on the first call (for
   // every class and direction at once) and kept.
   CudaHostEngine host_engine(bool to_device, size_t chunk_bytes);
-  // Starts the copy of `chunks` between pinned memory and this GPU as one
-  // cudaMemcpyBatchAsync.
+  // Starts the copy of `chunks` between pinned memory and this GPU through
+  // cudaMemcpyBatchAsync (host_engines.h: enqueue_batch).
   Result<std::unique_ptr<Transfer::Impl>> submit_batch(std::span<const Chunk> chunks,
                                                        uint64_t bytes);
+  // CudaHostEngine::Split: how many of a request's `blocks` the kernel takes (its measured
+  // share for this direction and chunk class; at least 1, fewer than `blocks` when there
+  // are 2 or more).
+  size_t kernel_blocks(bool to_device, size_t chunk_bytes, size_t blocks) const;
+  // Starts the kernel's copy of blocks src_ids[i] -> dst_ids[i] and the copy engines' copy
+  // of `chunks` (the request's other blocks) at once, as one request of `bytes`.
+  Result<std::unique_ptr<Transfer::Impl>> submit_split(
+      const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
+      std::span<const size_t> dst_ids, std::span<const Chunk> chunks, uint64_t bytes);
 
   struct State;
 

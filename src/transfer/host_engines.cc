@@ -69,11 +69,12 @@ cudaError_t BatchLanes::create() {
     if (cudaError_t e = cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking); e != cudaSuccess)
       return e;
   }
-  for (cudaEvent_t& e : events) {
-    if (cudaError_t r = cudaEventCreateWithFlags(&e, cudaEventDisableTiming); r != cudaSuccess)
+  for (cudaEvent_t* e :
+       {&events[0], &events[1], &events[2], &events[3], &kernel_events[0], &kernel_events[1]}) {
+    if (cudaError_t r = cudaEventCreateWithFlags(e, cudaEventDisableTiming); r != cudaSuccess)
       return r;
   }
-  return cudaSuccess;
+  return cudaStreamCreateWithFlags(&kernel, cudaStreamNonBlocking);
 }
 
 void BatchLanes::destroy() {
@@ -81,10 +82,13 @@ void BatchLanes::destroy() {
     if (s != nullptr) cudaStreamDestroy(s);
     s = nullptr;
   }
-  for (cudaEvent_t& e : events) {
-    if (e != nullptr) cudaEventDestroy(e);
-    e = nullptr;
+  for (cudaEvent_t* e :
+       {&events[0], &events[1], &events[2], &events[3], &kernel_events[0], &kernel_events[1]}) {
+    if (*e != nullptr) cudaEventDestroy(*e);
+    *e = nullptr;
   }
+  if (kernel != nullptr) cudaStreamDestroy(kernel);
+  kernel = nullptr;
 }
 
 namespace {
@@ -180,7 +184,24 @@ Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* p
   rates.kernel_gbps = static_cast<double>(n * chunk) / *kernel / 1e9;
   BatchArgs args;
   auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream, lanes); });
-  if (batch) rates.batch_gbps = static_cast<double>(n * chunk) / *batch / 1e9;
+  if (!batch || lanes == nullptr || n < 2) return rates;
+  rates.batch_gbps = static_cast<double>(n * chunk) / *batch / 1e9;
+  // Both at once: the kernel on the first k pairs on its own stream, the batch the rest.
+  rates.kernel_share = rates.kernel_gbps / (rates.kernel_gbps + rates.batch_gbps);
+  const size_t k = std::clamp<size_t>(static_cast<size_t>(n * rates.kernel_share), 1, n - 1);
+  BlockCopy part = job;
+  part.pairs = k;
+  const std::span<const Chunk> rest = std::span<const Chunk>(chunks).subspan(k);
+  auto split = best_seconds(r, stream, [&] {
+    cudaError_t e = cudaEventRecord(lanes->kernel_events[0], stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes->kernel, lanes->kernel_events[0], 0);
+    if (e == cudaSuccess) e = launch_block_copy_kernel(part, launch, lanes->kernel);
+    if (e == cudaSuccess) e = cudaEventRecord(lanes->kernel_events[1], lanes->kernel);
+    if (e == cudaSuccess) e = enqueue_batch(rest, args, stream, lanes);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, lanes->kernel_events[1], 0);
+    return e;
+  });
+  if (split) rates.split_gbps = static_cast<double>(n * chunk) / *split / 1e9;
   return rates;
 }
 

@@ -35,11 +35,14 @@ struct BatchArgs {
 
 // Side streams a batch spreads over, with the events that fork them from the request's
 // stream and join them back: the copy engines take more of the link from several queues
-// than from one. Made and destroyed on the current device; used by one caller at a time.
+// than from one. And the kernel's own stream for CudaHostEngine::Split, so that it runs
+// beside the batch. Made and destroyed on the current device; used by one caller at a time.
 constexpr size_t kBatchLanes = 4;
 struct BatchLanes {
   std::array<cudaStream_t, kBatchLanes - 1> side{};
   std::array<cudaEvent_t, kBatchLanes> events{};  // [0] forks, [1 + i] joins side[i]
+  cudaStream_t kernel = nullptr;
+  std::array<cudaEvent_t, 2> kernel_events{};  // [0] forks the kernel's stream, [1] joins it
   cudaError_t create();
   void destroy();
 };
@@ -54,11 +57,15 @@ cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaSt
 struct HostEngineRates {
   double kernel_gbps = 0;
   double batch_gbps = 0;  // 0 where the batch call is not supported
+  double split_gbps = 0;  // both at once, the kernel taking kernel_share of the chunks
+  double kernel_share = 0;
 };
 
-// Times both engines on the current device copying `bytes` of `pinned` (mapped pinned
+// Times the engines on the current device copying `bytes` of `pinned` (mapped pinned
 // memory) to `device` (to_device) or back, in chunks of `chunk` bytes in a scattered order:
-// the best of a few runs each, after a warm-up. CUDA's error if a copy fails.
+// the kernel, the batch, and (where the batch works) both at once with the kernel's share
+// in proportion to the two rates; the best of a few runs each, after a warm-up. CUDA's
+// error if a copy fails.
 Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
                                            size_t bytes, const CopyLaunch& launch, uint64_t piece,
                                            cudaStream_t stream, const BatchLanes* lanes);

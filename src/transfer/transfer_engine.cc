@@ -128,6 +128,8 @@ const char* to_string(CudaHostEngine engine) {
       return "kernel";
     case CudaHostEngine::Batch:
       return "batch";
+    case CudaHostEngine::Split:
+      return "split";
   }
   return "?";
 }
@@ -227,9 +229,9 @@ Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOpt
     return err(ErrorCode::InvalidArgument, "cuda_kernel ",
                static_cast<unsigned>(options.cuda_kernel), " is not a kernel (0..2)");
   }
-  if (options.cuda_host_engine > CudaHostEngine::Batch) {
+  if (options.cuda_host_engine > CudaHostEngine::Split) {
     return err(ErrorCode::InvalidArgument, "cuda_host_engine ",
-               static_cast<unsigned>(options.cuda_host_engine), " is not an engine (0..2)");
+               static_cast<unsigned>(options.cuda_host_engine), " is not an engine (0..3)");
   }
   // Two halves, each a whole number of pages (direct I/O); at most 64 GiB.
   if (options.staging_bytes == 0 || options.staging_bytes % 8192 != 0 ||
@@ -359,13 +361,23 @@ Result<Transfer> TransferEngine::copy(const Layout& src, std::span<const size_t>
       const LayoutConfig& c = src.config();
       const uint64_t bytes = src_ids.size() * c.num_layers * c.outer_dim * c.chunk_bytes();
       const bool host_side = s.kind != d.kind;  // pinned <-> GPU: the engine measured faster
-      if (!pageable && host_side &&
-          (*copier)->host_engine(d.kind == StorageKind::Device, coalesced_chunk_bytes(src, dst)) ==
-              CudaHostEngine::Batch) {
+      const CudaHostEngine engine = !pageable && host_side
+                                        ? (*copier)->host_engine(d.kind == StorageKind::Device,
+                                                                 coalesced_chunk_bytes(src, dst))
+                                        : CudaHostEngine::Kernel;
+      if (engine == CudaHostEngine::Batch || engine == CudaHostEngine::Split) {
+        // Split: the kernel's share of the blocks first, the copy engines' chunks the rest.
+        const size_t k =
+            engine == CudaHostEngine::Split
+                ? (*copier)->kernel_blocks(d.kind == StorageKind::Device,
+                                           coalesced_chunk_bytes(src, dst), src_ids.size())
+                : 0;
         std::vector<Chunk> chunks;
-        chunks.reserve(src_ids.size() * c.num_layers * c.outer_dim);
-        detail::build_chunks(src, src_ids, dst, dst_ids, chunks);
-        auto impl = (*copier)->submit_batch(chunks, bytes);
+        chunks.reserve((src_ids.size() - k) * c.num_layers * c.outer_dim);
+        detail::build_chunks(src, src_ids.subspan(k), dst, dst_ids.subspan(k), chunks);
+        auto impl = k == 0 ? (*copier)->submit_batch(chunks, bytes)
+                           : (*copier)->submit_split(src, src_ids.first(k), dst, dst_ids.first(k),
+                                                     chunks, bytes);
         if (!impl) return impl.error();
         return Transfer(std::move(*impl));
       }

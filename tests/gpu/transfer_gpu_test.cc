@@ -227,6 +227,21 @@ TEST(TransferGpuHostEngine, BatchCopiesEveryChunkOfScatteredBlocks) {
   round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the batch's
 }
 
+// Both engines at once: the kernel's share of the blocks on its own stream, the copy
+// engines the rest; every byte of every shape checked.
+TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
+  KVBM_REQUIRE_GPU();
+  TransferEngineOptions o;
+  o.cuda_host_engine = CudaHostEngine::Split;
+  auto e = TransferEngine::create(o);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ((*e)->cuda_host_engine(0, false, 64 << 10).value(), CudaHostEngine::Split);
+  round_trip(**e, Host{"pinned", true}, 16, 256);
+  round_trip(**e, Host{"pinned", true}, 1, 1);
+  round_trip(**e, Host{"pinned", true}, 1024, 4096);
+  round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the split's
+}
+
 TEST(TransferGpuHostEngine, AutoMeasuresAndKeepsAChoicePerDirectionAndSize) {
   KVBM_REQUIRE_GPU();
   auto e = TransferEngine::create();
