@@ -329,10 +329,16 @@ TEST(AgentMetadata, UcxWorkerAddressIsWalkedBeforeUcxSeesIt) {
                "bytes after the last device");
   for (const auto& e : walked->entries) {
     const size_t at = static_cast<size_t>(e.device.data() - address.data());
-    if (e.tl_checksum ==
-        xfer::detail::transport_checksum("tcp")) {  // an address family of no such size
+    // A TCP device of an address family of no such size.
+    if (e.tl_checksum == xfer::detail::transport_checksum("tcp")) {
       EXPECT_ERROR(with_address([&](std::string& s) { s[at + 1] = 99; }),
                    ErrorCode::InvalidArgument, "device address of");
+    }
+    // A POSIX FIFO to be opened in a way this UCX never writes (UCX asserted).
+    if (e.tl_checksum == xfer::detail::transport_checksum("posix")) {
+      const size_t iface = static_cast<size_t>(e.interface.data() - address.data());
+      EXPECT_ERROR(with_address([&](std::string& s) { s[iface + 7] ^= char(0xc0); }),
+                   ErrorCode::InvalidArgument, "POSIX shared-memory segment");
     }
   }
   // The boot-id line garbled: the address still says "this machine", so the peer loads and

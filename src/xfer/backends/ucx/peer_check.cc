@@ -46,6 +46,17 @@ bool tcp_device_fits(std::string_view device) {
   return device.size() == 2 + ip;
 }
 
+// A POSIX interface address starts with its FIFO's segment id, whose top bits say how to
+// open it (procfs link, shm_open, a file in a directory that follows): UCX 1.13 asserts
+// on a combination it did not write.
+constexpr uint64_t kPosixSegmentFlags = uint64_t{0xf} << 60;
+std::optional<uint64_t> posix_segment_flags(const UcxAddressEntry& e) {
+  if (e.tl_checksum != transport_checksum("posix") || e.interface.size() < 8) return {};
+  uint64_t id = 0;
+  std::memcpy(&id, e.interface.data(), 8);
+  return id & kPosixSegmentFlags;
+}
+
 template <typename T>
 bool contains(const std::vector<T>& v, const T& x) {
   return std::find(v.begin(), v.end(), x) != v.end();
@@ -66,6 +77,7 @@ void learn_transports(std::string_view address, UcxWireShape& s) {
       it->interface_sizes.push_back(e.interface.size());
     }
     if (is_shared_memory(e.tl_checksum) && !e.device.empty()) s.machine = e.device;
+    if (auto flags = posix_segment_flags(e)) s.posix_segment_flags = flags;
   }
   s.address_walks = true;
 }
@@ -84,6 +96,14 @@ Status check_entry(const std::string& agent, const UcxAddressEntry& e, const Ucx
                "' sent a UCX worker address whose transport ", kvbm::detail::hex(e.tl_checksum),
                " has a device address of ", e.device.size(), " bytes and an interface address of ",
                e.interface.size(), " bytes; this UCX writes other sizes for it");
+  }
+  const auto flags = posix_segment_flags(e);
+  if (flags && flags != ours.posix_segment_flags) {
+    return err(ErrorCode::InvalidArgument, "agent '", agent,
+               "' sent a UCX worker address whose POSIX shared-memory segment is opened in "
+               "another way (flags ",
+               kvbm::detail::hex(*flags >> 60), "; this UCX writes ",
+               kvbm::detail::hex(ours.posix_segment_flags.value_or(0) >> 60), ")");
   }
   return {};
 }

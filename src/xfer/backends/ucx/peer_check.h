@@ -10,6 +10,7 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +41,8 @@ struct UcxWireShape {
   std::vector<UcxTransportShape> transports;
   // The device address of this machine's shared-memory transports (UCX's system id).
   std::string machine;
+  // The flag bits of our POSIX shared-memory segment ids (how a peer's FIFO is opened).
+  std::optional<uint64_t> posix_segment_flags;
   // A packed key's md map, and each of its memory domains' packed key sizes (-1: none).
   uint64_t md_map = 0;
   std::array<int16_t, 64> md_key_size{};
