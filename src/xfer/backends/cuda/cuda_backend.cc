@@ -429,10 +429,6 @@ bool CudaBackend::local_range_ok(MemType type, uint64_t dev, uint64_t addr, uint
   return false;
 }
 
-void CudaBackend::on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
-  static_cast<CudaBackend*>(arg)->failed_eps_.emplace_back(ep, status);
-}
-
 Status CudaBackend::connect(const std::string& agent, std::string_view connection_info) {
   auto info = CudaConnectionInfo::decode(connection_info);
   if (!info) {
@@ -451,7 +447,7 @@ Status CudaBackend::connect(const std::string& agent, std::string_view connectio
   if (peer->mode != Mode::Self && !info->ucx_address.empty()) {
     const bool peer_errors = !(same_host && tls_allows_shared_memory());
     if (ucs_status_t st = open_endpoint(worker_, info->ucx_address, peer_errors,
-                                        &CudaBackend::on_ep_error, this, &peer->ep);
+                                        &FailedEndpoints::on_error, &failed_eps_, &peer->ep);
         st != UCS_OK) {
       // Not fatal: IPC (and the agent's other backends) still reach the peer; staged
       // requests to it then fail with Unsupported.
@@ -658,17 +654,9 @@ size_t CudaBackend::progress(LockWait wait) {
   while (ucp_worker_progress(worker_) != 0) {
   }
   if (!failed_eps_.empty()) {
-    auto failed = std::move(failed_eps_);
-    failed_eps_.clear();
-    for (auto& [ep, status] : failed) {
-      for (auto& [name, peer] : peers_) {
-        if (peer->ep != ep) continue;
-        auto keep = peer;  // the map's entry goes inside
-        close_peer_locked(
-            keep, ucx_fail(ErrorCode::Remote, "connection to agent '" + name + "' failed", status));
-        break;
-      }
-    }
+    failed_eps_.close_failed(peers_, [this](const std::shared_ptr<CudaPeer>& peer, Error why) {
+      close_peer_locked(peer, std::move(why));
+    });
     ++events_;
   }
   if (!incoming_.empty()) {

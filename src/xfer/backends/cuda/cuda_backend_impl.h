@@ -16,7 +16,6 @@
 #include <map>
 #include <mutex>
 #include <set>
-#include <sstream>
 #include <tuple>
 
 #include "common/cuda_util.h"
@@ -25,7 +24,7 @@
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/copy_list.h"
 #include "xfer/backends/cuda/cuda_info.h"
-#include "xfer/backends/ucx/ucx_worker.h"
+#include "xfer/ucx_common/ucx_common.h"
 
 namespace kvbm::xfer::detail::cuda {
 
@@ -60,23 +59,6 @@ using kvbm::detail::hex;
 inline Error cuda_fail(ErrorCode code, cudaError_t e, std::string_view what) {
   cudaGetLastError();  // clear it, so later calls start clean
   return ::kvbm::detail::cuda_error(code, e, what);
-}
-
-inline Error ucx_fail(ErrorCode code, std::string_view what, ucs_status_t s) {
-  return err(code, what, ": ", ucs_status_string(s));
-}
-
-// Whether UCX_TLS leaves UCX a shared-memory transport (which cannot report failed peers).
-inline bool tls_allows_shared_memory() {
-  const char* env = std::getenv("UCX_TLS");
-  if (env == nullptr || *env == '\0' || *env == '^') return true;
-  std::istringstream in(env);
-  for (std::string t; std::getline(in, t, ',');) {
-    for (const char* shm : {"all", "sm", "shm", "posix", "sysv", "cma", "knem", "xpmem", "mm"}) {
-      if (t == shm) return true;
-    }
-  }
-  return false;
 }
 
 using CuMemGetAddressRange = CUresult (*)(CUdeviceptr*, size_t*, CUdeviceptr);
@@ -321,7 +303,6 @@ class CudaBackend final : public Backend {
                                size_t length, const ucp_am_recv_param_t* param) {
     return on_am(Id, arg, header, header_length, data, length, param);
   }
-  static void on_ep_error(void* arg, ucp_ep_h ep, ucs_status_t status);
 
   const std::string name_ = "CUDA";
   BackendEnv env_;
@@ -336,7 +317,7 @@ class CudaBackend final : public Backend {
   // (copy_list.h), as do several small ones between VRAM and mapped pinned memory; off by
   // kernel=0.
   const bool kernel_copies_;
-  const std::string host_ = cuda_host_identity();
+  const std::string host_ = host_boot_id();
   int default_device_ = 0;
 
   std::map<std::tuple<MemType, uint64_t, uint64_t>, std::vector<CudaLocalRegion*>> locals_;
@@ -354,7 +335,7 @@ class CudaBackend final : public Backend {
   std::map<uint64_t, std::shared_ptr<StagedOp>> ops_;
   std::list<TargetJob> jobs_;
   std::vector<Incoming> incoming_;
-  std::vector<std::pair<ucp_ep_h, ucs_status_t>> failed_eps_;
+  FailedEndpoints failed_eps_;  // noted in callbacks, handled in progress()
   size_t events_ = 0;
 };
 

@@ -131,7 +131,7 @@ bool CudaBackend::advance(StagedOp& op, Flight& f) {
         send_pool_.release(f.slot);
         f.slot = nullptr;
         if (f.ucx_status != UCS_OK) {
-          fail_op(op, ucx_fail(ErrorCode::Remote, "staged WRITE to agent '" + op.peer->name + "'",
+          fail_op(op, ucx_error(ErrorCode::Remote, "staged WRITE to agent '" + op.peer->name + "'",
                                f.ucx_status));
           return true;
         }
@@ -145,7 +145,7 @@ bool CudaBackend::advance(StagedOp& op, Flight& f) {
         return false;
       case Phase::ReadReceiving: {
         if (f.ucx_status != UCS_OK) {
-          fail_op(op, ucx_fail(ErrorCode::Remote, "staged READ from agent '" + op.peer->name + "'",
+          fail_op(op, ucx_error(ErrorCode::Remote, "staged READ from agent '" + op.peer->name + "'",
                                f.ucx_status));
           continue;
         }
