@@ -72,6 +72,13 @@ class CudaBackend final : public Backend {
   }
   size_t progress(LockWait wait) override;
 
+ private:
+  // The backend's own units: its requests and regions share its lock and state.
+  friend class CudaCopyRequest;
+  friend class CudaStagedRequest;
+  friend class CudaLocalRegion;
+  friend class CudaRemoteRegion;
+
   // Everything below runs with mu_ held.
   std::mutex mu_;
   cudaStream_t stream(int device);

@@ -151,6 +151,13 @@ class UcxBackend final : public Backend {
   Status send_notification(const std::string& agent, std::string_view message) override;
   size_t progress(LockWait wait) override;
 
+ private:
+  // The backend's own units: its requests, regions and file client share its lock and state.
+  friend class UcxRequest;
+  friend class UcxLocalRegion;
+  friend class UcxRemoteRegion;
+  friend class FileClient;
+
   // Everything below runs with mu_ held.
   std::mutex mu_;
   ucp_context_h context_ = nullptr;
