@@ -16,8 +16,8 @@ bool is_host(StorageKind k) {
 namespace {
 
 // Host requests of at least this many chunks go to the pool as blocks, each part working
-// out its own chunks: listing 1 GiB of 16 KiB chunks first took one thread 0.8-2.5 ms of a
-// 19 ms copy on the H100 machines, while 16 waited.
+// out its own chunks: listing them all first on one thread kept the others waiting
+// (figures: BENCHMARKS.md, "Figures behind the code").
 constexpr size_t kHostBlockJobChunks = 4096;
 
 // The size of the chunks a copy between two layouts coalesces into, before runs of

@@ -9,6 +9,7 @@
 #include "common/uring_worker.h"
 #include "kvbm/transfer.h"
 #include "transfer/copy_paths.h"
+#include "transfer/cuda_tuning.h"
 #include "transfer/engine_state.h"
 #include "transfer/transfer_impl.h"
 
@@ -38,18 +39,6 @@ const char* to_string(CudaHostEngine engine) {
       return "kernel";
     case CudaHostEngine::Batch:
       return "batch";
-  }
-  return "?";
-}
-
-const char* to_string(CudaCopyKernel kernel) {
-  switch (kernel) {
-    case CudaCopyKernel::Baseline:
-      return "baseline";
-    case CudaCopyKernel::Cta:
-      return "cta";
-    case CudaCopyKernel::Warp:
-      return "warp";
   }
   return "?";
 }
@@ -89,15 +78,16 @@ Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOpt
     return err(ErrorCode::InvalidArgument, "uring_queue_depth ", options.uring_queue_depth,
                " must be in 1..4096");
   }
-  if (options.cuda_ctas_per_sm == 0 || options.cuda_threads == 0 || options.cuda_threads > 1024 ||
-      options.cuda_max_piece == 0) {
-    return err(ErrorCode::InvalidArgument, "CUDA launch shape: ctas_per_sm ",
-               options.cuda_ctas_per_sm, ", threads ", options.cuda_threads, ", max piece ",
-               options.cuda_max_piece, " (need > 0 and threads <= 1024)");
+  const detail::CudaTuning& tuning = detail::cuda_tuning(options);
+  if (tuning.ctas_per_sm == 0 || tuning.threads == 0 || tuning.threads > 1024 ||
+      tuning.max_piece == 0) {
+    return err(ErrorCode::InvalidArgument, "CUDA launch shape: ctas_per_sm ", tuning.ctas_per_sm,
+               ", threads ", tuning.threads, ", max piece ", tuning.max_piece,
+               " (need > 0 and threads <= 1024)");
   }
-  if (options.cuda_kernel > CudaCopyKernel::Warp) {
-    return err(ErrorCode::InvalidArgument, "cuda_kernel ",
-               static_cast<unsigned>(options.cuda_kernel), " is not a kernel (0..2)");
+  if (tuning.kernel > CudaCopyKernel::Warp) {
+    return err(ErrorCode::InvalidArgument, "cuda_kernel ", static_cast<unsigned>(tuning.kernel),
+               " is not a kernel (0..2)");
   }
   if (options.cuda_host_engine > CudaHostEngine::Batch) {
     return err(ErrorCode::InvalidArgument, "cuda_host_engine ",

@@ -7,18 +7,15 @@ namespace {
 
 // enqueue()'s choice of the copy kernel, by a device's copies in a request: up to a few MiB
 // on average VRAM <-> VRAM (one of them too: see launch_copy_one), several small ones with
-// a host side. On the H100, 64 x 16 KiB pinned <-> VRAM: kernel 0.95 / 0.91 (h2d / d2h) of
-// one large copy, batch 0.14 / 0.56; 64 x 64 KiB and 256 KiB: kernel 0.92-0.97, batch
-// 0.99-1.02. A single host copy stays with the copy engine: through the kernel one 1 MiB
-// h2d moved more with 4 in flight (0.92 against 0.85) but took 6 us longer alone (the
-// kernel's dependent PCIe reads).
+// a host side, where the kernel beats the copy engines' setup per copy. A single host copy
+// stays with the copy engine: the kernel's dependent PCIe reads make it slower alone
+// (figures: BENCHMARKS.md, "Figures behind the code").
 constexpr uint64_t kVramKernelMaxAvg = 4 << 20;
 static_assert(kVramKernelMaxAvg <= kCopyOneMaxBytes);
 constexpr uint64_t kHostKernelMaxAvg = 32 << 10;
 constexpr uint64_t kHostPieceBytes = 16 << 10;
-// VRAM pieces: about kVramPiecesWanted per launch, so that enough warps copy at once (64 x
-// 64 KiB in 64 KiB pieces: 0.65 of the d2d ceiling; in 8 KiB pieces 0.86-0.91), within
-// these bounds (smaller pieces cost table entries the host writes each post).
+// VRAM pieces: about kVramPiecesWanted per launch, so that enough warps copy at once,
+// within these bounds (smaller pieces cost table entries the host writes each post).
 constexpr uint64_t kVramPiecesWanted = 2048;
 constexpr uint64_t kVramPieceMin = 8 << 10;
 
@@ -130,14 +127,12 @@ Status CudaCopyRequest::post() {
 }
 
 // One device's copies of a post, in one call where there are several. With a host side:
-// one cudaMemcpyBatchAsync, whose copy engines overlap their setup (64 x 64 KiB pinned ->
-// VRAM: 0.97 of one large copy, against 0.31 a call each, on the H100), unless the copies
-// are small and the host side is mapped pinned memory: the copy engines still pay a setup
-// per copy there (64 x 16 KiB: 0.14), so one launch of the copy kernel moves them over
-// PCIe instead. VRAM to VRAM, a few MiB each or less: the copy kernel (copy_list.h, a
-// single copy passed by value); as
-// pieces of a batch they ran at 55-62 GB/s, about what a call each gives (51), where one
-// large cudaMemcpyAsync moves 1.4 TB/s. Otherwise a cudaMemcpyAsync each.
+// one cudaMemcpyBatchAsync, whose copy engines overlap their setup, unless the copies are
+// small and the host side is mapped pinned memory: the copy engines still pay a setup per
+// copy there, so one launch of the copy kernel moves them over PCIe instead. VRAM to VRAM,
+// a few MiB each or less: the copy kernel (copy_list.h, a single copy passed by value), as
+// a batch runs them no faster than a call each. Otherwise a cudaMemcpyAsync each
+// (figures: BENCHMARKS.md, "Figures behind the code").
 Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   DeviceGuard g(d.device);
   const size_t n = d.sizes.size();

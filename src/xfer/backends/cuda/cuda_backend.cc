@@ -254,9 +254,9 @@ Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare_staged(
 
 size_t CudaBackend::progress(LockWait wait) {
   // The progress thread never waits for the lock: a caller holding it is posting or
-  // polling a copy, and a thread queued behind it makes every unlock a futex wake-up
-  // (IPC copies of 1 MiB, 4 in flight: 0.78-0.81 of the d2d ceiling with a blocking
-  // lock, 0.95-1.02 without). The next pass catches up. Agent::progress waits.
+  // polling a copy, and a thread queued behind it makes every unlock a futex wake-up, which
+  // slows IPC copies in flight (BENCHMARKS.md). The next pass catches up.
+  // Agent::progress waits.
   auto lock = progress_lock(mu_, wait);
   if (!lock.owns_lock()) return 0;
   events_ = 0;
