@@ -245,12 +245,45 @@ class BackendConformance : public ::testing::TestWithParam<BackendCase> {
     return std::move(*reg);
   }
 
+  // Agent "a" (and with `peer`, agent "b", which the remote memory is registered with and
+  // whose metadata "a" loads), the case's two memories, registered. False where the test
+  // cannot go on: a failure, or skip_reason_ says why it is skipped.
+  bool set_up(bool peer = false) {
+    a_ = make_agent("a");  // first: without a GPU, GPU backends skip here
+    if (!a_) return false;
+    local_ = make_memory(GetParam().local);
+    remote_ = make_memory(GetParam().remote);
+    EXPECT_TRUE(local_ && remote_);
+    if (!local_ || !remote_) return false;
+    if (peer) {
+      b_ = make_agent("b");
+      if (!b_) return false;
+    }
+    regs_.push_back(register_memory(*a_, *local_));
+    if (!regs_.back()) return false;
+    regs_.push_back(register_memory(peer ? *b_ : *a_, *remote_));
+    if (!regs_.back()) return false;
+    if (!peer) return true;
+    auto md = b_->local_metadata();
+    EXPECT_TRUE(md) << md.error().to_string();
+    if (!md) return false;
+    auto loaded = a_->load_remote_metadata(*md);
+    EXPECT_TRUE(loaded) << loaded.error().to_string();
+    if (!loaded) return false;
+    EXPECT_EQ(*loaded, "b");
+    return true;
+  }
+
   std::string skip_reason_;
+  // Declared so that registrations go first, then the memory, then the agents.
+  std::unique_ptr<Agent> a_, b_;
+  std::unique_ptr<Memory> local_, remote_;
+  std::vector<std::unique_ptr<MemoryRegistration>> regs_;
 };
 
-#define SKIP_IF_NULL(x)                                        \
+#define SET_UP_OR_SKIP(...)                                    \
   do {                                                         \
-    if ((x) == nullptr) {                                      \
+    if (!set_up(__VA_ARGS__)) {                                \
       if (HasFailure()) return;                                \
       GTEST_SKIP() << GetParam().name << ": " << skip_reason_; \
     }                                                          \
@@ -271,31 +304,19 @@ TEST_P(BackendConformance, CreatedByNameAndRefusesUnknownParameters) {
 }
 
 TEST_P(BackendConformance, RegistersItsMemoryTypesOnly) {
-  auto a = make_agent("a");
-  SKIP_IF_NULL(a);
-  auto local = make_memory(GetParam().local);
-  auto remote = make_memory(GetParam().remote);
-  ASSERT_TRUE(local && remote);
-  auto rl = register_memory(*a, *local);
-  SKIP_IF_NULL(rl);
-  auto rr = register_memory(*a, *remote);
-  SKIP_IF_NULL(rr);
-  EXPECT_EQ(rl->agent_name(), "a");
+  SET_UP_OR_SKIP();
+  Agent* a = a_.get();
+  EXPECT_EQ(regs_.front()->agent_name(), "a");
   // A type no backend of this agent registers: Unsupported, naming the agent.
   const DescList foreign(GetParam().foreign, {Desc{0x1000, 4096, 0}});
   EXPECT_ERROR(a->register_memory(foreign), ErrorCode::Unsupported, "no backend of agent 'a'");
 }
 
 TEST_P(BackendConformance, LocalWriteThenReadEveryByte) {
-  auto a = make_agent("a");
-  SKIP_IF_NULL(a);
-  auto local = make_memory(GetParam().local);
-  auto remote = make_memory(GetParam().remote);
-  ASSERT_TRUE(local && remote);
-  auto rl = register_memory(*a, *local);
-  SKIP_IF_NULL(rl);
-  auto rr = register_memory(*a, *remote);
-  SKIP_IF_NULL(rr);
+  SET_UP_OR_SKIP();
+  Agent* a = a_.get();
+  Memory* local = local_.get();
+  Memory* remote = remote_.get();
   local->fill(7);
   remote->fill(0);
   ASSERT_TRUE(run(*a, Op::Write, local->all(), remote->all(), "a"));
@@ -307,15 +328,10 @@ TEST_P(BackendConformance, LocalWriteThenReadEveryByte) {
 
 // Moved from posix_backend_test (NotificationsReachTheAgentItself), for every backend.
 TEST_P(BackendConformance, NotificationFollowsTheData) {
-  auto a = make_agent("a");
-  SKIP_IF_NULL(a);
-  auto local = make_memory(GetParam().local);
-  auto remote = make_memory(GetParam().remote);
-  ASSERT_TRUE(local && remote);
-  auto rl = register_memory(*a, *local);
-  SKIP_IF_NULL(rl);
-  auto rr = register_memory(*a, *remote);
-  SKIP_IF_NULL(rr);
+  SET_UP_OR_SKIP();
+  Agent* a = a_.get();
+  Memory* local = local_.get();
+  Memory* remote = remote_.get();
   local->fill(9);
   if (!GetParam().notifies) {
     EXPECT_ERROR(run(*a, Op::Write, local->all(), remote->all(), "a", "saved"),
@@ -331,22 +347,11 @@ TEST_P(BackendConformance, NotificationFollowsTheData) {
 }
 
 TEST_P(BackendConformance, PeerWriteThenReadOrUnsupported) {
-  auto a = make_agent("a");
-  SKIP_IF_NULL(a);
-  auto b = make_agent("b");
-  SKIP_IF_NULL(b);
-  auto local = make_memory(GetParam().local);
-  auto remote = make_memory(GetParam().remote);
-  ASSERT_TRUE(local && remote);
-  auto rl = register_memory(*a, *local);
-  SKIP_IF_NULL(rl);
-  auto rr = register_memory(*b, *remote);
-  SKIP_IF_NULL(rr);
-  auto md = b->local_metadata();
-  ASSERT_TRUE(md) << md.error().to_string();
-  auto loaded = a->load_remote_metadata(*md);
-  ASSERT_TRUE(loaded) << loaded.error().to_string();
-  EXPECT_EQ(*loaded, "b");
+  SET_UP_OR_SKIP(true);
+  Agent* a = a_.get();
+  Agent* b = b_.get();
+  Memory* local = local_.get();
+  Memory* remote = remote_.get();
   local->fill(11);
   remote->fill(0);
   if (!GetParam().peers) {
@@ -368,15 +373,10 @@ TEST_P(BackendConformance, PeerWriteThenReadOrUnsupported) {
 }
 
 TEST_P(BackendConformance, DescriptorsOutsideRegisteredMemoryAreRefused) {
-  auto a = make_agent("a");
-  SKIP_IF_NULL(a);
-  auto local = make_memory(GetParam().local);
-  auto remote = make_memory(GetParam().remote);
-  ASSERT_TRUE(local && remote);
-  auto rl = register_memory(*a, *local);
-  SKIP_IF_NULL(rl);
-  auto rr = register_memory(*a, *remote);
-  SKIP_IF_NULL(rr);
+  SET_UP_OR_SKIP();
+  Agent* a = a_.get();
+  Memory* local = local_.get();
+  Memory* remote = remote_.get();
   EXPECT_ERROR(a->create_request(Op::Write, local->descs(4096, kLen), remote->descs(0, kLen), "a"),
                ErrorCode::OutOfBounds, "is not inside memory registered with agent 'a'");
   EXPECT_ERROR(a->create_request(Op::Write, local->descs(0, kLen), remote->descs(4096, kLen), "a"),
@@ -385,15 +385,10 @@ TEST_P(BackendConformance, DescriptorsOutsideRegisteredMemoryAreRefused) {
 
 // Moved from posix_backend_test (DestroyingARequestInFlightIsSafe), for every backend.
 TEST_P(BackendConformance, RequestsDestroyedInFlightLeaveTheAgentUsable) {
-  auto a = make_agent("a");
-  SKIP_IF_NULL(a);
-  auto local = make_memory(GetParam().local);
-  auto remote = make_memory(GetParam().remote);
-  ASSERT_TRUE(local && remote);
-  auto rl = register_memory(*a, *local);
-  SKIP_IF_NULL(rl);
-  auto rr = register_memory(*a, *remote);
-  SKIP_IF_NULL(rr);
+  SET_UP_OR_SKIP();
+  Agent* a = a_.get();
+  Memory* local = local_.get();
+  Memory* remote = remote_.get();
   const std::optional<std::string> notif =
       GetParam().notifies ? std::optional<std::string>("a") : std::nullopt;
   for (int i = 0; i < 20; ++i) {
