@@ -81,7 +81,7 @@ void FileClient::pump(const std::shared_ptr<FileXfer>& x) {
 
 void FileClient::fail_peer(const std::shared_ptr<UcxPeer>& peer) {
   for (auto it = xfers_.begin(); it != xfers_.end();) {
-    auto x = (it++)->second;  // fail_file erases it
+    auto x = (it++)->second;  // fail() erases it
     if (x->c->peer == peer) {
       fail(*x, err(ErrorCode::Remote, "transfer with agent '", peer->name,
                    "' failed: ", peer->failure->message));
