@@ -23,6 +23,7 @@
 #include "kvbm/version.h"
 #include "options.h"
 #include "table.h"
+#include "transfer/cuda_tuning.h"
 
 #if KVBM_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -40,8 +41,9 @@ struct BenchTransferOptions {
   size_t threads = 0;
   bool no_gpu = false;
   bool no_host = false;
-  TransferEngineOptions engine;      // the CUDA kernel's shape, for tuning sweeps
-  std::string kernel = "warp";       // engine.cuda_kernel by name
+  TransferEngineOptions engine;      // the engine's options (host_engine below)
+  detail::CudaTuning tuning;         // the CUDA kernel's shape, for tuning sweeps
+  std::string kernel = "warp";       // tuning.kernel by name
   std::string host_engine = "auto";  // engine.cuda_host_engine by name
   bool json = false;                 // one JSON object on stdout instead of the table
   double check = 0;                  // > 0: exit 1 when a row reaches less of its ceiling
@@ -253,9 +255,9 @@ int report(const BenchTransferOptions& o, const TransferEngineOptions& eo,
                                 {"options",
                                  {{"mib", o.mib},
                                   {"iters", o.iters},
-                                  {"kernel", to_string(eo.cuda_kernel)},
-                                  {"cuda_ctas_per_sm", eo.cuda_ctas_per_sm},
-                                  {"cuda_threads", eo.cuda_threads}}},
+                                  {"kernel", to_string(detail::cuda_tuning(eo).kernel)},
+                                  {"cuda_ctas_per_sm", detail::cuda_tuning(eo).ctas_per_sm},
+                                  {"cuda_threads", detail::cuda_tuning(eo).threads}}},
                                 {"rows", nlohmann::ordered_json::array()},
                                 {"check", o.check},
                                 {"verdict", failed   ? "failed"
@@ -274,8 +276,9 @@ int report(const BenchTransferOptions& o, const TransferEngineOptions& eo,
   } else {
     std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
               << ", scattered (shuffled) blocks, no chunk coalesced; copy kernel "
-              << to_string(eo.cuda_kernel) << ", " << o.engine.cuda_ctas_per_sm << " CTAs/SM x "
-              << o.engine.cuda_threads << " threads\n";
+              << to_string(detail::cuda_tuning(eo).kernel) << ", "
+              << detail::cuda_tuning(eo).ctas_per_sm << " CTAs/SM x "
+              << detail::cuda_tuning(eo).threads << " threads\n";
     Table t({"path", "chunk", "GB/s", "ceiling GB/s", "ratio", "ceiling", "note"});
     for (const Row& r : rows) {
       t.add({r.path, r.chunk ? human_bytes(r.chunk) : "", r.gbps ? fixed(r.gbps, 2) : "",
@@ -292,9 +295,11 @@ int report(const BenchTransferOptions& o, const TransferEngineOptions& eo,
 int run_bench_transfer(const BenchTransferOptions& o) {
   TransferEngineOptions eo = o.engine;
   eo.host_threads = o.threads;
-  eo.cuda_kernel = o.kernel == "warp"  ? CudaCopyKernel::Warp
-                   : o.kernel == "cta" ? CudaCopyKernel::Cta
-                                       : CudaCopyKernel::Baseline;
+  detail::CudaTuning tuning = o.tuning;
+  tuning.kernel = o.kernel == "warp"  ? CudaCopyKernel::Warp
+                  : o.kernel == "cta" ? CudaCopyKernel::Cta
+                                      : CudaCopyKernel::Baseline;
+  eo.cuda_tuning = std::make_shared<const detail::CudaTuning>(tuning);
   eo.cuda_host_engine = o.host_engine == "kernel"  ? CudaHostEngine::Kernel
                         : o.host_engine == "batch" ? CudaHostEngine::Batch
                         : o.host_engine == "split" ? CudaHostEngine::Split
@@ -338,11 +343,11 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
       ->check(CLI::Range(size_t{0}, size_t{1024}));
   cmd->add_flag("--no-gpu", o->no_gpu, "Skip the GPU rows");
   cmd->add_flag("--no-host", o->no_host, "Skip the host rows");
-  cmd->add_option("--cuda-ctas-per-sm", o->engine.cuda_ctas_per_sm, "Copy kernel CTAs per SM")
+  cmd->add_option("--cuda-ctas-per-sm", o->tuning.ctas_per_sm, "Copy kernel CTAs per SM")
       ->check(CLI::Range(1, 64));
-  cmd->add_option("--cuda-threads", o->engine.cuda_threads, "Copy kernel threads per CTA")
+  cmd->add_option("--cuda-threads", o->tuning.threads, "Copy kernel threads per CTA")
       ->check(CLI::IsMember({32, 64, 128, 256, 512, 1024}));
-  add_size_option(*cmd, "--cuda-max-piece", o->engine.cuda_max_piece,
+  add_size_option(*cmd, "--cuda-max-piece", o->tuning.max_piece,
                   "Copy kernel: largest piece, bytes", 4096, size_t{1} << 30);
   cmd->add_option("--cuda-kernel", o->kernel,
                   "Copy kernel: baseline (a CTA per piece), cta (a CTA per piece, 32-bit index "

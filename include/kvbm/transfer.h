@@ -43,19 +43,9 @@ namespace kvbm {
 enum class TransferPath : uint8_t { Host, Cuda, File, Remote, Staged };
 const char* to_string(TransferPath path);
 
-// The block copy kernel of the Cuda path (src/transfer/copy_kernel.cu). Each splits every
-// chunk into pieces of at most cuda_max_piece bytes and copies them with 16-byte accesses
-// where both ends are 16-byte aligned, bytes otherwise.
-//   Baseline  one CTA per piece; 64-bit index arithmetic; a piece's block ids are loaded
-//             just before its copy, so each piece pays a dependent round trip first.
-//   Cta       one CTA per piece; 32-bit index arithmetic where the request fits; the next
-//             piece's ids are loaded while the current one copies.
-//   Warp      as Cta, but one warp per piece when pieces are at most 32 KiB (more
-//             independent pieces in flight per SM); larger pieces go as in Cta. The
-//             default: on an H200, GPU -> GPU 16 KiB chunks at 0.83 of one big D2D
-//             copy, against 0.75 for Baseline (BENCHMARKS.md).
-enum class CudaCopyKernel : uint8_t { Baseline, Cta, Warp };
-const char* to_string(CudaCopyKernel kernel);
+namespace detail {
+struct CudaTuning;  // the Cuda path's kernel tuning knobs (internal: src/transfer/cuda_tuning.h)
+}  // namespace detail
 
 // How the Cuda path moves blocks between pinned host memory and a GPU. Which is faster
 // differs between machines and drivers, so by default (Auto) it is measured on the machine:
@@ -100,13 +90,8 @@ class Transfer {
 struct TransferEngineOptions {
   size_t host_threads = 0;  // host memcpy pool (0: every core)
   unsigned uring_queue_depth = 64;
-  // Kernel launch shape: CTAs per SM, threads per CTA, largest piece one CTA copies.
-  unsigned cuda_ctas_per_sm = 4;
-  unsigned cuda_threads = 512;
-  size_t cuda_max_piece = 256 << 10;
-  CudaCopyKernel cuda_kernel = CudaCopyKernel::Warp;
-  // Cta and Warp: 64-bit index arithmetic even where 32 bits suffice (for tests).
-  bool cuda_index64 = false;
+  // The Cuda path's kernel tuning, for benchmarks and tests (internal); null: defaults.
+  std::shared_ptr<const detail::CudaTuning> cuda_tuning{};
   // Pinned host memory <-> GPU: measured per GPU (Auto), or forced.
   CudaHostEngine cuda_host_engine = CudaHostEngine::Auto;
   // The Staged path's host buffer, allocated on first use and kept: a positive multiple
@@ -124,7 +109,7 @@ struct CopyOptions {
 class TransferEngine {
  public:
   // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape, an
-  // unknown kernel, or a staging_bytes that is zero, not a multiple of 8192 or over 64 GiB.
+  // unknown kernel (cuda_tuning), or a staging_bytes that is zero, not a multiple of 8192 or over 64 GiB.
   static Result<std::unique_ptr<TransferEngine>> create(TransferEngineOptions options = {});
   ~TransferEngine();
 
@@ -145,9 +130,8 @@ class TransferEngine {
 
   // Registers the host memory of `layout` (System or Pinned) with the File path: its
   // io_uring takes each region as a fixed buffer, so that copies between it and a Disk
-  // layout skip pinning the pages on every I/O (CPU time per request; on the lent GPU
-  // machine, writes from pinned memory to its disk went 12-20% faster, reads and plain
-  // memory as fast as without). Optional: copies work without it. Each region keeps the
+  // layout skip pinning the pages on every I/O (CPU time per request; BENCHMARKS.md
+  // says by how much). Optional: copies work without it. Each region keeps the
   // registration under kFileRegistrationKey until it is destroyed or deregistered, or until the
   // engine goes, whichever comes first. Errors: InvalidArgument for a layout that is not local host
   // memory; AlreadyRegistered when a region has the key already (from this engine or another); Io

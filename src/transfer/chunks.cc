@@ -73,9 +73,9 @@ ChunkPlan::ChunkPlan(const Layout& src, const Layout& dst)
                        : Order::BlockLayerOuter;
 }
 
-// Through memory_region_unchecked() (two calls to a region's addr() per chunk) this took
-// about 3 ms for 1 GiB of 16 KiB chunks on the H100 machines, before any thread copied a
-// byte (a sixth of that copy's time on 16 cores); through the plan, 0.8-2.5 ms.
+// Through the plan rather than memory_region_unchecked() (two calls to a region's addr()
+// per chunk), which made listing a large request a visible share of its copy's time
+// (figures: BENCHMARKS.md, "Figures behind the code").
 uint64_t build_chunks(const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
                       std::span<const size_t> dst_ids, std::vector<Chunk>& out) {
   out.clear();

@@ -36,7 +36,7 @@ struct BlockCopy {
   uint64_t piece;  // one worker (CTA or warp) copies at most this many bytes at a time
 };
 
-// The kernel variants (TransferEngineOptions::cuda_kernel says what each does).
+// The kernel variants (CudaCopyKernel in transfer/cuda_tuning.h says what each does).
 enum class CopyKernel : uint8_t { Baseline, Cta, Warp };
 
 struct CopyLaunch {

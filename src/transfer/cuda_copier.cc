@@ -1,5 +1,7 @@
 #include "transfer/cuda_copier.h"
 
+#include "transfer/cuda_tuning.h"
+
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -53,6 +55,7 @@ struct CudaCopier::State {
 
   int ordinal = 0;
   TransferEngineOptions options;
+  CudaTuning tuning;  // the options' (or the defaults), copied once
   bool pageable = false;
   unsigned sms = 1;
   cudaStream_t stream = nullptr;
@@ -72,11 +75,11 @@ struct CudaCopier::State {
 
   CopyLaunch launch() const {
     CopyLaunch l;
-    l.kernel = copy_kernel(options.cuda_kernel);
+    l.kernel = copy_kernel(tuning.kernel);
     l.max_ctas = static_cast<unsigned>(
-        std::min<uint64_t>(uint64_t{sms} * options.cuda_ctas_per_sm, UINT32_MAX));
-    l.threads = options.cuda_threads;
-    l.index64 = options.cuda_index64;
+        std::min<uint64_t>(uint64_t{sms} * tuning.ctas_per_sm, UINT32_MAX));
+    l.threads = tuning.threads;
+    l.index64 = tuning.index64;
     return l;
   }
   void probe_engines();
@@ -210,6 +213,7 @@ Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int ordinal,
   auto st = std::make_unique<State>();
   st->ordinal = ordinal;
   st->options = options;
+  st->tuning = cuda_tuning(options);
   int v = 0;
   if (cudaDeviceGetAttribute(&v, cudaDevAttrPageableMemoryAccess, ordinal) == cudaSuccess)
     st->pageable = v != 0;
@@ -295,7 +299,7 @@ Result<size_t> CudaCopier::State::enqueue_blocks(Slot& slot, const Layout& src,
   job.layers = static_cast<uint32_t>(layers);
   job.outer_dim = static_cast<uint32_t>(src.config().outer_dim);
   job.chunk = src.config().chunk_bytes();
-  job.piece = options.cuda_max_piece;
+  job.piece = tuning.max_piece;
   if ((e = launch_block_copy_kernel(job, launch(), on)) != cudaSuccess) {
     cudaGetLastError();
     return cuda_error(ErrorCode::Internal, e, "launching the block copy kernel");
@@ -381,7 +385,7 @@ void CudaCopier::State::probe_engines() {
     for (size_t cls = 0; cls < kHostEngineClasses; ++cls) {
       auto rates =
           probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device, kProbeBytes,
-                             launch(), options.cuda_max_piece, stream, &lanes);
+                             launch(), tuning.max_piece, stream, &lanes);
       if (!rates) {
         log(LogLevel::Warn, "GPU " + std::to_string(ordinal) +
                                 ": probing the host copy engines: " + rates.error().message);

@@ -116,11 +116,6 @@ class Backend {
     if (wait == LockWait::Wait) return std::unique_lock<std::mutex>(mu);
     return std::unique_lock<std::mutex>(mu, std::try_to_lock);
   }
-  // A file descriptor that becomes readable when progress() has work, or -1 (then the
-  // agent's progress thread polls). Arm it with arm() before sleeping on it; arm()
-  // returns false when there is work already.
-  virtual int event_fd() { return -1; }
-  virtual bool arm() { return false; }
 };
 
 using BackendFactory =

@@ -1,6 +1,7 @@
 // The backend types compiled into this build, by name.
 #include "xfer/backend.h"
 #include "xfer/backends/gds/gds_backend.h"
+#include "xfer/backends/null/null_backend.h"
 #include "xfer/backends/posix/posix_backend.h"
 #include "xfer/backends/ucx/ucx_backend.h"
 #if KVBM_HAVE_CUDA
@@ -20,6 +21,7 @@ const std::vector<Entry>& registry() {
     {"UCX", make_ucx_backend},
     {"POSIX", make_posix_backend},
     {"GDS", make_gds_backend},  // not a default: needs a GPU
+    {"NULL", make_null_backend},  // not a default: the contract's smallest example
 #if KVBM_HAVE_CUDA
     {"CUDA", make_cuda_backend},
 #endif

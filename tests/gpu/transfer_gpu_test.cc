@@ -12,6 +12,7 @@
 #include "kvbm/transfer.h"
 #include "support/block_pattern.h"
 #include "support/test_support.h"
+#include "transfer/cuda_tuning.h"
 
 namespace kvbm {
 namespace {
@@ -87,13 +88,19 @@ void PrintTo(const Kernel& k, std::ostream* os) {
 
 class TransferGpu : public ::testing::TestWithParam<Kernel> {
  protected:
-  TransferEngineOptions options() const {
+  detail::CudaTuning tuning() const {
+    detail::CudaTuning t;
+    t.kernel = GetParam().kernel;
+    t.index64 = GetParam().index64;
+    return t;
+  }
+  TransferEngineOptions options(const detail::CudaTuning& t) const {
     TransferEngineOptions o;
-    o.cuda_kernel = GetParam().kernel;
-    o.cuda_index64 = GetParam().index64;
+    o.cuda_tuning = std::make_shared<const detail::CudaTuning>(t);
     o.cuda_host_engine = CudaHostEngine::Kernel;  // pinned memory too goes through the kernel
     return o;
   }
+  TransferEngineOptions options() const { return options(tuning()); }
 };
 
 INSTANTIATE_TEST_SUITE_P(
@@ -121,11 +128,11 @@ TEST_P(TransferGpu, PinnedAndSystemThroughTwoDeviceLayouts) {
 TEST_P(TransferGpu, ChunksSplitIntoPiecesOfAnySize) {
   KVBM_REQUIRE_GPU();
   for (size_t piece : {size_t{4096}, size_t{5000}}) {  // 5000: later pieces are unaligned
-    TransferEngineOptions o = options();
-    o.cuda_max_piece = piece;
-    o.cuda_threads = 128;
-    o.cuda_ctas_per_sm = 1;
-    auto e = TransferEngine::create(o);
+    detail::CudaTuning t = tuning();
+    t.max_piece = piece;
+    t.threads = 128;
+    t.ctas_per_sm = 1;
+    auto e = TransferEngine::create(options(t));
     ASSERT_TRUE(e.ok());
     round_trip(**e, Host{"pinned", true}, 1024, 4096);  // 128 KiB chunks
   }
@@ -136,10 +143,10 @@ TEST_P(TransferGpu, ThreadCountsThatAreNotWholeWarps) {
   KVBM_REQUIRE_GPU();
   for (unsigned threads : {1u, 33u, 1000u}) {
     SCOPED_TRACE("threads " + std::to_string(threads));
-    TransferEngineOptions o = options();
-    o.cuda_threads = threads;
-    o.cuda_ctas_per_sm = 1;
-    auto e = TransferEngine::create(o);
+    detail::CudaTuning t = tuning();
+    t.threads = threads;
+    t.ctas_per_sm = 1;
+    auto e = TransferEngine::create(options(t));
     ASSERT_TRUE(e.ok());
     round_trip(**e, Host{"pinned", true}, 16, 256);    // 2 KiB chunks
     round_trip(**e, Host{"pinned", true}, 1024, 256);  // 128 KiB chunks

@@ -263,23 +263,8 @@ TEST(PosixBackend, AnFdReplacedByAnotherFileIsNeitherReadNorWritten) {
       << "the other file was written";
 }
 
-TEST(PosixBackend, NotificationsReachTheAgentItself) {
-  TempDir dir;
-  auto a = make_agent("a");
-  const int fd = make_file(dir.path() / "f", 8192);
-  ASSERT_GE(fd, 0);
-  auto buf = SystemAllocator().allocate(8192);
-  ASSERT_TRUE(buf);
-  auto r1 = a->register_memory(file(fd, 0, 8192));
-  ASSERT_TRUE(r1);
-  ASSERT_TRUE(register_with_agent(*buf, *a));
-  ASSERT_TRUE(transfer(*a, Op::Write, dram(buf->addr(), 8192), file(fd, 0, 8192), "saved"));
-  auto n = a->get_notifs();
-  ASSERT_EQ(n.size(), 1u);
-  EXPECT_EQ(n[0], (Notification{"a", "saved"}));
-  r1->reset();
-  ::close(fd);
-}
+// NotificationsReachTheAgentItself moved to the backend conformance suite
+// (tests/conformance: NotificationFollowsTheData/POSIX).
 
 TEST(PosixBackend, ReadPastEndOfFileNamesFileAndOffset) {
   TempDir dir;

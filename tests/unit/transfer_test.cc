@@ -15,6 +15,7 @@
 #include "kvbm/storage.h"
 #include "support/block_pattern.h"
 #include "support/test_support.h"
+#include "transfer/cuda_tuning.h"
 #include "transfer/host_pool.h"
 #include "transfer/stream_copy.h"
 
@@ -99,16 +100,20 @@ TEST(TransferEngine, RejectsBadOptions) {
   o = {};
   o.uring_queue_depth = 0;
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "uring_queue_depth 0");
-  o = {};
-  o.cuda_threads = 2048;
+  auto tuned = [](auto set) {
+    detail::CudaTuning t;
+    set(t);
+    TransferEngineOptions opts;
+    opts.cuda_tuning = std::make_shared<const detail::CudaTuning>(t);
+    return opts;
+  };
+  o = tuned([](detail::CudaTuning& t) { t.threads = 2048; });
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "threads 2048");
-  o = {};
-  o.cuda_max_piece = 0;
+  o = tuned([](detail::CudaTuning& t) { t.max_piece = 0; });
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "max piece 0");
-  o = {};
-  o.cuda_kernel = static_cast<CudaCopyKernel>(7);
+  o = tuned([](detail::CudaTuning& t) { t.kernel = static_cast<CudaCopyKernel>(7); });
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "cuda_kernel 7");
-  o.cuda_kernel = CudaCopyKernel::Warp;
+  o = {};
   o.cuda_host_engine = static_cast<CudaHostEngine>(5);
   EXPECT_ERROR(TransferEngine::create(o), ErrorCode::InvalidArgument, "cuda_host_engine 5");
   for (size_t staging : {size_t{0}, size_t{4096}, size_t{12288}, size_t{128} << 30}) {

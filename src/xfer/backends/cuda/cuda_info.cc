@@ -1,7 +1,6 @@
 #include "xfer/backends/cuda/cuda_info.h"
 
 #include <cstring>
-#include <fstream>
 
 namespace kvbm::xfer::detail {
 namespace {
@@ -52,13 +51,6 @@ struct Reader {
 };
 
 }  // namespace
-
-std::string cuda_host_identity() {
-  std::ifstream f("/proc/sys/kernel/random/boot_id");
-  std::string id;
-  std::getline(f, id);
-  return id.empty() ? "unknown-host" : id.substr(0, kMaxBootId);
-}
 
 std::string CudaConnectionInfo::encode() const {
   Writer w;

@@ -44,7 +44,4 @@ struct CudaRegionInfo {
   static Result<CudaRegionInfo> decode(std::string_view bytes, uint64_t addr, uint64_t len);
 };
 
-// This machine's boot id ("unknown-host" if unreadable).
-std::string cuda_host_identity();
-
 }  // namespace kvbm::xfer::detail

@@ -1,10 +1,14 @@
-#include "xfer/backends/ucx/ucx_worker.h"
+#include "xfer/ucx_common/ucx_common.h"
+
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 namespace kvbm::xfer::detail {
 namespace {
 
 Error ucx_call_failed(std::string_view call, ucs_status_t s) {
-  return err(ErrorCode::Internal, call, ": ", ucs_status_string(s));
+  return ucx_error(ErrorCode::Internal, call, s);
 }
 
 }  // namespace
@@ -77,6 +81,43 @@ void close_endpoint(ucp_worker_h worker, ucp_ep_h ep) {
     }
     ucp_request_free(req);
   }
+}
+
+Error ucx_error(ErrorCode code, std::string_view what, ucs_status_t s) {
+  return err(code, what, ": ", ucs_status_string(s));
+}
+
+std::string host_boot_id() {
+  constexpr size_t kMaxBootId = 64;
+  std::ifstream f("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(f, id);
+  return id.empty() ? "unknown-host" : id.substr(0, kMaxBootId);
+}
+
+bool tls_allows_shared_memory() {
+  const char* env = std::getenv("UCX_TLS");
+  if (env == nullptr || *env == '\0' || *env == '^') return true;
+  std::istringstream in(env);
+  for (std::string t; std::getline(in, t, ',');) {
+    for (const char* shm : {"all", "sm", "shm", "posix", "sysv", "cma", "knem", "xpmem", "mm"}) {
+      if (t == shm) return true;
+    }
+  }
+  return false;
+}
+
+void FailedEndpoints::on_error(void* arg, ucp_ep_h ep, ucs_status_t status) {
+  // Called from inside ucp_worker_progress: only note it; the backend closes the peer.
+  static_cast<FailedEndpoints*>(arg)->failed_.emplace_back(ep, status);
+}
+
+ucs_status_t FailedEndpoints::status_of(ucp_ep_h ep) const {
+  ucs_status_t status = UCS_OK;
+  for (const auto& [e, s] : failed_) {
+    if (e == ep) status = s;
+  }
+  return status;
 }
 
 }  // namespace kvbm::xfer::detail

@@ -1,0 +1,248 @@
+// The target's side of the CUDA backend's staged path: handle_incoming() checks each
+// chunk asked of us against the registered regions and advance_job() serves it,
+// acknowledging a WRITE only once its bytes are in place; answers to our own chunks go to
+// their transfers (cuda_staged.cc).
+#include <cstring>
+
+#include "xfer/backends/cuda/cuda_backend_impl.h"
+
+namespace kvbm::xfer::detail::cuda {
+
+// Every message received in the last ucp_worker_progress: a chunk to serve, or an answer
+// to one of ours.
+void CudaBackend::handle_incoming(Incoming& in) {
+  ++events_;
+  if (in.id == kAmPut || in.id == kAmGet) {
+    handle_chunk(in);
+  } else {
+    handle_reply(in);
+  }
+}
+
+void CudaBackend::drop(Incoming& in) {
+  if (in.rndv) ucp_am_data_release(worker_, in.desc);
+}
+
+// A chunk asked of this backend: checked against the registered regions, then queued.
+void CudaBackend::handle_chunk(Incoming& in) {
+  auto drop = [&] { this->drop(in); };
+  auto decoded = decode_chunk_header(in.header);
+  if (!decoded || in.reply_ep == nullptr) {
+    log(LogLevel::Warn, "CUDA: dropped a " + (decoded ? std::string("malformed staged chunk")
+                                                      : decoded.error().message));
+    drop();
+    return;
+  }
+  const ChunkHeader& h = *decoded;
+  const bool put = in.id == kAmPut;
+  const MemType type = static_cast<MemType>(h.mem_type);
+  const bool type_ok = h.mem_type <= static_cast<uint32_t>(MemType::Unknown) &&
+                       (type == MemType::Vram || type == MemType::Dram);
+  const bool len_ok =
+      h.len > 0 && h.len <= chunk_bytes_ && (in.rndv || !put || in.data.size() == h.len);
+  if (!len_ok) {
+    drop();
+    Error e = err(ErrorCode::InvalidArgument, "staged chunk of ", h.len,
+                  " bytes does not fit the bounce buffers of agent '", env_.agent_name, "' (",
+                  chunk_bytes_, " bytes)");
+    reply(in.reply_ep, put ? kAmAck : kAmGetReply, h.op, h.seq, &e, nullptr, 0, nullptr);
+    return;
+  }
+  if (!type_ok || !local_range_ok(type, h.dev, h.addr, h.len)) {
+    drop();
+    Error e = err(ErrorCode::OutOfBounds, "staged ", put ? "WRITE" : "READ", " of ", h.len,
+                  " bytes at ", hex(h.addr), " (device ", h.dev,
+                  ") is not inside memory registered with agent '", env_.agent_name, "'");
+    reply(in.reply_ep, put ? kAmAck : kAmGetReply, h.op, h.seq, &e, nullptr, 0, nullptr);
+    return;
+  }
+  TargetJob job;
+  job.kind = put ? kAmPut : kAmGet;
+  job.h = h;
+  job.reply_ep = in.reply_ep;
+  job.rndv = in.rndv;
+  job.desc = in.desc;
+  job.eager = std::move(in.data);
+  jobs_.push_back(std::move(job));
+}
+
+// An answer to a chunk of one of our transfers: an ack, a READ's bytes, or an error.
+void CudaBackend::handle_reply(Incoming& in) {
+  auto drop = [&] { this->drop(in); };
+  auto decoded = decode_reply_header(in.header);
+  if (!decoded) {
+    log(LogLevel::Warn, "CUDA: dropped a " + decoded.error().message);
+    drop();
+    return;
+  }
+  const ReplyHeader& h = *decoded;
+  auto oit = ops_.find(h.op);
+  Flight* f = nullptr;
+  if (h.magic == kChunkMagic && oit != ops_.end()) {
+    auto fit = oit->second->flights.find(h.seq);
+    if (fit != oit->second->flights.end()) f = &fit->second;
+  }
+  if (f == nullptr) {  // a cancelled op's late answer
+    drop();
+    return;
+  }
+  StagedOp& op = *oit->second;
+  if (h.code >= 0) {
+    std::string msg = in.rndv ? std::string("(message lost)") : in.data;
+    drop();
+    fail_op(op, err(ErrorCode::Remote, "agent '", op.peer->name, "': ", msg));
+    return;
+  }
+  if (in.id == kAmAck) {
+    drop();
+    if (f->phase == Phase::WriteAwaitAck || f->phase == Phase::WriteSending) f->acked = true;
+    return;
+  }
+  if (f->phase != Phase::ReadAwaitReply) {
+    drop();
+    return;
+  }
+  const StagedChunk& c = (*op.chunks)[h.seq];
+  if (!in.rndv) {
+    if (in.data.size() != c.len) {
+      fail_op(op, err(ErrorCode::Remote, "agent '", op.peer->name, "' answered ", in.data.size(),
+                      " bytes for a chunk of ", c.len));
+      return;
+    }
+    std::memcpy(f->slot, in.data.data(), c.len);
+    f->phase = Phase::ReadReceiving;
+    f->ucx_status = UCS_OK;
+    return;
+  }
+  f->phase = Phase::ReadReceiving;
+  f->ucx_pending = true;
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.user_data = f;
+  p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
+    auto* fl = static_cast<Flight*>(user);
+    fl->ucx_pending = false;
+    fl->ucx_status = status;
+    ucp_request_free(request);
+  };
+  ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, in.desc, f->slot, c.len, &p);
+  if (!UCS_PTR_IS_PTR(r)) {
+    f->ucx_pending = false;
+    f->ucx_status = UCS_PTR_STATUS(r);
+  }
+}
+
+// A job's first step: a small WRITE's bytes copied in at once; else a bounce buffer taken
+// and its bytes received (WRITE) or copied out of the target memory (READ). Returns
+// advance_job's answer, or nullopt to go on with the next step.
+std::optional<bool> CudaBackend::start_job(TargetJob& j, int dev, void* target) {
+  if (j.kind == kAmPut && !j.rndv) {
+    // Small enough to have come with the message: copy it in directly.
+    DeviceGuard g(dev);
+    cudaError_t e = cudaMemcpy(target, j.eager.data(), j.h.len, cudaMemcpyDefault);
+    Error er = e == cudaSuccess ? Error{ErrorCode::Internal, ""}
+                                : cuda_fail(ErrorCode::Internal, e, "staged copy");
+    reply(j.reply_ep, kAmAck, j.h.op, j.h.seq, e == cudaSuccess ? nullptr : &er, nullptr, 0,
+          nullptr);
+    return true;
+  }
+  j.slot = recv_pool_.acquire();
+  if (j.slot == nullptr) return false;  // retried on the next progress
+  if (j.kind == kAmPut) {
+    j.step = TargetJob::Step::Receiving;
+    j.ucx_pending = true;
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.user_data = &j;
+    p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
+      auto* job = static_cast<TargetJob*>(user);
+      job->ucx_pending = false;
+      job->ucx_status = status;
+      ucp_request_free(request);
+    };
+    ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, j.desc, j.slot, j.h.len, &p);
+    if (!UCS_PTR_IS_PTR(r)) {
+      j.ucx_pending = false;
+      j.ucx_status = UCS_PTR_STATUS(r);
+    }
+    return std::nullopt;
+  }
+  j.step = TargetJob::Step::Copying;
+  j.event_device = dev;
+  if (auto st = copy_async(j.slot, target, j.h.len, dev, stream(dev), &j.event); !st) {
+    recv_pool_.release(j.slot);
+    j.slot = nullptr;
+    reply(j.reply_ep, kAmGetReply, j.h.op, j.h.seq, &st.error(), nullptr, 0, nullptr);
+    return true;
+  }
+  return std::nullopt;
+}
+
+// Moves one target-side job on; true when finished.
+bool CudaBackend::advance_job(TargetJob& j) {
+  const MemType type = static_cast<MemType>(j.h.mem_type);
+  const int dev = type == MemType::Vram ? static_cast<int>(j.h.dev) : default_device_;
+  void* target = reinterpret_cast<void*>(j.h.addr);
+  for (;;) {
+    if (j.event != nullptr) {
+      cudaError_t e = cudaEventQuery(j.event);
+      if (e == cudaErrorNotReady) return false;
+      cudaEventDestroy(j.event);
+      j.event = nullptr;
+      if (e != cudaSuccess) {
+        Error er = cuda_fail(ErrorCode::Internal, e, "staged copy at the target");
+        recv_pool_.release(j.slot);
+        j.slot = nullptr;
+        reply(j.reply_ep, j.kind == kAmPut ? kAmAck : kAmGetReply, j.h.op, j.h.seq, &er, nullptr, 0,
+              nullptr);
+        return true;
+      }
+    }
+    if (j.ucx_pending) return false;
+    switch (j.step) {
+      case TargetJob::Step::WaitSlot:
+        if (auto done = start_job(j, dev, target)) return *done;
+        continue;
+      case TargetJob::Step::Receiving:
+        if (j.ucx_status != UCS_OK) {
+          recv_pool_.release(j.slot);
+          j.slot = nullptr;
+          return true;  // the initiator sees its send fail
+        }
+        j.step = TargetJob::Step::Copying;
+        j.event_device = dev;
+        if (auto st = copy_async(target, j.slot, j.h.len, dev, stream(dev), &j.event); !st) {
+          recv_pool_.release(j.slot);
+          j.slot = nullptr;
+          reply(j.reply_ep, kAmAck, j.h.op, j.h.seq, &st.error(), nullptr, 0, nullptr);
+          return true;
+        }
+        continue;
+      case TargetJob::Step::Copying:
+        if (j.kind == kAmPut) {
+          // The bytes are in place: acknowledge, so the initiator may notify.
+          recv_pool_.release(j.slot);
+          j.slot = nullptr;
+          reply(j.reply_ep, kAmAck, j.h.op, j.h.seq, nullptr, nullptr, 0, nullptr);
+          return true;
+        }
+        j.step = TargetJob::Step::Sending;
+        j.ucx_pending = true;
+        {
+          TargetJob* jp = &j;
+          reply(j.reply_ep, kAmGetReply, j.h.op, j.h.seq, nullptr, j.slot, j.h.len,
+                [jp](ucs_status_t s) {
+                  jp->ucx_pending = false;
+                  jp->ucx_status = s;
+                });
+        }
+        continue;
+      case TargetJob::Step::Sending:
+        recv_pool_.release(j.slot);
+        j.slot = nullptr;
+        return true;
+    }
+  }
+}
+
+}  // namespace kvbm::xfer::detail::cuda

@@ -1,0 +1,81 @@
+// Remote files, the initiator's side. The initiator sends each chunk as an active
+// message (a WRITE's bytes ride along) and keeps up to kFileWindow of a transfer in
+// flight; the owner (file_service.h) answers each chunk, a READ's bytes riding along. The
+// owner's staging memory is capped: a WRITE whose bytes find no buffer there is answered
+// "busy" and resent after a short wait.
+//
+// Thread safety: every member runs with the backend's lock held.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string_view>
+#include <vector>
+
+#include "kvbm/result.h"
+#include "kvbm/xfer/types.h"
+#include "xfer/backends/ucx/file_wire.h"
+
+namespace kvbm::xfer::detail::ucx {
+
+class UcxBackend;
+struct UcxPeer;
+struct Completion;
+
+// One chunk of a transfer with a peer's file: local bytes <-> (fd, offset) at the owner.
+struct FileChunk {
+  char* local;
+  uint64_t fd;
+  uint64_t offset;
+  uint64_t len;
+};
+
+// The initiator's state of one posted file transfer, keyed by id in the backend.
+struct FileXfer {
+  enum ChunkState : uint8_t { kUnanswered, kReplied, kToResend };
+  uint64_t id = 0;
+  Op op = Op::Read;
+  std::shared_ptr<Completion> c;
+  std::shared_ptr<const std::vector<FileChunk>> chunks;
+  std::vector<uint8_t> replied;  // ChunkState, per chunk
+  size_t next = 0, in_flight = 0, done = 0;
+  size_t window = kFileWindow;  // chunks in flight at most: 1 after a "busy", then regrown
+  // Chunks the owner answered "busy", sent again (before any new one) from resend_at.
+  std::deque<uint64_t> resend;
+  std::chrono::steady_clock::time_point resend_at;
+  std::chrono::microseconds backoff{0};
+  // Chunk requests UCX has not finished sending (a WRITE's read the local bytes).
+  size_t sending = 0;
+};
+
+class FileClient {
+ public:
+  explicit FileClient(UcxBackend& backend) : backend_(backend) {}
+  // A new transfer's id.
+  uint64_t next_id() { return next_++; }
+  // Lists the transfer and sends its first chunks.
+  void start(const std::shared_ptr<FileXfer>& x);
+  // Unlists a transfer (cancelled, or reposted): replies that still arrive touch nothing.
+  void forget(uint64_t id) { xfers_.erase(id); }
+  // Fails every transfer with `peer`, whose connection failed or closed.
+  void fail_peer(const std::shared_ptr<UcxPeer>& peer);
+  bool has_resends() const { return !resends_.empty(); }
+  // Resends the chunks of the transfers whose wait is over.
+  void resend_due();
+  void on_reply(std::string_view header, const char* body, size_t len, bool rndv);
+
+ private:
+  void pump(const std::shared_ptr<FileXfer>& x);
+  void fail(FileXfer& x, Error e);
+
+  UcxBackend& backend_;
+  std::map<uint64_t, std::shared_ptr<FileXfer>> xfers_;
+  std::set<uint64_t> resends_;  // ids of xfers_ with chunks to resend (or gone)
+  uint64_t next_ = 1;
+};
+
+}  // namespace kvbm::xfer::detail::ucx

@@ -1,0 +1,64 @@
+// Remote files, the owner's side: the FILE regions this agent serves (file_server.h),
+// the chunk requests peers send for them, queued for the serving thread
+// (file_serving_thread.h) that does the file I/O through a staging buffer off the lock,
+// and the replies (a READ's bytes ride along). READs queue for a staging buffer; a WRITE
+// whose bytes find none is answered "busy" (its initiator resends it).
+//
+// Thread safety: add() and remove() from any thread; the rest with the backend's lock held.
+#pragma once
+
+#include <ucp/api/ucp.h>
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <string>
+#include <string_view>
+
+#include "kvbm/xfer/types.h"
+#include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_serving_thread.h"
+#include "xfer/backends/ucx/file_wire.h"
+
+namespace kvbm::xfer::detail::ucx {
+
+class FileService {
+ public:
+  // max_staging: the staging buffers (kFileChunkBytes each) used at once.
+  explicit FileService(size_t max_staging) : server_(max_staging) {}
+
+  void add(const Desc& region) { server_.add(region); }
+  // Without the backend's lock: waits for the serving thread's I/O on the file, if any.
+  void remove(const Desc& region) { server_.remove(region); }
+
+  // A peer's chunk request, queued (or answered at once: malformed, busy, no memory).
+  void on_request(std::string_view header, const char* body, size_t len, bool rndv,
+                  ucp_ep_h reply_ep);
+  bool has_waiting() const { return !waiting_.empty(); }
+  // Hands the waiting jobs to the serving thread; returns the events handled.
+  size_t start_jobs();
+  // Sends the replies of the jobs served; returns the events handled.
+  size_t reply_jobs();
+  // Requests that came in on `ep` get no reply: it is about to go.
+  void forget_endpoint(ucp_ep_h ep);
+  // Without the backend's lock: stops the serving thread (its jobs name endpoints).
+  void stop_thread() { thread_.stop(); }
+  // Drops every job waiting and every reply owed (the backend shuts down).
+  void clear();
+
+ private:
+  void send_reply(ucp_ep_h ep, const FileReplyHeader& h, const char* body, size_t len, Staging keep,
+                  std::string error_text = {});
+
+  FileServer server_;  // thread-safe: also used by thread_ and by region destructors
+  // Requests accepted and not yet replied to: their reply endpoints, by job id. A
+  // closed peer's entries go: its jobs then end without a reply. (An endpoint UCX made
+  // for an initiator we never connected to is not ours: UCX may destroy it on a peer
+  // failure without telling us, as it could while a READ waited for staging before.)
+  std::map<uint64_t, ucp_ep_h> replies_;
+  std::deque<FileJob> waiting_;  // for the thread; READs wait here for staging
+  uint64_t next_job_ = 1;
+  FileServingThread thread_{server_};  // declared after server_: stops first
+};
+
+}  // namespace kvbm::xfer::detail::ucx
