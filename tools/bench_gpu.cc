@@ -14,6 +14,8 @@
 // done) next to one cudaMemcpyAsync + cudaStreamSynchronize: the agent's own cost per
 // request. The peers are this program again (`kvbm bench gpu --target ipc|staged`),
 // started before this process touches CUDA. Without a GPU it prints why and exits 0.
+// Rows print as they finish; with --json, one JSON document at the end instead (progress
+// on stderr when it is a terminal), and --check makes a row below its target exit 1.
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,8 +33,10 @@
 #include "commands.h"
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
+#include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "report.h"
 #include "subprocess.h"
 #include "table.h"
 
@@ -41,12 +45,50 @@
 #endif
 
 namespace kvbm::tools {
+namespace {
+
+Json options_json(const BenchGpuOptions& o) {
+  return {{"max_mib", o.max_mib},
+          {"iters", o.iters},
+          {"chunk_bytes", o.chunk_bytes},
+          {"bounce_buffers", o.bounce_buffers},
+          {"depth", o.depth},
+          {"cuda_streams", o.cuda_streams},
+          {"polling", o.polling},
+          {"lat_iters", o.lat_iters},
+          {"ucx_tls", getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)"}};
+}
+
+// The document's head: what ran, where, with which versions and options.
+Json document(const BenchGpuOptions& o) {
+  return {{"command", "kvbm bench gpu"},
+          {"kvbm", version()},
+          {"versions", versions_json()},
+          {"machine", machine_json()},
+          {"options", options_json(o)}};
+}
+
+// Nothing measured (no GPU, no CUDA build): exit 0, saying why.
+int skipped(const BenchGpuOptions& o, const std::string& why) {
+  if (!o.json) {
+    std::cout << "bench gpu: skipped (" << why << ")\n";
+    return 0;
+  }
+  Json j = document(o);
+  j["rows"] = Json::array();
+  j["check"] = o.check;
+  j["verdict"] = "skipped";
+  j["skipped"] = why;
+  print_json(j);
+  return 0;
+}
+
+}  // namespace
 
 #if !KVBM_HAVE_CUDA
 
-int run_bench_gpu(const BenchGpuOptions&) {
-  std::cout << "bench gpu: skipped (kvbm was built without CUDA)\n";
-  return 0;
+int run_bench_gpu(const BenchGpuOptions& o) {
+  return skipped(o, "kvbm was built without CUDA");
 }
 
 #else
@@ -268,10 +310,7 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   Target ipc(o, "ipc");
   Target staged(o, "staged");
   auto gpus = cuda_device_count();
-  if (!gpus) {
-    std::cout << "bench gpu: skipped (" << gpus.error().to_string() << ")\n";
-    return 0;
-  }
+  if (!gpus) return skipped(o, gpus.error().to_string());
   for (const Target* t : {&ipc, &staged}) {
     if (!t->error().empty()) {
       std::cerr << "bench gpu: " << t->error() << "\n";
@@ -338,21 +377,56 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   const int iters = o.iters;
   const int depth = o.depth;
   const std::string inflight = std::to_string(depth) + " in flight";
-  Table t({"path", "size", "GB/s", "ceiling", "ceiling GB/s", "ratio", "target", "context",
-           "context GB/s"});
-  bool failed = false;
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  if (!o.json) {
+    std::cout << "GPU 0: " << prop.name << "; depth " << depth
+              << " (requests and ceiling copies in flight); " << o.cuda_streams << " CUDA streams; "
+              << (o.polling ? "polling" : "progress thread") << "; staged chunk "
+              << human_bytes(o.chunk_bytes) << " x " << o.bounce_buffers
+              << " bounce buffers; UCX_TLS="
+              << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)") << std::endl;
+  }
+  // Each row as it finishes: a table line, or with --json a row of the document (and a
+  // progress line on a terminal).
+  Json rows = Json::array();
+  bool failed = false, missed = false;
+  auto emit = [&](StreamTable& table, const std::vector<std::string>& cells, Json row) {
+    if (!o.json) return table.add(cells);
+    progress("bench gpu: " + cells[0] + ", " + cells[1] + ": " + cells[2]);
+    rows.push_back(std::move(row));
+  };
+  StreamTable t(std::cout,
+                {"path", "size", "GB/s", "ceiling", "ceiling GB/s", "ratio", "target", "context",
+                 "context GB/s"},
+                {17, 7, 5, 37, 5, 5, 7, 16, 5});
   // `ctx` is a same-size copy rate for context ("" when none): not part of the ratio.
   auto report = [&](const std::string& path, size_t n, Result<double> v, const std::string& ceil,
                     double c, double target, const std::string& ctx, double x) {
+    Json row = {{"section", "bandwidth"},
+                {"path", path},
+                {"bytes", n},
+                {"gbps", v ? *v : 0.0},
+                {"ceiling", ceil},
+                {"ceiling_gbps", c},
+                {"ratio", v && c > 0 ? *v / c : 0.0},
+                {"target", target},
+                {"context", ctx},
+                {"context_gbps", ctx.empty() ? 0.0 : x}};
     const std::string ctx_gbps = ctx.empty() ? "-" : fixed(x);
     if (!v) {
-      t.add({path, human_bytes(n), "ERR", ceil, fixed(c), "-", v.error().to_string(),
-             ctx.empty() ? "-" : ctx, ctx_gbps});
+      row["error"] = v.error().to_string();
       failed = true;
-      return;
+      return emit(t,
+                  {path, human_bytes(n), "ERR", ceil, fixed(c), "-", v.error().to_string(),
+                   ctx.empty() ? "-" : ctx, ctx_gbps},
+                  std::move(row));
     }
-    t.add({path, human_bytes(n), fixed(*v), ceil, fixed(c), ratio(*v, c), ">= " + fixed(target, 2),
-           ctx.empty() ? "-" : ctx, ctx_gbps});
+    missed |= c > 0 && *v / c < target;
+    emit(t,
+         {path, human_bytes(n), fixed(*v), ceil, fixed(c), ratio(*v, c), ">= " + fixed(target, 2),
+          ctx.empty() ? "-" : ctx, ctx_gbps},
+         std::move(row));
   };
 
   CudaQueue queue(depth);
@@ -404,8 +478,11 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   // mapped pinned memory: the copy kernel; else cudaMemcpyBatchAsync) and, for comparison,
   // through agents whose CUDA backend never launches the kernel (kernel=0) and makes a
   // cudaMemcpyAsync per descriptor (batch=0, kernel=0).
-  Table sc({"path", "request", "GB/s", "ratio", "kernel=0 GB/s", "ratio", "a call each GB/s",
-            "ratio", "ceiling", "ceiling GB/s"});
+  if (!o.json) std::cout << "\nScattered descriptors, " << depth << " requests in flight\n";
+  StreamTable sc(std::cout,
+                 {"path", "request", "GB/s", "ratio", "kernel=0 GB/s", "ratio", "a call each GB/s",
+                  "ratio", "ceiling", "ceiling GB/s"},
+                 {16, 16, 5, 5, 5, 5, 5, 5, 30, 5});
   struct OtherAgent {
     std::unique_ptr<xfer::Agent> agent;
     std::vector<std::unique_ptr<xfer::MemoryRegistration> > regs;  // released before the agent
@@ -435,19 +512,26 @@ int run_bench_gpu(const BenchGpuOptions& o) {
   };
   auto no_kernel = other_agent("bench-no-kernel", {{"kernel", "0"}});
   auto one_by_one = other_agent("bench-one-by-one", {{"batch", "0"}, {"kernel", "0"}});
-  // One request kind through the three agents: GB/s and ratio to `ceiling` each.
-  auto three = [&](Op op, const DescList& local, const DescList& remote, double ceiling) {
+  // One request kind through the three agents: GB/s and ratio to `ceiling` each, as cells
+  // and as the JSON row's figures (an error names the agent's failure).
+  auto three = [&](Op op, const DescList& local, const DescList& remote, double ceiling,
+                   Json& row) {
     std::vector<std::string> cells;
     auto v = time_request(**agent, op, local, remote, "bench", it_for(local), depth);
     if (!v) failed = true;
-    cells.push_back(v ? fixed(*v) : v.error().to_string());
-    cells.push_back(v ? ratio(*v, ceiling) : "-");
+    auto add = [&](const Result<double>& r, const std::string& key) {
+      cells.push_back(r ? fixed(*r) : r.error().to_string());
+      cells.push_back(r ? ratio(*r, ceiling) : "-");
+      row[key + "gbps"] = r ? *r : 0.0;
+      row[key + "ratio"] = r && ceiling > 0 ? *r / ceiling : 0.0;
+      if (!r) row[key + "error"] = r.error().to_string();
+    };
+    add(v, "");
     for (auto* other : {&no_kernel, &one_by_one}) {
       Result<double> w = *other ? time_request(*(*other)->agent, op, local, remote,
                                                (*other)->agent->name(), it_for(local), depth)
                                 : Result<double>(other->error());
-      cells.push_back(w ? fixed(*w) : w.error().to_string());
-      cells.push_back(w ? ratio(*w, ceiling) : "-");
+      add(w, other == &no_kernel ? "kernel0_" : "call_each_");
     }
     return cells;
   };
@@ -466,26 +550,37 @@ int run_bench_gpu(const BenchGpuOptions& o) {
     // a request of a few MiB sits in the GPU's L2 cache, one large copy does not.
     const double d2d_ceiling =
         time_memcpy_inflight(queue, b->data(), a->data(), kDescs * piece, it_for(vram));
-    auto row = [&](std::string path, std::vector<std::string> cells, std::string ceiling,
-                   double c) {
-      cells.insert(cells.begin(),
-                   {std::move(path), std::to_string(kDescs) + " x " + human_bytes(piece)});
-      cells.push_back(std::move(ceiling));
+    auto row = [&](const std::string& path, Op op, const DescList& local, const DescList& remote,
+                   const std::string& ceiling, double c) {
+      Json j = {
+          {"section", "scattered"}, {"path", path}, {"descs", kDescs}, {"piece_bytes", piece}};
+      std::vector<std::string> cells = three(op, local, remote, c, j);
+      j["ceiling"] = ceiling;
+      j["ceiling_gbps"] = c;
+      cells.insert(cells.begin(), {path, std::to_string(kDescs) + " x " + human_bytes(piece)});
+      cells.push_back(ceiling);
       cells.push_back(fixed(c));
-      sc.add(cells);
+      emit(sc, cells, std::move(j));
     };
-    row("d2d vram->vram", three(Op::Write, vram, vram_b, d2d_ceiling),
-        "d2d of the request's size, " + inflight, d2d_ceiling);
+    row("d2d vram->vram", Op::Write, vram, vram_b, "d2d of the request's size, " + inflight,
+        d2d_ceiling);
     for (Op op : {Op::Read, Op::Write}) {
       const bool h2d = op == Op::Read;  // READ: the pinned bytes into VRAM
       const double c = h2d ? h2d_ceiling : d2h_ceiling;
-      row(h2d ? "h2d pinned->vram" : "d2h vram->pinned", three(op, vram, dram, c),
+      row(h2d ? "h2d pinned->vram" : "d2h vram->pinned", op, vram, dram,
           h2d ? "1 large h2d" : "1 large d2h", c);
     }
   }
 
   // Latency: one small request at a time through the agent against the copy it makes.
-  Table lat({"h2d pinned->vram", "agent p50 us", "cudaMemcpyAsync p50 us", "agent adds us"});
+  if (!o.json) {
+    std::cout << "\nLatency, one request at a time: p50 of " << o.lat_iters
+              << " runs (agent: post() and spin until done; copy: cudaMemcpyAsync + "
+                 "cudaStreamSynchronize)\n";
+  }
+  StreamTable lat(std::cout,
+                  {"h2d pinned->vram", "agent p50 us", "cudaMemcpyAsync p50 us", "agent adds us"},
+                  {});
   for (size_t n : {size_t{4} << 10, size_t{1} << 20}) {
     auto req = (*agent)->create_request(Op::Read, DescList(MemType::Vram, {{a->addr(), n, 0}}),
                                         DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench");
@@ -507,31 +602,34 @@ int run_bench_gpu(const BenchGpuOptions& o) {
       }
       return {};
     });
+    Json row = {{"section", "latency"},
+                {"path", "h2d pinned->vram"},
+                {"bytes", n},
+                {"agent_p50_us", agent_us ? *agent_us : 0.0},
+                {"copy_p50_us", copy_us ? *copy_us : 0.0},
+                {"agent_adds_us", agent_us && copy_us ? *agent_us - *copy_us : 0.0}};
     if (!agent_us || !copy_us) {
-      lat.add({human_bytes(n), agent_us ? fixed(*agent_us) : agent_us.error().to_string(),
-               copy_us ? fixed(*copy_us) : copy_us.error().to_string(), "ERR"});
+      row["error"] = (agent_us ? copy_us.error() : agent_us.error()).to_string();
+      emit(lat,
+           {human_bytes(n), agent_us ? fixed(*agent_us) : agent_us.error().to_string(),
+            copy_us ? fixed(*copy_us) : copy_us.error().to_string(), "ERR"},
+           std::move(row));
       failed = true;
       continue;
     }
-    lat.add({human_bytes(n), fixed(*agent_us), fixed(*copy_us), fixed(*agent_us - *copy_us)});
+    emit(lat, {human_bytes(n), fixed(*agent_us), fixed(*copy_us), fixed(*agent_us - *copy_us)},
+         std::move(row));
   }
-
-  cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
-  std::cout << "GPU 0: " << prop.name << "; depth " << depth
-            << " (requests and ceiling copies in flight); " << o.cuda_streams << " CUDA streams; "
-            << (o.polling ? "polling" : "progress thread") << "; staged chunk "
-            << human_bytes(o.chunk_bytes) << " x " << o.bounce_buffers
-            << " bounce buffers; UCX_TLS=" << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)")
-            << "\n";
-  t.print(std::cout);
-  std::cout << "\nScattered descriptors, " << depth << " requests in flight\n";
-  sc.print(std::cout);
-  std::cout << "\nLatency, one request at a time: p50 of " << o.lat_iters
-            << " runs (agent: post() and spin until done; copy: cudaMemcpyAsync + "
-               "cudaStreamSynchronize)\n";
-  lat.print(std::cout);
-  return failed ? 1 : 0;
+  if (o.json) {
+    Json j = document(o);
+    j["rows"] = std::move(rows);
+    j["check"] = o.check;
+    j["verdict"] = failed ? "failed" : missed ? "missed" : "ok";
+    print_json(j);
+  }
+  if (missed && !failed && o.check)
+    std::cerr << "bench gpu: a row's ratio is below its target (--check)\n";
+  return failed || (o.check && missed) ? 1 : 0;
 }
 
 #endif
@@ -566,6 +664,10 @@ void add_bench_gpu(CLI::App& bench, Runner& runner) {
   cmd->add_option("--lat-iters", o->lat_iters, "Latency section: timed runs per size")
       ->capture_default_str()
       ->check(CLI::Range(1, 100000));
+  cmd->add_flag("--json", o->json,
+                "One JSON document on stdout: machine, versions, options, every row with its "
+                "ceiling and target, the verdict");
+  cmd->add_flag("--check", o->check, "Exit 1 when a row's ratio is below its target");
   cmd->add_option("--target", o->target, "internal: serve as the peer process")
       ->check(CLI::IsMember({"ipc", "staged"}))
       ->group("");

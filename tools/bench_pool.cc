@@ -18,6 +18,8 @@
 #include "kvbm/cuda.h"
 #include "kvbm/pool.h"
 #include "kvbm/storage.h"
+#include "kvbm/version.h"
+#include "report.h"
 #include "table.h"
 
 namespace kvbm::tools {
@@ -36,6 +38,7 @@ struct BenchPoolOptions {
   bool no_gpu = false;
   bool no_disk = false;
   std::string dir;
+  bool json = false;  // one JSON document on stdout instead of the tables
 };
 
 double seconds_since(Clock::time_point t0) {
@@ -289,7 +292,7 @@ Status move_round(BlockManager& m, Tier to, HostMirror& mirror, size_t n, uint64
 }
 
 // G1 <-> `to` (G2, or G3 straight from G1): `iters` rounds, medians into the table.
-Status move_rows(const BenchPoolOptions& o, bool gpu, Tier to, Table& table) {
+Status move_rows(const BenchPoolOptions& o, bool gpu, Tier to, Table& table, Json& rows) {
   BlockManagerConfig c;
   c.block = block_shape(o.block_kib);
   c.g1_blocks = o.blocks;
@@ -312,19 +315,28 @@ Status move_rows(const BenchPoolOptions& o, bool gpu, Tier to, Table& table) {
                  const std::vector<double>& eng, const std::string& check) {
     const double a = gb / median(mgr), b = gb / median(eng);
     table.add({what, std::to_string(o.blocks), fixed(a, 2), fixed(b, 2), fixed(a / b, 2), check});
+    rows.push_back({{"move", what},
+                    {"blocks", o.blocks},
+                    {"manager_gbps", a},
+                    {"engine_gbps", b},
+                    {"ratio", a / b},
+                    {"check", check}});
   };
   row("offload " + g1 + " -> " + tier, times.offload, times.offload_engine, "");
   row("onboard " + tier + " -> " + g1, times.onboard, times.onboard_engine, times.check);
   return {};
 }
 
-int run_bench_pool_moves(const BenchPoolOptions& o, bool gpu, Table& table) {
+int run_bench_pool_moves(const BenchPoolOptions& o, bool gpu, Table& table, Json& rows) {
   int rc = 0;
   for (Tier to : {Tier::G2, Tier::G3}) {
     if (to == Tier::G3 && o.no_disk) continue;
-    if (auto st = move_rows(o, gpu, to, table); !st) {
+    if (auto st = move_rows(o, gpu, to, table, rows); !st) {
       table.add({std::string("G1 <-> ") + to_string(to), std::to_string(o.blocks), "-", "-", "-",
                  "FAILED: " + st.error().to_string()});
+      rows.push_back({{"move", std::string("G1 <-> ") + to_string(to)},
+                      {"blocks", o.blocks},
+                      {"error", st.error().to_string()}});
       rc = 1;
     }
   }
@@ -334,42 +346,72 @@ int run_bench_pool_moves(const BenchPoolOptions& o, bool gpu, Table& table) {
 int run_bench_pool(const BenchPoolOptions& o) {
   const bool gpu = !o.no_gpu && cuda_device_count().value_or(0) > 0;
   Table costs({"measure", "value", "note"});
+  Json cost_rows = Json::array();
+  auto cost = [&](const std::string& measure, double value, int decimals, const std::string& unit,
+                  const std::string& note) {
+    costs.add({measure, fixed(value, decimals) + " " + unit, note});
+    cost_rows.push_back({{"measure", measure}, {"value", value}, {"unit", unit}, {"note", note}});
+  };
   auto lat = match_latency(o);
   if (!lat) {
     std::cerr << "match latency: " << lat.error().to_string() << "\n";
     return 1;
   }
   const std::string prefix = std::to_string(o.match_blocks) + "-block prefix";
-  costs.add({"BlockPool::match() p50", fixed(lat->first, 2) + " us", prefix});
-  costs.add({"BlockPool::match() p99", fixed(lat->second, 2) + " us", prefix});
+  cost("BlockPool::match() p50", lat->first, 2, "us", prefix);
+  cost("BlockPool::match() p99", lat->second, 2, "us", prefix);
   auto mlat = manager_match_latency(o);
   if (!mlat) {
     std::cerr << "manager match latency: " << mlat.error().to_string() << "\n";
     return 1;
   }
-  costs.add({"BlockManager::match() p50", fixed(mlat->first, 2) + " us", prefix + ", on G1"});
-  costs.add({"BlockManager::match() p99", fixed(mlat->second, 2) + " us", prefix + ", on G1"});
+  cost("BlockManager::match() p50", mlat->first, 2, "us", prefix + ", on G1");
+  cost("BlockManager::match() p99", mlat->second, 2, "us", prefix + ", on G1");
   auto rate = register_rate(o);
   if (!rate) {
     std::cerr << "allocate+register: " << rate.error().to_string() << "\n";
     return 1;
   }
-  costs.add({"allocate+register", fixed(*rate / 1e6, 2) + " M ops/s",
-             std::to_string(o.ops) + " ops, most evicting"});
+  cost("allocate+register", *rate / 1e6, 2, "M ops/s",
+       std::to_string(o.ops) + " ops, most evicting");
   auto bytes = bookkeeping(o);
   if (!bytes) {
     std::cerr << "bookkeeping: " << bytes.error().to_string() << "\n";
     return 1;
   }
   const std::string blocks = std::to_string(o.bookkeeping_blocks) + " registered blocks";
-  costs.add({"bookkeeping (pool's count)", fixed(bytes->first, 1) + " B/block", blocks});
-  costs.add({"bookkeeping (heap growth)", fixed(bytes->second, 1) + " B/block", blocks});
-  costs.print(std::cout);
-  std::cout << "\n";
+  cost("bookkeeping (pool's count)", bytes->first, 1, "B/block", blocks);
+  cost("bookkeeping (heap growth)", bytes->second, 1, "B/block", blocks);
+  if (!o.json) {
+    costs.print(std::cout);
+    std::cout << "\n";
+  }
 
   Table moves({"move", "blocks", "manager GB/s", "engine GB/s", "ratio", "check"});
-  const int rc = run_bench_pool_moves(o, gpu, moves);
-  moves.print(std::cout);
+  Json move_rows = Json::array();
+  const int rc = run_bench_pool_moves(o, gpu, moves, move_rows);
+  if (!o.json) {
+    moves.print(std::cout);
+    return rc;
+  }
+  print_json({{"command", "kvbm bench pool"},
+              {"kvbm", version()},
+              {"versions", versions_json()},
+              {"machine", machine_json()},
+              {"options",
+               {{"blocks", o.blocks},
+                {"block_kib", o.block_kib},
+                {"match_blocks", o.match_blocks},
+                {"match_iters", o.match_iters},
+                {"ops", o.ops},
+                {"bookkeeping_blocks", o.bookkeeping_blocks},
+                {"iters", o.iters},
+                {"gpu", gpu},
+                {"disk", !o.no_disk}}},
+              {"costs", std::move(cost_rows)},
+              {"rows", std::move(move_rows)},
+              {"ceiling", "the transfer engine's own copy of the same blocks"},
+              {"verdict", rc == 0 ? "ok" : "failed"}});
   return rc;
 }
 
@@ -399,6 +441,9 @@ void add_bench_pool(CLI::App& bench, Runner& runner) {
   cmd->add_flag("--no-gpu", o->no_gpu, "G1 in host memory even with a GPU");
   cmd->add_flag("--no-disk", o->no_disk, "Skip the G3 (disk) rows");
   cmd->add_option("--dir", o->dir, "Directory for the G3 file (default: the temp dir)");
+  cmd->add_flag("--json", o->json,
+                "One JSON document on stdout: machine, versions, options, the costs, every move "
+                "row next to the engine's copy, the verdict");
   cmd->callback([o, &runner] { runner = [o] { return run_bench_pool(*o); }; });
 }
 

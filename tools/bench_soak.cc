@@ -4,7 +4,8 @@
 // and started again, and the lanes fetch its metadata anew. It prints bytes moved,
 // requests done and failed (each distinct error with its count) and corrupted bytes,
 // which must be 0: a request may fail while its peer dies, but never succeed with bytes
-// that did not arrive. Exit status 1 if any byte was corrupted.
+// that did not arrive. Exit status 1 if any byte was corrupted. With --json, one JSON
+// document on stdout instead of the lines.
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
@@ -23,8 +24,10 @@
 #include "commands.h"
 #include "common/pattern.h"
 #include "kvbm/storage.h"
+#include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "report.h"
 #include "subprocess.h"
 #include "table.h"
 
@@ -42,6 +45,7 @@ struct SoakOptions {
   double kill_every_s = 5;       // mean time between kills of the target (0: never)
   std::string transport = "tcp";
   uint64_t seed = 1;
+  bool json = false;  // one JSON document on stdout instead of the lines
 };
 
 // The target process and what lanes need to address it; replaced on every restart.
@@ -75,6 +79,8 @@ class Soak {
 
  private:
   Status start_target();
+  // The --json document of a finished run.
+  Json document();
   // One lane: WRITE a fresh pattern into its slice, READ it back, compare; until the end.
   void lane(size_t index);
   void killer();
@@ -192,6 +198,32 @@ void Soak::killer() {
   }
 }
 
+Json Soak::document() {
+  Json j = {{"command", "kvbm bench soak"},
+            {"kvbm", version()},
+            {"versions", versions_json()},
+            {"machine", machine_json()},
+            {"options",
+             {{"seconds", o_.seconds},
+              {"lanes", o_.lanes},
+              {"max_request_bytes", o_.max_bytes},
+              {"kill_every_s", o_.kill_every_s},
+              {"transport", o_.transport},
+              {"seed", o_.seed},
+              {"ucx_tls", getenv("UCX_TLS") ? getenv("UCX_TLS") : ""}}},
+            {"bytes_moved", totals_.bytes.load()},
+            {"requests_ok", totals_.ok.load()},
+            {"requests_failed", totals_.failed.load()},
+            {"target_restarts", totals_.restarts.load()},
+            {"corrupted_bytes", totals_.corrupted.load()},
+            {"errors", Json::array()}};
+  std::lock_guard<std::mutex> lock(totals_.mu);
+  for (const auto& [message, count] : totals_.errors)
+    j["errors"].push_back({{"message", message}, {"count", count}});
+  j["verdict"] = totals_.corrupted.load() == 0 ? "ok" : "corrupted";
+  return j;
+}
+
 int Soak::run() {
   setenv("UCX_TLS", o_.transport == "shm" ? "sm,self" : "tcp,self", 1);
   xfer::AgentConfig config;
@@ -209,10 +241,11 @@ int Soak::run() {
       return 1;
     }
   }
-  std::cout << "kvbm bench soak: " << o_.lanes << " lanes, requests of 1 B.."
-            << human_bytes(o_.max_bytes) << " (WRITE then READ back, every byte checked) for "
-            << o_.seconds << " s over UCX_TLS=" << getenv("UCX_TLS") << "; the target killed every "
-            << o_.kill_every_s << " s on average" << std::endl;
+  if (!o_.json)
+    std::cout << "kvbm bench soak: " << o_.lanes << " lanes, requests of 1 B.."
+              << human_bytes(o_.max_bytes) << " (WRITE then READ back, every byte checked) for "
+              << o_.seconds << " s over UCX_TLS=" << getenv("UCX_TLS")
+              << "; the target killed every " << o_.kill_every_s << " s on average" << std::endl;
   std::vector<std::thread> lanes;
   for (size_t i = 0; i < o_.lanes; ++i) lanes.emplace_back([this, i] { lane(i); });
   std::thread killing;
@@ -223,12 +256,16 @@ int Soak::run() {
   if (killing.joinable()) killing.join();
   for (auto& t : lanes) t.join();
 
-  std::cout << "bytes moved        " << totals_.bytes.load() << "\nrequests ok        "
-            << totals_.ok.load() << " (pairs)\nrequests failed    " << totals_.failed.load()
-            << "\ntarget restarts    " << totals_.restarts.load() << "\ncorrupted bytes    "
-            << totals_.corrupted.load() << "\n";
-  for (const auto& [message, count] : totals_.errors) {
-    std::cout << "  " << count << " x " << message << "\n";
+  if (o_.json) {
+    print_json(document());
+  } else {
+    std::cout << "bytes moved        " << totals_.bytes.load() << "\nrequests ok        "
+              << totals_.ok.load() << " (pairs)\nrequests failed    " << totals_.failed.load()
+              << "\ntarget restarts    " << totals_.restarts.load() << "\ncorrupted bytes    "
+              << totals_.corrupted.load() << "\n";
+    for (const auto& [message, count] : totals_.errors) {
+      std::cout << "  " << count << " x " << message << "\n";
+    }
   }
   {
     std::lock_guard<std::mutex> lock(target_mu_);
@@ -262,6 +299,9 @@ void add_bench_soak(CLI::App& bench, Runner& runner) {
       ->capture_default_str()
       ->check(CLI::IsMember({"tcp", "shm"}));
   cmd->add_option("--seed", o->seed, "Random seed")->capture_default_str();
+  cmd->add_flag("--json", o->json,
+                "One JSON document on stdout: machine, versions, options, the totals, each "
+                "distinct error with its count, the verdict");
   cmd->callback([o, &runner] {
     runner = [o] {
       o->lane_bytes = std::max(o->lane_bytes, o->max_bytes);

@@ -20,6 +20,7 @@ struct DemoOptions {
   size_t bytes = 64 << 20;          // per tier, rounded down to whole 256 KiB blocks (at least 1)
   std::string transport = "tcp";    // UCX to the peer: "tcp" (loopback) or "shm"
   size_t corrupt_block = SIZE_MAX;  // test hook: the peer damages this block before checking
+  bool json = false;                // one JSON document on stdout instead of the tables
 };
 
 // The hidden second process of `kvbm demo` (tools/demo_peer.cc).
@@ -39,6 +40,8 @@ struct BenchGpuOptions {
   size_t cuda_streams = 4;       // the initiator's CUDA backend: streams per device
   bool polling = false;          // the initiator polls (no progress thread)
   int lat_iters = 200;           // latency section: timed runs per size
+  bool json = false;             // one JSON document on stdout instead of the tables
+  bool check = false;            // exit 1 when a row's ratio is below its target
   std::string target;            // internal: "ipc" or "staged" serves as the peer process
 };
 

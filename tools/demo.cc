@@ -10,6 +10,8 @@
 // Block ids: the tier hops (GPU, disk) move block i to block i, as offload and onboard of a
 // whole cache do; host -> host and host -> peer move block i to block n-1-i, so every block
 // moves as its own chunks (scattered), and the peer's layout is layer-separate.
+// Rows print as they finish; with --json, one JSON document at the end instead (progress on
+// stderr when it is a terminal).
 #include <unistd.h>
 
 #include <cstdlib>
@@ -26,7 +28,9 @@
 #include "demo_reuse.h"
 #include "kvbm/storage.h"
 #include "kvbm/transfer.h"
+#include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
+#include "report.h"
 #include "subprocess.h"
 #include "table.h"
 
@@ -248,6 +252,48 @@ struct DemoDir {
   }
 };
 
+// A row's table cells and its JSON form (figures null where there are none).
+std::vector<std::string> cells(const Row& r) {
+  const bool both = r.gbps && r.ceiling && r.ceiling->gbps > 0;
+  return {r.path,
+          human_bytes(r.bytes),
+          r.gbps ? fixed(*r.gbps, 2) : "-",
+          r.ceiling ? fixed(r.ceiling->gbps, 2) : "-",
+          both ? fixed(*r.gbps / r.ceiling->gbps, 2) : "-",
+          r.ceiling ? r.ceiling->name : (r.ceiling_note.empty() ? "-" : r.ceiling_note),
+          r.verified};
+}
+
+Json to_json(const Row& r) {
+  Json j = {{"path", r.path},         {"bytes", r.bytes},
+            {"gbps", nullptr},        {"ceiling_gbps", nullptr},
+            {"ratio", nullptr},       {"ceiling", r.ceiling ? r.ceiling->name : r.ceiling_note},
+            {"verified", r.verified}, {"failed", r.failed}};
+  if (r.gbps) j["gbps"] = *r.gbps;
+  if (r.ceiling) j["ceiling_gbps"] = r.ceiling->gbps;
+  if (r.gbps && r.ceiling && r.ceiling->gbps > 0) j["ratio"] = *r.gbps / r.ceiling->gbps;
+  return j;
+}
+
+// Prints the rows not printed yet: table lines, or with --json progress lines only.
+struct RowPrinter {
+  bool json = false;
+  StreamTable table{std::cout,
+                    {"path", "bytes", "GB/s", "ceiling GB/s", "ratio", "ceiling", "verified"},
+                    {28, 7, 5, 5, 5, 54}};
+  size_t printed = 0;
+  void flush(const std::vector<Row>& rows, size_t upto) {
+    for (; printed < upto && printed < rows.size(); ++printed) {
+      const Row& r = rows[printed];
+      if (!json) {
+        table.add(cells(r));
+      } else {
+        progress("kvbm demo: " + r.path + ": " + r.verified);
+      }
+    }
+  }
+};
+
 // Disk layouts go through the engine by file descriptor: their names can go at once, so a
 // stopped demo leaves no file of --mib bytes behind.
 Status unlink_regions(Layout& l) {
@@ -312,17 +358,20 @@ int run_demo(const DemoOptions& options) {
     return l;
   };
 
-  std::cout << "kvbm demo: " << n << " blocks of " << human_bytes(demo::block_bytes())
-            << " (2 layers x K/V x 16 tokens x 2048 x 2 B: 64 KiB chunks), " << human_bytes(bytes)
-            << " per tier\n"
-            << "  host tier: " << (gpu ? "pinned (cudaHostAlloc)" : "plain (page-aligned)")
-            << "; GPU: " << (gpu ? "GPU 0" : "none (" + why_no_gpu + ")") << "\n"
-            << "  disk: " << dir.path.string() << "\n"
-            << "  peer: agent 'decode' in process "
-            << (peer.process ? std::to_string(peer.process->pid()) : "-") << ", UCX_TLS=" << tls
-            << ", metadata over 127.0.0.1\n\n";
+  if (!options.json)
+    std::cout << "kvbm demo: " << n << " blocks of " << human_bytes(demo::block_bytes())
+              << " (2 layers x K/V x 16 tokens x 2048 x 2 B: 64 KiB chunks), " << human_bytes(bytes)
+              << " per tier\n"
+              << "  host tier: " << (gpu ? "pinned (cudaHostAlloc)" : "plain (page-aligned)")
+              << "; GPU: " << (gpu ? "GPU 0" : "none (" + why_no_gpu + ")") << "\n"
+              << "  disk: " << dir.path.string() << "\n"
+              << "  peer: agent 'decode' in process "
+              << (peer.process ? std::to_string(peer.process->pid()) : "-") << ", UCX_TLS=" << tls
+              << ", metadata over 127.0.0.1\n\n";
 
   std::vector<Row> rows;
+  RowPrinter printer{options.json};
+  auto flush = [&] { printer.flush(rows, rows.size()); };
   // The blocks, filled with the pattern, in host memory.
   auto src = host_layout(LayoutKind::FullyContiguous);
   if (!src) {
@@ -357,6 +406,7 @@ int run_demo(const DemoOptions& options) {
       if (!rows.back().failed) offloaded = &*h2;
     }
   }
+  flush();
 
   // host -> disk (offload) and disk -> host (onboard).
   std::optional<Layout> disk, h3;
@@ -393,6 +443,7 @@ int run_demo(const DemoOptions& options) {
       }
     }
   }
+  flush();
 
   // pinned -> GPU (onboard).
   const std::string onboard = "pinned -> GPU (onboard)";
@@ -409,6 +460,7 @@ int run_demo(const DemoOptions& options) {
                          cuda ? Result<Ceiling>(cuda->to_device) : Result<Ceiling>(cuda.error())));
     }
   }
+  flush();
 
   // disk -> GPU (onboard) in one request: the engine stages it through pinned memory.
   const std::string direct = "disk -> GPU (staged onboard)";
@@ -426,6 +478,7 @@ int run_demo(const DemoOptions& options) {
               ceilings ? Result<Ceiling>(ceilings->read) : Result<Ceiling>(ceilings.error())));
     }
   }
+  flush();
 
   // The blocks that came back from disk: host -> host and host -> peer.
   const Layout* back = h3 ? &*h3 : nullptr;
@@ -441,6 +494,7 @@ int run_demo(const DemoOptions& options) {
                          demo::host_copy_ceiling(bytes, (*engine)->host_threads(), kReps)));
     }
   }
+  flush();
 
   const std::string to_peer = host + " -> peer (loopback)";
   if (peer_error) {
@@ -458,19 +512,35 @@ int run_demo(const DemoOptions& options) {
     r.failed = true;
   }
 
-  Table t({"path", "bytes", "GB/s", "ceiling GB/s", "ratio", "ceiling", "verified"});
+  flush();  // the peer's row, once the peer has exited
   bool bad = false;
-  for (const Row& r : rows) {
-    const bool both = r.gbps && r.ceiling && r.ceiling->gbps > 0;
-    t.add({r.path, human_bytes(r.bytes), r.gbps ? fixed(*r.gbps, 2) : "-",
-           r.ceiling ? fixed(r.ceiling->gbps, 2) : "-",
-           both ? fixed(*r.gbps / r.ceiling->gbps, 2) : "-",
-           r.ceiling ? r.ceiling->name : (r.ceiling_note.empty() ? "-" : r.ceiling_note),
-           r.verified});
-    bad |= r.failed;
+  for (const Row& r : rows) bad |= r.failed;
+  Json reuse_rows = Json::array();
+  std::ostringstream discard;  // with --json, the act's table is omitted
+  const bool reused = demo::prefix_reuse_act(dir.path, options.json ? discard : std::cout,
+                                             options.json ? &reuse_rows : nullptr);
+  bad |= !reused;
+  if (options.json) {
+    Json j = {{"command", "kvbm demo"},
+              {"kvbm", version()},
+              {"versions", versions_json()},
+              {"machine", machine_json()},
+              {"options",
+               {{"mib", options.bytes >> 20},
+                {"blocks", n},
+                {"block_bytes", demo::block_bytes()},
+                {"dir", dir.path.string()},
+                {"transport", options.transport},
+                {"ucx_tls", tls}}},
+              {"host_tier", gpu ? "pinned" : "plain"},
+              {"gpu", gpu ? "GPU 0" : "none (" + why_no_gpu + ")"},
+              {"rows", Json::array()}};
+    for (const Row& r : rows) j["rows"].push_back(to_json(r));
+    j["prefix_reuse"] = {{"rows", std::move(reuse_rows)}, {"ok", reused}};
+    j["verdict"] = bad ? "failed" : "ok";
+    print_json(j);
+    return bad ? 1 : 0;
   }
-  t.print(std::cout);
-  bad |= !demo::prefix_reuse_act(dir.path, std::cout);
   std::cout << "\nGB/s = 1e9 B/s: each hop the best of " << kHopReps
             << " runs after a warm-up, each ceiling the best of its variants, " << kReps
             << " runs each; every block checked after each hop\n"

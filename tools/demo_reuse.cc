@@ -125,7 +125,7 @@ Status set_up(const std::filesystem::path& dir, Act& act) {
 
 }  // namespace
 
-bool prefix_reuse_act(const std::filesystem::path& dir, std::ostream& out) {
+bool prefix_reuse_act(const std::filesystem::path& dir, std::ostream& out, Json* rows) {
   out << "\nprefix reuse (block manager): request A fills " << kA << " blocks, B shares its first "
       << kShared << "; tiers G1 " << kG1 << ", G2 " << kG2 << ", G3 " << kG3 << " blocks of "
       << human_bytes(block_bytes()) << "\n";
@@ -147,11 +147,20 @@ bool prefix_reuse_act(const std::filesystem::path& dir, std::ostream& out) {
     }
     t.add({stage[i], std::to_string(r->hits[0]), std::to_string(r->hits[1]),
            std::to_string(r->hits[2]), fixed(r->ms, 2), r->verified});
+    if (rows) {
+      rows->push_back({{"request", stage[i]},
+                       {"g1_hit", r->hits[0]},
+                       {"g2_hit", r->hits[1]},
+                       {"g3_hit", r->hits[2]},
+                       {"match_onboard_ms", r->ms},
+                       {"verified", r->verified}});
+    }
     if (r->verified != "ok") st = err(ErrorCode::Internal, "B's blocks: ", r->verified);
     if (st) st = pressure_g1(m);
   }
   t.print(out);
   if (!st) out << "prefix reuse FAILED: " << st.error().to_string() << "\n";
+  if (!st && rows) rows->push_back({{"error", st.error().to_string()}});
   return st.ok();
 }
 

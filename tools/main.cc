@@ -25,6 +25,9 @@ void add_demo(CLI::App& app, Runner& runner) {
       ->check(CLI::IsMember({"tcp", "shm"}));
   cmd->add_option("--corrupt-block", demo->corrupt_block, "test: the peer damages this block")
       ->group("");
+  cmd->add_flag("--json", demo->json,
+                "One JSON document on stdout: machine, versions, options, every path's row with "
+                "its ceiling, the prefix-reuse act, the verdict");
   cmd->callback([demo, mib, &runner] {
     runner = [demo, mib] {
       demo->bytes = *mib << 20;

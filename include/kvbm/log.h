@@ -5,6 +5,8 @@
 // changes the level. A process may install its own sink. Thread-safe.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <functional>
 #include <string>
 #include <string_view>
@@ -15,11 +17,11 @@ enum class LogLevel { Debug, Info, Warn, Error, Off };
 
 using LogSink = std::function<void(LogLevel, std::string_view)>;
 
-// Replaces the sink (nullptr restores stderr) and returns the previous one.
-LogSink set_log_sink(LogSink sink);
-void set_log_level(LogLevel level);
-LogLevel log_level();
+/// Replaces the sink (nullptr restores stderr) and returns the previous one.
+KVBM_API LogSink set_log_sink(LogSink sink);
+KVBM_API void set_log_level(LogLevel level);
+KVBM_API LogLevel log_level();
 
-void log(LogLevel level, std::string_view message);
+KVBM_API void log(LogLevel level, std::string_view message);
 
 }  // namespace kvbm

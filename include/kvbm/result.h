@@ -5,6 +5,8 @@
 // or an Error; it is a plain value type and may be moved between threads.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <cstdlib>
 #include <string>
 #include <string_view>
@@ -26,22 +28,23 @@ enum class ErrorCode {
   Unsupported,
   NotFound,
   Timeout,
-  Remote,  // the peer failed, disappeared or sent something we cannot accept
+  Remote,  ///< the peer failed, disappeared or sent something we cannot accept
   Cancelled,
   Internal,
 };
 
-std::string_view to_string(ErrorCode code);
+KVBM_API std::string_view to_string(ErrorCode code);
 
-struct Error {
-  ErrorCode code;
-  std::string message;
+/// What went wrong: a code to branch on and a message for people.
+struct KVBM_API Error {
+  ErrorCode code;       ///< the kind of failure
+  std::string message;  ///< what failed, naming the offending values
 
-  // "InvalidArgument: size must be > 0"
+  /// "InvalidArgument: size must be > 0"
   std::string to_string() const;
 };
 
-// Shorthand used throughout: return kvbm::err(ErrorCode::Io, "open ", path, ": ", strerror(e));
+/// Shorthand used throughout: return kvbm::err(ErrorCode::Io, "open ", path, ": ", strerror(e));
 template <typename... Parts>
 Error err(ErrorCode code, Parts&&... parts) {
   std::string msg;
@@ -57,17 +60,25 @@ Error err(ErrorCode code, Parts&&... parts) {
   return Error{code, std::move(msg)};
 }
 
+/// A T, or the Error that kept the call from making one.
 template <typename T>
 class [[nodiscard]] Result {
  public:
+  ///@{
+  /// A value, or an error (implicit, so a function returns either).
   Result(T value) : v_(std::in_place_index<0>, std::move(value)) {}  // NOLINT: implicit by design
   Result(Error error) : v_(std::in_place_index<1>, std::move(error)) {}  // NOLINT
+  ///@}
 
+  ///@{
+  /// Whether this holds a value.
   bool ok() const { return v_.index() == 0; }
   explicit operator bool() const { return ok(); }
+  ///@}
 
-  // Precondition: ok(). Accessing the value of an error aborts with the error's text,
-  // so misuse is loud rather than undefined.
+  ///@{
+  /// Precondition: ok(). Accessing the value of an error aborts with the error's text,
+  /// so misuse is loud rather than undefined.
   T& value() & { return check(), std::get<0>(v_); }
   const T& value() const& { return check(), std::get<0>(v_); }
   T&& value() && { return check(), std::get<0>(std::move(v_)); }
@@ -76,7 +87,9 @@ class [[nodiscard]] Result {
   T& operator*() & { return value(); }
   T&& operator*() && { return std::move(*this).value(); }
   const T& operator*() const& { return value(); }
-  // The value, or `fallback` when this holds an error (as std::expected::value_or).
+  ///@}
+  ///@{
+  /// The value, or `fallback` when this holds an error (as std::expected::value_or).
   template <typename U>
   T value_or(U&& fallback) const& {
     return ok() ? std::get<0>(v_) : static_cast<T>(std::forward<U>(fallback));
@@ -85,9 +98,11 @@ class [[nodiscard]] Result {
   T value_or(U&& fallback) && {
     return ok() ? std::get<0>(std::move(v_)) : static_cast<T>(std::forward<U>(fallback));
   }
+  ///@}
 
-  // Precondition: !ok().
+  /// Precondition: !ok().
   const Error& error() const { return std::get<1>(v_); }
+  /// Precondition: !ok(). The error's code.
   ErrorCode code() const { return error().code; }
 
  private:
@@ -95,15 +110,22 @@ class [[nodiscard]] Result {
   std::variant<T, Error> v_;
 };
 
+/// Success, or an Error (Status).
 template <>
 class [[nodiscard]] Result<void> {
  public:
-  Result() = default;
+  Result() = default;  ///< success
+  /// A failure (implicit, so a function returns either).
   Result(Error error) : error_(std::move(error)), ok_(false) {}  // NOLINT
 
+  ///@{
+  /// Whether the call succeeded.
   bool ok() const { return ok_; }
   explicit operator bool() const { return ok_; }
+  ///@}
+  /// Precondition: !ok(). The error.
   const Error& error() const { return error_; }
+  /// Precondition: !ok(). The error's code.
   ErrorCode code() const { return error_.code; }
 
  private:
@@ -113,7 +135,7 @@ class [[nodiscard]] Result<void> {
 
 using Status = Result<void>;
 
-[[noreturn]] void abort_on_bad_access(const Error& error);
+[[noreturn]] KVBM_API void abort_on_bad_access(const Error& error);
 
 template <typename T>
 void Result<T>::check() const {

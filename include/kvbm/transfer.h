@@ -27,6 +27,8 @@
 // at once; a Transfer may be used from one thread at a time.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <chrono>
 #include <cstdint>
 #include <memory>
@@ -40,116 +42,128 @@
 
 namespace kvbm {
 
+/// How a copy goes: host memcpy threads, the CUDA copy kernel or copy engines, io_uring to
+/// files, an agent to a peer, or disk -> GPU staged through pinned memory.
 enum class TransferPath : uint8_t { Host, Cuda, File, Remote, Staged };
-const char* to_string(TransferPath path);
+KVBM_API const char* to_string(TransferPath path);
 
 namespace detail {
-struct CudaTuning;  // the Cuda path's kernel tuning knobs (internal: src/transfer/cuda_tuning.h)
+struct CudaTuning;  ///< the Cuda path's kernel tuning knobs (internal: src/transfer/cuda_tuning.h)
 }  // namespace detail
 
-// How the Cuda path moves blocks between pinned host memory and a GPU. Which is faster
-// differs between machines and drivers, so by default (Auto) it is measured on the machine:
-// the first copy between pinned memory and a GPU times each over scattered chunks of each
-// size class (up to 16 KiB, 64 KiB, 256 KiB, larger) and direction, and the fastest is kept
-// for that GPU. VRAM <-> VRAM copies always use the kernel.
-//   Kernel  the block copy kernel reads or writes the mapped pinned memory itself.
-//   Batch   the GPU's copy engines, the coalesced chunks through cudaMemcpyBatchAsync.
-//   Split   both at once on disjoint blocks of a request: the kernel takes a share (its
-//           measured part of the two engines' sum), the copy engines the rest.
+/// How the Cuda path moves blocks between pinned host memory and a GPU. Which is faster
+/// differs between machines and drivers, so by default (Auto) it is measured on the machine:
+/// the first copy between pinned memory and a GPU times each over scattered chunks of each
+/// size class (up to 16 KiB, 64 KiB, 256 KiB, larger) and direction, and the fastest is kept
+/// for that GPU. VRAM <-> VRAM copies always use the kernel.
+///   Kernel  the block copy kernel reads or writes the mapped pinned memory itself.
+///   Batch   the GPU's copy engines, the coalesced chunks through cudaMemcpyBatchAsync.
+///   Split   both at once on disjoint blocks of a request: the kernel takes a share (its
+///           measured part of the two engines' sum), the copy engines the rest.
 enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch, Split };
-const char* to_string(CudaHostEngine engine);
+KVBM_API const char* to_string(CudaHostEngine engine);
 
-// An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,
-// File, Staged) or cancels it (Remote), so memory is never written after the handle is gone.
-class Transfer {
+/// An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,
+/// File, Staged) or cancels it (Remote), so memory is never written after the handle is gone.
+class KVBM_API Transfer {
  public:
   class Impl;
+  /// Made by TransferEngine::copy.
   explicit Transfer(std::unique_ptr<Impl> impl);
+  /// Takes `other`'s copy.
   Transfer(Transfer&&) noexcept;
+  /// Finishes (waits for or cancels) this handle's copy, then takes `other`'s.
   Transfer& operator=(Transfer&&) noexcept;
   ~Transfer();
 
-  // True once the copy finished, successfully or not. Never blocks.
+  /// True once the copy finished, successfully or not. Never blocks.
   bool ready();
-  // Waits until finished and returns its outcome; Timeout if it has not finished within
-  // `timeout` (it keeps running and can be waited on again).
+  /// Waits until finished and returns its outcome; Timeout if it has not finished within
+  /// `timeout` (it keeps running and can be waited on again).
   Status wait(std::chrono::milliseconds timeout = std::chrono::hours(24));
 
+  /// The path the copy takes.
   TransferPath path() const;
-  uint64_t bytes() const;  // payload of the request
-  // Contiguous ranges after coalescing; on the GPU kernel path (which computes addresses
-  // per chunk on the GPU) every (block, layer, outer) chunk; on the host path, for a request
-  // of 4096 chunks or more, the ranges its parts copied (each part coalesces its own
-  // blocks), known once finished.
+  uint64_t bytes() const;  ///< payload of the request
+  /// Contiguous ranges after coalescing; on the GPU kernel path (which computes addresses
+  /// per chunk on the GPU) every (block, layer, outer) chunk; on the host path, for a request
+  /// of 4096 chunks or more, the ranges its parts copied (each part coalesces its own
+  /// blocks), known once finished.
   size_t chunks() const;
 
  private:
   std::unique_ptr<Impl> impl_;
 };
 
-struct TransferEngineOptions {
-  size_t host_threads = 0;  // host memcpy pool (0: every core)
-  unsigned uring_queue_depth = 64;
-  // The Cuda path's kernel tuning, for benchmarks and tests (internal); null: defaults.
+/// What TransferEngine::create builds.
+struct KVBM_API TransferEngineOptions {
+  size_t host_threads = 0;          ///< host memcpy pool (0: every core)
+  unsigned uring_queue_depth = 64;  ///< the File path's io_uring entries
+  /// The Cuda path's kernel tuning, for benchmarks and tests (internal); null: defaults.
   std::shared_ptr<const detail::CudaTuning> cuda_tuning{};
-  // Pinned host memory <-> GPU: measured per GPU (Auto), or forced.
+  /// Pinned host memory <-> GPU: measured per GPU (Auto), or forced.
   CudaHostEngine cuda_host_engine = CudaHostEngine::Auto;
-  // The Staged path's host buffer, allocated on first use and kept: a positive multiple
-  // of 8192 (two halves of whole pages), at most 64 GiB. Larger requests go in batches.
+  /// The Staged path's host buffer, allocated on first use and kept: a positive multiple
+  /// of 8192 (two halves of whole pages), at most 64 GiB. Larger requests go in batches.
   size_t staging_bytes = 64 << 20;
 };
 
-struct CopyOptions {
-  // Required when either layout is remote: the agent the local layout is registered with.
+/// Options of one TransferEngine::copy.
+struct KVBM_API CopyOptions {
+  /// Required when either layout is remote: the agent the local layout is registered with.
   xfer::Agent* agent = nullptr;
-  // Remote path: delivered to the peer once the data is visible there.
+  /// Remote path: delivered to the peer once the data is visible there.
   std::optional<std::string> notification;
 };
 
-class TransferEngine {
+/// Copies blocks between layouts on any pair of tiers (and to and from peers' layouts),
+/// choosing the path by the tiers. Thread-safe: copies may be started from many threads.
+class KVBM_API TransferEngine {
  public:
-  // InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape, an
-  // unknown kernel (cuda_tuning), or a staging_bytes that is zero, not a multiple of 8192 or over 64 GiB.
+  /// InvalidArgument for host_threads over 1024, a zero queue depth or kernel shape, an
+  /// unknown kernel, or a staging_bytes that is zero, not a multiple of 8192 or over 64 GiB.
   static Result<std::unique_ptr<TransferEngine>> create(TransferEngineOptions options = {});
   ~TransferEngine();
 
-  // Starts copying blocks src_ids[i] of `src` into dst_ids[i] of `dst`. Errors before
-  // anything moves: InvalidArgument for lists of different lengths, an empty list, a
-  // duplicate destination id, layouts whose blocks differ (layers, outer, page, inner,
-  // dtype), two
-  // remote layouts, a remote copy without an agent, the same local layout as source and
-  // destination of an overlapping block; OutOfBounds naming a block id and num_blocks;
-  // Unsupported for a tier pair with no path (Device <-> Device on two GPUs)
-  // and DeviceUnavailable for GPU memory without a usable GPU. Errors while copying (an
-  // I/O error, a read past the end of a file, a CUDA error) come back from Transfer::wait.
+  /// Starts copying blocks src_ids[i] of `src` into dst_ids[i] of `dst`. Errors before
+  /// anything moves: InvalidArgument for lists of different lengths, an empty list, a
+  /// duplicate destination id, layouts whose blocks differ (layers, outer, page, inner,
+  /// dtype), two
+  /// remote layouts, a remote copy without an agent, the same local layout as source and
+  /// destination of an overlapping block; OutOfBounds naming a block id and num_blocks;
+  /// Unsupported for a tier pair with no path (Device <-> Device on two GPUs)
+  /// and DeviceUnavailable for GPU memory without a usable GPU. Errors while copying (an
+  /// I/O error, a read past the end of a file, a CUDA error) come back from Transfer::wait.
   Result<Transfer> copy(const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
                         std::span<const size_t> dst_ids, const CopyOptions& options = {});
 
-  // The path copy() would take for this pair of layouts, or why there is none.
+  /// The path copy() would take for this pair of layouts, or why there is none.
   Result<TransferPath> path_for(const Layout& src, const Layout& dst) const;
 
-  // Registers the host memory of `layout` (System or Pinned) with the File path: its
-  // io_uring takes each region as a fixed buffer, so that copies between it and a Disk
-  // layout skip pinning the pages on every I/O (CPU time per request; BENCHMARKS.md
-  // says by how much). Optional: copies work without it. Each region keeps the
-  // registration under kFileRegistrationKey until it is destroyed or deregistered, or until the
-  // engine goes, whichever comes first. Errors: InvalidArgument for a layout that is not local host
-  // memory; AlreadyRegistered when a region has the key already (from this engine or another); Io
-  // when the File path's io_uring cannot be made. Where the kernel refuses fixed buffers (no
-  // CAP_IPC_LOCK and a low RLIMIT_MEMLOCK, a kernel before 5.19) it returns ok and logs
-  // it once: copies go as without it. Not thread-safe for the layout (its regions'
-  // registration maps): register before sharing the layout between threads.
+  /// Registers the host memory of `layout` (System or Pinned) with the File path: its
+  /// io_uring takes each region as a fixed buffer, so that copies between it and a Disk
+  /// layout skip pinning the pages on every I/O (CPU time per request, BENCHMARKS.md).
+  /// Optional: copies work without it. Each region keeps the
+  /// registration under kFileRegistrationKey until it is destroyed or deregistered, or until the
+  /// engine goes, whichever comes first. Errors: InvalidArgument for a layout that is not local
+  /// host memory; AlreadyRegistered when a region has the key already (from this engine or
+  /// another); Io when the File path's io_uring cannot be made. Where the kernel refuses fixed
+  /// buffers (no CAP_IPC_LOCK and a low RLIMIT_MEMLOCK, a kernel before 5.19) it returns ok and
+  /// logs it once: copies go as without it. Not thread-safe for the layout (its regions'
+  /// registration maps): register before sharing the layout between threads.
   Status register_host_layout(Layout& layout);
+  /// The registration key register_host_layout() uses.
   static constexpr const char* kFileRegistrationKey = "kvbm.transfer.file";
-  // I/O submissions of the File path that went from or to a registered region, so far.
+  /// I/O submissions of the File path that went from or to a registered region, so far.
   uint64_t file_fixed_ios() const;
 
+  /// The host path's memcpy threads.
   size_t host_threads() const;
 
-  // The engine the Cuda path uses on GPU `ordinal` between pinned memory and the GPU
-  // (`to_device`: host -> GPU) for coalesced chunks of `chunk_bytes`: the forced one, or
-  // with Auto the measured one (measured now, once per GPU, if not yet done).
-  // DeviceUnavailable without a usable GPU.
+  /// The engine the Cuda path uses on GPU `ordinal` between pinned memory and the GPU
+  /// (`to_device`: host -> GPU) for coalesced chunks of `chunk_bytes`: the forced one, or
+  /// with Auto the measured one (measured now, once per GPU, if not yet done).
+  /// DeviceUnavailable without a usable GPU.
   Result<CudaHostEngine> cuda_host_engine(int ordinal, bool to_device, size_t chunk_bytes);
 
  private:

@@ -1,9 +1,10 @@
 # Runs a command whose stdout must be one JSON document, and checks its exit status and
 # members.
 #   cmake -DCMD=<program> "-DARGS=a|b" -DSTATUS=<number> "-DKEYS=a|b@@c" ["-DEQUALS=k|v"]
-#         -P expect_json.cmake
+#         ["-DMATCHES=k|k2=regex"] -P expect_json.cmake
 # Each entry of KEYS is a path of members ("items|UCX") that must exist; EQUALS names one
-# member path and the value it must have (its last element).
+# member path and the value it must have (its last element); MATCHES, one member path, "=",
+# and a regular expression its value must match.
 string(REPLACE "|" ";" args "${ARGS}")
 execute_process(COMMAND ${CMD} ${args} RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err
                 TIMEOUT 110)
@@ -29,5 +30,16 @@ if(EQUALS)
   string(JSON value ERROR_VARIABLE json_error GET "${out}" ${members})
   if(NOT value STREQUAL expected)
     message(FATAL_ERROR "${EQUALS}: found '${value}' ${json_error}")
+  endif()
+endif()
+if(MATCHES)
+  string(FIND "${MATCHES}" "=" eq)
+  string(SUBSTRING "${MATCHES}" 0 ${eq} path)
+  math(EXPR eq "${eq} + 1")
+  string(SUBSTRING "${MATCHES}" ${eq} -1 regex)
+  string(REPLACE "|" ";" members "${path}")
+  string(JSON value ERROR_VARIABLE json_error GET "${out}" ${members})
+  if(json_error OR NOT value MATCHES "${regex}")
+    message(FATAL_ERROR "${MATCHES}: found '${value}' ${json_error}")
   endif()
 endif()

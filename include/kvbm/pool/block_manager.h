@@ -23,6 +23,8 @@
 // Handles it returns may outlive it. Thread safety: every call may come from many threads.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -39,83 +41,109 @@
 
 namespace kvbm {
 
-// Layouts to use instead of allocating a tier (e.g. a G1 the inference engine owns). All
-// must have config.block's shape (layers, outer, page, inner, dtype).
-struct TierLayouts {
+/// Layouts to use instead of allocating a tier (e.g. a G1 the inference engine owns). All
+/// must have config.block's shape (layers, outer, page, inner, dtype).
+struct KVBM_API TierLayouts {
+  ///@{
+  /// One per tier; empty: allocated from the config.
   std::optional<Layout> g1, g2, g3;
+  ///@}
 };
 
-struct MatchResult {
-  std::vector<ImmutableBlock> g1, g2, g3;  // consecutive parts of the matched prefix
+/// The longest prefix of a request's blocks that some tier holds, tier by tier.
+struct KVBM_API MatchResult {
+  ///@{
+  /// Consecutive parts of the matched prefix.
+  std::vector<ImmutableBlock> g1, g2, g3;
+  ///@}
+  /// Blocks matched on every tier together.
   size_t blocks() const { return g1.size() + g2.size() + g3.size(); }
 };
 
-struct OnboardResult {
-  // The usable prefix on G1: the match's G1 blocks, then every onboarded block up to the
-  // first failure.
+/// What onboard() brought to G1.
+struct KVBM_API OnboardResult {
+  /// The usable prefix on G1: the match's G1 blocks, then every onboarded block up to the
+  /// first failure.
   std::vector<ImmutableBlock> blocks;
-  // Sequence hashes of the blocks whose copy failed, in match order.
+  /// Sequence hashes of the blocks whose copy failed, in match order.
   std::vector<SequenceHash> failed;
-  std::optional<Error> error;  // the first copy error, when some failed
+  std::optional<Error> error;  ///< the first copy error, when some failed
 };
 
-struct TierCounters {
-  // Hits: blocks (and their tokens) whose bytes were there to use: G1 blocks at match(),
-  // G2 and G3 blocks when onboard() brought them to G1.
+/// One tier's counters.
+struct KVBM_API TierCounters {
+  /// Hits: blocks (and their tokens) whose bytes were there to use: G1 blocks at match(),
+  /// G2 and G3 blocks when onboard() brought them to G1.
   uint64_t hit_blocks = 0;
-  uint64_t hit_tokens = 0;
-  PoolCounters pool;  // absent tiers: all zero
+  uint64_t hit_tokens = 0;  ///< the hit blocks' tokens
+  PoolCounters pool;        ///< absent tiers: all zero
 };
 
-struct MoveCounters {
-  uint64_t blocks = 0;
-  uint64_t bytes = 0;
-  uint64_t failed_blocks = 0;  // copies that failed (their destinations freed)
+/// Blocks moved between two tiers.
+struct KVBM_API MoveCounters {
+  uint64_t blocks = 0;         ///< blocks copied
+  uint64_t bytes = 0;          ///< their bytes
+  uint64_t failed_blocks = 0;  ///< copies that failed (their destinations freed)
 };
 
-struct BlockManagerCounters {
-  uint64_t lookups = 0;  // match() calls
-  std::array<TierCounters, kNumTiers> tiers;
-  MoveCounters g1_to_g2, g2_to_g3, g1_to_g3;  // offload
-  MoveCounters g2_to_g1, g3_to_g1;            // onboard
-  uint64_t dropped_offloads = 0;              // queue full, or no space on the destination
-  size_t queued_offloads = 0;                 // waiting now
+/// Every counter of a block manager (counters()).
+struct KVBM_API BlockManagerCounters {
+  uint64_t lookups = 0;                       ///< match() calls
+  std::array<TierCounters, kNumTiers> tiers;  ///< by Tier
+  ///@{
+  /// Offload.
+  MoveCounters g1_to_g2, g2_to_g3, g1_to_g3;
+  ///@}
+  ///@{
+  /// Onboard.
+  MoveCounters g2_to_g1, g3_to_g1;
+  ///@}
+  uint64_t dropped_offloads = 0;  ///< queue full, or no space on the destination
+  size_t queued_offloads = 0;     ///< waiting now
 };
 
-class BlockManager {
+/// G1/G2/G3 block pools with offload and onboard between them (see the top of this file).
+class KVBM_API BlockManager {
  public:
-  // InvalidArgument for a block shape that does not validate, g1_blocks of 0 without a
-  // G1 layout, a given layout of another shape (naming the tier); the allocators' errors.
+  /// InvalidArgument for a block shape that does not validate, g1_blocks of 0 without a
+  /// G1 layout, a given layout of another shape (naming the tier); the allocators' errors.
   static Result<std::unique_ptr<BlockManager>> create(BlockManagerConfig config,
                                                       TierLayouts layouts = {});
   ~BlockManager();
   BlockManager(const BlockManager&) = delete;
   BlockManager& operator=(const BlockManager&) = delete;
 
+  /// Whether the manager has this tier (a tier of 0 blocks is absent).
   bool has_tier(Tier tier) const;
-  // Preconditions: has_tier(tier). Blocks' bytes live at their block_id in the layout.
+  /// Preconditions: has_tier(tier). Blocks' bytes live at their block_id in the layout.
   BlockPool& pool(Tier tier);
+  ///@{
+  /// The tier's layout. Precondition: has_tier(tier).
   const Layout& layout(Tier tier) const;
   Layout& layout(Tier tier);
+  ///@}
+  /// The engine that copies between the tiers.
   TransferEngine& engine();
-  uint32_t block_size() const;  // tokens per block
+  uint32_t block_size() const;  ///< tokens per block
 
-  // n Reset blocks on G1 (BlockPool::allocate's errors).
+  /// n Reset blocks on G1 (BlockPool::allocate's errors).
   Result<std::vector<MutableBlock>> allocate(size_t n);
-  // Registers a Complete G1 block (BlockPool::register_block's errors) and queues it for
-  // offload.
+  /// Registers a Complete G1 block (BlockPool::register_block's errors) and queues it for
+  /// offload.
   Result<ImmutableBlock> register_block(MutableBlock& block, uint32_t priority = 0);
 
+  /// The longest prefix of `hashes` held on G1, then G2, then G3, each block taken (its
+  /// handle keeps it from eviction). Never fails: no match is an empty result.
   MatchResult match(std::span<const SequenceHash> hashes);
-  // Brings the match's G2/G3 blocks to G1 (see above). AllocationFailed when G1 has no
-  // room for them (nothing copied; the match is left as it was). Blocks with a failed
-  // copy are reported in the result, not as an error.
+  /// Brings the match's G2/G3 blocks to G1 (see above). AllocationFailed when G1 has no
+  /// room for them (nothing copied; the match is left as it was). Blocks with a failed
+  /// copy are reported in the result, not as an error.
   Result<OnboardResult> onboard(MatchResult& match);
 
-  // Waits until no offload is queued or in flight; Timeout otherwise.
+  /// Waits until no offload is queued or in flight; Timeout otherwise.
   Status flush(std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
-  // A snapshot of every counter.
+  /// A snapshot of every counter.
   BlockManagerCounters counters() const;
 
   struct State;

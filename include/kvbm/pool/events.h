@@ -11,6 +11,8 @@
 // shared by any number of threads.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <cstdint>
 #include <functional>
 #include <mutex>
@@ -21,30 +23,33 @@
 
 namespace kvbm {
 
-// G1: GPU memory (Device; host memory where there is no GPU). G2: host memory (Pinned;
-// System without a GPU). G3: disk (Disk).
+/// G1: GPU memory (Device; host memory where there is no GPU). G2: host memory (Pinned;
+/// System without a GPU). G3: disk (Disk).
 enum class Tier : uint8_t { G1 = 0, G2 = 1, G3 = 2 };
 inline constexpr size_t kNumTiers = 3;
-const char* to_string(Tier tier);
+KVBM_API const char* to_string(Tier tier);
 
 enum class EventKind : uint8_t { Stored, Removed };
-const char* to_string(EventKind kind);
+KVBM_API const char* to_string(EventKind kind);
 
-struct Event {
-  EventKind kind = EventKind::Stored;
-  Tier tier = Tier::G1;
-  SequenceHash sequence_hash = 0;
-  std::optional<SequenceHash> parent_hash;  // none for the first block of a sequence
+/// A block stored in, or removed from, a tier's pool (for a KV-aware router).
+struct KVBM_API Event {
+  EventKind kind = EventKind::Stored;       ///< stored or removed
+  Tier tier = Tier::G1;                     ///< whose pool
+  SequenceHash sequence_hash = 0;           ///< the block
+  std::optional<SequenceHash> parent_hash;  ///< none for the first block of a sequence
+  /// Every field equal.
   bool operator==(const Event&) const = default;
 };
 
 using EventCallback = std::function<void(const Event&)>;
 
-// A subscriber's queue: callback() pushes, drain() takes everything pushed so far.
-class EventQueue {
+/// A subscriber's queue: callback() pushes, drain() takes everything pushed so far.
+class KVBM_API EventQueue {
  public:
-  // A callback pushing into this queue; the queue must outlive every pool given it.
+  /// A callback pushing into this queue; the queue must outlive every pool given it.
   EventCallback callback();
+  /// The events pushed since the last drain, oldest first.
   std::vector<Event> drain();
 
  private:

@@ -34,39 +34,48 @@
 #include <span>
 #include <vector>
 
+#include "kvbm/export.h"
 #include "kvbm/pool/block_manager.h"
 #include "kvbm/result.h"
 
 namespace kvbm {
 
-struct ExternalPeek {
-  size_t g2 = 0, g3 = 0;  // consecutive: the first g2 hashes on G2, the next g3 on G3
+/// What a load would find (ExternalG1::peek).
+struct KVBM_API ExternalPeek {
+  size_t g2 = 0;  ///< the first g2 hashes are on G2
+  size_t g3 = 0;  ///< the next g3 on G3
+  /// Blocks a load would bring.
   size_t blocks() const { return g2 + g3; }
 };
 
-struct SaveResult {
-  size_t saved = 0;            // registered on G2 by this save
-  size_t present = 0;          // skipped: on G2 already
-  size_t dropped = 0;          // no room on G2, or the copy failed
-  std::optional<Error> error;  // the copy's error, when it failed
+/// What a save did (ExternalSave::finish).
+struct KVBM_API SaveResult {
+  size_t saved = 0;            ///< registered on G2 by this save
+  size_t present = 0;          ///< skipped: on G2 already
+  size_t dropped = 0;          ///< no room on G2, or the copy failed
+  std::optional<Error> error;  ///< the copy's error, when it failed
 };
 
-struct LoadResult {
-  size_t loaded = 0;               // engine blocks whose bytes arrived
-  std::vector<size_t> failed_ids;  // engine block ids whose bytes did not, ascending
-  std::optional<Error> error;      // the first copy error
+/// What a load did (ExternalLoad::finish).
+struct KVBM_API LoadResult {
+  size_t loaded = 0;               ///< engine blocks whose bytes arrived
+  std::vector<size_t> failed_ids;  ///< engine block ids whose bytes did not, ascending
+  std::optional<Error> error;      ///< the first copy error
 };
 
 class ExternalG1;
 
-class ExternalSave {
+/// A save in flight (ExternalG1::save).
+class KVBM_API ExternalSave {
  public:
+  /// Takes `other`'s save.
   ExternalSave(ExternalSave&&) noexcept;
+  /// Waits for this save's copy, then takes `other`'s.
   ExternalSave& operator=(ExternalSave&&) noexcept;
   ~ExternalSave();
-  // True once the copy finished (or there was nothing to copy). Never blocks.
+  /// True once the copy finished (or there was nothing to copy). Never blocks.
   bool ready();
-  // Waits, then registers the copies (see above). A second call returns the first result.
+  /// Waits, then registers the copies (see above). A second call returns the first result.
   SaveResult finish();
 
   struct State;
@@ -77,20 +86,25 @@ class ExternalSave {
   std::unique_ptr<State> s_;
 };
 
-class ExternalLoad {
+/// A layer-by-layer load in flight (ExternalG1::load).
+class KVBM_API ExternalLoad {
  public:
+  /// Takes `other`'s load.
   ExternalLoad(ExternalLoad&&) noexcept;
+  /// Waits for this load's copies, then takes `other`'s.
   ExternalLoad& operator=(ExternalLoad&&) noexcept;
   ~ExternalLoad();
+  /// Layers of the engine's KV cache.
   size_t num_layers() const;
-  size_t blocks() const;  // blocks being copied (the match, at most the ids given)
-  // Waits for layer `layer` of every block; its first copy error. OutOfBounds naming the
-  // layer past num_layers().
+  /// Blocks being copied (the match, at most the ids given).
+  size_t blocks() const;
+  /// Waits for layer `layer` of every block; its first copy error. OutOfBounds naming the
+  /// layer past num_layers().
   Status wait_layer(size_t layer);
-  // True once every copy finished. Never blocks.
+  /// True once every copy finished. Never blocks.
   bool ready();
-  // Waits for every layer; counts, fails closed (see above). A second call returns the
-  // first result.
+  /// Waits for every layer; counts, fails closed (see above). A second call returns the
+  /// first result.
   LoadResult finish();
 
   struct State;
@@ -101,28 +115,31 @@ class ExternalLoad {
   std::unique_ptr<State> s_;
 };
 
-class ExternalG1 {
+/// A block manager's view of an engine-owned G1 (see above).
+class KVBM_API ExternalG1 {
  public:
-  // InvalidArgument when the manager has no G2 tier or a tier is not LayerSeparate (naming
-  // it); layer_aliases()'s errors.
+  /// InvalidArgument when the manager has no G2 tier or a tier is not LayerSeparate
+  /// (naming it); layer_aliases()'s errors.
   static Result<std::unique_ptr<ExternalG1>> create(BlockManager& manager);
   ~ExternalG1();
 
+  /// Layers of the engine's KV cache.
   size_t num_layers() const;
-  size_t engine_blocks() const;  // G1's num_blocks
+  /// G1's num_blocks.
+  size_t engine_blocks() const;
 
-  // Over `hashes` (pass a subspan to bound it); side-effect free (see above).
+  /// Over `hashes` (pass a subspan to bound it); side-effect free (see above).
   ExternalPeek peek(std::span<const SequenceHash> hashes) const;
 
-  // Copies engine block engine_ids[i] into G2 under keys[i]. InvalidArgument for lists of
-  // different lengths; OutOfBounds naming an engine id past engine_blocks(); the engine's
-  // errors.
+  /// Copies engine block engine_ids[i] into G2 under keys[i]. InvalidArgument for lists of
+  /// different lengths; OutOfBounds naming an engine id past engine_blocks(); the engine's
+  /// errors.
   Result<ExternalSave> save(std::span<const size_t> engine_ids,
                             std::span<const SequenceBlock> keys);
 
-  // Loads the blocks of `hashes` into engine_ids[i] (as far as they match). The same
-  // argument errors as save(); copy errors, at the start or while copying, come back in
-  // LoadResult (fail closed), never from here.
+  /// Loads the blocks of `hashes` into engine_ids[i] (as far as they match). The same
+  /// argument errors as save(); copy errors, at the start or while copying, come back in
+  /// LoadResult (fail closed), never from here.
   Result<ExternalLoad> load(std::span<const SequenceHash> hashes,
                             std::span<const size_t> engine_ids);
 

@@ -10,6 +10,8 @@
 // Pure functions: thread-safe, no errors.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -21,8 +23,8 @@ using SaltHash = uint64_t;
 using BlockHash = uint64_t;
 using SequenceHash = uint64_t;
 
-SaltHash salt_hash(std::string_view salt);
-BlockHash block_hash(std::span<const Token> tokens, SaltHash salt);
-SequenceHash sequence_hash(SequenceHash parent, BlockHash block, SaltHash salt);
+KVBM_API SaltHash salt_hash(std::string_view salt);
+KVBM_API BlockHash block_hash(std::span<const Token> tokens, SaltHash salt);
+KVBM_API SequenceHash sequence_hash(SequenceHash parent, BlockHash block, SaltHash salt);
 
 }  // namespace kvbm

@@ -15,16 +15,19 @@
 
 #include <vector>
 
+#include "kvbm/export.h"
 #include "kvbm/layout.h"
 #include "kvbm/result.h"
 
 namespace kvbm {
 
-// InvalidArgument for a remote layout (a peer's regions are not this process's memory).
-Result<Layout> alias_layout(const Layout& layout);
+/// A layout over `layout`'s bytes that owns nothing. InvalidArgument for a remote layout (a
+/// peer's regions are not this process's memory).
+KVBM_API Result<Layout> alias_layout(const Layout& layout);
 
-// InvalidArgument for a remote layout or one that is not LayerSeparate (a fully
-// contiguous layout interleaves the layers of a block in one region).
-Result<std::vector<Layout>> layer_aliases(const Layout& layout);
+/// One single-layer alias per layer. InvalidArgument for a remote layout or one that is
+/// not LayerSeparate (a fully contiguous layout interleaves the layers of a block in one
+/// region).
+KVBM_API Result<std::vector<Layout>> layer_aliases(const Layout& layout);
 
 }  // namespace kvbm

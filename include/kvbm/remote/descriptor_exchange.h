@@ -14,6 +14,8 @@
 // owner's agent holds the published bytes until unpublished or destroyed.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <chrono>
 #include <cstdint>
 #include <string>
@@ -24,29 +26,30 @@
 
 namespace kvbm {
 
-// Publishes d.to_bytes() under `key` on `owner`, replacing an earlier item with that key.
-// InvalidArgument if d names an agent other than owner (a reader would address the
-// wrong agent); otherwise xfer::Agent::publish's errors (empty or over-long key).
-Status publish_descriptor(xfer::Agent& owner, const std::string& key, const RemoteDescriptor& d);
+/// Publishes d.to_bytes() under `key` on `owner`, replacing an earlier item with that key.
+/// InvalidArgument if d names an agent other than owner (a reader would address the
+/// wrong agent); otherwise xfer::Agent::publish's errors (empty or over-long key).
+KVBM_API Status publish_descriptor(xfer::Agent& owner, const std::string& key,
+                                   const RemoteDescriptor& d);
 
-// Whether fetch_descriptor loads the owner's metadata. (A descriptor of the reader's own
-// memory needs none either way.)
+/// Whether fetch_descriptor loads the owner's metadata. (A descriptor of the reader's own
+/// memory needs none either way.)
 enum class OwnerMetadata {
-  // Only when the reader does not know the owner yet.
+  /// Only when the reader does not know the owner yet.
   LoadIfUnknown,
-  // Always fetch it afresh, for when the owner may have registered memory since the
-  // reader last loaded it. Replacing metadata makes requests the reader prepared against
-  // the old metadata fail on their next post.
+  /// Always fetch it afresh, for when the owner may have registered memory since the
+  /// reader last loaded it. Replacing metadata makes requests the reader prepared against
+  /// the old metadata fail on their next post.
   Reload,
 };
 
-// Fetches the descriptor published under `key` by the agent listening at host:port,
-// decodes it, and loads the owner's metadata from the same host:port as `metadata` says;
-// all within `timeout`. Errors: xfer::Agent::fetch_published's (Remote naming the key if
-// nothing is published under it; Timeout; Io); InvalidArgument from the decoder for bytes
-// that are not a descriptor; InvalidArgument if the descriptor names an agent other than
-// the one at host:port; fetch_remote_metadata's otherwise.
-Result<RemoteDescriptor> fetch_descriptor(
+/// Fetches the descriptor published under `key` by the agent listening at host:port,
+/// decodes it, and loads the owner's metadata from the same host:port as `metadata` says;
+/// all within `timeout`. Errors: xfer::Agent::fetch_published's (Remote naming the key if
+/// nothing is published under it; Timeout; Io); InvalidArgument from the decoder for bytes
+/// that are not a descriptor; InvalidArgument if the descriptor names an agent other than
+/// the one at host:port; fetch_remote_metadata's otherwise.
+KVBM_API Result<RemoteDescriptor> fetch_descriptor(
     xfer::Agent& reader, const std::string& host, uint16_t port, const std::string& key,
     std::chrono::milliseconds timeout = std::chrono::seconds(5),
     OwnerMetadata metadata = OwnerMetadata::LoadIfUnknown);

@@ -4,6 +4,8 @@
 // does not exist.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <cstddef>
 
 #include "kvbm/result.h"
@@ -11,20 +13,26 @@
 
 namespace kvbm {
 
-class DeviceStorage final : public RegisterableStorage {
+/// GPU memory (cudaMalloc) on one device; freed on destruction.
+class KVBM_API DeviceStorage final : public RegisterableStorage {
  public:
+  /// `size` bytes on GPU `ordinal`. DeviceUnavailable without CUDA or that GPU;
+  /// AllocationFailed when CUDA cannot allocate; InvalidArgument for size 0.
   static Result<DeviceStorage> allocate(size_t size, int ordinal = 0);
 
+  /// Moves the storage; `other` is left empty (size 0).
   DeviceStorage(DeviceStorage&& other) noexcept;
+  /// Frees this storage's memory, then takes `other`'s; `other` is left empty.
   DeviceStorage& operator=(DeviceStorage&& other) noexcept;
   ~DeviceStorage() override;
 
   StorageType type() const override { return StorageType::device(ordinal_); }
   uint64_t addr() const override { return reinterpret_cast<uint64_t>(ptr_); }
   size_t size() const override { return size_; }
-  // A device pointer: dereference it only in device code or through CUDA copies.
+  /// A device pointer: dereference it only in device code or through CUDA copies.
   void* data() override { return ptr_; }
   const void* data() const override { return ptr_; }
+  /// The CUDA device ordinal.
   int ordinal() const { return ordinal_; }
 
  private:
@@ -36,12 +44,16 @@ class DeviceStorage final : public RegisterableStorage {
   int ordinal_ = 0;
 };
 
-class DeviceAllocator {
+/// Makes DeviceStorage on one GPU (for Layout::allocate).
+class KVBM_API DeviceAllocator {
  public:
+  /// An allocator for GPU `ordinal`.
   explicit DeviceAllocator(int ordinal = 0) : ordinal_(ordinal) {}
+  /// DeviceStorage::allocate(size, ordinal()).
   Result<DeviceStorage> allocate(size_t size) const {
     return DeviceStorage::allocate(size, ordinal_);
   }
+  /// The CUDA device ordinal.
   int ordinal() const { return ordinal_; }
 
  private:

@@ -7,6 +7,8 @@
 // offsets (addr() is 0) and its StorageType id is the fd.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <cstddef>
 #include <filesystem>
 #include <string>
@@ -16,13 +18,17 @@
 
 namespace kvbm {
 
-class DiskStorage final : public RegisterableStorage {
+/// A file of `size` bytes (addresses are file offsets); closed, and removed unless
+/// unlinked already, on destruction.
+class KVBM_API DiskStorage final : public RegisterableStorage {
  public:
-  // InvalidArgument for size 0; Io (naming the directory) when it is missing or not
-  // writable; AllocationFailed (naming size and file) when the space cannot be reserved.
+  /// InvalidArgument for size 0; Io (naming the directory) when it is missing or not
+  /// writable; AllocationFailed (naming size and file) when the space cannot be reserved.
   static Result<DiskStorage> allocate(size_t size, const std::filesystem::path& dir = {});
 
+  /// Moves the storage; `other` is left empty (size 0).
   DiskStorage(DiskStorage&& other) noexcept;
+  /// Frees this storage's memory, then takes `other`'s; `other` is left empty.
   DiskStorage& operator=(DiskStorage&& other) noexcept;
   ~DiskStorage() override;
 
@@ -30,13 +36,16 @@ class DiskStorage final : public RegisterableStorage {
   uint64_t addr() const override { return 0; }
   size_t size() const override { return size_; }
 
+  /// The open file's descriptor, owned by the storage.
   int fd() const { return fd_; }
+  /// Where the file was made (its name is gone once unlinked()).
   const std::filesystem::path& path() const { return path_; }
-  // True when the file was opened with O_DIRECT.
+  /// True when the file was opened with O_DIRECT.
   bool direct_io() const { return direct_io_; }
 
-  // Removes the file's name now; the fd keeps the data. Io if unlink(2) fails.
+  /// Removes the file's name now; the fd keeps the data. Io if unlink(2) fails.
   Status unlink();
+  /// Whether unlink() removed the name.
   bool unlinked() const { return unlinked_; }
 
  private:
@@ -51,10 +60,14 @@ class DiskStorage final : public RegisterableStorage {
   bool unlinked_ = false;
 };
 
-class DiskAllocator {
+/// Makes DiskStorage files in one directory (for Layout::allocate).
+class KVBM_API DiskAllocator {
  public:
+  /// Files go in `dir` (empty: the temp directory).
   explicit DiskAllocator(std::filesystem::path dir = {}) : dir_(std::move(dir)) {}
+  /// DiskStorage::allocate(size, dir()).
   Result<DiskStorage> allocate(size_t size) const { return DiskStorage::allocate(size, dir_); }
+  /// The directory.
   const std::filesystem::path& dir() const { return dir_; }
 
  private:

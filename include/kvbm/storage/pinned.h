@@ -6,6 +6,8 @@
 // built without CUDA.
 #pragma once
 
+#include "kvbm/export.h"
+
 #include <cstddef>
 #include <optional>
 
@@ -15,16 +17,22 @@
 
 namespace kvbm {
 
-class PinnedStorage final : public RegisterableStorage {
+/// Page-locked host memory that GPUs reach directly (cudaHostAlloc, or memory pinned
+/// with cudaHostRegister).
+class KVBM_API PinnedStorage final : public RegisterableStorage {
  public:
+  /// `size` bytes of cudaHostAlloc memory. DeviceUnavailable without CUDA or a GPU;
+  /// AllocationFailed when CUDA cannot allocate; InvalidArgument for size 0.
   static Result<PinnedStorage> allocate(size_t size);
-  // Pins memory this storage then owns; it is unpinned, then freed, on destruction.
+  /// Pins memory this storage then owns; it is unpinned, then freed, on destruction.
   static Result<PinnedStorage> pin(SystemStorage memory);
-  // Pins memory the caller owns and keeps alive for the storage's lifetime; it is
-  // unpinned (not freed) on destruction.
+  /// Pins memory the caller owns and keeps alive for the storage's lifetime; it is
+  /// unpinned (not freed) on destruction.
   static Result<PinnedStorage> pin(void* ptr, size_t size);
 
+  /// Moves the storage; `other` is left empty (size 0).
   PinnedStorage(PinnedStorage&& other) noexcept;
+  /// Frees this storage's memory, then takes `other`'s; `other` is left empty.
   PinnedStorage& operator=(PinnedStorage&& other) noexcept;
   ~PinnedStorage() override;
 
@@ -33,7 +41,7 @@ class PinnedStorage final : public RegisterableStorage {
   size_t size() const override { return size_; }
   void* data() override { return ptr_; }
   const void* data() const override { return ptr_; }
-  // The address a kernel uses for these bytes (equal to data() with unified addressing).
+  /// The address a kernel uses for these bytes (equal to data() with unified addressing).
   void* device_pointer() const { return device_ptr_; }
 
  private:
@@ -45,11 +53,13 @@ class PinnedStorage final : public RegisterableStorage {
   void* device_ptr_ = nullptr;
   size_t size_ = 0;
   Origin origin_ = Origin::HostAlloc;
-  std::optional<SystemStorage> owned_;  // set when pin() took ownership
+  std::optional<SystemStorage> owned_;  ///< set when pin() took ownership
 };
 
-class PinnedAllocator {
+/// Makes PinnedStorage (for Layout::allocate).
+class KVBM_API PinnedAllocator {
  public:
+  /// PinnedStorage::allocate(size).
   Result<PinnedStorage> allocate(size_t size) const { return PinnedStorage::allocate(size); }
 };
 

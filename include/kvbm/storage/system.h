@@ -6,10 +6,12 @@
 // copy with plain loads and stores, 2-3x faster than the system calls it needs
 // otherwise (see the UCX backend's same-host path). Shared memory often gets no huge
 // pages (the kernel's shmem_enabled), so bulk copies within this process can be slower
-// (half the memcpy rate on the lent GPU machine); and a child made by fork() shares the
+// (a slower memcpy); and a child made by fork() shares the
 // pages with its parent instead of getting a copy. Where memfd is unavailable,
 // Shareable falls back to Private.
 #pragma once
+
+#include "kvbm/export.h"
 
 #include <cstddef>
 
@@ -20,13 +22,17 @@ namespace kvbm {
 
 enum class SystemMemory { Private, Shareable };
 
-class SystemStorage final : public RegisterableStorage {
+/// Page-aligned host memory (an anonymous mapping, or a memfd's when Shareable); unmapped
+/// on destruction.
+class KVBM_API SystemStorage final : public RegisterableStorage {
  public:
-  // InvalidArgument for size 0; AllocationFailed (naming the size) when the kernel
-  // refuses the mapping or the size exceeds the machine's memory.
+  /// InvalidArgument for size 0; AllocationFailed (naming the size) when the kernel
+  /// refuses the mapping or the size exceeds the machine's memory.
   static Result<SystemStorage> allocate(size_t size, SystemMemory kind = SystemMemory::Private);
 
+  /// Moves the storage; `other` is left empty (size 0).
   SystemStorage(SystemStorage&& other) noexcept;
+  /// Frees this storage's memory, then takes `other`'s; `other` is left empty.
   SystemStorage& operator=(SystemStorage&& other) noexcept;
   ~SystemStorage() override;
 
@@ -35,7 +41,7 @@ class SystemStorage final : public RegisterableStorage {
   size_t size() const override { return size_; }
   void* data() override { return ptr_; }
   const void* data() const override { return ptr_; }
-  // Whether a same-host peer can map this memory (a Shareable allocation that got its memfd).
+  /// Whether a same-host peer can map this memory (a Shareable allocation that got its memfd).
   bool shareable() const { return fd_ >= 0; }
 
  private:
@@ -44,12 +50,15 @@ class SystemStorage final : public RegisterableStorage {
 
   void* ptr_ = nullptr;
   size_t size_ = 0;
-  int fd_ = -1;  // the memfd, or -1 for private anonymous memory
+  int fd_ = -1;  ///< the memfd, or -1 for private anonymous memory
 };
 
-class SystemAllocator {
+/// Makes SystemStorage of one kind (for Layout::allocate).
+class KVBM_API SystemAllocator {
  public:
+  /// An allocator of `kind` memory.
   explicit SystemAllocator(SystemMemory kind = SystemMemory::Private) : kind_(kind) {}
+  /// SystemStorage::allocate(size, kind).
   Result<SystemStorage> allocate(size_t size) const { return SystemStorage::allocate(size, kind_); }
 
  private:
