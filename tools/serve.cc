@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <iostream>
 #include <optional>
@@ -112,6 +113,8 @@ Result<std::pair<std::string, uint16_t>> parse_host_port(std::string_view text,
 }
 
 int run_serve(const ServeOptions& o) {
+  // The bench's own target stays out of the user's etcd.
+  if (o.bench_target) unsetenv("KVBM_ETCD_ENDPOINTS");
   xfer::AgentConfig config;
   config.progress_thread = !o.spin;
   config.etcd_endpoints = o.etcd;
