@@ -79,6 +79,7 @@ class AgentImpl final : public Agent {
   Result<std::string> load_remote_metadata(std::string_view bytes) override;
   Status invalidate_remote(const std::string& agent) override;
   bool has_remote(const std::string& agent) const override;
+  Status connect(const std::string& agent) override;
 
   Result<uint16_t> listen(const std::string& host, uint16_t port) override;
   Result<std::string> fetch_remote_metadata(const std::string& host, uint16_t port,

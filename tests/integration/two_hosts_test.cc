@@ -178,5 +178,31 @@ TEST_F(TwoHosts, APeerKilledMidRequestFailsItAndARestartIsServed) {
   EXPECT_EQ(testing::find_pattern_mismatch(buf_->data(), 4 << 20, 52), SIZE_MAX);
 }
 
+// Agent::connect sets up a loaded peer's endpoint before the first request; errors name the
+// peer: one never loaded, and one that cannot be reached (the link is down).
+TEST_F(TwoHosts, ConnectSetsUpALoadedPeerAndNamesThePeerItCannotReach) {
+  EXPECT_ERROR(agent_->connect("remote"), ErrorCode::NotFound, "agent 'remote' is not known");
+  RemotePeer peer;
+  ASSERT_TRUE(peer.start(*ns_, 61));
+  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
+  Status st = agent_->connect("remote");
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_TRUE(agent_->connect("remote").ok());  // again: nothing left to do
+  ASSERT_TRUE(read(peer, 4096).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(buf_->data(), 4096, 61), SIZE_MAX);
+
+  // Loaded again while the link is down: connect fails within the peer timeout, naming it,
+  // and the peer counts as failed until its metadata is loaded again.
+  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
+  ASSERT_TRUE(ns_->set_link(false));
+  EXPECT_ERROR(agent_->connect("remote"), ErrorCode::Timeout,
+               "connecting to agent 'remote' over UCX: no answer within");
+  EXPECT_ERROR(agent_->connect("remote"), ErrorCode::Remote, "agent 'remote' failed");
+  ASSERT_TRUE(ns_->set_link(true));
+  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
+  ASSERT_TRUE(agent_->connect("remote").ok());
+  ASSERT_TRUE(read(peer, 4096).ok());
+}
+
 }  // namespace
 }  // namespace kvbm::xfer

@@ -49,7 +49,7 @@ NetNamespace::NetNamespace() {
         run(ip + " link set " + host_dev_ + " up") &&
         run(ip + " -n " + name_ + " addr add " + peer_addr_ + "/30 dev " + peer_dev_) &&
         run(ip + " -n " + name_ + " link set " + peer_dev_ + " up") &&
-        run(ip + " -n " + name_ + " link set lo up");
+        run(ip + " -n " + name_ + " link set lo up") && set_link(true);
 }
 
 NetNamespace::~NetNamespace() {
@@ -64,7 +64,17 @@ std::vector<std::string> NetNamespace::exec(const std::vector<std::string>& argv
 }
 
 bool NetNamespace::set_link(bool up) const {
-  return run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"));
+  if (!run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"))) return false;
+  if (!up) return true;
+  // The namespace's end comes up a moment later (carrier, then operstate), and UCX refuses
+  // a device that is not up yet: wait for it, a bounded while.
+  const std::string check =
+      std::string(kIp) + " -n " + name_ + " link show " + peer_dev_ + " | grep -q 'state UP'";
+  for (int i = 0; i < 500; ++i) {
+    if (run(check)) return true;
+    usleep(10000);
+  }
+  return false;
 }
 
 }  // namespace kvbm::testing

@@ -28,7 +28,8 @@ class NetNamespace {
   const std::string& peer_device() const { return peer_dev_; }
   // `argv` run inside the namespace (for ChildProcess).
   std::vector<std::string> exec(const std::vector<std::string>& argv) const;
-  // Takes our end of the link down (a partition: packets vanish, nothing is reset) or up.
+  // Takes our end of the link down (a partition: packets vanish, nothing is reset) or up
+  // (returning once the namespace's end is up again too).
   bool set_link(bool up) const;
 
  private:

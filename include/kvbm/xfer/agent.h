@@ -145,6 +145,13 @@ class Agent {
   // Forgets a peer: its connections and remote regions. NotFound if unknown.
   virtual Status invalidate_remote(const std::string& agent) = 0;
   virtual bool has_remote(const std::string& agent) const = 0;
+  // Sets up the connection to a loaded peer now (NIXL's makeConnection; UCX: the
+  // endpoint's wireup), so that its first request does not pay for it. Optional: the
+  // first request connects otherwise. Blocks up to AgentConfig::peer_timeout. NotFound
+  // naming the peer if its metadata is not loaded; Remote naming it if it failed before or
+  // its connection fails; Timeout naming it if it does not answer in time (it is then
+  // marked failed, as a request's timeout does: load its metadata again to retry).
+  virtual Status connect(const std::string& agent) = 0;
 
   // Serves local_metadata() and the published items to peers over TCP on host:port
   // (port 0: any free port) and returns the bound port. The listener stops with the

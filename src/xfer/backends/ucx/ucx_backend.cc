@@ -17,6 +17,7 @@
 #include <random>
 #include <set>
 #include <sstream>
+#include <thread>
 #include <utility>
 
 #include "common/hex.h"
@@ -221,6 +222,7 @@ class UcxBackend final : public Backend {
   Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
   Status connect(const std::string& agent, std::string_view connection_info) override;
   void disconnect(const std::string& agent) override;
+  Status establish(const std::string& agent, std::chrono::milliseconds timeout) override;
   Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string& agent, MemType type,
                                                            const Desc& region,
                                                            std::string_view remote_info) override;
@@ -572,6 +574,35 @@ void UcxBackend::disconnect(const std::string& agent) {
   auto peer = it->second;
   close_peer_locked(peer, err(ErrorCode::Remote, "agent '", agent, "' was disconnected"));
   inboxes_.erase(agent);
+}
+
+// Agent::connect: a flush of the endpoint completes once its wireup is done (UCX connects
+// lazily, on the first operation otherwise).
+Status UcxBackend::establish(const std::string& agent, std::chrono::milliseconds timeout) {
+  void* req = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(agent);
+    if (it == peers_.end() || it->second->ep == nullptr)
+      return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
+    ucp_request_param_t param{};
+    req = ucp_ep_flush_nbx(it->second->ep, &param);
+  }
+  if (UCS_PTR_IS_ERR(req))
+    return ucx_error(ErrorCode::Remote, "ucp_ep_flush_nbx", UCS_PTR_STATUS(req));
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    progress(LockWait::Wait);
+    std::lock_guard<std::mutex> lock(mu_);
+    const ucs_status_t s = req == nullptr ? UCS_OK : ucp_request_check_status(req);
+    if (s != UCS_INPROGRESS || std::chrono::steady_clock::now() >= until) {
+      if (req != nullptr) ucp_request_free(req);  // released by UCX once it completes
+      if (s == UCS_OK) return {};
+      if (s != UCS_INPROGRESS) return ucx_error(ErrorCode::Remote, "endpoint wireup", s);
+      return err(ErrorCode::Timeout, "no answer within ", timeout.count(), " ms");
+    }
+    std::this_thread::yield();
+  }
 }
 
 Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::string& agent,
