@@ -139,8 +139,20 @@ class Agent {
 
   // This agent's metadata: name, each backend's connection data, registered regions.
   virtual Result<std::string> local_metadata() const = 0;
+  // A part of this agent's metadata (NIXL's partial metadata): the registered regions that
+  // hold `regions`' descriptors and, with `with_connection`, the connection data; for a peer
+  // that loaded this agent before, so that one more region does not resend everything.
+  // OutOfBounds naming a descriptor no registered region holds; InvalidArgument for no
+  // regions and no connection data.
+  virtual Result<std::string> local_partial_metadata(const DescList& regions,
+                                                     bool with_connection) const = 0;
   // Loads a peer's metadata (replacing older metadata of the same agent); returns its
-  // name. InvalidArgument for bytes that do not decode; InvalidArgument for our own name.
+  // name. Partial metadata merges instead: its regions join the loaded peer's (replacing
+  // any they overlap; regions the peer deregistered stay until whole metadata is loaded),
+  // unless it carries other connection data or comes from another incarnation of the peer
+  // (a restart), when it replaces the peer as whole metadata does. InvalidArgument for
+  // bytes that do not decode, for our own name, and for regions alone of another
+  // incarnation; NotFound for regions alone of a peer not loaded.
   virtual Result<std::string> load_remote_metadata(std::string_view bytes) = 0;
   // Forgets a peer: its connections and remote regions. NotFound if unknown.
   virtual Status invalidate_remote(const std::string& agent) = 0;
