@@ -406,17 +406,18 @@ Result<std::string> AgentImpl::load_metadata(AgentMetadata md) {
   std::shared_ptr<RemotePeer> old;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    for (auto& [key, entry] : entries) {
+    for (auto& item : entries) {
+      const RemoteRegionEntry& added = *item.second;
       // A region added over others (the peer registered anew there) replaces them.
       if (merge) {
-        std::erase_if(peer->regions, [&](const auto& kv) {
-          const auto& [t, dev, addr] = kv.first;
-          const Desc& o = kv.second->desc;
-          return t == entry->type && dev == entry->desc.dev_id &&
-                 o.addr < entry->desc.addr + entry->desc.len && entry->desc.addr < o.addr + o.len;
+        std::erase_if(peer->regions, [&added](const auto& kv) {
+          const RemoteRegionEntry& o = *kv.second;
+          return o.type == added.type && o.desc.dev_id == added.desc.dev_id &&
+                 o.desc.addr < added.desc.addr + added.desc.len &&
+                 added.desc.addr < o.desc.addr + o.desc.len;
         });
       }
-      peer->regions[key] = std::move(entry);
+      peer->regions[item.first] = std::move(item.second);
     }
     if (!merge) {
       auto& slot = remotes_[md.name];
@@ -470,6 +471,10 @@ Result<std::shared_ptr<RemoteRegionEntry>> AgentImpl::load_region(const RemotePe
 
 Status AgentImpl::invalidate_remote(const std::string& agent) {
   if (discovery_) discovery_->forget(agent);
+  return drop_remote(agent);
+}
+
+Status AgentImpl::drop_remote(const std::string& agent) {
   std::shared_ptr<RemotePeer> peer;
   {
     std::lock_guard<std::mutex> lock(mu_);

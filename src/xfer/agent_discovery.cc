@@ -14,7 +14,7 @@ Status AgentImpl::start_discovery() {
   EtcdDiscovery::Callbacks callbacks;
   // A followed peer left etcd (withdrew, or its lease expired when it died).
   callbacks.peer_gone = [this](const std::string& agent) {
-    if (invalidate_remote(agent)) {
+    if (drop_remote(agent)) {
       log(LogLevel::Info, "agent '" + name_ + "': peer '" + agent + "' left etcd: invalidated");
     }
   };

@@ -85,6 +85,8 @@ class AgentImpl final : public Agent {
   Status invalidate_remote(const std::string& agent) override;
   bool has_remote(const std::string& agent) const override;
   Status connect(const std::string& agent) override;
+  // invalidate_remote without forgetting the peer in etcd (it left etcd, and may return).
+  Status drop_remote(const std::string& agent);
 
   Result<uint16_t> listen(const std::string& host, uint16_t port) override;
   Result<std::string> fetch_remote_metadata(const std::string& host, uint16_t port,

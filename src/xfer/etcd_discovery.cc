@@ -226,7 +226,8 @@ void EtcdDiscovery::on_event(const EtcdEvent& event) {
     auto it = followed_.find(agent);
     if (it == followed_.end()) return;
     if (event.type == EtcdEvent::Type::Delete) {
-      followed_.erase(it);
+      // Still followed: its restart under the same name is loaded when it publishes.
+      it->second.clear();
     } else {
       if (it->second == event.value) return;  // re-put after a lease renewal: nothing new
       it->second = event.value;

@@ -9,7 +9,8 @@
 //   granted and everything published is put again.
 // - Fetching a peer's metadata also follows the peer: the watch (started with the first
 //   fetch) reports a followed peer whose key is deleted or whose lease expired (gone), and a
-//   followed peer's new metadata (a restart under the same name).
+//   followed peer's new metadata (a restart under the same name, also after it was gone).
+//   A peer is followed until forget().
 // - etcd unreachable: new fetches fail with Io naming the endpoints; what is loaded keeps
 //   working; the watch and the lease recover when etcd returns.
 //

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 
 namespace kvbm::testing {
@@ -61,6 +62,27 @@ std::vector<std::string> NetNamespace::exec(const std::vector<std::string>& argv
   std::vector<std::string> out = {kIp, "netns", "exec", name_};
   out.insert(out.end(), argv.begin(), argv.end());
   return out;
+}
+
+bool NetNamespace::set_peer_link(bool up) const {
+  return run(std::string(kIp) + " -n " + name_ + " link set " + peer_dev_ +
+             (up ? " up" : " down")) &&
+         (!up || set_link(true));
+}
+
+std::string NetNamespace::add_netem(const std::string& spec) const {
+  const std::string cmd = std::string(kIp) + " netns exec " + name_ + " tc qdisc add dev " +
+                          peer_dev_ + " root netem " + spec + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return "cannot run tc";
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  const int rc = pclose(p);
+  if (rc == 0) return {};
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return "'tc qdisc add dev " + peer_dev_ + " root netem " + spec +
+         "' failed: " + (out.empty() ? "exit status " + std::to_string(rc) : out);
 }
 
 bool NetNamespace::set_link(bool up) const {

@@ -198,15 +198,20 @@ class Agent {
   // endpoints when etcd is unreachable (what is loaded keeps working meanwhile; what was
   // published is put again once etcd answers).
   //
-  // Publishes local_metadata() under <prefix>agents/<name> (call again after registering
-  // more memory). With etcd, publish() also puts its items under <prefix>items/<name>/<key>.
+  // Publishes this agent's metadata: its connection data under <prefix>agents/<name> and
+  // each registered region under <prefix>regions/<name>/... (call again after registering
+  // or deregistering memory: only what changed is written). With etcd, publish() also puts its
+  // items under <prefix>items/<name>/<key>.
   virtual Status publish_metadata() = 0;
   // Removes what this agent published from etcd (also done when the agent is destroyed).
   virtual Status withdraw_metadata() = 0;
   // Fetches agent `name`'s metadata from etcd and loads it; returns the name. NotFound
   // when etcd has none. The agent then follows the peer: when its key is deleted or its
   // lease expires (it died), the peer is invalidated; when it publishes new metadata (it
-  // restarted under the same name), that is loaded in its place.
+  // restarted under the same name, before or after its old lease expired), that is loaded
+  // in its place, with its regions. It is followed until invalidate_remote(name). What
+  // etcd holds is the peer's connection data and one key per region; the agent loads their
+  // union, and a second fetch merges regions added since into the loaded peer.
   virtual Result<std::string> fetch_remote_metadata(const std::string& name) = 0;
   // An item peer `name` published, from etcd. NotFound naming agent and key.
   virtual Result<std::string> fetch_published(const std::string& name, const std::string& key) = 0;
