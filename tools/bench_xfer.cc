@@ -557,6 +557,32 @@ struct Point {
   size_t size, count;
 };
 
+nlohmann::ordered_json opt(const std::optional<double>& v) {
+  return v ? nlohmann::ordered_json(*v) : nlohmann::ordered_json(nullptr);
+}
+
+// One row of the bandwidth table, and of the JSON document's "bandwidth".
+void add_bandwidth_row(Table& bw, Report& report, Op op, const Point& p, const BwPoint& r,
+                       const std::optional<double>& theirs,
+                       const std::optional<double>& theirs_request) {
+  const size_t request = p.size * p.count;
+  bw.add({xfer::to_string(op), human_bytes(p.size), std::to_string(p.count), human_bytes(request),
+          std::to_string(r.inflight), std::to_string(r.iters), fixed(r.gbps, 2),
+          theirs ? fixed(*theirs, 2) : "-", ratio(r.gbps, theirs),
+          theirs_request ? fixed(*theirs_request, 2) : "-", ratio(r.gbps, theirs_request)});
+  report.doc["bandwidth"].push_back(
+      {{"op", xfer::to_string(op)},
+       {"size", p.size},
+       {"descs", p.count},
+       {"request_bytes", request},
+       {"inflight", r.inflight},
+       {"requests", r.iters},
+       {"gbps", r.gbps},
+       {"perftest_gbps_size", opt(theirs)},
+       {"perftest_gbps_request", opt(theirs_request)},
+       {"ratio_request", theirs_request ? opt(r.gbps / *theirs_request) : opt({})}});
+}
+
 // The bandwidth rows, ours and (when `perftest`) ucx_perftest's, taking turns.
 Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
                          const std::vector<Point>& points,
@@ -580,9 +606,6 @@ Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>
   };
   auto keep_best = [](std::optional<double>& best, std::optional<double> v) {
     if (v) best = std::max(best.value_or(0), *v);
-  };
-  auto opt = [](const std::optional<double>& v) {
-    return v ? nlohmann::ordered_json(*v) : nlohmann::ordered_json(nullptr);
   };
   double worst = 1e9;
   report.doc["bandwidth"] = nlohmann::ordered_json::array();
@@ -617,21 +640,7 @@ Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>
       }
       if (theirs_request && request >= (64u << 10))
         worst = std::min(worst, r.gbps / *theirs_request);
-      bw.add({xfer::to_string(op), human_bytes(p.size), std::to_string(p.count),
-              human_bytes(request), std::to_string(r.inflight), std::to_string(r.iters),
-              fixed(r.gbps, 2), theirs ? fixed(*theirs, 2) : "-", ratio(r.gbps, theirs),
-              theirs_request ? fixed(*theirs_request, 2) : "-", ratio(r.gbps, theirs_request)});
-      report.doc["bandwidth"].push_back(
-          {{"op", xfer::to_string(op)},
-           {"size", p.size},
-           {"descs", p.count},
-           {"request_bytes", request},
-           {"inflight", r.inflight},
-           {"requests", r.iters},
-           {"gbps", r.gbps},
-           {"perftest_gbps_size", opt(theirs)},
-           {"perftest_gbps_request", opt(theirs_request)},
-           {"ratio_request", theirs_request ? opt(r.gbps / *theirs_request) : opt({})}});
+      add_bandwidth_row(bw, report, op, p, r, theirs, theirs_request);
     }
   }
   if (worst < 1e9) report.doc["worst_bandwidth_ratio"] = worst;
