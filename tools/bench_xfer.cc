@@ -1,10 +1,12 @@
 // `kvbm bench xfer`: the transfer agent between two processes on loopback, against
-// ucx_perftest on the same transport.
+// ucx_perftest on the same transport; or, with --peer / --peer-etcd, against `kvbm serve`
+// on another host (no perftest then: it needs both its ends).
 //
 // The initiator (this process) polls (AgentConfig.progress_thread = false) for the
-// lowest latency; the target is this same binary re-executed as the hidden
-// `kvbm bench xfer-target`, with a progress thread (TCP's emulated RMA needs the target
-// to progress). Metadata goes over the agent's TCP side channel.
+// lowest latency; our own target is this same binary re-executed as the hidden
+// `kvbm bench xfer-target` (serve.h), spinning on progress() unless --target-thread (TCP's
+// emulated RMA needs the target to progress). Either target publishes its buffer's (and
+// file's) descriptor; metadata goes over the agent's TCP side channel, or through etcd.
 //
 // Bandwidth: requests of D descriptors of S bytes each, several requests in flight, the
 // same buffers reused (as ucx_perftest does); each request ends with UCX's flush, so a
@@ -29,13 +31,17 @@
 #include <thread>
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include "commands.h"
 #include "common/pattern.h"
 #include "demo_ceilings.h"
+#include "kvbm/remote/descriptor_exchange.h"
 #include "kvbm/storage.h"
+#include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "serve.h"
 #include "subprocess.h"
 #include "table.h"
 
@@ -60,20 +66,22 @@ struct XferOptions {
   std::vector<size_t> file_inflight = {16 << 20, 64 << 20};  // the peer's file: per row
   size_t inflight = 0;  // 0: enough requests for ~4 MiB in flight, 1..32
   size_t max_request = 64 << 20;
-  std::string transport = "shm";
+  std::string transport;  // shm, tcp or auto; empty: shm for our own target, auto with a peer
   std::string op = "both";
   std::string perftest = "ucx_perftest";
   bool target_thread = false;  // the target uses a progress thread instead of spinning
+  // A served agent (`kvbm serve`) instead of our own target: its side channel HOST:PORT,
+  // or its name in etcd (endpoints and prefix as the agent's config takes them).
+  std::string peer;
+  std::string peer_etcd;
+  std::vector<std::string> etcd;
+  std::string etcd_prefix;
+  bool json = false;  // one JSON document on stdout instead of the tables
 };
 
-struct TargetOptions {
-  size_t bytes = 1 << 20;
-  size_t file_mib = 0;  // also serve a registered file of this size, made in `dir`
-  std::string dir;
-  bool progress_thread = false;
-};
-
+// UCX_TLS for a transport; null: leave UCX_TLS as it is (UCX's choice).
 const char* ucx_tls(const std::string& transport) {
+  if (transport == "auto") return nullptr;
   return transport == "tcp" ? "tcp,self" : "sm,self";
 }
 
@@ -175,9 +183,11 @@ Result<PerftestResult> run_perftest(const std::string& exe, const std::string& t
 struct Session {
   std::unique_ptr<xfer::Agent> agent;
   std::optional<SystemStorage> local;
+  std::unique_ptr<xfer::MemoryRegistration> registration;  // of `local`
   std::string peer;
   uint64_t remote_addr = 0;
   size_t bytes = 0;
+  std::optional<RemoteDescriptor> file;  // the peer's registered file, if it serves one
 };
 
 xfer::DescList descs_at(uint64_t base, size_t size, size_t count) {
@@ -311,13 +321,25 @@ int fail(const Error& e) {
   return 1;
 }
 
+// What the run prints: the tables as it goes, or (--json) one document at the end.
+struct Report {
+  bool json = false;
+  nlohmann::ordered_json doc;
+};
+
 // The peer's file (remote files, issue 6): READ and WRITE of the whole file the target
 // registered, in requests of one descriptor, several in flight; the owner moves each
 // chunk between its disk and a staging buffer. The ceiling is the disk: O_DIRECT
 // pwrite/pread or io_uring on a file made the same way in the same directory, this run.
 Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
-                    const std::vector<size_t>& depths, int fd, const std::filesystem::path& dir) {
+                    const std::filesystem::path& dir, Report& report) {
   const size_t bytes = o.file_mib << 20;
+  const int fd = static_cast<int>(s.file->storage().device_id());
+  if (bytes > s.file->size()) {
+    return err(ErrorCode::InvalidArgument, "--file-mib ", o.file_mib,
+               " exceeds the peer's file of ", s.file->size(), " bytes");
+  }
+  const std::vector<size_t>& depths = o.file_inflight;
   auto local = SystemAllocator().allocate(bytes);
   if (!local) return local.error();
   auto reg =
@@ -374,104 +396,199 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
         }
         t.add({xfer::to_string(op), human_bytes(size), std::to_string(inflight), fixed(best, 2),
                fixed(c.gbps, 2), fixed(best / c.gbps, 2), c.name});
+        report.doc["file"]["rows"].push_back({{"op", xfer::to_string(op)},
+                                              {"request_bytes", size},
+                                              {"inflight", inflight},
+                                              {"gbps", best},
+                                              {"disk_gbps", c.gbps},
+                                              {"ratio", best / c.gbps},
+                                              {"disk_ceiling", c.name}});
       }
     }
   }
-  std::cout << "\nThe peer's file (" << human_bytes(bytes) << ", registered by the target in "
-            << dir.string() << "), best of " << o.rounds << " runs, data verified\n";
-  t.print(std::cout);
+  report.doc["file"]["bytes"] = bytes;
+  report.doc["file"]["disk_dir"] = dir.string();
+  if (!report.json) {
+    std::cout << "\nThe peer's file (" << human_bytes(bytes) << "), best of " << o.rounds
+              << " runs, data verified; the disk ceiling is this host's, in " << dir.string()
+              << "\n";
+    t.print(std::cout);
+  }
   return {};
 }
 
-int run_xfer(const XferOptions& o) {
-  std::vector<Op> ops;
-  if (o.op != "read") ops.push_back(Op::Write);
-  if (o.op != "write") ops.push_back(Op::Read);
+// The other end: our own target process (`kvbm bench xfer-target`, serve.h) on loopback, or
+// a served agent given by --peer / --peer-etcd. Either way its buffer (and file) come from
+// the descriptors it publishes, and its metadata is loaded.
+struct Target {
+  std::unique_ptr<Subprocess> process;  // ours; none with a peer
+  std::string where;                    // for the header: "127.0.0.1:PORT", "etcd agent NAME"
+};
 
-  struct Point {
-    size_t size, count;
-  };
-  std::vector<Point> points;
-  size_t bytes = 0;
-  for (size_t s : o.sizes) {
-    for (size_t d : o.descs) {
-      if (s * d > o.max_request) continue;
-      points.push_back({s, d});
-      bytes = std::max(bytes, s * d);
-    }
-  }
-  for (size_t s : o.lat_sizes) bytes = std::max(bytes, s);
-  if (points.empty()) {
-    return fail(err(ErrorCode::InvalidArgument, "every size x descs exceeds --max-request ",
-                    o.max_request));
-  }
-
-  const std::string tls = ucx_tls(o.transport);
-  setenv("UCX_TLS", tls.c_str(), 1);  // read by our UCX context, and inherited by the target
-
+Result<Target> start_own_target(const XferOptions& o, size_t bytes,
+                                const std::filesystem::path& file_dir, uint16_t* port) {
   Subprocess::Options topt;
   topt.pipe_stdin = true;
   topt.pipe_stdout = true;
   std::vector<std::string> targv = {"/proc/self/exe", "bench", "xfer-target", "--bytes",
                                     std::to_string(bytes)};
   if (o.target_thread) targv.push_back("--progress-thread");
-  const std::filesystem::path file_dir =
-      o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
   if (o.file_mib > 0) {
     targv.insert(targv.end(), {"--file-mib", std::to_string(o.file_mib), "--dir", file_dir});
   }
   auto target = Subprocess::spawn(targv, topt);
-  if (!target) return fail(target.error());
+  if (!target) return target.error();
   // UCX may log to stdout too (UCX_LOG_LEVEL): skip to our line.
   auto ready = target->read_line(std::chrono::seconds(30));
   while (ready && ready->rfind("READY ", 0) != 0) {
     std::cerr << "target: " << *ready << "\n";
     ready = target->read_line(std::chrono::seconds(30));
   }
-  if (!ready) return fail(ready.error());
+  if (!ready) return ready.error();
   std::istringstream rl(*ready);
   std::string word;
-  unsigned port = 0;
-  Session s;
-  int file_fd = -1;
-  if (!(rl >> word >> port >> s.remote_addr) || word != "READY" ||
-      (o.file_mib > 0 && !(rl >> file_fd))) {
-    return fail(err(ErrorCode::Remote, "target did not start: ", *ready));
+  unsigned p = 0;
+  if (!(rl >> word >> p) || p == 0 || p > 65535) {
+    return err(ErrorCode::Remote, "target did not start: ", *ready);
   }
+  *port = static_cast<uint16_t>(p);
+  Target t;
+  t.process = std::make_unique<Subprocess>(std::move(*target));
+  t.where = "pid " + std::to_string(t.process->pid()) + " at 127.0.0.1:" + std::to_string(p);
+  return t;
+}
 
+// The served item `key` as a descriptor, from the side channel at host:port or from etcd.
+Result<std::optional<RemoteDescriptor>> fetch_item(Session& s, const XferOptions& o,
+                                                   const std::string& host, uint16_t port,
+                                                   const char* key) {
+  Result<RemoteDescriptor> d = err(ErrorCode::Internal, "not fetched");
+  if (o.peer_etcd.empty()) {
+    d = fetch_descriptor(*s.agent, host, port, key);
+  } else {
+    auto bytes = s.agent->fetch_published(o.peer_etcd, key);
+    if (bytes) {
+      d = RemoteDescriptor::from_bytes(*bytes);
+    } else {
+      d = bytes.error();
+    }
+  }
+  // Remote (side channel) or NotFound (etcd): the peer does not serve this item.
+  if (!d && (d.code() == ErrorCode::Remote || d.code() == ErrorCode::NotFound)) {
+    return std::optional<RemoteDescriptor>();
+  }
+  if (!d) return d.error();
+  return std::optional<RemoteDescriptor>(std::move(*d));
+}
+
+// Loads the peer's metadata and learns its buffer and file; the buffer must hold `bytes`.
+Status load_peer(Session& s, const XferOptions& o, const std::string& host, uint16_t port) {
+  if (!o.peer_etcd.empty()) {
+    auto name = s.agent->fetch_remote_metadata(o.peer_etcd);
+    if (!name) return name.error();
+  }
+  auto buffer = fetch_item(s, o, host, port, kServeBufferKey);
+  if (!buffer) return buffer.error();
+  if (!*buffer) {
+    return err(ErrorCode::NotFound, "the peer publishes no item '", kServeBufferKey,
+               "' (is it `kvbm serve`?)");
+  }
+  const RemoteDescriptor& d = **buffer;
+  if (d.size() < s.bytes) {
+    return err(ErrorCode::InvalidArgument, "the peer's buffer of ", d.size(),
+               " bytes is smaller than the largest request here (", s.bytes,
+               " bytes): serve a larger one (kvbm serve --bytes) or lower --sizes/--descs/"
+               "--max-request/--lat-sizes");
+  }
+  if (d.storage().mem_type() != xfer::MemType::Dram) {
+    return err(ErrorCode::InvalidArgument, "the peer's buffer is ",
+               xfer::to_string(d.storage().mem_type()), " memory, not DRAM");
+  }
+  s.peer = d.agent_name();
+  s.remote_addr = d.storage().addr();
+  if (o.file_mib > 0) {
+    auto file = fetch_item(s, o, host, port, kServeFileKey);
+    if (!file) return file.error();
+    if (!*file) {
+      return err(ErrorCode::NotFound, "--file-mib ", o.file_mib,
+                 ": the peer serves no file (kvbm serve --file SIZE)");
+    }
+    s.file = std::move(**file);
+  }
+  return {};
+}
+
+Result<Target> open_target(Session& s, const XferOptions& o,
+                           const std::filesystem::path& file_dir) {
+  Target t;
+  std::string host = "127.0.0.1";
+  uint16_t port = 0;
+  if (!o.peer.empty()) {
+    auto hp = parse_host_port(o.peer, false);
+    if (!hp) return err(ErrorCode::InvalidArgument, "--peer: ", hp.error().message);
+    std::tie(host, port) = *hp;
+    t.where = o.peer;
+  } else if (!o.peer_etcd.empty()) {
+    t.where = "etcd agent '" + o.peer_etcd + "'";
+  } else {
+    auto own = start_own_target(o, s.bytes, file_dir, &port);
+    if (!own) return own.error();
+    t = std::move(*own);
+  }
   xfer::AgentConfig config;
   config.progress_thread = false;  // we poll: lowest latency
+  config.etcd_endpoints = o.etcd;
+  config.etcd_prefix = o.etcd_prefix;
   auto agent = xfer::Agent::create("kvbm-bench-initiator", config);
-  if (!agent) return fail(agent.error());
+  if (!agent) return agent.error();
   s.agent = std::move(*agent);
-  auto local = SystemAllocator(SystemMemory::Shareable).allocate(bytes);
-  if (!local) return fail(local.error());
+  auto local = SystemAllocator(SystemMemory::Shareable).allocate(s.bytes);
+  if (!local) return local.error();
   s.local = std::move(*local);
-  s.bytes = bytes;
-  auto reg =
-      s.agent->register_memory(xfer::DescList(xfer::MemType::Dram, {{s.local->addr(), bytes, 0}}));
-  if (!reg) return fail(reg.error());
-  auto peer = s.agent->fetch_remote_metadata("127.0.0.1", static_cast<uint16_t>(port));
-  if (!peer) return fail(peer.error());
-  s.peer = *peer;
-  if (auto st = verify(s); !st) return fail(st.error());
+  auto reg = s.agent->register_memory(
+      xfer::DescList(xfer::MemType::Dram, {{s.local->addr(), s.bytes, 0}}));
+  if (!reg) return reg.error();
+  s.registration = std::move(*reg);
+  KVBM_TRY(load_peer(s, o, host, port));
+  return t;
+}
 
-  std::optional<std::string> perftest = find_program(o.perftest);
-  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
-  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
-  std::cout << "kvbm bench xfer: transport " << o.transport << " (UCX_TLS=" << tls
-            << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
-            << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
-            << "), target pid " << target->pid() << " ("
-            << (o.target_thread ? "progress thread" : "spinning on progress()") << ")"
-            << ", buffers " << human_bytes(bytes) << " each, data verified\n";
-  if (!perftest) {
-    std::cout << "ucx_perftest not found ('" << o.perftest
-              << "'; Debian package ucx-utils): no ratios\n";
-  }
-  std::cout << "\n";
+struct Point {
+  size_t size, count;
+};
 
-  const size_t point_bytes = o.transport == "tcp" ? (size_t{64} << 20) : (size_t{256} << 20);
+nlohmann::ordered_json opt(const std::optional<double>& v) {
+  return v ? nlohmann::ordered_json(*v) : nlohmann::ordered_json(nullptr);
+}
+
+// One row of the bandwidth table, and of the JSON document's "bandwidth".
+void add_bandwidth_row(Table& bw, Report& report, Op op, const Point& p, const BwPoint& r,
+                       const std::optional<double>& theirs,
+                       const std::optional<double>& theirs_request) {
+  const size_t request = p.size * p.count;
+  bw.add({xfer::to_string(op), human_bytes(p.size), std::to_string(p.count), human_bytes(request),
+          std::to_string(r.inflight), std::to_string(r.iters), fixed(r.gbps, 2),
+          theirs ? fixed(*theirs, 2) : "-", ratio(r.gbps, theirs),
+          theirs_request ? fixed(*theirs_request, 2) : "-", ratio(r.gbps, theirs_request)});
+  report.doc["bandwidth"].push_back(
+      {{"op", xfer::to_string(op)},
+       {"size", p.size},
+       {"descs", p.count},
+       {"request_bytes", request},
+       {"inflight", r.inflight},
+       {"requests", r.iters},
+       {"gbps", r.gbps},
+       {"perftest_gbps_size", opt(theirs)},
+       {"perftest_gbps_request", opt(theirs_request)},
+       {"ratio_request", theirs_request ? opt(r.gbps / *theirs_request) : opt({})}});
+}
+
+// The bandwidth rows, ours and (when `perftest`) ucx_perftest's, taking turns.
+Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
+                         const std::vector<Point>& points,
+                         const std::optional<std::string>& perftest, const char* tls,
+                         Report& report) {
+  const size_t point_bytes = o.transport == "shm" ? (size_t{256} << 20) : (size_t{64} << 20);
   // Two perftest figures per row: one message of the descriptor's size (the same buffer
   // reused, so cache-resident where ours, spread over `descs` buffers, is not), and one
   // message of the whole request's size (the same bytes and footprint per operation). The
@@ -490,7 +607,8 @@ int run_xfer(const XferOptions& o) {
   auto keep_best = [](std::optional<double>& best, std::optional<double> v) {
     if (v) best = std::max(best.value_or(0), *v);
   };
-  double worst_bw_ratio = 1e9;
+  double worst = 1e9;
+  report.doc["bandwidth"] = nlohmann::ordered_json::array();
   for (Op op : ops) {
     for (const Point& p : points) {
       const size_t request = p.size * p.count;
@@ -506,13 +624,13 @@ int run_xfer(const XferOptions& o) {
       // Our runs and ucx_perftest's interleaved, round by round, so that both meet the
       // machine in the same state (a run is a few milliseconds; a slow spell of a shared
       // machine used to fall on one side only).
-      Result<BwPoint> r = BwPoint{};
+      BwPoint r;
       std::optional<double> theirs, theirs_request;
       bool perf_ok = perftest.has_value();
       for (size_t round = 0; round < o.rounds; ++round) {
         auto one = measure_bandwidth(s, op, p.size, p.count, iters, inflight);
-        if (!one) return fail(one.error());
-        if (one->gbps > r->gbps) r = *one;
+        if (!one) return one.error();
+        if (one->gbps > r.gbps) r = *one;
         if (!perf_ok) continue;
         auto t = perf_once(op, p.size, messages(p.size));
         auto tr = p.count == 1 || !t ? t : perf_once(op, request, messages(request));
@@ -521,25 +639,31 @@ int run_xfer(const XferOptions& o) {
         keep_best(theirs_request, tr);
       }
       if (theirs_request && request >= (64u << 10))
-        worst_bw_ratio = std::min(worst_bw_ratio, r->gbps / *theirs_request);
-      bw.add({xfer::to_string(op), human_bytes(p.size), std::to_string(p.count),
-              human_bytes(request), std::to_string(r->inflight), std::to_string(r->iters),
-              fixed(r->gbps, 2), theirs ? fixed(*theirs, 2) : "-", ratio(r->gbps, theirs),
-              theirs_request ? fixed(*theirs_request, 2) : "-", ratio(r->gbps, theirs_request)});
+        worst = std::min(worst, r.gbps / *theirs_request);
+      add_bandwidth_row(bw, report, op, p, r, theirs, theirs_request);
     }
   }
-  std::cout << "Bandwidth, best of " << o.rounds
-            << " runs each, ours and perftest's taking turns (GB/s = 1e9 B/s; perftest: "
-               "ucp_put_bw / ucp_get of one message of 'size', and of 'request', each buffer "
-               "reused)\n";
-  bw.print(std::cout);
+  if (worst < 1e9) report.doc["worst_bandwidth_ratio"] = worst;
+  if (!report.json) {
+    std::cout << "Bandwidth, best of " << o.rounds
+              << " runs each, ours and perftest's taking turns (GB/s = 1e9 B/s; perftest: "
+                 "ucp_put_bw / ucp_get of one message of 'size', and of 'request', each buffer "
+                 "reused)\n";
+    bw.print(std::cout);
+  }
+  return {};
+}
 
+Status latency_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
+                       const std::optional<std::string>& perftest, const char* tls,
+                       Report& report) {
   Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
-  double worst_lat_ratio = 0;
+  double worst = 0;
+  report.doc["latency"] = nlohmann::ordered_json::array();
   for (Op op : ops) {
     for (size_t size : o.lat_sizes) {
       auto r = measure_latency(s, op, size, o.lat_iters);
-      if (!r) return fail(r.error());
+      if (!r) return r.error();
       std::optional<double> theirs;
       if (perftest) {
         // A WRITE's post()+wait() ends when the data is complete at the target: a round
@@ -551,84 +675,131 @@ int run_xfer(const XferOptions& o) {
         if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
         if (pr) theirs = op == Op::Write ? 2 * pr->p50_us : pr->p50_us;
       }
-      if (theirs && *theirs > 0) worst_lat_ratio = std::max(worst_lat_ratio, r->p50_us / *theirs);
+      if (theirs && *theirs > 0) worst = std::max(worst, r->p50_us / *theirs);
       lat.add({xfer::to_string(op), human_bytes(size), fixed(r->p50_us, 3), fixed(r->mean_us, 3),
                theirs ? fixed(*theirs, 3) : "-", ratio(r->p50_us, theirs)});
+      report.doc["latency"].push_back(
+          {{"op", xfer::to_string(op)},
+           {"size", size},
+           {"p50_us", r->p50_us},
+           {"mean_us", r->mean_us},
+           {"perftest_p50_us", theirs ? nlohmann::ordered_json(*theirs) : nullptr}});
     }
   }
-  std::cout << "\nLatency of post()+wait(), 1 descriptor, polling, median of batches of "
-            << kLatBatch
-            << " round trips (perftest: WRITE = 2 x ucp_put_lat one-way, READ = ucp_get -O 1)\n";
-  lat.print(std::cout);
-
-  if (perftest) {
-    std::cout << "\nTargets: bandwidth >= 0.90x perftest (request size) at >= 64 KiB: ";
-    if (worst_bw_ratio < 1e9) {
-      std::cout << "worst " << fixed(worst_bw_ratio, 2) << "x ("
-                << (worst_bw_ratio >= 0.9 ? "met" : "missed") << ")";
-    } else {
-      std::cout << "no point >= 64 KiB";
-    }
-    std::cout << "; latency <= 1.50x: worst " << fixed(worst_lat_ratio, 2) << "x ("
-              << (worst_lat_ratio <= 1.5 ? "met" : "missed") << ")\n";
+  if (worst > 0) report.doc["worst_latency_ratio"] = worst;
+  if (!report.json) {
+    std::cout << "\nLatency of post()+wait(), 1 descriptor, polling, median of batches of "
+              << kLatBatch
+              << " round trips (perftest: WRITE = 2 x ucp_put_lat one-way, READ = ucp_get -O 1)\n";
+    lat.print(std::cout);
   }
-
-  if (o.file_mib > 0) {
-    if (auto st = file_section(s, o, ops, o.file_inflight, file_fd, file_dir); !st)
-      return fail(st.error());
-  }
-
-  target->send("quit");
-  target->close_stdin();
-  auto rc = target->wait(std::chrono::seconds(10));
-  if (!rc || *rc != 0) {
-    return fail(err(ErrorCode::Remote,
-                    "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string()));
-  }
-  return 0;
+  return {};
 }
 
-// The target: one registered buffer, served over the side channel; prints
-// "READY <port> <addr>" and stays until stdin says quit or closes. Without a progress
-// thread it spins on progress() (as ucx_perftest's server does): on UCX 1.13 shared
-// memory, RMA on user memory is emulated with active messages, so the target's progress
-// is on every transfer's path.
-int run_target(const TargetOptions& o) {
-  xfer::AgentConfig config;
-  config.progress_thread = o.progress_thread;
-  auto agent = xfer::Agent::create("kvbm-bench-target", config);
-  if (!agent) return fail(agent.error());
-  auto buf = SystemAllocator(SystemMemory::Shareable).allocate(o.bytes);
-  if (!buf) return fail(buf.error());
-  if (auto st = (*agent)->register_storage(*buf); !st) return fail(st.error());
-  std::optional<DiskStorage> file;
-  if (o.file_mib > 0) {
-    auto f = DiskAllocator(o.dir).allocate(o.file_mib << 20);
-    if (!f) return fail(f.error());
-    // Served by fd: registering it unlinks its name (the Disk rule), so a killed target
-    // leaves no file behind.
-    file.emplace(std::move(*f));
-    if (auto st = (*agent)->register_storage(*file); !st) return fail(st.error());
+void print_targets(const Report& report) {
+  const auto& d = report.doc;
+  std::cout << "\nTargets: bandwidth >= 0.90x perftest (request size) at >= 64 KiB: ";
+  if (d.contains("worst_bandwidth_ratio")) {
+    const double w = d["worst_bandwidth_ratio"].get<double>();
+    std::cout << "worst " << fixed(w, 2) << "x (" << (w >= 0.9 ? "met" : "missed") << ")";
+  } else {
+    std::cout << "no point >= 64 KiB";
   }
-  auto port = (*agent)->listen("127.0.0.1", 0);
-  if (!port) return fail(port.error());
-  std::cout << "READY " << *port << " " << buf->addr();
-  if (file) std::cout << " " << file->fd();
-  std::cout << std::endl;
-  std::string input;
-  for (;;) {
-    if (!o.progress_thread) {
-      for (int i = 0; i < 4096; ++i) (*agent)->progress();
+  const double l = d.value("worst_latency_ratio", 0.0);
+  std::cout << "; latency <= 1.50x: worst " << fixed(l, 2) << "x (" << (l <= 1.5 ? "met" : "missed")
+            << ")\n";
+}
+
+std::vector<Point> points_of(const XferOptions& o) {
+  std::vector<Point> points;
+  for (size_t s : o.sizes) {
+    for (size_t d : o.descs) {
+      if (s * d <= o.max_request) points.push_back({s, d});
     }
-    pollfd p{STDIN_FILENO, POLLIN, 0};
-    if (poll(&p, 1, o.progress_thread ? 100 : 0) <= 0) continue;
-    char chunk[256];
-    ssize_t n = read(STDIN_FILENO, chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return 0;  // EOF: the initiator is gone
-    input.append(chunk, static_cast<size_t>(n));
-    if (input.find("quit\n") != std::string::npos) return 0;
   }
+  return points;
+}
+
+int run_xfer(XferOptions o) {
+  const bool remote = !o.peer.empty() || !o.peer_etcd.empty();
+  if (o.transport.empty()) o.transport = remote ? "auto" : "shm";
+  std::vector<Op> ops;
+  if (o.op != "read") ops.push_back(Op::Write);
+  if (o.op != "write") ops.push_back(Op::Read);
+  const std::vector<Point> points = points_of(o);
+  if (points.empty()) {
+    return fail(err(ErrorCode::InvalidArgument, "every size x descs exceeds --max-request ",
+                    o.max_request));
+  }
+  Session s;
+  for (const Point& p : points) s.bytes = std::max(s.bytes, p.size * p.count);
+  for (size_t l : o.lat_sizes) s.bytes = std::max(s.bytes, l);
+
+  const char* tls = ucx_tls(o.transport);
+  // Read by our UCX context, and inherited by our own target.
+  if (tls != nullptr) setenv("UCX_TLS", tls, 1);
+  const std::filesystem::path file_dir =
+      o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
+  auto target = open_target(s, o, file_dir);
+  if (!target) return fail(target.error());
+  if (auto st = verify(s); !st) return fail(st.error());
+
+  // ucx_perftest runs both its ends here: it is the ceiling of our own target only.
+  std::optional<std::string> perftest = remote ? std::nullopt : find_program(o.perftest);
+  Report report;
+  report.json = o.json;
+  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
+  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
+  const char* env_tls = std::getenv("UCX_TLS");
+  report.doc = {{"command", "kvbm bench xfer"},
+                {"kvbm", version()},
+                {"transport", o.transport},
+                {"ucx_tls", env_tls != nullptr ? env_tls : "(UCX default)"},
+                {"peer", target->where},
+                {"peer_agent", s.peer},
+                {"buffer_bytes", s.bytes},
+                {"verified", true},
+                {"perftest", perftest.has_value()}};
+  if (!o.json) {
+    std::cout << "kvbm bench xfer: transport " << o.transport
+              << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
+              << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
+              << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
+              << "), target " << target->where << " agent '" << s.peer << "'"
+              << (remote            ? ""
+                  : o.target_thread ? " (progress thread)"
+                                    : " (spinning on progress())")
+              << ", buffers " << human_bytes(s.bytes) << " each, data verified\n";
+    if (remote) {
+      std::cout << "A served peer: no ucx_perftest ratios (run ucx_perftest between the two "
+                   "hosts yourself)\n";
+    } else if (!perftest) {
+      std::cout << "ucx_perftest not found ('" << o.perftest
+                << "'; Debian package ucx-utils): no ratios\n";
+    }
+    std::cout << "\n";
+  }
+  const char* perf_tls = tls != nullptr ? tls : "tcp,self";
+  if (auto st = bandwidth_section(s, o, ops, points, perftest, perf_tls, report); !st)
+    return fail(st.error());
+  if (auto st = latency_section(s, o, ops, perftest, perf_tls, report); !st)
+    return fail(st.error());
+  if (perftest && !o.json) print_targets(report);
+  if (o.file_mib > 0 && s.file) {
+    if (auto st = file_section(s, o, ops, file_dir, report); !st) return fail(st.error());
+  }
+  if (o.json) std::cout << report.doc.dump(2) << "\n";
+
+  if (target->process) {
+    target->process->send("quit");
+    target->process->close_stdin();
+    auto rc = target->process->wait(std::chrono::seconds(10));
+    if (!rc || *rc != 0) {
+      return fail(err(ErrorCode::Remote,
+                      "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string()));
+    }
+  }
+  return 0;
 }
 
 }  // namespace
@@ -636,7 +807,9 @@ int run_target(const TargetOptions& o) {
 void add_bench_xfer(CLI::App& bench, Runner& runner) {
   auto o = std::make_shared<XferOptions>();
   auto* cmd = bench.add_subcommand(
-      "xfer", "Agent READ/WRITE between two processes on loopback, against ucx_perftest");
+      "xfer",
+      "Agent READ/WRITE between two processes on loopback, against ucx_perftest; or against "
+      "`kvbm serve` on another host (--peer)");
   add_size_list_option(*cmd, "--sizes", o->sizes, "Bytes per descriptor, comma-separated", 1,
                        size_t{1} << 34);
   add_count_list_option(*cmd, "--descs", o->descs, "Descriptors per request, comma-separated", 1,
@@ -669,27 +842,55 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
                   "Bandwidth points: the best of this many runs, ours and ucx_perftest's")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{20}));
-  cmd->add_option("--transport", o->transport, "shm (UCX_TLS=sm,self) or tcp (tcp,self)")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"shm", "tcp"}));
+  cmd->add_option("--transport", o->transport,
+                  "shm (UCX_TLS=sm,self), tcp (tcp,self) or auto (UCX_TLS as set, or UCX's "
+                  "choice); default: shm, and auto with --peer/--peer-etcd")
+      ->check(CLI::IsMember({"shm", "tcp", "auto"}));
   cmd->add_option("--op", o->op, "read, write or both")
       ->capture_default_str()
       ->check(CLI::IsMember({"read", "write", "both"}));
   cmd->add_option("--perftest", o->perftest, "The ucx_perftest program")->capture_default_str();
   cmd->add_flag("--target-thread", o->target_thread,
                 "Target agent uses its progress thread (default: it spins on progress())");
+  auto* peer = cmd->add_option("--peer", o->peer,
+                               "A served agent's side channel HOST:PORT (`kvbm serve` on another "
+                               "host) instead of our own target process");
+  auto* peer_etcd =
+      cmd->add_option("--peer-etcd", o->peer_etcd,
+                      "A served agent's name in etcd (`kvbm serve --etcd`) instead of our own "
+                      "target process");
+  peer->excludes(peer_etcd);
+  cmd->add_option("--etcd", o->etcd,
+                  "etcd endpoints for --peer-etcd, comma-separated (default: "
+                  "$KVBM_ETCD_ENDPOINTS)")
+      ->delimiter(',');
+  cmd->add_option("--etcd-prefix", o->etcd_prefix,
+                  "etcd key prefix (default: $KVBM_ETCD_PREFIX, else kvbm/)");
+  cmd->add_flag("--json", o->json, "One JSON document on stdout instead of the tables");
   cmd->callback([o, &runner] { runner = [o] { return run_xfer(*o); }; });
 
-  // The other end, started by `xfer` itself; hidden from help.
-  auto t = std::make_shared<TargetOptions>();
+  // The other end, started by `xfer` (and `soak`) itself; hidden from help. It is
+  // `kvbm serve` on loopback, driven over stdin.
+  auto t = std::make_shared<ServeOptions>();
+  auto file_mib = std::make_shared<size_t>(0);
+  auto progress_thread = std::make_shared<bool>(false);
   auto* target = bench.add_subcommand("xfer-target", "")->group("");
   target->add_option("--bytes", t->bytes, "Registered buffer size")
       ->check(CLI::Range(size_t{1}, size_t{1} << 40));
-  target->add_flag("--progress-thread", t->progress_thread, "Use the agent's progress thread");
-  target->add_option("--file-mib", t->file_mib, "Also serve a registered file of this size")
+  target->add_flag("--progress-thread", *progress_thread, "Use the agent's progress thread");
+  target->add_option("--file-mib", *file_mib, "Also serve a registered file of this size")
       ->check(CLI::Range(size_t{0}, size_t{1} << 20));
   target->add_option("--dir", t->dir, "Where that file is made");
-  target->callback([t, &runner] { runner = [t] { return run_target(*t); }; });
+  target->callback([t, file_mib, progress_thread, &runner] {
+    runner = [t, file_mib, progress_thread] {
+      t->name = "kvbm-bench-target";
+      t->listen = "127.0.0.1:0";
+      t->file_bytes = *file_mib << 20;
+      t->spin = !*progress_thread;
+      t->bench_target = true;
+      return run_serve(*t);
+    };
+  });
 }
 
 }  // namespace kvbm::tools

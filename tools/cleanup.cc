@@ -23,6 +23,8 @@ struct Slot {
   pid_t pgid = 0;
 };
 std::array<Slot, 32> slots;
+std::atomic<bool> stop_requested{false};  // stop_on_signal() was called
+std::atomic<int> stop_signal{0};          // the signal that asked for the stop
 
 int take(int kind, const char* path, pid_t pgid) {
   if (path != nullptr && std::strlen(path) >= sizeof(Slot::path)) return -1;
@@ -59,6 +61,10 @@ void remove_folder(const char* path) {
 }
 
 void on_signal(int sig) {
+  if (stop_requested.load() && stop_signal.exchange(sig) == 0) {
+    // SA_RESETHAND restored the default action: a second signal ends the process.
+    return;
+  }
   const int saved = errno;
   for (Slot& s : slots) {
     switch (s.state.load()) {
@@ -90,6 +96,11 @@ void install_signal_cleanup() {
   sa.sa_flags = SA_RESETHAND | SA_NODEFER;
   sigemptyset(&sa.sa_mask);
   for (int sig : {SIGINT, SIGTERM, SIGHUP}) ::sigaction(sig, &sa, nullptr);
+}
+
+const std::atomic<int>& stop_on_signal() {
+  stop_requested.store(true);
+  return stop_signal;
 }
 
 int remove_on_signal(const std::filesystem::path& path, bool folder) {

@@ -11,6 +11,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <filesystem>
 
 namespace kvbm::tools {
@@ -25,6 +26,12 @@ void forget_on_signal(int slot);
 
 // A child process, the leader of its own process group, killed with its group on a signal.
 int kill_on_signal(pid_t pgid);
+
+// For a command that stops by itself (`kvbm serve`): from this call on, the first SIGINT,
+// SIGTERM or SIGHUP only sets the flag returned (to the signal's number) and cleans
+// nothing, so the command can end in order (withdraw from etcd, run its destructors);
+// a second signal acts as before. Call it once the command is ready to watch the flag.
+const std::atomic<int>& stop_on_signal();
 
 // A file that is removed when this object goes away (and on a signal, meanwhile).
 class ScratchFile {

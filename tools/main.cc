@@ -6,6 +6,7 @@
 #include "kvbm/log.h"
 #include "kvbm/version.h"
 #include "options.h"
+#include "serve.h"
 
 namespace kvbm::tools {
 namespace {
@@ -83,5 +84,6 @@ int main(int argc, char** argv) {
   add_bench_file(*bench, runner);
   add_bench_pool(*bench, runner);
   add_bench_soak(*bench, runner);
+  add_serve(app, runner);  // `kvbm serve`: a target agent for other hosts (serve.h)
   return run_command_line(app, argc, argv, runner);
 }

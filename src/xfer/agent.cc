@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cstdio>
+#include <random>
 #include <utility>
 
 #include "common/hex.h"
@@ -76,11 +77,18 @@ bool overlaps_any(const std::map<RegionKey, std::shared_ptr<Entry>>& map, MemTyp
   return false;
 }
 
+uint64_t random_incarnation() {
+  std::random_device rd;
+  const uint64_t v = (uint64_t{rd()} << 32) ^ rd();
+  return v != 0 ? v : 1;
+}
+
 }  // namespace
 
 AgentImpl::AgentImpl(std::string name, AgentConfig config)
     : name_(std::move(name)),
       config_(std::move(config)),
+      incarnation_(random_incarnation()),
       alive_(std::make_shared<AgentImpl*>(this)) {}
 
 Status AgentImpl::start() {
@@ -293,78 +301,180 @@ void AgentImpl::deregister(const std::vector<RegionKey>& keys) {
   }
 }
 
-Result<std::string> AgentImpl::local_metadata() const {
+AgentMetadata AgentImpl::metadata_of(const std::vector<RegionKey>* regions,
+                                     bool with_connection) const {
   AgentMetadata md;
   md.name = name_;
-  for (size_t i = 0; i < backend_count(); ++i) {
-    md.backends[backends_[i]->name()] = backends_[i]->connection_info();
+  md.incarnation = incarnation_;
+  md.partial = regions != nullptr;
+  if (with_connection) {
+    for (size_t i = 0; i < backend_count(); ++i) {
+      md.backends[backends_[i]->name()] = backends_[i]->connection_info();
+    }
   }
-  std::lock_guard<std::mutex> lock(mu_);
-  md.regions.reserve(local_.size());
-  for (const auto& [key, entry] : local_) {
+  auto add = [&md](const LocalRegionEntry& entry) {
     RegionMetadata r;
-    r.type = entry->type;
-    r.desc = entry->desc;
-    for (const auto& [b, region] : entry->regions.items)
+    r.type = entry.type;
+    r.desc = entry.desc;
+    for (const auto& [b, region] : entry.regions.items)
       r.remote_info[b->name()] = region->remote_info();
     md.regions.push_back(std::move(r));
+  };
+  std::lock_guard<std::mutex> lock(mu_);
+  if (regions == nullptr) {
+    md.regions.reserve(local_.size());
+    for (const auto& [key, entry] : local_) add(*entry);
+  } else {
+    for (const RegionKey& k : *regions) {
+      if (auto it = local_.find(k); it != local_.end()) add(*it->second);
+    }
   }
-  return encode_metadata(md, config_.auth_key);
+  return md;
+}
+
+Result<std::string> AgentImpl::local_metadata() const {
+  return encode_metadata(metadata_of(nullptr, true), config_.auth_key);
+}
+
+Result<std::string> AgentImpl::local_partial_metadata(const DescList& regions,
+                                                      bool with_connection) const {
+  if (regions.descs.empty() && !with_connection) {
+    return err(ErrorCode::InvalidArgument,
+               "partial metadata of no regions and no connection data would carry nothing");
+  }
+  std::vector<RegionKey> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < regions.descs.size(); ++i) {
+      const Desc& d = regions.descs[i];
+      LocalRegionEntry* e = find_region(local_, regions.type, d);
+      if (e == nullptr) {
+        return err(ErrorCode::OutOfBounds, "descriptor ", i, " (", to_string(regions.type), " ",
+                   describe(d), ") is not inside memory registered with agent '", name_, "'");
+      }
+      const RegionKey k{e->type, e->desc.dev_id, e->desc.addr};
+      if (std::find(keys.begin(), keys.end(), k) == keys.end()) keys.push_back(k);
+    }
+  }
+  return encode_metadata(metadata_of(&keys, with_connection), config_.auth_key);
 }
 
 Result<std::string> AgentImpl::load_remote_metadata(std::string_view bytes) {
   auto md = decode_metadata(bytes, config_.max_metadata_bytes, config_.auth_key);
   if (!md) return md.error();
-  if (md->name == name_) {
+  return load_metadata(std::move(*md));
+}
+
+Result<std::string> AgentImpl::load_metadata(AgentMetadata md) {
+  if (md.name == name_) {
     return err(ErrorCode::InvalidArgument, "metadata of agent '", name_,
                "' is this agent's own; transfers to itself need no metadata");
   }
   std::lock_guard<std::mutex> load_lock(load_mu_);
-  auto peer = std::make_shared<RemotePeer>();
-  peer->name = md->name;
-  for (const auto& [bname, conn] : md->backends) {
-    Backend* b = backend_named(bname);
-    if (b == nullptr) continue;  // a transport we lack; others may still do
-    if (auto st = b->connect(md->name, conn); !st) {
-      // Refused connection data keeps its code (InvalidArgument, Unsupported); UCX's own
-      // failures are Remote already.
-      return err(st.code(), "connecting to agent '", md->name, "' over ", bname, ": ",
-                 st.error().message);
-    }
-    peer->connected.push_back(b);
+  std::shared_ptr<RemotePeer> existing;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = remotes_.find(md.name);
+    if (it != remotes_.end()) existing = it->second;
   }
-  for (size_t i = 0; i < md->regions.size(); ++i) {
-    const RegionMetadata& r = md->regions[i];
-    auto entry = std::make_shared<RemoteRegionEntry>();
-    entry->type = r.type;
-    entry->desc = r.desc;
-    for (const auto& [bname, info] : r.remote_info) {
-      Backend* b = backend_named(bname);
-      if (b == nullptr ||
-          std::find(peer->connected.begin(), peer->connected.end(), b) == peer->connected.end())
-        continue;
-      auto region = b->load_remote_region(md->name, r.type, r.desc, info);
-      if (!region) {
-        return err(ErrorCode::InvalidArgument, "agent '", md->name, "' region ", i, " (",
-                   describe(r.desc), ") for ", bname, ": ", region.error().message);
-      }
-      entry->regions.items.emplace_back(b, std::move(*region));
+  // Partial metadata of the loaded incarnation, with its connection data or none: merged.
+  const bool merge = md.partial && existing && existing->incarnation == md.incarnation &&
+                     (md.backends.empty() || md.backends == existing->connection);
+  if (md.partial && !merge && md.backends.empty()) {
+    if (!existing) {
+      return err(ErrorCode::NotFound, "partial metadata of agent '", md.name,
+                 "' holds regions only, and the agent is not loaded: load its metadata (or "
+                 "partial metadata with its connection data) first");
     }
-    peer->regions[RegionKey{r.type, r.desc.dev_id, r.desc.addr}] = std::move(entry);
+    return err(ErrorCode::InvalidArgument, "partial metadata of agent '", md.name,
+               "' is of incarnation ", hex(md.incarnation), ", the loaded one of ",
+               hex(existing->incarnation), " (it restarted?): load its metadata again");
+  }
+  std::shared_ptr<RemotePeer> peer = existing;
+  if (!merge) {
+    auto made = connect_peer(md);
+    if (!made) return made.error();
+    peer = std::move(*made);
+  }
+  std::vector<std::pair<RegionKey, std::shared_ptr<RemoteRegionEntry>>> entries;
+  for (size_t i = 0; i < md.regions.size(); ++i) {
+    auto entry = load_region(*peer, md.regions[i], i);
+    if (!entry) return entry.error();
+    const Desc& d = md.regions[i].desc;
+    entries.emplace_back(RegionKey{md.regions[i].type, d.dev_id, d.addr}, std::move(*entry));
   }
   std::shared_ptr<RemotePeer> old;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    auto& slot = remotes_[md->name];
-    old = std::move(slot);
-    slot = std::move(peer);
+    for (auto& item : entries) {
+      const RemoteRegionEntry& added = *item.second;
+      // A region added over others (the peer registered anew there) replaces them.
+      if (merge) {
+        std::erase_if(peer->regions, [&added](const auto& kv) {
+          const RemoteRegionEntry& o = *kv.second;
+          return o.type == added.type && o.desc.dev_id == added.desc.dev_id &&
+                 o.desc.addr < added.desc.addr + added.desc.len &&
+                 added.desc.addr < o.desc.addr + o.desc.len;
+        });
+      }
+      peer->regions[item.first] = std::move(item.second);
+    }
+    if (!merge) {
+      auto& slot = remotes_[md.name];
+      old = std::move(slot);
+      slot = peer;
+    }
   }
   if (old) old->gone = true;  // its requests fail on the next post; connections were replaced
-  return md->name;
+  return md.name;
+}
+
+Result<std::shared_ptr<RemotePeer>> AgentImpl::connect_peer(const AgentMetadata& md) {
+  auto peer = std::make_shared<RemotePeer>();
+  peer->name = md.name;
+  peer->connection = md.backends;
+  peer->incarnation = md.incarnation;
+  for (const auto& [bname, conn] : md.backends) {
+    Backend* b = backend_named(bname);
+    if (b == nullptr) continue;  // a transport we lack; others may still do
+    if (auto st = b->connect(md.name, conn); !st) {
+      // Refused connection data keeps its code (InvalidArgument, Unsupported); UCX's own
+      // failures are Remote already.
+      return err(st.code(), "connecting to agent '", md.name, "' over ", bname, ": ",
+                 st.error().message);
+    }
+    peer->connected.push_back(b);
+  }
+  return peer;
+}
+
+Result<std::shared_ptr<RemoteRegionEntry>> AgentImpl::load_region(const RemotePeer& peer,
+                                                                  const RegionMetadata& r,
+                                                                  size_t index) {
+  auto entry = std::make_shared<RemoteRegionEntry>();
+  entry->type = r.type;
+  entry->desc = r.desc;
+  for (const auto& [bname, info] : r.remote_info) {
+    Backend* b = backend_named(bname);
+    if (b == nullptr ||
+        std::find(peer.connected.begin(), peer.connected.end(), b) == peer.connected.end())
+      continue;
+    auto region = b->load_remote_region(peer.name, r.type, r.desc, info);
+    if (!region) {
+      return err(ErrorCode::InvalidArgument, "agent '", peer.name, "' region ", index, " (",
+                 describe(r.desc), ") for ", bname, ": ", region.error().message);
+    }
+    entry->regions.items.emplace_back(b, std::move(*region));
+  }
+  return entry;
 }
 
 Status AgentImpl::invalidate_remote(const std::string& agent) {
   if (discovery_) discovery_->forget(agent);
+  return drop_remote(agent);
+}
+
+Status AgentImpl::drop_remote(const std::string& agent) {
   std::shared_ptr<RemotePeer> peer;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -1,6 +1,8 @@
 // The Agent's etcd discovery calls (AgentImpl, agent_impl.h); the etcd side is
 // xfer/etcd_discovery.h.
+#include "common/hex.h"
 #include "kvbm/log.h"
+#include "kvbm/xfer/mem_type.h"
 #include "xfer/agent_impl.h"
 
 namespace kvbm::xfer::detail {
@@ -12,17 +14,17 @@ Status AgentImpl::start_discovery() {
   EtcdDiscovery::Callbacks callbacks;
   // A followed peer left etcd (withdrew, or its lease expired when it died).
   callbacks.peer_gone = [this](const std::string& agent) {
-    if (invalidate_remote(agent)) {
+    if (drop_remote(agent)) {
       log(LogLevel::Info, "agent '" + name_ + "': peer '" + agent + "' left etcd: invalidated");
     }
   };
-  // A followed peer published new metadata (it restarted under the same name).
-  callbacks.peer_updated = [this](const std::string& agent, const std::string& metadata) {
-    auto loaded = load_remote_metadata(metadata);
-    if (!loaded || *loaded != agent) {
+  // A followed peer published new metadata (it restarted under the same name): fetched
+  // again with its regions.
+  callbacks.peer_updated = [this](const std::string& agent, const std::string&) {
+    auto loaded = fetch_remote_metadata(agent);
+    if (!loaded) {
       log(LogLevel::Warn, "agent '" + name_ + "': new metadata of peer '" + agent +
-                              "' from etcd not loaded: " +
-                              (loaded ? "it names '" + *loaded + "'" : loaded.error().message));
+                              "' from etcd not loaded: " + loaded.error().message);
     }
   };
   auto discovery = EtcdDiscovery::create(name_, std::move(config), std::move(callbacks));
@@ -39,19 +41,50 @@ EtcdDiscovery* AgentImpl::discovery_or_error(Status* why) const {
   return discovery_.get();
 }
 
+// One etcd key per region, so that registering one more writes one more key: only the
+// regions whose partial metadata changed since the last call are put (or deleted), then
+// the connection data, which etcd gets only when it changed.
 Status AgentImpl::publish_metadata() {
   Status why;
   EtcdDiscovery* d = discovery_or_error(&why);
   if (d == nullptr) return why;
-  auto md = local_metadata();
-  if (!md) return md.error();
-  return d->publish_metadata(*md);
+  std::lock_guard<std::mutex> publishing(etcd_publish_mu_);
+  std::vector<RegionKey> keys;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& [key, entry] : local_) keys.push_back(key);
+  }
+  std::map<std::string, std::string> now;
+  for (const RegionKey& k : keys) {
+    const auto& [type, dev, addr] = k;
+    const std::vector<RegionKey> one{k};
+    now[std::string(to_string(type)) + "-" + std::to_string(dev) + "-" + kvbm::detail::hex(addr)] =
+        encode_metadata(metadata_of(&one, false), config_.auth_key);
+  }
+  for (auto it = etcd_regions_.begin(); it != etcd_regions_.end();) {
+    if (now.count(it->first) != 0) {
+      ++it;
+      continue;
+    }
+    KVBM_TRY(d->unpublish_region(it->first));
+    it = etcd_regions_.erase(it);
+  }
+  for (auto& [key, bytes] : now) {
+    auto it = etcd_regions_.find(key);
+    if (it != etcd_regions_.end() && it->second == bytes) continue;
+    KVBM_TRY(d->publish_region(key, bytes));
+    etcd_regions_[key] = std::move(bytes);
+  }
+  const std::vector<RegionKey> none;
+  return d->publish_metadata(encode_metadata(metadata_of(&none, true), config_.auth_key));
 }
 
 Status AgentImpl::withdraw_metadata() {
   Status why;
   EtcdDiscovery* d = discovery_or_error(&why);
   if (d == nullptr) return why;
+  std::lock_guard<std::mutex> publishing(etcd_publish_mu_);
+  etcd_regions_.clear();
   return d->withdraw();
 }
 
@@ -59,15 +92,30 @@ Result<std::string> AgentImpl::fetch_remote_metadata(const std::string& name) {
   Status why;
   EtcdDiscovery* d = discovery_or_error(&why);
   if (d == nullptr) return why.error();
-  auto bytes = d->fetch_metadata(name);
-  if (!bytes) return bytes.error();
-  auto loaded = load_remote_metadata(*bytes);
-  if (!loaded) return loaded.error();
-  if (*loaded != name) {
-    return err(ErrorCode::InvalidArgument, "etcd key '", d->metadata_key(name),
-               "' holds the metadata of agent '", *loaded, "'");
+  auto parts = d->fetch_metadata(name);
+  if (!parts) return parts.error();
+  auto md = decode_metadata(parts->metadata, config_.max_metadata_bytes, config_.auth_key);
+  if (!md) {
+    return err(md.code(), "etcd key '", d->metadata_key(name), "': ", md.error().message);
   }
-  d->loaded(name, *bytes);
+  if (md->name != name) {
+    return err(ErrorCode::InvalidArgument, "etcd key '", d->metadata_key(name),
+               "' holds the metadata of agent '", md->name, "'");
+  }
+  if (md->partial) {
+    // The union of its regions' keys. Keys of another agent (whose name extends this one's)
+    // or of a previous incarnation (a peer that died before its lease expired) are skipped.
+    for (const auto& [key, bytes] : parts->regions) {
+      auto r = decode_metadata(bytes, config_.max_metadata_bytes, config_.auth_key);
+      if (!r) return err(r.code(), "etcd key '", key, "': ", r.error().message);
+      if (r->name != name || r->incarnation != md->incarnation) continue;
+      for (auto& region : r->regions) md->regions.push_back(std::move(region));
+    }
+  }
+  // Partial with its connection data: merges into the same incarnation, else replaces it.
+  auto loaded = load_metadata(std::move(*md));
+  if (!loaded) return loaded.error();
+  d->loaded(name, parts->metadata);
   return loaded;
 }
 

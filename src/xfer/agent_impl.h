@@ -16,6 +16,7 @@
 #include "kvbm/xfer/agent.h"
 #include "xfer/backend.h"
 #include "xfer/etcd_discovery.h"
+#include "xfer/metadata.h"
 #include "xfer/side_channel.h"
 
 namespace kvbm::xfer::detail {
@@ -52,6 +53,8 @@ class RequestImpl;
 
 struct RemotePeer {
   std::string name;
+  std::map<std::string, std::string> connection;  // backend -> the connection data loaded
+  uint64_t incarnation = 0;
   std::vector<Backend*> connected;
   std::map<RegionKey, std::shared_ptr<RemoteRegionEntry>> regions;
   // Set when the peer is invalidated, replaced by newer metadata, or timed out.
@@ -76,9 +79,14 @@ class AgentImpl final : public Agent {
   Status register_storage(RegisterableStorage& storage, const std::string& backend) override;
 
   Result<std::string> local_metadata() const override;
+  Result<std::string> local_partial_metadata(const DescList& regions,
+                                             bool with_connection) const override;
   Result<std::string> load_remote_metadata(std::string_view bytes) override;
   Status invalidate_remote(const std::string& agent) override;
   bool has_remote(const std::string& agent) const override;
+  Status connect(const std::string& agent) override;
+  // invalidate_remote without forgetting the peer in etcd (it left etcd, and may return).
+  Status drop_remote(const std::string& agent);
 
   Result<uint16_t> listen(const std::string& host, uint16_t port) override;
   Result<std::string> fetch_remote_metadata(const std::string& host, uint16_t port,
@@ -125,11 +133,19 @@ class AgentImpl final : public Agent {
   Backend* backend_named(const std::string& name) const;
   BackendEnv make_env();
   void progress_loop();
+  // Loads decoded metadata: a whole one replaces the peer; a partial one merges (metadata.h).
+  Result<std::string> load_metadata(AgentMetadata md);
+  Result<std::shared_ptr<RemotePeer>> connect_peer(const AgentMetadata& md);
+  Result<std::shared_ptr<RemoteRegionEntry>> load_region(const RemotePeer& peer,
+                                                         const RegionMetadata& r, size_t index);
+  // This agent's metadata, whole (regions null) or the parts asked for.
+  AgentMetadata metadata_of(const std::vector<RegionKey>* regions, bool with_connection) const;
   void notify_progress();
   void add_notification(Notification n);
 
   const std::string name_;
   const AgentConfig config_;
+  const uint64_t incarnation_;  // random, nonzero: tells a restart under the same name
 
   // Backends are only ever added, so the progress thread reads them without the lock.
   std::array<std::unique_ptr<Backend>, kMaxBackends> backends_;
@@ -157,6 +173,8 @@ class AgentImpl final : public Agent {
   std::map<std::string, std::shared_ptr<const std::string>> published_;
 
   Status start_discovery();
+  std::mutex etcd_publish_mu_;                       // publish_metadata, withdraw_metadata
+  std::map<std::string, std::string> etcd_regions_;  // region key -> what etcd holds
   EtcdDiscovery* discovery_or_error(Status* why) const;
   // etcd discovery; null without endpoints. Stopped first in the destructor, so its
   // callbacks (which load and invalidate peers) never run on a half-destroyed agent.

@@ -91,6 +91,15 @@ class Backend {
   // Drops the connection and everything tied to the peer; requests in flight to it end
   // in an error.
   virtual void disconnect(const std::string& agent) = 0;
+  // Finishes setting up the connection to `agent` (connected already) within `timeout`,
+  // so that its first request does not pay for it (Agent::connect). Default: nothing to do.
+  // NotFound if not connected; Timeout if the peer does not answer in time; Remote if the
+  // connection failed.
+  virtual Status establish(const std::string& agent, std::chrono::milliseconds timeout) {
+    (void)agent;
+    (void)timeout;
+    return {};
+  }
   virtual Result<std::unique_ptr<RemoteRegion>> load_remote_region(
       const std::string& agent, MemType type, const Desc& region, std::string_view remote_info) = 0;
 

@@ -81,7 +81,14 @@ std::string EtcdDiscovery::item_key(const std::string& agent, const std::string&
   return config_.prefix + "items/" + agent + "/" + key;
 }
 
+std::string EtcdDiscovery::region_key(const std::string& agent, const std::string& key) const {
+  return config_.prefix + "regions/" + agent + "/" + key;
+}
+
 Status EtcdDiscovery::put_all_locked(int64_t lease) {
+  // Regions before the metadata: a peer woken by the metadata's key finds them all.
+  for (const auto& [key, bytes] : regions_)
+    KVBM_TRY(client_->put(region_key(agent_, key), bytes, lease));
   if (metadata_) KVBM_TRY(client_->put(metadata_key(agent_), *metadata_, lease));
   for (const auto& [key, bytes] : items_)
     KVBM_TRY(client_->put(item_key(agent_, key), bytes, lease));
@@ -98,6 +105,7 @@ Result<int64_t> EtcdDiscovery::lease_locked() {
 
 Status EtcdDiscovery::publish_metadata(const std::string& metadata) {
   std::lock_guard<std::mutex> lock(mu_);
+  if (metadata_ == metadata && lease_ != 0 && !dirty_) return {};
   metadata_ = metadata;  // kept, so that the keepalive thread puts it once etcd answers
   auto lease = lease_locked();
   if (!lease) return lease.error();
@@ -110,6 +118,7 @@ Status EtcdDiscovery::withdraw() {
   std::lock_guard<std::mutex> lock(mu_);
   metadata_.reset();
   items_.clear();
+  regions_.clear();
   if (lease_ == 0) return {};
   // Revoking the lease deletes every key attached to it, in one step.
   const int64_t lease = std::exchange(lease_, 0);
@@ -128,6 +137,24 @@ Status EtcdDiscovery::publish_item(const std::string& key, const std::string& by
   return s;
 }
 
+Status EtcdDiscovery::publish_region(const std::string& key, const std::string& bytes) {
+  std::lock_guard<std::mutex> lock(mu_);
+  regions_[key] = bytes;
+  auto lease = lease_locked();
+  if (!lease) return lease.error();
+  Status s = client_->put(region_key(agent_, key), bytes, *lease);
+  dirty_ = dirty_ || !s;
+  return s;
+}
+
+Status EtcdDiscovery::unpublish_region(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  regions_.erase(key);
+  auto deleted = client_->del(region_key(agent_, key));
+  if (!deleted) return deleted.error();
+  return {};
+}
+
 Status EtcdDiscovery::unpublish_item(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
   items_.erase(key);
@@ -136,7 +163,7 @@ Status EtcdDiscovery::unpublish_item(const std::string& key) {
   return {};
 }
 
-Result<std::string> EtcdDiscovery::fetch_metadata(const std::string& agent) {
+Result<EtcdDiscovery::PeerMetadata> EtcdDiscovery::fetch_metadata(const std::string& agent) {
   KVBM_TRY(ensure_watch());  // before the read, so no change after it is missed
   auto value = client_->get(metadata_key(agent));
   if (!value) return value.error();
@@ -144,11 +171,17 @@ Result<std::string> EtcdDiscovery::fetch_metadata(const std::string& agent) {
     return err(ErrorCode::NotFound, "no agent '", agent, "' in etcd (key '", metadata_key(agent),
                "' at ", client_->endpoints().front(), ")");
   }
+  // Read after the metadata: a restarted peer puts its regions first.
+  auto regions = client_->get_prefix(region_key(agent, ""));
+  if (!regions) return regions.error();
   {
     std::lock_guard<std::mutex> lock(follow_mu_);
     followed_.try_emplace(agent);
   }
-  return std::move(**value);
+  PeerMetadata out;
+  out.metadata = std::move(**value);
+  for (auto& kv : *regions) out.regions.emplace_back(std::move(kv.key), std::move(kv.value));
+  return out;
 }
 
 Result<std::string> EtcdDiscovery::fetch_item(const std::string& agent, const std::string& key) {
@@ -193,7 +226,8 @@ void EtcdDiscovery::on_event(const EtcdEvent& event) {
     auto it = followed_.find(agent);
     if (it == followed_.end()) return;
     if (event.type == EtcdEvent::Type::Delete) {
-      followed_.erase(it);
+      // Still followed: its restart under the same name is loaded when it publishes.
+      it->second.clear();
     } else {
       if (it->second == event.value) return;  // re-put after a lease renewal: nothing new
       it->second = event.value;

@@ -1,13 +1,16 @@
-// An agent's discovery through etcd: what the agent publishes (its metadata and its items)
-// lives under <prefix>agents/<name> and <prefix>items/<name>/<key>, attached to a lease the
-// agent keeps alive; peers fetch them by name and watch them.
+// An agent's discovery through etcd: what the agent publishes lives under
+// <prefix>agents/<name> (its connection data: partial metadata without regions),
+// <prefix>regions/<name>/<region> (one key per registered region: partial metadata of that
+// region, so that one more region writes one more key) and <prefix>items/<name>/<key>,
+// attached to a lease the agent keeps alive; peers fetch them by name and watch the first.
 //
 // - Publishing keeps a lease of `ttl`, refreshed every ttl/3 by a thread. When etcd was
 //   unreachable for longer than the ttl, the lease is gone: on its return, a new lease is
 //   granted and everything published is put again.
 // - Fetching a peer's metadata also follows the peer: the watch (started with the first
 //   fetch) reports a followed peer whose key is deleted or whose lease expired (gone), and a
-//   followed peer's new metadata (a restart under the same name).
+//   followed peer's new metadata (a restart under the same name, also after it was gone).
+//   A peer is followed until forget().
 // - etcd unreachable: new fetches fail with Io naming the endpoints; what is loaded keeps
 //   working; the watch and the lease recover when etcd returns.
 //
@@ -53,15 +56,24 @@ class EtcdDiscovery {
   ~EtcdDiscovery();
   void stop();
 
-  // Puts this agent's metadata (replacing what was there) under the lease.
+  // Puts this agent's metadata (replacing what was there) under the lease; nothing when it
+  // is what was put last.
   Status publish_metadata(const std::string& metadata);
+  // Puts (or deletes) one region's partial metadata under <prefix>regions/<name>/<key>.
+  Status publish_region(const std::string& key, const std::string& bytes);
+  Status unpublish_region(const std::string& key);
   // Deletes everything this agent published and revokes the lease.
   Status withdraw();
   Status publish_item(const std::string& key, const std::string& bytes);
   Status unpublish_item(const std::string& key);
 
-  // A peer's metadata; NotFound when etcd has none under its name. Follows the peer.
-  Result<std::string> fetch_metadata(const std::string& agent);
+  // A peer's metadata and its regions' (whatever is under its regions key, unchecked);
+  // NotFound when etcd has no metadata under its name. Follows the peer.
+  struct PeerMetadata {
+    std::string metadata;
+    std::vector<std::pair<std::string, std::string>> regions;  // etcd key, value
+  };
+  Result<PeerMetadata> fetch_metadata(const std::string& agent);
   // A peer's published item; NotFound naming agent and key when there is none.
   Result<std::string> fetch_item(const std::string& agent, const std::string& key);
   // Remembers the metadata loaded for a followed peer (so an unchanged re-put is no
@@ -71,6 +83,7 @@ class EtcdDiscovery {
 
   std::string metadata_key(const std::string& agent) const;
   std::string item_key(const std::string& agent, const std::string& key) const;
+  std::string region_key(const std::string& agent, const std::string& key) const;
 
  private:
   EtcdDiscovery(std::string agent, EtcdDiscoveryConfig config, Callbacks callbacks,
@@ -89,6 +102,7 @@ class EtcdDiscovery {
   std::mutex mu_;  // what we publish, the lease
   std::optional<std::string> metadata_;
   std::map<std::string, std::string> items_;
+  std::map<std::string, std::string> regions_;
   int64_t lease_ = 0;
   bool dirty_ = false;  // a put failed: the keepalive thread puts everything again
 

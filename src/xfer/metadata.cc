@@ -87,8 +87,9 @@ bool from_wire(int type, MemType* out) {
 
 std::string encode_metadata_payload(const AgentMetadata& metadata) {
   wire::AgentMetadata w;
-  w.set_version(AgentMetadata::kVersion);
+  w.set_version(metadata.partial ? AgentMetadata::kPartialVersion : AgentMetadata::kVersion);
   w.set_name(metadata.name);
+  w.set_incarnation(metadata.incarnation);
   for (const auto& [name, data] : metadata.backends) (*w.mutable_backends())[name] = data;
   w.mutable_regions()->Reserve(static_cast<int>(metadata.regions.size()));
   for (const auto& r : metadata.regions) {
@@ -210,9 +211,14 @@ Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
                " bytes do not parse as kvbm.wire.AgentMetadata");
   }
 
-  if (w.version() != AgentMetadata::kVersion) {
+  if (w.version() != AgentMetadata::kVersion && w.version() != AgentMetadata::kPartialVersion) {
     return err(ErrorCode::InvalidArgument, "metadata version ", w.version(), " is not supported (",
-               AgentMetadata::kVersion, " is)");
+               AgentMetadata::kVersion, " and ", AgentMetadata::kPartialVersion, " (partial) are)");
+  }
+  const bool partial = w.version() == AgentMetadata::kPartialVersion;
+  if (partial && w.backends().empty() && w.regions().empty()) {
+    return err(ErrorCode::InvalidArgument,
+               "partial metadata carries neither connection data nor regions");
   }
   if (w.name().empty()) return err(ErrorCode::InvalidArgument, "metadata: agent name is empty");
   if (w.name().size() > kMaxNameBytes) {
@@ -232,6 +238,8 @@ Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
 
   AgentMetadata m;
   m.name = w.name();
+  m.partial = partial;
+  m.incarnation = w.incarnation();
   for (const auto& [backend, data] : w.backends()) m.backends.emplace(backend, data);
   m.regions.reserve(static_cast<size_t>(w.regions_size()));
   for (int i = 0; i < w.regions_size(); ++i) {
@@ -252,7 +260,13 @@ Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
     }
     region.desc = {r.addr(), r.len(), r.dev_id()};
     for (const auto& [backend, info] : r.remote_info()) {
-      if (w.backends().find(backend) == w.backends().end()) {
+      // Regions sent without connection data are checked against the loaded peer's.
+      if (backend.size() > kMaxBackendFieldBytes) {
+        return err(ErrorCode::InvalidArgument, "metadata region ", i, ": backend name ",
+                   quoted(backend), " exceeds ", kMaxBackendFieldBytes, " bytes");
+      }
+      const bool regions_only = partial && w.backends().empty();
+      if (!regions_only && w.backends().find(backend) == w.backends().end()) {
         return err(ErrorCode::InvalidArgument, "metadata region ", i,
                    ": remote_info names backend ", quoted(backend),
                    ", which the metadata does not list");

@@ -28,12 +28,19 @@ struct RegionMetadata {
   bool operator==(const RegionMetadata&) const = default;
 };
 
+// An agent's metadata (version 1), or a part of it (partial, version 2: NIXL's partial
+// metadata): connection data and/or regions to add to what a peer loaded before, so that
+// registering one more region does not resend everything.
 struct AgentMetadata {
   static constexpr uint32_t kVersion = 1;
+  static constexpr uint32_t kPartialVersion = 2;
   std::string name;
-  // backend name -> connection data (UCX: worker address)
+  // backend name -> connection data (UCX: worker address); a partial one may have none
   std::map<std::string, std::string> backends;
   std::vector<RegionMetadata> regions;
+  // The agent instance: parts of one incarnation never merge into another's.
+  uint64_t incarnation = 0;
+  bool partial = false;
   bool operator==(const AgentMetadata&) const = default;
 };
 
@@ -55,7 +62,8 @@ std::string seal_metadata(std::string_view payload, std::string_view auth_key = 
 // The payload inside a sealed blob, once the envelope checks pass (a view into `bytes`).
 Result<std::string_view> open_metadata(std::string_view bytes, size_t max_bytes,
                                        std::string_view auth_key = {});
-// InvalidArgument for: bytes that do not parse, a version other than kVersion, an empty
+// InvalidArgument for: bytes that do not parse, a version other than kVersion or
+// kPartialVersion, a partial one with neither connection data nor regions, an empty
 // or over-long name (> 256 bytes), an empty region, a region whose addr + len overflows,
 // unknown memory types, a region's remote_info naming a backend the metadata does not list.
 Result<AgentMetadata> decode_metadata_payload(std::string_view payload);

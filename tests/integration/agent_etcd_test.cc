@@ -10,6 +10,7 @@
 #include "support/etcd_server.h"
 #include "support/test_support.h"
 #include "support/two_process.h"
+#include "xfer/etcd_client.h"
 
 namespace kvbm::xfer {
 namespace {
@@ -161,6 +162,71 @@ TEST(AgentEtcd, APeerThatDiesIsInvalidatedAndItsRestartIsLoaded) {
            testing::transfer(*b, Op::Read, dram(bbuf.addr(), 4096), dram(addr3, 4096), "peer").ok();
   }));
   EXPECT_EQ(testing::find_pattern_mismatch(bbuf.data(), 4096, 13), SIZE_MAX);
+}
+
+// Partial metadata in etcd: one key per region; registering one more writes that key only
+// (the others, and the connection data, keep their revision); a fetching peer loads the
+// union, and a second fetch merges what was added without replacing the peer.
+TEST(AgentEtcd, OneMoreRegionWritesOneMoreKeyAndFetchingLoadsTheUnion) {
+  KVBM_REQUIRE_ETCD();
+  testing::EtcdServer etcd;
+  ASSERT_TRUE(etcd.ready());
+  testing::use_transport(kTcp);
+  auto a = make_agent("a", etcd_config(etcd)), b = make_agent("b", etcd_config(etcd));
+  ASSERT_TRUE(a && b);
+  auto client = detail::EtcdClient::create({etcd.endpoint()}, 2s);
+  ASSERT_TRUE(client.ok());
+  auto revisions = [&] {
+    std::map<std::string, int64_t> out;
+    for (const char* prefix : {"test/agents/a", "test/regions/a/"}) {
+      auto kvs = (*client)->get_prefix(prefix);
+      EXPECT_TRUE(kvs.ok()) << kvs.error().to_string();
+      if (kvs) {
+        for (const auto& kv : *kvs) out[kv.key] = kv.mod_revision;
+      }
+    }
+    return out;
+  };
+  auto bbuf = make_buffer(1 << 16, 1);
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  std::vector<SystemStorage> abufs;
+  for (uint64_t seed : {20, 21}) {
+    abufs.push_back(make_buffer(1 << 16, seed));
+    ASSERT_TRUE(a->register_storage(abufs.back()).ok());
+  }
+  ASSERT_TRUE(a->publish_metadata().ok());
+  const auto before = revisions();
+  ASSERT_EQ(before.size(), 3u);  // the connection data and two regions
+  ASSERT_TRUE(b->fetch_remote_metadata(std::string("a")).ok());
+  auto prepared =
+      b->create_request(Op::Read, dram(bbuf.addr(), 4096), dram(abufs[0].addr(), 4096), "a");
+  ASSERT_TRUE(prepared.ok());
+
+  abufs.push_back(make_buffer(1 << 16, 22));
+  ASSERT_TRUE(a->register_storage(abufs.back()).ok());
+  ASSERT_TRUE(a->publish_metadata().ok());
+  const auto after = revisions();
+  ASSERT_EQ(after.size(), 4u);
+  size_t written = 0;
+  for (const auto& [key, rev] : after) written += before.count(key) == 0 || before.at(key) != rev;
+  EXPECT_EQ(written, 1u) << "publishing one more region rewrote other keys";
+  ASSERT_TRUE(a->publish_metadata().ok());  // nothing changed: nothing written
+  EXPECT_EQ(revisions(), after);
+
+  ASSERT_TRUE(b->fetch_remote_metadata(std::string("a")).ok());
+  for (size_t i : {0, 2}) {
+    ASSERT_TRUE(
+        testing::transfer(*b, Op::Read, dram(bbuf.addr(), 4096), dram(abufs[i].addr(), 4096), "a")
+            .ok());
+    EXPECT_EQ(testing::find_pattern_mismatch(bbuf.data(), 4096, 20 + i), SIZE_MAX);
+  }
+  ASSERT_TRUE((*prepared)->post().ok());  // merged into the same incarnation, not replaced
+  ASSERT_TRUE((*prepared)->wait(10s).ok());
+
+  // A deregistered region's key goes with the next publish.
+  ASSERT_TRUE(abufs[1].deregister(Agent::kRegistrationKey).ok());
+  ASSERT_TRUE(a->publish_metadata().ok());
+  EXPECT_EQ(revisions().size(), 3u);
 }
 
 TEST(AgentEtcd, EtcdAwayFailsNewDiscoveryOnlyAndRecovers) {

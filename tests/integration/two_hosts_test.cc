@@ -12,6 +12,7 @@
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
 #include "support/child_process.h"
+#include "support/etcd_server.h"
 #include "support/net_namespace.h"
 #include "support/test_support.h"
 #include "support/two_process.h"
@@ -34,14 +35,16 @@ struct RemotePeer {
   uint16_t port = 0;
   uint64_t addr = 0;
 
-  bool start(const testing::NetNamespace& ns, uint64_t seed) {
-    process = std::make_unique<ChildProcess>(
-        ns.exec({testing::helper_path("agent_peer"), "remote", std::to_string(kPeerBytes),
-                 std::to_string(seed)}),
-        std::map<std::string, std::string>{{"UCX_TLS", "tcp,self"},
-                                           {"UCX_NET_DEVICES", ns.peer_device()},
-                                           {"KVBM_UCX_SAME_HOST", "off"},
-                                           {"AGENT_PEER_LISTEN", ns.peer_address()}});
+  bool start(const testing::NetNamespace& ns, uint64_t seed,
+             std::map<std::string, std::string> env = {}) {
+    env.insert({{"UCX_TLS", "tcp,self"},
+                {"UCX_NET_DEVICES", ns.peer_device()},
+                {"KVBM_UCX_SAME_HOST", "off"},
+                {"AGENT_PEER_LISTEN", ns.peer_address()}});
+    process =
+        std::make_unique<ChildProcess>(ns.exec({testing::helper_path("agent_peer"), "remote",
+                                                std::to_string(kPeerBytes), std::to_string(seed)}),
+                                       std::move(env));
     auto ready = process->read_line();
     if (!ready || ready->rfind("READY ", 0) != 0) {
       ADD_FAILURE() << "peer in " << ns.name() << " did not start: " << ready.value_or("<none>");
@@ -104,9 +107,9 @@ TEST_F(TwoHosts, ReadAndWriteCrossTheLinkIntact) {
   EXPECT_EQ(peer.process->ask("expect written 10000 0 " + std::to_string(len) + " 22 0"), "OK");
 }
 
-// A request in flight when the link goes: an error within the bound, never a success with
-// bytes that did not arrive; an agent on this host is served meanwhile; after the link
-// returns and the peer is fetched again, transfers resume.
+// A request in flight when the peer's link goes (inside its namespace): an error within the bound,
+// never a success with bytes that did not arrive; an agent on this host is served meanwhile; after
+// the link returns and the peer is fetched again, transfers resume.
 TEST_F(TwoHosts, APartitionFailsTheRequestWithinThePeerTimeout) {
   RemotePeer peer;
   ASSERT_TRUE(peer.start(*ns_, 31));
@@ -126,7 +129,7 @@ TEST_F(TwoHosts, APartitionFailsTheRequestWithinThePeerTimeout) {
                                     dram(peer.addr, kPeerBytes), "remote");
   ASSERT_TRUE(req.ok()) << req.error().to_string();
   ASSERT_TRUE((*req)->post().ok());
-  ASSERT_TRUE(ns_->set_link(false));
+  ASSERT_TRUE(ns_->set_peer_link(false));  // the peer's host loses its network
   const auto start = std::chrono::steady_clock::now();
   Status st = (*req)->wait(testing::peer_timeout() * 4);
   const auto took = std::chrono::steady_clock::now() - start;
@@ -145,7 +148,7 @@ TEST_F(TwoHosts, APartitionFailsTheRequestWithinThePeerTimeout) {
                   .ok());
   EXPECT_EQ(testing::find_pattern_mismatch(buf_->data(), 1 << 20, 41), SIZE_MAX);
 
-  ASSERT_TRUE(ns_->set_link(true));
+  ASSERT_TRUE(ns_->set_peer_link(true));
   peer.process->kill_now();
   RemotePeer again;
   ASSERT_TRUE(again.start(*ns_, 32));
@@ -176,6 +179,119 @@ TEST_F(TwoHosts, APeerKilledMidRequestFailsItAndARestartIsServed) {
   ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), again.port).ok());
   ASSERT_TRUE(read(again, 4 << 20).ok());
   EXPECT_EQ(testing::find_pattern_mismatch(buf_->data(), 4 << 20, 52), SIZE_MAX);
+}
+
+// Agent::connect sets up a loaded peer's endpoint before the first request; errors name the
+// peer: one never loaded, and one that cannot be reached (the link is down).
+TEST_F(TwoHosts, ConnectSetsUpALoadedPeerAndNamesThePeerItCannotReach) {
+  EXPECT_ERROR(agent_->connect("remote"), ErrorCode::NotFound, "agent 'remote' is not known");
+  RemotePeer peer;
+  ASSERT_TRUE(peer.start(*ns_, 61));
+  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
+  Status st = agent_->connect("remote");
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  EXPECT_TRUE(agent_->connect("remote").ok());  // again: nothing left to do
+  ASSERT_TRUE(read(peer, 4096).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(buf_->data(), 4096, 61), SIZE_MAX);
+
+  // Loaded again while the link is down: connect fails within the peer timeout, naming it,
+  // and the peer counts as failed until its metadata is loaded again.
+  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
+  ASSERT_TRUE(ns_->set_link(false));
+  EXPECT_ERROR(agent_->connect("remote"), ErrorCode::Timeout,
+               "connecting to agent 'remote' over UCX: no answer within");
+  EXPECT_ERROR(agent_->connect("remote"), ErrorCode::Remote, "agent 'remote' failed");
+  ASSERT_TRUE(ns_->set_link(true));
+  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
+  ASSERT_TRUE(agent_->connect("remote").ok());
+  ASSERT_TRUE(read(peer, 4096).ok());
+}
+
+// The peer found through etcd (on our end of the veth): killed with -9 mid-request, the
+// request fails (or, done before, has every byte); restarted under the same name, it is
+// rediscovered by the etcd watch alone (whether its old lease expired first or not) and
+// transfers resume, verified.
+TEST_F(TwoHosts, ThroughEtcdAKilledPeerIsRediscoveredAfterItsRestart) {
+  KVBM_REQUIRE_ETCD();
+  testing::EtcdServer etcd(ns_->host_address());
+  ASSERT_TRUE(etcd.ready());
+  AgentConfig c;
+  c.add_cuda_if_gpu = false;
+  c.peer_timeout = testing::peer_timeout();
+  c.etcd_endpoints = {etcd.endpoint()};
+  c.etcd_prefix = "hosts/";
+  c.etcd_lease_ttl = 2s;
+  auto made = Agent::create("local-etcd", c);
+  ASSERT_TRUE(made.ok()) << made.error().to_string();
+  Agent& agent = **made;
+  auto local = SystemAllocator().allocate(kPeerBytes);
+  ASSERT_TRUE(local.ok());
+  ASSERT_TRUE(agent.register_storage(*local).ok());
+  const std::map<std::string, std::string> env = {{"KVBM_ETCD_ENDPOINTS", etcd.endpoint()},
+                                                  {"KVBM_ETCD_PREFIX", "hosts/"},
+                                                  {"AGENT_PEER_ETCD_TTL_S", "2"}};
+  RemotePeer peer;
+  ASSERT_TRUE(peer.start(*ns_, 71, env));
+  ASSERT_EQ(peer.process->ask("publish").value_or(""), "OK");
+  ASSERT_EQ(agent.fetch_remote_metadata(std::string("remote")).value_or(""), "remote");
+
+  std::memset(local->data(), 0, kPeerBytes);
+  auto req = agent.create_request(Op::Read, dram(local->addr(), kPeerBytes),
+                                  dram(peer.addr, kPeerBytes), "remote");
+  ASSERT_TRUE(req.ok()) << req.error().to_string();
+  ASSERT_TRUE((*req)->post().ok());
+  peer.process->kill_now();
+  Status st = (*req)->wait(testing::peer_timeout() * 4);
+  if (st.ok()) {
+    EXPECT_EQ(testing::find_pattern_mismatch(local->data(), kPeerBytes, 71), SIZE_MAX);
+  } else {
+    EXPECT_EQ((*req)->state(), XferState::Error) << st.error().to_string();
+    EXPECT_NE(st.error().message.find("'remote'"), std::string::npos) << st.error().to_string();
+  }
+
+  RemotePeer again;
+  ASSERT_TRUE(again.start(*ns_, 72, env));
+  ASSERT_EQ(again.process->ask("publish").value_or(""), "OK");
+  // No fetch here: the watch loads the restart's metadata.
+  bool resumed = false;
+  for (int i = 0; i < 750 && !resumed; ++i) {
+    resumed = agent.has_remote("remote") &&
+              testing::transfer(agent, Op::Read, dram(local->addr(), 1 << 20),
+                                dram(again.addr, 1 << 20), "remote")
+                  .ok();
+    if (!resumed) std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_TRUE(resumed) << "the restarted peer was not rediscovered through etcd";
+  EXPECT_EQ(testing::find_pattern_mismatch(local->data(), 1 << 20, 72), SIZE_MAX);
+}
+
+// 20 ms of delay and 1% loss on the link (tc netem in the namespace): READ and WRITE arrive
+// intact. Skipped where the kernel has no netem.
+TEST_F(TwoHosts, DelayAndLossLeaveTheBytesIntact) {
+  if (auto why = ns_->add_netem("delay 20ms loss 1%"); !why.empty()) GTEST_SKIP() << why;
+  AgentConfig c;
+  c.add_cuda_if_gpu = false;
+  c.peer_timeout = testing::peer_timeout() * 10;  // a lossy link is slow, not dead
+  auto made = Agent::create("local-netem", c);
+  ASSERT_TRUE(made.ok()) << made.error().to_string();
+  Agent& agent = **made;
+  auto local = SystemAllocator().allocate(4 << 20);
+  ASSERT_TRUE(local.ok());
+  ASSERT_TRUE(agent.register_storage(*local).ok());
+  RemotePeer peer;
+  ASSERT_TRUE(peer.start(*ns_, 81));
+  ASSERT_TRUE(agent.fetch_remote_metadata(ns_->peer_address(), peer.port, 30s).ok());
+  const size_t len = 4 << 20;
+  ASSERT_TRUE(
+      testing::transfer(agent, Op::Read, dram(local->addr(), len), dram(peer.addr, len), "remote")
+          .ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(local->data(), len, 81), SIZE_MAX);
+  testing::fill_pattern(local->data(), len, 82);
+  ASSERT_TRUE(testing::transfer(agent, Op::Write, dram(local->addr(), len), dram(peer.addr, len),
+                                "remote", "written")
+                  .ok());
+  EXPECT_EQ(peer.process->ask("expect written 30000 0 " + std::to_string(len) + " 82 0", 60s),
+            "OK");
 }
 
 }  // namespace

@@ -31,13 +31,16 @@ int free_tcp_port() {
 
 namespace {
 
-// Whether something accepts TCP connections on 127.0.0.1:port.
-bool accepting(int port) {
+// Whether something accepts TCP connections on host:port.
+bool accepting(const std::string& host, int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return false;
   sockaddr_in a{};
   a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (inet_pton(AF_INET, host.c_str(), &a.sin_addr) != 1) {
+    close(fd);
+    return false;
+  }
   a.sin_port = htons(static_cast<uint16_t>(port));
   const bool ok = connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0;
   close(fd);
@@ -53,10 +56,10 @@ std::string EtcdServer::binary() {
   return {};
 }
 
-EtcdServer::EtcdServer() {
+EtcdServer::EtcdServer(std::string host) : host_(std::move(host)) {
   client_port_ = free_tcp_port();
   peer_port_ = free_tcp_port();
-  endpoint_ = "http://127.0.0.1:" + std::to_string(client_port_);
+  endpoint_ = "http://" + host_ + ":" + std::to_string(client_port_);
   start();
 }
 
@@ -67,7 +70,7 @@ EtcdServer::~EtcdServer() {
 bool EtcdServer::start() {
   const std::string bin = binary();
   if (bin.empty() || client_port_ == 0 || peer_port_ == 0) return false;
-  const std::string peer = "http://127.0.0.1:" + std::to_string(peer_port_);
+  const std::string peer = "http://" + host_ + ":" + std::to_string(peer_port_);
   const std::string data = (dir_.path() / "data").string();
   process_ = std::make_unique<ChildProcess>(std::vector<std::string>{
       bin, "--name", "kvbm-test", "--data-dir", data, "--listen-client-urls", endpoint_,
@@ -77,7 +80,7 @@ bool EtcdServer::start() {
   // Ready once it answers a read (it has elected itself leader), within 20 s.
   auto client = xfer::detail::EtcdClient::create({endpoint_}, std::chrono::seconds(2));
   for (int i = 0; i < 400 && process_->started() && client.ok(); ++i) {
-    if (accepting(client_port_) && (*client)->get("kvbm-test-ready").ok()) {
+    if (accepting(host_, client_port_) && (*client)->get("kvbm-test-ready").ok()) {
       ready_ = true;
       return true;
     }

@@ -15,17 +15,20 @@ class EtcdServer {
  public:
   // Where etcd is, or empty if it is not installed.
   static std::string binary();
-  EtcdServer();
+  // Listening on `host` (an address of this host: another namespace reaches it through
+  // a veth's address).
+  explicit EtcdServer(std::string host = "127.0.0.1");
   ~EtcdServer();
   // True once it answers on its client URL.
   bool ready() const { return ready_; }
-  const std::string& endpoint() const { return endpoint_; }  // http://127.0.0.1:port
+  const std::string& endpoint() const { return endpoint_; }  // http://host:port
   void kill();     // SIGKILL (the data dir stays, so restart() brings the same data back)
   bool restart();  // starts it again on the same ports and data dir; ready() after
 
  private:
   bool start();
   TempDir dir_;
+  std::string host_;
   int client_port_ = 0;
   int peer_port_ = 0;
   std::string endpoint_;

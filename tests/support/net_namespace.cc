@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 
 namespace kvbm::testing {
@@ -49,7 +50,7 @@ NetNamespace::NetNamespace() {
         run(ip + " link set " + host_dev_ + " up") &&
         run(ip + " -n " + name_ + " addr add " + peer_addr_ + "/30 dev " + peer_dev_) &&
         run(ip + " -n " + name_ + " link set " + peer_dev_ + " up") &&
-        run(ip + " -n " + name_ + " link set lo up");
+        run(ip + " -n " + name_ + " link set lo up") && set_link(true);
 }
 
 NetNamespace::~NetNamespace() {
@@ -63,8 +64,39 @@ std::vector<std::string> NetNamespace::exec(const std::vector<std::string>& argv
   return out;
 }
 
+bool NetNamespace::set_peer_link(bool up) const {
+  return run(std::string(kIp) + " -n " + name_ + " link set " + peer_dev_ +
+             (up ? " up" : " down")) &&
+         (!up || set_link(true));
+}
+
+std::string NetNamespace::add_netem(const std::string& spec) const {
+  const std::string cmd = std::string(kIp) + " netns exec " + name_ + " tc qdisc add dev " +
+                          peer_dev_ + " root netem " + spec + " 2>&1";
+  FILE* p = popen(cmd.c_str(), "r");
+  if (p == nullptr) return "cannot run tc";
+  std::string out;
+  char buf[256];
+  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
+  const int rc = pclose(p);
+  if (rc == 0) return {};
+  while (!out.empty() && out.back() == '\n') out.pop_back();
+  return "'tc qdisc add dev " + peer_dev_ + " root netem " + spec +
+         "' failed: " + (out.empty() ? "exit status " + std::to_string(rc) : out);
+}
+
 bool NetNamespace::set_link(bool up) const {
-  return run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"));
+  if (!run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"))) return false;
+  if (!up) return true;
+  // The namespace's end comes up a moment later (carrier, then operstate), and UCX refuses
+  // a device that is not up yet: wait for it, a bounded while.
+  const std::string check =
+      std::string(kIp) + " -n " + name_ + " link show " + peer_dev_ + " | grep -q 'state UP'";
+  for (int i = 0; i < 500; ++i) {
+    if (run(check)) return true;
+    usleep(10000);
+  }
+  return false;
 }
 
 }  // namespace kvbm::testing

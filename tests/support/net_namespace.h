@@ -28,8 +28,16 @@ class NetNamespace {
   const std::string& peer_device() const { return peer_dev_; }
   // `argv` run inside the namespace (for ChildProcess).
   std::vector<std::string> exec(const std::vector<std::string>& argv) const;
-  // Takes our end of the link down (a partition: packets vanish, nothing is reset) or up.
+  // Takes our end of the link down (a partition: packets vanish, nothing is reset) or up
+  // (returning once the namespace's end is up again too).
   bool set_link(bool up) const;
+  // The same inside the namespace: its end of the link down (the peer's host loses its
+  // network) or up (returning once it is up).
+  bool set_peer_link(bool up) const;
+  // Adds a netem qdisc with `spec` ("delay 20ms loss 1%") to the namespace's end (what the
+  // peer sends); empty on success, else why not (tc's message: kernels without sch_netem
+  // refuse it).
+  std::string add_netem(const std::string& spec) const;
 
  private:
   bool ok_ = false;

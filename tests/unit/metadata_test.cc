@@ -131,13 +131,60 @@ TEST(Metadata, RejectsBytesThatDoNotParse) {
 TEST(Metadata, RejectsOtherVersions) {
   EXPECT_ERROR(decode_metadata(seal_metadata(""), kNoLimit), ErrorCode::InvalidArgument,
                "version 0");
-  // A scalar repeated later on the wire overrides the first: this sets version = 2.
-  const auto v2 = encode_metadata_payload(sample()) + std::string("\x08\x02", 2);
-  EXPECT_ERROR(decode_metadata(seal_metadata(v2), kNoLimit), ErrorCode::InvalidArgument,
-               "version 2");
+  // A scalar repeated later on the wire overrides the first: this sets version = 3.
+  const auto v3 = encode_metadata_payload(sample()) + std::string("\x08\x03", 2);
+  EXPECT_ERROR(decode_metadata(seal_metadata(v3), kNoLimit), ErrorCode::InvalidArgument,
+               "version 3 is not supported (1 and 2 (partial) are)");
   const auto v_max = encode_metadata_payload(sample()) + std::string("\x08\xff\xff\xff\xff\x0f", 6);
   EXPECT_ERROR(decode_metadata(seal_metadata(v_max), kNoLimit), ErrorCode::InvalidArgument,
                "version 4294967295");
+}
+
+// Partial metadata (version 2): connection data and/or regions, merged by the loader.
+TEST(Metadata, PartialRoundTripsWithAndWithoutConnectionData) {
+  auto m = sample();
+  m.partial = true;
+  m.incarnation = 0xfeedfacecafebeef;
+  const std::string payload = encode_metadata_payload(m);
+  ASSERT_GE(payload.size(), 2u);
+  EXPECT_EQ(payload.substr(0, 2), std::string("\x08\x02", 2));  // version 2 on the wire
+  auto r = decode_metadata(encode_metadata(m), kNoLimit);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, m);
+  // Regions alone: their remote_info is checked against the loaded peer's backends later.
+  m.backends.clear();
+  r = decode_metadata(encode_metadata(m), kNoLimit);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, m);
+  // Connection data alone.
+  m = sample();
+  m.partial = true;
+  m.regions.clear();
+  r = decode_metadata(encode_metadata(m), kNoLimit);
+  ASSERT_TRUE(r.ok()) << r.error().to_string();
+  EXPECT_EQ(*r, m);
+}
+
+TEST(Metadata, PartialMetadataIsCheckedAsAWholeOne) {
+  AgentMetadata m;
+  m.name = "x";
+  m.partial = true;
+  EXPECT_ERROR(decode_metadata(encode_metadata(m), kNoLimit), ErrorCode::InvalidArgument,
+               "partial metadata carries neither connection data nor regions");
+  m = sample();
+  m.partial = true;
+  m.regions[0].remote_info["gds"] = "x";  // with connection data, only listed backends
+  EXPECT_ERROR(decode_metadata(encode_metadata(m), kNoLimit), ErrorCode::InvalidArgument,
+               "remote_info names backend 'gds'");
+  m.backends.clear();
+  m.regions[0].remote_info[std::string((size_t{1} << 20) + 1, 'b')] = "x";
+  EXPECT_ERROR(decode_metadata(encode_metadata(m), kNoLimit), ErrorCode::InvalidArgument,
+               "region 0: backend name 'bbbb");
+  m = sample();
+  m.partial = true;
+  m.regions[1].desc.len = 0;
+  EXPECT_ERROR(decode_metadata(encode_metadata(m), kNoLimit), ErrorCode::InvalidArgument,
+               "region 1: empty");
 }
 
 TEST(Metadata, RejectsEmptyOrLongName) {

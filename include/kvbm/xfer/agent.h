@@ -148,13 +148,32 @@ class KVBM_API Agent {
 
   /// This agent's metadata: name, each backend's connection data, registered regions.
   virtual Result<std::string> local_metadata() const = 0;
+  /// A part of this agent's metadata (NIXL's partial metadata): the registered regions that
+  /// hold `regions`' descriptors and, with `with_connection`, the connection data; for a peer
+  /// that loaded this agent before, so that one more region does not resend everything.
+  /// OutOfBounds naming a descriptor no registered region holds; InvalidArgument for no
+  /// regions and no connection data.
+  virtual Result<std::string> local_partial_metadata(const DescList& regions,
+                                                     bool with_connection) const = 0;
   /// Loads a peer's metadata (replacing older metadata of the same agent); returns its
-  /// name. InvalidArgument for bytes that do not decode; InvalidArgument for our own name.
+  /// name. Partial metadata merges instead: its regions join the loaded peer's (replacing
+  /// any they overlap; regions the peer deregistered stay until whole metadata is loaded),
+  /// unless it carries other connection data or comes from another incarnation of the peer
+  /// (a restart), when it replaces the peer as whole metadata does. InvalidArgument for
+  /// bytes that do not decode, for our own name, and for regions alone of another
+  /// incarnation; NotFound for regions alone of a peer not loaded.
   virtual Result<std::string> load_remote_metadata(std::string_view bytes) = 0;
   /// Forgets a peer: its connections and remote regions. NotFound if unknown.
   virtual Status invalidate_remote(const std::string& agent) = 0;
   /// Whether a peer's metadata is loaded.
   virtual bool has_remote(const std::string& agent) const = 0;
+  /// Sets up the connection to a loaded peer now (NIXL's makeConnection; UCX: the
+  /// endpoint's wireup), so that its first request does not pay for it. Optional: the
+  /// first request connects otherwise. Blocks up to AgentConfig::peer_timeout. NotFound
+  /// naming the peer if its metadata is not loaded; Remote naming it if it failed before or
+  /// its connection fails; Timeout naming it if it does not answer in time (it is then
+  /// marked failed, as a request's timeout does: load its metadata again to retry).
+  virtual Status connect(const std::string& agent) = 0;
 
   /// Serves local_metadata() and the published items to peers over TCP on host:port
   /// (port 0: any free port) and returns the bound port. The listener stops with the
@@ -189,17 +208,22 @@ class KVBM_API Agent {
   // endpoints when etcd is unreachable (what is loaded keeps working meanwhile; what was
   // published is put again once etcd answers).
 
-  /// Publishes local_metadata() under `<prefix>agents/<name>` (call again after registering
-  /// more memory). With etcd, publish() also puts its items under `<prefix>items/<name>/<key>`.
-  /// Errors: Unsupported without etcd endpoints; Io naming the endpoints when etcd is
-  /// unreachable (what is published is put again once etcd answers).
+  /// Publishes this agent's metadata: its connection data under `<prefix>agents/<name>` and
+  /// each registered region under `<prefix>regions/<name>/...` (call again after registering
+  /// or deregistering memory: only what changed is written). With etcd, publish() also puts
+  /// its items under `<prefix>items/<name>/<key>`. Errors: Unsupported without etcd
+  /// endpoints; Io naming the endpoints when etcd is unreachable (what is published is put
+  /// again once etcd answers).
   virtual Status publish_metadata() = 0;
   /// Removes what this agent published from etcd (also done when the agent is destroyed).
   virtual Status withdraw_metadata() = 0;
   /// Fetches agent `name`'s metadata from etcd and loads it; returns the name. NotFound
   /// when etcd has none. The agent then follows the peer: when its key is deleted or its
   /// lease expires (it died), the peer is invalidated; when it publishes new metadata (it
-  /// restarted under the same name), that is loaded in its place.
+  /// restarted under the same name, before or after its old lease expired), that is loaded
+  /// in its place, with its regions. It is followed until invalidate_remote(name). What
+  /// etcd holds is the peer's connection data and one key per region; the agent loads their
+  /// union, and a second fetch merges regions added since into the loaded peer.
   virtual Result<std::string> fetch_remote_metadata(const std::string& name) = 0;
   /// An item peer `name` published, from etcd. NotFound naming agent and key.
   virtual Result<std::string> fetch_published(const std::string& name, const std::string& key) = 0;

@@ -1,6 +1,8 @@
 #include "xfer/backends/ucx/ucx_backend.h"
 
+#include <chrono>
 #include <cstdlib>
+#include <thread>
 #include <utility>
 
 #include "kvbm/log.h"
@@ -140,6 +142,34 @@ void UcxBackend::disconnect(const std::string& agent) {
   auto peer = it->second;
   close_peer_locked(peer, err(ErrorCode::Remote, "agent '", agent, "' was disconnected"));
   inbox_.forget(agent);
+}
+
+// Agent::connect: an endpoint flush completes once UCX has wired the endpoint up.
+Status UcxBackend::establish(const std::string& agent, std::chrono::milliseconds timeout) {
+  void* req = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(agent);
+    if (it == peers_.end() || it->second->ep == nullptr)
+      return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
+    ucp_request_param_t param{};
+    req = ucp_ep_flush_nbx(it->second->ep, &param);
+  }
+  if (UCS_PTR_IS_ERR(req))
+    return ucx_error(ErrorCode::Remote, "ucp_ep_flush_nbx", UCS_PTR_STATUS(req));
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    progress(LockWait::Wait);
+    std::lock_guard<std::mutex> lock(mu_);
+    const ucs_status_t s = req == nullptr ? UCS_OK : ucp_request_check_status(req);
+    if (s != UCS_INPROGRESS || std::chrono::steady_clock::now() >= until) {
+      if (req != nullptr) ucp_request_free(req);  // released by UCX once it completes
+      if (s == UCS_OK) return {};
+      if (s != UCS_INPROGRESS) return ucx_error(ErrorCode::Remote, "endpoint wireup", s);
+      return err(ErrorCode::Timeout, "no answer within ", timeout.count(), " ms");
+    }
+    std::this_thread::yield();
+  }
 }
 
 size_t UcxBackend::progress(LockWait wait) {

@@ -141,6 +141,7 @@ class UcxBackend final : public Backend {
   Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
   Status connect(const std::string& agent, std::string_view connection_info) override;
   void disconnect(const std::string& agent) override;
+  Status establish(const std::string& agent, std::chrono::milliseconds timeout) override;
   Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string& agent, MemType type,
                                                            const Desc& region,
                                                            std::string_view remote_info) override;
