@@ -226,11 +226,12 @@ class Agent {
   // create_request over prepared lists: moves local.descs()[local_indices[i]] to or from
   // remote.descs()[remote_indices[i]] for every i, with the lookups done by prepare_descs.
   // `local` must be a list of this agent's own memory; `remote` names the peer (or this
-  // agent). InvalidArgument for lists prepared by another agent, a local list of a peer's
+  // agent). The request holds both lists while it exists. InvalidArgument for lists
+  // prepared by another agent, a local list of a peer's
   // memory, no indices, unequal index counts or lengths; OutOfBounds naming an index past
-  // its list; NotRegistered when a region of the list was deregistered since, Remote when
-  // its peer was invalidated, replaced by newer metadata or failed (prepare the list again);
-  // Unsupported as create_request.
+  // its list; NotRegistered when an index names a region deregistered since the list was
+  // prepared, Remote when the remote list's peer was invalidated, replaced by newer
+  // metadata or failed (prepare the list again); Unsupported as create_request.
   virtual Result<std::unique_ptr<Request>> create_request(
       Op op, const PreparedDescs& local, std::span<const uint32_t> local_indices,
       const PreparedDescs& remote, std::span<const uint32_t> remote_indices,
