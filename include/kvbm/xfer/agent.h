@@ -227,9 +227,8 @@ class Agent {
   // remote.descs()[remote_indices[i]] for every i, with the lookups done by prepare_descs.
   // `local` must be a list of this agent's own memory; `remote` names the peer (or this
   // agent). The request holds both lists while it exists. InvalidArgument for lists
-  // prepared by another agent, a local list of a peer's
-  // memory, no indices, unequal index counts or lengths; OutOfBounds naming an index past
-  // its list; NotRegistered when an index names a region deregistered since the list was
+  // prepared by another agent, a local list of a peer's memory, no indices, unequal index
+  // counts or lengths; OutOfBounds naming an index past its list; NotRegistered when an index names a region deregistered since the list was
   // prepared, Remote when the remote list's peer was invalidated, replaced by newer
   // metadata or failed (prepare the list again); Unsupported as create_request.
   virtual Result<std::unique_ptr<Request>> create_request(
