@@ -80,5 +80,6 @@ int main(int argc, char** argv) {
   add_bench_file(*bench, runner);
   add_bench_pool(*bench, runner);
   add_bench_soak(*bench, runner);
+  add_bench_prepared(*bench, runner);
   return run_command_line(app, argc, argv, runner);
 }

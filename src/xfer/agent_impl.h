@@ -20,6 +20,10 @@
 #include "xfer/etcd_discovery.h"
 #include "xfer/side_channel.h"
 
+namespace kvbm::xfer {
+class PreparedDescsImpl;  // prepared_descs_impl.h
+}
+
 namespace kvbm::xfer::detail {
 
 // Regions are kept sorted by (type, device id, start address) so that the region that
@@ -53,7 +57,6 @@ struct RemoteRegionEntry {
 };
 
 class RequestImpl;
-class PreparedDescsImpl;
 struct PreparedRegistry;
 
 struct RemotePeer {

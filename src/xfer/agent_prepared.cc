@@ -9,7 +9,7 @@
 #include "xfer/prepared_descs_impl.h"
 #include "xfer/request_impl.h"
 
-namespace kvbm::xfer::detail {
+namespace kvbm::xfer {
 
 PreparedDescsImpl::~PreparedDescsImpl() {
   // Under the registry's lock: the agent's destructor either released this list already,
@@ -24,6 +24,8 @@ void PreparedDescsImpl::release() {
   entries.clear();
   peer.reset();
 }
+
+namespace detail {
 
 namespace {
 
@@ -64,9 +66,10 @@ Status check_index(const PreparedDescsImpl& list, const char* role, size_t pos, 
 
 Result<const PreparedDescsImpl*> AgentImpl::own_list(const PreparedDescs& list,
                                                      const char* role) const {
-  const auto* impl = dynamic_cast<const PreparedDescsImpl*>(&list);
+  // Only PreparedDescsImpl can derive from PreparedDescs (its constructor is private).
+  const auto* impl = static_cast<const PreparedDescsImpl*>(&list);
   // A list holds its agent's registry alive, so no other agent can have its address.
-  if (impl == nullptr || impl->registry() != prepared_.get()) {
+  if (impl->registry() != prepared_.get()) {
     return err(ErrorCode::InvalidArgument, "the ", role, " list (of agent '", list.agent(),
                "''s memory) was not prepared by agent '", name_, "'");
   }
@@ -198,14 +201,14 @@ Result<std::unique_ptr<Request>> AgentImpl::create_request(
     segments[i].local_region = at_local(i).local->find(chosen);
     segments[i].remote_region = at_remote(i).remote->find(chosen);
   }
-  // The lists hold the regions; the request holds the lists.
-  auto keep_local = local.weak_from_this().lock(), keep_remote = remote.weak_from_this().lock();
-  if (!keep_local || !keep_remote)
-    return err(ErrorCode::Internal, "a prepared list is not held by a shared_ptr");
-  std::vector<std::shared_ptr<void>> keep{std::const_pointer_cast<PreparedDescsImpl>(keep_local),
-                                          std::const_pointer_cast<PreparedDescsImpl>(keep_remote)};
+  // The lists hold the regions; the request holds the lists (made by make_shared only).
+  std::vector<std::shared_ptr<void>> keep;
+  keep.reserve(2);
+  keep.push_back(std::const_pointer_cast<PreparedDescsImpl>(local.shared_from_this()));
+  keep.push_back(std::const_pointer_cast<PreparedDescsImpl>(remote.shared_from_this()));
   return finish_request(op, chosen, notifier, remote.peer, remote.agent(), std::move(segments),
                         std::move(keep), std::move(notification));
 }
 
-}  // namespace kvbm::xfer::detail
+}  // namespace detail
+}  // namespace kvbm::xfer

@@ -15,7 +15,11 @@
 #include "kvbm/xfer/agent.h"
 #include "xfer/agent_impl.h"
 
-namespace kvbm::xfer::detail {
+namespace kvbm::xfer {
+
+class PreparedDescsImpl;
+
+namespace detail {
 
 // Backends by their slot in the agent (bit b: the agent's b-th backend).
 using BackendMask = uint32_t;
@@ -28,23 +32,26 @@ struct PreparedRegistry {
   std::set<PreparedDescsImpl*> lists;
 };
 
+}  // namespace detail
+
+// In kvbm::xfer, as PreparedDescs names it its only friend.
 class PreparedDescsImpl final : public PreparedDescs,
                                 public std::enable_shared_from_this<PreparedDescsImpl> {
  public:
   // One descriptor, resolved.
   struct Resolved {
     // Own memory: the region as registered here (null in a peer's list).
-    const BackendHandles<LocalRegion>* local = nullptr;
+    const detail::BackendHandles<detail::LocalRegion>* local = nullptr;
     // The region as a transfer's remote side sees it: the peer's, or this agent's loopback.
-    const BackendHandles<RemoteRegion>* remote = nullptr;
+    const detail::BackendHandles<detail::RemoteRegion>* remote = nullptr;
     // Own memory: set once the region is deregistered (null in a peer's list).
     const std::atomic<bool>* deregistered = nullptr;
-    BackendMask local_backends = 0;
-    BackendMask remote_backends = 0;
+    detail::BackendMask local_backends = 0;
+    detail::BackendMask remote_backends = 0;
   };
 
-  PreparedDescsImpl(std::shared_ptr<PreparedRegistry> registry, std::string agent, DescList descs,
-                    bool own)
+  PreparedDescsImpl(std::shared_ptr<detail::PreparedRegistry> registry, std::string agent,
+                    DescList descs, bool own)
       : registry_(std::move(registry)),
         agent_(std::move(agent)),
         descs_(std::move(descs)),
@@ -56,21 +63,22 @@ class PreparedDescsImpl final : public PreparedDescs,
 
   // Filled by the agent before the list is handed out; immutable afterwards.
   std::vector<Resolved> resolved;
-  std::vector<std::shared_ptr<LocalRegionEntry>> entries;  // own memory: the regions held
-  std::shared_ptr<RemotePeer> peer;                        // a peer's memory: its metadata
-  BackendMask all_local = ~BackendMask{0};   // backends covering every descriptor, locally
-  BackendMask all_remote = ~BackendMask{0};  // and as the remote side
+  std::vector<std::shared_ptr<detail::LocalRegionEntry>> entries;  // own memory: the regions held
+  std::shared_ptr<detail::RemotePeer> peer;                        // a peer's memory: its metadata
+  detail::BackendMask all_local =
+      ~detail::BackendMask{0};  // backends covering every descriptor, locally
+  detail::BackendMask all_remote = ~detail::BackendMask{0};  // and as the remote side
 
-  const PreparedRegistry* registry() const { return registry_.get(); }
+  const detail::PreparedRegistry* registry() const { return registry_.get(); }
   bool own() const { return own_; }
   // Drops what the list holds (registry lock held): its agent is going.
   void release();
 
  private:
-  const std::shared_ptr<PreparedRegistry> registry_;
+  const std::shared_ptr<detail::PreparedRegistry> registry_;
   const std::string agent_;
   const DescList descs_;
   const bool own_;
 };
 
-}  // namespace kvbm::xfer::detail
+}  // namespace kvbm::xfer

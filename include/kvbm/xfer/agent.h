@@ -228,9 +228,10 @@ class Agent {
   // `local` must be a list of this agent's own memory; `remote` names the peer (or this
   // agent). The request holds both lists while it exists. InvalidArgument for lists
   // prepared by another agent, a local list of a peer's memory, no indices, unequal index
-  // counts or lengths; OutOfBounds naming an index past its list; NotRegistered when an index names a region deregistered since the list was
-  // prepared, Remote when the remote list's peer was invalidated, replaced by newer
-  // metadata or failed (prepare the list again); Unsupported as create_request.
+  // counts or lengths; OutOfBounds naming an index past its list; NotRegistered when an index names
+  // a region deregistered since the list was prepared, Remote when the remote list's peer was
+  // invalidated, replaced by newer metadata or failed (prepare the list again); Unsupported as
+  // create_request.
   virtual Result<std::unique_ptr<Request>> create_request(
       Op op, const PreparedDescs& local, std::span<const uint32_t> local_indices,
       const PreparedDescs& remote, std::span<const uint32_t> remote_indices,
@@ -258,7 +259,10 @@ class PreparedDescs {
   virtual const DescList& descs() const = 0;
   size_t size() const { return descs().size(); }
 
- protected:
+ private:
+  // Only agents make lists (src/xfer/prepared_descs_impl.h), so an agent knows every list
+  // it is given.
+  friend class PreparedDescsImpl;
   PreparedDescs() = default;
   PreparedDescs(const PreparedDescs&) = delete;
   PreparedDescs& operator=(const PreparedDescs&) = delete;
