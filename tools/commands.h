@@ -78,4 +78,7 @@ void add_bench_pool(CLI::App& bench, Runner& runner);
 // every byte checked.
 void add_bench_soak(CLI::App& bench, Runner& runner);
 
+// `kvbm bench prepared`: requests over prepared descriptor lists against descriptor lists.
+void add_bench_prepared(CLI::App& bench, Runner& runner);
+
 }  // namespace kvbm::tools

@@ -85,5 +85,6 @@ int main(int argc, char** argv) {
   add_bench_pool(*bench, runner);
   add_bench_soak(*bench, runner);
   add_serve(app, runner);  // `kvbm serve`: a target agent for other hosts (serve.h)
+  add_bench_prepared(*bench, runner);
   return run_command_line(app, argc, argv, runner);
 }

@@ -533,10 +533,71 @@ void bind_agent_requests(AgentClass& c) {
 
 }  // namespace
 
+// A prepared descriptor list (Agent::prepare_descs) and the agent that made it.
+struct PreparedBox {
+  AgentPtr agent;
+  std::shared_ptr<const xfer::PreparedDescs> list;
+  ~PreparedBox() {
+    MaybeReleaseGil g;
+    list.reset();
+  }
+};
+using PreparedPtr = std::shared_ptr<PreparedBox>;
+
+void bind_prepared(py::module_& m) {
+  py::class_<PreparedBox, PreparedPtr>(
+      m, "PreparedDescs",
+      "Descriptors resolved once by Agent.prepare(), for requests by index "
+      "(Agent.request_prepared). Stale once a region is deregistered or the peer's "
+      "metadata replaced: prepare again.")
+      .def_property_readonly(
+          "agent", [](const PreparedBox& p) { return p.list->agent(); },
+          "The agent whose memory the descriptors name.")
+      .def_property_readonly("descs", [](const PreparedBox& p) { return p.list->descs(); })
+      .def("__len__", [](const PreparedBox& p) { return p.list->size(); });
+}
+
+PreparedPtr prepare(const AgentPtr& a, const xfer::DescList& descs, const std::string& agent) {
+  auto box = std::make_shared<PreparedBox>();
+  box->agent = a;
+  py::gil_scoped_release g;
+  box->list = unwrap(A(a).prepare_descs(descs, agent));
+  return box;
+}
+
+RequestPtr make_prepared_request(const AgentPtr& a, xfer::Op op, const PreparedPtr& local,
+                                 const std::vector<uint32_t>& local_indices,
+                                 const PreparedPtr& remote,
+                                 const std::vector<uint32_t>& remote_indices,
+                                 py::handle notification, bool post) {
+  auto box = std::make_shared<RequestBox>();
+  box->agent = a;
+  box->keep = {local, remote};
+  std::optional<std::string> notif;
+  if (!notification.is_none()) notif = bytes_arg(notification, "notification");
+  py::gil_scoped_release g;
+  box->req = unwrap(A(a).create_request(op, *local->list, local_indices, *remote->list,
+                                        remote_indices, std::move(notif)));
+  if (post) check(box->req->post());
+  return box;
+}
+
+void bind_agent_prepared(AgentClass& c) {
+  c.def("prepare", &prepare, py::arg("descs"), py::arg("agent"),
+        "Resolves a DescList once: of this agent's memory (agent = its own name) or of a "
+        "loaded peer's.")
+      .def("request_prepared", &make_prepared_request, py::arg("op"), py::arg("local"),
+           py::arg("local_indices"), py::arg("remote"), py::arg("remote_indices"), py::kw_only(),
+           py::arg("notification") = py::none(), py::arg("post") = true,
+           "A READ or WRITE of local.descs[local_indices[i]] with "
+           "remote.descs[remote_indices[i]]; posted unless post=False.");
+}
+
 void bind_agent(py::module_& m) {
   bind_notification(m);
   bind_registration(m);
   bind_request(m);
+  bind_prepared(m);
   AgentClass c(m, "Agent",
                "A named transfer agent (NIXL's model): registers memory, exchanges metadata "
                "with peers (in memory or over its TCP side channel), READs and WRITEs their "
@@ -548,6 +609,7 @@ void bind_agent(py::module_& m) {
   bind_agent_publishing(c);
   bind_agent_etcd(c);
   bind_agent_requests(c);
+  bind_agent_prepared(c);
 }
 
 }  // namespace kvbm::python

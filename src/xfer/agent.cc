@@ -12,6 +12,7 @@
 #include "xfer/auth.h"
 #include "xfer/memory_registration_impl.h"
 #include "xfer/metadata.h"
+#include "xfer/prepared_descs_impl.h"
 #include "xfer/request_impl.h"
 
 namespace kvbm::xfer {
@@ -34,14 +35,13 @@ Result<std::unique_ptr<Agent>> Agent::create(std::string name, AgentConfig confi
 }
 
 namespace detail {
-namespace {
-
-using kvbm::detail::hex;
 
 std::string describe(const Desc& d) {
-  return "addr " + hex(d.addr) + " len " + std::to_string(d.len) + " dev " +
+  return "addr " + kvbm::detail::hex(d.addr) + " len " + std::to_string(d.len) + " dev " +
          std::to_string(d.dev_id);
 }
+
+namespace {
 
 bool contains(const Desc& region, const Desc& d) {
   return d.addr >= region.addr && d.len <= region.len && d.addr - region.addr <= region.len - d.len;
@@ -49,14 +49,14 @@ bool contains(const Desc& region, const Desc& d) {
 
 // The entry of `map` whose region holds all of `d`, or nullptr.
 template <typename Entry>
-Entry* find_region(const std::map<RegionKey, std::shared_ptr<Entry>>& map, MemType type,
-                   const Desc& d) {
+const std::shared_ptr<Entry>* find_region(const std::map<RegionKey, std::shared_ptr<Entry>>& map,
+                                          MemType type, const Desc& d) {
   auto it = map.upper_bound(RegionKey{type, d.dev_id, d.addr});
   if (it == map.begin()) return nullptr;
   --it;
   const auto& [t, dev, addr] = it->first;
   if (t != type || dev != d.dev_id || !contains(it->second->desc, d)) return nullptr;
-  return it->second.get();
+  return &it->second;
 }
 
 template <typename Entry>
@@ -89,7 +89,8 @@ AgentImpl::AgentImpl(std::string name, AgentConfig config)
     : name_(std::move(name)),
       config_(std::move(config)),
       incarnation_(random_incarnation()),
-      alive_(std::make_shared<AgentImpl*>(this)) {}
+      alive_(std::make_shared<AgentImpl*>(this)),
+      prepared_(std::make_shared<PreparedRegistry>()) {}
 
 Status AgentImpl::start() {
   for (const auto& type : config_.backends) KVBM_TRY(create_backend(type, {}));
@@ -124,6 +125,7 @@ AgentImpl::~AgentImpl() {
     for (RequestImpl* r : requests_) r->detach("agent '" + name_ + "' was destroyed");
     requests_.clear();
   }
+  close_prepared();
   stop_ = true;
   if (progress_thread_.joinable()) progress_thread_.join();
   // Peers and regions go before the backends that made them.
@@ -296,6 +298,7 @@ void AgentImpl::deregister(const std::vector<RegionKey>& keys) {
   for (const auto& k : keys) {
     auto it = local_.find(k);
     if (it == local_.end()) continue;
+    it->second->deregistered.store(true, std::memory_order_release);
     dropped.push_back(std::move(it->second));
     local_.erase(it);
   }
@@ -347,7 +350,8 @@ Result<std::string> AgentImpl::local_partial_metadata(const DescList& regions,
     std::lock_guard<std::mutex> lock(mu_);
     for (size_t i = 0; i < regions.descs.size(); ++i) {
       const Desc& d = regions.descs[i];
-      LocalRegionEntry* e = find_region(local_, regions.type, d);
+      const auto* found = find_region(local_, regions.type, d);
+      const LocalRegionEntry* e = found ? found->get() : nullptr;
       if (e == nullptr) {
         return err(ErrorCode::OutOfBounds, "descriptor ", i, " (", to_string(regions.type), " ",
                    describe(d), ") is not inside memory registered with agent '", name_, "'");
@@ -387,8 +391,9 @@ Result<std::string> AgentImpl::load_metadata(AgentMetadata md) {
                  "partial metadata with its connection data) first");
     }
     return err(ErrorCode::InvalidArgument, "partial metadata of agent '", md.name,
-               "' is of incarnation ", hex(md.incarnation), ", the loaded one of ",
-               hex(existing->incarnation), " (it restarted?): load its metadata again");
+               "' is of incarnation ", kvbm::detail::hex(md.incarnation), ", the loaded one of ",
+               kvbm::detail::hex(existing->incarnation),
+               " (it restarted?): load its metadata again");
   }
   std::shared_ptr<RemotePeer> peer = existing;
   if (!merge) {
@@ -597,96 +602,152 @@ Result<Blob> AgentImpl::serve(const std::string& key) {
   return item;
 }
 
+Status check_counts(size_t local, size_t remote) {
+  if (local == 0) return err(ErrorCode::InvalidArgument, "a request needs at least one descriptor");
+  if (local != remote) {
+    return err(ErrorCode::InvalidArgument, "descriptor counts differ: ", local, " local vs ",
+               remote, " remote");
+  }
+  return {};
+}
+
+Status check_lengths(size_t i, uint64_t local_len, uint64_t remote_len) {
+  if (local_len != remote_len) {
+    return err(ErrorCode::InvalidArgument, "descriptor ", i, ": local length ", local_len,
+               " != remote length ", remote_len);
+  }
+  if (local_len == 0) return err(ErrorCode::InvalidArgument, "descriptor ", i, " has length 0");
+  return {};
+}
+
+Result<std::shared_ptr<RemotePeer>> AgentImpl::find_peer_locked(const std::string& agent) const {
+  auto it = remotes_.find(agent);
+  if (it == remotes_.end()) {
+    return err(ErrorCode::NotFound, "agent '", agent, "' is not known to '", name_,
+               "': load its metadata first");
+  }
+  std::lock_guard<std::mutex> f(it->second->failure_mu);
+  if (it->second->failure)
+    return err(ErrorCode::Remote, "agent '", agent, "' failed: ", it->second->failure->message);
+  return it->second;
+}
+
+Result<const std::shared_ptr<LocalRegionEntry>*> AgentImpl::find_local_locked(const char* what,
+                                                                              size_t i,
+                                                                              MemType type,
+                                                                              const Desc& d) const {
+  const auto* entry = find_region(local_, type, d);
+  if (entry == nullptr) {
+    return err(ErrorCode::OutOfBounds, what, i, " (", to_string(type), " ", describe(d),
+               ") is not inside memory registered with agent '", name_, "'");
+  }
+  return entry;
+}
+
+Result<const RemoteRegionEntry*> AgentImpl::find_remote_locked(const char* what, size_t i,
+                                                               const RemotePeer& peer, MemType type,
+                                                               const Desc& d) const {
+  const auto* entry = find_region(peer.regions, type, d);
+  if (entry == nullptr) {
+    return err(ErrorCode::OutOfBounds, what, i, " (", to_string(type), " ", describe(d),
+               ") is not inside memory agent '", peer.name, "' has registered");
+  }
+  return entry->get();
+}
+
+Error AgentImpl::no_backend(MemType local, MemType remote, const std::string& remote_agent) const {
+  return err(ErrorCode::Unsupported, "no backend of agent '", name_, "' moves ", to_string(local),
+             " <-> ", to_string(remote), " with agent '", remote_agent, "' for these descriptors");
+}
+
+Result<Backend*> AgentImpl::choose_notifier(Backend* chosen, const RemotePeer* peer,
+                                            const std::string& remote_agent) const {
+  if (chosen->supports_notifications()) return nullptr;
+  // A backend without messaging (CUDA) moves the data; another one connecting the same
+  // peers (UCX) delivers the notification once the data is complete.
+  if (peer == nullptr) {
+    for (size_t b = 0; b < backend_count(); ++b) {
+      if (backends_[b]->supports_notifications()) return backends_[b].get();
+    }
+  } else {
+    for (Backend* b : peer->connected) {
+      if (b->notifies_peers()) return b;
+    }
+  }
+  return err(ErrorCode::Unsupported, "backend ", chosen->name(),
+             " cannot deliver notifications, and no other backend connects '", name_, "' to '",
+             remote_agent, "'");
+}
+
+Result<std::unique_ptr<Request>> AgentImpl::finish_request(
+    Op op, Backend* chosen, Backend* notifier, std::shared_ptr<RemotePeer> peer,
+    const std::string& remote_agent, std::vector<Segment> segments,
+    std::vector<std::shared_ptr<void>> keep, std::optional<std::string> notification) {
+  // A moved-from optional stays engaged: hand the backend the message only when it sends it.
+  std::optional<std::string> deferred;
+  if (notifier != nullptr) {
+    deferred = std::move(notification);
+    notification.reset();
+  }
+  auto prepared = chosen->prepare(op, remote_agent, std::move(segments), std::move(notification));
+  if (!prepared) return prepared.error();
+  auto request = std::make_unique<RequestImpl>(this, chosen, std::move(peer), std::move(*prepared),
+                                               std::move(keep));
+  if (notifier != nullptr) request->notify_after(notifier, remote_agent, std::move(*deferred));
+  return std::unique_ptr<Request>(std::move(request));
+}
+
 Result<std::unique_ptr<Request>> AgentImpl::create_request(
     Op op, const DescList& local, const DescList& remote, const std::string& remote_agent,
     std::optional<std::string> notification) {
   const bool self = remote_agent == name_;
-  if (local.descs.empty())
-    return err(ErrorCode::InvalidArgument, "a request needs at least one descriptor");
-  if (local.descs.size() != remote.descs.size()) {
-    return err(ErrorCode::InvalidArgument, "descriptor counts differ: ", local.descs.size(),
-               " local vs ", remote.descs.size(), " remote");
-  }
-  for (size_t i = 0; i < local.descs.size(); ++i) {
-    if (local.descs[i].len != remote.descs[i].len) {
-      return err(ErrorCode::InvalidArgument, "descriptor ", i, ": local length ",
-                 local.descs[i].len, " != remote length ", remote.descs[i].len);
-    }
-    if (local.descs[i].len == 0)
-      return err(ErrorCode::InvalidArgument, "descriptor ", i, " has length 0");
-  }
+  KVBM_TRY(check_counts(local.descs.size(), remote.descs.size()));
+  for (size_t i = 0; i < local.descs.size(); ++i)
+    KVBM_TRY(check_lengths(i, local.descs[i].len, remote.descs[i].len));
 
   std::unique_lock<std::mutex> lock(mu_);
   std::shared_ptr<RemotePeer> peer;
   if (!self) {
-    auto it = remotes_.find(remote_agent);
-    if (it == remotes_.end()) {
-      return err(ErrorCode::NotFound, "agent '", remote_agent, "' is not known to '", name_,
-                 "': load its metadata first");
-    }
-    peer = it->second;
-    std::lock_guard<std::mutex> f(peer->failure_mu);
-    if (peer->failure)
-      return err(ErrorCode::Remote, "agent '", remote_agent, "' failed: ", peer->failure->message);
+    auto found = find_peer_locked(remote_agent);
+    if (!found) return found.error();
+    peer = std::move(*found);
   }
-
+  // Each descriptor's region: the local one, and the remote one as the backends see it.
   const size_t n = local.descs.size();
-  std::vector<LocalRegionEntry*> locals(n);
+  std::vector<const LocalRegionEntry*> locals(n);
   std::vector<const BackendHandles<RemoteRegion>*> remotes(n);
   for (size_t i = 0; i < n; ++i) {
-    locals[i] = find_region(local_, local.type, local.descs[i]);
-    if (locals[i] == nullptr) {
-      return err(ErrorCode::OutOfBounds, "local descriptor ", i, " (", to_string(local.type), " ",
-                 describe(local.descs[i]), ") is not inside memory registered with agent '", name_,
-                 "'");
-    }
+    auto l = find_local_locked("local descriptor ", i, local.type, local.descs[i]);
+    if (!l) return l.error();
+    locals[i] = (*l)->get();
     if (self) {
-      LocalRegionEntry* e = find_region(local_, remote.type, remote.descs[i]);
-      remotes[i] = e ? &e->loopback : nullptr;
+      const auto* e = find_region(local_, remote.type, remote.descs[i]);
+      if (e == nullptr) {
+        return err(ErrorCode::OutOfBounds, "remote descriptor ", i, " (", to_string(remote.type),
+                   " ", describe(remote.descs[i]), ") is not inside memory agent '", remote_agent,
+                   "' has registered");
+      }
+      remotes[i] = &(*e)->loopback;
     } else {
-      RemoteRegionEntry* e = find_region(peer->regions, remote.type, remote.descs[i]);
-      remotes[i] = e ? &e->regions : nullptr;
-    }
-    if (remotes[i] == nullptr) {
-      return err(ErrorCode::OutOfBounds, "remote descriptor ", i, " (", to_string(remote.type), " ",
-                 describe(remote.descs[i]), ") is not inside memory agent '", remote_agent,
-                 "' has registered");
+      auto r = find_remote_locked("remote descriptor ", i, *peer, remote.type, remote.descs[i]);
+      if (!r) return r.error();
+      remotes[i] = &(*r)->regions;
     }
   }
 
-  Backend* chosen = nullptr;
-  for (size_t b = 0; b < backend_count() && chosen == nullptr; ++b) {
-    Backend* cand = backends_[b].get();
-    if (!cand->supports(local.type, remote.type)) continue;
-    bool all = true;
-    for (size_t i = 0; i < n && all; ++i) {
-      all = locals[i]->regions.find(cand) != nullptr && remotes[i]->find(cand) != nullptr;
+  Backend* chosen = first_backend(local.type, remote.type, [&](size_t, Backend* cand) {
+    for (size_t i = 0; i < n; ++i) {
+      if (locals[i]->regions.find(cand) == nullptr || remotes[i]->find(cand) == nullptr)
+        return false;
     }
-    if (all) chosen = cand;
-  }
-  if (chosen == nullptr) {
-    return err(ErrorCode::Unsupported, "no backend of agent '", name_, "' moves ",
-               to_string(local.type), " <-> ", to_string(remote.type), " with agent '",
-               remote_agent, "' for these descriptors");
-  }
-  // A backend without messaging (CUDA) moves the data; another one connecting the same
-  // peers (UCX) delivers the notification once the data is complete.
+    return true;
+  });
+  if (chosen == nullptr) return no_backend(local.type, remote.type, remote_agent);
   Backend* notifier = nullptr;
-  if (notification && !chosen->supports_notifications()) {
-    if (self) {
-      for (size_t b = 0; b < backend_count() && notifier == nullptr; ++b) {
-        if (backends_[b]->supports_notifications()) notifier = backends_[b].get();
-      }
-    } else {
-      for (Backend* b : peer->connected) {
-        if (notifier == nullptr && b->notifies_peers()) notifier = b;
-      }
-    }
-    if (notifier == nullptr) {
-      return err(ErrorCode::Unsupported, "backend ", chosen->name(),
-                 " cannot deliver notifications, and no other backend connects '", name_, "' to '",
-                 remote_agent, "'");
-    }
+  if (notification) {
+    auto found = choose_notifier(chosen, peer.get(), remote_agent);
+    if (!found) return found.error();
+    notifier = *found;
   }
 
   std::vector<Segment> segments(n);
@@ -702,26 +763,14 @@ Result<std::unique_ptr<Request>> AgentImpl::create_request(
       }
     }
     if (i == 0 || segments[i].remote_region != segments[i - 1].remote_region) {
-      const auto* handles = remotes[i];
-      for (auto& [b, r] : handles->items) {
+      for (auto& [b, r] : remotes[i]->items) {
         if (b == chosen) keep.push_back(r);
       }
     }
   }
   lock.unlock();
-
-  // A moved-from optional stays engaged: hand the backend the message only when it sends it.
-  std::optional<std::string> deferred;
-  if (notifier != nullptr) {
-    deferred = std::move(notification);
-    notification.reset();
-  }
-  auto prepared = chosen->prepare(op, remote_agent, std::move(segments), std::move(notification));
-  if (!prepared) return prepared.error();
-  auto request = std::make_unique<RequestImpl>(this, chosen, std::move(peer), std::move(*prepared),
-                                               std::move(keep));
-  if (notifier != nullptr) request->notify_after(notifier, remote_agent, std::move(*deferred));
-  return std::unique_ptr<Request>(std::move(request));
+  return finish_request(op, chosen, notifier, std::move(peer), remote_agent, std::move(segments),
+                        std::move(keep), std::move(notification));
 }
 
 Status AgentImpl::gen_notif(const std::string& agent, std::string_view message) {

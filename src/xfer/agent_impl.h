@@ -9,6 +9,8 @@
 #include <memory>
 #include <mutex>
 #include <set>
+#include <span>
+#include <string_view>
 #include <thread>
 #include <tuple>
 #include <vector>
@@ -18,6 +20,10 @@
 #include "xfer/etcd_discovery.h"
 #include "xfer/metadata.h"
 #include "xfer/side_channel.h"
+
+namespace kvbm::xfer {
+class PreparedDescsImpl;  // prepared_descs_impl.h
+}
 
 namespace kvbm::xfer::detail {
 
@@ -41,6 +47,8 @@ struct LocalRegionEntry {
   Desc desc;
   BackendHandles<LocalRegion> regions;    // one per backend it is registered with
   BackendHandles<RemoteRegion> loopback;  // the same memory as a peer of ourselves sees it
+  // Set (under the agent's mu_) when deregistered: prepared lists holding it are stale.
+  std::atomic<bool> deregistered{false};
 };
 
 struct RemoteRegionEntry {
@@ -50,6 +58,7 @@ struct RemoteRegionEntry {
 };
 
 class RequestImpl;
+struct PreparedRegistry;
 
 struct RemotePeer {
   std::string name;
@@ -63,6 +72,13 @@ struct RemotePeer {
   std::optional<Error> failure;
   std::atomic<bool> failed{false};  // failure is set: lets post() skip the lock while healthy
 };
+
+// Checks of a request's descriptor pairs that need no lookup (agent.cc): InvalidArgument
+// for no descriptors, unequal counts, unequal lengths or length 0 of descriptor `i`.
+Status check_counts(size_t local, size_t remote);
+Status check_lengths(size_t i, uint64_t local_len, uint64_t remote_len);
+// "addr 0x1000 len 64 dev 0", for error messages.
+std::string describe(const Desc& d);
 
 class AgentImpl final : public Agent {
  public:
@@ -189,6 +205,55 @@ class AgentImpl final : public Agent {
 
   // Registrations hold a weak reference, so that one outliving the agent fails cleanly.
   std::shared_ptr<AgentImpl*> alive_;
+
+ public:
+  // ---- prepared descriptor lists (agent_prepared.cc) ----
+  Result<std::shared_ptr<const PreparedDescs>> prepare_descs(const DescList& descs,
+                                                             const std::string& agent) override;
+  Result<std::unique_ptr<Request>> create_request(Op op, const PreparedDescs& local,
+                                                  std::span<const uint32_t> local_indices,
+                                                  const PreparedDescs& remote,
+                                                  std::span<const uint32_t> remote_indices,
+                                                  std::optional<std::string> notification) override;
+
+ private:
+  // ---- making a request: the steps both create_request paths share (agent.cc) ----
+  // The peer named `agent`, known and not failed (mu_ held): NotFound, Remote.
+  Result<std::shared_ptr<RemotePeer>> find_peer_locked(const std::string& agent) const;
+  // The registered region holding `d` (mu_ held); OutOfBounds naming `what` and `i`
+  // ("local descriptor ", 3) otherwise.
+  Result<const std::shared_ptr<LocalRegionEntry>*> find_local_locked(const char* what, size_t i,
+                                                                     MemType type,
+                                                                     const Desc& d) const;
+  Result<const RemoteRegionEntry*> find_remote_locked(const char* what, size_t i,
+                                                      const RemotePeer& peer, MemType type,
+                                                      const Desc& d) const;
+  // The first backend that moves `local` <-> `remote` and that covers(slot, backend).
+  template <typename Covers>
+  Backend* first_backend(MemType local, MemType remote, Covers&& covers) const {
+    for (size_t b = 0; b < backend_count(); ++b) {
+      Backend* cand = backends_[b].get();
+      if (cand->supports(local, remote) && covers(b, cand)) return cand;
+    }
+    return nullptr;
+  }
+  Error no_backend(MemType local, MemType remote, const std::string& remote_agent) const;
+  // The backend that delivers a notification `chosen` cannot send (null when it can).
+  Result<Backend*> choose_notifier(Backend* chosen, const RemotePeer* peer,
+                                   const std::string& remote_agent) const;
+  // Hands validated segments to `chosen` and wraps what it prepared in a RequestImpl.
+  Result<std::unique_ptr<Request>> finish_request(Op op, Backend* chosen, Backend* notifier,
+                                                  std::shared_ptr<RemotePeer> peer,
+                                                  const std::string& remote_agent,
+                                                  std::vector<Segment> segments,
+                                                  std::vector<std::shared_ptr<void>> keep,
+                                                  std::optional<std::string> notification);
+  // The list behind `list` if this agent prepared it; InvalidArgument naming `role`.
+  Result<const PreparedDescsImpl*> own_list(const PreparedDescs& list, const char* role) const;
+  // Releases what the lists still hold, before the backends go (the destructor).
+  void close_prepared();
+  // The lists this agent made; shared with them, so that a list may outlive the agent.
+  std::shared_ptr<PreparedRegistry> prepared_;
 };
 
 }  // namespace kvbm::xfer::detail

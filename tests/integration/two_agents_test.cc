@@ -393,6 +393,43 @@ TEST_P(TwoAgents, SameHostPathMapsThePeersMemoryOnlyWhenAllowed) {
   EXPECT_EQ(memfd_mappings(), 0);
 }
 
+// Prepared lists against a peer process, over UCX itself: requests by index both ways,
+// then the peer's newer metadata makes the old remote list stale.
+TEST_P(TwoAgentsOverUcx, PreparedListsByIndex) {
+  std::vector<std::pair<size_t, size_t>> chunks;
+  for (size_t i = 0; i < 64; ++i) chunks.emplace_back(i * 4096, 4096);
+  auto l = agent->prepare_descs(local_descs(chunks), "initiator");
+  auto r = agent->prepare_descs(peer_descs(chunks), "peer");
+  ASSERT_TRUE(l.ok() && r.ok());
+  std::vector<uint32_t> from(64), to(64);
+  std::iota(from.begin(), from.end(), 0);
+  std::iota(to.begin(), to.end(), 0);
+  std::shuffle(to.begin(), to.end(), std::mt19937(3));
+  auto write = agent->create_request(Op::Write, **l, from, **r, to, "by index");
+  ASSERT_TRUE(write.ok()) << write.error().to_string();
+  ASSERT_TRUE((*write)->post().ok());
+  ASSERT_TRUE((*write)->wait(20s).ok());
+  for (size_t i : {size_t{0}, size_t{17}, size_t{63}}) {
+    std::ostringstream cmd;
+    cmd << "check " << to[i] * 4096 << " 4096 21 " << i * 4096;
+    EXPECT_EQ(peer.process->ask(cmd.str()), "OK") << "index " << i;
+  }
+  // READ the peer's untouched bytes (beyond what was written) by index.
+  auto far = agent->prepare_descs(peer_descs({{1 << 20, 4096}}), "peer");
+  ASSERT_TRUE(far.ok());
+  auto read = agent->create_request(Op::Read, **l, std::vector<uint32_t>{5}, **far,
+                                    std::vector<uint32_t>{0});
+  ASSERT_TRUE(read.ok());
+  ASSERT_TRUE((*read)->post().ok());
+  ASSERT_TRUE((*read)->wait(20s).ok());
+  EXPECT_EQ(testing::find_pattern_mismatch(static_cast<const char*>(local.data()) + 5 * 4096, 4096,
+                                           kPeerSeed, 1 << 20),
+            SIZE_MAX);
+  ASSERT_TRUE(agent->fetch_remote_metadata("127.0.0.1", peer.port).ok());
+  EXPECT_ERROR(agent->create_request(Op::Read, **l, from, **r, to), ErrorCode::Remote,
+               "prepare the list again");
+}
+
 INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgents,
                          ::testing::Values(Transport{"shm", "sm,self", "auto"},
                                            // Large copies in parts on 3 helper threads.

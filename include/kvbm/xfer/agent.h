@@ -30,6 +30,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -89,6 +90,8 @@ class KVBM_API MemoryRegistration : public RegistrationHandle {
   /// The registered regions.
   virtual const DescList& regions() const = 0;
 };
+
+class PreparedDescs;  // below: descriptors resolved once for requests by index
 
 /// Where a Request is: never posted, in flight, finished, failed.
 enum class XferState : uint8_t { Idle, InProgress, Done, Error };
@@ -247,10 +250,60 @@ class KVBM_API Agent {
   /// thread, as does receiving the WRITE's notification.
   virtual void progress() = 0;
 
+  // ---- prepared descriptor lists (NIXL's prepXferDlist + makeXferReq) ----
+  /// Resolves `descs` once for many requests: against this agent's registered regions when
+  /// `agent` is this agent's name (a local list, or the remote list of a transfer within
+  /// this agent), else against the regions of peer `agent`'s loaded metadata. Errors as
+  /// create_request's: InvalidArgument for no descriptors or one of length 0; NotFound
+  /// for an unknown peer, Remote for a failed one; OutOfBounds naming the first descriptor
+  /// that is not inside a registered region.
+  virtual Result<std::shared_ptr<const PreparedDescs>> prepare_descs(const DescList& descs,
+                                                                     const std::string& agent) = 0;
+  /// create_request over prepared lists: moves local.descs()[local_indices[i]] to or from
+  /// remote.descs()[remote_indices[i]] for every i, with the lookups done by prepare_descs.
+  /// `local` must be a list of this agent's own memory; `remote` names the peer (or this
+  /// agent). The request holds both lists while it exists. InvalidArgument for lists
+  /// prepared by another agent, a local list of a peer's memory, no indices, unequal index
+  /// counts or lengths; OutOfBounds naming an index past its list; NotRegistered when an index
+  /// names a region deregistered since the list was prepared, Remote when the remote list's peer
+  /// was invalidated, replaced by newer metadata or failed (prepare the list again); Unsupported as
+  /// create_request.
+  virtual Result<std::unique_ptr<Request>> create_request(
+      Op op, const PreparedDescs& local, std::span<const uint32_t> local_indices,
+      const PreparedDescs& remote, std::span<const uint32_t> remote_indices,
+      std::optional<std::string> notification = std::nullopt) = 0;
+
  protected:
   Agent() = default;
   Agent(const Agent&) = delete;
   Agent& operator=(const Agent&) = delete;
+};
+
+/// Descriptors of one agent's memory (or of a peer's, as loaded by this agent), resolved
+/// once by Agent::prepare_descs for requests made by index.
+/// Ownership: held by shared_ptr. A list keeps the registrations (or the peer metadata) its
+/// descriptors lie in alive while it exists, as a request does; deregistering one of them
+/// or replacing the peer's metadata makes the list stale (its requests fail: prepare it
+/// again). A list that outlives its agent holds nothing and serves no request.
+/// Thread safety: immutable; any number of threads may use one list at once.
+class KVBM_API PreparedDescs {
+ public:
+  virtual ~PreparedDescs() = default;
+  /// The agent whose memory the descriptors name: the preparing agent's own name for a
+  /// local list, else the peer's.
+  virtual const std::string& agent() const = 0;
+  /// The descriptors, as prepared.
+  virtual const DescList& descs() const = 0;
+  /// How many descriptors.
+  size_t size() const { return descs().size(); }
+
+ private:
+  // Only agents make lists (src/xfer/prepared_descs_impl.h), so an agent knows every list
+  // it is given.
+  friend class PreparedDescsImpl;
+  PreparedDescs() = default;
+  PreparedDescs(const PreparedDescs&) = delete;
+  PreparedDescs& operator=(const PreparedDescs&) = delete;
 };
 
 }  // namespace kvbm::xfer
