@@ -21,6 +21,7 @@
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "report.h"
 #include "table.h"
 
 namespace kvbm::tools {
@@ -37,6 +38,7 @@ struct PreparedOptions {
   size_t block = 4096;                        // bytes per descriptor
   size_t iters = 0;                           // requests made per row and path (0: by size)
   size_t lat_iters = 20000;                   // round trips per latency row and way
+  bool json = false;                          // one JSON document on stdout (tables: stderr)
 };
 
 // Two agents: "a" initiates (polling, as the latency benches do), "b" is its peer.
@@ -232,6 +234,44 @@ int fail(const Error& e) {
   return 1;
 }
 
+// The cost of making a request, per descriptor count: a table row and a JSON row each.
+Status made_rows(Pair& p, const PreparedOptions& o, Table& made, Json& rows) {
+  for (size_t n : o.descs) {
+    const Shape s = shape(p, n, o.block);
+    KVBM_TRY(verify(p, s, o.block));
+    const size_t iters = o.iters != 0 ? o.iters : std::clamp<size_t>(200000 / n, 200, 20000);
+    auto us = make_us(p, s, iters);
+    if (!us) return us.error();
+    const auto [by_list, by_index] = *us;
+    made.add({std::to_string(n), fixed(by_list, 3), fixed(by_index, 3),
+              fixed(by_list - by_index, 3), fixed(by_index / by_list, 2)});
+    rows.push_back({{"descs", n},
+                    {"desclist_us", by_list},
+                    {"prepared_us", by_index},
+                    {"ratio", by_index / by_list}});
+  }
+  return {};
+}
+
+// 8 B round trips both ways: a table row and a JSON row each.
+Status latency_rows(Pair& p, const PreparedOptions& o, Table& lat, Json& rows) {
+  const Shape tiny = shape(p, 1, 8);
+  KVBM_TRY(verify(p, tiny, 8));
+  for (Op op : {Op::Read, Op::Write}) {
+    auto r = latency(p, op, tiny, o.lat_iters);
+    if (!r) return r.error();
+    const auto& l = *r;
+    lat.add({xfer::to_string(op), "8 B", fixed(l[0].p50, 3), fixed(l[1].p50, 3), fixed(l[2].p50, 3),
+             fixed(l[1].p50 - l[2].p50, 3), fixed(l[1].mean, 3), fixed(l[2].mean, 3)});
+    rows.push_back({{"op", xfer::to_string(op)},
+                    {"bytes", 8},
+                    {"reused_p50_us", l[0].p50},
+                    {"desclist_p50_us", l[1].p50},
+                    {"prepared_p50_us", l[2].p50}});
+  }
+  return {};
+}
+
 int run_prepared(const PreparedOptions& o) {
   const size_t blocks = std::max(*std::max_element(o.descs.begin(), o.descs.end()), o.regions);
   if (blocks % o.regions != 0) {
@@ -241,42 +281,38 @@ int run_prepared(const PreparedOptions& o) {
   auto pair = make_pair(o, blocks);
   if (!pair) return fail(pair.error());
   Pair& p = *pair;
-  std::cout << "kvbm bench prepared: agents 'bench-a' (polling) and 'bench-b' in one process over "
-               "UCX (UCX_TLS="
-            << env_or("UCX_TLS", "(auto)")
-            << ", KVBM_UCX_SAME_HOST=" << env_or("KVBM_UCX_SAME_HOST", "(auto)") << "), "
-            << o.regions << " regions of " << human_bytes(blocks / o.regions * o.block)
-            << " each side, " << human_bytes(o.block) << " per descriptor, data verified\n\n";
+  std::ostream& out = o.json ? std::cerr : std::cout;  // with --json, stdout is the document
+  out << "kvbm bench prepared: agents 'bench-a' (polling) and 'bench-b' in one process over "
+         "UCX (UCX_TLS="
+      << env_or("UCX_TLS", "(auto)")
+      << ", KVBM_UCX_SAME_HOST=" << env_or("KVBM_UCX_SAME_HOST", "(auto)") << "), " << o.regions
+      << " regions of " << human_bytes(blocks / o.regions * o.block) << " each side, "
+      << human_bytes(o.block) << " per descriptor, data verified\n\n";
 
   Table made({"descs", "DescList us", "prepared us", "saved us", "prepared / DescList"});
-  for (size_t n : o.descs) {
-    const Shape s = shape(p, n, o.block);
-    if (auto st = verify(p, s, o.block); !st) return fail(st.error());
-    const size_t iters = o.iters != 0 ? o.iters : std::clamp<size_t>(200000 / n, 200, 20000);
-    auto us = make_us(p, s, iters);
-    if (!us) return fail(us.error());
-    const auto [by_list, by_index] = *us;
-    made.add({std::to_string(n), fixed(by_list, 3), fixed(by_index, 3),
-              fixed(by_list - by_index, 3), fixed(by_index / by_list, 2)});
-  }
-  std::cout << "making a request (create_request, not posted): median of alternating batches\n";
-  made.print(std::cout);
+  Json made_json = Json::array();
+  if (auto st = made_rows(p, o, made, made_json); !st) return fail(st.error());
+  out << "making a request (create_request, not posted): median of alternating batches\n";
+  made.print(out);
 
-  const Shape tiny = shape(p, 1, 8);
-  if (auto st = verify(p, tiny, 8); !st) return fail(st.error());
   Table lat({"op", "size", "reused p50 us", "DescList p50 us", "prepared p50 us", "saved p50 us",
              "DescList mean us", "prepared mean us"});
-  for (Op op : {Op::Read, Op::Write}) {
-    auto r = latency(p, op, tiny, o.lat_iters);
-    if (!r) return fail(r.error());
-    const auto& l = *r;
-    lat.add({xfer::to_string(op), "8 B", fixed(l[0].p50, 3), fixed(l[1].p50, 3), fixed(l[2].p50, 3),
-             fixed(l[1].p50 - l[2].p50, 3), fixed(l[1].mean, 3), fixed(l[2].mean, 3)});
+  Json lat_json = Json::array();
+  if (auto st = latency_rows(p, o, lat, lat_json); !st) return fail(st.error());
+  out << "\nlatency: make + post + wait (+ destroy) per round trip; reused: post + wait of "
+         "one request made once; "
+      << o.lat_iters << " round trips each, the three interleaved\n";
+  lat.print(out);
+  if (o.json) {
+    print_json({{"command", "kvbm bench prepared"},
+                {"versions", versions_json()},
+                {"machine", machine_json()},
+                {"regions", o.regions},
+                {"block_bytes", o.block},
+                {"make", made_json},
+                {"latency", lat_json},
+                {"verdict", "ok"}});
   }
-  std::cout << "\nlatency: make + post + wait (+ destroy) per round trip; reused: post + wait of "
-               "one request made once; "
-            << o.lat_iters << " round trips each, the three interleaved\n";
-  lat.print(std::cout);
   return 0;
 }
 
@@ -300,6 +336,9 @@ void add_bench_prepared(CLI::App& bench, Runner& runner) {
   cmd->add_option("--lat-iters", o->lat_iters, "Round trips per latency row")
       ->capture_default_str()
       ->check(CLI::Range(size_t{1}, size_t{10000000}));
+  cmd->add_flag("--json", o->json,
+                "One JSON object on stdout: options, machine, versions, every row (tables go to "
+                "stderr)");
   cmd->callback([o, &runner] { runner = [o] { return run_prepared(*o); }; });
 }
 
