@@ -62,6 +62,10 @@ def test_multi_turn_loads_exactly_the_shared_blocks_byte_for_byte(engines):
     c = e.shared.manager.counters()
     assert c["g2_to_g1"]["blocks"] == 48 and c["tiers"]["G2"]["hit_tokens"] == 768
     assert c["g1_to_g2"]["blocks"] == 64 + (len(b.prompt_token_ids) // BLOCK - 48)
+    stats = e.sched.get_kv_connector_stats()
+    assert not stats.is_empty()
+    assert stats.data["matched_tokens"] == 768 and stats.data["loaded_blocks"] == 48
+    assert stats.data["load_failed_blocks"] == 0 and stats.data["pending_loads"] == 0
 
 
 def test_another_salt_or_lora_matches_nothing(engines):

@@ -10,13 +10,25 @@ vLLM's call order, per engine step:
 The scheduler half lives in scheduler.py, the worker half in worker.py; this class routes
 each call to the half of its role."""
 
-from typing import Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
 
 from ._base import KVConnectorBase_V1, KVConnectorRole, init_base
 from ._meta import KvbmConnectorMetadata
 from ._shared import Settings, forget, shared_for
 from .scheduler import SchedulerSide
 from .worker import WorkerSide
+
+
+@dataclass
+class KvbmConnectorStats:
+    """A snapshot of the connector's counters (names: kvbm.vllm._shared.Stats.NAMES, plus
+    pending_loads and pending_saves), in the shape of vLLM's KVConnectorStats."""
+
+    data: Dict[str, int] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not any(self.data.values())
 
 
 def _engine_id(vllm_config) -> str:
@@ -61,9 +73,10 @@ class KvbmConnector(KVConnectorBase_V1):
         return self._scheduler.request_finished(request, block_ids)
 
     def get_kv_connector_stats(self):
-        # vLLM's KVConnectorStats type differs between versions; kvbm's counters go out
-        # through its own Prometheus exporter (kvbm.metrics) instead.
-        return None
+        """The connector's counters (matched tokens, loads, saves, their failures, pending
+        work) as KvbmConnectorStats: vLLM's KVConnectorStats shape (a `data` dict). The
+        block manager's own counters go out through kvbm.metrics."""
+        return KvbmConnectorStats(data=self._shared.stats.snapshot())
 
     # ---- worker side --------------------------------------------------------------------
 
