@@ -30,6 +30,7 @@
 #include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "report.h"
 #include "table.h"
 
 #if KVBM_HAVE_CUDA
@@ -284,6 +285,10 @@ Result<Timings> run(const FileOptions& o, const std::filesystem::path& dir, cons
       if (!r) return r.error();
       (fixed_buffers ? t.fixed : t.plain).keep(*r);
     }
+    // The rows are bests over every round, so they print at the end; a terminal sees the
+    // rounds go by.
+    progress("kvbm bench file: round " + std::to_string(round + 1) + " of " +
+             std::to_string(o.rounds) + " done");
   }
   // dd with direct I/O, 1 MiB blocks, over the raw file.
   const std::string path = raw.file.path().string(), count = std::to_string(s.total >> 20);
@@ -337,9 +342,6 @@ int report(const FileOptions& o, const std::filesystem::path& dir, const Shape& 
     std::cout << j.dump(2) << "\n";
   } else {
     auto pct = [](double ratio) { return fixed(100 * ratio, 0) + "%"; };
-    std::cout << "kvbm bench file: " << o.mib << " MiB in " << o.req_kib
-              << " KiB requests, queue depth " << o.qd << ", dir " << dir.string() << ", best of "
-              << o.rounds << "\n";
     Table table({"path", "write GB/s", "read GB/s"});
     for (const Row& r : rows)
       table.add({r.path, fixed(gbps(r.times->w), 2), fixed(gbps(r.times->r), 2)});
@@ -371,6 +373,11 @@ int run_bench_file(const FileOptions& o) {
   s.slots = std::min<uint64_t>(s.n, 64);  // a DRAM ring reused across the file
   const std::filesystem::path dir =
       o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
+  if (!o.json) {
+    std::cout << "kvbm bench file: " << o.mib << " MiB in " << o.req_kib
+              << " KiB requests, queue depth " << o.qd << ", dir " << dir.string() << ", best of "
+              << o.rounds << std::endl;
+  }
   auto t = run(o, dir, s);
   if (!t) {
     std::cerr << "kvbm bench file: " << t.error().to_string() << "\n";

@@ -22,6 +22,7 @@
 #include "kvbm/transfer.h"
 #include "kvbm/version.h"
 #include "options.h"
+#include "report.h"
 #include "table.h"
 #include "transfer/cuda_tuning.h"
 
@@ -86,6 +87,31 @@ struct Row {
   std::string note;
 };
 
+// The rows measured so far. Without --json each row prints as it finishes (the table's
+// header before the first), so a long run shows its progress.
+class Rows {
+ public:
+  explicit Rows(bool print)
+      : table_(print ? std::make_unique<StreamTable>(
+                           std::cout,
+                           std::vector<std::string>{"path", "chunk", "GB/s", "ceiling GB/s",
+                                                    "ratio", "ceiling", "note"},
+                           std::vector<size_t>{22, 7, 7, 12, 5, 40, 0})
+                     : nullptr) {}
+  void push_back(const Row& r) {
+    rows_.push_back(r);
+    if (!table_) return;
+    table_->add({r.path, r.chunk ? human_bytes(r.chunk) : "", r.gbps ? fixed(r.gbps, 2) : "",
+                 r.ceiling ? fixed(r.ceiling, 2) : "",
+                 r.gbps && r.ceiling ? fixed(r.gbps / r.ceiling, 2) : "", r.ceiling_name, r.note});
+  }
+  const std::vector<Row>& all() const { return rows_; }
+
+ private:
+  std::unique_ptr<StreamTable> table_;
+  std::vector<Row> rows_;
+};
+
 Status verify(const Layout& src, const Layout& dst, std::span<const size_t> sids,
               std::span<const size_t> dids,
               const std::function<Status(void*, uint64_t, size_t)>& read_back) {
@@ -127,7 +153,7 @@ std::pair<std::vector<size_t>, std::vector<size_t>> ids_for(size_t n) {
   return {s, d};
 }
 
-void host_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>& rows) {
+void host_rows(TransferEngine& e, const BenchTransferOptions& o, Rows& rows) {
   const size_t total = o.mib << 20;
   // Host copies on all cores (tools/demo_ceilings): the ceiling of the host path.
   const auto ceiling = demo::host_copy_ceiling(total, e.host_threads(), o.iters);
@@ -176,7 +202,7 @@ double cuda_ceiling(void* dst, const void* src, size_t bytes, int iters) {
   return s ? bytes / *s / 1e9 : 0;
 }
 
-void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>& rows) {
+void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, Rows& rows) {
   const size_t total = o.mib << 20;
   auto pa = PinnedStorage::allocate(total);
   auto da = DeviceStorage::allocate(total);
@@ -219,6 +245,8 @@ void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>
         if (origin != nullptr) {
           auto v = verify(*origin, d, si, di, from_device);
           r.note = v ? "verified" : v.error().to_string();
+        } else {
+          r.note = "checked below";  // GPU -> GPU: its blocks are read back by the next row
         }
       }
       rows.push_back(r);
@@ -233,15 +261,15 @@ void gpu_rows(TransferEngine& e, const BenchTransferOptions& o, std::vector<Row>
     // pinned -> GPU (scattered into the shuffled device blocks), GPU -> GPU, GPU -> pinned.
     run(h2d_name.c_str(), *host, *dev, sids, dids, h2d, "cudaMemcpy H2D", &*host);
     run("GPU -> GPU", *dev, *dev2, dids, sids, d2d, "cudaMemcpy D2D", nullptr);
-    rows.back().note = "checked below";
     // dev2 block b holds host block b, so host2 block dids[i] must hold host block sids[i].
     run(d2h_name.c_str(), *dev2, *host2, sids, dids, d2h, "cudaMemcpy D2H", &*host);
   }
 }
 #endif
 
-// The table, or with --json one JSON object; the exit status: 1 when a row failed or (with
-// --check) a measured row's ratio to its ceiling is below the target.
+// With --json, one JSON object (without it the rows printed as they were measured); the
+// exit status: 1 when a row failed or (with --check) a measured row's ratio to its ceiling
+// is below the target.
 int report(const BenchTransferOptions& o, const TransferEngineOptions& eo,
            const std::vector<Row>& rows) {
   bool failed = false, missed = false;
@@ -273,19 +301,6 @@ int report(const BenchTransferOptions& o, const TransferEngineOptions& eo,
                            {"note", r.note}});
     }
     std::cout << j.dump(2) << "\n";
-  } else {
-    std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
-              << ", scattered (shuffled) blocks, no chunk coalesced; copy kernel "
-              << to_string(detail::cuda_tuning(eo).kernel) << ", "
-              << detail::cuda_tuning(eo).ctas_per_sm << " CTAs/SM x "
-              << detail::cuda_tuning(eo).threads << " threads\n";
-    Table t({"path", "chunk", "GB/s", "ceiling GB/s", "ratio", "ceiling", "note"});
-    for (const Row& r : rows) {
-      t.add({r.path, r.chunk ? human_bytes(r.chunk) : "", r.gbps ? fixed(r.gbps, 2) : "",
-             r.ceiling ? fixed(r.ceiling, 2) : "",
-             r.gbps && r.ceiling ? fixed(r.gbps / r.ceiling, 2) : "", r.ceiling_name, r.note});
-    }
-    t.print(std::cout);
   }
   if (missed && !failed)
     std::cerr << "kvbm bench transfer: a row's ratio is below --check " << o.check << "\n";
@@ -309,7 +324,14 @@ int run_bench_transfer(const BenchTransferOptions& o) {
     std::cerr << "kvbm bench transfer: " << e.error().to_string() << "\n";
     return 1;
   }
-  std::vector<Row> rows;
+  if (!o.json) {
+    const detail::CudaTuning& t = detail::cuda_tuning(eo);
+    std::cout << "kvbm bench transfer: " << o.mib << " MiB per measurement, median of " << o.iters
+              << ", scattered (shuffled) blocks, no chunk coalesced; copy kernel "
+              << to_string(t.kernel) << ", " << t.ctas_per_sm << " CTAs/SM x " << t.threads
+              << " threads" << std::endl;
+  }
+  Rows rows(!o.json);
   if (!o.no_host) host_rows(**e, o, rows);
 #if KVBM_HAVE_CUDA
   if (o.no_gpu) {
@@ -322,7 +344,7 @@ int run_bench_transfer(const BenchTransferOptions& o) {
 #else
   rows.push_back({"GPU rows", 0, 0, 0, "", "skipped: built without CUDA"});
 #endif
-  return report(o, eo, rows);
+  return report(o, eo, rows.all());
 }
 
 }  // namespace
