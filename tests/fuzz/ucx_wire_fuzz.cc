@@ -1,6 +1,8 @@
-// libFuzzer target for the UCX backend's own wire parts, all from peers: a DRAM region's
-// remote info (same_host.h), the same-host line of a peer's connection data, and the
-// headers of remote file transfers (file_wire.h). The first byte picks the decoder. Any
+// libFuzzer target for the backends' own wire parts, all from peers: a DRAM region's
+// remote info (same_host.h), the same-host line of a peer's connection data, the headers
+// of remote file transfers (file_wire.h) and of notifications (notifications.h), and the
+// CUDA staged path's chunk and reply headers (staged_wire.h). The first byte picks the
+// decoder (for notifications the next two give the body's length). Any
 // input must decode or fail with its decoder's error code (InvalidArgument; Remote for
 // file headers, which blame the peer) and a message, never crash; whatever decodes must
 // survive a round trip through its encoder.
@@ -10,7 +12,9 @@
 #include <string>
 #include <string_view>
 
+#include "xfer/backends/cuda/staged_wire.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/backends/ucx/notifications.h"
 #include "xfer/backends/ucx/same_host.h"
 
 namespace {
@@ -64,12 +68,41 @@ void file_reply(std::string_view in) {
     fail("file reply: round trip changed it");
 }
 
+void notification(std::string_view in, bool rndv) {
+  if (in.size() < 2) return;
+  const size_t body = static_cast<uint8_t>(in[0]) | size_t{static_cast<uint8_t>(in[1])} << 16;
+  auto d = ucx::decode_notif_header(in.substr(2), body, rndv);
+  if (!d) return check_error(d, "notification header");
+  if (d->sender.empty() || d->sender.size() != d->h.name_len) fail("notification: bad sender");
+  auto again = ucx::decode_notif_header(
+      ucx::encode_notif_header(d->sender, d->h.connection, d->h.seq), body, rndv);
+  if (!again || again->sender != d->sender || again->h.seq != d->h.seq ||
+      again->h.connection != d->h.connection)
+    fail("notification: round trip changed it");
+}
+
+void staged_chunk(std::string_view in) {
+  auto d = cuda::decode_chunk_header(in);
+  if (!d) return check_error(d, "staged chunk header");
+  auto again = cuda::decode_chunk_header(cuda::encode(*d));
+  if (!again || again->seq != d->seq || again->addr != d->addr || again->len != d->len)
+    fail("staged chunk: round trip changed it");
+}
+
+void staged_reply(std::string_view in) {
+  auto d = cuda::decode_reply_header(in);
+  if (!d) return check_error(d, "staged reply header");
+  auto again = cuda::decode_reply_header(cuda::encode(*d));
+  if (!again || again->seq != d->seq || again->code != d->code)
+    fail("staged reply: round trip changed it");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 4) {
+  switch (data[0] % 8) {
     case 0:
       region_info(in);
       break;
@@ -79,8 +112,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 2:
       file_request(in);
       break;
-    default:
+    case 3:
       file_reply(in);
+      break;
+    case 4:
+    case 5:
+      notification(in, data[0] % 8 == 5);
+      break;
+    case 6:
+      staged_chunk(in);
+      break;
+    default:
+      staged_reply(in);
       break;
   }
   return 0;
