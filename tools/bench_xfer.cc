@@ -76,7 +76,8 @@ struct XferOptions {
   std::string peer_etcd;
   std::vector<std::string> etcd;
   std::string etcd_prefix;
-  bool json = false;  // one JSON document on stdout instead of the tables
+  bool json = false;   // one JSON document on stdout instead of the tables
+  bool check = false;  // exit 1 when a target against ucx_perftest is missed
 };
 
 // UCX_TLS for a transport; null: leave UCX_TLS as it is (UCX's choice).
@@ -696,6 +697,15 @@ Status latency_section(Session& s, const XferOptions& o, const std::vector<Op>& 
   return {};
 }
 
+// Whether a target against ucx_perftest was missed (bandwidth below 0.90x at >= 64 KiB,
+// latency above 1.50x).
+bool targets_missed(const Report& report) {
+  const auto& d = report.doc;
+  const bool bandwidth =
+      d.contains("worst_bandwidth_ratio") && d["worst_bandwidth_ratio"].get<double>() < 0.9;
+  return bandwidth || d.value("worst_latency_ratio", 0.0) > 1.5;
+}
+
 void print_targets(const Report& report) {
   const auto& d = report.doc;
   std::cout << "\nTargets: bandwidth >= 0.90x perftest (request size) at >= 64 KiB: ";
@@ -785,6 +795,8 @@ int run_xfer(XferOptions o) {
   if (auto st = latency_section(s, o, ops, perftest, perf_tls, report); !st)
     return fail(st.error());
   if (perftest && !o.json) print_targets(report);
+  const bool missed = perftest && targets_missed(report);
+  report.doc["verdict"] = missed ? "missed" : "ok";
   if (o.file_mib > 0 && s.file) {
     if (auto st = file_section(s, o, ops, file_dir, report); !st) return fail(st.error());
   }
@@ -798,6 +810,10 @@ int run_xfer(XferOptions o) {
       return fail(err(ErrorCode::Remote,
                       "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string()));
     }
+  }
+  if (o.check && missed) {
+    std::cerr << "kvbm bench xfer: a target against ucx_perftest was missed (--check)\n";
+    return 1;
   }
   return 0;
 }
@@ -867,6 +883,9 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
   cmd->add_option("--etcd-prefix", o->etcd_prefix,
                   "etcd key prefix (default: $KVBM_ETCD_PREFIX, else kvbm/)");
   cmd->add_flag("--json", o->json, "One JSON document on stdout instead of the tables");
+  cmd->add_flag("--check", o->check,
+                "Exit 1 when a target against ucx_perftest is missed (bandwidth >= 0.90x at >= "
+                "64 KiB, latency <= 1.50x)");
   cmd->callback([o, &runner] { runner = [o] { return run_xfer(*o); }; });
 
   // The other end, started by `xfer` (and `soak`) itself; hidden from help. It is
