@@ -76,8 +76,8 @@ struct CudaCopier::State {
   CopyLaunch launch() const {
     CopyLaunch l;
     l.kernel = copy_kernel(tuning.kernel);
-    l.max_ctas = static_cast<unsigned>(
-        std::min<uint64_t>(uint64_t{sms} * tuning.ctas_per_sm, UINT32_MAX));
+    l.max_ctas =
+        static_cast<unsigned>(std::min<uint64_t>(uint64_t{sms} * tuning.ctas_per_sm, UINT32_MAX));
     l.threads = tuning.threads;
     l.index64 = tuning.index64;
     return l;
@@ -383,9 +383,8 @@ void CudaCopier::State::probe_engines() {
   std::string choices;
   for (int dir = 0; dir < 2 && e == cudaSuccess; ++dir) {
     for (size_t cls = 0; cls < kHostEngineClasses; ++cls) {
-      auto rates =
-          probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device, kProbeBytes,
-                             launch(), tuning.max_piece, stream, &lanes);
+      auto rates = probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device,
+                                      kProbeBytes, launch(), tuning.max_piece, stream, &lanes);
       if (!rates) {
         log(LogLevel::Warn, "GPU " + std::to_string(ordinal) +
                                 ": probing the host copy engines: " + rates.error().message);

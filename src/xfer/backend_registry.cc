@@ -20,7 +20,7 @@ const std::vector<Entry>& registry() {
   static const std::vector<Entry> entries = {
     {"UCX", make_ucx_backend},
     {"POSIX", make_posix_backend},
-    {"GDS", make_gds_backend},  // not a default: needs a GPU
+    {"GDS", make_gds_backend},    // not a default: needs a GPU
     {"NULL", make_null_backend},  // not a default: the contract's smallest example
 #if KVBM_HAVE_CUDA
     {"CUDA", make_cuda_backend},

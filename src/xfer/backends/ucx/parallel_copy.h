@@ -1,8 +1,8 @@
 // The memory copies of the UCX backend's same-host path (same_host.h): a request's bytes,
 // when there are many, cut into parts that a few threads copy at once: one core falls well
-// short of the memory bandwidth on large copies, a few threads reach it (figures: BENCHMARKS.md, "Figures behind the code").
-// Thread safety: copy() may be called from any thread. While one call has the helper
-// threads, another copies alone on its own thread rather than wait for them.
+// short of the memory bandwidth on large copies, a few threads reach it (figures: BENCHMARKS.md,
+// "Figures behind the code"). Thread safety: copy() may be called from any thread. While one call
+// has the helper threads, another copies alone on its own thread rather than wait for them.
 #pragma once
 
 #include <cstddef>
