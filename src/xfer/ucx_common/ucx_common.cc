@@ -1,7 +1,13 @@
 #include "xfer/ucx_common/ucx_common.h"
 
+#include <ucs/debug/log_def.h>
+
+#include <cstdarg>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 namespace kvbm::xfer::detail {
@@ -11,10 +17,33 @@ Error ucx_call_failed(std::string_view call, ucs_status_t s) {
   return ucx_error(ErrorCode::Internal, call, s);
 }
 
+// One line per message, written with a single call so that lines of concurrent threads
+// do not interleave. UCX has already applied its level filter before calling handlers.
+ucs_log_func_rc_t log_to_stderr(const char* file, unsigned line, const char* /*function*/,
+                                ucs_log_level_t level,
+                                const ucs_log_component_config_t* /*component*/, const char* format,
+                                va_list ap) {
+  char message[1024];
+  std::vsnprintf(message, sizeof(message), format, ap);
+  const char* base = std::strrchr(file, '/');
+  const char* level_name = level < UCS_LOG_LEVEL_LAST ? ucs_log_level_names[level] : "?";
+  std::fprintf(stderr, "UCX %s %s:%u %s\n", level_name, base ? base + 1 : file, line, message);
+  return UCS_LOG_FUNC_RC_STOP;  // the default handler would print it again, to stdout
+}
+
 }  // namespace
+
+void route_ucx_log_to_stderr() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* file = std::getenv("UCX_LOG_FILE");
+    if (file == nullptr || *file == '\0') ucs_log_push_handler(log_to_stderr);
+  });
+}
 
 Status open_worker(uint64_t features, ucp_context_h* context, ucp_worker_h* worker,
                    std::string* address) {
+  route_ucx_log_to_stderr();
   ucp_config_t* config = nullptr;
   if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
     return ucx_call_failed("ucp_config_read", s);

@@ -20,6 +20,12 @@
 
 namespace kvbm::xfer::detail {
 
+// UCX logs to stdout unless UCX_LOG_FILE says otherwise, and stdout belongs to the
+// application (`kvbm ... --json` writes its document there). Once per process, unless the
+// user set UCX_LOG_FILE, UCX's messages go to stderr instead, in UCX's level filter.
+// open_worker calls it; idempotent and thread-safe.
+void route_ucx_log_to_stderr();
+
 // A context with `features` (UCP_FEATURE_*) and one serialized worker on it; `address`
 // gets the worker's packed address. Internal errors name the UCX call. On failure, what
 // was made is left in *context / *worker for the caller's destructor to release.
