@@ -55,6 +55,25 @@ uint64_t uint_item(PyObject* item, const std::string& what, uint64_t max) {
   return u;
 }
 
+// A non-negative int that CPython stores compactly (a single digit: below 2^30, which every
+// token id is), read without the general conversion, which is most of what a long prompt
+// costs on its way in. False for anything else, which takes the general path.
+inline bool compact_uint(PyObject* o, uint64_t* v) {
+  if (!PyLong_CheckExact(o)) return false;
+#if PY_VERSION_HEX >= 0x030C0000
+  auto* l = reinterpret_cast<PyLongObject*>(o);
+  if (!PyUnstable_Long_IsCompact(l)) return false;
+  const Py_ssize_t x = PyUnstable_Long_CompactValue(l);
+  if (x < 0) return false;
+  *v = static_cast<uint64_t>(x);
+#else
+  const Py_ssize_t size = Py_SIZE(o);
+  if (size != 0 && size != 1) return false;
+  *v = size == 0 ? 0 : reinterpret_cast<PyLongObject*>(o)->ob_digit[0];
+#endif
+  return true;
+}
+
 // A 1-D buffer of integers (a numpy array), read without a Python object per item; false
 // for other objects.
 template <typename T>
@@ -109,7 +128,12 @@ std::vector<T> uints_arg(py::handle obj, const char* name) {
   out.resize(static_cast<size_t>(n));
   for (Py_ssize_t i = 0; i < n; ++i) {
     // Plain ints in range take the short way (a prompt's tokens: once per token).
-    if (PyLong_CheckExact(items[i])) {
+    if (uint64_t u = 0; compact_uint(items[i], &u)) {
+      if (u <= std::numeric_limits<T>::max()) {
+        out[static_cast<size_t>(i)] = static_cast<T>(u);
+        continue;
+      }
+    } else if (PyLong_CheckExact(items[i])) {
       int overflow = 0;
       const long long v = PyLong_AsLongLongAndOverflow(items[i], &overflow);
       if (overflow == 0 && v >= 0 &&
