@@ -10,7 +10,7 @@
 
 #include "common/cuda_util.h"
 #include "kvbm/log.h"
-#include "transfer/copy_kernel.h"
+#include "copy/gpu_copy.h"
 #include "transfer/host_engines.h"
 
 namespace kvbm::detail {

@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "kvbm/result.h"
-#include "transfer/copy_kernel.h"
+#include "copy/gpu_copy.h"
 #include "transfer/transfer_impl.h"
 
 namespace kvbm::detail {

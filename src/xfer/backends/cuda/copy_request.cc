@@ -130,7 +130,7 @@ Status CudaCopyRequest::post() {
 // one cudaMemcpyBatchAsync, whose copy engines overlap their setup, unless the copies are
 // small and the host side is mapped pinned memory: the copy engines still pay a setup per
 // copy there, so one launch of the copy kernel moves them over PCIe instead. VRAM to VRAM,
-// a few MiB each or less: the copy kernel (copy_list.h, a single copy passed by value), as
+// a few MiB each or less: the copy kernel (copy/gpu_copy.h, a single copy passed by value), as
 // a batch runs them no faster than a call each. Otherwise a cudaMemcpyAsync each
 // (figures: BENCHMARKS.md, "Figures behind the code").
 Status CudaCopyRequest::enqueue(DeviceCopies& d) {

@@ -9,12 +9,19 @@
 #include <utility>
 #include <vector>
 
+#include "copy/gpu_copy.h"
 #include "xfer/backend.h"
-#include "xfer/backends/cuda/copy_list.h"
 #include "xfer/backends/cuda/cuda_common.h"
 #include "xfer/backends/cuda/cuda_peer.h"
 
 namespace kvbm::xfer::detail::cuda {
+
+// The copy kernels are copy/gpu_copy.h's piece-list entry points.
+using kvbm::detail::CopyPiece;
+using kvbm::detail::kCopyOneMaxBytes;
+using kvbm::detail::kCopyPieceBytes;
+using kvbm::detail::launch_copy_list;
+using kvbm::detail::launch_copy_one;
 
 struct CopyItem {
   uint64_t local;
