@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "copy/gpu_batch.h"
 #include "copy/gpu_copy.h"
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/cuda_common.h"
@@ -84,9 +85,7 @@ class CudaCopyRequest final : public BackendRequest {
     bool cross_gpu;  // VRAM to another GPU's VRAM (never the copy kernel)
     bool mapped;     // every host side is mapped pinned memory (the kernel may take them)
     cudaStream_t stream;
-    std::vector<void*> dsts;
-    std::vector<const void*> srcs;
-    std::vector<size_t> sizes;
+    kvbm::detail::CopyList copies;
     CopyPiece* pieces = nullptr;  // the copy_list kernel's table: mapped pinned host memory
     size_t piece_capacity = 0;
   };
