@@ -12,7 +12,7 @@
 #include "common/uring_batch.h"
 #include "kvbm/storage.h"
 #include "table.h"
-#include "transfer/stream_copy.h"
+#include "copy/stream_copy.h"
 
 #if KVBM_HAVE_CUDA
 #include <cuda_runtime_api.h>

@@ -241,8 +241,8 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   auto staging =
       number_param("UCX", p, "file_staging_mib", FileServer::kDefaultMaxStaging, 1, 1 << 16);
   if (!staging) return staging.error();
-  auto copy_threads =
-      number_param("UCX", p, "copy_threads", ParallelCopier::default_threads(), 0, 64);
+  auto copy_threads = number_param("UCX", p, "copy_threads",
+                                   kvbm::detail::ParallelCopier::default_threads(), 0, 64);
   if (!copy_threads) return copy_threads.error();
   auto backend = std::make_unique<ucx::UcxBackend>(env, *mode, *staging, *copy_threads);
   KVBM_TRY(backend->init());
