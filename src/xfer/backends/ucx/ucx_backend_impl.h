@@ -112,7 +112,7 @@ class UcxBackend final : public Backend {
  public:
   // file_staging: the staging buffers (kFileChunkBytes each) this agent uses at once to
   // serve its files to peers; copy_threads: the same-host path's helper threads
-  // (parallel_copy.h).
+  // (copy/parallel_copy.h).
   UcxBackend(BackendEnv env, SameHostMode same_host, size_t file_staging, size_t copy_threads)
       : env_(std::move(env)),
         same_host_(same_host),
