@@ -10,9 +10,9 @@
 
 #include "common/task_pool.h"
 #include "common/uring_batch.h"
+#include "copy/stream_copy.h"
 #include "kvbm/storage.h"
 #include "table.h"
-#include "transfer/stream_copy.h"
 
 #if KVBM_HAVE_CUDA
 #include <cuda_runtime_api.h>

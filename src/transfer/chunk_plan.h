@@ -3,7 +3,7 @@
 // kernel's formula), visited in the order both sides store them, with neighbours that are
 // adjacent on both sides coalesced. build_chunks() lists a whole request's chunks this way;
 // the host path's parts of a large request each walk their own range of blocks
-// (HostPool::submit_blocks), so no thread waits for one list of them all.
+// (copy_paths.cc: submit_blocks), so no thread waits for one list of them all.
 // A plan copies what it needs from the layouts (not their memory, which must outlive the
 // copy); it is immutable, and may be used from several threads at once.
 #pragma once

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <optional>
 
+#include "copy/stream_copy.h"
 #include "kvbm/xfer/mem_type.h"
+#include "transfer/chunk_plan.h"
 #include "transfer/completion.h"
 
 namespace kvbm::detail {
@@ -102,6 +104,37 @@ uint64_t chunks_of(const CopyArgs& a, std::vector<Chunk>& chunks) {
   return build_chunks(a.src, a.src_ids, a.dst, a.dst_ids, chunks);
 }
 
+// A block copy on the host pool: part k copies blocks [blocks * k / parts,
+// blocks * (k + 1) / parts), working out its own chunks (chunk_plan.h).
+struct BlockList {
+  ChunkPlan plan;
+  std::vector<size_t> src_ids, dst_ids;
+  size_t parts;
+  bool stream;
+
+  size_t copy(size_t part) const {
+    const size_t n = src_ids.size();
+    size_t copied = 0;
+    plan.for_each(src_ids, dst_ids, n * part / parts, n * (part + 1) / parts, [&](const Chunk& c) {
+      HostPool::copy_bytes(c.dst, c.src, c.len, stream);
+      ++copied;
+    });
+    if (stream) stream_fence();
+    return copied;
+  }
+};
+
+std::shared_ptr<HostJob> submit_blocks(HostPool& pool, ChunkPlan plan, std::vector<size_t> src_ids,
+                                       std::vector<size_t> dst_ids) {
+  const uint64_t bytes = src_ids.size() * plan.chunks_per_block() * plan.chunk_bytes();
+  const size_t parts =
+      std::clamp<size_t>(pool.parts_for(bytes), 1, std::max<size_t>(src_ids.size(), 1));
+  auto list =
+      std::make_shared<BlockList>(BlockList{std::move(plan), std::move(src_ids), std::move(dst_ids),
+                                            parts, bytes >= HostPool::kStreamJobBytes});
+  return pool.submit_parts(parts, [list](size_t part) { return list->copy(part); });
+}
+
 // Host memory on both sides: the pool's threads.
 Result<Transfer> start_host(EngineState& state, const CopyArgs& a) {
   const size_t per_block = a.src.config().num_layers * a.src.config().outer_dim;
@@ -109,9 +142,9 @@ Result<Transfer> start_host(EngineState& state, const CopyArgs& a) {
     // Many chunks: the pool's threads work out their own (chunk_plan.h).
     ChunkPlan plan(a.src, a.dst);
     const uint64_t bytes = a.src_ids.size() * per_block * plan.chunk_bytes();
-    auto job = state.pool.submit_blocks(std::move(plan),
-                                        std::vector<size_t>(a.src_ids.begin(), a.src_ids.end()),
-                                        std::vector<size_t>(a.dst_ids.begin(), a.dst_ids.end()));
+    auto job = submit_blocks(state.pool, std::move(plan),
+                             std::vector<size_t>(a.src_ids.begin(), a.src_ids.end()),
+                             std::vector<size_t>(a.dst_ids.begin(), a.dst_ids.end()));
     return Transfer(std::make_unique<HostTransfer>(std::move(job), bytes, std::nullopt));
   }
   std::vector<Chunk> chunks;

@@ -9,8 +9,9 @@
 #include <thread>
 
 #include "common/cuda_util.h"
+#include "copy/gpu_batch.h"
+#include "copy/gpu_copy.h"
 #include "kvbm/log.h"
-#include "transfer/copy_kernel.h"
 #include "transfer/host_engines.h"
 
 namespace kvbm::detail {
@@ -62,8 +63,8 @@ struct CudaCopier::State {
   std::mutex mu;
   std::array<Slot, kSlots> slots;
   size_t next = 0;
-  BatchArgs batch_args;  // under mu
-  BatchLanes lanes;      // under mu
+  CopyList copies;   // under mu: the copy-engine copies of the request being queued
+  BatchLanes lanes;  // under mu
 
   // The host engine of each direction (0: to the GPU) and chunk class, once measured.
   std::once_flag probed;
@@ -140,13 +141,12 @@ struct CudaCopier::State {
     return {};
   }
 
-  // A failed submission: whatever was queued before it still guards the slot's next reuse.
-  Error fail(Slot& slot, cudaError_t code, const std::string& what) {
-    cudaGetLastError();
-    cudaEventRecord(slot.done, stream);
+  // A CUDA call's failure, its (non-sticky) error cleared.
+  static Error cuda_failure(cudaError_t code, const std::string& what) {
     cudaGetLastError();
     return cuda_error(ErrorCode::Internal, code, what);
   }
+  // A failed submission: whatever was queued before it still guards the slot's next reuse.
   Error fail(Slot& slot, const Error& why) {
     cudaEventRecord(slot.done, stream);
     cudaGetLastError();
@@ -204,6 +204,27 @@ class CudaTransfer final : public Transfer::Impl {
   std::optional<Status> result_;
 };
 
+// The steps every submission shares: the lock and the device, the next slot (once its
+// previous request has finished), `enqueue(slot)` (queues the request's copies on the
+// stream; the number of chunks they copy), the slot's event, and the handle that waits on
+// it. Whatever fails, the event is recorded: what was queued still guards the slot.
+template <typename Enqueue>
+Result<std::unique_ptr<Transfer::Impl>> submit_in_slot(CudaCopier::State* st, uint64_t bytes,
+                                                       Enqueue&& enqueue) {
+  std::lock_guard lock(st->mu);
+  DeviceGuard guard(st->ordinal);
+  auto acquired = st->acquire();
+  if (!acquired) return acquired.error();
+  CudaCopier::State::Slot& slot = st->slots[*acquired];
+  Result<size_t> chunks = enqueue(slot);
+  if (!chunks) return st->fail(slot, chunks.error());
+  if (cudaError_t e = cudaEventRecord(slot.done, st->stream); e != cudaSuccess) {
+    return st->fail(slot, CudaCopier::State::cuda_failure(e, "cudaEventRecord"));
+  }
+  return std::unique_ptr<Transfer::Impl>(
+      new CudaTransfer(st, *acquired, slot.generation, bytes, *chunks));
+}
+
 }  // namespace
 
 Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int ordinal,
@@ -240,26 +261,15 @@ Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int ordinal,
 
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk> chunks,
                                                            uint64_t bytes) {
-  State& st = *state_;
-  std::lock_guard lock(st.mu);
-  DeviceGuard guard(st.ordinal);
-  auto acquired = st.acquire();
-  if (!acquired) return acquired.error();
-  const size_t index = *acquired;
-  State::Slot& slot = st.slots[index];
-  cudaError_t e = cudaSuccess;
-  auto fail = [&](auto&&... why) -> Error { return st.fail(slot, why...); };
-
-  for (const Chunk& c : chunks) {
-    e = cudaMemcpyAsync(reinterpret_cast<void*>(c.dst), reinterpret_cast<const void*>(c.src), c.len,
-                        cudaMemcpyDefault, st.stream);
-    if (e != cudaSuccess) return fail(e, "cudaMemcpyAsync of a block chunk");
-  }
-  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) {
-    return fail(e, "cudaEventRecord");
-  }
-  return std::unique_ptr<Transfer::Impl>(
-      new CudaTransfer(state_.get(), index, slot.generation, bytes, chunks.size()));
+  State* st = state_.get();
+  return submit_in_slot(st, bytes, [&](State::Slot&) -> Result<size_t> {
+    st->copies.assign(chunks);
+    if (cudaError_t e = memcpy_each(st->copies, 0, chunks.size(), st->stream, nullptr);
+        e != cudaSuccess) {
+      return State::cuda_failure(e, "cudaMemcpyAsync of a block chunk");
+    }
+    return chunks.size();
+  });
 }
 
 // Uploads the slot's table of block ids and launches the kernel over it on `stream`;
@@ -312,54 +322,36 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& 
                                                                   const Layout& dst,
                                                                   std::span<const size_t> dst_ids,
                                                                   uint64_t bytes) {
-  State& st = *state_;
-  std::lock_guard lock(st.mu);
-  DeviceGuard guard(st.ordinal);
-  auto acquired = st.acquire();
-  if (!acquired) return acquired.error();
-  const size_t index = *acquired;
-  State::Slot& slot = st.slots[index];
-  auto chunks = st.enqueue_blocks(slot, src, src_ids, dst, dst_ids, st.stream);
-  if (!chunks) return st.fail(slot, chunks.error());
-  if (cudaError_t e = cudaEventRecord(slot.done, st.stream); e != cudaSuccess) {
-    return st.fail(slot, e, "cudaEventRecord");
-  }
-  return std::unique_ptr<Transfer::Impl>(
-      new CudaTransfer(state_.get(), index, slot.generation, bytes, *chunks));
+  State* st = state_.get();
+  return submit_in_slot(st, bytes, [&](State::Slot& slot) {
+    return st->enqueue_blocks(slot, src, src_ids, dst, dst_ids, st->stream);
+  });
 }
 
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_split(
     const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
     std::span<const size_t> dst_ids, std::span<const Chunk> chunks, uint64_t bytes) {
-  State& st = *state_;
-  std::lock_guard lock(st.mu);
-  DeviceGuard guard(st.ordinal);
-  auto acquired = st.acquire();
-  if (!acquired) return acquired.error();
-  const size_t index = *acquired;
-  State::Slot& slot = st.slots[index];
-  BatchLanes& lanes = st.lanes;
-  // The kernel's stream forks from the request's stream, runs beside the batch, and is
-  // joined back before the slot's event (also on failure: its table upload may be queued).
-  cudaError_t e = cudaEventRecord(lanes.kernel_events[0], st.stream);
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes.kernel, lanes.kernel_events[0], 0);
-  if (e != cudaSuccess) return st.fail(slot, e, "forking the kernel's stream");
-  auto kernel_chunks = st.enqueue_blocks(slot, src, src_ids, dst, dst_ids, lanes.kernel);
-  e = cudaEventRecord(lanes.kernel_events[1], lanes.kernel);
-  const cudaError_t batch =
-      kernel_chunks ? enqueue_batch(chunks, st.batch_args, st.stream, &lanes) : cudaSuccess;
-  if (e == cudaSuccess) e = cudaStreamWaitEvent(st.stream, lanes.kernel_events[1], 0);
-  if (!kernel_chunks) return st.fail(slot, kernel_chunks.error());
-  if (batch != cudaSuccess) {
-    return st.fail(slot, batch,
-                   "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
-  }
-  if (e != cudaSuccess) return st.fail(slot, e, "joining the kernel's stream");
-  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) {
-    return st.fail(slot, e, "cudaEventRecord");
-  }
-  return std::unique_ptr<Transfer::Impl>(new CudaTransfer(state_.get(), index, slot.generation,
-                                                          bytes, *kernel_chunks + chunks.size()));
+  State* st = state_.get();
+  return submit_in_slot(st, bytes, [&](State::Slot& slot) -> Result<size_t> {
+    BatchLanes& lanes = st->lanes;
+    // The kernel's stream forks from the request's stream, runs beside the batch, and is
+    // joined back before the slot's event (also on failure: its table upload may be queued).
+    cudaError_t e = cudaEventRecord(lanes.kernel_events[0], st->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes.kernel, lanes.kernel_events[0], 0);
+    if (e != cudaSuccess) return State::cuda_failure(e, "forking the kernel's stream");
+    auto kernel_chunks = st->enqueue_blocks(slot, src, src_ids, dst, dst_ids, lanes.kernel);
+    e = cudaEventRecord(lanes.kernel_events[1], lanes.kernel);
+    const cudaError_t batch =
+        kernel_chunks ? enqueue_batch(chunks, st->copies, st->stream, &lanes) : cudaSuccess;
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(st->stream, lanes.kernel_events[1], 0);
+    if (!kernel_chunks) return kernel_chunks.error();
+    if (batch != cudaSuccess) {
+      return State::cuda_failure(
+          batch, "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
+    }
+    if (e != cudaSuccess) return State::cuda_failure(e, "joining the kernel's stream");
+    return *kernel_chunks + chunks.size();
+  });
 }
 
 size_t CudaCopier::kernel_blocks(bool to_device, size_t chunk_bytes, size_t blocks) const {
@@ -415,36 +407,23 @@ CudaHostEngine CudaCopier::host_engine(bool to_device, size_t chunk_bytes) {
 
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_batch(std::span<const Chunk> chunks,
                                                                  uint64_t bytes) {
-  State& st = *state_;
-  std::lock_guard lock(st.mu);
-  DeviceGuard guard(st.ordinal);
-  auto acquired = st.acquire();
-  if (!acquired) return acquired.error();
-  const size_t index = *acquired;
-  State::Slot& slot = st.slots[index];
-  cudaError_t e = enqueue_batch(chunks, st.batch_args, st.stream, &st.lanes);
-  if (e == cudaErrorNotSupported || e == cudaErrorCallRequiresNewerDriver) {
-    // Not on this driver: the kernel from now on; this request a copy call each.
-    cudaGetLastError();
-    st.batch_supported = false;
-    log(LogLevel::Info, "GPU " + std::to_string(st.ordinal) +
-                            ": cudaMemcpyBatchAsync unsupported; block copies use the kernel");
-    e = cudaSuccess;
-    for (const Chunk& c : chunks) {
-      e = cudaMemcpyAsync(reinterpret_cast<void*>(c.dst), reinterpret_cast<const void*>(c.src),
-                          c.len, cudaMemcpyDefault, st.stream);
-      if (e != cudaSuccess) break;
+  State* st = state_.get();
+  return submit_in_slot(st, bytes, [&](State::Slot&) -> Result<size_t> {
+    cudaError_t e = enqueue_batch(chunks, st->copies, st->stream, &st->lanes);
+    if (batch_unsupported(e)) {
+      // Not on this driver: the kernel from now on; this request a copy call each.
+      cudaGetLastError();
+      st->batch_supported = false;
+      log(LogLevel::Info, "GPU " + std::to_string(st->ordinal) +
+                              ": cudaMemcpyBatchAsync unsupported; block copies use the kernel");
+      e = memcpy_each(st->copies, 0, chunks.size(), st->stream, nullptr);
     }
-  }
-  if (e != cudaSuccess) {
-    return st.fail(slot, e,
-                   "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
-  }
-  if ((e = cudaEventRecord(slot.done, st.stream)) != cudaSuccess) {
-    return st.fail(slot, e, "cudaEventRecord");
-  }
-  return std::unique_ptr<Transfer::Impl>(
-      new CudaTransfer(state_.get(), index, slot.generation, bytes, chunks.size()));
+    if (e != cudaSuccess) {
+      return State::cuda_failure(
+          e, "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
+    }
+    return chunks.size();
+  });
 }
 
 int CudaCopier::ordinal() const {

@@ -12,7 +12,7 @@
 
 namespace kvbm {
 
-// The block copy kernel of the Cuda path (src/transfer/copy_kernel.cu). Each splits every
+// The block copy kernel of the Cuda path (src/copy/gpu_copy.cu). Each splits every
 // chunk into pieces of at most CudaTuning::max_piece bytes and copies them with 16-byte
 // accesses where both ends are 16-byte aligned, bytes otherwise.
 //   Baseline  one CTA per piece; 64-bit index arithmetic; a piece's block ids are loaded

@@ -9,9 +9,9 @@
 #include <vector>
 
 #include "common/uring_worker.h"
+#include "copy/host_pool.h"
 #include "kvbm/transfer.h"
 #include "transfer/cuda_copier.h"
-#include "transfer/host_pool.h"
 #include "transfer/staged_copier.h"
 
 namespace kvbm::detail {

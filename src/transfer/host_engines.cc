@@ -96,14 +96,6 @@ namespace {
 // A part of a batch below this stays on one queue: splitting costs a few calls.
 constexpr uint64_t kLaneMinBytes = 4 << 20;
 
-cudaError_t batch_call(BatchArgs& args, size_t from, size_t to, cudaStream_t stream) {
-  cudaMemcpyAttributes attr{};
-  attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-  size_t first = 0;
-  return cudaMemcpyBatchAsync(args.dsts.data() + from, args.srcs.data() + from,
-                              args.sizes.data() + from, to - from, &attr, &first, 1, stream);
-}
-
 size_t lanes_for(std::span<const Chunk> chunks, const BatchLanes* lanes) {
   if (lanes == nullptr) return 1;
   uint64_t bytes = 0;
@@ -114,30 +106,23 @@ size_t lanes_for(std::span<const Chunk> chunks, const BatchLanes* lanes) {
 
 }  // namespace
 
-cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream,
+cudaError_t enqueue_batch(std::span<const Chunk> chunks, CopyList& args, cudaStream_t stream,
                           const BatchLanes* lanes) {
   const size_t n = chunks.size();
   if (n == 0) return cudaSuccess;
-  args.dsts.resize(n);
-  args.srcs.resize(n);
-  args.sizes.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    args.dsts[i] = reinterpret_cast<void*>(chunks[i].dst);
-    args.srcs[i] = reinterpret_cast<void*>(chunks[i].src);
-    args.sizes[i] = chunks[i].len;
-  }
+  args.assign(chunks);
   const size_t parts = lanes_for(chunks, lanes);
-  if (parts == 1) return batch_call(args, 0, n, stream);
+  if (parts == 1) return memcpy_batch(args, 0, n, stream);
   // Fork: each side stream starts after what the request's stream holds so far.
   cudaError_t e = cudaEventRecord(lanes->events[0], stream);
   for (size_t p = 1; p < parts && e == cudaSuccess; ++p) {
     cudaStream_t side = lanes->side[p - 1];
     e = cudaStreamWaitEvent(side, lanes->events[0], 0);
-    if (e == cudaSuccess) e = batch_call(args, n * p / parts, n * (p + 1) / parts, side);
+    if (e == cudaSuccess) e = memcpy_batch(args, n * p / parts, n * (p + 1) / parts, side);
     if (e == cudaSuccess) e = cudaEventRecord(lanes->events[p], side);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, lanes->events[p], 0);
   }
-  if (e == cudaSuccess) e = batch_call(args, 0, n / parts, stream);
+  if (e == cudaSuccess) e = memcpy_batch(args, 0, n / parts, stream);
   return e;
 }
 
@@ -182,7 +167,7 @@ Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* p
   if (!kernel) return kernel.error();
   HostEngineRates rates;
   rates.kernel_gbps = static_cast<double>(n * chunk) / *kernel / 1e9;
-  BatchArgs args;
+  CopyList args;
   auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream, lanes); });
   if (!batch || lanes == nullptr || n < 2) return rates;
   rates.batch_gbps = static_cast<double>(n * chunk) / *batch / 1e9;

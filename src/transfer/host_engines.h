@@ -13,8 +13,9 @@
 #include <span>
 #include <vector>
 
+#include "copy/gpu_batch.h"
+#include "copy/gpu_copy.h"
 #include "kvbm/result.h"
-#include "transfer/copy_kernel.h"
 #include "transfer/transfer_impl.h"
 
 namespace kvbm::detail {
@@ -24,14 +25,6 @@ constexpr size_t kHostEngineClasses = 4;
 size_t host_engine_class(size_t chunk_bytes);
 // The chunk size the probe times for a class.
 size_t host_engine_class_bytes(size_t cls);
-
-// Reusable argument arrays of cudaMemcpyBatchAsync (so a request allocates nothing once
-// they have grown to its size).
-struct BatchArgs {
-  std::vector<void*> dsts;
-  std::vector<void*> srcs;
-  std::vector<size_t> sizes;
-};
 
 // Side streams a batch spreads over, with the events that fork them from the request's
 // stream and join them back: the copy engines take more of the link from several queues
@@ -47,11 +40,11 @@ struct BatchLanes {
   void destroy();
 };
 
-// Queues every chunk as cudaMemcpyBatchAsync on `stream` (the current device's): one call,
-// or with `lanes`, a request of several lane-sized parts split over the stream and the side
-// streams, all joined back into `stream` (what follows on it waits for every part).
+// Queues every chunk as cudaMemcpyBatchAsync (copy/gpu_batch.h) on `stream` (the current device's):
+// one call, or with `lanes`, a request of several lane-sized parts split over the stream and the
+// side streams, all joined back into `stream` (what follows on it waits for every part).
 // cudaErrorNotSupported / cudaErrorCallRequiresNewerDriver where the driver lacks it.
-cudaError_t enqueue_batch(std::span<const Chunk> chunks, BatchArgs& args, cudaStream_t stream,
+cudaError_t enqueue_batch(std::span<const Chunk> chunks, CopyList& args, cudaStream_t stream,
                           const BatchLanes* lanes = nullptr);
 
 struct HostEngineRates {

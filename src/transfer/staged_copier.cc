@@ -7,63 +7,7 @@
 
 namespace kvbm::detail {
 namespace {
-
-constexpr uint64_t kPage = 4096;
 constexpr auto kForever = std::chrono::hours(24 * 365);
-
-uint64_t align_up(uint64_t v, uint64_t a) {
-  return (v + a - 1) / a * a;
-}
-
-// A chunk, or a piece of one, with its place in a staging half.
-struct Piece {
-  uint64_t src;
-  uint64_t dst;
-  uint64_t len;
-  uint64_t stage;  // offset in the half
-  uint32_t src_region;
-  uint32_t dst_region;
-};
-
-// Cuts a chunk list into batches that each fit one staging half. A chunk is split only when
-// it is larger than a half (into half-sized pieces, which keeps aligned offsets aligned).
-class Batcher {
- public:
-  Batcher(std::span<const Chunk> chunks, uint64_t half, bool src_file, bool dst_file)
-      : chunks_(chunks), half_(half), src_file_(src_file), dst_file_(dst_file) {}
-
-  // The next batch into `out` (cleared first); false when every chunk has been handed out.
-  bool next(std::vector<Piece>& out) {
-    out.clear();
-    uint64_t used = 0;
-    while (i_ < chunks_.size()) {
-      const Chunk& c = chunks_[i_];
-      const uint64_t src = c.src + done_, dst = c.dst + done_, rest = c.len - done_;
-      // Direct I/O needs buffer, offset and length page-aligned: give such pieces a page.
-      const uint64_t file_bits = (src_file_ ? src : 0) | (dst_file_ ? dst : 0) | rest;
-      const uint64_t at = align_up(used, file_bits % kPage == 0 ? kPage : 16);
-      if (at >= half_ || (!out.empty() && rest > half_ - at)) break;
-      const uint64_t len = std::min(rest, half_ - at);
-      out.push_back({src, dst, len, at, c.src_region, c.dst_region});
-      used = at + len;
-      done_ += len;
-      if (done_ == c.len) {
-        ++i_;
-        done_ = 0;
-      }
-    }
-    return !out.empty();
-  }
-
- private:
-  std::span<const Chunk> chunks_;
-  uint64_t half_;
-  bool src_file_;
-  bool dst_file_;
-  size_t i_ = 0;       // the chunk being placed
-  uint64_t done_ = 0;  // its bytes already placed
-};
-
 }  // namespace
 
 Result<std::unique_ptr<StagedCopier>> StagedCopier::create(size_t staging_bytes,
@@ -83,8 +27,6 @@ StagedCopier::~StagedCopier() {
   }
   cv_.notify_all();
   thread_.join();
-  if (pinned_) batch_->remove_fixed(pinned_->data());
-  if (plain_) batch_->remove_fixed(plain_->data());
 }
 
 std::shared_ptr<StagedJob> StagedCopier::submit(StagedRequest request) {
@@ -113,25 +55,16 @@ void StagedCopier::loop() {
   }
 }
 
-// The staging buffer is also a fixed buffer of the ring (where the kernel allows): the
-// disk hops into it skip pinning its pages per request.
+// The staging buffer is allocated on first use and kept: pinned once a request involves a
+// Device (it then serves Disk <-> Disk too), page-aligned System memory until then.
 Result<char*> StagedCopier::staging(bool pinned) {
-  if (pinned && !pinned_) {
-    auto p = PinnedStorage::allocate(staging_bytes_);
-    if (!p) return p.error();
-    pinned_.emplace(std::move(*p));
-    batch_->add_fixed(pinned_->data(), staging_bytes_);
-    if (plain_) batch_->remove_fixed(plain_->data());
-    plain_.reset();  // one staging buffer at a time: pinned serves Disk <-> Disk too
+  if (!staging_ || (pinned && !staging_->pinned())) {
+    auto b = StagingBuffer::allocate(*batch_, staging_bytes_, pinned);
+    if (!b) return b.error();
+    staging_.reset();  // one staging buffer at a time
+    staging_.emplace(std::move(*b));
   }
-  if (pinned_) return static_cast<char*>(pinned_->data());
-  if (!plain_) {
-    auto p = SystemStorage::allocate(staging_bytes_);
-    if (!p) return p.error();
-    plain_.emplace(std::move(*p));
-    batch_->add_fixed(plain_->data(), staging_bytes_);
-  }
-  return static_cast<char*>(plain_->data());
+  return staging_->data();
 }
 
 Status StagedCopier::run(const StagedRequest& r) {
@@ -141,19 +74,19 @@ Status StagedCopier::run(const StagedRequest& r) {
   if (!base) return base.error();
   const uint64_t half = staging_bytes_ / 2;
   char* const halves[2] = {*base, *base + half};
-  Batcher batches(r.chunks, half, src_disk, dst_disk);
-  std::vector<Piece> pieces[2];  // the batch in each half
+  StagingBatcher batches(r.chunks, half, src_disk, dst_disk);
+  std::vector<StagedPiece> pieces[2];  // the batch in each half
   std::vector<FileOp> ops;
   std::vector<Chunk> moves;
 
   auto reads = [&](int h) {
-    for (const Piece& p : pieces[h]) {
+    for (const StagedPiece& p : pieces[h]) {
       ops.push_back(
           {FileOp::Kind::Read, r.src_fds[p.src_region], p.src, halves[h] + p.stage, p.len});
     }
   };
   auto writes = [&](int h) {
-    for (const Piece& p : pieces[h]) {
+    for (const StagedPiece& p : pieces[h]) {
       ops.push_back(
           {FileOp::Kind::Write, r.dst_fds[p.dst_region], p.dst, halves[h] + p.stage, p.len});
     }
@@ -162,7 +95,7 @@ Status StagedCopier::run(const StagedRequest& r) {
   auto cuda_hop = [&](int h) {
     moves.clear();
     uint64_t bytes = 0;
-    for (const Piece& p : pieces[h]) {
+    for (const StagedPiece& p : pieces[h]) {
       const auto stage = reinterpret_cast<uint64_t>(halves[h] + p.stage);
       moves.push_back(src_disk ? Chunk{stage, p.dst, p.len} : Chunk{p.src, stage, p.len});
       bytes += p.len;

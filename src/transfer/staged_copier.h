@@ -3,12 +3,13 @@
 // sides with the CUDA path (CudaCopier::submit, reading or writing the pinned staging).
 //
 // Bounded staging: the buffer is TransferEngineOptions::staging_bytes, used as two halves.
-// A request is cut into batches that fit one half (a chunk larger than a half is split), and
-// batch i's second hop (file writes, or the CUDA scatter) runs while batch i+1's first hop
-// fills the other half. The buffer is allocated on the first request that needs it and kept:
-// pinned (cudaHostAlloc) once a request involves a Device, page-aligned System memory until
-// then (so Disk <-> Disk needs no GPU). Pieces whose file offset and length are 4096-aligned
-// start on a page of the buffer, so their I/O is direct where the file is O_DIRECT.
+// A request is cut into batches that fit one half (copy/staging.h; a chunk larger than a
+// half is split), and batch i's second hop (file writes, or the CUDA scatter) runs while
+// batch i+1's first hop fills the other half. The buffer is allocated on the first request
+// that needs it and kept: pinned (cudaHostAlloc) once a request involves a Device,
+// page-aligned System memory until then (so Disk <-> Disk needs no GPU). Pieces whose file offset
+// and length are 4096-aligned start on a page of the buffer, so their I/O is direct where the file
+// is O_DIRECT.
 //
 // Ownership: the copier owns its thread, its io_uring and the staging buffer; the layouts
 // and the CudaCopier named by a request must outlive the request's job. Thread safety:
@@ -29,8 +30,7 @@
 #include <vector>
 
 #include "common/uring_batch.h"
-#include "kvbm/storage/pinned.h"
-#include "kvbm/storage/system.h"
+#include "copy/staging.h"
 #include "transfer/completion.h"
 #include "transfer/transfer_impl.h"
 
@@ -75,8 +75,7 @@ class StagedCopier {
 
   std::unique_ptr<UringBatch> batch_;  // used by the copier's thread only
   size_t staging_bytes_;
-  std::optional<SystemStorage> plain_;   // the staging buffer before any Device request
-  std::optional<PinnedStorage> pinned_;  // ... and from the first one on
+  std::optional<StagingBuffer> staging_;  // pinned from the first Device request on
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::shared_ptr<StagedJob>> jobs_;

@@ -7,20 +7,11 @@
 #include <span>
 #include <vector>
 
+#include "copy/chunk.h"
 #include "kvbm/layout.h"
 #include "kvbm/transfer.h"
 
 namespace kvbm {
-
-// One contiguous range to copy: absolute addresses (file offsets for Disk) and the index
-// of the region each side lies in (so Disk chunks know their fd).
-struct Chunk {
-  uint64_t src = 0;
-  uint64_t dst = 0;
-  uint64_t len = 0;
-  uint32_t src_region = 0;
-  uint32_t dst_region = 0;
-};
 
 class Transfer::Impl {
  public:

@@ -1,7 +1,7 @@
-// The same-host path's copier (xfer/backends/ucx/parallel_copy.h): every span copied whole,
+// The same-host path's copier (copy/parallel_copy.h): every span copied whole,
 // nothing around it touched, alone or in parts on helper threads, and from two callers at
 // once.
-#include "xfer/backends/ucx/parallel_copy.h"
+#include "copy/parallel_copy.h"
 
 #include <gtest/gtest.h>
 
@@ -12,7 +12,7 @@
 
 #include "support/test_support.h"
 
-namespace kvbm::xfer::detail {
+namespace kvbm::detail {
 namespace {
 
 // Spans of `sizes` bytes, from `src` at odd offsets to `dst` at other odd offsets.
@@ -89,4 +89,4 @@ TEST(ParallelCopier, TwoCallersAtOnce) {
 }
 
 }  // namespace
-}  // namespace kvbm::xfer::detail
+}  // namespace kvbm::detail

@@ -11,13 +11,13 @@
 #include <thread>
 #include <tuple>
 
+#include "copy/host_pool.h"
+#include "copy/stream_copy.h"
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "support/block_pattern.h"
 #include "support/test_support.h"
 #include "transfer/cuda_tuning.h"
-#include "transfer/host_pool.h"
-#include "transfer/stream_copy.h"
 
 namespace kvbm {
 namespace {

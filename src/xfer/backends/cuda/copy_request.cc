@@ -59,11 +59,7 @@ Status CudaCopyRequest::post() {
   // The copies of each device used (almost always one), gathered first: each device's go
   // to its stream in one call. Vectors are kept across posts: no allocation per post.
   used_count_ = 0;
-  for (auto& d : used_) {
-    d.dsts.clear();
-    d.srcs.clear();
-    d.sizes.clear();
-  }
+  for (auto& d : used_) d.copies.clear();
   for (const CopyItem& it : items_) {
     uint64_t remote = it.remote;
     if (it.ipc != nullptr) {
@@ -90,9 +86,8 @@ Status CudaCopyRequest::post() {
         return fail_locked(err(ErrorCode::Internal, "no CUDA stream on device ", it.device));
       }
     }
-    d->dsts.push_back(reinterpret_cast<void*>(op_ == Op::Write ? remote : it.local));
-    d->srcs.push_back(reinterpret_cast<const void*>(op_ == Op::Write ? it.local : remote));
-    d->sizes.push_back(it.len);
+    d->copies.add(reinterpret_cast<void*>(op_ == Op::Write ? remote : it.local),
+                  reinterpret_cast<const void*>(op_ == Op::Write ? it.local : remote), it.len);
   }
   // A failure after some copies were queued waits for those, so none lands later.
   auto drain = [&](Error e) {
@@ -130,20 +125,21 @@ Status CudaCopyRequest::post() {
 // one cudaMemcpyBatchAsync, whose copy engines overlap their setup, unless the copies are
 // small and the host side is mapped pinned memory: the copy engines still pay a setup per
 // copy there, so one launch of the copy kernel moves them over PCIe instead. VRAM to VRAM,
-// a few MiB each or less: the copy kernel (copy_list.h, a single copy passed by value), as
+// a few MiB each or less: the copy kernel (copy/gpu_copy.h, a single copy passed by value), as
 // a batch runs them no faster than a call each. Otherwise a cudaMemcpyAsync each
 // (figures: BENCHMARKS.md, "Figures behind the code").
 Status CudaCopyRequest::enqueue(DeviceCopies& d) {
   DeviceGuard g(d.device);
-  const size_t n = d.sizes.size();
+  const kvbm::detail::CopyList& c = d.copies;
+  const size_t n = c.size();
   uint64_t total = 0;
-  for (size_t len : d.sizes) total += len;
+  for (size_t len : c.sizes) total += len;
   const bool kernel = backend_->kernel_copies_ && !d.cross_gpu &&
                       (d.host ? n > 1 && d.mapped && total / n <= kHostKernelMaxAvg
                               : total / n <= kVramKernelMaxAvg);
   if (kernel && n == 1) {
-    if (cudaError_t e = launch_copy_one(reinterpret_cast<uint64_t>(d.srcs[0]),
-                                        reinterpret_cast<uint64_t>(d.dsts[0]), total, d.stream);
+    if (cudaError_t e = launch_copy_one(reinterpret_cast<uint64_t>(c.srcs[0]),
+                                        reinterpret_cast<uint64_t>(c.dsts[0]), total, d.stream);
         e != cudaSuccess) {
       return cuda_fail(ErrorCode::Internal, e,
                        "copy kernel launch for " + std::to_string(total) + " bytes on device " +
@@ -155,7 +151,7 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
     // Small pieces: more warps copy at once (for host memory, more PCIe reads in flight).
     const uint64_t piece = d.host ? kHostPieceBytes : vram_piece_bytes(total);
     uint64_t count = 0;
-    for (size_t len : d.sizes) count += (len + piece - 1) / piece;
+    for (size_t len : c.sizes) count += (len + piece - 1) / piece;
     if (count <= UINT32_MAX) {
       if (count > d.piece_capacity) {
         // The previous post's launch has completed (a request is posted again only then).
@@ -174,10 +170,10 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
       }
       size_t k = 0;
       for (size_t i = 0; i < n; ++i) {
-        const auto src = reinterpret_cast<uint64_t>(d.srcs[i]);
-        const auto dst = reinterpret_cast<uint64_t>(d.dsts[i]);
-        for (uint64_t off = 0; off < d.sizes[i]; off += piece) {
-          d.pieces[k++] = {src + off, dst + off, std::min<uint64_t>(piece, d.sizes[i] - off)};
+        const auto src = reinterpret_cast<uint64_t>(c.srcs[i]);
+        const auto dst = reinterpret_cast<uint64_t>(c.dsts[i]);
+        for (uint64_t off = 0; off < c.sizes[i]; off += piece) {
+          d.pieces[k++] = {src + off, dst + off, std::min<uint64_t>(piece, c.sizes[i] - off)};
         }
       }
       if (cudaError_t e = launch_copy_list(d.pieces, static_cast<uint32_t>(count), d.stream);
@@ -190,13 +186,9 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
     }
   }
   if (n > 1 && d.host && backend_->batch_copies_.load(std::memory_order_relaxed)) {
-    cudaMemcpyAttributes attr{};
-    attr.srcAccessOrder = cudaMemcpySrcAccessOrderStream;
-    size_t first = 0;
-    const cudaError_t e = cudaMemcpyBatchAsync(d.dsts.data(), d.srcs.data(), d.sizes.data(), n,
-                                               &attr, &first, 1, d.stream);
+    const cudaError_t e = kvbm::detail::memcpy_batch(c, 0, n, d.stream);
     if (e == cudaSuccess) return {};
-    if (e != cudaErrorNotSupported && e != cudaErrorCallRequiresNewerDriver) {
+    if (!kvbm::detail::batch_unsupported(e)) {
       return cuda_fail(ErrorCode::Internal, e,
                        "cudaMemcpyBatchAsync of " + std::to_string(n) + " copies on device " +
                            std::to_string(d.device));
@@ -205,16 +197,13 @@ Status CudaCopyRequest::enqueue(DeviceCopies& d) {
     backend_->batch_copies_ = false;
     log(LogLevel::Info, "CUDA: cudaMemcpyBatchAsync unsupported here; one copy call each");
   }
-  for (size_t i = 0; i < n; ++i) {
-    if (cudaError_t e =
-            cudaMemcpyAsync(d.dsts[i], d.srcs[i], d.sizes[i], cudaMemcpyDefault, d.stream);
-        e != cudaSuccess) {
-      return cuda_fail(ErrorCode::Internal, e,
-                       "cudaMemcpyAsync of " + std::to_string(d.sizes[i]) + " bytes " +
-                           hex(reinterpret_cast<uint64_t>(d.srcs[i])) + " -> " +
-                           hex(reinterpret_cast<uint64_t>(d.dsts[i])) + " on device " +
-                           std::to_string(d.device));
-    }
+  size_t i = 0;
+  if (cudaError_t e = kvbm::detail::memcpy_each(c, 0, n, d.stream, &i); e != cudaSuccess) {
+    return cuda_fail(ErrorCode::Internal, e,
+                     "cudaMemcpyAsync of " + std::to_string(c.sizes[i]) + " bytes " +
+                         hex(reinterpret_cast<uint64_t>(c.srcs[i])) + " -> " +
+                         hex(reinterpret_cast<uint64_t>(c.dsts[i])) + " on device " +
+                         std::to_string(d.device));
   }
   return {};
 }

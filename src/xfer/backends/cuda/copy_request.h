@@ -9,12 +9,20 @@
 #include <utility>
 #include <vector>
 
+#include "copy/gpu_batch.h"
+#include "copy/gpu_copy.h"
 #include "xfer/backend.h"
-#include "xfer/backends/cuda/copy_list.h"
 #include "xfer/backends/cuda/cuda_common.h"
 #include "xfer/backends/cuda/cuda_peer.h"
 
 namespace kvbm::xfer::detail::cuda {
+
+// The copy kernels are copy/gpu_copy.h's piece-list entry points.
+using kvbm::detail::CopyPiece;
+using kvbm::detail::kCopyOneMaxBytes;
+using kvbm::detail::kCopyPieceBytes;
+using kvbm::detail::launch_copy_list;
+using kvbm::detail::launch_copy_one;
 
 struct CopyItem {
   uint64_t local;
@@ -77,9 +85,7 @@ class CudaCopyRequest final : public BackendRequest {
     bool cross_gpu;  // VRAM to another GPU's VRAM (never the copy kernel)
     bool mapped;     // every host side is mapped pinned memory (the kernel may take them)
     cudaStream_t stream;
-    std::vector<void*> dsts;
-    std::vector<const void*> srcs;
-    std::vector<size_t> sizes;
+    kvbm::detail::CopyList copies;
     CopyPiece* pieces = nullptr;  // the copy_list kernel's table: mapped pinned host memory
     size_t piece_capacity = 0;
   };

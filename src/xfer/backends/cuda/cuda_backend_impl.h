@@ -127,7 +127,7 @@ class CudaBackend final : public Backend {
   // 12.8+), not a cudaMemcpyAsync each; off by batch=0, or once the driver refuses it.
   std::atomic<bool> batch_copies_;
   // Several VRAM <-> VRAM copies of a request go as one launch of the copy_list kernel
-  // (copy_list.h), as do several small ones between VRAM and mapped pinned memory; off by
+  // (copy/gpu_copy.h), as do several small ones between VRAM and mapped pinned memory; off by
   // kernel=0.
   const bool kernel_copies_;
   const std::string host_ = host_boot_id();

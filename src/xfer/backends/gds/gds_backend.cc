@@ -20,6 +20,7 @@
 #include "common/cuda_util.h"
 #include "common/task_pool.h"
 #include "common/uring_batch.h"
+#include "copy/staging.h"
 #include "kvbm/log.h"
 #include "xfer/backend_params.h"
 #endif
@@ -40,6 +41,9 @@ std::string gds_path(const Backend&) {
 namespace {
 
 using kvbm::detail::FileOp;
+using kvbm::detail::StagedPiece;
+using kvbm::detail::StagingBatcher;
+using kvbm::detail::StagingBuffer;
 using kvbm::detail::UringBatch;
 
 // The few cuFile declarations we use, from the public cufile.h API (never included: the
@@ -208,17 +212,14 @@ class GdsRequest final : public BackendRequest {
 class GdsBackend final : public Backend {
  public:
   GdsBackend(BackendEnv env, const cufile::Api* api, bool require_cufile, size_t cufile_threads,
-             std::unique_ptr<UringBatch> batch, void* staging, size_t staging_bytes)
+             std::unique_ptr<UringBatch> batch, StagingBuffer staging)
       : env_(std::move(env)),
         api_(api),
         require_cufile_(require_cufile),
         cufile_pool_(api ? cufile_threads - 1 : 0),  // the worker is one of them
         batch_(std::move(batch)),
-        staging_(static_cast<char*>(staging)),
-        staging_bytes_(staging_bytes) {
-    // The bounce buffer is a fixed buffer of the ring where the kernel allows: its disk
-    // hops skip pinning its pages per request.
-    batch_->add_fixed(staging_, staging_bytes_);
+        staging_(std::move(staging)),
+        staging_bytes_(staging_.size()) {
     worker_ = std::thread([this] { work(); });
   }
   ~GdsBackend() override {
@@ -228,8 +229,6 @@ class GdsBackend final : public Backend {
     }
     cv_.notify_all();
     worker_.join();
-    batch_->remove_fixed(staging_);
-    cudaFreeHost(staging_);
   }
 
   const char* path() const { return api_ ? "cufile" : "bounce"; }
@@ -396,58 +395,50 @@ class GdsBackend final : public Backend {
     return {};
   }
 
-  // Bounce: pack pieces (split at staging size) into the pinned buffer, 4096-aligned, so
-  // one io_uring run and one stream sync serve many pieces.
+  // Bounce: pack pieces (split at staging size) into the pinned buffer, each on a page and
+  // each batch filled (copy/staging.h), so one io_uring run and one stream sync serve many
+  // pieces. A batch moves one way: each run of pieces of one direction is batched alone.
   Status run_bounce(const std::vector<Piece>& pieces) {
-    struct Slot {
-      const Piece* p;
-      uint64_t off;  // within the piece
-      uint64_t len;
-      char* host;
-    };
-    std::vector<Slot> slots;
+    std::vector<Chunk> chunks;  // file offset -> device address; both regions: the piece
+    std::vector<StagedPiece> batch;
     std::vector<FileOp> ops;
-    uint64_t used = 0;
-    auto flush = [&]() -> Status {
-      if (slots.empty()) return {};
-      ops.clear();
-      const bool to_file = slots[0].p->to_file;
-      for (const Slot& s : slots) {
-        ops.push_back({to_file ? FileOp::Kind::Write : FileOp::Kind::Read, s.p->fd,
-                       s.p->file_off + s.off, s.host, s.len});
+    for (size_t first = 0, end = 0; first < pieces.size(); first = end) {
+      const bool to_file = pieces[first].to_file;
+      chunks.clear();
+      for (end = first; end < pieces.size() && pieces[end].to_file == to_file; ++end) {
+        const Piece& p = pieces[end];
+        const auto i = static_cast<uint32_t>(end);
+        if (p.len > 0) chunks.push_back({p.file_off, p.dev_addr, p.len, i, i});
       }
-      if (to_file) {
-        for (const Slot& s : slots) {
-          kvbm::detail::DeviceGuard guard(s.p->device);
-          cudaError_t e = cudaMemcpy(s.host, reinterpret_cast<void*>(s.p->dev_addr + s.off), s.len,
-                                     cudaMemcpyDeviceToHost);
-          if (e != cudaSuccess) return kvbm::detail::cuda_error(ErrorCode::Io, e, "GDS bounce D2H");
-        }
-        KVBM_TRY(batch_->run(ops));
-      } else {
-        KVBM_TRY(batch_->run(ops));
-        for (const Slot& s : slots) {
-          kvbm::detail::DeviceGuard guard(s.p->device);
-          cudaError_t e = cudaMemcpy(reinterpret_cast<void*>(s.p->dev_addr + s.off), s.host, s.len,
-                                     cudaMemcpyHostToDevice);
-          if (e != cudaSuccess) return kvbm::detail::cuda_error(ErrorCode::Io, e, "GDS bounce H2D");
-        }
-      }
-      slots.clear();
-      used = 0;
-      return {};
-    };
-    for (const Piece& p : pieces) {
-      if (!slots.empty() && slots[0].p->to_file != p.to_file) KVBM_TRY(flush());
-      for (uint64_t off = 0; off < p.len;) {
-        if (used >= staging_bytes_) KVBM_TRY(flush());
-        const uint64_t len = std::min(p.len - off, staging_bytes_ - used);
-        slots.push_back({&p, off, len, staging_ + used});
-        used += (len + kAlign - 1) / kAlign * kAlign;
-        off += len;
+      StagingBatcher batches(chunks, staging_bytes_, true, false,
+                             {.always_page = true, .fill = true});
+      while (batches.next(batch)) KVBM_TRY(bounce_batch(pieces, batch, to_file, ops));
+    }
+    return {};
+  }
+
+  // One batch: file -> staging -> GPU, or GPU -> staging -> file.
+  Status bounce_batch(const std::vector<Piece>& pieces, const std::vector<StagedPiece>& batch,
+                      bool to_file, std::vector<FileOp>& ops) {
+    ops.clear();
+    for (const StagedPiece& s : batch) {
+      ops.push_back({to_file ? FileOp::Kind::Write : FileOp::Kind::Read, pieces[s.src_region].fd,
+                     s.src, staging_.data() + s.stage, s.len});
+    }
+    if (!to_file) KVBM_TRY(batch_->run(ops));
+    for (const StagedPiece& s : batch) {
+      kvbm::detail::DeviceGuard guard(pieces[s.src_region].device);
+      char* host = staging_.data() + s.stage;
+      auto* dev = reinterpret_cast<void*>(s.dst);
+      const cudaError_t e = to_file ? cudaMemcpy(host, dev, s.len, cudaMemcpyDeviceToHost)
+                                    : cudaMemcpy(dev, host, s.len, cudaMemcpyHostToDevice);
+      if (e != cudaSuccess) {
+        return kvbm::detail::cuda_error(ErrorCode::Io, e,
+                                        to_file ? "GDS bounce D2H" : "GDS bounce H2D");
       }
     }
-    return flush();
+    if (to_file) KVBM_TRY(batch_->run(ops));
+    return {};
   }
 
   // Runs the cuFile pieces of the group's jobs, cut into slices of at most kCuFileSlice,
@@ -548,8 +539,8 @@ class GdsBackend final : public Backend {
   const bool require_cufile_;           // mode=cufile: a file cuFile refuses is an error
   kvbm::detail::TaskPool cufile_pool_;  // worker only: runs cuFile slices side by side
   std::unique_ptr<UringBatch> batch_;   // worker only
-  char* staging_;                       // pinned, worker only
-  size_t staging_bytes_;
+  StagingBuffer staging_;               // pinned, worker only; a fixed buffer of batch_
+  const size_t staging_bytes_;
 
   std::mutex mu_;
   std::condition_variable cv_, done_cv_;
@@ -609,17 +600,15 @@ Result<std::unique_ptr<Backend>> make_gds_backend(const BackendEnv& env,
   }
   auto batch = UringBatch::create(static_cast<unsigned>(*depth));
   if (!batch) return batch.error();
-  void* staging = nullptr;
-  if (cudaError_t e = cudaHostAlloc(&staging, bounce_bytes, cudaHostAllocDefault);
-      e != cudaSuccess) {
-    return kvbm::detail::cuda_error(
-        ErrorCode::AllocationFailed, e,
-        "GDS staging cudaHostAlloc(" + std::to_string(bounce_bytes) + ")");
+  auto staging = StagingBuffer::allocate(**batch, bounce_bytes, true);
+  if (!staging) {
+    return err(staging.error().code, "GDS staging of ", bounce_bytes,
+               " bytes: ", staging.error().message);
   }
   log(LogLevel::Info, "GDS backend of agent '" + env.agent_name + "' uses " +
                           (api ? std::string("cuFile") : "pinned bounce buffers (" + why + ")"));
   return std::unique_ptr<Backend>(std::make_unique<GdsBackend>(
-      env, api, mode == "cufile", *cufile_threads, std::move(*batch), staging, bounce_bytes));
+      env, api, mode == "cufile", *cufile_threads, std::move(*batch), std::move(*staging)));
 }
 
 std::string gds_path(const Backend& backend) {

@@ -221,7 +221,7 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   // ours: same_host (same_host.h), defaulting to KVBM_UCX_SAME_HOST, else auto;
   // file_staging_mib, the staging memory for serving this agent's files to peers,
   // defaulting to KVBM_UCX_FILE_STAGING_MIB, else 64; and copy_threads, the helper threads
-  // of the same-host path's large copies (parallel_copy.h), defaulting to
+  // of the same-host path's large copies (copy/parallel_copy.h), defaulting to
   // KVBM_UCX_COPY_THREADS, else a quarter of the cores, at most 3.
   if (auto st = check_param_keys("UCX", params, {"same_host", "file_staging_mib", "copy_threads"});
       !st) {
@@ -241,8 +241,8 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   auto staging =
       number_param("UCX", p, "file_staging_mib", FileServer::kDefaultMaxStaging, 1, 1 << 16);
   if (!staging) return staging.error();
-  auto copy_threads =
-      number_param("UCX", p, "copy_threads", ParallelCopier::default_threads(), 0, 64);
+  auto copy_threads = number_param("UCX", p, "copy_threads",
+                                   kvbm::detail::ParallelCopier::default_threads(), 0, 64);
   if (!copy_threads) return copy_threads.error();
   auto backend = std::make_unique<ucx::UcxBackend>(env, *mode, *staging, *copy_threads);
   KVBM_TRY(backend->init());

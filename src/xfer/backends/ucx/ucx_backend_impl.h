@@ -22,17 +22,20 @@
 #include <string_view>
 #include <vector>
 
+#include "copy/parallel_copy.h"
 #include "kvbm/result.h"
 #include "xfer/backend.h"
 #include "xfer/backends/ucx/file_client.h"
 #include "xfer/backends/ucx/file_service.h"
 #include "xfer/backends/ucx/notifications.h"
-#include "xfer/backends/ucx/parallel_copy.h"
 #include "xfer/backends/ucx/peer_check.h"
 #include "xfer/backends/ucx/same_host.h"
 #include "xfer/ucx_common/ucx_common.h"
 
 namespace kvbm::xfer::detail::ucx {
+
+using kvbm::detail::CopySpan;  // the same-host path's copies: copy/parallel_copy.h
+using kvbm::detail::ParallelCopier;
 
 class UcxBackend;
 
@@ -109,7 +112,7 @@ class UcxBackend final : public Backend {
  public:
   // file_staging: the staging buffers (kFileChunkBytes each) this agent uses at once to
   // serve its files to peers; copy_threads: the same-host path's helper threads
-  // (parallel_copy.h).
+  // (copy/parallel_copy.h).
   UcxBackend(BackendEnv env, SameHostMode same_host, size_t file_staging, size_t copy_threads)
       : env_(std::move(env)),
         same_host_(same_host),

@@ -1,13 +1,15 @@
-// A persistent pool of threads that copy host memory. A job is cut into parts (one per
-// thread at least, none under 64 KiB; about 1 MiB each in large jobs), which the threads
-// take in turn. Two kinds of job: a chunk list, cut into parts of equal bytes; and a block
-// copy, cut into ranges of blocks, each part working out its own chunks (chunk_plan.h), so
-// that a request of many blocks starts copying at once rather than after one thread has
-// listed them all.
+// The transfer engine's host copies (host_copy.h: why two schedulers): a persistent pool of
+// threads that copy host memory asynchronously. A job is cut into parts (one per thread at
+// least, none under 64 KiB; about 1 MiB each in large jobs), which the threads take in
+// turn. Two kinds of job: a chunk list, cut into parts of equal bytes; and parts the caller
+// defines (the engine's block copies, each part working out its own chunks:
+// transfer/copy_paths.cc), so that a request of many blocks starts copying at once rather
+// than after one thread has listed them all.
 // Thread-safe: submit from any thread.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <deque>
 #include <functional>
@@ -16,8 +18,7 @@
 #include <thread>
 #include <vector>
 
-#include "transfer/chunk_plan.h"
-#include "transfer/transfer_impl.h"
+#include "copy/chunk.h"
 
 namespace kvbm::detail {
 
@@ -31,13 +32,21 @@ class HostPool {
 
   // Starts copying `chunks` (src/dst are host addresses) and returns the job to wait on.
   std::shared_ptr<HostJob> submit(std::vector<Chunk> chunks, uint64_t bytes);
-  // Starts copying blocks src_ids[i] to dst_ids[i] as `plan` addresses them (host
-  // addresses; validate_copy passed) and returns the job to wait on.
-  std::shared_ptr<HostJob> submit_blocks(ChunkPlan plan, std::vector<size_t> src_ids,
-                                         std::vector<size_t> dst_ids);
+  // Starts `parts` calls of copy(part) (each returning the number of chunks it copied)
+  // and returns the job to wait on.
+  std::shared_ptr<HostJob> submit_parts(size_t parts, std::function<size_t(size_t)> copy);
+  // How many parts a job of `bytes` is cut into.
+  size_t parts_for(uint64_t bytes) const;
+
+  // Jobs at least this large outgrow the caches: their destination is written with
+  // streaming stores (stream_copy.h; no read for ownership), about twice the useful
+  // bandwidth of memcpy's stores.
+  static constexpr uint64_t kStreamJobBytes = 32 << 20;
+  // Copies n bytes, with streaming stores where `stream` (then stream_fence() before the
+  // job reports done).
+  static void copy_bytes(uint64_t dst, uint64_t src, uint64_t n, bool stream);
 
  private:
-  size_t parts_for(uint64_t bytes) const;
   std::shared_ptr<HostJob> start(std::shared_ptr<HostJob> job);
   void run();
 

@@ -1,8 +1,8 @@
-// The inner loop of kvbm's copy kernels (transfer/copy_kernel.cu and
-// xfer/backends/cuda/copy_list.cu), device code only: `width` threads (lanes 0 .. width-1)
-// copy [src, src + len) to dst, each lane issuing kUnroll 16-byte loads before their
-// stores where both ends are 16-byte aligned, bytes otherwise. The pointers may be device
-// memory, a peer's memory mapped through CUDA IPC, or mapped pinned host memory.
+// The inner loop of kvbm's GPU copy kernels (copy/gpu_copy.cu, both entry points), device
+// code only: `width` threads (lanes 0 .. width-1) copy [src, src + len) to dst, each lane
+// issuing kUnroll 16-byte loads before their stores where both ends are 16-byte aligned,
+// bytes otherwise. The pointers may be device memory, a peer's memory mapped through CUDA
+// IPC, or mapped pinned host memory.
 #pragma once
 
 #include <cstdint>

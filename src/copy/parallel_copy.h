@@ -1,7 +1,8 @@
-// The memory copies of the UCX backend's same-host path (same_host.h): a request's bytes,
-// when there are many, cut into parts that a few threads copy at once: one core falls well
-// short of the memory bandwidth on large copies, a few threads reach it (figures: BENCHMARKS.md,
-// "Figures behind the code"). Thread safety: copy() may be called from any thread. While one call
+// The agent's host copies (host_copy.h: why two schedulers), for the UCX backend's
+// same-host path (backends/ucx/same_host.h): a request's bytes, when there are many, cut
+// into parts that a few threads copy at once: one core falls well short of the memory
+// bandwidth on large copies, a few threads reach it (figures: BENCHMARKS.md, "Figures
+// behind the code"). Thread safety: copy() may be called from any thread. While one call
 // has the helper threads, another copies alone on its own thread rather than wait for them.
 #pragma once
 
@@ -10,7 +11,7 @@
 
 #include "common/task_pool.h"
 
-namespace kvbm::xfer::detail {
+namespace kvbm::detail {
 
 struct CopySpan {
   void* dst;
@@ -36,7 +37,7 @@ class ParallelCopier {
   void copy(std::span<const CopySpan> spans);
 
  private:
-  kvbm::detail::TaskPool pool_;
+  TaskPool pool_;
 };
 
-}  // namespace kvbm::xfer::detail
+}  // namespace kvbm::detail

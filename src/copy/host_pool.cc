@@ -1,26 +1,17 @@
-#include "transfer/host_pool.h"
+#include "copy/host_pool.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "transfer/stream_copy.h"
+#include "copy/host_copy.h"
+#include "copy/stream_copy.h"
 
 namespace kvbm::detail {
 namespace {
 constexpr uint64_t kMinPartBytes = 64 << 10;
 constexpr uint64_t kPartBytes = 1 << 20;
 constexpr uint64_t kMaxParts = 4096;
-// Jobs at least this large outgrow the caches: their destination is written with streaming
-// stores (no read for ownership), about twice the useful bandwidth of memcpy's stores.
-constexpr uint64_t kStreamJobBytes = 32 << 20;
-
-void copy_bytes(uint64_t dst, uint64_t src, uint64_t n, bool stream) {
-  if (stream) {
-    stream_copy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
-  } else {
-    std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
-  }
-}
+constexpr uint64_t kStreamJobBytes = HostPool::kStreamJobBytes;
 
 // A chunk list and where each chunk starts within the job's bytes.
 struct ChunkList {
@@ -34,43 +25,26 @@ struct ChunkList {
     const uint64_t begin = bytes * part / parts;
     const uint64_t end = bytes * (part + 1) / parts;
     // The chunk holding byte `begin`: the last one starting at or before it.
-    size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
-    uint64_t at = begin;
+    const size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
     const bool stream = bytes >= kStreamJobBytes;
-    size_t copied = 0;
-    while (at < end && i < chunks.size()) {
-      const Chunk& c = chunks[i];
-      const uint64_t off = at - starts[i];
-      const uint64_t n = std::min(c.len - off, end - at);
-      copy_bytes(c.dst + off, c.src + off, n, stream);
-      at += n;
-      ++i;
-      ++copied;
-    }
+    const size_t copied =
+        copy_range(std::span<const Chunk>(chunks), i, i < starts.size() ? starts[i] : 0, begin, end,
+                   [&](const Chunk& c, uint64_t off, uint64_t n) {
+                     HostPool::copy_bytes(c.dst + off, c.src + off, n, stream);
+                   });
     if (stream) stream_fence();  // the stores are visible before the job reports done
     return copied;
   }
 };
-
-// A block copy: part k copies blocks [blocks * k / parts, blocks * (k + 1) / parts).
-struct BlockList {
-  ChunkPlan plan;
-  std::vector<size_t> src_ids, dst_ids;
-  size_t parts;
-  bool stream;
-
-  size_t copy(size_t part) const {
-    const size_t n = src_ids.size();
-    size_t copied = 0;
-    plan.for_each(src_ids, dst_ids, n * part / parts, n * (part + 1) / parts, [&](const Chunk& c) {
-      copy_bytes(c.dst, c.src, c.len, stream);
-      ++copied;
-    });
-    if (stream) stream_fence();
-    return copied;
-  }
-};
 }  // namespace
+
+void HostPool::copy_bytes(uint64_t dst, uint64_t src, uint64_t n, bool stream) {
+  if (stream) {
+    stream_copy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+  } else {
+    std::memcpy(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+  }
+}
 
 HostJob::HostJob(size_t parts, std::function<size_t(size_t)> copy)
     : copy_(std::move(copy)), parts_(parts), remaining_(parts) {}
@@ -128,13 +102,8 @@ std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t by
       std::make_shared<HostJob>(list->parts, [list](size_t part) { return list->copy(part); }));
 }
 
-std::shared_ptr<HostJob> HostPool::submit_blocks(ChunkPlan plan, std::vector<size_t> src_ids,
-                                                 std::vector<size_t> dst_ids) {
-  const uint64_t bytes = src_ids.size() * plan.chunks_per_block() * plan.chunk_bytes();
-  const size_t parts = std::clamp<size_t>(parts_for(bytes), 1, std::max<size_t>(src_ids.size(), 1));
-  auto list = std::make_shared<BlockList>(BlockList{
-      std::move(plan), std::move(src_ids), std::move(dst_ids), parts, bytes >= kStreamJobBytes});
-  return start(std::make_shared<HostJob>(parts, [list](size_t part) { return list->copy(part); }));
+std::shared_ptr<HostJob> HostPool::submit_parts(size_t parts, std::function<size_t(size_t)> copy) {
+  return start(std::make_shared<HostJob>(parts, std::move(copy)));
 }
 
 std::shared_ptr<HostJob> HostPool::start(std::shared_ptr<HostJob> job) {

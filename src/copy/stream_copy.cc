@@ -1,4 +1,4 @@
-#include "transfer/stream_copy.h"
+#include "copy/stream_copy.h"
 
 #include <cstdint>
 #include <cstring>
