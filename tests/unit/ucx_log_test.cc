@@ -64,6 +64,9 @@ TEST(UcxLog, GoesToStderrNeverStdout) {
 TEST(UcxLog, AUserChosenLogFileIsLeftAlone) {
   // UCX opened its log stream when it loaded (stdout here, as nothing was set then); a
   // UCX_LOG_FILE set now stands for a user's choice, which kvbm must not override.
+  // Routing happens once per process: after another test routed it, there is nothing
+  // left to check here (ctest runs each test in a process of its own).
+  if (ucs_log_num_handlers() > 1) GTEST_SKIP() << "UCX's log was already routed here";
   ::setenv("UCX_LOG_FILE", "stdout", 1);
   Captured c = log_an_error_from_ucx();
   EXPECT_NE(c.out.find("kvbm log probe 42"), std::string::npos) << "stdout: " << c.out;
