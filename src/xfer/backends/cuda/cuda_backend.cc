@@ -13,10 +13,8 @@ Status CudaBackend::init() {
   }
   KVBM_TRY(open_worker(UCP_FEATURE_AM, &context_, &worker_, &address_));
   const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {
-      {kAmPut, &CudaBackend::on_am_id<kAmPut>},
-      {kAmGet, &CudaBackend::on_am_id<kAmGet>},
-      {kAmAck, &CudaBackend::on_am_id<kAmAck>},
-      {kAmGetReply, &CudaBackend::on_am_id<kAmGetReply>}};
+      {kAmRequest, &CudaBackend::on_am_id<kAmRequest>},
+      {kAmReply, &CudaBackend::on_am_id<kAmReply>}};
   for (auto [id, cb] : handlers) KVBM_TRY(set_am_handler(worker_, id, cb, this));
   return {};
 }
@@ -295,7 +293,7 @@ size_t CudaBackend::progress(LockWait wait) {
       }
     }
     pump(op);
-    if (op.state.load() == XferState::InProgress && op.done == op.chunks->size()) {
+    if (op.state.load() == XferState::InProgress && op.w.complete()) {
       op.state.store(XferState::Done, std::memory_order_release);
       ++events_;
     }

@@ -1,7 +1,7 @@
-// The CUDA backend's staged path (cuda_backend.h): chunks of a transfer go through pools
-// of pinned bounce buffers and UCX active messages (staged_wire.h) on the backend's own
-// worker. The initiator's state per transfer and chunk, the target's per chunk it serves.
-// Guarded by the backend's lock.
+// The CUDA backend's staged path (cuda_backend.h): the chunked staging protocol
+// (ucx_common/staging_*.h) on the backend's own worker, its chunks' bytes moved by CUDA
+// copies through pools of pinned bounce buffers. The initiator's state per transfer and
+// chunk, the target's per chunk it serves. Guarded by the backend's lock.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -16,43 +16,18 @@
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/cuda_common.h"
 #include "xfer/backends/cuda/cuda_peer.h"
-#include "xfer/backends/cuda/staged_wire.h"
+#include "xfer/ucx_common/staging_pool.h"
+#include "xfer/ucx_common/staging_window.h"
+#include "xfer/ucx_common/staging_wire.h"
 
 namespace kvbm::xfer::detail::cuda {
 
-// A fixed pool of pinned host buffers of one size.
-class SlotPool {
- public:
-  ~SlotPool() {
-    for (void* p : all_) cudaFreeHost(p);
-  }
-  Status init(size_t count, size_t bytes) {
-    if (!all_.empty()) return {};
-    for (size_t i = 0; i < count; ++i) {
-      void* p = nullptr;
-      if (cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocPortable); e != cudaSuccess) {
-        return cuda_fail(ErrorCode::AllocationFailed, e,
-                         "cudaHostAlloc of a " + std::to_string(bytes) + "-byte bounce buffer");
-      }
-      all_.push_back(p);
-      free_.push_back(p);
-    }
-    return {};
-  }
-  void* acquire() {
-    if (free_.empty()) return nullptr;
-    void* p = free_.back();
-    free_.pop_back();
-    return p;
-  }
-  void release(void* p) {
-    if (p != nullptr) free_.push_back(p);
-  }
+// The protocol's two messages: a chunk request (a WRITE's bytes ride along) and the
+// target's one reply to it (a READ's bytes ride along).
+enum : unsigned { kAmRequest = 21, kAmReply = 23 };
 
- private:
-  std::vector<void*> all_;
-  std::vector<void*> free_;
-};
+// Pinned host memory for the bounce buffers, allocated with the caller's device current.
+staging::Allocator pinned_allocator();
 
 // One chunk of a staged transfer on the initiator.
 struct StagedChunk {
@@ -76,7 +51,7 @@ enum class Phase {
 struct Flight {
   uint64_t seq = 0;  // the chunk's index
   Phase phase;
-  void* slot = nullptr;
+  staging::Buffer slot{nullptr, {}};
   cudaEvent_t event = nullptr;
   int event_device = 0;
   bool ucx_pending = false;
@@ -89,8 +64,8 @@ struct StagedOp {
   Op op = Op::Write;
   std::shared_ptr<CudaPeer> peer;
   std::shared_ptr<const std::vector<StagedChunk>> chunks;
-  size_t next = 0;
-  size_t done = 0;
+  // Chunks sent and done; in flight as many as the initiator's bounce buffers allow.
+  staging::Window w{0};
   std::map<uint64_t, Flight> flights;  // by chunk index
   std::atomic<XferState> state{XferState::InProgress};
   Error error{ErrorCode::Internal, ""};
@@ -99,14 +74,13 @@ struct StagedOp {
 
 // A chunk this backend serves as the target of a staged transfer.
 struct TargetJob {
-  enum class Step { WaitSlot, Receiving, Copying, Sending } step = Step::WaitSlot;
-  unsigned kind;  // kAmPut or kAmGet
-  ChunkHeader h;
+  enum class Step { WaitSlot, Receiving, Copying } step = Step::WaitSlot;
+  staging::ChunkRequest h;  // space: Vram or Dram; dev, addr: the target memory
   ucp_ep_h reply_ep;
   bool rndv = false;
-  void* desc = nullptr;  // rendezvous descriptor (kAmPut)
-  std::string eager;     // bytes that came with the message (kAmPut)
-  void* slot = nullptr;
+  void* desc = nullptr;  // rendezvous descriptor (a WRITE's)
+  std::string eager;     // bytes that came with the message (a WRITE's)
+  staging::Buffer slot{nullptr, {}};
   cudaEvent_t event = nullptr;
   int event_device = 0;
   bool ucx_pending = false;
