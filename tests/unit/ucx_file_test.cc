@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <optional>
 #include <thread>
@@ -275,6 +276,58 @@ TEST(StagingPool, ReserveAllocatesUpFrontAndReportsFailure) {
   EXPECT_FALSE(empty.acquire(&at_cap));  // short of memory, not at the cap
   EXPECT_FALSE(at_cap);
   EXPECT_EQ(empty.in_use(), 0u);
+}
+
+// Chunks waiting for a buffer start in order of arrival; at the cap the rest wait (a job
+// needing none too, behind them); one whose buffer cannot be allocated is refused.
+TEST(StagingPool, AdmitsWaitingChunksInOrderUntilTheCap) {
+  bool fail = false;
+  Allocator a{[&](size_t bytes) -> Result<char*> {
+                if (fail) return err(ErrorCode::AllocationFailed, "no memory");
+                return static_cast<char*>(std::malloc(bytes));
+              },
+              [](char* p) { std::free(p); }};
+  Pool pool(2, 64, 2, a);
+  struct Job {
+    int id;
+    bool needs;
+  };
+  std::deque<Job> waiting{{1, true}, {2, false}, {3, true}, {4, true}, {5, false}};
+  std::vector<std::pair<int, Buffer>> started;
+  std::vector<int> refused;
+  auto run = [&] {
+    admit(
+        waiting, pool, [](const Job& j) { return j.needs; },
+        [&](Job&& j, Buffer b) { started.emplace_back(j.id, std::move(b)); },
+        [&](Job&& j) { refused.push_back(j.id); });
+  };
+  run();
+  ASSERT_EQ(started.size(), 3u);  // 1, 2 (no buffer), 3; 4 waits at the cap, 5 behind it
+  EXPECT_EQ(started[0].first, 1);
+  EXPECT_TRUE(started[0].second);
+  EXPECT_EQ(started[1].first, 2);
+  EXPECT_FALSE(started[1].second);
+  EXPECT_EQ(started[2].first, 3);
+  EXPECT_EQ(waiting.size(), 2u);
+  run();
+  EXPECT_EQ(waiting.size(), 2u);   // still at the cap
+  started.erase(started.begin());  // job 1's buffer comes back
+  run();
+  ASSERT_EQ(started.size(), 4u);
+  EXPECT_EQ(started[2].first, 4);
+  EXPECT_EQ(started[3].first, 5);
+  EXPECT_TRUE(waiting.empty());
+  started.clear();
+  Pool fresh(2, 64, 0, a);  // one that must allocate, and cannot
+  fail = true;
+  waiting = {{6, true}, {7, false}};
+  admit(
+      waiting, fresh, [](const Job& j) { return j.needs; },
+      [&](Job&& j, Buffer b) { started.emplace_back(j.id, std::move(b)); },
+      [&](Job&& j) { refused.push_back(j.id); });
+  EXPECT_EQ(refused, std::vector<int>{6});
+  ASSERT_EQ(started.size(), 1u);
+  EXPECT_EQ(started[0].first, 7);
 }
 
 TEST(FileServer, RemoveWaitsForEveryPinThenRefusesTheRegion) {

@@ -18,6 +18,24 @@ Message reply(const ChunkReply& h, std::string error_text) {
   return m;
 }
 
+void receive(ucp_worker_h worker, void* desc, void* buf, size_t len, Pending* op) {
+  op->pending = true;
+  ucp_request_param_t p{};
+  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+  p.user_data = op;
+  p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
+    auto* o = static_cast<Pending*>(user);
+    o->pending = false;
+    o->status = status;
+    ucp_request_free(request);
+  };
+  ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker, desc, buf, len, &p);
+  if (!UCS_PTR_IS_PTR(r)) {
+    op->pending = false;
+    op->status = UCS_PTR_STATUS(r);
+  }
+}
+
 void send(ucp_ep_h ep, unsigned id, Message m, const void* body, size_t len, uint32_t flags) {
   auto ctx = std::make_unique<Message>(std::move(m));
   ucp_request_param_t p{};

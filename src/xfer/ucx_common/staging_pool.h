@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstddef>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -70,5 +71,30 @@ class Pool {
   std::vector<char*> free_;
   size_t in_use_ = 0;
 };
+
+// Starts the chunks waiting for a staging buffer, in order of arrival: each goes to
+// `start(job, buffer)`, with a buffer where `needs(job)` (else a null one). At the pool's
+// cap the rest wait, in order, for a buffer to come back; a job whose buffer cannot be
+// allocated goes to `no_memory(job)`.
+template <class Job, class Needs, class Start, class NoMemory>
+void admit(std::deque<Job>& waiting, Pool& pool, Needs&& needs, Start&& start,
+           NoMemory&& no_memory) {
+  while (!waiting.empty()) {
+    Job& j = waiting.front();
+    Buffer b(nullptr, {&pool});
+    if (needs(j)) {
+      bool at_cap = false;
+      b = pool.acquire(&at_cap);
+      if (!b && at_cap) return;  // until a buffer comes back
+      if (!b) {
+        no_memory(std::move(j));
+        waiting.pop_front();
+        continue;
+      }
+    }
+    start(std::move(j), std::move(b));
+    waiting.pop_front();
+  }
+}
 
 }  // namespace kvbm::xfer::detail::staging

@@ -33,8 +33,8 @@ CudaBackend::~CudaBackend() {
   for (Incoming& in : incoming_) {
     if (in.rndv) ucp_am_data_release(worker_, in.desc);
   }
-  for (TargetJob& j : jobs_) {
-    if (j.rndv && j.step == TargetJob::Step::WaitSlot) ucp_am_data_release(worker_, j.desc);
+  for (TargetJob& j : waiting_) {
+    if (j.rndv) ucp_am_data_release(worker_, j.desc);
   }
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
@@ -274,6 +274,7 @@ size_t CudaBackend::progress(LockWait wait) {
     }
     for (Incoming& m : in) handle_incoming(m);
   }
+  if (!waiting_.empty()) admit_jobs();
   for (auto it = jobs_.begin(); it != jobs_.end();) {
     if (advance_job(*it)) {
       it = jobs_.erase(it);

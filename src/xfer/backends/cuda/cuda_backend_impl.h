@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <list>
 #include <map>
@@ -111,7 +112,8 @@ class CudaBackend final : public Backend {
   void receive_reply(StagedOp& op, Flight& f, Incoming& in);  // a READ's bytes
   void drop(Incoming& in);  // releases a rendezvous message's data
   bool advance_job(TargetJob& job);
-  std::optional<bool> start_job(TargetJob& j, int dev, void* target);  // advance_job's first step
+  bool start_job(TargetJob& j, int dev, void* target);  // advance_job's first step
+  void admit_jobs();  // the waiting chunks that find a bounce buffer, to jobs_
   static ucs_status_t on_am(unsigned id, void* arg, const void* header, size_t header_length,
                             void* data, size_t length, const ucp_am_recv_param_t* param);
   template <unsigned Id>
@@ -148,7 +150,8 @@ class CudaBackend final : public Backend {
   bool pools_ready_ = false;
   uint64_t next_op_ = 1;
   std::map<uint64_t, std::shared_ptr<StagedOp>> ops_;
-  std::list<TargetJob> jobs_;
+  std::deque<TargetJob> waiting_;  // chunks asked of us, waiting for a bounce buffer
+  std::list<TargetJob> jobs_;      // chunks being served (their state must stay put)
   std::vector<Incoming> incoming_;
   FailedEndpoints failed_eps_;  // noted in callbacks, handled in progress()
   size_t events_ = 0;

@@ -76,11 +76,8 @@ void CudaBackend::send_request(StagedOp& op, uint64_t seq, Flight* f) {
   auto m = staging::request({op.op, c.remote_type, op.id, seq, c.remote_dev, c.remote, c.len});
   const bool write = op.op == Op::Write;
   if (write) {
-    f->ucx_pending = true;
-    m.done = [f](ucs_status_t s) {
-      f->ucx_pending = false;
-      f->ucx_status = s;
-    };
+    f->ucx.pending = true;
+    m.done = [f](ucs_status_t s) { f->ucx = {false, s}; };
   }
   staging::send(op.peer->ep, kAmRequest, std::move(m), write ? f->slot.get() : nullptr,
                 write ? c.len : 0, UCP_AM_SEND_FLAG_REPLY);
@@ -129,17 +126,24 @@ void CudaBackend::pump(StagedOp& op) {
   }
 }
 
+bool copy_ended(cudaEvent_t* event, cudaError_t* result) {
+  *result = cudaSuccess;
+  if (*event == nullptr) return true;
+  cudaError_t e = cudaEventQuery(*event);
+  if (e == cudaErrorNotReady) return false;
+  cudaEventDestroy(*event);
+  *event = nullptr;
+  *result = e;
+  return true;
+}
+
 // Moves one chunk on; true when it is finished (successfully or not) and can be erased.
 bool CudaBackend::advance(StagedOp& op, Flight& f) {
   for (;;) {
-    if (f.event != nullptr) {
-      cudaError_t e = cudaEventQuery(f.event);
-      if (e == cudaErrorNotReady) return false;
-      cudaEventDestroy(f.event);
-      f.event = nullptr;
-      if (e != cudaSuccess) fail_op(op, cuda_fail(ErrorCode::Internal, e, "staged CUDA copy"));
-    }
-    if (f.ucx_pending) return false;
+    cudaError_t e = cudaSuccess;
+    if (!copy_ended(&f.event, &e)) return false;
+    if (e != cudaSuccess) fail_op(op, cuda_fail(ErrorCode::Internal, e, "staged CUDA copy"));
+    if (f.ucx.pending) return false;
     if (op.state.load() != XferState::InProgress) return true;  // its buffer goes with it
     const StagedChunk& ch = (*op.chunks)[f.seq];
     switch (f.phase) {
@@ -149,9 +153,9 @@ bool CudaBackend::advance(StagedOp& op, Flight& f) {
         continue;
       case Phase::WriteSending:
         f.slot.reset();
-        if (f.ucx_status != UCS_OK) {
+        if (f.ucx.status != UCS_OK) {
           fail_op(op, ucx_error(ErrorCode::Remote, "staged WRITE to agent '" + op.peer->name + "'",
-                                f.ucx_status));
+                                f.ucx.status));
           return true;
         }
         f.phase = Phase::WriteAwaitAck;
@@ -163,9 +167,9 @@ bool CudaBackend::advance(StagedOp& op, Flight& f) {
       case Phase::ReadAwaitReply:
         return false;
       case Phase::ReadReceiving: {
-        if (f.ucx_status != UCS_OK) {
+        if (f.ucx.status != UCS_OK) {
           fail_op(op, ucx_error(ErrorCode::Remote, "staged READ from agent '" + op.peer->name + "'",
-                                f.ucx_status));
+                                f.ucx.status));
           continue;
         }
         f.phase = Phase::ReadCopying;

@@ -16,6 +16,7 @@
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/cuda_common.h"
 #include "xfer/backends/cuda/cuda_peer.h"
+#include "xfer/ucx_common/staging_am.h"
 #include "xfer/ucx_common/staging_pool.h"
 #include "xfer/ucx_common/staging_window.h"
 #include "xfer/ucx_common/staging_wire.h"
@@ -52,10 +53,9 @@ struct Flight {
   uint64_t seq = 0;  // the chunk's index
   Phase phase;
   staging::Buffer slot{nullptr, {}};
-  cudaEvent_t event = nullptr;
+  cudaEvent_t event = nullptr;  // the bounce copy's
   int event_device = 0;
-  bool ucx_pending = false;
-  ucs_status_t ucx_status = UCS_OK;
+  staging::Pending ucx;  // the chunk's send (WRITE) or receipt (READ)
   bool acked = false;
 };
 
@@ -74,18 +74,21 @@ struct StagedOp {
 
 // A chunk this backend serves as the target of a staged transfer.
 struct TargetJob {
-  enum class Step { WaitSlot, Receiving, Copying } step = Step::WaitSlot;
+  enum class Step { Start, Receiving, Copying } step = Step::Start;
   staging::ChunkRequest h;  // space: Vram or Dram; dev, addr: the target memory
   ucp_ep_h reply_ep;
   bool rndv = false;
-  void* desc = nullptr;  // rendezvous descriptor (a WRITE's)
-  std::string eager;     // bytes that came with the message (a WRITE's)
-  staging::Buffer slot{nullptr, {}};
-  cudaEvent_t event = nullptr;
+  void* desc = nullptr;               // rendezvous descriptor (a WRITE's), released once received
+  std::string eager;                  // bytes that came with the message (a WRITE's)
+  staging::Buffer slot{nullptr, {}};  // from Start on, but for a WRITE that came whole
+  cudaEvent_t event = nullptr;        // the bounce copy's
   int event_device = 0;
-  bool ucx_pending = false;
-  ucs_status_t ucx_status = UCS_OK;
+  staging::Pending ucx;  // a WRITE's receipt
 };
+
+// Whether the copy `*event` marks has ended: then the event is gone and *result holds
+// the copy's outcome. True at once without an event.
+bool copy_ended(cudaEvent_t* event, cudaError_t* result);
 
 // A message received inside ucp_worker_progress, handled right after it.
 struct Incoming {

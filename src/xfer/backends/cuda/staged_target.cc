@@ -59,7 +59,24 @@ void CudaBackend::handle_chunk(Incoming& in) {
   job.rndv = in.rndv;
   job.desc = in.desc;
   job.eager = std::move(in.data);
-  jobs_.push_back(std::move(job));
+  waiting_.push_back(std::move(job));
+}
+
+// The chunks waiting, in order, as bounce buffers free (a WRITE that came whole needs
+// none): UCX keeps a rendezvous WRITE's bytes until then, so no chunk is refused.
+void CudaBackend::admit_jobs() {
+  staging::admit(
+      waiting_, recv_pool_, [](const TargetJob& j) { return j.h.op == Op::Read || j.rndv; },
+      [&](TargetJob&& j, staging::Buffer b) {
+        j.slot = std::move(b);
+        jobs_.push_back(std::move(j));
+      },
+      [&](TargetJob&& j) {
+        if (j.rndv) ucp_am_data_release(worker_, j.desc);
+        Error e = err(ErrorCode::AllocationFailed, "no bounce buffer free at agent '",
+                      env_.agent_name, "'");
+        reply(j, &e);
+      });
 }
 
 // An answer to a chunk of one of our transfers: an ack, a READ's bytes, or an error.
@@ -117,31 +134,17 @@ void CudaBackend::receive_reply(StagedOp& op, Flight& f, Incoming& in) {
     }
     std::memcpy(f.slot.get(), in.data.data(), c.len);
     f.phase = Phase::ReadReceiving;
-    f.ucx_status = UCS_OK;
+    f.ucx.status = UCS_OK;
     return;
   }
   f.phase = Phase::ReadReceiving;
-  f.ucx_pending = true;
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  p.user_data = &f;
-  p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
-    auto* fl = static_cast<Flight*>(user);
-    fl->ucx_pending = false;
-    fl->ucx_status = status;
-    ucp_request_free(request);
-  };
-  ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, in.desc, f.slot.get(), c.len, &p);
-  if (!UCS_PTR_IS_PTR(r)) {
-    f.ucx_pending = false;
-    f.ucx_status = UCS_PTR_STATUS(r);
-  }
+  staging::receive(worker_, in.desc, f.slot.get(), c.len, &f.ucx);
 }
 
-// A job's first step: a small WRITE's bytes copied in at once; else a bounce buffer taken
-// and its bytes received (WRITE) or copied out of the target memory (READ). Returns
-// advance_job's answer, or nullopt to go on with the next step.
-std::optional<bool> CudaBackend::start_job(TargetJob& j, int dev, void* target) {
+// A job's first step: a small WRITE's bytes copied in at once; else, into its bounce
+// buffer, its bytes received (WRITE) or copied out of the target memory (READ). True when
+// the job is finished (answered).
+bool CudaBackend::start_job(TargetJob& j, int dev, void* target) {
   if (j.h.op == Op::Write && !j.rndv) {
     // Small enough to have come with the message: copy it in directly.
     DeviceGuard g(dev);
@@ -151,26 +154,10 @@ std::optional<bool> CudaBackend::start_job(TargetJob& j, int dev, void* target) 
     reply(j, e == cudaSuccess ? nullptr : &er);
     return true;
   }
-  j.slot = recv_pool_.acquire();
-  if (!j.slot) return false;  // retried on the next progress
   if (j.h.op == Op::Write) {
     j.step = TargetJob::Step::Receiving;
-    j.ucx_pending = true;
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.user_data = &j;
-    p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
-      auto* job = static_cast<TargetJob*>(user);
-      job->ucx_pending = false;
-      job->ucx_status = status;
-      ucp_request_free(request);
-    };
-    ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, j.desc, j.slot.get(), j.h.len, &p);
-    if (!UCS_PTR_IS_PTR(r)) {
-      j.ucx_pending = false;
-      j.ucx_status = UCS_PTR_STATUS(r);
-    }
-    return std::nullopt;
+    staging::receive(worker_, j.desc, j.slot.get(), j.h.len, &j.ucx);
+    return false;
   }
   j.step = TargetJob::Step::Copying;
   j.event_device = dev;
@@ -178,7 +165,7 @@ std::optional<bool> CudaBackend::start_job(TargetJob& j, int dev, void* target) 
     reply(j, &st.error());
     return true;
   }
-  return std::nullopt;
+  return false;
 }
 
 // Moves one target-side job on; true when finished.
@@ -186,24 +173,20 @@ bool CudaBackend::advance_job(TargetJob& j) {
   const int dev = j.h.space == MemType::Vram ? static_cast<int>(j.h.dev) : default_device_;
   void* target = reinterpret_cast<void*>(j.h.addr);
   for (;;) {
-    if (j.event != nullptr) {
-      cudaError_t e = cudaEventQuery(j.event);
-      if (e == cudaErrorNotReady) return false;
-      cudaEventDestroy(j.event);
-      j.event = nullptr;
-      if (e != cudaSuccess) {
-        Error er = cuda_fail(ErrorCode::Internal, e, "staged copy at the target");
-        reply(j, &er);
-        return true;
-      }
+    cudaError_t e = cudaSuccess;
+    if (!copy_ended(&j.event, &e)) return false;
+    if (e != cudaSuccess) {
+      Error er = cuda_fail(ErrorCode::Internal, e, "staged copy at the target");
+      reply(j, &er);
+      return true;
     }
-    if (j.ucx_pending) return false;
+    if (j.ucx.pending) return false;
     switch (j.step) {
-      case TargetJob::Step::WaitSlot:
-        if (auto done = start_job(j, dev, target)) return *done;
+      case TargetJob::Step::Start:
+        if (start_job(j, dev, target)) return true;
         continue;
       case TargetJob::Step::Receiving:
-        if (j.ucx_status != UCS_OK) return true;  // the initiator sees its send fail
+        if (j.ucx.status != UCS_OK) return true;  // the initiator sees its send fail
         j.step = TargetJob::Step::Copying;
         j.event_device = dev;
         if (auto st = copy_async(target, j.slot.get(), j.h.len, dev, stream(dev), &j.event); !st) {

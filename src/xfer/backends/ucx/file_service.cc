@@ -49,30 +49,22 @@ void FileService::on_request(std::string_view header, const char* body, size_t l
 size_t FileService::start_jobs() {
   size_t events = 0;
   std::vector<FileJob> ready;
-  while (!waiting_.empty()) {
-    FileJob& j = waiting_.front();
-    auto found = replies_.find(j.id);
-    if (found == replies_.end()) {  // its peer is gone
-      waiting_.pop_front();
-      continue;
-    }
-    if (j.h.op == Op::Read) {
-      bool at_cap = false;
-      j.data = pool_.acquire(&at_cap);
-      if (!j.data && at_cap) break;  // until a reply frees one
-      if (!j.data) {
+  staging::admit(
+      waiting_, pool_, [](const FileJob& j) { return j.h.op == Op::Read; },
+      [&](FileJob&& j, staging::Buffer b) {
+        if (!replies_.contains(j.id)) return;  // its peer is gone
+        if (b) j.data = std::move(b);
+        ready.push_back(std::move(j));
+      },
+      [&](FileJob&& j) {
+        auto found = replies_.find(j.id);
+        if (found == replies_.end()) return;  // its peer is gone
         send_reply(found->second, reply({j.h.xfer, j.h.seq, ErrorCode::AllocationFailed},
                                         "no staging buffer for file fd " + std::to_string(j.h.dev) +
                                             " offset " + std::to_string(j.h.addr)));
         replies_.erase(found);
-        waiting_.pop_front();
         ++events;
-        continue;
-      }
-    }
-    ready.push_back(std::move(j));
-    waiting_.pop_front();
-  }
+      });
   thread_.submit(ready);
   return events;
 }
