@@ -32,6 +32,8 @@ class Window {
   // Whether a chunk may be sent at `now`: the window has room, and a chunk to resend is
   // due (resent chunks go first), or one was never sent.
   bool ready(Clock::time_point now) const;
+  // ready() now; the clock is read only while chunks wait to be resent.
+  bool ready() const { return ready(resend_.empty() ? Clock::time_point{} : Clock::now()); }
   // The chunk to send, now in flight and awaiting its reply. Only when ready().
   uint64_t take();
   // Whether `seq` was sent and not answered yet.

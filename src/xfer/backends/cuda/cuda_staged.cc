@@ -103,7 +103,7 @@ void CudaBackend::fail_op(StagedOp& op, Error e) {
 
 // Starts chunks while bounce buffers are free.
 void CudaBackend::pump(StagedOp& op) {
-  while (op.state.load() == XferState::InProgress && op.w.ready(staging::Window::Clock::now())) {
+  while (op.state.load() == XferState::InProgress && op.w.ready()) {
     staging::Buffer slot = send_pool_.acquire();
     if (!slot) return;
     const uint64_t seq = op.w.take();

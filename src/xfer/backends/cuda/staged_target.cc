@@ -63,7 +63,8 @@ void CudaBackend::handle_chunk(Incoming& in) {
 }
 
 // The chunks waiting, in order, as bounce buffers free (a WRITE that came whole needs
-// none): UCX keeps a rendezvous WRITE's bytes until then, so no chunk is refused.
+// none). UCX keeps a rendezvous WRITE's bytes until then, so none is answered "busy"; one
+// whose buffer cannot be allocated is answered with that error.
 void CudaBackend::admit_jobs() {
   staging::admit(
       waiting_, recv_pool_, [](const TargetJob& j) { return j.h.op == Op::Read || j.rndv; },

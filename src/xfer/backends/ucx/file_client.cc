@@ -24,8 +24,7 @@ void FileClient::start(const std::shared_ptr<FileXfer>& x) {
 
 void FileClient::pump(const std::shared_ptr<FileXfer>& x) {
   UcxPeer& peer = *x->c->peer;
-  while (x->c->state.load() == XferState::InProgress &&
-         x->w.ready(std::chrono::steady_clock::now())) {
+  while (x->c->state.load() == XferState::InProgress && x->w.ready()) {
     if (peer.failure || peer.ep == nullptr) {
       fail(*x, err(ErrorCode::Remote, "agent '", peer.name,
                    "': ", peer.failure ? peer.failure->message : "not connected"));
