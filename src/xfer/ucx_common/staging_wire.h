@@ -1,4 +1,4 @@
-// The wire form of the chunked staging protocol (staging.md in spirit: "chunks in flight
+// The wire form of the chunked staging protocol ("chunks in flight
 // through a pool of staging buffers, one reply per chunk"), spoken by the UCX backend's
 // peer files and the CUDA backend's staged path over UCX active messages. The initiator
 // asks the target to READ or WRITE one chunk of its memory or file (a WRITE's bytes ride
