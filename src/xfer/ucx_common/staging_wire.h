@@ -1,6 +1,6 @@
-// The wire form of the chunked staging protocol ("chunks in flight
-// through a pool of staging buffers, one reply per chunk"), spoken by the UCX backend's
-// peer files and the CUDA backend's staged path over UCX active messages. The initiator
+// The wire form of the chunked staging protocol ("chunks in flight through a pool of
+// staging buffers, one reply per chunk"), spoken by the UCX backend's peer files and the
+// CUDA backend's staged path over UCX active messages. The initiator
 // asks the target to READ or WRITE one chunk of its memory or file (a WRITE's bytes ride
 // along); the target answers each chunk once: with the bytes (READ), an empty body
 // (WRITE, sent once the bytes are in place), an error whose text is the body, or "busy"
