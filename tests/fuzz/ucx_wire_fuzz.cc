@@ -1,21 +1,21 @@
 // libFuzzer target for the backends' own wire parts, all from peers: a DRAM region's
 // remote info (same_host.h), the same-host line of a peer's connection data, the headers
-// of remote file transfers (file_wire.h) and of notifications (notifications.h), and the
-// CUDA staged path's chunk and reply headers (staged_wire.h). The first byte picks the
-// decoder (for notifications the next two give the body's length). Any
-// input must decode or fail with its decoder's error code (InvalidArgument; Remote for
-// file headers, which blame the peer) and a message, never crash; whatever decodes must
-// survive a round trip through its encoder.
+// of notifications (notifications.h), and the chunk request and reply headers of the
+// chunked staging protocol (ucx_common/staging_wire.h) that remote files and the CUDA
+// staged path speak. The first byte picks the decoder (for notifications the next two
+// give the body's length; for chunk requests the next gives the receiver's chunk size,
+// as a power of two). Any input must decode or fail with its decoder's error code
+// (InvalidArgument; Remote for the staging headers, which blame the peer) and a message,
+// never crash; whatever decodes must survive a round trip through its encoder.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
-#include "xfer/backends/cuda/staged_wire.h"
-#include "xfer/backends/ucx/file_wire.h"
 #include "xfer/backends/ucx/notifications.h"
 #include "xfer/backends/ucx/same_host.h"
+#include "xfer/ucx_common/staging_wire.h"
 
 namespace {
 
@@ -50,22 +50,28 @@ void same_host_line(std::string_view in) {
   if (p && p->pid <= 0) fail("same-host line: decoded pid <= 0");
 }
 
-void file_request(std::string_view in) {
-  auto d = decode_file_request(in);
-  if (!d) return check_error(d, "file request", kvbm::ErrorCode::Remote);
-  auto again = decode_file_request(encode(*d));
-  if (!again || again->op != d->op || again->xfer != d->xfer || again->seq != d->seq ||
-      again->fd != d->fd || again->offset != d->offset || again->len != d->len)
-    fail("file request: round trip changed it");
+void chunk_request(std::string_view in) {
+  if (in.empty()) return;
+  const uint64_t max_len = uint64_t{1} << (static_cast<uint8_t>(in[0]) % 64);
+  auto d = staging::decode_chunk_request(in.substr(1), max_len);
+  if (!d) return check_error(d, "chunk request", kvbm::ErrorCode::Remote);
+  if (d->len == 0 || d->len > max_len || d->addr + d->len < d->addr)
+    fail("chunk request: decoded a length out of bounds");
+  auto again = staging::decode_chunk_request(staging::encode(*d), max_len);
+  if (!again || again->op != d->op || again->space != d->space || again->xfer != d->xfer ||
+      again->seq != d->seq || again->dev != d->dev || again->addr != d->addr ||
+      again->len != d->len)
+    fail("chunk request: round trip changed it");
 }
 
-void file_reply(std::string_view in) {
-  auto d = decode_file_reply(in);
-  if (!d) return check_error(d, "file reply", kvbm::ErrorCode::Remote);
-  auto again = decode_file_reply(encode(*d));
+void chunk_reply(std::string_view in) {
+  auto d = staging::decode_chunk_reply(in);
+  if (!d) return check_error(d, "chunk reply", kvbm::ErrorCode::Remote);
+  if (d->busy && d->error) fail("chunk reply: busy and an error at once");
+  auto again = staging::decode_chunk_reply(staging::encode(*d));
   if (!again || again->xfer != d->xfer || again->seq != d->seq || again->error != d->error ||
       again->busy != d->busy)
-    fail("file reply: round trip changed it");
+    fail("chunk reply: round trip changed it");
 }
 
 void notification(std::string_view in, bool rndv) {
@@ -81,28 +87,12 @@ void notification(std::string_view in, bool rndv) {
     fail("notification: round trip changed it");
 }
 
-void staged_chunk(std::string_view in) {
-  auto d = cuda::decode_chunk_header(in);
-  if (!d) return check_error(d, "staged chunk header");
-  auto again = cuda::decode_chunk_header(cuda::encode(*d));
-  if (!again || again->seq != d->seq || again->addr != d->addr || again->len != d->len)
-    fail("staged chunk: round trip changed it");
-}
-
-void staged_reply(std::string_view in) {
-  auto d = cuda::decode_reply_header(in);
-  if (!d) return check_error(d, "staged reply header");
-  auto again = cuda::decode_reply_header(cuda::encode(*d));
-  if (!again || again->seq != d->seq || again->code != d->code)
-    fail("staged reply: round trip changed it");
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 8) {
+  switch (data[0] % 6) {
     case 0:
       region_info(in);
       break;
@@ -110,20 +100,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       same_host_line(in);
       break;
     case 2:
-      file_request(in);
+      chunk_request(in);
       break;
     case 3:
-      file_reply(in);
-      break;
-    case 4:
-    case 5:
-      notification(in, data[0] % 8 == 5);
-      break;
-    case 6:
-      staged_chunk(in);
+      chunk_reply(in);
       break;
     default:
-      staged_reply(in);
+      notification(in, data[0] % 6 == 5);
       break;
   }
   return 0;

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <deque>
 #include <map>
 #include <optional>
 #include <thread>
@@ -15,68 +16,160 @@
 
 #include "support/test_support.h"
 #include "xfer/backends/ucx/file_server.h"
+#include "xfer/backends/ucx/file_service.h"
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/ucx_common/staging_pool.h"
+#include "xfer/ucx_common/staging_window.h"
+#include "xfer/ucx_common/staging_wire.h"
 
 namespace kvbm::xfer::detail {
 namespace {
 
 using kvbm::testing::Pipe;
 using kvbm::testing::TempFile;
+using ucx::FileService;
+using namespace staging;
 
-TEST(FileWire, RequestsAndRepliesRoundTrip) {
-  FileRequestHeader req{Op::Write, 7, 3, 12, 4097, 65536};
-  auto r = decode_file_request(encode(req));
+// The owner's staging buffers, as FileService makes them.
+struct FilePool : Pool {
+  explicit FilePool(size_t max = FileService::kDefaultMaxStaging)
+      : Pool(max, kFileChunkBytes, 8, host_allocator()) {}
+};
+
+TEST(StagingWire, RequestsAndRepliesRoundTrip) {
+  ChunkRequest req{Op::Write, MemType::File, 7, 3, 12, 4097, 65536};
+  auto r = decode_chunk_request(encode(req), kFileChunkBytes);
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(r->op, Op::Write);
+  EXPECT_EQ(r->space, MemType::File);
   EXPECT_EQ(r->xfer, 7u);
   EXPECT_EQ(r->seq, 3u);
-  EXPECT_EQ(r->fd, 12u);
-  EXPECT_EQ(r->offset, 4097u);
+  EXPECT_EQ(r->dev, 12u);
+  EXPECT_EQ(r->addr, 4097u);
   EXPECT_EQ(r->len, 65536u);
-  auto ok = decode_file_reply(encode(FileReplyHeader{7, 3, std::nullopt}));
+  auto ok = decode_chunk_reply(encode(ChunkReply{7, 3, std::nullopt}));
   ASSERT_TRUE(ok.ok());
   EXPECT_FALSE(ok->error.has_value());
   EXPECT_FALSE(ok->busy);
-  auto busy = decode_file_reply(encode(FileReplyHeader{7, 3, std::nullopt, true}));
+  auto busy = decode_chunk_reply(encode(ChunkReply{7, 3, std::nullopt, true}));
   ASSERT_TRUE(busy.ok());
   EXPECT_TRUE(busy->busy);
   EXPECT_FALSE(busy->error.has_value());
   EXPECT_EQ(busy->seq, 3u);
-  auto bad = decode_file_reply(encode(FileReplyHeader{7, 3, ErrorCode::Io}));
+  auto bad = decode_chunk_reply(encode(ChunkReply{7, 3, ErrorCode::Io}));
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->error, ErrorCode::Io);
 }
 
-TEST(FileWire, MalformedBytesAreRejected) {
-  const std::string good = encode(FileRequestHeader{Op::Read, 1, 0, 3, 0, 4096});
-  EXPECT_FALSE(decode_file_request(good.substr(0, good.size() - 1)).ok());
-  EXPECT_FALSE(decode_file_request(good + "x").ok());
-  EXPECT_FALSE(decode_file_request("").ok());
+TEST(StagingWire, MalformedBytesAreRejected) {
+  const uint64_t max = kFileChunkBytes;
+  const std::string good = encode(ChunkRequest{Op::Read, MemType::File, 1, 0, 3, 0, 4096});
+  EXPECT_ERROR(decode_chunk_request(good.substr(0, good.size() - 1), max), ErrorCode::Remote,
+               "chunk request header of 47 bytes, expected 48");
+  EXPECT_FALSE(decode_chunk_request(good + "x", max).ok());
+  EXPECT_FALSE(decode_chunk_request("", max).ok());
   std::string magic = good;
   magic[0] ^= 1;
-  EXPECT_FALSE(decode_file_request(magic).ok());
+  EXPECT_ERROR(decode_chunk_request(magic, max), ErrorCode::Remote, "bad magic");
   std::string version = good;
   version[4] = 9;
-  EXPECT_FALSE(decode_file_request(version).ok());
+  EXPECT_ERROR(decode_chunk_request(version, max), ErrorCode::Remote, "wire version 9");
   std::string op = good;
   op[6] = 5;
-  EXPECT_FALSE(decode_file_request(op).ok());
-  EXPECT_FALSE(decode_file_request(encode(FileRequestHeader{Op::Read, 1, 0, 3, 0, 0})).ok());
+  EXPECT_ERROR(decode_chunk_request(op, max), ErrorCode::Remote, "unknown op 5");
+  std::string space = good;
+  space[7] = 3;
+  EXPECT_ERROR(decode_chunk_request(space, max), ErrorCode::Remote, "unknown memory type 3");
   EXPECT_FALSE(
-      decode_file_request(encode(FileRequestHeader{Op::Read, 1, 0, 3, 0, kFileChunkBytes + 1}))
-          .ok());
-  auto overflow = decode_file_request(encode(FileRequestHeader{Op::Read, 1, 0, 3, ~0ull, 2}));
+      decode_chunk_request(encode(ChunkRequest{Op::Read, MemType::File, 1, 0, 3, 0, 0}), max).ok());
+  EXPECT_ERROR(
+      decode_chunk_request(encode(ChunkRequest{Op::Read, MemType::File, 1, 0, 3, 0, max + 1}), max),
+      ErrorCode::Remote, "a chunk holds 1 to 1048576");
+  // The bound is the receiver's: a larger chunk fits a receiver with larger buffers.
+  EXPECT_TRUE(decode_chunk_request(
+                  encode(ChunkRequest{Op::Read, MemType::Vram, 1, 0, 3, 0, max + 1}), max + 1)
+                  .ok());
+  auto overflow =
+      decode_chunk_request(encode(ChunkRequest{Op::Read, MemType::File, 1, 0, 3, ~0ull, 2}), max);
   ASSERT_FALSE(overflow.ok());
   EXPECT_NE(overflow.error().message.find("overflows"), std::string::npos);
   // A reply's error code beyond the known ones, and a request where a reply belongs.
-  std::string code = encode(FileReplyHeader{1, 0, ErrorCode::Io});
+  std::string code = encode(ChunkReply{1, 0, ErrorCode::Io});
   code[8] = 100;
-  EXPECT_FALSE(decode_file_reply(code).ok());
+  EXPECT_ERROR(decode_chunk_reply(code), ErrorCode::Remote, "unknown error code 100");
   code[8] = static_cast<char>(-3);  // -3: below both "no error" (-1) and "busy" (-2)
   code[9] = code[10] = code[11] = static_cast<char>(0xff);
-  EXPECT_FALSE(decode_file_reply(code).ok());
-  EXPECT_FALSE(decode_file_reply(good).ok());
+  EXPECT_FALSE(decode_chunk_reply(code).ok());
+  EXPECT_FALSE(decode_chunk_reply(good).ok());
+}
+
+// The initiator's window: in order, at most `window` in flight, regrown per chunk done;
+// a "busy" chunk goes again first, after a doubling wait, with the window at one.
+TEST(StagingWindow, KeepsTheWindowAndResendsBusyChunksFirst) {
+  Window w(6, 2);
+  const auto t0 = Window::Clock::now();
+  ASSERT_TRUE(w.ready(t0));
+  EXPECT_EQ(w.take(), 0u);
+  EXPECT_EQ(w.take(), 1u);
+  EXPECT_FALSE(w.ready(t0));  // two in flight
+  EXPECT_TRUE(w.awaited(1));
+  EXPECT_FALSE(w.awaited(2));  // never sent
+  EXPECT_FALSE(w.awaited(99));
+  EXPECT_EQ(w.busy(0, t0), Window::kResendFirst);
+  EXPECT_FALSE(w.awaited(0));
+  EXPECT_TRUE(w.has_resends());
+  EXPECT_FALSE(w.ready(t0));  // the window is one, and chunk 1 fills it
+  w.answer(1);
+  EXPECT_FALSE(w.awaited(1));  // answered: a second reply is not asked for
+  w.finish(1);
+  EXPECT_FALSE(w.ready(t0));  // chunk 0 is not due yet, and nothing new goes before it
+  const auto due = t0 + Window::kResendFirst;
+  ASSERT_TRUE(w.ready(due));
+  EXPECT_EQ(w.take(), 0u);  // the resent chunk first
+  // Chunk 1 was done since: the target took one, so the wait starts over.
+  EXPECT_EQ(w.busy(0, due), Window::kResendFirst);
+  const auto due1 = due + Window::kResendFirst;
+  EXPECT_EQ(w.take(), 0u);
+  EXPECT_EQ(w.busy(0, due1), 2 * Window::kResendFirst);  // a second "busy" in a row
+  EXPECT_FALSE(w.ready(due1));
+  const auto due2 = due1 + 2 * Window::kResendFirst;
+  ASSERT_TRUE(w.ready(due2));
+  EXPECT_EQ(w.take(), 0u);
+  w.answer(0);
+  w.finish(0);
+  EXPECT_FALSE(w.has_resends());
+  EXPECT_EQ(w.take(), 2u);  // the window regrows to two
+  EXPECT_EQ(w.take(), 3u);
+  EXPECT_FALSE(w.ready(due2));
+  EXPECT_EQ(w.in_flight(), 2u);
+  for (uint64_t seq : {2u, 3u}) {
+    w.answer(seq);
+    w.finish(seq);
+  }
+  EXPECT_EQ(w.take(), 4u);
+  EXPECT_EQ(w.take(), 5u);
+  EXPECT_TRUE(w.all_sent());
+  EXPECT_FALSE(w.ready(due2));
+  EXPECT_FALSE(w.complete());
+  for (uint64_t seq : {4u, 5u}) {
+    w.answer(seq);
+    w.finish(seq);
+  }
+  EXPECT_TRUE(w.complete());
+  EXPECT_EQ(w.in_flight(), 0u);
+}
+
+TEST(StagingWindow, TheWaitAfterBusyIsCapped) {
+  Window w(1, 4);
+  auto t = Window::Clock::now();
+  std::chrono::microseconds wait{0};
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_EQ(w.take(), 0u);
+    wait = w.busy(0, t);
+    t += wait;
+  }
+  EXPECT_EQ(wait, Window::kResendMax);
 }
 
 TEST(FileServer, ServesOnlyRegisteredRanges) {
@@ -111,11 +204,12 @@ TEST(FileServer, AnFdReusedForAnotherFileIsRefused) {
   EXPECT_NE(st.error().message.find("no longer refers"), std::string::npos);
 }
 
-TEST(FileServer, StagingIsBoundedAndReused) {
-  FileServer s;
-  EXPECT_EQ(s.max_staging(), FileServer::kDefaultMaxStaging);
-  std::vector<Staging> held;
-  for (size_t i = 0; i < FileServer::kDefaultMaxStaging; ++i) {
+TEST(StagingPool, StagingIsBoundedAndReused) {
+  FilePool s;
+  EXPECT_EQ(s.max_buffers(), FileService::kDefaultMaxStaging);
+  EXPECT_EQ(s.buffer_bytes(), kFileChunkBytes);
+  std::vector<Buffer> held;
+  for (size_t i = 0; i < FileService::kDefaultMaxStaging; ++i) {
     bool at_cap = true;
     held.push_back(s.acquire(&at_cap));
     ASSERT_TRUE(held.back());
@@ -125,27 +219,115 @@ TEST(FileServer, StagingIsBoundedAndReused) {
   bool at_cap = false;
   EXPECT_FALSE(s.acquire(&at_cap));  // READs wait; WRITEs are answered "busy"
   EXPECT_TRUE(at_cap);
-  EXPECT_EQ(s.in_use(), FileServer::kDefaultMaxStaging);
+  EXPECT_EQ(s.in_use(), FileService::kDefaultMaxStaging);
   held.pop_back();
   held.pop_back();
-  EXPECT_EQ(s.in_use(), FileServer::kDefaultMaxStaging - 2);
-  Staging again = s.acquire();  // from the free list
+  EXPECT_EQ(s.in_use(), FileService::kDefaultMaxStaging - 2);
+  Buffer again = s.acquire();  // from the free list
   EXPECT_TRUE(again);
-  EXPECT_EQ(s.in_use(), FileServer::kDefaultMaxStaging - 1);
+  EXPECT_EQ(s.in_use(), FileService::kDefaultMaxStaging - 1);
 }
 
-TEST(FileServer, TheStagingCapIsTheServersOwn) {
-  FileServer s(2);
-  EXPECT_EQ(s.max_staging(), 2u);
-  Staging a = s.acquire(), b = s.acquire();
+TEST(StagingPool, TheCapIsThePoolsOwn) {
+  FilePool s(2);
+  EXPECT_EQ(s.max_buffers(), 2u);
+  Buffer a = s.acquire(), b = s.acquire();
   ASSERT_TRUE(a && b);
   bool at_cap = false;
   EXPECT_FALSE(s.acquire(&at_cap));
   EXPECT_TRUE(at_cap);
   a.reset();
-  Staging c = s.acquire(&at_cap);
+  Buffer c = s.acquire(&at_cap);
   EXPECT_TRUE(c);
   EXPECT_FALSE(at_cap);
+}
+
+// reserve() allocates the buffers kept free up front (the CUDA backend's pinned ones),
+// and reports the allocator's error; acquire() then allocates nothing.
+TEST(StagingPool, ReserveAllocatesUpFrontAndReportsFailure) {
+  size_t allocs = 0, frees = 0;
+  bool fail = false;
+  Allocator counting{[&](size_t bytes) -> Result<char*> {
+                       if (fail) return err(ErrorCode::AllocationFailed, "test alloc of ", bytes);
+                       ++allocs;
+                       return static_cast<char*>(std::malloc(bytes));
+                     },
+                     [&](char* p) {
+                       ++frees;
+                       std::free(p);
+                     }};
+  {
+    Pool p(3, 4096, 3, counting);
+    ASSERT_TRUE(p.reserve().ok());
+    EXPECT_EQ(allocs, 3u);
+    ASSERT_TRUE(p.reserve().ok());  // idempotent
+    EXPECT_EQ(allocs, 3u);
+    fail = true;
+    Buffer a = p.acquire(), b = p.acquire(), c = p.acquire();
+    EXPECT_TRUE(a && b && c);  // all from the reserve
+    bool at_cap = false;
+    EXPECT_FALSE(p.acquire(&at_cap));
+    EXPECT_TRUE(at_cap);
+  }
+  EXPECT_EQ(frees, 3u);  // every buffer, once back, freed with the pool
+  Pool empty(2, 4096, 2, counting);
+  EXPECT_ERROR(empty.reserve(), ErrorCode::AllocationFailed, "test alloc of 4096");
+  bool at_cap = true;
+  EXPECT_FALSE(empty.acquire(&at_cap));  // short of memory, not at the cap
+  EXPECT_FALSE(at_cap);
+  EXPECT_EQ(empty.in_use(), 0u);
+}
+
+// Chunks waiting for a buffer start in order of arrival; at the cap the rest wait (a job
+// needing none too, behind them); one whose buffer cannot be allocated is refused.
+TEST(StagingPool, AdmitsWaitingChunksInOrderUntilTheCap) {
+  bool fail = false;
+  Allocator a{[&](size_t bytes) -> Result<char*> {
+                if (fail) return err(ErrorCode::AllocationFailed, "no memory");
+                return static_cast<char*>(std::malloc(bytes));
+              },
+              [](char* p) { std::free(p); }};
+  Pool pool(2, 64, 2, a);
+  struct Job {
+    int id;
+    bool needs;
+  };
+  std::deque<Job> waiting{{1, true}, {2, false}, {3, true}, {4, true}, {5, false}};
+  std::vector<std::pair<int, Buffer>> started;
+  std::vector<int> refused;
+  auto run = [&] {
+    admit(
+        waiting, pool, [](const Job& j) { return j.needs; },
+        [&](Job&& j, Buffer b) { started.emplace_back(j.id, std::move(b)); },
+        [&](Job&& j) { refused.push_back(j.id); });
+  };
+  run();
+  ASSERT_EQ(started.size(), 3u);  // 1, 2 (no buffer), 3; 4 waits at the cap, 5 behind it
+  EXPECT_EQ(started[0].first, 1);
+  EXPECT_TRUE(started[0].second);
+  EXPECT_EQ(started[1].first, 2);
+  EXPECT_FALSE(started[1].second);
+  EXPECT_EQ(started[2].first, 3);
+  EXPECT_EQ(waiting.size(), 2u);
+  run();
+  EXPECT_EQ(waiting.size(), 2u);   // still at the cap
+  started.erase(started.begin());  // job 1's buffer comes back
+  run();
+  ASSERT_EQ(started.size(), 4u);
+  EXPECT_EQ(started[2].first, 4);
+  EXPECT_EQ(started[3].first, 5);
+  EXPECT_TRUE(waiting.empty());
+  started.clear();
+  Pool fresh(2, 64, 0, a);  // one that must allocate, and cannot
+  fail = true;
+  waiting = {{6, true}, {7, false}};
+  admit(
+      waiting, fresh, [](const Job& j) { return j.needs; },
+      [&](Job&& j, Buffer b) { started.emplace_back(j.id, std::move(b)); },
+      [&](Job&& j) { refused.push_back(j.id); });
+  EXPECT_EQ(refused, std::vector<int>{6});
+  ASSERT_EQ(started.size(), 1u);
+  EXPECT_EQ(started[0].first, 7);
 }
 
 TEST(FileServer, RemoveWaitsForEveryPinThenRefusesTheRegion) {
@@ -187,9 +369,9 @@ std::vector<FileJob> wait_done(FileServingThread& t, size_t n) {
 
 // A job of `len` bytes at `offset` of `fd`, with a staging buffer: for a WRITE, holding
 // the pattern `seed` from `offset`.
-FileJob file_job(FileServer& s, uint64_t id, Op op, uint64_t fd, uint64_t offset, uint64_t len,
+FileJob file_job(Pool& s, uint64_t id, Op op, uint64_t fd, uint64_t offset, uint64_t len,
                  uint64_t seed = 0) {
-  FileJob j{id, {op, 1, id, fd, offset, len}, s.acquire(), {}};
+  FileJob j{id, {op, MemType::File, 1, id, fd, offset, len}, s.acquire(), {}};
   if (j.data && op == Op::Write) testing::fill_pattern(j.data.get(), len, seed, offset);
   return j;
 }
@@ -211,11 +393,12 @@ TEST(FileServingThread, ReadsAndWritesWithErrorsNamingFdAndOffset) {
   ASSERT_GE(fd, 0);
   unlink(path);
   const uint64_t ufd = static_cast<uint64_t>(fd);
+  FilePool pool;
   FileServer s;
   s.add({0, 20000, ufd});
   auto one = [&](Op op, uint64_t at_fd, uint64_t offset, uint64_t len) {
     std::vector<FileJob> jobs;
-    jobs.push_back(file_job(s, 0, op, at_fd, offset, len, 3));
+    jobs.push_back(file_job(pool, 0, op, at_fd, offset, len, 3));
     auto done = serve_all(s, std::move(jobs));
     return done.empty() ? FileJob{} : std::move(done.begin()->second);
   };
@@ -233,7 +416,7 @@ TEST(FileServingThread, ReadsAndWritesWithErrorsNamingFdAndOffset) {
                "fd " + std::to_string(fd) + " offset 0");
   EXPECT_ERROR(one(Op::Read, uint64_t{1} << 40, 0, 16).status, ErrorCode::OutOfBounds,
                "not inside a FILE region");
-  EXPECT_EQ(s.in_use(), 3u);  // w, r and eof still hold theirs; refused jobs gave theirs back
+  EXPECT_EQ(pool.in_use(), 3u);  // w, r and eof still hold theirs; refused jobs gave theirs back
 }
 
 TEST(FileServingThread, StreamsJobsGivingEachItsOwnStatus) {
@@ -243,14 +426,15 @@ TEST(FileServingThread, StreamsJobsGivingEachItsOwnStatus) {
   std::vector<char> data(3 * 4096);
   testing::fill_pattern(data.data(), data.size(), 5);
   ASSERT_EQ(pwrite(f.fd, data.data(), data.size(), 0), static_cast<ssize_t>(data.size()));
+  FilePool pool;
   FileServer s;
   s.add({0, 8 * 4096, fd});
   std::vector<FileJob> jobs;
-  jobs.push_back(file_job(s, 0, Op::Read, fd, 0, 4096));
-  jobs.push_back(file_job(s, 1, Op::Read, fd, 2 * 4096 + 100, 4096));  // past the file's end
-  jobs.push_back(file_job(s, 2, Op::Write, fd, 4096, 4096, 7));
-  jobs.push_back(file_job(s, 3, Op::Read, fd, 7 * 4096, 8192));  // past the region
-  jobs.push_back(file_job(s, 4, Op::Read, fd, 2 * 4096, 4096));
+  jobs.push_back(file_job(pool, 0, Op::Read, fd, 0, 4096));
+  jobs.push_back(file_job(pool, 1, Op::Read, fd, 2 * 4096 + 100, 4096));  // past the file's end
+  jobs.push_back(file_job(pool, 2, Op::Write, fd, 4096, 4096, 7));
+  jobs.push_back(file_job(pool, 3, Op::Read, fd, 7 * 4096, 8192));  // past the region
+  jobs.push_back(file_job(pool, 4, Op::Read, fd, 2 * 4096, 4096));
   auto done = serve_all(s, std::move(jobs));
   ASSERT_EQ(done.size(), 5u);
   EXPECT_TRUE(done[0].status.ok()) << done[0].status.error().to_string();
@@ -269,11 +453,12 @@ TEST(FileServingThread, RemoveWaitsForTheIoInProgressThenRefusesTheRegion) {
   Pipe f;
   ASSERT_GE(f.rd, 0);
   const uint64_t fd = static_cast<uint64_t>(f.rd);
+  FilePool pool;
   FileServer s;
   s.add({0, 4096, fd});
   FileServingThread t(s);
   std::vector<FileJob> jobs;
-  jobs.push_back(file_job(s, 1, Op::Read, fd, 0, 64));
+  jobs.push_back(file_job(pool, 1, Op::Read, fd, 0, 64));
   t.submit(jobs);
   std::vector<char> sent(64, 'x');
   ASSERT_EQ(write(f.wr, sent.data(), 32), 32);
@@ -299,12 +484,13 @@ TEST(FileServingThread, ServesJobsAndHandsThemBackWithTheirStatus) {
   TempFile f;
   ASSERT_GE(f.fd, 0);
   const uint64_t fd = static_cast<uint64_t>(f.fd);
+  FilePool pool;
   FileServer s;
   s.add({0, 1 << 20, fd});
   FileServingThread t(s);
   std::vector<FileJob> jobs;
   for (uint64_t i = 0; i < 4; ++i) {
-    FileJob j{i, {Op::Write, 1, i, fd, i * 4096, 4096}, s.acquire(), {}};
+    FileJob j{i, {Op::Write, MemType::File, 1, i, fd, i * 4096, 4096}, pool.acquire(), {}};
     ASSERT_TRUE(j.data);
     testing::fill_pattern(j.data.get(), 4096, 9, i * 4096);
     jobs.push_back(std::move(j));
@@ -315,10 +501,11 @@ TEST(FileServingThread, ServesJobsAndHandsThemBackWithTheirStatus) {
   ASSERT_EQ(done.size(), 4u);
   for (const FileJob& j : done) EXPECT_TRUE(j.status.ok()) << j.status.error().to_string();
   done.clear();
-  EXPECT_EQ(s.in_use(), 0u);
+  EXPECT_EQ(pool.in_use(), 0u);
 
-  jobs.push_back({7, {Op::Read, 1, 0, fd, 0, 4 * 4096}, s.acquire(), {}});
-  jobs.push_back({8, {Op::Read, 1, 1, fd + 1, 0, 4096}, s.acquire(), {}});  // not served
+  jobs.push_back({7, {Op::Read, MemType::File, 1, 0, fd, 0, 4 * 4096}, pool.acquire(), {}});
+  jobs.push_back(
+      {8, {Op::Read, MemType::File, 1, 1, fd + 1, 0, 4096}, pool.acquire(), {}});  // not served
   t.submit(jobs);
   done = wait_done(t, 2);
   ASSERT_EQ(done.size(), 2u);
@@ -339,20 +526,21 @@ TEST(FileServingThread, StopFinishesEveryJobSubmittedAndHandsNoneBack) {
   ASSERT_GE(f.rd, 0);
   ASSERT_GE(other.fd, 0);
   const uint64_t fd = static_cast<uint64_t>(f.rd), ofd = static_cast<uint64_t>(other.fd);
+  FilePool pool;
   FileServer s;
   s.add({0, 1 << 20, fd});
   s.add({0, 1 << 20, ofd});
   FileServingThread t(s);
   std::vector<FileJob> jobs;
-  jobs.push_back(file_job(s, 1, Op::Read, fd, 0, 64));
+  jobs.push_back(file_job(pool, 1, Op::Read, fd, 0, 64));
   t.submit(jobs);
   ASSERT_EQ(write(f.wr, "0123456789abcdef", 16), 16);
   ASSERT_TRUE(f.drained());  // the first job's read is under way
   // Submitted behind it: they start at its completion, before stop() returns.
   for (uint64_t i = 2; i < 5; ++i)
-    jobs.push_back(file_job(s, i, Op::Write, ofd, i * 4096, 4096, 11));
+    jobs.push_back(file_job(pool, i, Op::Write, ofd, i * 4096, 4096, 11));
   t.submit(jobs);
-  EXPECT_EQ(s.in_use(), 4u);
+  EXPECT_EQ(pool.in_use(), 4u);
   std::atomic<bool> stopped{false};
   std::thread stopper([&] {
     t.stop();
@@ -364,15 +552,15 @@ TEST(FileServingThread, StopFinishesEveryJobSubmittedAndHandsNoneBack) {
   ASSERT_EQ(write(f.wr, rest.data(), rest.size()), 48);
   stopper.join();
   // Every job ran and its staging is back; none is handed back, and later ones are dropped.
-  EXPECT_EQ(s.in_use(), 0u);
+  EXPECT_EQ(pool.in_use(), 0u);
   EXPECT_TRUE(t.take_done().empty());
   std::vector<char> back(3 * 4096);
   ASSERT_EQ(pread(other.fd, back.data(), back.size(), 2 * 4096), 3 * 4096);
   EXPECT_EQ(testing::find_pattern_mismatch(back.data(), back.size(), 11, 2 * 4096), SIZE_MAX);
-  jobs.push_back(file_job(s, 9, Op::Read, ofd, 0, 64));
+  jobs.push_back(file_job(pool, 9, Op::Read, ofd, 0, 64));
   t.submit(jobs);
   EXPECT_TRUE(jobs.empty());
-  EXPECT_EQ(s.in_use(), 0u);
+  EXPECT_EQ(pool.in_use(), 0u);
   EXPECT_TRUE(t.take_done().empty());
 }
 

@@ -13,10 +13,8 @@ Status CudaBackend::init() {
   }
   KVBM_TRY(open_worker(UCP_FEATURE_AM, &context_, &worker_, &address_));
   const std::pair<unsigned, ucp_am_recv_callback_t> handlers[] = {
-      {kAmPut, &CudaBackend::on_am_id<kAmPut>},
-      {kAmGet, &CudaBackend::on_am_id<kAmGet>},
-      {kAmAck, &CudaBackend::on_am_id<kAmAck>},
-      {kAmGetReply, &CudaBackend::on_am_id<kAmGetReply>}};
+      {kAmRequest, &CudaBackend::on_am_id<kAmRequest>},
+      {kAmReply, &CudaBackend::on_am_id<kAmReply>}};
   for (auto [id, cb] : handlers) KVBM_TRY(set_am_handler(worker_, id, cb, this));
   return {};
 }
@@ -35,8 +33,8 @@ CudaBackend::~CudaBackend() {
   for (Incoming& in : incoming_) {
     if (in.rndv) ucp_am_data_release(worker_, in.desc);
   }
-  for (TargetJob& j : jobs_) {
-    if (j.rndv && j.step == TargetJob::Step::WaitSlot) ucp_am_data_release(worker_, j.desc);
+  for (TargetJob& j : waiting_) {
+    if (j.rndv) ucp_am_data_release(worker_, j.desc);
   }
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
@@ -276,6 +274,7 @@ size_t CudaBackend::progress(LockWait wait) {
     }
     for (Incoming& m : in) handle_incoming(m);
   }
+  if (!waiting_.empty()) admit_jobs();
   for (auto it = jobs_.begin(); it != jobs_.end();) {
     if (advance_job(*it)) {
       it = jobs_.erase(it);
@@ -295,7 +294,7 @@ size_t CudaBackend::progress(LockWait wait) {
       }
     }
     pump(op);
-    if (op.state.load() == XferState::InProgress && op.done == op.chunks->size()) {
+    if (op.state.load() == XferState::InProgress && op.w.complete()) {
       op.state.store(XferState::Done, std::memory_order_release);
       ++events_;
     }

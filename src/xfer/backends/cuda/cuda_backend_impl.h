@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <deque>
 #include <functional>
 #include <list>
 #include <map>
@@ -37,10 +38,11 @@ class CudaBackend final : public Backend {
       : env_(std::move(env)),
         force_staged_(force_staged),
         chunk_bytes_(chunk_bytes),
-        slots_(slots),
         streams_per_device_(streams),
         batch_copies_(batch_copies),
-        kernel_copies_(kernel_copies) {}
+        kernel_copies_(kernel_copies),
+        send_pool_(slots, chunk_bytes, slots, pinned_allocator()),
+        recv_pool_(slots, chunk_bytes, slots, pinned_allocator()) {}
   ~CudaBackend() override;
   Status init();
 
@@ -96,19 +98,22 @@ class CudaBackend final : public Backend {
                                                          const std::vector<Segment>& segments);
   bool local_range_ok(MemType type, uint64_t dev, uint64_t addr, uint64_t len) const;
   Status ensure_pools();
-  void send_am(ucp_ep_h ep, unsigned id, std::string header, const void* data, size_t len,
-               std::function<void(ucs_status_t)> done);
-  void reply(ucp_ep_h ep, unsigned id, uint64_t op, uint64_t seq, const Error* e, const void* data,
-             size_t len, std::function<void(ucs_status_t)> done);
+  // Sends a chunk's request (a WRITE's bytes from f's bounce buffer, with f's UCX state).
+  void send_request(StagedOp& op, uint64_t seq, Flight* f);
+  // Answers `j`: e's text, or success (a READ's bytes from j's bounce buffer); j's buffer
+  // goes back to its pool (once sent, where the reply carries its bytes).
+  void reply(TargetJob& j, const Error* e);
   void pump(StagedOp& op);
   bool advance(StagedOp& op, Flight& f);
   void fail_op(StagedOp& op, Error e);
   void handle_incoming(Incoming& in);
-  void handle_chunk(Incoming& in);  // kAmPut, kAmGet: served here (staged_target.cc)
-  void handle_reply(Incoming& in);  // kAmAck, kAmGetReply: to our own chunks
-  void drop(Incoming& in);          // releases a rendezvous message's data
+  void handle_chunk(Incoming& in);  // kAmRequest: served here (staged_target.cc)
+  void handle_reply(Incoming& in);  // kAmReply: to our own chunks
+  void receive_reply(StagedOp& op, Flight& f, Incoming& in);  // a READ's bytes
+  void drop(Incoming& in);  // releases a rendezvous message's data
   bool advance_job(TargetJob& job);
-  std::optional<bool> start_job(TargetJob& j, int dev, void* target);  // advance_job's first step
+  bool start_job(TargetJob& j, int dev, void* target);  // advance_job's first step
+  void admit_jobs();  // the waiting chunks that find a bounce buffer, to jobs_
   static ucs_status_t on_am(unsigned id, void* arg, const void* header, size_t header_length,
                             void* data, size_t length, const ucp_am_recv_param_t* param);
   template <unsigned Id>
@@ -121,7 +126,6 @@ class CudaBackend final : public Backend {
   BackendEnv env_;
   const bool force_staged_;
   const size_t chunk_bytes_;
-  const size_t slots_;
   const size_t streams_per_device_;  // requests go round-robin over them
   // A request's copies with a host side go as one cudaMemcpyBatchAsync per device (CUDA
   // 12.8+), not a cudaMemcpyAsync each; off by batch=0, or once the driver refuses it.
@@ -141,12 +145,13 @@ class CudaBackend final : public Backend {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::string address_;
-  SlotPool send_pool_;  // the initiator's bounce buffers
-  SlotPool recv_pool_;  // the target's
+  staging::Pool send_pool_;  // the initiator's bounce buffers
+  staging::Pool recv_pool_;  // the target's
   bool pools_ready_ = false;
   uint64_t next_op_ = 1;
   std::map<uint64_t, std::shared_ptr<StagedOp>> ops_;
-  std::list<TargetJob> jobs_;
+  std::deque<TargetJob> waiting_;  // chunks asked of us, waiting for a bounce buffer
+  std::list<TargetJob> jobs_;      // chunks being served (their state must stay put)
   std::vector<Incoming> incoming_;
   FailedEndpoints failed_eps_;  // noted in callbacks, handled in progress()
   size_t events_ = 0;

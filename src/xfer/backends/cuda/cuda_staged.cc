@@ -1,9 +1,10 @@
-// The staged path of the CUDA backend (see cuda_backend.h): chunks of a transfer go
-// through pools of pinned bounce buffers and UCX active messages on the backend's own
+// The staged path of the CUDA backend (see cuda_backend.h): the chunked staging protocol
+// (ucx_common/staging_*.h) through pools of pinned bounce buffers on the backend's own
 // worker. Initiator: pump() starts chunks while buffers are free; advance() moves each
 // one on (device copy -> send -> ack for WRITE; ask -> receive -> device copy for READ).
 // The target's side is staged_target.cc.
 #include "xfer/backends/cuda/cuda_backend_impl.h"
+#include "xfer/ucx_common/staging_am.h"
 
 namespace kvbm::xfer::detail::cuda {
 
@@ -34,6 +35,7 @@ Status CudaStagedRequest::post() {
   op->op = op_;
   op->peer = peer_;
   op->chunks = chunks_;
+  op->w = staging::Window(chunks_->size());
   backend_->ops_[op->id] = op;
   current_ = op;
   backend_->pump(*op);
@@ -45,53 +47,51 @@ Error CudaStagedRequest::error() const {
   return current_ ? current_->error : err(ErrorCode::Internal, "not posted");
 }
 
+staging::Allocator pinned_allocator() {
+  return {[](size_t bytes) -> Result<char*> {
+            void* p = nullptr;
+            if (cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocPortable); e != cudaSuccess) {
+              return cuda_fail(
+                  ErrorCode::AllocationFailed, e,
+                  "cudaHostAlloc of a " + std::to_string(bytes) + "-byte bounce buffer");
+            }
+            return static_cast<char*>(p);
+          },
+          [](char* p) { cudaFreeHost(p); }};
+}
+
+// Every bounce buffer, allocated once: no chunk waits for cudaHostAlloc.
 Status CudaBackend::ensure_pools() {
   if (pools_ready_) return {};
   DeviceGuard g(default_device_);
-  KVBM_TRY(send_pool_.init(slots_, chunk_bytes_));
-  KVBM_TRY(recv_pool_.init(slots_, chunk_bytes_));
+  KVBM_TRY(send_pool_.reserve());
+  KVBM_TRY(recv_pool_.reserve());
   pools_ready_ = true;
   return {};
 }
 
-struct SendCtx {
-  std::string header;
-  std::function<void(ucs_status_t)> done;
-};
-
-void CudaBackend::send_am(ucp_ep_h ep, unsigned id, std::string header, const void* data,
-                          size_t len, std::function<void(ucs_status_t)> done) {
-  auto* ctx = new SendCtx{std::move(header), std::move(done)};
-  ucp_request_param_t p{};
-  p.op_attr_mask =
-      UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
-  p.flags = UCP_AM_SEND_FLAG_REPLY;
-  p.user_data = ctx;
-  p.cb.send = [](void* request, ucs_status_t status, void* user) {
-    auto* c = static_cast<SendCtx*>(user);
-    if (c->done) c->done(status);
-    delete c;
-    ucp_request_free(request);
-  };
-  ucs_status_ptr_t r =
-      ucp_am_send_nbx(ep, id, ctx->header.data(), ctx->header.size(), data, len, &p);
-  if (UCS_PTR_IS_PTR(r)) return;
-  if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
-  delete ctx;
+// A chunk's request: a WRITE's bytes from its bounce buffer, sent once its copy is done.
+void CudaBackend::send_request(StagedOp& op, uint64_t seq, Flight* f) {
+  const StagedChunk& c = (*op.chunks)[seq];
+  auto m = staging::request({op.op, c.remote_type, op.id, seq, c.remote_dev, c.remote, c.len});
+  const bool write = op.op == Op::Write;
+  if (write) {
+    f->ucx.pending = true;
+    m.done = [f](ucs_status_t s) { f->ucx = {false, s}; };
+  }
+  staging::send(op.peer->ep, kAmRequest, std::move(m), write ? f->slot.get() : nullptr,
+                write ? c.len : 0, UCP_AM_SEND_FLAG_REPLY);
 }
 
-void CudaBackend::reply(ucp_ep_h ep, unsigned id, uint64_t op, uint64_t seq, const Error* e,
-                        const void* data, size_t len, std::function<void(ucs_status_t)> done) {
-  ReplyHeader h{kChunkMagic, e ? static_cast<int32_t>(e->code) : -1, op, seq};
-  std::shared_ptr<std::string> text;  // an error's message, alive until the send completes
-  if (e != nullptr) {
-    text = std::make_shared<std::string>(e->message.substr(0, kMaxErrorBytes));
-    data = text->data();
-    len = text->size();
-  }
-  send_am(ep, id, encode(h), data, len, [text, done = std::move(done)](ucs_status_t s) {
-    if (done) done(s);
-  });
+void CudaBackend::reply(TargetJob& j, const Error* e) {
+  auto m = staging::reply({j.h.xfer, j.h.seq, e ? std::optional(e->code) : std::nullopt},
+                          e ? e->message : std::string());
+  const bool bytes = e == nullptr && j.h.op == Op::Read;
+  const char* body = bytes ? j.slot.get() : nullptr;
+  if (bytes) m.keep = std::move(j.slot);  // back to its pool once sent
+  j.slot.reset();
+  staging::send(j.reply_ep, kAmReply, std::move(m), body, bytes ? j.h.len : 0,
+                UCP_AM_SEND_FLAG_REPLY);
 }
 
 void CudaBackend::fail_op(StagedOp& op, Error e) {
@@ -103,89 +103,78 @@ void CudaBackend::fail_op(StagedOp& op, Error e) {
 
 // Starts chunks while bounce buffers are free.
 void CudaBackend::pump(StagedOp& op) {
-  const auto& chunks = *op.chunks;
-  while (op.state.load() == XferState::InProgress && op.next < chunks.size()) {
-    void* slot = send_pool_.acquire();
-    if (slot == nullptr) return;
-    const uint64_t seq = op.next++;
-    const StagedChunk& c = chunks[seq];
+  while (op.state.load() == XferState::InProgress && op.w.ready()) {
+    staging::Buffer slot = send_pool_.acquire();
+    if (!slot) return;
+    const uint64_t seq = op.w.take();
+    const StagedChunk& c = (*op.chunks)[seq];
     Flight& f = op.flights[seq];
     f.seq = seq;
-    f.slot = slot;
+    f.slot = std::move(slot);
     if (op.op == Op::Write) {
       f.phase = Phase::WriteCopying;
       f.event_device = c.device;
-      if (auto st = copy_async(slot, reinterpret_cast<const void*>(c.local), c.len, c.device,
-                               stream(c.device), &f.event);
+      if (auto st = copy_async(f.slot.get(), reinterpret_cast<const void*>(c.local), c.len,
+                               c.device, stream(c.device), &f.event);
           !st) {
         fail_op(op, st.error());
       }
     } else {
       f.phase = Phase::ReadAwaitReply;
-      ChunkHeader h{
-          kChunkMagic, static_cast<uint32_t>(c.remote_type), op.id, seq, c.remote_dev, c.remote,
-          c.len};
-      send_am(op.peer->ep, kAmGet, encode(h), nullptr, 0, nullptr);
+      send_request(op, seq, &f);
     }
   }
+}
+
+bool copy_ended(cudaEvent_t* event, cudaError_t* result) {
+  *result = cudaSuccess;
+  if (*event == nullptr) return true;
+  cudaError_t e = cudaEventQuery(*event);
+  if (e == cudaErrorNotReady) return false;
+  cudaEventDestroy(*event);
+  *event = nullptr;
+  *result = e;
+  return true;
 }
 
 // Moves one chunk on; true when it is finished (successfully or not) and can be erased.
 bool CudaBackend::advance(StagedOp& op, Flight& f) {
   for (;;) {
-    if (f.event != nullptr) {
-      cudaError_t e = cudaEventQuery(f.event);
-      if (e == cudaErrorNotReady) return false;
-      cudaEventDestroy(f.event);
-      f.event = nullptr;
-      if (e != cudaSuccess) fail_op(op, cuda_fail(ErrorCode::Internal, e, "staged CUDA copy"));
-    }
-    if (f.ucx_pending) return false;
-    if (op.state.load() != XferState::InProgress) {
-      send_pool_.release(f.slot);
-      return true;
-    }
+    cudaError_t e = cudaSuccess;
+    if (!copy_ended(&f.event, &e)) return false;
+    if (e != cudaSuccess) fail_op(op, cuda_fail(ErrorCode::Internal, e, "staged CUDA copy"));
+    if (f.ucx.pending) return false;
+    if (op.state.load() != XferState::InProgress) return true;  // its buffer goes with it
     const StagedChunk& ch = (*op.chunks)[f.seq];
     switch (f.phase) {
-      case Phase::WriteCopying: {
+      case Phase::WriteCopying:
         f.phase = Phase::WriteSending;
-        f.ucx_pending = true;
-        Flight* fp = &f;
-        ChunkHeader h{kChunkMagic,   static_cast<uint32_t>(ch.remote_type),
-                      op.id,         f.seq,
-                      ch.remote_dev, ch.remote,
-                      ch.len};
-        send_am(op.peer->ep, kAmPut, encode(h), f.slot, ch.len, [fp](ucs_status_t s) {
-          fp->ucx_pending = false;
-          fp->ucx_status = s;
-        });
+        send_request(op, f.seq, &f);
         continue;
-      }
       case Phase::WriteSending:
-        send_pool_.release(f.slot);
-        f.slot = nullptr;
-        if (f.ucx_status != UCS_OK) {
+        f.slot.reset();
+        if (f.ucx.status != UCS_OK) {
           fail_op(op, ucx_error(ErrorCode::Remote, "staged WRITE to agent '" + op.peer->name + "'",
-                                f.ucx_status));
+                                f.ucx.status));
           return true;
         }
         f.phase = Phase::WriteAwaitAck;
         continue;
       case Phase::WriteAwaitAck:
         if (!f.acked) return false;
-        ++op.done;
+        op.w.finish(f.seq);
         return true;
       case Phase::ReadAwaitReply:
         return false;
       case Phase::ReadReceiving: {
-        if (f.ucx_status != UCS_OK) {
+        if (f.ucx.status != UCS_OK) {
           fail_op(op, ucx_error(ErrorCode::Remote, "staged READ from agent '" + op.peer->name + "'",
-                                f.ucx_status));
+                                f.ucx.status));
           continue;
         }
         f.phase = Phase::ReadCopying;
         f.event_device = ch.device;
-        if (auto st = copy_async(reinterpret_cast<void*>(ch.local), f.slot, ch.len, ch.device,
+        if (auto st = copy_async(reinterpret_cast<void*>(ch.local), f.slot.get(), ch.len, ch.device,
                                  stream(ch.device), &f.event);
             !st) {
           fail_op(op, st.error());
@@ -193,9 +182,8 @@ bool CudaBackend::advance(StagedOp& op, Flight& f) {
         continue;
       }
       case Phase::ReadCopying:
-        send_pool_.release(f.slot);
-        f.slot = nullptr;
-        ++op.done;
+        f.slot.reset();
+        op.w.finish(f.seq);
         return true;
     }
   }

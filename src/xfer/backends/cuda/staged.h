@@ -1,7 +1,7 @@
-// The CUDA backend's staged path (cuda_backend.h): chunks of a transfer go through pools
-// of pinned bounce buffers and UCX active messages (staged_wire.h) on the backend's own
-// worker. The initiator's state per transfer and chunk, the target's per chunk it serves.
-// Guarded by the backend's lock.
+// The CUDA backend's staged path (cuda_backend.h): the chunked staging protocol
+// (ucx_common/staging_*.h) on the backend's own worker, its chunks' bytes moved by CUDA
+// copies through pools of pinned bounce buffers. The initiator's state per transfer and
+// chunk, the target's per chunk it serves. Guarded by the backend's lock.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -16,43 +16,19 @@
 #include "xfer/backend.h"
 #include "xfer/backends/cuda/cuda_common.h"
 #include "xfer/backends/cuda/cuda_peer.h"
-#include "xfer/backends/cuda/staged_wire.h"
+#include "xfer/ucx_common/staging_am.h"
+#include "xfer/ucx_common/staging_pool.h"
+#include "xfer/ucx_common/staging_window.h"
+#include "xfer/ucx_common/staging_wire.h"
 
 namespace kvbm::xfer::detail::cuda {
 
-// A fixed pool of pinned host buffers of one size.
-class SlotPool {
- public:
-  ~SlotPool() {
-    for (void* p : all_) cudaFreeHost(p);
-  }
-  Status init(size_t count, size_t bytes) {
-    if (!all_.empty()) return {};
-    for (size_t i = 0; i < count; ++i) {
-      void* p = nullptr;
-      if (cudaError_t e = cudaHostAlloc(&p, bytes, cudaHostAllocPortable); e != cudaSuccess) {
-        return cuda_fail(ErrorCode::AllocationFailed, e,
-                         "cudaHostAlloc of a " + std::to_string(bytes) + "-byte bounce buffer");
-      }
-      all_.push_back(p);
-      free_.push_back(p);
-    }
-    return {};
-  }
-  void* acquire() {
-    if (free_.empty()) return nullptr;
-    void* p = free_.back();
-    free_.pop_back();
-    return p;
-  }
-  void release(void* p) {
-    if (p != nullptr) free_.push_back(p);
-  }
+// The protocol's two messages: a chunk request (a WRITE's bytes ride along) and the
+// target's one reply to it (a READ's bytes ride along).
+enum : unsigned { kAmRequest = 21, kAmReply = 23 };
 
- private:
-  std::vector<void*> all_;
-  std::vector<void*> free_;
-};
+// Pinned host memory for the bounce buffers, allocated with the caller's device current.
+staging::Allocator pinned_allocator();
 
 // One chunk of a staged transfer on the initiator.
 struct StagedChunk {
@@ -76,11 +52,10 @@ enum class Phase {
 struct Flight {
   uint64_t seq = 0;  // the chunk's index
   Phase phase;
-  void* slot = nullptr;
-  cudaEvent_t event = nullptr;
+  staging::Buffer slot{nullptr, {}};
+  cudaEvent_t event = nullptr;  // the bounce copy's
   int event_device = 0;
-  bool ucx_pending = false;
-  ucs_status_t ucx_status = UCS_OK;
+  staging::Pending ucx;  // the chunk's send (WRITE) or receipt (READ)
   bool acked = false;
 };
 
@@ -89,8 +64,8 @@ struct StagedOp {
   Op op = Op::Write;
   std::shared_ptr<CudaPeer> peer;
   std::shared_ptr<const std::vector<StagedChunk>> chunks;
-  size_t next = 0;
-  size_t done = 0;
+  // Chunks sent and done; in flight as many as the initiator's bounce buffers allow.
+  staging::Window w{0};
   std::map<uint64_t, Flight> flights;  // by chunk index
   std::atomic<XferState> state{XferState::InProgress};
   Error error{ErrorCode::Internal, ""};
@@ -99,19 +74,21 @@ struct StagedOp {
 
 // A chunk this backend serves as the target of a staged transfer.
 struct TargetJob {
-  enum class Step { WaitSlot, Receiving, Copying, Sending } step = Step::WaitSlot;
-  unsigned kind;  // kAmPut or kAmGet
-  ChunkHeader h;
+  enum class Step { Start, Receiving, Copying } step = Step::Start;
+  staging::ChunkRequest h;  // space: Vram or Dram; dev, addr: the target memory
   ucp_ep_h reply_ep;
   bool rndv = false;
-  void* desc = nullptr;  // rendezvous descriptor (kAmPut)
-  std::string eager;     // bytes that came with the message (kAmPut)
-  void* slot = nullptr;
-  cudaEvent_t event = nullptr;
+  void* desc = nullptr;               // rendezvous descriptor (a WRITE's), released once received
+  std::string eager;                  // bytes that came with the message (a WRITE's)
+  staging::Buffer slot{nullptr, {}};  // from Start on, but for a WRITE that came whole
+  cudaEvent_t event = nullptr;        // the bounce copy's
   int event_device = 0;
-  bool ucx_pending = false;
-  ucs_status_t ucx_status = UCS_OK;
+  staging::Pending ucx;  // a WRITE's receipt
 };
+
+// Whether the copy `*event` marks has ended: then the event is gone and *result holds
+// the copy's outcome. True at once without an event.
+bool copy_ended(cudaEvent_t* event, cudaError_t* result);
 
 // A message received inside ucp_worker_progress, handled right after it.
 struct Incoming {

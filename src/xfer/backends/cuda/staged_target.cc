@@ -12,7 +12,7 @@ namespace kvbm::xfer::detail::cuda {
 // to one of ours.
 void CudaBackend::handle_incoming(Incoming& in) {
   ++events_;
-  if (in.id == kAmPut || in.id == kAmGet) {
+  if (in.id == kAmRequest) {
     handle_chunk(in);
   } else {
     handle_reply(in);
@@ -25,221 +25,180 @@ void CudaBackend::drop(Incoming& in) {
 
 // A chunk asked of this backend: checked against the registered regions, then queued.
 void CudaBackend::handle_chunk(Incoming& in) {
-  auto drop = [&] { this->drop(in); };
-  auto decoded = decode_chunk_header(in.header);
+  // The length is checked below, answered with the bounce buffers' size.
+  auto decoded = staging::decode_chunk_request(in.header, UINT64_MAX);
   if (!decoded || in.reply_ep == nullptr) {
-    log(LogLevel::Warn, "CUDA: dropped a " + (decoded ? std::string("malformed staged chunk")
-                                                      : decoded.error().message));
-    drop();
-    return;
-  }
-  const ChunkHeader& h = *decoded;
-  const bool put = in.id == kAmPut;
-  const MemType type = static_cast<MemType>(h.mem_type);
-  const bool type_ok = h.mem_type <= static_cast<uint32_t>(MemType::Unknown) &&
-                       (type == MemType::Vram || type == MemType::Dram);
-  const bool len_ok =
-      h.len > 0 && h.len <= chunk_bytes_ && (in.rndv || !put || in.data.size() == h.len);
-  if (!len_ok) {
-    drop();
-    Error e = err(ErrorCode::InvalidArgument, "staged chunk of ", h.len,
-                  " bytes does not fit the bounce buffers of agent '", env_.agent_name, "' (",
-                  chunk_bytes_, " bytes)");
-    reply(in.reply_ep, put ? kAmAck : kAmGetReply, h.op, h.seq, &e, nullptr, 0, nullptr);
-    return;
-  }
-  if (!type_ok || !local_range_ok(type, h.dev, h.addr, h.len)) {
-    drop();
-    Error e = err(ErrorCode::OutOfBounds, "staged ", put ? "WRITE" : "READ", " of ", h.len,
-                  " bytes at ", hex(h.addr), " (device ", h.dev,
-                  ") is not inside memory registered with agent '", env_.agent_name, "'");
-    reply(in.reply_ep, put ? kAmAck : kAmGetReply, h.op, h.seq, &e, nullptr, 0, nullptr);
+    log(LogLevel::Warn, "CUDA: dropped a staged chunk: " +
+                            (decoded ? std::string("no reply endpoint") : decoded.error().message));
+    drop(in);
     return;
   }
   TargetJob job;
-  job.kind = put ? kAmPut : kAmGet;
-  job.h = h;
+  job.h = *decoded;
   job.reply_ep = in.reply_ep;
+  const staging::ChunkRequest& h = job.h;
+  const bool put = h.op == Op::Write;
+  const bool type_ok = h.space == MemType::Vram || h.space == MemType::Dram;
+  const bool len_ok = h.len <= chunk_bytes_ && (in.rndv || !put || in.data.size() == h.len);
+  if (!len_ok) {
+    drop(in);
+    Error e = err(ErrorCode::InvalidArgument, "staged chunk of ", h.len,
+                  " bytes does not fit the bounce buffers of agent '", env_.agent_name, "' (",
+                  chunk_bytes_, " bytes)");
+    reply(job, &e);
+    return;
+  }
+  if (!type_ok || !local_range_ok(h.space, h.dev, h.addr, h.len)) {
+    drop(in);
+    Error e = err(ErrorCode::OutOfBounds, "staged ", put ? "WRITE" : "READ", " of ", h.len,
+                  " bytes at ", hex(h.addr), " (device ", h.dev,
+                  ") is not inside memory registered with agent '", env_.agent_name, "'");
+    reply(job, &e);
+    return;
+  }
   job.rndv = in.rndv;
   job.desc = in.desc;
   job.eager = std::move(in.data);
-  jobs_.push_back(std::move(job));
+  waiting_.push_back(std::move(job));
+}
+
+// The chunks waiting, in order, as bounce buffers free (a WRITE that came whole needs
+// none). UCX keeps a rendezvous WRITE's bytes until then, so none is answered "busy"; one
+// whose buffer cannot be allocated is answered with that error.
+void CudaBackend::admit_jobs() {
+  staging::admit(
+      waiting_, recv_pool_, [](const TargetJob& j) { return j.h.op == Op::Read || j.rndv; },
+      [&](TargetJob&& j, staging::Buffer b) {
+        j.slot = std::move(b);
+        jobs_.push_back(std::move(j));
+      },
+      [&](TargetJob&& j) {
+        if (j.rndv) ucp_am_data_release(worker_, j.desc);
+        Error e = err(ErrorCode::AllocationFailed, "no bounce buffer free at agent '",
+                      env_.agent_name, "'");
+        reply(j, &e);
+      });
 }
 
 // An answer to a chunk of one of our transfers: an ack, a READ's bytes, or an error.
 void CudaBackend::handle_reply(Incoming& in) {
-  auto drop = [&] { this->drop(in); };
-  auto decoded = decode_reply_header(in.header);
+  auto decoded = staging::decode_chunk_reply(in.header);
   if (!decoded) {
-    log(LogLevel::Warn, "CUDA: dropped a " + decoded.error().message);
-    drop();
+    log(LogLevel::Warn, "CUDA: dropped a staged reply: " + decoded.error().message);
+    drop(in);
     return;
   }
-  const ReplyHeader& h = *decoded;
-  auto oit = ops_.find(h.op);
+  const staging::ChunkReply& h = *decoded;
+  auto oit = ops_.find(h.xfer);
   Flight* f = nullptr;
-  if (h.magic == kChunkMagic && oit != ops_.end()) {
+  if (oit != ops_.end() && oit->second->w.awaited(h.seq)) {
     auto fit = oit->second->flights.find(h.seq);
     if (fit != oit->second->flights.end()) f = &fit->second;
   }
   if (f == nullptr) {  // a cancelled op's late answer
-    drop();
+    drop(in);
     return;
   }
   StagedOp& op = *oit->second;
-  if (h.code >= 0) {
+  if (h.error || h.busy) {  // the target never answers "busy": its peers' bytes wait in UCX
     std::string msg = in.rndv ? std::string("(message lost)") : in.data;
-    drop();
+    if (h.busy) msg = "a busy reply";
+    drop(in);
     fail_op(op, err(ErrorCode::Remote, "agent '", op.peer->name, "': ", msg));
     return;
   }
-  if (in.id == kAmAck) {
-    drop();
-    if (f->phase == Phase::WriteAwaitAck || f->phase == Phase::WriteSending) f->acked = true;
+  if (op.op == Op::Write) {
+    drop(in);
+    if (f->phase == Phase::WriteAwaitAck || f->phase == Phase::WriteSending) {
+      op.w.answer(h.seq);
+      f->acked = true;
+    }
     return;
   }
   if (f->phase != Phase::ReadAwaitReply) {
-    drop();
+    drop(in);
     return;
   }
-  const StagedChunk& c = (*op.chunks)[h.seq];
+  op.w.answer(h.seq);
+  receive_reply(op, *f, in);
+}
+
+// A READ's bytes, into the chunk's bounce buffer: copied from an eager message, or
+// received from a rendezvous one.
+void CudaBackend::receive_reply(StagedOp& op, Flight& f, Incoming& in) {
+  const StagedChunk& c = (*op.chunks)[f.seq];
   if (!in.rndv) {
     if (in.data.size() != c.len) {
       fail_op(op, err(ErrorCode::Remote, "agent '", op.peer->name, "' answered ", in.data.size(),
                       " bytes for a chunk of ", c.len));
       return;
     }
-    std::memcpy(f->slot, in.data.data(), c.len);
-    f->phase = Phase::ReadReceiving;
-    f->ucx_status = UCS_OK;
+    std::memcpy(f.slot.get(), in.data.data(), c.len);
+    f.phase = Phase::ReadReceiving;
+    f.ucx.status = UCS_OK;
     return;
   }
-  f->phase = Phase::ReadReceiving;
-  f->ucx_pending = true;
-  ucp_request_param_t p{};
-  p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-  p.user_data = f;
-  p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
-    auto* fl = static_cast<Flight*>(user);
-    fl->ucx_pending = false;
-    fl->ucx_status = status;
-    ucp_request_free(request);
-  };
-  ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, in.desc, f->slot, c.len, &p);
-  if (!UCS_PTR_IS_PTR(r)) {
-    f->ucx_pending = false;
-    f->ucx_status = UCS_PTR_STATUS(r);
-  }
+  f.phase = Phase::ReadReceiving;
+  staging::receive(worker_, in.desc, f.slot.get(), c.len, &f.ucx);
 }
 
-// A job's first step: a small WRITE's bytes copied in at once; else a bounce buffer taken
-// and its bytes received (WRITE) or copied out of the target memory (READ). Returns
-// advance_job's answer, or nullopt to go on with the next step.
-std::optional<bool> CudaBackend::start_job(TargetJob& j, int dev, void* target) {
-  if (j.kind == kAmPut && !j.rndv) {
+// A job's first step: a small WRITE's bytes copied in at once; else, into its bounce
+// buffer, its bytes received (WRITE) or copied out of the target memory (READ). True when
+// the job is finished (answered).
+bool CudaBackend::start_job(TargetJob& j, int dev, void* target) {
+  if (j.h.op == Op::Write && !j.rndv) {
     // Small enough to have come with the message: copy it in directly.
     DeviceGuard g(dev);
     cudaError_t e = cudaMemcpy(target, j.eager.data(), j.h.len, cudaMemcpyDefault);
     Error er = e == cudaSuccess ? Error{ErrorCode::Internal, ""}
                                 : cuda_fail(ErrorCode::Internal, e, "staged copy");
-    reply(j.reply_ep, kAmAck, j.h.op, j.h.seq, e == cudaSuccess ? nullptr : &er, nullptr, 0,
-          nullptr);
+    reply(j, e == cudaSuccess ? nullptr : &er);
     return true;
   }
-  j.slot = recv_pool_.acquire();
-  if (j.slot == nullptr) return false;  // retried on the next progress
-  if (j.kind == kAmPut) {
+  if (j.h.op == Op::Write) {
     j.step = TargetJob::Step::Receiving;
-    j.ucx_pending = true;
-    ucp_request_param_t p{};
-    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.user_data = &j;
-    p.cb.recv_am = [](void* request, ucs_status_t status, size_t, void* user) {
-      auto* job = static_cast<TargetJob*>(user);
-      job->ucx_pending = false;
-      job->ucx_status = status;
-      ucp_request_free(request);
-    };
-    ucs_status_ptr_t r = ucp_am_recv_data_nbx(worker_, j.desc, j.slot, j.h.len, &p);
-    if (!UCS_PTR_IS_PTR(r)) {
-      j.ucx_pending = false;
-      j.ucx_status = UCS_PTR_STATUS(r);
-    }
-    return std::nullopt;
+    staging::receive(worker_, j.desc, j.slot.get(), j.h.len, &j.ucx);
+    return false;
   }
   j.step = TargetJob::Step::Copying;
   j.event_device = dev;
-  if (auto st = copy_async(j.slot, target, j.h.len, dev, stream(dev), &j.event); !st) {
-    recv_pool_.release(j.slot);
-    j.slot = nullptr;
-    reply(j.reply_ep, kAmGetReply, j.h.op, j.h.seq, &st.error(), nullptr, 0, nullptr);
+  if (auto st = copy_async(j.slot.get(), target, j.h.len, dev, stream(dev), &j.event); !st) {
+    reply(j, &st.error());
     return true;
   }
-  return std::nullopt;
+  return false;
 }
 
 // Moves one target-side job on; true when finished.
 bool CudaBackend::advance_job(TargetJob& j) {
-  const MemType type = static_cast<MemType>(j.h.mem_type);
-  const int dev = type == MemType::Vram ? static_cast<int>(j.h.dev) : default_device_;
+  const int dev = j.h.space == MemType::Vram ? static_cast<int>(j.h.dev) : default_device_;
   void* target = reinterpret_cast<void*>(j.h.addr);
   for (;;) {
-    if (j.event != nullptr) {
-      cudaError_t e = cudaEventQuery(j.event);
-      if (e == cudaErrorNotReady) return false;
-      cudaEventDestroy(j.event);
-      j.event = nullptr;
-      if (e != cudaSuccess) {
-        Error er = cuda_fail(ErrorCode::Internal, e, "staged copy at the target");
-        recv_pool_.release(j.slot);
-        j.slot = nullptr;
-        reply(j.reply_ep, j.kind == kAmPut ? kAmAck : kAmGetReply, j.h.op, j.h.seq, &er, nullptr, 0,
-              nullptr);
-        return true;
-      }
+    cudaError_t e = cudaSuccess;
+    if (!copy_ended(&j.event, &e)) return false;
+    if (e != cudaSuccess) {
+      Error er = cuda_fail(ErrorCode::Internal, e, "staged copy at the target");
+      reply(j, &er);
+      return true;
     }
-    if (j.ucx_pending) return false;
+    if (j.ucx.pending) return false;
     switch (j.step) {
-      case TargetJob::Step::WaitSlot:
-        if (auto done = start_job(j, dev, target)) return *done;
+      case TargetJob::Step::Start:
+        if (start_job(j, dev, target)) return true;
         continue;
       case TargetJob::Step::Receiving:
-        if (j.ucx_status != UCS_OK) {
-          recv_pool_.release(j.slot);
-          j.slot = nullptr;
-          return true;  // the initiator sees its send fail
-        }
+        if (j.ucx.status != UCS_OK) return true;  // the initiator sees its send fail
         j.step = TargetJob::Step::Copying;
         j.event_device = dev;
-        if (auto st = copy_async(target, j.slot, j.h.len, dev, stream(dev), &j.event); !st) {
-          recv_pool_.release(j.slot);
-          j.slot = nullptr;
-          reply(j.reply_ep, kAmAck, j.h.op, j.h.seq, &st.error(), nullptr, 0, nullptr);
+        if (auto st = copy_async(target, j.slot.get(), j.h.len, dev, stream(dev), &j.event); !st) {
+          reply(j, &st.error());
           return true;
         }
         continue;
       case TargetJob::Step::Copying:
-        if (j.kind == kAmPut) {
-          // The bytes are in place: acknowledge, so the initiator may notify.
-          recv_pool_.release(j.slot);
-          j.slot = nullptr;
-          reply(j.reply_ep, kAmAck, j.h.op, j.h.seq, nullptr, nullptr, 0, nullptr);
-          return true;
-        }
-        j.step = TargetJob::Step::Sending;
-        j.ucx_pending = true;
-        {
-          TargetJob* jp = &j;
-          reply(j.reply_ep, kAmGetReply, j.h.op, j.h.seq, nullptr, j.slot, j.h.len,
-                [jp](ucs_status_t s) {
-                  jp->ucx_pending = false;
-                  jp->ucx_status = s;
-                });
-        }
-        continue;
-      case TargetJob::Step::Sending:
-        recv_pool_.release(j.slot);
-        j.slot = nullptr;
+        // WRITE: the bytes are in place: acknowledge, so the initiator may notify. READ:
+        // the bytes go from the bounce buffer, back to its pool once sent.
+        reply(j, nullptr);
         return true;
     }
   }

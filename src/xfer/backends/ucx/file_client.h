@@ -1,15 +1,14 @@
-// Remote files, the initiator's side. The initiator sends each chunk as an active
-// message (a WRITE's bytes ride along) and keeps up to kFileWindow of a transfer in
-// flight; the owner (file_service.h) answers each chunk, a READ's bytes riding along. The
-// owner's staging memory is capped: a WRITE whose bytes find no buffer there is answered
-// "busy" and resent after a short wait.
+// Remote files, the initiator's side of the chunked staging protocol (staging_window.h
+// keeps the accounting). The initiator sends each chunk as an active message (a WRITE's
+// bytes ride along) and keeps up to kFileWindow of a transfer in flight; the owner
+// (file_service.h) answers each chunk, a READ's bytes riding along. The owner's staging
+// memory is capped: a WRITE whose bytes find no buffer there is answered "busy" and
+// resent after a short wait.
 //
 // Thread safety: every member runs with the backend's lock held.
 #pragma once
 
-#include <chrono>
 #include <cstdint>
-#include <deque>
 #include <map>
 #include <memory>
 #include <set>
@@ -19,6 +18,7 @@
 #include "kvbm/result.h"
 #include "kvbm/xfer/types.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/ucx_common/staging_window.h"
 
 namespace kvbm::xfer::detail::ucx {
 
@@ -36,18 +36,11 @@ struct FileChunk {
 
 // The initiator's state of one posted file transfer, keyed by id in the backend.
 struct FileXfer {
-  enum ChunkState : uint8_t { kUnanswered, kReplied, kToResend };
   uint64_t id = 0;
   Op op = Op::Read;
   std::shared_ptr<Completion> c;
   std::shared_ptr<const std::vector<FileChunk>> chunks;
-  std::vector<uint8_t> replied;  // ChunkState, per chunk
-  size_t next = 0, in_flight = 0, done = 0;
-  size_t window = kFileWindow;  // chunks in flight at most: 1 after a "busy", then regrown
-  // Chunks the owner answered "busy", sent again (before any new one) from resend_at.
-  std::deque<uint64_t> resend;
-  std::chrono::steady_clock::time_point resend_at;
-  std::chrono::microseconds backoff{0};
+  staging::Window w{0};  // set by FileClient::start
   // Chunk requests UCX has not finished sending (a WRITE's read the local bytes).
   size_t sending = 0;
 };
@@ -57,7 +50,7 @@ class FileClient {
   explicit FileClient(UcxBackend& backend) : backend_(backend) {}
   // A new transfer's id.
   uint64_t next_id() { return next_++; }
-  // Lists the transfer and sends its first chunks.
+  // Lists the transfer and sends its first chunks (x->chunks set).
   void start(const std::shared_ptr<FileXfer>& x);
   // Unlists a transfer (cancelled, or reposted): replies that still arrive touch nothing.
   void forget(uint64_t id) { xfers_.erase(id); }

@@ -1,30 +1,8 @@
 #include "xfer/backends/ucx/file_server.h"
 
 #include <climits>
-#include <cstdlib>
-#include <cstring>
-
-#include "xfer/backends/ucx/file_wire.h"
 
 namespace kvbm::xfer::detail {
-
-void StagingFree::operator()(char* p) const {
-  server->recycle(p);
-}
-
-FileServer::~FileServer() {
-  for (char* p : free_) std::free(p);
-}
-
-void FileServer::recycle(char* p) {
-  std::lock_guard<std::mutex> lock(mu_);
-  --in_use_;
-  if (free_.size() < kKeepFree) {
-    free_.push_back(p);
-  } else {
-    std::free(p);
-  }
-}
 
 void FileServer::add(const Desc& region) {
   auto r = std::make_shared<Region>(Region{file_id_of(region.dev_id)});
@@ -64,32 +42,6 @@ Result<std::shared_ptr<FileServer::Region>> FileServer::find(uint64_t fd, uint64
   }
   return err(ErrorCode::OutOfBounds, "file fd ", fd, " offset ", offset, " len ", len,
              " is not inside a FILE region this agent serves");
-}
-
-Staging FileServer::acquire(bool* at_cap) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (at_cap != nullptr) *at_cap = in_use_ >= max_staging_;
-    if (in_use_ >= max_staging_) return Staging(nullptr, {this});
-    if (!free_.empty()) {
-      char* p = free_.back();
-      free_.pop_back();
-      ++in_use_;
-      return Staging(p, {this});
-    }
-    ++in_use_;  // counted before the allocation, so the cap holds across threads
-  }
-  auto* p = static_cast<char*>(std::aligned_alloc(4096, kFileChunkBytes));
-  if (p == nullptr) {
-    std::lock_guard<std::mutex> lock(mu_);
-    --in_use_;
-  }
-  return Staging(p, {this});
-}
-
-size_t FileServer::in_use() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return in_use_;
 }
 
 void FileServer::unpin(const std::shared_ptr<Region>& r) {

@@ -1,10 +1,10 @@
-// The owner's side of remote file transfers: the FILE regions this agent serves to peers,
-// and the reads and writes it does for them through staging buffers (io_uring, direct
-// I/O where aligned). Errors name the file, the offset and the length.
+// The owner's side of remote file transfers: the FILE regions this agent serves to peers
+// (the staging buffers their chunks go through are file_service.h's). Errors name the
+// file, the offset and the length.
 //
-// Thread safety: every member may be called from any thread. Regions and staging buffers
-// are guarded by one mutex that no I/O holds, so a check or a staging buffer never waits
-// for a disk; remove() waits until the region's pins (its I/O in progress) are gone.
+// Thread safety: every member may be called from any thread. Regions are guarded by one
+// mutex that no I/O holds, so a check never waits for a disk; remove() waits until the
+// region's pins (its I/O in progress) are gone.
 #pragma once
 
 #include <condition_variable>
@@ -13,7 +13,6 @@
 #include <memory>
 #include <mutex>
 #include <tuple>
-#include <vector>
 
 #include "kvbm/result.h"
 #include "kvbm/xfer/types.h"
@@ -21,25 +20,11 @@
 
 namespace kvbm::xfer::detail {
 
-class FileServer;
-
-// A page-aligned buffer of kFileChunkBytes that goes back to its server when dropped.
-struct StagingFree {
-  FileServer* server = nullptr;
-  void operator()(char* p) const;
-};
-using Staging = std::unique_ptr<char, StagingFree>;
-
 class FileServer {
   struct Region;
 
  public:
-  // Staging buffers in use at once, at most, unless told otherwise: 64 MiB. A READ waits
-  // for a buffer; a WRITE that finds none is answered "busy" and its peer resends it.
-  static constexpr size_t kDefaultMaxStaging = 64;
-
-  explicit FileServer(size_t max_staging = kDefaultMaxStaging) : max_staging_(max_staging) {}
-  ~FileServer();
+  FileServer() = default;
   FileServer(const FileServer&) = delete;
   FileServer& operator=(const FileServer&) = delete;
 
@@ -53,12 +38,6 @@ class FileServer {
   // OutOfBounds unless [offset, offset + len) of fd lies inside one served region; Io
   // (naming fd and offset) when fd is closed or no longer the registered file.
   Status check(uint64_t fd, uint64_t offset, uint64_t len) const;
-
-  // A staging buffer (reused; at most kKeepFree kept while idle), or null when
-  // max_staging() are in use (then *at_cap is set, where given) or memory is short.
-  Staging acquire(bool* at_cap = nullptr);
-  size_t in_use() const;
-  size_t max_staging() const { return max_staging_; }
 
   // A served region held while I/O on it runs (remove() waits for it). Move-only.
   class Pin {
@@ -79,25 +58,19 @@ class FileServer {
   Result<Pin> pin(uint64_t fd, uint64_t offset, uint64_t len);
 
  private:
-  friend struct StagingFree;
-  static constexpr size_t kKeepFree = 8;
   struct Region {
     FileId id;        // the file fd referred to at registration
     size_t busy = 0;  // its pins
   };
   using Key = std::tuple<uint64_t, uint64_t, uint64_t>;  // fd, offset, len
 
-  void recycle(char* p);
   // The served region holding the range (check()'s rules); mu_ held.
   Result<std::shared_ptr<Region>> find(uint64_t fd, uint64_t offset, uint64_t len) const;
   void unpin(const std::shared_ptr<Region>& r);  // a pinned region's I/O ended
 
-  const size_t max_staging_;
-  mutable std::mutex mu_;       // regions_, free_, in_use_, Region::busy
+  mutable std::mutex mu_;       // regions_, Region::busy
   std::condition_variable cv_;  // a region's busy count fell to 0
   std::map<Key, std::shared_ptr<Region>> regions_;
-  std::vector<char*> free_;
-  size_t in_use_ = 0;
 };
 
 }  // namespace kvbm::xfer::detail

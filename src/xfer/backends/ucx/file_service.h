@@ -1,8 +1,9 @@
-// Remote files, the owner's side: the FILE regions this agent serves (file_server.h),
-// the chunk requests peers send for them, queued for the serving thread
-// (file_serving_thread.h) that does the file I/O through a staging buffer off the lock,
-// and the replies (a READ's bytes ride along). READs queue for a staging buffer; a WRITE
-// whose bytes find none is answered "busy" (its initiator resends it).
+// Remote files, the owner's side of the chunked staging protocol: the FILE regions this
+// agent serves (file_server.h), the chunk requests peers send for them, queued for the
+// serving thread (file_serving_thread.h) that does the file I/O through a staging buffer
+// (staging_pool.h) off the lock, and the replies (a READ's bytes ride along). READs queue
+// for a staging buffer; a WRITE whose bytes find none is answered "busy" (its initiator
+// resends it).
 //
 // Thread safety: add() and remove() from any thread; the rest with the backend's lock held.
 #pragma once
@@ -19,13 +20,19 @@
 #include "xfer/backends/ucx/file_server.h"
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/ucx_common/staging_am.h"
+#include "xfer/ucx_common/staging_pool.h"
 
 namespace kvbm::xfer::detail::ucx {
 
 class FileService {
  public:
+  // Staging buffers in use at once, at most, unless told otherwise: 64 MiB.
+  static constexpr size_t kDefaultMaxStaging = 64;
+
   // max_staging: the staging buffers (kFileChunkBytes each) used at once.
-  explicit FileService(size_t max_staging) : server_(max_staging) {}
+  explicit FileService(size_t max_staging)
+      : pool_(max_staging, kFileChunkBytes, kKeepFree, staging::host_allocator()) {}
 
   void add(const Desc& region) { server_.add(region); }
   // Without the backend's lock: waits for the serving thread's I/O on the file, if any.
@@ -47,10 +54,15 @@ class FileService {
   void clear();
 
  private:
-  void send_reply(ucp_ep_h ep, const FileReplyHeader& h, const char* body, size_t len, Staging keep,
-                  std::string error_text = {});
+  // Staging buffers kept while idle.
+  static constexpr size_t kKeepFree = 8;
+
+  void send_reply(ucp_ep_h ep, staging::Message m, const char* body = nullptr, size_t len = 0);
 
   FileServer server_;  // thread-safe: also used by thread_ and by region destructors
+  // Thread-safe: the serving thread drops the buffers of jobs it drops. Declared before
+  // the jobs that hold its buffers.
+  staging::Pool pool_;
   // Requests accepted and not yet replied to: their reply endpoints, by job id. A
   // closed peer's entries go: its jobs then end without a reply. (An endpoint UCX made
   // for an initiator we never connected to is not ours: UCX may destroy it on a peer

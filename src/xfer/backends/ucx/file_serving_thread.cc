@@ -13,17 +13,17 @@ constexpr unsigned kQueueDepth = 16;
 void FileServingThread::submit(std::vector<FileJob>& jobs) {
   std::vector<FileJob> refused;
   for (FileJob& j : jobs) {
-    auto pin = server_.pin(j.h.fd, j.h.offset, j.h.len);  // fstat, off our lock
+    auto pin = server_.pin(j.h.dev, j.h.addr, j.h.len);  // fstat, off our lock
     if (!pin) {
       j.status = pin.error();
       refused.push_back(std::move(j));
       continue;
     }
     const FileOp op{j.h.op == Op::Write ? FileOp::Kind::Write : FileOp::Kind::Read,
-                    static_cast<int>(j.h.fd), j.h.offset, j.data.get(), j.h.len};
+                    static_cast<int>(j.h.dev), j.h.addr, j.data.get(), j.h.len};
     auto r = std::make_unique<Running>(Running{std::move(j), op, std::move(*pin)});
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) continue;  // dropped: its staging goes back to the server
+    if (stopping_) continue;  // dropped: its staging buffer goes back to its pool
     if (!worker_) {
       // Most agents never serve a file: no thread and no ring until one does.
       auto w = UringWorker::create(kQueueDepth);
@@ -61,7 +61,7 @@ void FileServingThread::finished(uint64_t id, Status st) {
     }
   }
   // r goes here, off the lock: its pin lets the region go, and a dropped job's staging
-  // goes back to the server.
+  // buffer goes back to its pool.
 }
 
 std::vector<FileJob> FileServingThread::take_done() {

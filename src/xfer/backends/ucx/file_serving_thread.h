@@ -18,16 +18,17 @@
 #include "common/uring_worker.h"
 #include "kvbm/result.h"
 #include "xfer/backends/ucx/file_server.h"
-#include "xfer/backends/ucx/file_wire.h"
+#include "xfer/ucx_common/staging_pool.h"
+#include "xfer/ucx_common/staging_wire.h"
 
 namespace kvbm::xfer::detail {
 
 // One peer's chunk request, from its arrival until its reply is sent.
 struct FileJob {
-  uint64_t id = 0;  // the backend's: which reply endpoint
-  FileRequestHeader h;
-  Staging data{nullptr, {}};  // READ: the bytes read; WRITE: the bytes to write
-  Status status;              // set once served
+  uint64_t id = 0;                    // the backend's: which reply endpoint
+  staging::ChunkRequest h;            // dev: the fd; addr: the offset in the file
+  staging::Buffer data{nullptr, {}};  // READ: the bytes read; WRITE: the bytes to write
+  Status status;                      // set once served
 };
 
 class FileServingThread {

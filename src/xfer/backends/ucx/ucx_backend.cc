@@ -239,7 +239,7 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   if (!mode) return mode.error();
   static_assert(kFileChunkBytes == 1 << 20, "file_staging_mib counts staging buffers");
   auto staging =
-      number_param("UCX", p, "file_staging_mib", FileServer::kDefaultMaxStaging, 1, 1 << 16);
+      number_param("UCX", p, "file_staging_mib", ucx::FileService::kDefaultMaxStaging, 1, 1 << 16);
   if (!staging) return staging.error();
   auto copy_threads = number_param("UCX", p, "copy_threads",
                                    kvbm::detail::ParallelCopier::default_threads(), 0, 64);

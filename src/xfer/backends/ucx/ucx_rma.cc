@@ -171,7 +171,6 @@ Status UcxRequest::post() {
     x->op = op_;
     x->c = c;
     x->chunks = file_chunks_;
-    x->replied.assign(file_chunks_->size(), 0);
     backend_->files_.start(x);
     return {};
   }
