@@ -54,6 +54,10 @@ class BackendRequest {
   // Never blocks: InProgress, Done or Error (then error() says why).
   virtual XferState poll() = 0;
   virtual Error error() const = 0;
+  // A count that grows whenever part of the posted transfer completes (a get or put, a
+  // chunk): the agent's peer timeout counts from its last change, so a large transfer
+  // that keeps moving over a slow link is not cut off. 0 always: from post() alone.
+  virtual uint64_t progress() const { return 0; }
 };
 
 // What the agent gives each backend it creates.

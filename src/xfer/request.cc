@@ -54,6 +54,7 @@ Status RequestImpl::post() {
   // read that costs as much as the rest of a small request.
   if (request_->poll() == XferState::InProgress) {
     deadline_ = std::chrono::steady_clock::now() + agent_->config().peer_timeout;
+    progress_at_deadline_ = request_->progress();
   }
   return {};
 }
@@ -80,10 +81,16 @@ XferState RequestImpl::state() {
   } else if (s == XferState::Error) {
     state_ = s;
     error_ = request_->error();
-  } else if (std::chrono::steady_clock::now() >= deadline_) {
+  } else if (const auto now = std::chrono::steady_clock::now(); now >= deadline_) {
+    if (const uint64_t p = request_->progress(); p != progress_at_deadline_) {
+      // Part of it completed since: the peer answers; the timeout starts again.
+      progress_at_deadline_ = p;
+      deadline_ = now + agent_->config().peer_timeout;
+      return state_;
+    }
     const auto ms = agent_->config().peer_timeout.count();
     error_ = err(ErrorCode::Timeout, "transfer with agent '", peer_ ? peer_->name : agent_->name(),
-                 "' did not complete within ", ms, " ms");
+                 "' made no progress for ", ms, " ms");
     state_ = XferState::Error;
     agent_->peer_timed_out(peer_, backend_, error_);
   }

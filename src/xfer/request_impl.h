@@ -54,6 +54,7 @@ class RequestImpl final : public Request {
   Error error_{ErrorCode::Internal, "request has not failed"};
   std::optional<Error> detached_;  // why, once the agent was destroyed
   std::chrono::steady_clock::time_point deadline_;
+  uint64_t progress_at_deadline_ = 0;  // the backend request's progress() when it was set
   Backend* notifier_ = nullptr;
   std::string notify_agent_;
   std::string notify_message_;

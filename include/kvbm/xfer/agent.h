@@ -59,7 +59,11 @@ struct KVBM_API AgentConfig {
   /// true: an internal thread drives communication. false: the caller drives it through
   /// Request::wait/status and Agent::progress (lowest latency, no extra thread).
   bool progress_thread = true;
-  /// A request that involves a peer which stops answering ends in an error after this.
+  /// A request that involves a peer which stops answering ends in an error (Timeout,
+  /// naming the peer) after this: counted from post(), and again from each part of the
+  /// request that completes where the backend reports parts (UCX: each get, put or chunk),
+  /// so a large transfer that keeps moving over a slow link is not cut off. A dead
+  /// peer's endpoint error usually ends the request sooner (Remote).
   std::chrono::milliseconds peer_timeout{10000};
   /// Largest metadata blob accepted from a peer (side channel and load_remote_metadata),
   /// and largest item this agent publishes or fetches (publish, fetch_published).
