@@ -148,7 +148,7 @@ class Target {
     Subprocess::Options opt;
     opt.pipe_stdin = true;
     opt.pipe_stdout = true;
-    auto p = Subprocess::spawn(
+    auto p = spawn_child(
         {"/proc/self/exe", "bench", "gpu", "--target", mode, "--max-mib", std::to_string(o.max_mib),
          "--chunk-bytes", std::to_string(o.chunk_bytes), "--bounce-buffers",
          std::to_string(o.bounce_buffers)},

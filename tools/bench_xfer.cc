@@ -132,7 +132,7 @@ Result<PerftestResult> run_perftest(const std::string& exe, const std::string& t
   // The client fails if it connects before the server listens: try a few times.
   for (int attempt = 0; attempt < 4; ++attempt) {
     const std::string port = std::to_string(free_tcp_port());
-    auto server = Subprocess::spawn({exe, "-p", port}, env);
+    auto server = spawn_child({exe, "-p", port}, env);
     if (!server) return server.error();
     std::this_thread::sleep_for(std::chrono::milliseconds(150 + 250 * attempt));
     Subprocess::Options client_env = env;
@@ -145,7 +145,7 @@ Result<PerftestResult> run_perftest(const std::string& exe, const std::string& t
                                      "-w", std::to_string(std::max<size_t>(1, iters / 10)),
                                      "-f", "-v"};
     argv.insert(argv.end(), extra.begin(), extra.end());
-    auto client = Subprocess::spawn(argv, client_env);
+    auto client = spawn_child(argv, client_env);
     if (!client) return client.error();
     auto out = client->read_all(std::chrono::seconds(120));
     if (!out) client->kill_now();
@@ -437,7 +437,7 @@ Result<Target> start_own_target(const XferOptions& o, size_t bytes,
   if (o.file_mib > 0) {
     targv.insert(targv.end(), {"--file-mib", std::to_string(o.file_mib), "--dir", file_dir});
   }
-  auto target = Subprocess::spawn(targv, topt);
+  auto target = spawn_child(targv, topt);
   if (!target) return target.error();
   // UCX may log to stdout too (UCX_LOG_LEVEL): skip to our line.
   auto ready = target->read_line(std::chrono::seconds(30));

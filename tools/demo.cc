@@ -156,7 +156,7 @@ Status start_peer(Peer& peer, size_t n, size_t corrupt_block) {
     argv.push_back("--corrupt-block");
     argv.push_back(std::to_string(corrupt_block));
   }
-  auto p = Subprocess::spawn(argv, o);
+  auto p = spawn_child(argv, o);
   if (!p) return p.error();
   peer.process.emplace(std::move(*p));
   return {};
