@@ -328,6 +328,33 @@ struct Report {
   nlohmann::ordered_json doc;
 };
 
+// Moves the peer's file `fd` (its first `bytes`) to or from `local` in requests of `size`,
+// `inflight` at a time; GB/s.
+Result<double> move_file(Session& s, Op op, uint64_t local, size_t bytes, int fd, size_t size,
+                         size_t inflight) {
+  std::vector<std::unique_ptr<xfer::Request>> reqs;
+  for (size_t at = 0; at < bytes; at += size) {
+    const size_t n = std::min(size, bytes - at);
+    auto r = s.agent->create_request(
+        op, xfer::DescList(xfer::MemType::Dram, {{local + at, n, 0}}),
+        xfer::DescList(xfer::MemType::File, {{at, n, static_cast<uint64_t>(fd)}}), s.peer);
+    if (!r) return r.error();
+    reqs.push_back(std::move(*r));
+  }
+  const auto t0 = Clock::now();
+  size_t next = 0;
+  std::deque<xfer::Request*> running;
+  while (next < reqs.size() || !running.empty()) {
+    while (running.size() < inflight && next < reqs.size()) {
+      KVBM_TRY(reqs[next]->post());
+      running.push_back(reqs[next++].get());
+    }
+    KVBM_TRY(running.front()->wait(std::chrono::seconds(60)));
+    running.pop_front();
+  }
+  return gbps(static_cast<double>(bytes), std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
 // The peer's file (remote files, issue 6): READ and WRITE of the whole file the target
 // registered, in requests of one descriptor, several in flight; the owner moves each
 // chunk between its disk and a staging buffer. The ceiling is the disk: O_DIRECT
@@ -348,30 +375,8 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
   if (!reg) return reg.error();
   auto* p = static_cast<uint8_t*>(local->data());
   detail::fill_pattern(p, bytes, 77);
-  // Moves the whole file in requests of `size`, `inflight` at a time.
-  auto run = [&](Op op, size_t size, size_t inflight) -> Result<double> {
-    std::vector<std::unique_ptr<xfer::Request>> reqs;
-    for (size_t at = 0; at < bytes; at += size) {
-      const size_t n = std::min(size, bytes - at);
-      auto r = s.agent->create_request(
-          op, xfer::DescList(xfer::MemType::Dram, {{local->addr() + at, n, 0}}),
-          xfer::DescList(xfer::MemType::File, {{at, n, static_cast<uint64_t>(fd)}}), s.peer);
-      if (!r) return r.error();
-      reqs.push_back(std::move(*r));
-    }
-    const auto t0 = Clock::now();
-    size_t next = 0;
-    std::deque<xfer::Request*> running;
-    while (next < reqs.size() || !running.empty()) {
-      while (running.size() < inflight && next < reqs.size()) {
-        KVBM_TRY(reqs[next]->post());
-        running.push_back(reqs[next++].get());
-      }
-      KVBM_TRY(running.front()->wait(std::chrono::seconds(60)));
-      running.pop_front();
-    }
-    return gbps(static_cast<double>(bytes),
-                std::chrono::duration<double>(Clock::now() - t0).count());
+  auto run = [&](Op op, size_t size, size_t inflight) {
+    return move_file(s, op, local->addr(), bytes, fd, size, inflight);
   };
   KVBM_TRY(run(Op::Write, size_t{4} << 20, 4));  // the file holds the pattern from here on
   auto ceilings = demo::disk_ceilings(dir, bytes, static_cast<int>(o.rounds));
@@ -730,6 +735,56 @@ std::vector<Point> points_of(const XferOptions& o) {
   return points;
 }
 
+// The JSON document's head: what ran, against which target.
+nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const Target& target,
+                                   bool perftest) {
+  const char* env_tls = std::getenv("UCX_TLS");
+  return {
+      {"command", "kvbm bench xfer"}, {"kvbm", version()},
+      {"transport", o.transport},     {"ucx_tls", env_tls != nullptr ? env_tls : "(UCX default)"},
+      {"peer", target.where},         {"peer_agent", s.peer},
+      {"buffer_bytes", s.bytes},      {"verified", true},
+      {"perftest", perftest}};
+}
+
+// The table's head: the transport, the target, and where the ratios come from.
+void print_header(const XferOptions& o, const Session& s, const Target& target, bool remote,
+                  bool perftest) {
+  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
+  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
+  const char* env_tls = std::getenv("UCX_TLS");
+  std::cout << "kvbm bench xfer: transport " << o.transport
+            << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
+            << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
+            << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
+            << "), target " << target.where << " agent '" << s.peer << "'"
+            << (remote            ? ""
+                : o.target_thread ? " (progress thread)"
+                                  : " (spinning on progress())")
+            << ", buffers " << human_bytes(s.bytes) << " each, data verified\n";
+  if (remote) {
+    std::cout << "A served peer: no ucx_perftest ratios (run ucx_perftest between the two "
+                 "hosts yourself)\n";
+  } else if (!perftest) {
+    std::cout << "ucx_perftest not found ('" << o.perftest
+              << "'; Debian package ucx-utils): no ratios\n";
+  }
+  std::cout << "\n";
+}
+
+// Our own target, if any, told to quit; Remote when it exits badly.
+Status stop_target(Target& target) {
+  if (!target.process) return {};
+  target.process->send("quit");
+  target.process->close_stdin();
+  auto rc = target.process->wait(std::chrono::seconds(10));
+  if (!rc || *rc != 0) {
+    return err(ErrorCode::Remote,
+               "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string());
+  }
+  return {};
+}
+
 int run_xfer(XferOptions o) {
   const bool remote = !o.peer.empty() || !o.peer_etcd.empty();
   if (o.transport.empty()) o.transport = remote ? "auto" : "shm";
@@ -758,37 +813,8 @@ int run_xfer(XferOptions o) {
   std::optional<std::string> perftest = remote ? std::nullopt : find_program(o.perftest);
   Report report;
   report.json = o.json;
-  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
-  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
-  const char* env_tls = std::getenv("UCX_TLS");
-  report.doc = {{"command", "kvbm bench xfer"},
-                {"kvbm", version()},
-                {"transport", o.transport},
-                {"ucx_tls", env_tls != nullptr ? env_tls : "(UCX default)"},
-                {"peer", target->where},
-                {"peer_agent", s.peer},
-                {"buffer_bytes", s.bytes},
-                {"verified", true},
-                {"perftest", perftest.has_value()}};
-  if (!o.json) {
-    std::cout << "kvbm bench xfer: transport " << o.transport
-              << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
-              << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
-              << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
-              << "), target " << target->where << " agent '" << s.peer << "'"
-              << (remote            ? ""
-                  : o.target_thread ? " (progress thread)"
-                                    : " (spinning on progress())")
-              << ", buffers " << human_bytes(s.bytes) << " each, data verified\n";
-    if (remote) {
-      std::cout << "A served peer: no ucx_perftest ratios (run ucx_perftest between the two "
-                   "hosts yourself)\n";
-    } else if (!perftest) {
-      std::cout << "ucx_perftest not found ('" << o.perftest
-                << "'; Debian package ucx-utils): no ratios\n";
-    }
-    std::cout << "\n";
-  }
+  report.doc = report_head(o, s, *target, perftest.has_value());
+  if (!o.json) print_header(o, s, *target, remote, perftest.has_value());
   const char* perf_tls = tls != nullptr ? tls : "tcp,self";
   if (auto st = bandwidth_section(s, o, ops, points, perftest, perf_tls, report); !st)
     return fail(st.error());
@@ -802,20 +828,37 @@ int run_xfer(XferOptions o) {
   }
   if (o.json) std::cout << report.doc.dump(2) << "\n";
 
-  if (target->process) {
-    target->process->send("quit");
-    target->process->close_stdin();
-    auto rc = target->process->wait(std::chrono::seconds(10));
-    if (!rc || *rc != 0) {
-      return fail(err(ErrorCode::Remote,
-                      "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string()));
-    }
-  }
+  if (auto st = stop_target(*target); !st) return fail(st.error());
   if (o.check && missed) {
     std::cerr << "kvbm bench xfer: a target against ucx_perftest was missed (--check)\n";
     return 1;
   }
   return 0;
+}
+
+// The other end, started by `xfer` (and `soak`) itself; hidden from help. It is
+// `kvbm serve` on loopback, driven over stdin.
+void add_xfer_target(CLI::App& bench, Runner& runner) {
+  auto t = std::make_shared<ServeOptions>();
+  auto file_mib = std::make_shared<size_t>(0);
+  auto progress_thread = std::make_shared<bool>(false);
+  auto* target = bench.add_subcommand("xfer-target", "")->group("");
+  target->add_option("--bytes", t->bytes, "Registered buffer size")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 40));
+  target->add_flag("--progress-thread", *progress_thread, "Use the agent's progress thread");
+  target->add_option("--file-mib", *file_mib, "Also serve a registered file of this size")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
+  target->add_option("--dir", t->dir, "Where that file is made");
+  target->callback([t, file_mib, progress_thread, &runner] {
+    runner = [t, file_mib, progress_thread] {
+      t->name = "kvbm-bench-target";
+      t->listen = "127.0.0.1:0";
+      t->file_bytes = *file_mib << 20;
+      t->spin = !*progress_thread;
+      t->bench_target = true;
+      return run_serve(*t);
+    };
+  });
 }
 
 }  // namespace
@@ -887,29 +930,7 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
                 "Exit 1 when a target against ucx_perftest is missed (bandwidth >= 0.90x at >= "
                 "64 KiB, latency <= 1.50x)");
   cmd->callback([o, &runner] { runner = [o] { return run_xfer(*o); }; });
-
-  // The other end, started by `xfer` (and `soak`) itself; hidden from help. It is
-  // `kvbm serve` on loopback, driven over stdin.
-  auto t = std::make_shared<ServeOptions>();
-  auto file_mib = std::make_shared<size_t>(0);
-  auto progress_thread = std::make_shared<bool>(false);
-  auto* target = bench.add_subcommand("xfer-target", "")->group("");
-  target->add_option("--bytes", t->bytes, "Registered buffer size")
-      ->check(CLI::Range(size_t{1}, size_t{1} << 40));
-  target->add_flag("--progress-thread", *progress_thread, "Use the agent's progress thread");
-  target->add_option("--file-mib", *file_mib, "Also serve a registered file of this size")
-      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
-  target->add_option("--dir", t->dir, "Where that file is made");
-  target->callback([t, file_mib, progress_thread, &runner] {
-    runner = [t, file_mib, progress_thread] {
-      t->name = "kvbm-bench-target";
-      t->listen = "127.0.0.1:0";
-      t->file_bytes = *file_mib << 20;
-      t->spin = !*progress_thread;
-      t->bench_target = true;
-      return run_serve(*t);
-    };
-  });
+  add_xfer_target(bench, runner);
 }
 
 }  // namespace kvbm::tools
