@@ -1,6 +1,7 @@
 // `kvbm bench xfer`: the transfer agent between two processes on loopback, against
 // ucx_perftest on the same transport; or, with --peer / --peer-etcd, against `kvbm serve`
-// on another host (no perftest then: it needs both its ends).
+// on another host (with --peer, against the ucx_perftest server of `kvbm serve --perftest`
+// there: tools/perftest.h).
 //
 // The initiator (this process) polls (AgentConfig.progress_thread = false) for the
 // lowest latency; our own target is this same binary re-executed as the hidden
@@ -41,6 +42,7 @@
 #include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "perftest.h"
 #include "serve.h"
 #include "subprocess.h"
 #include "table.h"
@@ -94,89 +96,6 @@ double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
   return v[v.size() / 2];
-}
-
-// ---- ucx_perftest -------------------------------------------------------------------
-
-struct PerftestResult {
-  double p50_us = 0;      // its 50th percentile latency
-  double overall_us = 0;  // total time / iterations
-  double gbps = 0;        // size / overall latency
-};
-
-uint16_t free_tcp_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  uint16_t port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
-// Runs one ucx_perftest test (server and client on loopback) and parses the CSV line of
-// `-f -v`: iterations,p50_lat,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr.
-Result<PerftestResult> run_perftest(const std::string& exe, const std::string& tls,
-                                    const std::string& test, size_t size, size_t iters,
-                                    std::vector<std::string> extra = {}) {
-  Subprocess::Options env;
-  env.env["UCX_TLS"] = tls;
-  env.quiet_stderr = true;
-  Error last{ErrorCode::Internal, "not run"};
-  // The client fails if it connects before the server listens: try a few times.
-  for (int attempt = 0; attempt < 4; ++attempt) {
-    const std::string port = std::to_string(free_tcp_port());
-    auto server = spawn_child({exe, "-p", port}, env);
-    if (!server) return server.error();
-    std::this_thread::sleep_for(std::chrono::milliseconds(150 + 250 * attempt));
-    Subprocess::Options client_env = env;
-    client_env.pipe_stdout = true;
-    std::vector<std::string> argv = {exe,  "127.0.0.1",
-                                     "-p", port,
-                                     "-t", test,
-                                     "-s", std::to_string(size),
-                                     "-n", std::to_string(iters),
-                                     "-w", std::to_string(std::max<size_t>(1, iters / 10)),
-                                     "-f", "-v"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto client = spawn_child(argv, client_env);
-    if (!client) return client.error();
-    auto out = client->read_all(std::chrono::seconds(120));
-    if (!out) client->kill_now();
-    auto rc = client->wait(std::chrono::seconds(5));
-    if (!server->wait(std::chrono::seconds(2))) server->kill_now();
-    if (!out) return out.error();
-    if (!rc || *rc != 0) {
-      last = err(ErrorCode::Io, "ucx_perftest -t ", test, " -s ", size, " exited with ",
-                 rc ? std::to_string(*rc) : rc.error().to_string());
-      continue;
-    }
-    // The last line with 8 numeric fields.
-    std::istringstream lines(*out);
-    std::optional<PerftestResult> result;
-    for (std::string line; std::getline(lines, line);) {
-      std::vector<double> f;
-      std::istringstream fields(line);
-      for (std::string cell; std::getline(fields, cell, ',');) {
-        char* end = nullptr;
-        double v = std::strtod(cell.c_str(), &end);
-        if (end == cell.c_str()) break;
-        f.push_back(v);
-      }
-      if (f.size() == 8 && f[3] > 0) {
-        result = PerftestResult{f[1], f[3], gbps(static_cast<double>(size), f[3] * 1e-6)};
-      }
-    }
-    if (!result) return err(ErrorCode::Io, "no result line in ucx_perftest output: ", *out);
-    return *result;
-  }
-  return last;
 }
 
 // ---- our side ----------------------------------------------------------------------
@@ -591,8 +510,7 @@ void add_bandwidth_row(Table& bw, Report& report, Op op, const Point& p, const B
 
 // The bandwidth rows, ours and (when `perftest`) ucx_perftest's, taking turns.
 Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
-                         const std::vector<Point>& points,
-                         const std::optional<std::string>& perftest, const char* tls,
+                         const std::vector<Point>& points, const std::optional<Perftest>& perftest,
                          Report& report) {
   const size_t point_bytes = o.transport == "shm" ? (size_t{256} << 20) : (size_t{64} << 20);
   // Two perftest figures per row: one message of the descriptor's size (the same buffer
@@ -603,7 +521,7 @@ Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>
             "perftest GB/s (size)", "ratio", "perftest GB/s (request)", "ratio (request)"});
   // One ucx_perftest run; nullopt (and a line on stderr) when it fails.
   auto perf_once = [&](Op op, size_t size, size_t n) -> std::optional<double> {
-    auto pr = run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
+    auto pr = run_perftest(*perftest, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
     if (!pr) {
       std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
       return std::nullopt;
@@ -661,8 +579,7 @@ Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>
 }
 
 Status latency_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
-                       const std::optional<std::string>& perftest, const char* tls,
-                       Report& report) {
+                       const std::optional<Perftest>& perftest, Report& report) {
   Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
   double worst = 0;
   report.doc["latency"] = nlohmann::ordered_json::array();
@@ -676,8 +593,8 @@ Status latency_section(Session& s, const XferOptions& o, const std::vector<Op>& 
         // trip, which ucp_put_lat reports halved (ping-pong). A READ is a round trip;
         // ucp_get with one operation outstanding times exactly that.
         auto pr = op == Op::Write
-                      ? run_perftest(*perftest, tls, "ucp_put_lat", size, o.lat_iters)
-                      : run_perftest(*perftest, tls, "ucp_get", size, o.lat_iters, {"-O", "1"});
+                      ? run_perftest(*perftest, "ucp_put_lat", size, o.lat_iters)
+                      : run_perftest(*perftest, "ucp_get", size, o.lat_iters, {"-O", "1"});
         if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
         if (pr) theirs = op == Op::Write ? 2 * pr->p50_us : pr->p50_us;
       }
@@ -735,6 +652,33 @@ std::vector<Point> points_of(const XferOptions& o) {
   return points;
 }
 
+// ucx_perftest for the ratios: both its ends here against our own target; against a peer
+// given by --peer, its client here against the server that `kvbm serve --perftest` keeps
+// there and publishes the port of. An error says why there is none.
+Result<Perftest> find_perftest(const XferOptions& o, Session& s, const char* tls) {
+  auto exe = find_program(o.perftest);
+  if (!exe) {
+    return err(ErrorCode::NotFound, "ucx_perftest not found ('", o.perftest,
+               "'; Debian package ucx-utils)");
+  }
+  if (o.peer.empty() && o.peer_etcd.empty()) {
+    return Perftest{*exe, std::string(tls != nullptr ? tls : "tcp,self"), "", 0};
+  }
+  if (o.peer.empty()) {
+    return err(ErrorCode::Unsupported, "--peer-etcd names no host for its client (use --peer)");
+  }
+  auto hp = parse_host_port(o.peer, false);
+  if (!hp) return hp.error();
+  auto item = s.agent->fetch_published(hp->first, hp->second, kServePerftestKey);
+  unsigned port = 0;
+  if (!item || !(std::istringstream(*item) >> port) || port == 0 || port > 65535) {
+    return err(ErrorCode::NotFound,
+               "the peer keeps no ucx_perftest server (start it with kvbm serve --perftest)");
+  }
+  return Perftest{*exe, tls != nullptr ? std::optional<std::string>(tls) : std::nullopt, hp->first,
+                  static_cast<uint16_t>(port)};
+}
+
 // The JSON document's head: what ran, against which target.
 nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const Target& target,
                                    bool perftest) {
@@ -749,7 +693,7 @@ nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const
 
 // The table's head: the transport, the target, and where the ratios come from.
 void print_header(const XferOptions& o, const Session& s, const Target& target, bool remote,
-                  bool perftest) {
+                  const Result<Perftest>& perftest) {
   const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
   const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
   const char* env_tls = std::getenv("UCX_TLS");
@@ -762,12 +706,11 @@ void print_header(const XferOptions& o, const Session& s, const Target& target, 
                 : o.target_thread ? " (progress thread)"
                                   : " (spinning on progress())")
             << ", buffers " << human_bytes(s.bytes) << " each, data verified\n";
-  if (remote) {
-    std::cout << "A served peer: no ucx_perftest ratios (run ucx_perftest between the two "
-                 "hosts yourself)\n";
-  } else if (!perftest) {
-    std::cout << "ucx_perftest not found ('" << o.perftest
-              << "'; Debian package ucx-utils): no ratios\n";
+  if (!perftest) {
+    std::cout << perftest.error().message << ": no ratios\n";
+  } else if (remote) {
+    std::cout << "ucx_perftest: its client here, its server the peer's (kvbm serve --perftest) at "
+              << perftest->host << ":" << perftest->port << "\n";
   }
   std::cout << "\n";
 }
@@ -809,17 +752,15 @@ int run_xfer(XferOptions o) {
   if (!target) return fail(target.error());
   if (auto st = verify(s); !st) return fail(st.error());
 
-  // ucx_perftest runs both its ends here: it is the ceiling of our own target only.
-  std::optional<std::string> perftest = remote ? std::nullopt : find_program(o.perftest);
+  const Result<Perftest> found = find_perftest(o, s, tls);
+  const std::optional<Perftest> perftest = found ? std::optional<Perftest>(*found) : std::nullopt;
   Report report;
   report.json = o.json;
   report.doc = report_head(o, s, *target, perftest.has_value());
-  if (!o.json) print_header(o, s, *target, remote, perftest.has_value());
-  const char* perf_tls = tls != nullptr ? tls : "tcp,self";
-  if (auto st = bandwidth_section(s, o, ops, points, perftest, perf_tls, report); !st)
+  if (!o.json) print_header(o, s, *target, remote, found);
+  if (auto st = bandwidth_section(s, o, ops, points, perftest, report); !st)
     return fail(st.error());
-  if (auto st = latency_section(s, o, ops, perftest, perf_tls, report); !st)
-    return fail(st.error());
+  if (auto st = latency_section(s, o, ops, perftest, report); !st) return fail(st.error());
   if (perftest && !o.json) print_targets(report);
   const bool missed = perftest && targets_missed(report);
   report.doc["verdict"] = missed ? "missed" : "ok";
