@@ -31,6 +31,7 @@
 #include "kvbm/xfer/agent.h"
 #include "options.h"
 #include "report.h"
+#include "subprocess.h"
 #include "table.h"
 
 #if KVBM_HAVE_CUDA
@@ -231,10 +232,20 @@ Status open_raw(RawFile& raw, const std::filesystem::path& dir, HostPath& h, con
   return {};
 }
 
-Result<double> run_dd(const std::string& args) {
+// dd with `args` (and status=none), a child that dies with us; its time in seconds.
+Result<double> run_dd(std::vector<std::string> args) {
   const auto t0 = Clock::now();
-  const std::string cmd = "dd " + args + " status=none";
-  if (std::system(cmd.c_str()) != 0) return err(ErrorCode::Io, "failed: ", cmd);
+  args.insert(args.begin(), "dd");
+  args.push_back("status=none");
+  auto dd = spawn_child(args, {});
+  if (!dd) return dd.error();
+  auto status = dd->wait(std::chrono::hours(1));
+  if (!status) return status.error();
+  if (*status != 0) {
+    std::string cmd;
+    for (const auto& a : args) cmd += (cmd.empty() ? "" : " ") + a;
+    return err(ErrorCode::Io, "failed: ", cmd);
+  }
   return seconds_since(t0);
 }
 
@@ -292,10 +303,10 @@ Result<Timings> run(const FileOptions& o, const std::filesystem::path& dir, cons
   }
   // dd with direct I/O, 1 MiB blocks, over the raw file.
   const std::string path = raw.file.path().string(), count = std::to_string(s.total >> 20);
-  auto dd_w =
-      run_dd("if=/dev/zero of=" + path + " bs=1M count=" + count + " oflag=direct conv=notrunc");
+  auto dd_w = run_dd(
+      {"if=/dev/zero", "of=" + path, "bs=1M", "count=" + count, "oflag=direct", "conv=notrunc"});
   if (!dd_w) return dd_w.error();
-  auto dd_r = run_dd("if=" + path + " of=/dev/null bs=1M count=" + count + " iflag=direct");
+  auto dd_r = run_dd({"if=" + path, "of=/dev/null", "bs=1M", "count=" + count, "iflag=direct"});
   if (!dd_r) return dd_r.error();
   t.dd.keep({*dd_w, *dd_r});
   return t;

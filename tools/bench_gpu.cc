@@ -148,11 +148,10 @@ class Target {
     Subprocess::Options opt;
     opt.pipe_stdin = true;
     opt.pipe_stdout = true;
-    auto p = Subprocess::spawn(
-        {"/proc/self/exe", "bench", "gpu", "--target", mode, "--max-mib", std::to_string(o.max_mib),
-         "--chunk-bytes", std::to_string(o.chunk_bytes), "--bounce-buffers",
-         std::to_string(o.bounce_buffers)},
-        opt);
+    auto p = spawn_child({"/proc/self/exe", "bench", "gpu", "--target", mode, "--max-mib",
+                          std::to_string(o.max_mib), "--chunk-bytes", std::to_string(o.chunk_bytes),
+                          "--bounce-buffers", std::to_string(o.bounce_buffers)},
+                         opt);
     if (!p) {
       error_ = p.error().to_string();
       return;
@@ -302,6 +301,398 @@ std::string ratio(double v, double ceiling) {
   return ceiling > 0 ? fixed(v / ceiling, 2) : "-";
 }
 
+using xfer::DescList;
+using xfer::MemType;
+using xfer::Op;
+
+constexpr size_t kDescs = 64;  // descriptors per request of the scattered section
+
+// An agent whose CUDA backend takes other parameters, with the bench's buffers registered.
+struct OtherAgent {
+  std::unique_ptr<xfer::Agent> agent;
+  std::vector<std::unique_ptr<xfer::MemoryRegistration> > regs;  // released before the agent
+};
+
+// One run against the two target processes, its sections as steps. Members are declared in
+// the order they are made: storages registered with the agents go before the agents do.
+class GpuBench {
+ public:
+  GpuBench(const BenchGpuOptions& o, const Target& ipc, const Target& staged)
+      : o_(o),
+        ipc_(ipc),
+        staged_(staged),
+        max_(o.max_mib << 20),
+        inflight_(std::to_string(o.depth) + " in flight") {}
+
+  int run() {
+    if (!make_agents() || !make_buffers()) return 1;
+    print_header();
+    queue_.emplace(o_.depth);
+    h2d_ceiling_ = time_memcpy(a_->data(), pinned_->data(), max_, 3);
+    d2h_ceiling_ = time_memcpy(pinned_->data(), a_->data(), max_, 3);
+    for (size_t mib = 1; mib <= o_.max_mib; mib *= 4) bandwidth_at(mib << 20);
+    scattered_section();
+    latency_section();
+    return finish();
+  }
+
+ private:
+  bool make_agents();
+  bool make_buffers();
+  void print_header() const;
+  void bandwidth_at(size_t n);
+  void report(const std::string& path, size_t n, Result<double> v, const std::string& ceil,
+              double c, double target, const std::string& ctx, double x);
+  Result<OtherAgent> other_agent(const std::string& name, const xfer::BackendParams& params);
+  void scattered_section();
+  void scattered_at(size_t piece);
+  std::vector<std::string> three(Op op, const DescList& local, const DescList& remote,
+                                 double ceiling, Json& row);
+  int it_for(const DescList& d) const;
+  void latency_section();
+  void latency_at(StreamTable& lat, size_t n);
+  int finish();
+
+  // Each row as it finishes: a table line, or with --json a row of the document (and a
+  // progress line on a terminal).
+  void emit(StreamTable& table, const std::vector<std::string>& cells, Json row) {
+    if (!o_.json) return table.add(cells);
+    progress("bench gpu: " + cells[0] + ", " + cells[1] + ": " + cells[2]);
+    rows_.push_back(std::move(row));
+  }
+  static bool fail(const Error& e) {
+    std::cerr << "bench gpu: " << e.to_string() << "\n";
+    return false;
+  }
+
+  const BenchGpuOptions& o_;
+  const Target& ipc_;
+  const Target& staged_;
+  const size_t max_;
+  const std::string inflight_;
+  xfer::AgentConfig config_;
+  std::unique_ptr<xfer::Agent> agent_, stager_;
+  std::optional<DeviceStorage> a_, b_;
+  std::optional<PinnedStorage> pinned_;
+  std::optional<SystemStorage> host_;
+  std::unique_ptr<xfer::MemoryRegistration> stager_vram_, stager_dram_;
+  std::string ipc_name_, staged_name_;
+  Json rows_ = Json::array();
+  bool failed_ = false, missed_ = false;
+  StreamTable table_{std::cout,
+                     {"path", "size", "GB/s", "ceiling", "ceiling GB/s", "ratio", "target",
+                      "context", "context GB/s"},
+                     {17, 7, 5, 37, 5, 5, 7, 16, 5}};
+  StreamTable scattered_table_{std::cout,
+                               {"path", "request", "GB/s", "ratio", "kernel=0 GB/s", "ratio",
+                                "a call each GB/s", "ratio", "ceiling", "ceiling GB/s"},
+                               {16, 16, 5, 5, 5, 5, 5, 5, 30, 5}};
+  std::optional<CudaQueue> queue_;
+  double h2d_ceiling_ = 0, d2h_ceiling_ = 0;
+  std::optional<Result<OtherAgent> > no_kernel_, one_by_one_;
+};
+
+// Agents first: storages registered with them are destroyed (deregistered) before them.
+bool GpuBench::make_agents() {
+  config_.add_cuda_if_gpu = false;  // created below with --cuda-streams
+  config_.progress_thread = !o_.polling;
+  auto agent = xfer::Agent::create("bench", config_);
+  xfer::AgentConfig staged_config;
+  staged_config.add_cuda_if_gpu = false;
+  staged_config.backends = {};
+  auto stager = xfer::Agent::create("bench-stager", staged_config);
+  if (!agent || !stager) return fail(agent ? stager.error() : agent.error());
+  agent_ = std::move(*agent);
+  stager_ = std::move(*stager);
+  if (auto st = agent_->create_backend("CUDA", {{"streams", std::to_string(o_.cuda_streams)}}); !st)
+    return fail(st.error());
+  if (auto st = stager_->create_backend("UCX", {{"same_host", "off"}}); !st)
+    return fail(st.error());
+  if (auto st = stager_->create_backend("CUDA", staged_params(o_)); !st) return fail(st.error());
+  return true;
+}
+
+bool GpuBench::make_buffers() {
+  auto a = DeviceAllocator(0).allocate(max_);
+  auto b = DeviceAllocator(0).allocate(max_);
+  auto pinned = PinnedAllocator().allocate(max_);
+  auto host = SystemAllocator().allocate(max_);
+  if (!a || !b || !pinned || !host) {
+    std::cerr << "bench gpu: allocation of " << human_bytes(max_) << " buffers failed\n";
+    return false;
+  }
+  a_.emplace(std::move(*a));
+  b_.emplace(std::move(*b));
+  pinned_.emplace(std::move(*pinned));
+  host_.emplace(std::move(*host));
+  // The stager's VRAM is a sub-range of `a` registered separately; `b` and the host
+  // buffers belong to the main agent.
+  for (auto* s : std::initializer_list<RegisterableStorage*>{&*a_, &*b_, &*pinned_}) {
+    if (auto st = register_with_agent(*s, *agent_); !st) return fail(st.error());
+  }
+  auto stager_vram = stager_->register_memory(DescList(MemType::Vram, {{a_->addr(), max_, 0}}));
+  auto stager_dram = stager_->register_memory(DescList(MemType::Dram, {{host_->addr(), max_, 0}}));
+  auto ipc_name = agent_->fetch_remote_metadata("127.0.0.1", ipc_.port());
+  auto staged_name = stager_->fetch_remote_metadata("127.0.0.1", staged_.port());
+  if (!stager_vram || !stager_dram || !ipc_name || !staged_name) {
+    std::cerr << "bench gpu: setup failed\n";
+    return false;
+  }
+  stager_vram_ = std::move(*stager_vram);
+  stager_dram_ = std::move(*stager_dram);
+  ipc_name_ = *ipc_name;
+  staged_name_ = *staged_name;
+  return true;
+}
+
+void GpuBench::print_header() const {
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, 0);
+  if (o_.json) return;
+  std::cout << "GPU 0: " << prop.name << "; depth " << o_.depth
+            << " (requests and ceiling copies in flight); " << o_.cuda_streams << " CUDA streams; "
+            << (o_.polling ? "polling" : "progress thread") << "; staged chunk "
+            << human_bytes(o_.chunk_bytes) << " x " << o_.bounce_buffers
+            << " bounce buffers; UCX_TLS=" << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)")
+            << std::endl;
+}
+
+// `ctx` is a same-size copy rate for context ("" when none): not part of the ratio.
+void GpuBench::report(const std::string& path, size_t n, Result<double> v, const std::string& ceil,
+                      double c, double target, const std::string& ctx, double x) {
+  Json row = {{"section", "bandwidth"},
+              {"path", path},
+              {"bytes", n},
+              {"gbps", v ? *v : 0.0},
+              {"ceiling", ceil},
+              {"ceiling_gbps", c},
+              {"ratio", v && c > 0 ? *v / c : 0.0},
+              {"target", target},
+              {"context", ctx},
+              {"context_gbps", ctx.empty() ? 0.0 : x}};
+  const std::string ctx_gbps = ctx.empty() ? "-" : fixed(x);
+  if (!v) {
+    row["error"] = v.error().to_string();
+    failed_ = true;
+    return emit(table_,
+                {path, human_bytes(n), "ERR", ceil, fixed(c), "-", v.error().to_string(),
+                 ctx.empty() ? "-" : ctx, ctx_gbps},
+                std::move(row));
+  }
+  missed_ |= c > 0 && *v / c < target;
+  emit(table_,
+       {path, human_bytes(n), fixed(*v), ceil, fixed(c), ratio(*v, c), ">= " + fixed(target, 2),
+        ctx.empty() ? "-" : ctx, ctx_gbps},
+       std::move(row));
+}
+
+// The bandwidth rows of one size `n`.
+void GpuBench::bandwidth_at(size_t n) {
+  const size_t mib = n >> 20;
+  const int depth = o_.depth;
+  // The same bytes at every size (800 MiB by default; with 80 MiB, tens of microseconds
+  // of copying on the GPU, a ratio swung by 0.3 between runs), and at least two rounds
+  // of `depth`, so that most completions are timed with the queue full.
+  const int it =
+      std::max({3, static_cast<int>(o_.iters * 64 / std::max<size_t>(mib, 1) / 16), 2 * depth});
+  CudaQueue& queue = *queue_;
+  const double d2d_one = time_memcpy(b_->data(), a_->data(), n, it);
+  const double d2d = time_memcpy_inflight(queue, b_->data(), a_->data(), n, it);
+  report("ipc vram->vram", n,
+         time_request(*agent_, Op::Write, DescList(MemType::Vram, {{a_->addr(), n, 0}}),
+                      DescList(MemType::Vram, {{ipc_.vram(), n, 0}}), ipc_name_, it, depth),
+         "d2d, " + inflight_, d2d, 0.85, "d2d, 1 at a time", d2d_one);
+  report("h2d pinned->vram", n,
+         time_request(*agent_, Op::Read, DescList(MemType::Vram, {{a_->addr(), n, 0}}),
+                      DescList(MemType::Dram, {{pinned_->addr(), n, 0}}), "bench", it, depth),
+         "1 large h2d", h2d_ceiling_, 0.9, "h2d, " + inflight_,
+         time_memcpy_inflight(queue, a_->data(), pinned_->data(), n, it));
+  report("d2h vram->pinned", n,
+         time_request(*agent_, Op::Write, DescList(MemType::Vram, {{a_->addr(), n, 0}}),
+                      DescList(MemType::Dram, {{pinned_->addr(), n, 0}}), "bench", it, depth),
+         "1 large d2h", d2h_ceiling_, 0.9, "d2h, " + inflight_,
+         time_memcpy_inflight(queue, pinned_->data(), a_->data(), n, it));
+  // UCX between processes varies from one short run to the next: the best of 3 runs each,
+  // interleaved, so both sides see the same machine.
+  Result<double> dram = 0.0, vram = 0.0;
+  for (int round = 0; round < 3 && dram && vram; ++round) {
+    auto d =
+        time_request(*stager_, Op::Write, DescList(MemType::Dram, {{host_->addr(), n, 0}}),
+                     DescList(MemType::Dram, {{staged_.dram(), n, 0}}), staged_name_, it, depth);
+    auto v =
+        time_request(*stager_, Op::Write, DescList(MemType::Vram, {{a_->addr(), n, 0}}),
+                     DescList(MemType::Vram, {{staged_.vram(), n, 0}}), staged_name_, it, depth);
+    dram = d ? Result<double>(std::max(*dram, *d)) : d;
+    vram = v ? Result<double>(std::max(*vram, *v)) : v;
+  }
+  report("staged vram->vram", n, vram, "agent dram->dram over UCX (best of 3)", dram ? *dram : 0,
+         0.8, "", 0);
+}
+
+Result<OtherAgent> GpuBench::other_agent(const std::string& name,
+                                         const xfer::BackendParams& params) {
+  xfer::AgentConfig c = config_;
+  c.backends = {};
+  auto ag = xfer::Agent::create(name, c);
+  if (!ag) return ag.error();
+  OtherAgent o{std::move(*ag), {}};
+  KVBM_TRY(o.agent->create_backend("CUDA", params));
+  for (auto [addr, type] :
+       {std::pair{a_->addr(), MemType::Vram}, std::pair{b_->addr(), MemType::Vram},
+        std::pair{pinned_->addr(), MemType::Dram}}) {
+    auto reg = o.agent->register_memory(DescList(type, {{addr, max_, 0}}));
+    if (!reg) return reg.error();
+    o.regs.push_back(std::move(*reg));
+  }
+  return o;
+}
+
+// Requests per point: about 800 MiB worth, at least twice the depth.
+int GpuBench::it_for(const DescList& d) const {
+  uint64_t bytes = 0;
+  for (const auto& x : d.descs) bytes += x.len;
+  return std::max(2 * o_.depth, static_cast<int>((800u << 20) / std::max<uint64_t>(bytes, 1)));
+}
+
+// One request kind through the three agents: GB/s and ratio to `ceiling` each, as cells
+// and as the JSON row's figures (an error names the agent's failure).
+std::vector<std::string> GpuBench::three(Op op, const DescList& local, const DescList& remote,
+                                         double ceiling, Json& row) {
+  std::vector<std::string> cells;
+  auto v = time_request(*agent_, op, local, remote, "bench", it_for(local), o_.depth);
+  if (!v) failed_ = true;
+  auto add = [&](const Result<double>& r, const std::string& key) {
+    cells.push_back(r ? fixed(*r) : r.error().to_string());
+    cells.push_back(r ? ratio(*r, ceiling) : "-");
+    row[key + "gbps"] = r ? *r : 0.0;
+    row[key + "ratio"] = r && ceiling > 0 ? *r / ceiling : 0.0;
+    if (!r) row[key + "error"] = r.error().to_string();
+  };
+  add(v, "");
+  for (auto* other : {&*no_kernel_, &*one_by_one_}) {
+    Result<double> w = *other ? time_request(*(*other)->agent, op, local, remote,
+                                             (*other)->agent->name(), it_for(local), o_.depth)
+                              : Result<double>(other->error());
+    add(w, other == &*no_kernel_ ? "kernel0_" : "call_each_");
+  }
+  return cells;
+}
+
+// Scattered descriptors: requests of 64 descriptors, the second side in reversed order,
+// through the CUDA backend's one call per request (VRAM to VRAM, and small copies with
+// mapped pinned memory: the copy kernel; else cudaMemcpyBatchAsync) and, for comparison,
+// through agents whose CUDA backend never launches the kernel (kernel=0) and makes a
+// cudaMemcpyAsync per descriptor (batch=0, kernel=0).
+void GpuBench::scattered_section() {
+  if (!o_.json) std::cout << "\nScattered descriptors, " << o_.depth << " requests in flight\n";
+  no_kernel_.emplace(other_agent("bench-no-kernel", {{"kernel", "0"}}));
+  one_by_one_.emplace(other_agent("bench-one-by-one", {{"batch", "0"}, {"kernel", "0"}}));
+  for (size_t piece : {size_t{16} << 10, size_t{64} << 10, size_t{256} << 10}) {
+    if (kDescs * piece > max_) break;
+    scattered_at(piece);
+  }
+}
+
+void GpuBench::scattered_at(size_t piece) {
+  DescList vram(MemType::Vram), dram(MemType::Dram);
+  for (size_t i = 0; i < kDescs; ++i) {
+    vram.add(a_->addr() + i * piece, piece, 0);
+    dram.add(pinned_->addr() + (kDescs - 1 - i) * piece, piece, 0);
+  }
+  // VRAM -> VRAM (a to b): one copy kernel launch, against a cudaMemcpyAsync each.
+  DescList vram_b(MemType::Vram);
+  for (size_t i = 0; i < kDescs; ++i) vram_b.add(b_->addr() + (kDescs - 1 - i) * piece, piece, 0);
+  // Its ceiling: one copy of the request's size, as many in flight (what the IPC rows use):
+  // a request of a few MiB sits in the GPU's L2 cache, one large copy does not.
+  const double d2d_ceiling =
+      time_memcpy_inflight(*queue_, b_->data(), a_->data(), kDescs * piece, it_for(vram));
+  auto row = [&](const std::string& path, Op op, const DescList& local, const DescList& remote,
+                 const std::string& ceiling, double c) {
+    Json j = {{"section", "scattered"}, {"path", path}, {"descs", kDescs}, {"piece_bytes", piece}};
+    std::vector<std::string> cells = three(op, local, remote, c, j);
+    j["ceiling"] = ceiling;
+    j["ceiling_gbps"] = c;
+    cells.insert(cells.begin(), {path, std::to_string(kDescs) + " x " + human_bytes(piece)});
+    cells.push_back(ceiling);
+    cells.push_back(fixed(c));
+    emit(scattered_table_, cells, std::move(j));
+  };
+  row("d2d vram->vram", Op::Write, vram, vram_b, "d2d of the request's size, " + inflight_,
+      d2d_ceiling);
+  for (Op op : {Op::Read, Op::Write}) {
+    const bool h2d = op == Op::Read;  // READ: the pinned bytes into VRAM
+    const double c = h2d ? h2d_ceiling_ : d2h_ceiling_;
+    row(h2d ? "h2d pinned->vram" : "d2h vram->pinned", op, vram, dram,
+        h2d ? "1 large h2d" : "1 large d2h", c);
+  }
+}
+
+// Latency: one small request at a time through the agent against the copy it makes.
+void GpuBench::latency_section() {
+  if (!o_.json) {
+    std::cout << "\nLatency, one request at a time: p50 of " << o_.lat_iters
+              << " runs (agent: post() and spin until done; copy: cudaMemcpyAsync + "
+                 "cudaStreamSynchronize)\n";
+  }
+  StreamTable lat(std::cout,
+                  {"h2d pinned->vram", "agent p50 us", "cudaMemcpyAsync p50 us", "agent adds us"},
+                  {});
+  for (size_t n : {size_t{4} << 10, size_t{1} << 20}) latency_at(lat, n);
+}
+
+void GpuBench::latency_at(StreamTable& lat, size_t n) {
+  CudaQueue& queue = *queue_;
+  auto req = agent_->create_request(Op::Read, DescList(MemType::Vram, {{a_->addr(), n, 0}}),
+                                    DescList(MemType::Dram, {{pinned_->addr(), n, 0}}), "bench");
+  Result<double> agent_us = req ? p50_us(o_.lat_iters,
+                                         [&]() -> Status {
+                                           KVBM_TRY((*req)->post());
+                                           return spin(**req);
+                                         })
+                                : Result<double>(req.error());
+  auto copy_us = p50_us(o_.lat_iters, [&]() -> Status {
+    cudaError_t e = queue.ok() ? cudaMemcpyAsync(a_->data(), pinned_->data(), n, cudaMemcpyDefault,
+                                                 queue.stream())
+                               : cudaErrorInvalidResourceHandle;
+    if (e == cudaSuccess) e = cudaStreamSynchronize(queue.stream());
+    if (e != cudaSuccess) {
+      cudaGetLastError();
+      return err(ErrorCode::Internal, "cudaMemcpyAsync of ", n, " bytes: ", cudaGetErrorString(e));
+    }
+    return {};
+  });
+  Json row = {{"section", "latency"},
+              {"path", "h2d pinned->vram"},
+              {"bytes", n},
+              {"agent_p50_us", agent_us ? *agent_us : 0.0},
+              {"copy_p50_us", copy_us ? *copy_us : 0.0},
+              {"agent_adds_us", agent_us && copy_us ? *agent_us - *copy_us : 0.0}};
+  if (!agent_us || !copy_us) {
+    row["error"] = (agent_us ? copy_us.error() : agent_us.error()).to_string();
+    emit(lat,
+         {human_bytes(n), agent_us ? fixed(*agent_us) : agent_us.error().to_string(),
+          copy_us ? fixed(*copy_us) : copy_us.error().to_string(), "ERR"},
+         std::move(row));
+    failed_ = true;
+    return;
+  }
+  emit(lat, {human_bytes(n), fixed(*agent_us), fixed(*copy_us), fixed(*agent_us - *copy_us)},
+       std::move(row));
+}
+
+int GpuBench::finish() {
+  if (o_.json) {
+    Json j = document(o_);
+    j["rows"] = std::move(rows_);
+    j["check"] = o_.check;
+    j["verdict"] = failed_ ? "failed" : missed_ ? "missed" : "ok";
+    print_json(j);
+  }
+  if (missed_ && !failed_ && o_.check)
+    std::cerr << "bench gpu: a row's ratio is below its target (--check)\n";
+  return failed_ || (o_.check && missed_) ? 1 : 0;
+}
+
 }  // namespace
 
 int run_bench_gpu(const BenchGpuOptions& o) {
@@ -317,319 +708,7 @@ int run_bench_gpu(const BenchGpuOptions& o) {
       return 1;
     }
   }
-  // Agents first: storages registered with them are destroyed (deregistered) before them.
-  xfer::AgentConfig config;
-  config.add_cuda_if_gpu = false;  // created below with --cuda-streams
-  config.progress_thread = !o.polling;
-  auto agent = xfer::Agent::create("bench", config);
-  xfer::AgentConfig staged_config;
-  staged_config.add_cuda_if_gpu = false;
-  staged_config.backends = {};
-  auto stager = xfer::Agent::create("bench-stager", staged_config);
-  if (!agent || !stager) {
-    std::cerr << "bench gpu: " << (agent ? stager.error() : agent.error()).to_string() << "\n";
-    return 1;
-  }
-  if (auto st = (*agent)->create_backend("CUDA", {{"streams", std::to_string(o.cuda_streams)}});
-      !st) {
-    std::cerr << "bench gpu: " << st.error().to_string() << "\n";
-    return 1;
-  }
-  if (auto st = (*stager)->create_backend("UCX", {{"same_host", "off"}}); !st) {
-    std::cerr << "bench gpu: " << st.error().to_string() << "\n";
-    return 1;
-  }
-  if (auto st = (*stager)->create_backend("CUDA", staged_params(o)); !st) {
-    std::cerr << "bench gpu: " << st.error().to_string() << "\n";
-    return 1;
-  }
-  const size_t max = o.max_mib << 20;
-  auto a = DeviceAllocator(0).allocate(max);
-  auto b = DeviceAllocator(0).allocate(max);
-  auto pinned = PinnedAllocator().allocate(max);
-  auto host = SystemAllocator().allocate(max);
-  if (!a || !b || !pinned || !host) {
-    std::cerr << "bench gpu: allocation of " << human_bytes(max) << " buffers failed\n";
-    return 1;
-  }
-  // The stager's VRAM is a sub-range of `a` registered separately; `b` and the host
-  // buffers belong to the main agent.
-  for (auto* s : std::initializer_list<RegisterableStorage*>{&*a, &*b, &*pinned}) {
-    if (auto st = register_with_agent(*s, **agent); !st) {
-      std::cerr << "bench gpu: " << st.error().to_string() << "\n";
-      return 1;
-    }
-  }
-  auto stager_vram =
-      (*stager)->register_memory(xfer::DescList(xfer::MemType::Vram, {{a->addr(), max, 0}}));
-  auto stager_dram =
-      (*stager)->register_memory(xfer::DescList(xfer::MemType::Dram, {{host->addr(), max, 0}}));
-  auto ipc_name = (*agent)->fetch_remote_metadata("127.0.0.1", ipc.port());
-  auto staged_name = (*stager)->fetch_remote_metadata("127.0.0.1", staged.port());
-  if (!stager_vram || !stager_dram || !ipc_name || !staged_name) {
-    std::cerr << "bench gpu: setup failed\n";
-    return 1;
-  }
-
-  using xfer::DescList;
-  using xfer::MemType;
-  using xfer::Op;
-  const int iters = o.iters;
-  const int depth = o.depth;
-  const std::string inflight = std::to_string(depth) + " in flight";
-  cudaDeviceProp prop{};
-  cudaGetDeviceProperties(&prop, 0);
-  if (!o.json) {
-    std::cout << "GPU 0: " << prop.name << "; depth " << depth
-              << " (requests and ceiling copies in flight); " << o.cuda_streams << " CUDA streams; "
-              << (o.polling ? "polling" : "progress thread") << "; staged chunk "
-              << human_bytes(o.chunk_bytes) << " x " << o.bounce_buffers
-              << " bounce buffers; UCX_TLS="
-              << (getenv("UCX_TLS") ? getenv("UCX_TLS") : "(default)") << std::endl;
-  }
-  // Each row as it finishes: a table line, or with --json a row of the document (and a
-  // progress line on a terminal).
-  Json rows = Json::array();
-  bool failed = false, missed = false;
-  auto emit = [&](StreamTable& table, const std::vector<std::string>& cells, Json row) {
-    if (!o.json) return table.add(cells);
-    progress("bench gpu: " + cells[0] + ", " + cells[1] + ": " + cells[2]);
-    rows.push_back(std::move(row));
-  };
-  StreamTable t(std::cout,
-                {"path", "size", "GB/s", "ceiling", "ceiling GB/s", "ratio", "target", "context",
-                 "context GB/s"},
-                {17, 7, 5, 37, 5, 5, 7, 16, 5});
-  // `ctx` is a same-size copy rate for context ("" when none): not part of the ratio.
-  auto report = [&](const std::string& path, size_t n, Result<double> v, const std::string& ceil,
-                    double c, double target, const std::string& ctx, double x) {
-    Json row = {{"section", "bandwidth"},
-                {"path", path},
-                {"bytes", n},
-                {"gbps", v ? *v : 0.0},
-                {"ceiling", ceil},
-                {"ceiling_gbps", c},
-                {"ratio", v && c > 0 ? *v / c : 0.0},
-                {"target", target},
-                {"context", ctx},
-                {"context_gbps", ctx.empty() ? 0.0 : x}};
-    const std::string ctx_gbps = ctx.empty() ? "-" : fixed(x);
-    if (!v) {
-      row["error"] = v.error().to_string();
-      failed = true;
-      return emit(t,
-                  {path, human_bytes(n), "ERR", ceil, fixed(c), "-", v.error().to_string(),
-                   ctx.empty() ? "-" : ctx, ctx_gbps},
-                  std::move(row));
-    }
-    missed |= c > 0 && *v / c < target;
-    emit(t,
-         {path, human_bytes(n), fixed(*v), ceil, fixed(c), ratio(*v, c), ">= " + fixed(target, 2),
-          ctx.empty() ? "-" : ctx, ctx_gbps},
-         std::move(row));
-  };
-
-  CudaQueue queue(depth);
-  const double h2d_ceiling = time_memcpy(a->data(), pinned->data(), max, 3);
-  const double d2h_ceiling = time_memcpy(pinned->data(), a->data(), max, 3);
-  for (size_t mib = 1; mib <= o.max_mib; mib *= 4) {
-    const size_t n = mib << 20;
-    // The same bytes at every size (800 MiB by default; with 80 MiB, tens of microseconds
-    // of copying on the GPU, a ratio swung by 0.3 between runs), and at least two rounds
-    // of `depth`, so that most completions are timed with the queue full.
-    const int it =
-        std::max({3, static_cast<int>(iters * 64 / std::max<size_t>(mib, 1) / 16), 2 * depth});
-    const double d2d_one = time_memcpy(b->data(), a->data(), n, it);
-    const double d2d = time_memcpy_inflight(queue, b->data(), a->data(), n, it);
-    report("ipc vram->vram", n,
-           time_request(**agent, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Vram, {{ipc.vram(), n, 0}}), *ipc_name, it, depth),
-           "d2d, " + inflight, d2d, 0.85, "d2d, 1 at a time", d2d_one);
-    report("h2d pinned->vram", n,
-           time_request(**agent, Op::Read, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it, depth),
-           "1 large h2d", h2d_ceiling, 0.9, "h2d, " + inflight,
-           time_memcpy_inflight(queue, a->data(), pinned->data(), n, it));
-    report("d2h vram->pinned", n,
-           time_request(**agent, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench", it, depth),
-           "1 large d2h", d2h_ceiling, 0.9, "d2h, " + inflight,
-           time_memcpy_inflight(queue, pinned->data(), a->data(), n, it));
-    // UCX between processes varies by 2-5x from one short run to the next (the same
-    // run's 4 and 256 MiB ceilings once read 10.7 and 2.3 GB/s): the best of 3 runs
-    // each, interleaved, so both sides see the same machine.
-    Result<double> dram = 0.0, vram = 0.0;
-    for (int round = 0; round < 3 && dram && vram; ++round) {
-      auto d =
-          time_request(**stager, Op::Write, DescList(MemType::Dram, {{host->addr(), n, 0}}),
-                       DescList(MemType::Dram, {{staged.dram(), n, 0}}), *staged_name, it, depth);
-      auto v =
-          time_request(**stager, Op::Write, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                       DescList(MemType::Vram, {{staged.vram(), n, 0}}), *staged_name, it, depth);
-      dram = d ? Result<double>(std::max(*dram, *d)) : d;
-      vram = v ? Result<double>(std::max(*vram, *v)) : v;
-    }
-    report("staged vram->vram", n, vram, "agent dram->dram over UCX (best of 3)", dram ? *dram : 0,
-           0.8, "", 0);
-  }
-
-  // Scattered descriptors: requests of 64 descriptors, the second side in reversed order,
-  // through the CUDA backend's one call per request (VRAM to VRAM, and small copies with
-  // mapped pinned memory: the copy kernel; else cudaMemcpyBatchAsync) and, for comparison,
-  // through agents whose CUDA backend never launches the kernel (kernel=0) and makes a
-  // cudaMemcpyAsync per descriptor (batch=0, kernel=0).
-  if (!o.json) std::cout << "\nScattered descriptors, " << depth << " requests in flight\n";
-  StreamTable sc(std::cout,
-                 {"path", "request", "GB/s", "ratio", "kernel=0 GB/s", "ratio", "a call each GB/s",
-                  "ratio", "ceiling", "ceiling GB/s"},
-                 {16, 16, 5, 5, 5, 5, 5, 5, 30, 5});
-  struct OtherAgent {
-    std::unique_ptr<xfer::Agent> agent;
-    std::vector<std::unique_ptr<xfer::MemoryRegistration> > regs;  // released before the agent
-  };
-  auto other_agent = [&](const std::string& name,
-                         const xfer::BackendParams& params) -> Result<OtherAgent> {
-    xfer::AgentConfig c = config;
-    c.backends = {};
-    auto ag = xfer::Agent::create(name, c);
-    if (!ag) return ag.error();
-    OtherAgent o{std::move(*ag), {}};
-    KVBM_TRY(o.agent->create_backend("CUDA", params));
-    for (auto [addr, type] :
-         {std::pair{a->addr(), MemType::Vram}, std::pair{b->addr(), MemType::Vram},
-          std::pair{pinned->addr(), MemType::Dram}}) {
-      auto reg = o.agent->register_memory(DescList(type, {{addr, max, 0}}));
-      if (!reg) return reg.error();
-      o.regs.push_back(std::move(*reg));
-    }
-    return o;
-  };
-  // Requests per point: about 800 MiB worth, at least twice the depth.
-  auto it_for = [&](const DescList& d) {
-    uint64_t bytes = 0;
-    for (const auto& x : d.descs) bytes += x.len;
-    return std::max(2 * depth, static_cast<int>((800u << 20) / std::max<uint64_t>(bytes, 1)));
-  };
-  auto no_kernel = other_agent("bench-no-kernel", {{"kernel", "0"}});
-  auto one_by_one = other_agent("bench-one-by-one", {{"batch", "0"}, {"kernel", "0"}});
-  // One request kind through the three agents: GB/s and ratio to `ceiling` each, as cells
-  // and as the JSON row's figures (an error names the agent's failure).
-  auto three = [&](Op op, const DescList& local, const DescList& remote, double ceiling,
-                   Json& row) {
-    std::vector<std::string> cells;
-    auto v = time_request(**agent, op, local, remote, "bench", it_for(local), depth);
-    if (!v) failed = true;
-    auto add = [&](const Result<double>& r, const std::string& key) {
-      cells.push_back(r ? fixed(*r) : r.error().to_string());
-      cells.push_back(r ? ratio(*r, ceiling) : "-");
-      row[key + "gbps"] = r ? *r : 0.0;
-      row[key + "ratio"] = r && ceiling > 0 ? *r / ceiling : 0.0;
-      if (!r) row[key + "error"] = r.error().to_string();
-    };
-    add(v, "");
-    for (auto* other : {&no_kernel, &one_by_one}) {
-      Result<double> w = *other ? time_request(*(*other)->agent, op, local, remote,
-                                               (*other)->agent->name(), it_for(local), depth)
-                                : Result<double>(other->error());
-      add(w, other == &no_kernel ? "kernel0_" : "call_each_");
-    }
-    return cells;
-  };
-  constexpr size_t kDescs = 64;
-  for (size_t piece : {size_t{16} << 10, size_t{64} << 10, size_t{256} << 10}) {
-    if (kDescs * piece > max) break;
-    DescList vram(MemType::Vram), dram(MemType::Dram);
-    for (size_t i = 0; i < kDescs; ++i) {
-      vram.add(a->addr() + i * piece, piece, 0);
-      dram.add(pinned->addr() + (kDescs - 1 - i) * piece, piece, 0);
-    }
-    // VRAM -> VRAM (a to b): one copy kernel launch, against a cudaMemcpyAsync each.
-    DescList vram_b(MemType::Vram);
-    for (size_t i = 0; i < kDescs; ++i) vram_b.add(b->addr() + (kDescs - 1 - i) * piece, piece, 0);
-    // Its ceiling: one copy of the request's size, as many in flight (what the IPC rows use):
-    // a request of a few MiB sits in the GPU's L2 cache, one large copy does not.
-    const double d2d_ceiling =
-        time_memcpy_inflight(queue, b->data(), a->data(), kDescs * piece, it_for(vram));
-    auto row = [&](const std::string& path, Op op, const DescList& local, const DescList& remote,
-                   const std::string& ceiling, double c) {
-      Json j = {
-          {"section", "scattered"}, {"path", path}, {"descs", kDescs}, {"piece_bytes", piece}};
-      std::vector<std::string> cells = three(op, local, remote, c, j);
-      j["ceiling"] = ceiling;
-      j["ceiling_gbps"] = c;
-      cells.insert(cells.begin(), {path, std::to_string(kDescs) + " x " + human_bytes(piece)});
-      cells.push_back(ceiling);
-      cells.push_back(fixed(c));
-      emit(sc, cells, std::move(j));
-    };
-    row("d2d vram->vram", Op::Write, vram, vram_b, "d2d of the request's size, " + inflight,
-        d2d_ceiling);
-    for (Op op : {Op::Read, Op::Write}) {
-      const bool h2d = op == Op::Read;  // READ: the pinned bytes into VRAM
-      const double c = h2d ? h2d_ceiling : d2h_ceiling;
-      row(h2d ? "h2d pinned->vram" : "d2h vram->pinned", op, vram, dram,
-          h2d ? "1 large h2d" : "1 large d2h", c);
-    }
-  }
-
-  // Latency: one small request at a time through the agent against the copy it makes.
-  if (!o.json) {
-    std::cout << "\nLatency, one request at a time: p50 of " << o.lat_iters
-              << " runs (agent: post() and spin until done; copy: cudaMemcpyAsync + "
-                 "cudaStreamSynchronize)\n";
-  }
-  StreamTable lat(std::cout,
-                  {"h2d pinned->vram", "agent p50 us", "cudaMemcpyAsync p50 us", "agent adds us"},
-                  {});
-  for (size_t n : {size_t{4} << 10, size_t{1} << 20}) {
-    auto req = (*agent)->create_request(Op::Read, DescList(MemType::Vram, {{a->addr(), n, 0}}),
-                                        DescList(MemType::Dram, {{pinned->addr(), n, 0}}), "bench");
-    Result<double> agent_us = req ? p50_us(o.lat_iters,
-                                           [&]() -> Status {
-                                             KVBM_TRY((*req)->post());
-                                             return spin(**req);
-                                           })
-                                  : Result<double>(req.error());
-    auto copy_us = p50_us(o.lat_iters, [&]() -> Status {
-      cudaError_t e = queue.ok() ? cudaMemcpyAsync(a->data(), pinned->data(), n, cudaMemcpyDefault,
-                                                   queue.stream())
-                                 : cudaErrorInvalidResourceHandle;
-      if (e == cudaSuccess) e = cudaStreamSynchronize(queue.stream());
-      if (e != cudaSuccess) {
-        cudaGetLastError();
-        return err(ErrorCode::Internal, "cudaMemcpyAsync of ", n,
-                   " bytes: ", cudaGetErrorString(e));
-      }
-      return {};
-    });
-    Json row = {{"section", "latency"},
-                {"path", "h2d pinned->vram"},
-                {"bytes", n},
-                {"agent_p50_us", agent_us ? *agent_us : 0.0},
-                {"copy_p50_us", copy_us ? *copy_us : 0.0},
-                {"agent_adds_us", agent_us && copy_us ? *agent_us - *copy_us : 0.0}};
-    if (!agent_us || !copy_us) {
-      row["error"] = (agent_us ? copy_us.error() : agent_us.error()).to_string();
-      emit(lat,
-           {human_bytes(n), agent_us ? fixed(*agent_us) : agent_us.error().to_string(),
-            copy_us ? fixed(*copy_us) : copy_us.error().to_string(), "ERR"},
-           std::move(row));
-      failed = true;
-      continue;
-    }
-    emit(lat, {human_bytes(n), fixed(*agent_us), fixed(*copy_us), fixed(*agent_us - *copy_us)},
-         std::move(row));
-  }
-  if (o.json) {
-    Json j = document(o);
-    j["rows"] = std::move(rows);
-    j["check"] = o.check;
-    j["verdict"] = failed ? "failed" : missed ? "missed" : "ok";
-    print_json(j);
-  }
-  if (missed && !failed && o.check)
-    std::cerr << "bench gpu: a row's ratio is below its target (--check)\n";
-  return failed || (o.check && missed) ? 1 : 0;
+  return GpuBench(o, ipc, staged).run();
 }
 
 #endif

@@ -104,7 +104,7 @@ Status Soak::start_target() {
   so.pipe_stdin = true;
   so.pipe_stdout = true;
   so.quiet_stderr = true;
-  auto p = Subprocess::spawn(argv, so);
+  auto p = spawn_child(argv, so);
   if (!p) return p.error();
   auto line = p->read_line(30s);
   while (line && line->rfind("READY ", 0) != 0) line = p->read_line(30s);

@@ -1,6 +1,7 @@
 // `kvbm bench xfer`: the transfer agent between two processes on loopback, against
 // ucx_perftest on the same transport; or, with --peer / --peer-etcd, against `kvbm serve`
-// on another host (no perftest then: it needs both its ends).
+// on another host (with --peer, against the ucx_perftest server of `kvbm serve --perftest`
+// there: tools/perftest.h).
 //
 // The initiator (this process) polls (AgentConfig.progress_thread = false) for the
 // lowest latency; our own target is this same binary re-executed as the hidden
@@ -41,6 +42,7 @@
 #include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "perftest.h"
 #include "serve.h"
 #include "subprocess.h"
 #include "table.h"
@@ -94,89 +96,6 @@ double median(std::vector<double> v) {
   if (v.empty()) return 0;
   std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
   return v[v.size() / 2];
-}
-
-// ---- ucx_perftest -------------------------------------------------------------------
-
-struct PerftestResult {
-  double p50_us = 0;      // its 50th percentile latency
-  double overall_us = 0;  // total time / iterations
-  double gbps = 0;        // size / overall latency
-};
-
-uint16_t free_tcp_port() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return 0;
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  uint16_t port = 0;
-  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
-      getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  close(fd);
-  return port;
-}
-
-// Runs one ucx_perftest test (server and client on loopback) and parses the CSV line of
-// `-f -v`: iterations,p50_lat,avg_lat,overall_lat,avg_bw,overall_bw,avg_mr,overall_mr.
-Result<PerftestResult> run_perftest(const std::string& exe, const std::string& tls,
-                                    const std::string& test, size_t size, size_t iters,
-                                    std::vector<std::string> extra = {}) {
-  Subprocess::Options env;
-  env.env["UCX_TLS"] = tls;
-  env.quiet_stderr = true;
-  Error last{ErrorCode::Internal, "not run"};
-  // The client fails if it connects before the server listens: try a few times.
-  for (int attempt = 0; attempt < 4; ++attempt) {
-    const std::string port = std::to_string(free_tcp_port());
-    auto server = Subprocess::spawn({exe, "-p", port}, env);
-    if (!server) return server.error();
-    std::this_thread::sleep_for(std::chrono::milliseconds(150 + 250 * attempt));
-    Subprocess::Options client_env = env;
-    client_env.pipe_stdout = true;
-    std::vector<std::string> argv = {exe,  "127.0.0.1",
-                                     "-p", port,
-                                     "-t", test,
-                                     "-s", std::to_string(size),
-                                     "-n", std::to_string(iters),
-                                     "-w", std::to_string(std::max<size_t>(1, iters / 10)),
-                                     "-f", "-v"};
-    argv.insert(argv.end(), extra.begin(), extra.end());
-    auto client = Subprocess::spawn(argv, client_env);
-    if (!client) return client.error();
-    auto out = client->read_all(std::chrono::seconds(120));
-    if (!out) client->kill_now();
-    auto rc = client->wait(std::chrono::seconds(5));
-    if (!server->wait(std::chrono::seconds(2))) server->kill_now();
-    if (!out) return out.error();
-    if (!rc || *rc != 0) {
-      last = err(ErrorCode::Io, "ucx_perftest -t ", test, " -s ", size, " exited with ",
-                 rc ? std::to_string(*rc) : rc.error().to_string());
-      continue;
-    }
-    // The last line with 8 numeric fields.
-    std::istringstream lines(*out);
-    std::optional<PerftestResult> result;
-    for (std::string line; std::getline(lines, line);) {
-      std::vector<double> f;
-      std::istringstream fields(line);
-      for (std::string cell; std::getline(fields, cell, ',');) {
-        char* end = nullptr;
-        double v = std::strtod(cell.c_str(), &end);
-        if (end == cell.c_str()) break;
-        f.push_back(v);
-      }
-      if (f.size() == 8 && f[3] > 0) {
-        result = PerftestResult{f[1], f[3], gbps(static_cast<double>(size), f[3] * 1e-6)};
-      }
-    }
-    if (!result) return err(ErrorCode::Io, "no result line in ucx_perftest output: ", *out);
-    return *result;
-  }
-  return last;
 }
 
 // ---- our side ----------------------------------------------------------------------
@@ -328,6 +247,33 @@ struct Report {
   nlohmann::ordered_json doc;
 };
 
+// Moves the peer's file `fd` (its first `bytes`) to or from `local` in requests of `size`,
+// `inflight` at a time; GB/s.
+Result<double> move_file(Session& s, Op op, uint64_t local, size_t bytes, int fd, size_t size,
+                         size_t inflight) {
+  std::vector<std::unique_ptr<xfer::Request>> reqs;
+  for (size_t at = 0; at < bytes; at += size) {
+    const size_t n = std::min(size, bytes - at);
+    auto r = s.agent->create_request(
+        op, xfer::DescList(xfer::MemType::Dram, {{local + at, n, 0}}),
+        xfer::DescList(xfer::MemType::File, {{at, n, static_cast<uint64_t>(fd)}}), s.peer);
+    if (!r) return r.error();
+    reqs.push_back(std::move(*r));
+  }
+  const auto t0 = Clock::now();
+  size_t next = 0;
+  std::deque<xfer::Request*> running;
+  while (next < reqs.size() || !running.empty()) {
+    while (running.size() < inflight && next < reqs.size()) {
+      KVBM_TRY(reqs[next]->post());
+      running.push_back(reqs[next++].get());
+    }
+    KVBM_TRY(running.front()->wait(std::chrono::seconds(60)));
+    running.pop_front();
+  }
+  return gbps(static_cast<double>(bytes), std::chrono::duration<double>(Clock::now() - t0).count());
+}
+
 // The peer's file (remote files, issue 6): READ and WRITE of the whole file the target
 // registered, in requests of one descriptor, several in flight; the owner moves each
 // chunk between its disk and a staging buffer. The ceiling is the disk: O_DIRECT
@@ -348,30 +294,8 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
   if (!reg) return reg.error();
   auto* p = static_cast<uint8_t*>(local->data());
   detail::fill_pattern(p, bytes, 77);
-  // Moves the whole file in requests of `size`, `inflight` at a time.
-  auto run = [&](Op op, size_t size, size_t inflight) -> Result<double> {
-    std::vector<std::unique_ptr<xfer::Request>> reqs;
-    for (size_t at = 0; at < bytes; at += size) {
-      const size_t n = std::min(size, bytes - at);
-      auto r = s.agent->create_request(
-          op, xfer::DescList(xfer::MemType::Dram, {{local->addr() + at, n, 0}}),
-          xfer::DescList(xfer::MemType::File, {{at, n, static_cast<uint64_t>(fd)}}), s.peer);
-      if (!r) return r.error();
-      reqs.push_back(std::move(*r));
-    }
-    const auto t0 = Clock::now();
-    size_t next = 0;
-    std::deque<xfer::Request*> running;
-    while (next < reqs.size() || !running.empty()) {
-      while (running.size() < inflight && next < reqs.size()) {
-        KVBM_TRY(reqs[next]->post());
-        running.push_back(reqs[next++].get());
-      }
-      KVBM_TRY(running.front()->wait(std::chrono::seconds(60)));
-      running.pop_front();
-    }
-    return gbps(static_cast<double>(bytes),
-                std::chrono::duration<double>(Clock::now() - t0).count());
+  auto run = [&](Op op, size_t size, size_t inflight) {
+    return move_file(s, op, local->addr(), bytes, fd, size, inflight);
   };
   KVBM_TRY(run(Op::Write, size_t{4} << 20, 4));  // the file holds the pattern from here on
   auto ceilings = demo::disk_ceilings(dir, bytes, static_cast<int>(o.rounds));
@@ -437,7 +361,7 @@ Result<Target> start_own_target(const XferOptions& o, size_t bytes,
   if (o.file_mib > 0) {
     targv.insert(targv.end(), {"--file-mib", std::to_string(o.file_mib), "--dir", file_dir});
   }
-  auto target = Subprocess::spawn(targv, topt);
+  auto target = spawn_child(targv, topt);
   if (!target) return target.error();
   // UCX may log to stdout too (UCX_LOG_LEVEL): skip to our line.
   auto ready = target->read_line(std::chrono::seconds(30));
@@ -586,8 +510,7 @@ void add_bandwidth_row(Table& bw, Report& report, Op op, const Point& p, const B
 
 // The bandwidth rows, ours and (when `perftest`) ucx_perftest's, taking turns.
 Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
-                         const std::vector<Point>& points,
-                         const std::optional<std::string>& perftest, const char* tls,
+                         const std::vector<Point>& points, const std::optional<Perftest>& perftest,
                          Report& report) {
   const size_t point_bytes = o.transport == "shm" ? (size_t{256} << 20) : (size_t{64} << 20);
   // Two perftest figures per row: one message of the descriptor's size (the same buffer
@@ -598,7 +521,7 @@ Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>
             "perftest GB/s (size)", "ratio", "perftest GB/s (request)", "ratio (request)"});
   // One ucx_perftest run; nullopt (and a line on stderr) when it fails.
   auto perf_once = [&](Op op, size_t size, size_t n) -> std::optional<double> {
-    auto pr = run_perftest(*perftest, tls, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
+    auto pr = run_perftest(*perftest, op == Op::Write ? "ucp_put_bw" : "ucp_get", size, n);
     if (!pr) {
       std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
       return std::nullopt;
@@ -656,8 +579,7 @@ Status bandwidth_section(Session& s, const XferOptions& o, const std::vector<Op>
 }
 
 Status latency_section(Session& s, const XferOptions& o, const std::vector<Op>& ops,
-                       const std::optional<std::string>& perftest, const char* tls,
-                       Report& report) {
+                       const std::optional<Perftest>& perftest, Report& report) {
   Table lat({"op", "size", "p50 us", "mean us", "perftest p50 us", "ratio"});
   double worst = 0;
   report.doc["latency"] = nlohmann::ordered_json::array();
@@ -671,8 +593,8 @@ Status latency_section(Session& s, const XferOptions& o, const std::vector<Op>& 
         // trip, which ucp_put_lat reports halved (ping-pong). A READ is a round trip;
         // ucp_get with one operation outstanding times exactly that.
         auto pr = op == Op::Write
-                      ? run_perftest(*perftest, tls, "ucp_put_lat", size, o.lat_iters)
-                      : run_perftest(*perftest, tls, "ucp_get", size, o.lat_iters, {"-O", "1"});
+                      ? run_perftest(*perftest, "ucp_put_lat", size, o.lat_iters)
+                      : run_perftest(*perftest, "ucp_get", size, o.lat_iters, {"-O", "1"});
         if (!pr) std::cerr << "ucx_perftest: " << pr.error().to_string() << "\n";
         if (pr) theirs = op == Op::Write ? 2 * pr->p50_us : pr->p50_us;
       }
@@ -730,6 +652,82 @@ std::vector<Point> points_of(const XferOptions& o) {
   return points;
 }
 
+// ucx_perftest for the ratios: both its ends here against our own target; against a peer
+// given by --peer, its client here against the server that `kvbm serve --perftest` keeps
+// there and publishes the port of. An error says why there is none.
+Result<Perftest> find_perftest(const XferOptions& o, Session& s, const char* tls) {
+  auto exe = find_program(o.perftest);
+  if (!exe) {
+    return err(ErrorCode::NotFound, "ucx_perftest not found ('", o.perftest,
+               "'; Debian package ucx-utils)");
+  }
+  if (o.peer.empty() && o.peer_etcd.empty()) {
+    return Perftest{*exe, std::string(tls != nullptr ? tls : "tcp,self"), "", 0};
+  }
+  if (o.peer.empty()) {
+    return err(ErrorCode::Unsupported, "--peer-etcd names no host for its client (use --peer)");
+  }
+  auto hp = parse_host_port(o.peer, false);
+  if (!hp) return hp.error();
+  auto item = s.agent->fetch_published(hp->first, hp->second, kServePerftestKey);
+  unsigned port = 0;
+  if (!item || !(std::istringstream(*item) >> port) || port == 0 || port > 65535) {
+    return err(ErrorCode::NotFound,
+               "the peer keeps no ucx_perftest server (start it with kvbm serve --perftest)");
+  }
+  return Perftest{*exe, tls != nullptr ? std::optional<std::string>(tls) : std::nullopt, hp->first,
+                  static_cast<uint16_t>(port)};
+}
+
+// The JSON document's head: what ran, against which target.
+nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const Target& target,
+                                   bool perftest) {
+  const char* env_tls = std::getenv("UCX_TLS");
+  return {
+      {"command", "kvbm bench xfer"}, {"kvbm", version()},
+      {"transport", o.transport},     {"ucx_tls", env_tls != nullptr ? env_tls : "(UCX default)"},
+      {"peer", target.where},         {"peer_agent", s.peer},
+      {"buffer_bytes", s.bytes},      {"verified", true},
+      {"perftest", perftest}};
+}
+
+// The table's head: the transport, the target, and where the ratios come from.
+void print_header(const XferOptions& o, const Session& s, const Target& target, bool remote,
+                  const Result<Perftest>& perftest) {
+  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
+  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
+  const char* env_tls = std::getenv("UCX_TLS");
+  std::cout << "kvbm bench xfer: transport " << o.transport
+            << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
+            << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
+            << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
+            << "), target " << target.where << " agent '" << s.peer << "'"
+            << (remote            ? ""
+                : o.target_thread ? " (progress thread)"
+                                  : " (spinning on progress())")
+            << ", buffers " << human_bytes(s.bytes) << " each, data verified\n";
+  if (!perftest) {
+    std::cout << perftest.error().message << ": no ratios\n";
+  } else if (remote) {
+    std::cout << "ucx_perftest: its client here, its server the peer's (kvbm serve --perftest) at "
+              << perftest->host << ":" << perftest->port << "\n";
+  }
+  std::cout << "\n";
+}
+
+// Our own target, if any, told to quit; Remote when it exits badly.
+Status stop_target(Target& target) {
+  if (!target.process) return {};
+  target.process->send("quit");
+  target.process->close_stdin();
+  auto rc = target.process->wait(std::chrono::seconds(10));
+  if (!rc || *rc != 0) {
+    return err(ErrorCode::Remote,
+               "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string());
+  }
+  return {};
+}
+
 int run_xfer(XferOptions o) {
   const bool remote = !o.peer.empty() || !o.peer_etcd.empty();
   if (o.transport.empty()) o.transport = remote ? "auto" : "shm";
@@ -754,46 +752,15 @@ int run_xfer(XferOptions o) {
   if (!target) return fail(target.error());
   if (auto st = verify(s); !st) return fail(st.error());
 
-  // ucx_perftest runs both its ends here: it is the ceiling of our own target only.
-  std::optional<std::string> perftest = remote ? std::nullopt : find_program(o.perftest);
+  const Result<Perftest> found = find_perftest(o, s, tls);
+  const std::optional<Perftest> perftest = found ? std::optional<Perftest>(*found) : std::nullopt;
   Report report;
   report.json = o.json;
-  const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
-  const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
-  const char* env_tls = std::getenv("UCX_TLS");
-  report.doc = {{"command", "kvbm bench xfer"},
-                {"kvbm", version()},
-                {"transport", o.transport},
-                {"ucx_tls", env_tls != nullptr ? env_tls : "(UCX default)"},
-                {"peer", target->where},
-                {"peer_agent", s.peer},
-                {"buffer_bytes", s.bytes},
-                {"verified", true},
-                {"perftest", perftest.has_value()}};
-  if (!o.json) {
-    std::cout << "kvbm bench xfer: transport " << o.transport
-              << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
-              << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
-              << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
-              << "), target " << target->where << " agent '" << s.peer << "'"
-              << (remote            ? ""
-                  : o.target_thread ? " (progress thread)"
-                                    : " (spinning on progress())")
-              << ", buffers " << human_bytes(s.bytes) << " each, data verified\n";
-    if (remote) {
-      std::cout << "A served peer: no ucx_perftest ratios (run ucx_perftest between the two "
-                   "hosts yourself)\n";
-    } else if (!perftest) {
-      std::cout << "ucx_perftest not found ('" << o.perftest
-                << "'; Debian package ucx-utils): no ratios\n";
-    }
-    std::cout << "\n";
-  }
-  const char* perf_tls = tls != nullptr ? tls : "tcp,self";
-  if (auto st = bandwidth_section(s, o, ops, points, perftest, perf_tls, report); !st)
+  report.doc = report_head(o, s, *target, perftest.has_value());
+  if (!o.json) print_header(o, s, *target, remote, found);
+  if (auto st = bandwidth_section(s, o, ops, points, perftest, report); !st)
     return fail(st.error());
-  if (auto st = latency_section(s, o, ops, perftest, perf_tls, report); !st)
-    return fail(st.error());
+  if (auto st = latency_section(s, o, ops, perftest, report); !st) return fail(st.error());
   if (perftest && !o.json) print_targets(report);
   const bool missed = perftest && targets_missed(report);
   report.doc["verdict"] = missed ? "missed" : "ok";
@@ -802,20 +769,37 @@ int run_xfer(XferOptions o) {
   }
   if (o.json) std::cout << report.doc.dump(2) << "\n";
 
-  if (target->process) {
-    target->process->send("quit");
-    target->process->close_stdin();
-    auto rc = target->process->wait(std::chrono::seconds(10));
-    if (!rc || *rc != 0) {
-      return fail(err(ErrorCode::Remote,
-                      "target exited badly: ", rc ? std::to_string(*rc) : rc.error().to_string()));
-    }
-  }
+  if (auto st = stop_target(*target); !st) return fail(st.error());
   if (o.check && missed) {
     std::cerr << "kvbm bench xfer: a target against ucx_perftest was missed (--check)\n";
     return 1;
   }
   return 0;
+}
+
+// The other end, started by `xfer` (and `soak`) itself; hidden from help. It is
+// `kvbm serve` on loopback, driven over stdin.
+void add_xfer_target(CLI::App& bench, Runner& runner) {
+  auto t = std::make_shared<ServeOptions>();
+  auto file_mib = std::make_shared<size_t>(0);
+  auto progress_thread = std::make_shared<bool>(false);
+  auto* target = bench.add_subcommand("xfer-target", "")->group("");
+  target->add_option("--bytes", t->bytes, "Registered buffer size")
+      ->check(CLI::Range(size_t{1}, size_t{1} << 40));
+  target->add_flag("--progress-thread", *progress_thread, "Use the agent's progress thread");
+  target->add_option("--file-mib", *file_mib, "Also serve a registered file of this size")
+      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
+  target->add_option("--dir", t->dir, "Where that file is made");
+  target->callback([t, file_mib, progress_thread, &runner] {
+    runner = [t, file_mib, progress_thread] {
+      t->name = "kvbm-bench-target";
+      t->listen = "127.0.0.1:0";
+      t->file_bytes = *file_mib << 20;
+      t->spin = !*progress_thread;
+      t->bench_target = true;
+      return run_serve(*t);
+    };
+  });
 }
 
 }  // namespace
@@ -887,29 +871,7 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
                 "Exit 1 when a target against ucx_perftest is missed (bandwidth >= 0.90x at >= "
                 "64 KiB, latency <= 1.50x)");
   cmd->callback([o, &runner] { runner = [o] { return run_xfer(*o); }; });
-
-  // The other end, started by `xfer` (and `soak`) itself; hidden from help. It is
-  // `kvbm serve` on loopback, driven over stdin.
-  auto t = std::make_shared<ServeOptions>();
-  auto file_mib = std::make_shared<size_t>(0);
-  auto progress_thread = std::make_shared<bool>(false);
-  auto* target = bench.add_subcommand("xfer-target", "")->group("");
-  target->add_option("--bytes", t->bytes, "Registered buffer size")
-      ->check(CLI::Range(size_t{1}, size_t{1} << 40));
-  target->add_flag("--progress-thread", *progress_thread, "Use the agent's progress thread");
-  target->add_option("--file-mib", *file_mib, "Also serve a registered file of this size")
-      ->check(CLI::Range(size_t{0}, size_t{1} << 20));
-  target->add_option("--dir", t->dir, "Where that file is made");
-  target->callback([t, file_mib, progress_thread, &runner] {
-    runner = [t, file_mib, progress_thread] {
-      t->name = "kvbm-bench-target";
-      t->listen = "127.0.0.1:0";
-      t->file_bytes = *file_mib << 20;
-      t->spin = !*progress_thread;
-      t->bench_target = true;
-      return run_serve(*t);
-    };
-  });
+  add_xfer_target(bench, runner);
 }
 
 }  // namespace kvbm::tools

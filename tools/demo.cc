@@ -156,7 +156,7 @@ Status start_peer(Peer& peer, size_t n, size_t corrupt_block) {
     argv.push_back("--corrupt-block");
     argv.push_back(std::to_string(corrupt_block));
   }
-  auto p = Subprocess::spawn(argv, o);
+  auto p = spawn_child(argv, o);
   if (!p) return p.error();
   peer.process.emplace(std::move(*p));
   return {};
@@ -303,10 +303,9 @@ Status unlink_regions(Layout& l) {
   return {};
 }
 
-}  // namespace
-
-int run_demo(const DemoOptions& options) {
-  DemoDir dir{options.dir};
+// --dir checked, or a fresh temp dir made (and registered for removal on a signal); the exit
+// status to return when neither works.
+std::optional<int> prepare_dir(DemoDir& dir) {
   if (!dir.path.empty()) {
     std::error_code ec;
     if (!std::filesystem::is_directory(dir.path, ec)) {
@@ -314,228 +313,275 @@ int run_demo(const DemoOptions& options) {
                 << (ec ? " (" + ec.message() + ")" : "") << "\n";
       return 2;
     }
-  } else {
-    std::string tmpl = (std::filesystem::temp_directory_path() / "kvbm-demo-XXXXXX").string();
-    if (mkdtemp(tmpl.data()) == nullptr) {
-      std::cerr << "kvbm demo: cannot make a temp dir: " << std::strerror(errno) << "\n";
-      return 1;
-    }
-    dir.path = tmpl;
-    dir.made = true;
-    dir.signal_slot = remove_on_signal(dir.path, true);
+    return std::nullopt;
   }
-  const size_t n = std::max<size_t>(1, options.bytes / demo::block_bytes());
-  const size_t bytes = n * demo::block_bytes();
-  const std::string tls = options.transport == "shm" ? "sm,self" : "tcp,self";
-  setenv("UCX_TLS", tls.c_str(), 1);  // read by our agent, and inherited by the peer
+  std::string tmpl = (std::filesystem::temp_directory_path() / "kvbm-demo-XXXXXX").string();
+  if (mkdtemp(tmpl.data()) == nullptr) {
+    std::cerr << "kvbm demo: cannot make a temp dir: " << std::strerror(errno) << "\n";
+    return 1;
+  }
+  dir.path = tmpl;
+  dir.made = true;
+  dir.signal_slot = remove_on_signal(dir.path, true);
+  return std::nullopt;
+}
 
+template <typename T>
+Result<Ceiling> pick(const Result<T>& ceilings, Ceiling T::*which) {
+  return ceilings ? Result<Ceiling>((*ceilings).*which) : Result<Ceiling>(ceilings.error());
+}
+
+// One run of the demo, its steps in order. Members are declared in the order they must be
+// made: the layouts (registered with the engine and the agent) go before the engine, the
+// peer and the agent do, and the temp dir goes last.
+class DemoRun {
+ public:
+  explicit DemoRun(const DemoOptions& options) : options_(options), dir_{options.dir} {}
+
+  int run() {
+    if (auto status = prepare_dir(dir_)) return *status;
+    if (auto status = start()) return *status;
+    print_header();
+    if (auto status = make_source()) return *status;
+    offload_from_gpu();
+    disk_round_trip();
+    onboard_to_gpu();
+    staged_onboard();
+    host_to_host();
+    host_to_peer();
+    return report();
+  }
+
+ private:
+  // The agent, the peer (it starts meanwhile) and the engine; an exit status on failure.
+  std::optional<int> start();
+  void print_header() const;
+  std::optional<int> make_source();
+  void offload_from_gpu();
+  void disk_round_trip();
+  void onboard_to_gpu();
+  void staged_onboard();
+  void host_to_host();
+  void host_to_peer();
+  int report();
+
+  // Host layouts are registered with the engine's file path (fixed buffers of its io_uring).
+  Result<Layout> host_layout(LayoutKind kind) {
+    auto l = gpu_ ? zeroed_layout(n_, kind, PinnedAllocator())
+                  : zeroed_layout(n_, kind, SystemAllocator());
+    if (l) KVBM_TRY(engine_->register_host_layout(*l));
+    return l;
+  }
+  void add(Row row) {
+    rows_.push_back(std::move(row));
+    printer_.flush(rows_, rows_.size());
+  }
+
+  const DemoOptions& options_;
+  DemoDir dir_;
+  size_t n_ = 0, bytes_ = 0;
+  std::string tls_;
+  std::unique_ptr<xfer::Agent> agent_;
+  Peer peer_;
+  std::optional<Error> peer_error_;
+  std::unique_ptr<TransferEngine> engine_;
+  bool gpu_ = false;
+  std::string why_no_gpu_, no_gpu_, host_;
+  std::vector<Row> rows_;
+  RowPrinter printer_;
+  std::optional<Layout> src_;
+  const Layout* offloaded_ = nullptr;  // where the blocks are that go to disk
+  Result<demo::CudaCeilings> cuda_ = err(ErrorCode::DeviceUnavailable, "");
+  std::optional<Layout> g1_, h2_, disk_, h3_;
+  bool on_disk_ = false;  // the offload to disk succeeded
+  Result<demo::DiskCeilings> disk_ceilings_ = err(ErrorCode::Internal, "not measured");
+};
+
+std::optional<int> DemoRun::start() {
+  n_ = std::max<size_t>(1, options_.bytes / demo::block_bytes());
+  bytes_ = n_ * demo::block_bytes();
+  tls_ = options_.transport == "shm" ? "sm,self" : "tcp,self";
+  setenv("UCX_TLS", tls_.c_str(), 1);  // read by our agent, and inherited by the peer
   // The agent first: layouts registered with it must go before it does.
   auto agent = xfer::Agent::create("prefill");
-  Peer peer;
-  std::optional<Error> peer_error;
-  if (!agent) peer_error = agent.error();
-  if (!peer_error) {
-    if (auto st = start_peer(peer, n, options.corrupt_block); !st)
-      peer_error = st.error();  // it starts meanwhile
+  if (!agent) {
+    peer_error_ = agent.error();
+  } else {
+    agent_ = std::move(*agent);
+    if (auto st = start_peer(peer_, n_, options_.corrupt_block); !st) peer_error_ = st.error();
   }
   auto engine = TransferEngine::create();
   if (!engine) {
     std::cerr << "kvbm demo: " << engine.error().to_string() << "\n";
     return 1;
   }
-
+  engine_ = std::move(*engine);
   auto gpus = cuda_device_count();
-  const bool gpu = gpus && *gpus > 0;
+  gpu_ = gpus && *gpus > 0;
   // Why GPU rows are skipped: in full above the table, its first clause in the table.
-  const std::string why_no_gpu = gpu ? "" : (gpus ? "no GPU" : gpus.error().message);
-  const std::string no_gpu = why_no_gpu.substr(0, why_no_gpu.find(':'));
-  const std::string host = gpu ? "pinned" : "host";
-  // Host layouts are registered with the engine's file path (fixed buffers of its io_uring).
-  auto host_layout = [&](LayoutKind kind) -> Result<Layout> {
-    auto l =
-        gpu ? zeroed_layout(n, kind, PinnedAllocator()) : zeroed_layout(n, kind, SystemAllocator());
-    if (l) KVBM_TRY((*engine)->register_host_layout(*l));
-    return l;
-  };
+  why_no_gpu_ = gpu_ ? "" : (gpus ? "no GPU" : gpus.error().message);
+  no_gpu_ = why_no_gpu_.substr(0, why_no_gpu_.find(':'));
+  host_ = gpu_ ? "pinned" : "host";
+  printer_.json = options_.json;
+  return std::nullopt;
+}
 
-  if (!options.json)
-    std::cout << "kvbm demo: " << n << " blocks of " << human_bytes(demo::block_bytes())
-              << " (2 layers x K/V x 16 tokens x 2048 x 2 B: 64 KiB chunks), " << human_bytes(bytes)
-              << " per tier\n"
-              << "  host tier: " << (gpu ? "pinned (cudaHostAlloc)" : "plain (page-aligned)")
-              << "; GPU: " << (gpu ? "GPU 0" : "none (" + why_no_gpu + ")") << "\n"
-              << "  disk: " << dir.path.string() << "\n"
-              << "  peer: agent 'decode' in process "
-              << (peer.process ? std::to_string(peer.process->pid()) : "-") << ", UCX_TLS=" << tls
-              << ", metadata over 127.0.0.1\n\n";
+void DemoRun::print_header() const {
+  if (options_.json) return;
+  std::cout << "kvbm demo: " << n_ << " blocks of " << human_bytes(demo::block_bytes())
+            << " (2 layers x K/V x 16 tokens x 2048 x 2 B: 64 KiB chunks), " << human_bytes(bytes_)
+            << " per tier\n"
+            << "  host tier: " << (gpu_ ? "pinned (cudaHostAlloc)" : "plain (page-aligned)")
+            << "; GPU: " << (gpu_ ? "GPU 0" : "none (" + why_no_gpu_ + ")") << "\n"
+            << "  disk: " << dir_.path.string() << "\n"
+            << "  peer: agent 'decode' in process "
+            << (peer_.process ? std::to_string(peer_.process->pid()) : "-") << ", UCX_TLS=" << tls_
+            << ", metadata over 127.0.0.1\n\n";
+}
 
-  std::vector<Row> rows;
-  RowPrinter printer{options.json};
-  auto flush = [&] { printer.flush(rows, rows.size()); };
-  // The blocks, filled with the pattern, in host memory.
+// The blocks, filled with the pattern, in host memory.
+std::optional<int> DemoRun::make_source() {
   auto src = host_layout(LayoutKind::FullyContiguous);
   if (!src) {
     std::cerr << "kvbm demo: " << src.error().to_string() << "\n";
     return 1;
   }
-  if (auto st = demo::fill_blocks(*src, kSeed); !st) {
+  src_.emplace(std::move(*src));
+  if (auto st = demo::fill_blocks(*src_, kSeed); !st) {
     std::cerr << "kvbm demo: " << st.error().to_string() << "\n";
     return 1;
   }
-  const Layout* offloaded = &*src;  // where the blocks are that go to disk
+  offloaded_ = &*src_;
+  return std::nullopt;
+}
 
-  // GPU -> pinned (offload). The blocks are put on the GPU with one cudaMemcpy first.
-  Result<demo::CudaCeilings> cuda = err(ErrorCode::DeviceUnavailable, no_gpu);
-  std::optional<Layout> g1, h2;
+// GPU -> pinned (offload). The blocks are put on the GPU with one cudaMemcpy first.
+void DemoRun::offload_from_gpu() {
   const std::string offload = "GPU -> pinned (offload)";
-  if (!gpu) {
-    rows.push_back(skipped(offload, bytes, no_gpu));
-  } else {
-    cuda = demo::cuda_ceilings(bytes, kReps);
-    auto dev = zeroed_layout(n, LayoutKind::FullyContiguous, DeviceAllocator(0));
-    auto pinned = host_layout(LayoutKind::FullyContiguous);
-    Status st = !dev ? Status(dev.error()) : !pinned ? Status(pinned.error()) : Status();
-    if (st) st = demo::copy_to_device(dev->region(0), src->region(0).data());
-    if (!st) {
-      rows.push_back(failed(offload, bytes, st.error().to_string()));
-    } else {
-      g1.emplace(std::move(*dev));
-      h2.emplace(std::move(*pinned));
-      rows.push_back(hop(offload, **engine, *g1, *h2, false,
-                         cuda ? Result<Ceiling>(cuda->to_host) : Result<Ceiling>(cuda.error())));
-      if (!rows.back().failed) offloaded = &*h2;
-    }
-  }
-  flush();
+  cuda_ = err(ErrorCode::DeviceUnavailable, no_gpu_);
+  if (!gpu_) return add(skipped(offload, bytes_, no_gpu_));
+  cuda_ = demo::cuda_ceilings(bytes_, kReps);
+  auto dev = zeroed_layout(n_, LayoutKind::FullyContiguous, DeviceAllocator(0));
+  auto pinned = host_layout(LayoutKind::FullyContiguous);
+  Status st = !dev ? Status(dev.error()) : !pinned ? Status(pinned.error()) : Status();
+  if (st) st = demo::copy_to_device(dev->region(0), src_->region(0).data());
+  if (!st) return add(failed(offload, bytes_, st.error().to_string()));
+  g1_.emplace(std::move(*dev));
+  h2_.emplace(std::move(*pinned));
+  add(hop(offload, *engine_, *g1_, *h2_, false, pick(cuda_, &demo::CudaCeilings::to_host)));
+  if (!rows_.back().failed) offloaded_ = &*h2_;
+}
 
-  // host -> disk (offload) and disk -> host (onboard).
-  std::optional<Layout> disk, h3;
-  bool on_disk = false;  // the offload to disk succeeded
-  const std::string to_disk = host + " -> disk (offload)",
-                    from_disk = "disk -> " + host + " (onboard)";
-  auto ceilings = demo::disk_ceilings(dir.path, bytes, kReps);
-  {
-    auto d = Layout::allocate(demo::block_config(n), LayoutKind::FullyContiguous,
-                              DiskAllocator(dir.path));
-    if (d) {
-      if (auto st = unlink_regions(*d); !st) d = st.error();
-    }
-    auto back = host_layout(LayoutKind::FullyContiguous);
-    if (!d) {
-      rows.push_back(failed(to_disk, bytes, d.error().to_string()));
-      rows.push_back(not_run(from_disk, bytes, "no disk layout"));
-    } else if (!back) {
-      rows.push_back(not_run(to_disk, bytes, "no host layout to onboard into"));
-      rows.push_back(failed(from_disk, bytes, back.error().to_string()));
-    } else {
-      disk.emplace(std::move(*d));
-      h3.emplace(std::move(*back));
-      auto w = ceilings ? Result<Ceiling>(ceilings->write) : Result<Ceiling>(ceilings.error());
-      auto r = ceilings ? Result<Ceiling>(ceilings->read) : Result<Ceiling>(ceilings.error());
-      rows.push_back(hop(to_disk, **engine, *offloaded, *disk, false, std::move(w)));
-      if (rows.back().failed) {
-        rows.push_back(not_run(from_disk, bytes, "the offload failed"));
-        h3.reset();
-      } else {
-        on_disk = true;
-        rows.push_back(hop(from_disk, **engine, *disk, *h3, false, std::move(r)));
-        if (rows.back().failed) h3.reset();
-      }
-    }
+// host -> disk (offload) and disk -> host (onboard).
+void DemoRun::disk_round_trip() {
+  const std::string to_disk = host_ + " -> disk (offload)",
+                    from_disk = "disk -> " + host_ + " (onboard)";
+  disk_ceilings_ = demo::disk_ceilings(dir_.path, bytes_, kReps);
+  auto d = Layout::allocate(demo::block_config(n_), LayoutKind::FullyContiguous,
+                            DiskAllocator(dir_.path));
+  if (d) {
+    if (auto st = unlink_regions(*d); !st) d = st.error();
   }
-  flush();
-
-  // pinned -> GPU (onboard).
-  const std::string onboard = "pinned -> GPU (onboard)";
-  if (!gpu) {
-    rows.push_back(skipped(onboard, bytes, no_gpu));
-  } else if (!h3) {
-    rows.push_back(not_run(onboard, bytes, "nothing came back from disk"));
-  } else {
-    auto g2 = zeroed_layout(n, LayoutKind::FullyContiguous, DeviceAllocator(0));
-    if (!g2) {
-      rows.push_back(failed(onboard, bytes, g2.error().to_string()));
-    } else {
-      rows.push_back(hop(onboard, **engine, *h3, *g2, false,
-                         cuda ? Result<Ceiling>(cuda->to_device) : Result<Ceiling>(cuda.error())));
-    }
+  auto back = host_layout(LayoutKind::FullyContiguous);
+  if (!d) {
+    rows_.push_back(failed(to_disk, bytes_, d.error().to_string()));
+    return add(not_run(from_disk, bytes_, "no disk layout"));
   }
-  flush();
-
-  // disk -> GPU (onboard) in one request: the engine stages it through pinned memory.
-  const std::string direct = "disk -> GPU (staged onboard)";
-  if (!gpu) {
-    rows.push_back(skipped(direct, bytes, no_gpu));
-  } else if (!on_disk) {
-    rows.push_back(not_run(direct, bytes, "the offload to disk failed"));
-  } else {
-    auto g3 = zeroed_layout(n, LayoutKind::FullyContiguous, DeviceAllocator(0));
-    if (!g3) {
-      rows.push_back(failed(direct, bytes, g3.error().to_string()));
-    } else {
-      rows.push_back(
-          hop(direct, **engine, *disk, *g3, false,
-              ceilings ? Result<Ceiling>(ceilings->read) : Result<Ceiling>(ceilings.error())));
-    }
-  }
-  flush();
-
-  // The blocks that came back from disk: host -> host and host -> peer.
-  const Layout* back = h3 ? &*h3 : nullptr;
-  const std::string to_host = host + " -> host (scattered)";
   if (!back) {
-    rows.push_back(not_run(to_host, bytes, "nothing came back from disk"));
-  } else {
-    auto h4 = zeroed_layout(n, LayoutKind::FullyContiguous, SystemAllocator());
-    if (!h4) {
-      rows.push_back(failed(to_host, bytes, h4.error().to_string()));
-    } else {
-      rows.push_back(hop(to_host, **engine, *back, *h4, true,
-                         demo::host_copy_ceiling(bytes, (*engine)->host_threads(), kReps)));
-    }
+    rows_.push_back(not_run(to_disk, bytes_, "no host layout to onboard into"));
+    return add(failed(from_disk, bytes_, back.error().to_string()));
   }
-  flush();
+  disk_.emplace(std::move(*d));
+  h3_.emplace(std::move(*back));
+  rows_.push_back(hop(to_disk, *engine_, *offloaded_, *disk_, false,
+                      pick(disk_ceilings_, &demo::DiskCeilings::write)));
+  if (rows_.back().failed) {
+    h3_.reset();
+    return add(not_run(from_disk, bytes_, "the offload failed"));
+  }
+  on_disk_ = true;
+  rows_.push_back(hop(from_disk, *engine_, *disk_, *h3_, false,
+                      pick(disk_ceilings_, &demo::DiskCeilings::read)));
+  if (rows_.back().failed) h3_.reset();
+  printer_.flush(rows_, rows_.size());
+}
 
-  const std::string to_peer = host + " -> peer (loopback)";
-  if (peer_error) {
-    rows.push_back(failed(to_peer, bytes, peer_error->to_string()));
-  } else if (!back) {
-    rows.push_back(not_run(to_peer, bytes, "nothing came back from disk"));
-  } else if (auto st = h3->register_with_agent(**agent); !st) {
-    rows.push_back(failed(to_peer, bytes, st.error().to_string()));
+// pinned -> GPU (onboard).
+void DemoRun::onboard_to_gpu() {
+  const std::string onboard = "pinned -> GPU (onboard)";
+  if (!gpu_) return add(skipped(onboard, bytes_, no_gpu_));
+  if (!h3_) return add(not_run(onboard, bytes_, "nothing came back from disk"));
+  auto g2 = zeroed_layout(n_, LayoutKind::FullyContiguous, DeviceAllocator(0));
+  if (!g2) return add(failed(onboard, bytes_, g2.error().to_string()));
+  add(hop(onboard, *engine_, *h3_, *g2, false, pick(cuda_, &demo::CudaCeilings::to_device)));
+}
+
+// disk -> GPU (onboard) in one request: the engine stages it through pinned memory.
+void DemoRun::staged_onboard() {
+  const std::string direct = "disk -> GPU (staged onboard)";
+  if (!gpu_) return add(skipped(direct, bytes_, no_gpu_));
+  if (!on_disk_) return add(not_run(direct, bytes_, "the offload to disk failed"));
+  auto g3 = zeroed_layout(n_, LayoutKind::FullyContiguous, DeviceAllocator(0));
+  if (!g3) return add(failed(direct, bytes_, g3.error().to_string()));
+  add(hop(direct, *engine_, *disk_, *g3, false, pick(disk_ceilings_, &demo::DiskCeilings::read)));
+}
+
+// The blocks that came back from disk, host -> host.
+void DemoRun::host_to_host() {
+  const std::string to_host = host_ + " -> host (scattered)";
+  if (!h3_) return add(not_run(to_host, bytes_, "nothing came back from disk"));
+  auto h4 = zeroed_layout(n_, LayoutKind::FullyContiguous, SystemAllocator());
+  if (!h4) return add(failed(to_host, bytes_, h4.error().to_string()));
+  add(hop(to_host, *engine_, *h3_, *h4, true,
+          demo::host_copy_ceiling(bytes_, engine_->host_threads(), kReps)));
+}
+
+// The blocks that came back from disk, host -> peer; then the peer's exit, which fails the
+// row when it is not clean. The row prints once the peer has exited.
+void DemoRun::host_to_peer() {
+  const std::string to_peer = host_ + " -> peer (loopback)";
+  if (peer_error_) {
+    rows_.push_back(failed(to_peer, bytes_, peer_error_->to_string()));
+  } else if (!h3_) {
+    rows_.push_back(not_run(to_peer, bytes_, "nothing came back from disk"));
+  } else if (auto st = h3_->register_with_agent(*agent_); !st) {
+    rows_.push_back(failed(to_peer, bytes_, st.error().to_string()));
   } else {
-    rows.push_back(ship_to_peer(to_peer, **engine, **agent, peer, *back));
+    rows_.push_back(ship_to_peer(to_peer, *engine_, *agent_, peer_, *h3_));
   }
-  if (auto st = finish_peer(peer); !st && !peer_error) {
-    Row& r = rows.back();
+  if (auto st = finish_peer(peer_); !st && !peer_error_) {
+    Row& r = rows_.back();
     if (!r.failed) r.verified = "error: " + st.error().to_string();
     r.failed = true;
   }
+  printer_.flush(rows_, rows_.size());
+}
 
-  flush();  // the peer's row, once the peer has exited
+// The prefix-reuse act, then the JSON document or the closing lines; the exit status.
+int DemoRun::report() {
   bool bad = false;
-  for (const Row& r : rows) bad |= r.failed;
+  for (const Row& r : rows_) bad |= r.failed;
   Json reuse_rows = Json::array();
   std::ostringstream discard;  // with --json, the act's table is omitted
-  const bool reused = demo::prefix_reuse_act(dir.path, options.json ? discard : std::cout,
-                                             options.json ? &reuse_rows : nullptr);
+  const bool reused = demo::prefix_reuse_act(dir_.path, options_.json ? discard : std::cout,
+                                             options_.json ? &reuse_rows : nullptr);
   bad |= !reused;
-  if (options.json) {
+  if (options_.json) {
     Json j = {{"command", "kvbm demo"},
               {"kvbm", version()},
               {"versions", versions_json()},
               {"machine", machine_json()},
               {"options",
-               {{"mib", options.bytes >> 20},
-                {"blocks", n},
+               {{"mib", options_.bytes >> 20},
+                {"blocks", n_},
                 {"block_bytes", demo::block_bytes()},
-                {"dir", dir.path.string()},
-                {"transport", options.transport},
-                {"ucx_tls", tls}}},
-              {"host_tier", gpu ? "pinned" : "plain"},
-              {"gpu", gpu ? "GPU 0" : "none (" + why_no_gpu + ")"},
+                {"dir", dir_.path.string()},
+                {"transport", options_.transport},
+                {"ucx_tls", tls_}}},
+              {"host_tier", gpu_ ? "pinned" : "plain"},
+              {"gpu", gpu_ ? "GPU 0" : "none (" + why_no_gpu_ + ")"},
               {"rows", Json::array()}};
-    for (const Row& r : rows) j["rows"].push_back(to_json(r));
+    for (const Row& r : rows_) j["rows"].push_back(to_json(r));
     j["prefix_reuse"] = {{"rows", std::move(reuse_rows)}, {"ok", reused}};
     j["verdict"] = bad ? "failed" : "ok";
     print_json(j);
@@ -548,6 +594,12 @@ int run_demo(const DemoOptions& options) {
                     : "OK: every block verified on every path this machine has")
             << "\n";
   return bad ? 1 : 0;
+}
+
+}  // namespace
+
+int run_demo(const DemoOptions& options) {
+  return DemoRun(options).run();
 }
 
 }  // namespace kvbm::tools

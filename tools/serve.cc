@@ -21,6 +21,7 @@
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
 #include "options.h"
+#include "perftest.h"
 #include "table.h"
 
 namespace kvbm::tools {
@@ -64,7 +65,7 @@ int until_signal(xfer::Agent& agent, bool spin, const std::atomic<int>& stop) {
 }
 
 void print_summary(const ServeOptions& o, const std::string& host, std::optional<uint16_t> port,
-                   bool etcd, const std::string& etcd_note, bool file) {
+                   bool etcd, const std::string& etcd_note, bool file, uint16_t perftest) {
   std::cout << "kvbm serve: agent '" << o.name << "' serves a " << human_bytes(o.bytes)
             << " buffer (item " << kServeBufferKey << ")";
   if (file)
@@ -83,7 +84,20 @@ void print_summary(const ServeOptions& o, const std::string& host, std::optional
               << "  from another host: kvbm bench xfer --peer-etcd " << o.name
               << " (with the same --etcd and --etcd-prefix)\n";
   }
+  if (perftest != 0) {
+    std::cout << "  ucx_perftest: a server on port " << perftest << " (item " << kServePerftestKey
+              << "), again after each test, for bench xfer --peer\n";
+  }
   std::cout << "Stop it with Ctrl-C or SIGTERM." << std::endl;
+}
+
+// With --perftest: the ucx_perftest server, its port published; else null.
+Result<std::unique_ptr<PerftestServer>> start_perftest(const ServeOptions& o, xfer::Agent& agent) {
+  if (o.perftest.empty()) return std::unique_ptr<PerftestServer>();
+  auto server = PerftestServer::start(o.perftest);
+  if (!server) return server.error();
+  KVBM_TRY(agent.publish(kServePerftestKey, std::to_string((*server)->port())));
+  return server;
 }
 
 }  // namespace
@@ -164,6 +178,8 @@ int run_serve(const ServeOptions& o) {
     return fail(err(ErrorCode::InvalidArgument,
                     "nothing to serve on: --listen is empty and no etcd endpoints are set"));
   }
+  auto perftest = start_perftest(o, agent);
+  if (!perftest) return fail(perftest.error());
   if (o.bench_target) {
     std::cout << "READY " << port.value_or(0) << " " << buf->addr();
     if (file) std::cout << " " << file->fd();
@@ -171,7 +187,8 @@ int run_serve(const ServeOptions& o) {
     return until_quit(agent, o.spin);
   }
   const std::atomic<int>& stop = stop_on_signal();
-  print_summary(o, host, port, etcd, etcd_note, file.has_value());
+  print_summary(o, host, port, etcd, etcd_note, file.has_value(),
+                *perftest ? (*perftest)->port() : 0);
   return until_signal(agent, o.spin, stop);
 }
 
@@ -198,7 +215,20 @@ void add_serve(CLI::App& app, Runner& runner) {
       ->check(CLI::ExistingDirectory);
   cmd->add_flag("--spin", o->spin,
                 "Spin on progress() instead of a progress thread (lowest latency, one busy core)");
-  cmd->callback([o, &runner] { runner = [o] { return run_serve(*o); }; });
+  auto perftest = std::make_shared<bool>(false);
+  cmd->add_flag("--perftest", *perftest,
+                "Also keep a ucx_perftest server listening (started again after each test) and "
+                "publish its port, so that `kvbm bench xfer --peer` measures its ceiling too");
+  cmd->add_option("--perftest-program", o->perftest, "The ucx_perftest program for --perftest")
+      ->default_str("ucx_perftest");
+  cmd->callback([o, perftest, &runner] {
+    if (!*perftest) {
+      o->perftest.clear();
+    } else if (o->perftest.empty()) {
+      o->perftest = "ucx_perftest";
+    }
+    runner = [o] { return run_serve(*o); };
+  });
 }
 
 }  // namespace kvbm::tools

@@ -20,6 +20,8 @@ namespace kvbm::tools {
 // The items a served agent publishes: its buffer and, with a file, its file.
 inline constexpr const char* kServeBufferKey = "kvbm-serve/buffer";
 inline constexpr const char* kServeFileKey = "kvbm-serve/file";
+// With --perftest: the port (decimal) of the ucx_perftest server it keeps listening.
+inline constexpr const char* kServePerftestKey = "kvbm-serve/perftest";
 
 struct ServeOptions {
   std::string name = "kvbm-serve";   // the agent's name (the etcd key's last part)
@@ -30,6 +32,7 @@ struct ServeOptions {
   size_t file_bytes = 0;             // also a registered file of this size (0: none)
   std::string dir;                   // where that file is made (default: the temp dir)
   bool spin = false;                 // spin on progress() instead of a progress thread
+  std::string perftest;              // keep this ucx_perftest's server listening ("": none)
   // The bench's target: stops when stdin says "quit" or closes, and prints one line
   // "READY <port> <buffer addr> [<file fd>]" instead of the user's summary.
   bool bench_target = false;

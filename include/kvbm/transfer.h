@@ -1,3 +1,6 @@
+// The transfer (block) layer, over the xfer (agent) layer for remote layouts (words:
+// docs/glossary.md).
+//
 // Block transfers: copy a list of blocks (src_ids[i] -> dst_ids[i]) between two layouts with
 // the same blocks (layers, outer_dim, page_size, inner_dim, dtype_bytes; kind, order,
 // alignment and num_blocks may differ) on any two tiers. The engine chooses the path:

@@ -1,4 +1,6 @@
-// The transfer layer: named agents that register memory and READ/WRITE their peers'.
+// The xfer (agent) layer: named agents that register memory and READ/WRITE their peers',
+// by descriptors; it knows nothing of blocks. Not to be confused with the transfer (block)
+// layer, kvbm/transfer.h, which copies blocks between layouts (docs/glossary.md).
 #pragma once
 
 #include "kvbm/xfer/agent.h"

@@ -312,15 +312,8 @@ Result<std::string> Layout::to_json() const {
 
 namespace {
 
-Result<Layout> from_object(const json& j, bool binary) {
-  if (j.is_discarded()) return err(ErrorCode::InvalidArgument, "layout does not parse");
-  if (!j.is_object()) return err(ErrorCode::InvalidArgument, "layout is not an object");
-  auto v = get_uint(j, "v");
-  if (!v) return v.error();
-  if (*v != Layout::kVersion) {
-    return err(ErrorCode::InvalidArgument, "layout version ", *v, " (this build reads ",
-               Layout::kVersion, ")");
-  }
+// The layout's kind and order, by name.
+Result<std::pair<LayoutKind, LayerOrder>> kind_and_order_of(const json& j) {
   auto kind_s = get_string(j, "kind");
   if (!kind_s) return kind_s.error();
   LayoutKind kind;
@@ -341,6 +334,10 @@ Result<Layout> from_object(const json& j, bool binary) {
   } else {
     return err(ErrorCode::InvalidArgument, "layout has unknown order '", *order_s, "'");
   }
+  return std::pair{kind, order};
+}
+
+Result<LayoutConfig> config_of(const json& j) {
   auto cj = j.find("config");
   if (cj == j.end() || !cj->is_object()) {
     return err(ErrorCode::InvalidArgument, "layout lacks the object 'config'");
@@ -355,54 +352,79 @@ Result<Layout> from_object(const json& j, bool binary) {
     if (!f) return f.error();
     *dst = *f;
   }
-  auto sizes = Layout::required_sizes(c, kind, order);
+  return c;
+}
+
+// Region `i` (`e`) of a layout whose earlier regions are `descs`: a descriptor of the same
+// agent and tier as region 0, holding at least `need` bytes.
+Result<RemoteDescriptor> region_of(const json& e, size_t i, bool binary,
+                                   const std::vector<RemoteDescriptor>& descs, size_t need) {
+  Result<RemoteDescriptor> d = err(ErrorCode::InvalidArgument, "");
+  if (binary && e.is_binary()) {
+    const auto& b = e.get_binary();
+    d = RemoteDescriptor::from_bytes(
+        std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
+  } else if (!binary && e.is_object()) {
+    d = RemoteDescriptor::from_json(e.dump());
+  } else {
+    return err(ErrorCode::InvalidArgument, "layout region ", i, " is not a descriptor");
+  }
+  if (!d) return err(ErrorCode::InvalidArgument, "layout region ", i, ": ", d.error().message);
+  if (i > 0 && d->agent_name() != descs[0].agent_name()) {
+    return err(ErrorCode::InvalidArgument, "layout region ", i, " belongs to agent '",
+               d->agent_name(), "' but region 0 to '", descs[0].agent_name(), "'");
+  }
+  const RemoteStorage& rs = d->storage();
+  if (rs.mem_type() == xfer::MemType::Unknown) {
+    return err(ErrorCode::InvalidArgument, "layout region ", i, " has memory type UNKNOWN");
+  }
+  if (i > 0 && (rs.mem_type() != descs[0].storage().mem_type() ||
+                (rs.mem_type() == xfer::MemType::Vram &&
+                 rs.device_id() != descs[0].storage().device_id()))) {
+    return err(ErrorCode::InvalidArgument, "layout region ", i, " is ",
+               xfer::to_string(rs.mem_type()), " device ", rs.device_id(), " but region 0 is ",
+               xfer::to_string(descs[0].storage().mem_type()), " device ",
+               descs[0].storage().device_id(), "; a layout lives in one tier");
+  }
+  if (rs.size() < need) {
+    return err(ErrorCode::InvalidArgument, "layout region ", i, " has ", rs.size(),
+               " bytes; the layout needs ", need);
+  }
+  return d;
+}
+
+Result<Layout> from_object(const json& j, bool binary) {
+  if (j.is_discarded()) return err(ErrorCode::InvalidArgument, "layout does not parse");
+  if (!j.is_object()) return err(ErrorCode::InvalidArgument, "layout is not an object");
+  auto v = get_uint(j, "v");
+  if (!v) return v.error();
+  if (*v != Layout::kVersion) {
+    return err(ErrorCode::InvalidArgument, "layout version ", *v, " (this build reads ",
+               Layout::kVersion, ")");
+  }
+  auto shape = kind_and_order_of(j);
+  if (!shape) return shape.error();
+  const auto [kind, order] = *shape;
+  auto c = config_of(j);
+  if (!c) return c.error();
+  auto sizes = Layout::required_sizes(*c, kind, order);
   if (!sizes) return sizes.error();
   auto rj = j.find("regions");
   if (rj == j.end() || !rj->is_array()) {
     return err(ErrorCode::InvalidArgument, "layout lacks the array 'regions'");
   }
   if (rj->size() != sizes->size()) {
-    return err(ErrorCode::InvalidArgument, kind_name(kind), " layout of ", c.num_layers,
+    return err(ErrorCode::InvalidArgument, kind_name(kind), " layout of ", c->num_layers,
                " layers needs ", sizes->size(), " region(s), got ", rj->size());
   }
   std::vector<RemoteDescriptor> descs;
   descs.reserve(rj->size());
   for (size_t i = 0; i < rj->size(); ++i) {
-    const json& e = (*rj)[i];
-    Result<RemoteDescriptor> d = err(ErrorCode::InvalidArgument, "");
-    if (binary && e.is_binary()) {
-      const auto& b = e.get_binary();
-      d = RemoteDescriptor::from_bytes(
-          std::string_view(reinterpret_cast<const char*>(b.data()), b.size()));
-    } else if (!binary && e.is_object()) {
-      d = RemoteDescriptor::from_json(e.dump());
-    } else {
-      return err(ErrorCode::InvalidArgument, "layout region ", i, " is not a descriptor");
-    }
-    if (!d) return err(ErrorCode::InvalidArgument, "layout region ", i, ": ", d.error().message);
-    if (i > 0 && d->agent_name() != descs[0].agent_name()) {
-      return err(ErrorCode::InvalidArgument, "layout region ", i, " belongs to agent '",
-                 d->agent_name(), "' but region 0 to '", descs[0].agent_name(), "'");
-    }
-    const RemoteStorage& rs = d->storage();
-    if (rs.mem_type() == xfer::MemType::Unknown) {
-      return err(ErrorCode::InvalidArgument, "layout region ", i, " has memory type UNKNOWN");
-    }
-    if (i > 0 && (rs.mem_type() != descs[0].storage().mem_type() ||
-                  (rs.mem_type() == xfer::MemType::Vram &&
-                   rs.device_id() != descs[0].storage().device_id()))) {
-      return err(ErrorCode::InvalidArgument, "layout region ", i, " is ",
-                 xfer::to_string(rs.mem_type()), " device ", rs.device_id(), " but region 0 is ",
-                 xfer::to_string(descs[0].storage().mem_type()), " device ",
-                 descs[0].storage().device_id(), "; a layout lives in one tier");
-    }
-    if (rs.size() < (*sizes)[i]) {
-      return err(ErrorCode::InvalidArgument, "layout region ", i, " has ", rs.size(),
-                 " bytes; the layout needs ", (*sizes)[i]);
-    }
+    auto d = region_of((*rj)[i], i, binary, descs, (*sizes)[i]);
+    if (!d) return d.error();
     descs.push_back(std::move(*d));
   }
-  return Layout::from_remote(c, kind, std::move(descs), order);
+  return Layout::from_remote(*c, kind, std::move(descs), order);
 }
 
 Status check_size(std::string_view bytes) {

@@ -37,7 +37,7 @@ void OffloadManager::enqueue_locked(const ImmutableBlock& block, Tier dst) {
     counters_.dropped(1);
     return;
   }
-  queue_.push_back(Job{block, dst});
+  queue_.push_back(OffloadJob{block, dst});
   work_cv_.notify_one();
 }
 
@@ -96,7 +96,7 @@ void OffloadManager::run() {
   while (true) {
     work_cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
     if (stop_) break;
-    std::vector<Job> batch;
+    std::vector<OffloadJob> batch;
     while (!queue_.empty() && batch.size() < options_.max_batch) {
       batch.push_back(std::move(queue_.front()));
       queue_.pop_front();
@@ -140,11 +140,11 @@ void OffloadManager::start_pair(Tier src, Tier dst, std::vector<ImmutableBlock> 
   started.push_back(std::move(*copy));
 }
 
-void OffloadManager::process(std::vector<Job> batch) {
+void OffloadManager::process(std::vector<OffloadJob> batch) {
   // One request per tier pair; a hash once per pair, and only if not there already.
   std::map<std::pair<Tier, Tier>, std::vector<ImmutableBlock>> pairs;
   std::map<std::pair<Tier, Tier>, std::unordered_set<SequenceHash>> seen;
-  for (Job& job : batch) {
+  for (OffloadJob& job : batch) {
     const auto key = std::make_pair(job.block.tier(), job.dst);
     if (!seen[key].insert(job.block.sequence_hash()).second) continue;
     if (tier_of(tiers_, job.dst)->pool->contains(job.block.sequence_hash())) continue;

@@ -40,7 +40,7 @@ class OffloadManager {
   size_t queued() const;
 
  private:
-  struct Job {
+  struct OffloadJob {
     ImmutableBlock block;
     Tier dst;
   };
@@ -52,7 +52,7 @@ class OffloadManager {
     return disk_source_ ? std::optional<Tier>(disk_source_->tier) : std::nullopt;
   }
   void run();
-  void process(std::vector<Job> batch);
+  void process(std::vector<OffloadJob> batch);
   // Allocates destinations for a tier pair's blocks and starts their request.
   void start_pair(Tier src, Tier dst, std::vector<ImmutableBlock> blocks,
                   std::vector<TierCopy>& started);
@@ -65,7 +65,7 @@ class OffloadManager {
 
   mutable std::mutex mu_;
   std::condition_variable work_cv_, idle_cv_;
-  std::deque<Job> queue_;
+  std::deque<OffloadJob> queue_;
   FrequencyFilter filter_;
   bool busy_ = false;
   bool stop_ = false;

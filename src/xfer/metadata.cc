@@ -200,6 +200,51 @@ Result<AgentMetadata> decode_metadata(std::string_view bytes, size_t max_bytes,
   return decode_metadata_payload(*payload);
 }
 
+namespace {
+
+// Region `i` of `w`, checked: a known memory type, a nonempty range that does not wrap, and
+// remote_info only of backends the metadata lists (or, in regions-only partial metadata,
+// of the loaded peer's, checked later), within the field limits.
+Result<RegionMetadata> region_from_wire(const wire::AgentMetadata& w, int i, bool partial) {
+  const auto& r = w.regions(i);
+  RegionMetadata region;
+  if (!from_wire(static_cast<int>(r.type()), &region.type)) {
+    return err(ErrorCode::InvalidArgument, "metadata region ", i, ": unknown memory type ",
+               static_cast<int>(r.type()));
+  }
+  if (r.len() == 0) {
+    return err(ErrorCode::InvalidArgument, "metadata region ", i, ": empty (addr ", r.addr(),
+               ", len 0)");
+  }
+  // The end (addr + len, exclusive) must itself be a representable address.
+  if (r.len() > std::numeric_limits<uint64_t>::max() - r.addr()) {
+    return err(ErrorCode::InvalidArgument, "metadata region ", i, ": addr ", r.addr(), " + len ",
+               r.len(), " overflows");
+  }
+  region.desc = {r.addr(), r.len(), r.dev_id()};
+  for (const auto& [backend, info] : r.remote_info()) {
+    // Regions sent without connection data are checked against the loaded peer's.
+    if (backend.size() > kMaxBackendFieldBytes) {
+      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": backend name ",
+                 quoted(backend), " exceeds ", kMaxBackendFieldBytes, " bytes");
+    }
+    const bool regions_only = partial && w.backends().empty();
+    if (!regions_only && w.backends().find(backend) == w.backends().end()) {
+      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": remote_info names backend ",
+                 quoted(backend), ", which the metadata does not list");
+    }
+    if (info.size() > kMaxBackendFieldBytes) {
+      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": remote_info of backend ",
+                 quoted(backend), " is ", info.size(), " bytes, over the limit of ",
+                 kMaxBackendFieldBytes);
+    }
+    region.remote_info.emplace(backend, info);
+  }
+  return region;
+}
+
+}  // namespace
+
 Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
   if (bytes.size() > static_cast<size_t>(INT_MAX)) {
     return err(ErrorCode::InvalidArgument, "metadata of ", bytes.size(),
@@ -243,42 +288,9 @@ Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
   for (const auto& [backend, data] : w.backends()) m.backends.emplace(backend, data);
   m.regions.reserve(static_cast<size_t>(w.regions_size()));
   for (int i = 0; i < w.regions_size(); ++i) {
-    const auto& r = w.regions(i);
-    RegionMetadata region;
-    if (!from_wire(static_cast<int>(r.type()), &region.type)) {
-      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": unknown memory type ",
-                 static_cast<int>(r.type()));
-    }
-    if (r.len() == 0) {
-      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": empty (addr ", r.addr(),
-                 ", len 0)");
-    }
-    // The end (addr + len, exclusive) must itself be a representable address.
-    if (r.len() > std::numeric_limits<uint64_t>::max() - r.addr()) {
-      return err(ErrorCode::InvalidArgument, "metadata region ", i, ": addr ", r.addr(), " + len ",
-                 r.len(), " overflows");
-    }
-    region.desc = {r.addr(), r.len(), r.dev_id()};
-    for (const auto& [backend, info] : r.remote_info()) {
-      // Regions sent without connection data are checked against the loaded peer's.
-      if (backend.size() > kMaxBackendFieldBytes) {
-        return err(ErrorCode::InvalidArgument, "metadata region ", i, ": backend name ",
-                   quoted(backend), " exceeds ", kMaxBackendFieldBytes, " bytes");
-      }
-      const bool regions_only = partial && w.backends().empty();
-      if (!regions_only && w.backends().find(backend) == w.backends().end()) {
-        return err(ErrorCode::InvalidArgument, "metadata region ", i,
-                   ": remote_info names backend ", quoted(backend),
-                   ", which the metadata does not list");
-      }
-      if (info.size() > kMaxBackendFieldBytes) {
-        return err(ErrorCode::InvalidArgument, "metadata region ", i, ": remote_info of backend ",
-                   quoted(backend), " is ", info.size(), " bytes, over the limit of ",
-                   kMaxBackendFieldBytes);
-      }
-      region.remote_info.emplace(backend, info);
-    }
-    m.regions.push_back(std::move(region));
+    auto region = region_from_wire(w, i, partial);
+    if (!region) return region.error();
+    m.regions.push_back(std::move(*region));
   }
   return m;
 }

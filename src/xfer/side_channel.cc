@@ -419,6 +419,47 @@ void ServeLoop::run() {
   }
 }
 
+namespace {
+
+// A listening, nonblocking socket on the first address of `host` that takes one: its fd;
+// InvalidArgument for a host that does not resolve, Io naming the last failure otherwise.
+Result<int> listen_socket(const std::string& host, uint16_t port, const std::string& where) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+  Addresses addrs;
+  const std::string service = std::to_string(port);
+  if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &addrs.list); rc != 0) {
+    return err(ErrorCode::InvalidArgument, "side channel ", where, ": bad host '", host,
+               "': ", ::gai_strerror(rc));
+  }
+
+  std::string last_error = "no address";
+  for (addrinfo* ai = addrs.list; ai != nullptr; ai = ai->ai_next) {
+    Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
+    if (!fd) {
+      last_error = "socket: " + errno_text(errno);
+      continue;
+    }
+    // A restarted agent can rebind its port while old connections sit in TIME_WAIT.
+    const int one = 1;
+    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
+      last_error = "bind: " + errno_text(errno);
+      continue;
+    }
+    if (::listen(fd.get(), kBacklog) != 0) {
+      last_error = "listen: " + errno_text(errno);
+      continue;
+    }
+    return fd.release();
+  }
+  return err(ErrorCode::Io, "side channel ", where, ": cannot listen: ", last_error);
+}
+
+}  // namespace
+
 Result<std::unique_ptr<SideChannelServer>> SideChannelServer::start(const std::string& host,
                                                                     uint16_t port,
                                                                     Provider provider,
@@ -439,44 +480,12 @@ Result<std::unique_ptr<SideChannelServer>> SideChannelServer::start(const std::s
                options.auth_key.size(), " bytes; at least ", kMinAuthKeyBytes, " are required");
   }
 
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-  Addresses addrs;
-  const std::string service = std::to_string(port);
-  if (int rc = ::getaddrinfo(host.c_str(), service.c_str(), &hints, &addrs.list); rc != 0) {
-    return err(ErrorCode::InvalidArgument, "side channel ", where, ": bad host '", host,
-               "': ", ::gai_strerror(rc));
-  }
-
+  auto listen_fd = listen_socket(host, port, where);
+  if (!listen_fd) return listen_fd.error();
   // Not make_unique: the constructor is private. From here on the server's destructor
   // releases whatever has been acquired if a later step fails.
   std::unique_ptr<SideChannelServer> server(new SideChannelServer());
-  std::string last_error = "no address";
-  for (addrinfo* ai = addrs.list; ai != nullptr; ai = ai->ai_next) {
-    Fd fd(::socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC | SOCK_NONBLOCK, ai->ai_protocol));
-    if (!fd) {
-      last_error = "socket: " + errno_text(errno);
-      continue;
-    }
-    // A restarted agent can rebind its port while old connections sit in TIME_WAIT.
-    const int one = 1;
-    ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (::bind(fd.get(), ai->ai_addr, ai->ai_addrlen) != 0) {
-      last_error = "bind: " + errno_text(errno);
-      continue;
-    }
-    if (::listen(fd.get(), kBacklog) != 0) {
-      last_error = "listen: " + errno_text(errno);
-      continue;
-    }
-    server->listen_fd_ = fd.release();
-    break;
-  }
-  if (server->listen_fd_ < 0) {
-    return err(ErrorCode::Io, "side channel ", where, ": cannot listen: ", last_error);
-  }
+  server->listen_fd_ = *listen_fd;
 
   sockaddr_storage bound{};
   socklen_t bound_len = sizeof bound;

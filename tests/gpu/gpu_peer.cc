@@ -1,4 +1,4 @@
-// The second agent of the GPU two-process tests (tests/gpu/gpu_xfer_test.cc): owns one
+// The second agent of the GPU two-process tests (tests/gpu/cuda_backend_gpu_test.cc): owns one
 // registered VRAM buffer filled with a known pattern, serves its metadata on 127.0.0.1,
 // and answers commands on stdin (one per line; replies on stdout):
 //   check OFF LEN SEED POFF   -> OK | BAD <index>     (VRAM bytes vs pattern SEED at POFF)

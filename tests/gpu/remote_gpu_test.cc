@@ -7,18 +7,14 @@
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 
 namespace kvbm {
 namespace {
 
+using testing::make_agent;
 using xfer::MemType;
-
-std::unique_ptr<xfer::Agent> make_agent(const std::string& name) {
-  auto a = xfer::Agent::create(name);
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
 
 // The seed's doc example: pinned storage has no descriptor until it is registered.
 TEST(RemoteGpu, SeedDocExampleWithPinnedStorage) {

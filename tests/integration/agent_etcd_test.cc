@@ -7,6 +7,7 @@
 
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "support/agents.h"
 #include "support/etcd_server.h"
 #include "support/test_support.h"
 #include "support/two_process.h"
@@ -16,6 +17,9 @@ namespace kvbm::xfer {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::dram;
+using testing::make_agent;
+using testing::make_buffer;
 
 constexpr testing::Transport kTcp{"tcp", "tcp,self", "off"};
 
@@ -27,22 +31,6 @@ AgentConfig etcd_config(const testing::EtcdServer& etcd) {
   c.etcd_lease_ttl = 2s;
   c.peer_timeout = testing::peer_timeout();
   return c;
-}
-
-std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config) {
-  auto a = Agent::create(name, std::move(config));
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
-
-SystemStorage make_buffer(size_t size, uint64_t seed) {
-  auto s = SystemAllocator().allocate(size);
-  testing::fill_pattern(s->data(), size, seed);
-  return std::move(*s);
-}
-
-DescList dram(uint64_t addr, uint64_t len) {
-  return DescList(MemType::Dram, {Desc{addr, len, 0}});
 }
 
 // Polls `cond` for up to `timeout` (etcd's events arrive on another thread).

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "common/subprocess.h"
 #include "support/child_process.h"
 #include "support/etcd_server.h"
 #include "support/net_namespace.h"
@@ -109,6 +110,38 @@ TEST_F(ServeAcrossHosts, BenchXferPeerOverTheSideChannelVerifiesAndReportsJson) 
   auto [gone_status, gone_out] = bench({"--peer", where, "--sizes", "4K", "--descs", "1"}, true);
   EXPECT_EQ(gone_status, std::optional<int>(1)) << gone_out;
   EXPECT_NE(gone_out.find(where), std::string::npos) << gone_out;
+}
+
+// --perftest: serve keeps a ucx_perftest server listening in its namespace and publishes its
+// port; the bench runs ucx_perftest's client against it, so that every row has a ceiling
+// measured in the same run across the veth. Only the figures' presence is checked.
+TEST_F(ServeAcrossHosts, BenchXferPeerMeasuresUcxPerftestAgainstTheServedHost) {
+  if (!kvbm::detail::find_program("ucx_perftest")) GTEST_SKIP() << "ucx_perftest not installed";
+  auto lines = start_serve({"--name", "served-perf", "--listen", ns_->peer_address() + ":0",
+                            "--bytes", "1M", "--perftest"});
+  std::string where;
+  bool announced = false;
+  for (const auto& l : lines) {
+    if (l.rfind("  side channel: ", 0) == 0) where = l.substr(16);
+    announced |= l.rfind("  ucx_perftest: a server on port ", 0) == 0;
+  }
+  EXPECT_TRUE(announced) << ::testing::PrintToString(lines);
+  auto [status, out] = bench({"--peer", where, "--sizes", "64K", "--descs", "1", "--iters", "4",
+                              "--lat-sizes", "8", "--lat-iters", "16", "--rounds", "1", "--json"},
+                             false);
+  ASSERT_EQ(status, std::optional<int>(0)) << out;
+  auto j = nlohmann::json::parse(out, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << "not one JSON document: " << out;
+  EXPECT_EQ(j["perftest"], true);
+  ASSERT_EQ(j["bandwidth"].size(), 2u) << out;  // WRITE, READ
+  for (const auto& row : j["bandwidth"]) {
+    ASSERT_TRUE(row["perftest_gbps_request"].is_number()) << row;
+    EXPECT_GT(row["perftest_gbps_request"].get<double>(), 0) << row;
+    EXPECT_TRUE(row["ratio_request"].is_number()) << row;
+  }
+  for (const auto& row : j["latency"]) EXPECT_TRUE(row["perftest_p50_us"].is_number()) << row;
+  EXPECT_TRUE(j.contains("verdict")) << out;
+  stop_serve();
 }
 
 // etcd: serve publishes under its name; the bench finds it by that name; SIGTERM withdraws it.

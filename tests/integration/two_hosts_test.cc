@@ -11,6 +11,7 @@
 
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "support/agents.h"
 #include "support/child_process.h"
 #include "support/etcd_server.h"
 #include "support/net_namespace.h"
@@ -22,12 +23,9 @@ namespace {
 
 using namespace std::chrono_literals;
 using testing::ChildProcess;
+using testing::dram;
 
 constexpr size_t kPeerBytes = 64 << 20;
-
-DescList dram(uint64_t addr, uint64_t len) {
-  return DescList(MemType::Dram, {Desc{addr, len, 0}});
-}
 
 // The peer agent inside the namespace, serving its metadata on its veth address.
 struct RemotePeer {

@@ -1,5 +1,7 @@
 // A child process driven over pipes: the test writes command lines to its stdin and
 // reads reply lines from its stdout. Used for the two-agent tests (tests/integration).
+// The tests' face of common/subprocess.h (the one subprocess helper of tests and tools): a
+// plain child of the test's process group; optional results instead of errors.
 #pragma once
 
 #include <sys/types.h>
@@ -10,18 +12,20 @@
 #include <string>
 #include <vector>
 
+#include "common/subprocess.h"
+
 namespace kvbm::testing {
 
 class ChildProcess {
  public:
   // Starts `argv[0]` with the given arguments and extra environment variables.
   ChildProcess(std::vector<std::string> argv, std::map<std::string, std::string> env = {});
-  ~ChildProcess();  // kills the child if it is still running, and reaps it
+  ~ChildProcess() = default;  // closes stdin, waits 5 s, then kills the child; reaps it
   ChildProcess(const ChildProcess&) = delete;
   ChildProcess& operator=(const ChildProcess&) = delete;
 
-  bool started() const { return pid_ > 0; }
-  pid_t pid() const { return pid_; }
+  bool started() const { return process_.has_value(); }
+  pid_t pid() const { return process_ ? process_->pid() : -1; }
   // Sends one line (a newline is appended).
   bool send(const std::string& line);
   // Reads one line, without its newline; nullopt on EOF or timeout. UCX's log lines
@@ -36,11 +40,7 @@ class ChildProcess {
   std::optional<int> wait(std::chrono::milliseconds timeout = std::chrono::seconds(30));
 
  private:
-  pid_t pid_ = -1;
-  int in_ = -1;   // child's stdin
-  int out_ = -1;  // child's stdout
-  std::string buffer_;
-  bool reaped_ = false;
+  std::optional<detail::Subprocess> process_;
 };
 
 // Path of a helper program built next to the test binaries.

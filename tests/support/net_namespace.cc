@@ -3,16 +3,34 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cstdio>
-#include <cstdlib>
+#include <chrono>
+
+#include "common/subprocess.h"
 
 namespace kvbm::testing {
 namespace {
 
 constexpr const char* kIp = "/usr/sbin/ip";
 
-bool run(const std::string& command) {
-  return std::system((command + " >/dev/null 2>&1").c_str()) == 0;
+// `command` through the shell; its output (stdout and stderr) when `output` is given, else
+// none. Whether it exited 0; a command still running after a minute is killed and fails.
+bool run(const std::string& command, std::string* output = nullptr) {
+  detail::Subprocess::Options options;
+  options.die_with_parent = false;
+  options.pipe_stdout = output != nullptr;
+  options.quiet_stderr = output == nullptr;
+  auto p = detail::Subprocess::spawn({"/bin/sh", "-c", command + (output ? " 2>&1" : "")}, options);
+  if (!p) {
+    if (output != nullptr) *output = p.error().to_string();
+    return false;
+  }
+  if (output != nullptr) {
+    auto all = p->read_all(std::chrono::minutes(1));
+    *output = all ? *all : all.error().to_string();
+  }
+  auto status = p->wait(std::chrono::minutes(1));
+  if (!status) p->kill_now();
+  return status && *status == 0;
 }
 
 std::atomic<int> counter{0};
@@ -72,17 +90,12 @@ bool NetNamespace::set_peer_link(bool up) const {
 
 std::string NetNamespace::add_netem(const std::string& spec) const {
   const std::string cmd = std::string(kIp) + " netns exec " + name_ + " tc qdisc add dev " +
-                          peer_dev_ + " root netem " + spec + " 2>&1";
-  FILE* p = popen(cmd.c_str(), "r");
-  if (p == nullptr) return "cannot run tc";
+                          peer_dev_ + " root netem " + spec;
   std::string out;
-  char buf[256];
-  while (fgets(buf, sizeof buf, p) != nullptr) out += buf;
-  const int rc = pclose(p);
-  if (rc == 0) return {};
+  if (run(cmd, &out)) return {};
   while (!out.empty() && out.back() == '\n') out.pop_back();
   return "'tc qdisc add dev " + peer_dev_ + " root netem " + spec +
-         "' failed: " + (out.empty() ? "exit status " + std::to_string(rc) : out);
+         "' failed: " + (out.empty() ? "a nonzero exit status" : out);
 }
 
 bool NetNamespace::set_link(bool up) const {

@@ -11,6 +11,7 @@
 
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 
 namespace kvbm::xfer {
@@ -19,22 +20,11 @@ namespace {
 using namespace std::chrono_literals;
 using Indices = std::vector<uint32_t>;
 using List = std::shared_ptr<const PreparedDescs>;
+using testing::make_buffer;
+using testing::make_host_agent;
 
 constexpr size_t kBlock = 4096;
 constexpr size_t kBlocks = 16;
-
-std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config = {}) {
-  config.add_cuda_if_gpu = false;
-  auto a = Agent::create(name, std::move(config));
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
-
-SystemStorage make_buffer(size_t size, uint64_t seed) {
-  auto s = SystemAllocator().allocate(size);
-  testing::fill_pattern(s->data(), size, seed);
-  return std::move(*s);
-}
 
 // kBlocks blocks of kBlock bytes of `s`.
 DescList blocks_of(const SystemStorage& s) {
@@ -78,8 +68,8 @@ std::vector<Notification> wait_notifs(Agent& a) {
 class PreparedTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    a = make_agent("a");
-    b = make_agent("b");
+    a = make_host_agent("a");
+    b = make_host_agent("b");
     ASSERT_TRUE(a && b);
     ASSERT_TRUE(a->register_storage(abuf).ok());
     ASSERT_TRUE(b->register_storage(bbuf).ok());
@@ -201,7 +191,7 @@ TEST_F(PreparedTest, RequestErrors) {
 TEST_F(PreparedTest, UnsupportedPairIsRefusedAsByDescriptorLists) {
   AgentConfig posix_only;
   posix_only.backends = {"POSIX"};
-  auto p = make_agent("p", posix_only);
+  auto p = make_host_agent("p", posix_only);
   auto buf = make_buffer(2 * kBlock, 3);
   ASSERT_TRUE(p->register_storage(buf).ok());
   DescList l(MemType::Dram, {{buf.addr(), kBlock, 0}}),
@@ -278,7 +268,7 @@ TEST_F(PreparedTest, APeerReplacedByNewerMetadataMakesItsListStale) {
   EXPECT_ERROR(a->create_request(Op::Write, *local, Indices{0}, *remote, Indices{0}),
                ErrorCode::Remote, "replaced by newer metadata");
   b.reset();
-  b = make_agent("b");
+  b = make_host_agent("b");
   auto nbuf = make_buffer(kBlocks * kBlock, 7);
   ASSERT_TRUE(b->register_storage(nbuf).ok());
   load_b();
@@ -303,7 +293,7 @@ TEST_F(PreparedTest, ListsOutlivingTheirAgent) {
   remote.reset();  // the request holds the lists now
   a.reset();
   EXPECT_ERROR((*req)->post(), ErrorCode::Cancelled, "agent 'a' was destroyed");
-  auto c = make_agent("a");  // the same name is no other agent's list
+  auto c = make_host_agent("a");  // the same name is no other agent's list
   EXPECT_ERROR(c->create_request(Op::Write, *own, Indices{0}, *own, Indices{1}),
                ErrorCode::InvalidArgument, "was not prepared by agent 'a'");
   EXPECT_EQ(own->descs(), blocks_of(abuf));  // what it describes stays readable

@@ -12,6 +12,7 @@
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
 #include "kvbm/xfer/mem_type.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 #include "xfer/backends/ucx/same_host.h"
 #include "xfer/backends/ucx/worker_address.h"
@@ -21,23 +22,9 @@ namespace kvbm::xfer {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config = {}) {
-  config.add_cuda_if_gpu = false;  // these tests are about the UCX agent; tests/gpu covers CUDA
-  auto a = Agent::create(name, std::move(config));
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
-
-SystemStorage make_buffer(size_t size, uint64_t seed) {
-  auto s = SystemAllocator().allocate(size);
-  testing::fill_pattern(s->data(), size, seed);
-  return std::move(*s);
-}
-
-DescList dram(uint64_t addr, uint64_t len) {
-  return DescList(MemType::Dram, {Desc{addr, len, 0}});
-}
+using testing::dram;
+using testing::make_buffer;
+using testing::make_host_agent;
 
 TEST(AgentCreate, RejectsBadArguments) {
   EXPECT_ERROR(Agent::create(""), ErrorCode::InvalidArgument, "name");
@@ -51,18 +38,18 @@ TEST(AgentCreate, RejectsBadArguments) {
 }
 
 TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
-  auto d = make_agent("defaults");
+  auto d = make_host_agent("defaults");
   EXPECT_EQ(d->backends(), (std::vector<std::string>{"UCX", "POSIX"}));
   AgentConfig none;
   none.backends = {};
-  auto a = make_agent("a", none);
+  auto a = make_host_agent("a", none);
   EXPECT_TRUE(a->backends().empty());
   EXPECT_ERROR(a->register_memory(dram(0x1000, 16)), ErrorCode::Unsupported, "no backend");
   ASSERT_TRUE(a->create_backend("UCX").ok());
   EXPECT_EQ(a->backends(), std::vector<std::string>{"UCX"});
   EXPECT_ERROR(a->create_backend("UCX"), ErrorCode::AlreadyRegistered, "UCX");
   EXPECT_ERROR(a->create_backend("NOPE"), ErrorCode::NotFound, "NOPE");
-  auto b = make_agent("b", none);
+  auto b = make_host_agent("b", none);
   EXPECT_ERROR(b->create_backend("UCX", {{"bogus", "1"}}), ErrorCode::InvalidArgument,
                "UCX backend has no parameter 'bogus' (known: same_host, file_staging_mib, "
                "copy_threads)");
@@ -84,7 +71,7 @@ TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
 }
 
 TEST(AgentRegister, ValidatesRegions) {
-  auto a = make_agent("a");
+  auto a = make_host_agent("a");
   auto buf = make_buffer(1 << 16, 1);
   EXPECT_ERROR(a->register_memory(DescList(MemType::Dram)), ErrorCode::InvalidArgument,
                "no regions");
@@ -113,7 +100,7 @@ TEST(AgentRegister, ValidatesRegions) {
 }
 
 TEST(AgentRegister, StorageOwnsItsRegistration) {
-  auto a = make_agent("a");
+  auto a = make_host_agent("a");
   auto buf = make_buffer(1 << 16, 1);
   ASSERT_TRUE(a->register_storage(buf).ok());
   EXPECT_TRUE(buf.is_registered(Agent::kRegistrationKey));
@@ -137,7 +124,7 @@ TEST(AgentRegister, StorageOwnsItsRegistration) {
 // The agent released the regions when it went: releasing afterwards is no error.
 TEST(AgentRegister, RegistrationOutlivingAgentReleasesCleanly) {
   auto buf = make_buffer(4096, 1);
-  auto a = make_agent("a");
+  auto a = make_host_agent("a");
   auto reg = a->register_memory(dram(buf.addr(), 4096));
   ASSERT_TRUE(reg.ok());
   a.reset();
@@ -148,7 +135,7 @@ TEST(AgentRegister, RegistrationOutlivingAgentReleasesCleanly) {
 class LoopbackTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    agent = make_agent("self");
+    agent = make_host_agent("self");
     ASSERT_TRUE(agent->register_storage(src).ok());
     ASSERT_TRUE(agent->register_storage(dst).ok());
   }
@@ -223,7 +210,7 @@ TEST_F(LoopbackTest, EveryValidationError) {
 }
 
 TEST(AgentMetadata, GarbageOwnAndOversized) {
-  auto a = make_agent("a");
+  auto a = make_host_agent("a");
   EXPECT_ERROR(a->load_remote_metadata("definitely not metadata"), ErrorCode::InvalidArgument, "");
   EXPECT_ERROR(a->load_remote_metadata(""), ErrorCode::InvalidArgument, "");
   auto own = a->local_metadata();
@@ -232,7 +219,7 @@ TEST(AgentMetadata, GarbageOwnAndOversized) {
 
   AgentConfig tiny;
   tiny.max_metadata_bytes = 16;
-  auto b = make_agent("b", tiny);
+  auto b = make_host_agent("b", tiny);
   EXPECT_ERROR(b->load_remote_metadata(*own), ErrorCode::InvalidArgument, "");
   for (size_t cut = 0; cut < own->size(); cut += 7) {  // every truncation fails cleanly
     auto r = b->load_remote_metadata(std::string_view(*own).substr(0, cut));
@@ -244,8 +231,8 @@ TEST(AgentMetadata, GarbageOwnAndOversized) {
 // line and UCX version, its worker address, and each packed remote key. Each corruption
 // is refused with an error naming the peer; the intact metadata still loads.
 TEST(AgentMetadata, UcxPartsAreCheckedBeforeUcxSeesThem) {
-  auto a = make_agent("a", AgentConfig{.backends = {"UCX"}});
-  auto b = make_agent("b", AgentConfig{.backends = {"UCX"}});
+  auto a = make_host_agent("a", AgentConfig{.backends = {"UCX"}});
+  auto b = make_host_agent("b", AgentConfig{.backends = {"UCX"}});
   auto buf = make_buffer(4096, 1);
   ASSERT_TRUE(b->register_storage(buf).ok());
   auto bytes = b->local_metadata();
@@ -297,8 +284,8 @@ TEST(AgentMetadata, UcxPartsAreCheckedBeforeUcxSeesThem) {
 // (its shared-memory devices), so a garbled boot-id line cannot make UCX open a
 // shared-memory endpoint with peer error handling (which crashed UCX 1.13).
 TEST(AgentMetadata, UcxWorkerAddressIsWalkedBeforeUcxSeesIt) {
-  auto a = make_agent("a", AgentConfig{.backends = {"UCX"}});
-  auto b = make_agent("b", AgentConfig{.backends = {"UCX"}});
+  auto a = make_host_agent("a", AgentConfig{.backends = {"UCX"}});
+  auto b = make_host_agent("b", AgentConfig{.backends = {"UCX"}});
   auto abuf = make_buffer(4096, 1), bbuf = make_buffer(4096, 2);
   ASSERT_TRUE(a->register_storage(abuf).ok());
   ASSERT_TRUE(b->register_storage(bbuf).ok());
@@ -355,7 +342,7 @@ TEST(AgentMetadata, UcxWorkerAddressIsWalkedBeforeUcxSeesIt) {
 }
 
 TEST(AgentMetadata, TwoAgentsInOneProcess) {
-  auto a = make_agent("a"), b = make_agent("b");
+  auto a = make_host_agent("a"), b = make_host_agent("b");
   auto abuf = make_buffer(1 << 20, 5), bbuf = make_buffer(1 << 20, 6);
   ASSERT_TRUE(a->register_storage(abuf).ok());
   ASSERT_TRUE(b->register_storage(bbuf).ok());
@@ -391,8 +378,8 @@ TEST(AgentMetadata, TwoAgentsInOneProcess) {
 }
 
 TEST(AgentSideChannel, FetchErrors) {
-  auto a = make_agent("a");
-  auto b = make_agent("b");
+  auto a = make_host_agent("a");
+  auto b = make_host_agent("b");
   auto port = b->listen("127.0.0.1", 0);
   ASSERT_TRUE(port.ok());
   b.reset();  // listener gone with its agent
@@ -401,7 +388,7 @@ TEST(AgentSideChannel, FetchErrors) {
 }
 
 TEST(AgentPublish, PublishFetchReplaceUnpublish) {
-  auto a = make_agent("a"), b = make_agent("b");
+  auto a = make_host_agent("a"), b = make_host_agent("b");
   ASSERT_TRUE(b->publish("early", "published before listen").ok());
   auto port = b->listen("127.0.0.1", 0);
   ASSERT_TRUE(port.ok()) << port.error().to_string();
@@ -434,7 +421,7 @@ TEST(AgentPublish, PublishFetchReplaceUnpublish) {
 TEST(AgentPublish, RejectsBadKeysAndSizes) {
   AgentConfig small;
   small.max_metadata_bytes = 1024;
-  auto a = make_agent("a", small);
+  auto a = make_host_agent("a", small);
   EXPECT_ERROR(a->publish("", "x"), ErrorCode::InvalidArgument, "must not be empty");
   EXPECT_ERROR(a->publish(std::string(257, 'k'), "x"), ErrorCode::InvalidArgument,
                "item key of 257 bytes exceeds 256");
@@ -450,7 +437,7 @@ TEST(AgentPublish, RejectsBadKeysAndSizes) {
                ErrorCode::InvalidArgument, "item key of 300 bytes exceeds 256");
 
   // The reader's limit applies to what it fetches.
-  auto b = make_agent("b");
+  auto b = make_host_agent("b");
   auto port = b->listen("127.0.0.1", 0);
   ASSERT_TRUE(port.ok());
   ASSERT_TRUE(b->publish("big", std::string(2048, 'x')).ok());
@@ -459,8 +446,8 @@ TEST(AgentPublish, RejectsBadKeysAndSizes) {
 }
 
 TEST(AgentPublish, FetchErrors) {
-  auto a = make_agent("a");
-  auto b = make_agent("b");
+  auto a = make_host_agent("a");
+  auto b = make_host_agent("b");
   auto port = b->listen("127.0.0.1", 0);
   ASSERT_TRUE(port.ok());
   ASSERT_TRUE(b->publish("k", "v").ok());
@@ -474,7 +461,7 @@ TEST(AgentPublish, FetchErrors) {
 }
 
 TEST(AgentPublish, ConcurrentPublishersAndFetchers) {
-  auto a = make_agent("a"), b = make_agent("b");
+  auto a = make_host_agent("a"), b = make_host_agent("b");
   auto port = b->listen("127.0.0.1", 0);
   ASSERT_TRUE(port.ok());
   std::atomic<bool> stop{false};

@@ -10,35 +10,23 @@
 #include "kvbm/remote.h"
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 
 namespace kvbm {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::make_buffer;
+using testing::make_host_agent;
 
 constexpr size_t kBytes = 1 << 20;
-
-std::unique_ptr<xfer::Agent> make_agent(const std::string& name) {
-  xfer::AgentConfig config;
-  config.add_cuda_if_gpu = false;
-  auto a = xfer::Agent::create(name, config);
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
-
-SystemStorage make_system(size_t size, uint64_t seed) {
-  auto s = SystemAllocator().allocate(size);
-  EXPECT_TRUE(s.ok()) << s.error().to_string();
-  testing::fill_pattern(s->data(), size, seed);
-  return std::move(*s);
-}
 
 class DescriptorExchange : public ::testing::Test {
  protected:
   void SetUp() override {
-    owner_ = make_agent("owner");
-    reader_ = make_agent("reader");
+    owner_ = make_host_agent("owner");
+    reader_ = make_host_agent("reader");
     ASSERT_TRUE(owner_ && reader_);
     ASSERT_TRUE(register_with_agent(blocks_, *owner_).ok());
     ASSERT_TRUE(register_with_agent(local_, *reader_).ok());
@@ -70,8 +58,8 @@ class DescriptorExchange : public ::testing::Test {
   }
 
   std::unique_ptr<xfer::Agent> owner_, reader_;
-  SystemStorage blocks_ = make_system(kBytes, 11);
-  SystemStorage local_ = make_system(kBytes, 0);
+  SystemStorage blocks_ = make_buffer(kBytes, 11);
+  SystemStorage local_ = make_buffer(kBytes, 0);
   uint16_t port_ = 0;
   std::string where_;
 };
@@ -105,7 +93,7 @@ TEST_F(DescriptorExchange, MetadataIsLoadedOnlyWhenUnknownUnlessReloadIsAsked) {
   ASSERT_TRUE(prepared.ok()) << prepared.error().to_string();
 
   // The owner registers more memory after the reader loaded its metadata.
-  auto more = make_system(4096, 12);
+  auto more = make_buffer(4096, 12);
   ASSERT_TRUE(register_with_agent(more, *owner_).ok());
   auto more_d = remote_descriptor_of(more);
   ASSERT_TRUE(more_d.ok());
@@ -172,7 +160,7 @@ TEST_F(DescriptorExchange, DescriptorNamingAnotherAgentThanTheListener) {
 }
 
 TEST_F(DescriptorExchange, DescriptorOfTheReadersOwnMemoryNeedsNoMetadata) {
-  auto mine = make_system(4096, 13);
+  auto mine = make_buffer(4096, 13);
   ASSERT_TRUE(register_with_agent(mine, *reader_).ok());
   ASSERT_TRUE(owner_->publish("yours", remote_descriptor_of(mine)->to_bytes()).ok());
   auto got = fetch_descriptor(*reader_, "127.0.0.1", port_, "yours");

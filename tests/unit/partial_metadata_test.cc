@@ -8,30 +8,16 @@
 
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 
 namespace kvbm::xfer {
 namespace {
 
 using namespace std::chrono_literals;
-
-std::unique_ptr<Agent> make_agent(const std::string& name) {
-  AgentConfig config;
-  config.add_cuda_if_gpu = false;
-  auto a = Agent::create(name, std::move(config));
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
-
-SystemStorage make_buffer(size_t size, uint64_t seed) {
-  auto s = SystemAllocator().allocate(size);
-  testing::fill_pattern(s->data(), size, seed);
-  return std::move(*s);
-}
-
-DescList dram(uint64_t addr, uint64_t len) {
-  return DescList(MemType::Dram, {Desc{addr, len, 0}});
-}
+using testing::dram;
+using testing::make_buffer;
+using testing::make_host_agent;
 
 Status read(Agent& agent, const SystemStorage& into, uint64_t from, size_t len,
             const std::string& peer) {
@@ -42,7 +28,7 @@ Status read(Agent& agent, const SystemStorage& into, uint64_t from, size_t len,
 }
 
 TEST(PartialMetadata, OneMoreRegionTravelsAloneAndJoinsTheLoadedPeer) {
-  auto a = make_agent("a"), b = make_agent("b");
+  auto a = make_host_agent("a"), b = make_host_agent("b");
   auto local = make_buffer(64 << 10, 0);
   ASSERT_TRUE(b->register_storage(local).ok());
   std::vector<SystemStorage> bufs;
@@ -83,7 +69,7 @@ TEST(PartialMetadata, OneMoreRegionTravelsAloneAndJoinsTheLoadedPeer) {
 }
 
 TEST(PartialMetadata, RefusedWhereItCannotMerge) {
-  auto a = make_agent("a"), b = make_agent("b");
+  auto a = make_host_agent("a"), b = make_host_agent("b");
   auto abuf = make_buffer(4096, 1), bbuf = make_buffer(4096, 2);
   ASSERT_TRUE(a->register_storage(abuf).ok());
   ASSERT_TRUE(b->register_storage(bbuf).ok());
@@ -103,7 +89,7 @@ TEST(PartialMetadata, RefusedWhereItCannotMerge) {
 
   // Agent 'a' again (a restart): its regions alone do not merge into the old one's.
   a.reset();
-  auto a2 = make_agent("a");
+  auto a2 = make_host_agent("a");
   auto a2buf = make_buffer(4096, 3);
   ASSERT_TRUE(a2->register_storage(a2buf).ok());
   EXPECT_ERROR(b->load_remote_metadata(*a2->local_partial_metadata(dram(a2buf.addr(), 16), false)),

@@ -16,25 +16,19 @@
 #include "kvbm/storage.h"
 #include "kvbm/xfer/agent.h"
 #include "kvbm/xfer/mem_type.h"
+#include "support/agents.h"
 #include "support/test_support.h"
 
 namespace kvbm::xfer {
 namespace {
 
 using namespace std::chrono_literals;
+using testing::dram;
 using testing::fill_pattern;
 using testing::find_pattern_mismatch;
+using testing::make_agent;
 using testing::TempDir;
 
-std::unique_ptr<Agent> make_agent(const std::string& name, AgentConfig config = {}) {
-  auto a = Agent::create(name, std::move(config));
-  EXPECT_TRUE(a.ok()) << a.error().to_string();
-  return a.ok() ? std::move(*a) : nullptr;
-}
-
-DescList dram(uint64_t addr, uint64_t len) {
-  return DescList(MemType::Dram, {Desc{addr, len, 0}});
-}
 DescList file(int fd, uint64_t offset, uint64_t len) {
   return DescList(MemType::File, {Desc{offset, len, static_cast<uint64_t>(fd)}});
 }

@@ -47,7 +47,7 @@ class PosixRemoteRegion final : public RemoteRegion {
 };
 
 // One prepared transfer, shared by its request and (while queued or running) the worker.
-struct Job {
+struct PosixJob {
   std::vector<FileOp> ops;
   // The registered files its ops reach (one entry per run of ops on one fd), checked at
   // each post: an fd replaced since (dup2, or closed and reused) is never read or written.
@@ -67,7 +67,7 @@ class PosixBackend;
 
 class PosixRequest final : public BackendRequest {
  public:
-  PosixRequest(PosixBackend* backend, std::shared_ptr<Job> job)
+  PosixRequest(PosixBackend* backend, std::shared_ptr<PosixJob> job)
       : backend_(backend), job_(std::move(job)) {}
   ~PosixRequest() override;
   Status post() override;
@@ -76,7 +76,7 @@ class PosixRequest final : public BackendRequest {
 
  private:
   PosixBackend* backend_;
-  std::shared_ptr<Job> job_;
+  std::shared_ptr<PosixJob> job_;
 };
 
 class PosixBackend final : public Backend {
@@ -140,7 +140,7 @@ class PosixBackend final : public Backend {
       return err(ErrorCode::Unsupported, "POSIX backend of agent '", env_.agent_name,
                  "' moves only its own files, not those of agent '", agent, "'");
     }
-    auto job = std::make_shared<Job>();
+    auto job = std::make_shared<PosixJob>();
     job->notification = std::move(notification);
     job->ops.reserve(segments.size());
     for (size_t i = 0; i < segments.size(); ++i) {
@@ -183,7 +183,7 @@ class PosixBackend final : public Backend {
 
   // Each request is a group of the worker's ring: requests posted while others run join
   // one queue that never drains between them, and each ends as soon as its own ops have.
-  Status submit(const std::shared_ptr<Job>& job) {
+  Status submit(const std::shared_ptr<PosixJob>& job) {
     job->state.store(XferState::InProgress, std::memory_order_release);
     job->ticket.store(worker_->submit(job->ops, [this, job](Status st) { finish(*job, st); }),
                       std::memory_order_release);
@@ -191,10 +191,10 @@ class PosixBackend final : public Backend {
   }
 
   // Takes `job` out of the queue, or waits until the worker has finished running it.
-  void cancel(Job* job) { worker_->cancel(job->ticket.load(std::memory_order_acquire)); }
+  void cancel(PosixJob* job) { worker_->cancel(job->ticket.load(std::memory_order_acquire)); }
 
  private:
-  void finish(Job& job, const Status& st) {
+  void finish(PosixJob& job, const Status& st) {
     if (st && job.notification && env_.on_notification) {
       env_.on_notification({env_.agent_name, *job.notification});
     }
@@ -219,7 +219,7 @@ PosixRequest::~PosixRequest() {
 
 Status PosixRequest::post() {
   // As an I/O error would: the request ends in Error, and wait() says why.
-  for (const Job::FileCheck& f : job_->files) {
+  for (const PosixJob::FileCheck& f : job_->files) {
     if (auto st = check_file_id(f.id, static_cast<uint64_t>(f.fd), f.offset, f.len); !st) {
       job_->error = err(ErrorCode::Io, "POSIX ", st.error().message);
       job_->state.store(XferState::Error, std::memory_order_release);
