@@ -243,21 +243,31 @@ void AmRma::post(Op op, UcxPeer& peer, Completion* c, const std::vector<AmSpan>&
     s.len = span.len;
     encode(AmRmaRequest{op, op_id(s), span.remote, span.len}, s.header);
     p.user_data = &s;
+    // Counted before the send: over the self transport the reply, and the send's own
+    // completion, come inside it. (post()'s caller holds a count of its own, so no
+    // decrement here completes the request.)
+    s.wait = Wait::Reply;
+    s.sending = true;
+    c->ops_pending += 2;
     ucs_status_ptr_t r = ucp_am_send_nbx(peer.ep, kAmRmaRequestAmId, s.header, kAmRmaHeaderBytes,
                                          write ? span.local : nullptr, write ? span.len : 0, &p);
-    if (UCS_PTR_IS_ERR(r)) {
+    if (UCS_PTR_IS_PTR(r)) continue;  // its callback ends the send and frees the request
+    s.sending = false;
+    --c->ops_pending;
+    if (!UCS_PTR_IS_ERR(r)) {
       release_if_done(s);
-      c->ops_status = UCS_PTR_STATUS(r);
-      c->op_error =
-          ucx_error(ErrorCode::Remote, std::string("sending an RMA ") + op_name(op), c->ops_status);
-      return;
+      continue;
     }
-    s.wait = Wait::Reply;
-    ++c->ops_pending;
-    if (r != nullptr) {
-      s.sending = true;  // its callback frees the request
-      ++c->ops_pending;
+    c->ops_status = UCS_PTR_STATUS(r);
+    c->op_error = ucx_error(ErrorCode::Remote, std::string("sending an RMA ") + op_name(op),
+                            c->ops_status);
+    // Nothing went out: no reply comes.
+    if (s.wait == Wait::Reply) {
+      resolve(s, c->ops_status);
+    } else {
+      release_if_done(s);
     }
+    return;
   }
 }
 
