@@ -259,8 +259,8 @@ void AmRma::post(Op op, UcxPeer& peer, Completion* c, const std::vector<AmSpan>&
       continue;
     }
     c->ops_status = UCS_PTR_STATUS(r);
-    c->op_error = ucx_error(ErrorCode::Remote, std::string("sending an RMA ") + op_name(op),
-                            c->ops_status);
+    c->op_error =
+        ucx_error(ErrorCode::Remote, std::string("sending an RMA ") + op_name(op), c->ops_status);
     // Nothing went out: no reply comes.
     if (s.wait == Wait::Reply) {
       resolve(s, c->ops_status);
