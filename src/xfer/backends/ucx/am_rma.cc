@@ -335,17 +335,20 @@ ucs_status_t AmRma::on_reply(void* arg, const void* header, size_t header_length
 }
 
 void AmRma::handle_reply(OpSlot& s, const AmRmaReply& h, void* data, size_t length, bool rndv) {
-  const std::string what = std::string(op_name(s.op)) + " of " + std::to_string(s.len) +
-                           " bytes at " + kvbm::detail::hex(s.remote);
+  // Named only on failure: formatting costs more than a small operation.
+  auto what = [&s] {
+    return std::string(op_name(s.op)) + " of " + std::to_string(s.len) + " bytes at " +
+           kvbm::detail::hex(s.remote);
+  };
   switch (h.kind) {
     case AmRmaReplyKind::Error:
       return resolve(s, UCS_ERR_REJECTED,
-                     err(h.error, what,
+                     err(h.error, what(),
                          " refused: ", std::string_view(static_cast<const char*>(data), length)));
     case AmRmaReplyKind::Ack:
       if (s.op != Op::Write) {
         return resolve(s, UCS_ERR_INVALID_PARAM,
-                       err(ErrorCode::Remote, what, " was acked as a WRITE"));
+                       err(ErrorCode::Remote, what(), " was acked as a WRITE"));
       }
       return resolve(s, UCS_OK);
     case AmRmaReplyKind::Data:
@@ -353,7 +356,7 @@ void AmRma::handle_reply(OpSlot& s, const AmRmaReply& h, void* data, size_t leng
   }
   if (s.op != Op::Read || h.len != s.len) {
     return resolve(s, UCS_ERR_INVALID_PARAM,
-                   err(ErrorCode::Remote, "the reply to a ", what, " carries ", h.len, " bytes"));
+                   err(ErrorCode::Remote, "the reply to a ", what(), " carries ", h.len, " bytes"));
   }
   if (!rndv) {
     std::memcpy(s.local, data, s.len);
