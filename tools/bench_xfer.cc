@@ -760,6 +760,7 @@ int run_xfer(XferOptions o) {
   report.json = o.json;
   const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
   const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
+  const char* rma = std::getenv("KVBM_UCX_RMA");
   const char* env_tls = std::getenv("UCX_TLS");
   report.doc = {{"command", "kvbm bench xfer"},
                 {"kvbm", version()},
@@ -775,7 +776,8 @@ int run_xfer(XferOptions o) {
               << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
               << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
               << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
-              << "), target " << target->where << " agent '" << s.peer << "'"
+              << ", KVBM_UCX_RMA=" << (rma != nullptr ? rma : "(auto)") << "), target "
+              << target->where << " agent '" << s.peer << "'"
               << (remote            ? ""
                   : o.target_thread ? " (progress thread)"
                                     : " (spinning on progress())")
