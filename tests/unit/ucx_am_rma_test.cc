@@ -186,6 +186,7 @@ TEST(AmRma, TargetRefusesWhatIsNotRegisteredAndStaysUsable) {
   ASSERT_TRUE(w);
   ASSERT_TRUE((*w)->post());
   ASSERT_TRUE((*w)->wait(10s));
+  b->progress();  // orders the bytes b's progress thread received before this thread's reads
   EXPECT_EQ(testing::find_pattern_mismatch(kept->data(), kLen, 3), SIZE_MAX);
   std::memset(mine->data(), 0, kLen);
   auto r = a->create_request(Op::Read, local, remote, "b");
