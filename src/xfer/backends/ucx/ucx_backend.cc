@@ -110,8 +110,6 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
   peer->am_rma =
       rma_ == RmaMode::Am || (rma_ == RmaMode::Auto && agent != env_.agent_name &&
                               !native_rma_reaches(connection_info.substr(nl + 1), shape_));
-  log(LogLevel::Debug, "UCX: agent '" + agent + "': READ/WRITE over " +
-                           (peer->am_rma ? "active messages (am_rma.h)" : "ucp_put/get"));
   if (ucs_status_t s = open_endpoint(worker_, connection_info.substr(nl + 1), peer_errors,
                                      &FailedEndpoints::on_error, &failed_eps_, &peer->ep);
       s != UCS_OK) {
