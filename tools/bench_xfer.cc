@@ -696,11 +696,13 @@ void print_header(const XferOptions& o, const Session& s, const Target& target, 
                   const Result<Perftest>& perftest) {
   const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
   const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
+  const char* rma = std::getenv("KVBM_UCX_RMA");
   const char* env_tls = std::getenv("UCX_TLS");
   std::cout << "kvbm bench xfer: transport " << o.transport
             << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
             << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
             << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
+            << ", KVBM_UCX_RMA=" << (rma != nullptr ? rma : "(auto)")
             << "), target " << target.where << " agent '" << s.peer << "'"
             << (remote            ? ""
                 : o.target_thread ? " (progress thread)"

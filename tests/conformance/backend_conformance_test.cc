@@ -51,11 +51,21 @@ struct BackendCase {
   bool peers;       // reaches another agent's memory
   bool notifies;    // carries notifications (to the agent itself at least)
   bool notifies_peers;
+  const char* label = nullptr;  // the test name's suffix, where not the backend's name
+  BackendParams params = {};    // created with these (create_backend) where given
 };
+
+// UCX itself, without the same-host path (the agents share a process): its own RMA over
+// active messages, and ucp_put/get.
+const BackendParams kUcxAm = {{"same_host", "off"}, {"rma", "am"}};
+const BackendParams kUcxNative = {{"same_host", "off"}, {"rma", "native"}};
 
 const BackendCase kCases[] = {
     {"NULL", MemType::Dram, MemType::Dram, MemType::File, false, false, true, false},
     {"UCX", MemType::Dram, MemType::Dram, MemType::Vram, false, true, true, true},
+    {"UCX", MemType::Dram, MemType::Dram, MemType::Vram, false, true, true, true, "UCX_am", kUcxAm},
+    {"UCX", MemType::Dram, MemType::Dram, MemType::Vram, false, true, true, true, "UCX_native",
+     kUcxNative},
     {"POSIX", MemType::Dram, MemType::File, MemType::Vram, false, false, true, false},
     {"CUDA", MemType::Dram, MemType::Vram, MemType::File, true, true, false, false},
     {"GDS", MemType::Vram, MemType::File, MemType::Dram, true, false, true, false},
@@ -78,7 +88,7 @@ struct HostBuffer {
 };
 
 void PrintTo(const BackendCase& c, std::ostream* os) {
-  *os << c.name;
+  *os << (c.label ? c.label : c.name);
 }
 
 // One buffer of a memory type, with a host view to fill and check it.
@@ -229,7 +239,9 @@ class BackendConformance : public ::testing::TestWithParam<BackendCase> {
   // skipped, where the backend cannot run here (GDS without cuFile).
   std::unique_ptr<Agent> make_agent(const std::string& name) {
     AgentConfig config;
-    config.backends = {GetParam().name};
+    const bool params = !GetParam().params.empty();
+    config.backends = {};
+    if (!params) config.backends = {GetParam().name};
     config.add_cuda_if_gpu = false;
     auto a = Agent::create(name, std::move(config));
     if (!a && GetParam().gpu) {
@@ -237,7 +249,13 @@ class BackendConformance : public ::testing::TestWithParam<BackendCase> {
       return nullptr;
     }
     EXPECT_TRUE(a.ok()) << a.error().to_string();
-    return a.ok() ? std::move(*a) : nullptr;
+    if (!a) return nullptr;
+    if (params) {
+      auto st = (*a)->create_backend(GetParam().name, GetParam().params);
+      EXPECT_TRUE(st.ok()) << st.error().to_string();
+      if (!st) return nullptr;
+    }
+    return std::move(*a);
   }
 
   // Registers `m` with `a`, or says why not (GDS: cuFile may refuse the file system).
@@ -413,7 +431,8 @@ TEST_P(BackendConformance, RequestsDestroyedInFlightLeaveTheAgentUsable) {
 
 INSTANTIATE_TEST_SUITE_P(Backends, BackendConformance, ::testing::ValuesIn(kCases),
                          [](const ::testing::TestParamInfo<BackendCase>& info) {
-                           return std::string(info.param.name);
+                           return std::string(info.param.label ? info.param.label
+                                                               : info.param.name);
                          });
 
 }  // namespace

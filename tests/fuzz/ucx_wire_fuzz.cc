@@ -1,18 +1,21 @@
 // libFuzzer target for the backends' own wire parts, all from peers: a DRAM region's
 // remote info (same_host.h), the same-host line of a peer's connection data, the headers
-// of notifications (notifications.h), and the chunk request and reply headers of the
+// of notifications (notifications.h), the chunk request and reply headers of the
 // chunked staging protocol (ucx_common/staging_wire.h) that remote files and the CUDA
-// staged path speak. The first byte picks the decoder (for notifications the next two
-// give the body's length; for chunk requests the next gives the receiver's chunk size,
-// as a power of two). Any input must decode or fail with its decoder's error code
-// (InvalidArgument; Remote for the staging headers, which blame the peer) and a message,
-// never crash; whatever decodes must survive a round trip through its encoder.
+// staged path speak, and the request and reply headers of UCX RMA over active messages
+// (am_rma_wire.h). The first byte picks the decoder (for notifications the next two give
+// the body's length; for chunk requests the next gives the receiver's chunk size, as a
+// power of two; for RMA headers the next two give the body's length and the third whether
+// it came by rendezvous). Any input must decode or fail with its decoder's error code
+// (InvalidArgument; Remote for the staging and RMA headers, which blame the peer) and a
+// message, never crash; whatever decodes must survive a round trip through its encoder.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
 
+#include "xfer/backends/ucx/am_rma_wire.h"
 #include "xfer/backends/ucx/notifications.h"
 #include "xfer/backends/ucx/same_host.h"
 #include "xfer/ucx_common/staging_wire.h"
@@ -87,12 +90,44 @@ void notification(std::string_view in, bool rndv) {
     fail("notification: round trip changed it");
 }
 
+void am_rma(std::string_view in, bool reply) {
+  if (in.size() < 3) return;
+  const size_t body = static_cast<uint8_t>(in[0]) | size_t{static_cast<uint8_t>(in[1])} << 8;
+  const bool rndv = (in[2] & 1) != 0;
+  const std::string_view h = in.substr(3);
+  (void)am_rma_header_id(h, reply);
+  char again[kAmRmaHeaderBytes];
+  if (!reply) {
+    auto d = decode_am_rma_request(h, body, rndv);
+    if (!d) return check_error(d, "RMA request", kvbm::ErrorCode::Remote);
+    if (d->len == 0 || (d->op == kvbm::xfer::Op::Read && body != 0) ||
+        (d->op == kvbm::xfer::Op::Write && body != d->len))
+      fail("RMA request: decoded a body of another length than its header's");
+    encode(*d, again);
+    auto r = decode_am_rma_request(std::string_view(again, sizeof again), body, rndv);
+    if (!r || r->op != d->op || r->id != d->id || r->addr != d->addr || r->len != d->len)
+      fail("RMA request: round trip changed it");
+    return;
+  }
+  auto d = decode_am_rma_reply(h, body, rndv);
+  if (!d) return check_error(d, "RMA reply", kvbm::ErrorCode::Remote);
+  if ((d->kind == AmRmaReplyKind::Data && body != d->len) ||
+      (d->kind == AmRmaReplyKind::Ack && body != 0) ||
+      (d->kind == AmRmaReplyKind::Error && (rndv || body > kMaxAmRmaErrorBytes)))
+    fail("RMA reply: decoded a body its header does not allow");
+  encode(*d, again);
+  auto r = decode_am_rma_reply(std::string_view(again, sizeof again), body, rndv);
+  if (!r || r->kind != d->kind || r->id != d->id || r->len != d->len ||
+      (d->kind == AmRmaReplyKind::Error && r->error != d->error))
+    fail("RMA reply: round trip changed it");
+}
+
 }  // namespace
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size == 0) return 0;
   const std::string_view in(reinterpret_cast<const char*>(data) + 1, size - 1);
-  switch (data[0] % 6) {
+  switch (data[0] % 8) {
     case 0:
       region_info(in);
       break;
@@ -105,8 +140,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 3:
       chunk_reply(in);
       break;
+    case 4:
+    case 5:
+      notification(in, data[0] % 8 == 5);
+      break;
     default:
-      notification(in, data[0] % 6 == 5);
+      am_rma(in, data[0] % 8 == 7);
       break;
   }
   return 0;

@@ -438,12 +438,19 @@ INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgents,
                                            Transport{"shm_ucx", "sm,self", "off"},
                                            Transport{"tcp", "tcp,self"}),
                          [](const auto& info) { return std::string(info.param.name); });
-INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgentsOverTcp, ::testing::Values(Transport{"tcp", "tcp,self"}),
+// UCX alone ("shm_ucx", "tcp") takes its RMA over active messages here (no RDMA device:
+// KVBM_UCX_RMA's auto); "*_native" force ucp_put/get, for the tests where they differ most.
+INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgentsOverTcp,
+                         ::testing::Values(Transport{"tcp", "tcp,self"},
+                                           Transport{"tcp_native", "tcp,self", "auto", nullptr,
+                                                     "native"}),
                          [](const auto& info) { return std::string(info.param.name); });
-INSTANTIATE_TEST_SUITE_P(Ucx, TwoAgentsOverUcx,
-                         ::testing::Values(Transport{"shm_ucx", "sm,self", "off"},
-                                           Transport{"tcp", "tcp,self"}),
-                         [](const auto& info) { return std::string(info.param.name); });
+INSTANTIATE_TEST_SUITE_P(
+    Ucx, TwoAgentsOverUcx,
+    ::testing::Values(Transport{"shm_ucx", "sm,self", "off"}, Transport{"tcp", "tcp,self"},
+                      Transport{"shm_native", "sm,self", "off", nullptr, "native"},
+                      Transport{"tcp_native", "tcp,self", "auto", nullptr, "native"}),
+    [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 }  // namespace kvbm::xfer

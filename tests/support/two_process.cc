@@ -25,6 +25,11 @@ void use_transport(const Transport& t) {
   } else {
     unsetenv("KVBM_UCX_COPY_THREADS");
   }
+  if (t.rma != nullptr) {
+    setenv("KVBM_UCX_RMA", t.rma, 1);
+  } else {
+    unsetenv("KVBM_UCX_RMA");
+  }
 }
 
 std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& process,
@@ -36,6 +41,7 @@ std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& proce
   env["UCX_TLS"] = t.tls;
   env["KVBM_UCX_SAME_HOST"] = t.same_host;
   if (t.copy_threads != nullptr) env["KVBM_UCX_COPY_THREADS"] = t.copy_threads;
+  if (t.rma != nullptr) env["KVBM_UCX_RMA"] = t.rma;
   process = std::make_unique<ChildProcess>(argv, std::move(env));
   auto ready = process->read_line();
   if (!ready || ready->rfind("READY ", 0) != 0) {

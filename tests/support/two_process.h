@@ -28,6 +28,7 @@ struct Transport {
   const char* tls;
   const char* same_host = "auto";
   const char* copy_threads = nullptr;  // KVBM_UCX_COPY_THREADS; null: the default
+  const char* rma = nullptr;           // KVBM_UCX_RMA; null: the default (auto)
 };
 // So test names read "…/shm" rather than a dump of the struct's bytes.
 void PrintTo(const Transport& t, std::ostream* os);

@@ -52,7 +52,7 @@ TEST(AgentCreate, BackendsExplicitlyOrFromConfig) {
   auto b = make_host_agent("b", none);
   EXPECT_ERROR(b->create_backend("UCX", {{"bogus", "1"}}), ErrorCode::InvalidArgument,
                "UCX backend has no parameter 'bogus' (known: same_host, file_staging_mib, "
-               "copy_threads)");
+               "copy_threads, rma)");
   EXPECT_ERROR(b->create_backend("UCX", {{"same_host", "fast"}}), ErrorCode::InvalidArgument,
                "'fast'");
   EXPECT_ERROR(b->create_backend("UCX", {{"file_staging_mib", "0"}}), ErrorCode::InvalidArgument,

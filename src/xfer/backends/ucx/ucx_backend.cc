@@ -25,6 +25,8 @@ Status UcxBackend::init() {
   for (unsigned id : {kFileRequestAmId, kFileReplyAmId}) {
     KVBM_TRY(set_am_handler(worker_, id, &UcxBackend::on_file_am, this));
   }
+  KVBM_TRY(set_am_handler(worker_, kAmRmaRequestAmId, &AmRma::on_request, &am_));
+  KVBM_TRY(set_am_handler(worker_, kAmRmaReplyAmId, &AmRma::on_reply, &am_));
   return {};
 }
 
@@ -104,6 +106,10 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
   peer->connection = connection_seed_++;
   peer->self = self;
   peer->host = std::move(host);
+  // This worker itself (self transport) has real RMA; others per am_rma.h's rule.
+  peer->am_rma =
+      rma_ == RmaMode::Am || (rma_ == RmaMode::Auto && agent != env_.agent_name &&
+                              !native_rma_reaches(connection_info.substr(nl + 1), shape_));
   if (ucs_status_t s = open_endpoint(worker_, connection_info.substr(nl + 1), peer_errors,
                                      &FailedEndpoints::on_error, &failed_eps_, &peer->ep);
       s != UCS_OK) {
@@ -121,6 +127,7 @@ void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error w
   if (!peer->failure) peer->failure = std::move(why);
   peer->failed.store(true, std::memory_order_release);
   files_.fail_peer(peer);
+  am_.fail_peer(*peer);
   for (UcxRemoteRegion* r : peer->regions) {
     if (r->rkey != nullptr) ucp_rkey_destroy(r->rkey);
     r->rkey = nullptr;
@@ -222,21 +229,26 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   // file_staging_mib, the staging memory for serving this agent's files to peers,
   // defaulting to KVBM_UCX_FILE_STAGING_MIB, else 64; and copy_threads, the helper threads
   // of the same-host path's large copies (copy/parallel_copy.h), defaulting to
-  // KVBM_UCX_COPY_THREADS, else a quarter of the cores, at most 3.
-  if (auto st = check_param_keys("UCX", params, {"same_host", "file_staging_mib", "copy_threads"});
+  // KVBM_UCX_COPY_THREADS, else a quarter of the cores, at most 3; and rma (am_rma.h),
+  // defaulting to KVBM_UCX_RMA, else auto.
+  if (auto st =
+          check_param_keys("UCX", params, {"same_host", "file_staging_mib", "copy_threads", "rma"});
       !st) {
     return err(ErrorCode::InvalidArgument, st.error().message,
                "; UCX itself reads UCX_* environment variables");
   }
   BackendParams p = params;
-  for (const auto& [key, var] : {std::pair{"same_host", "KVBM_UCX_SAME_HOST"},
-                                 std::pair{"file_staging_mib", "KVBM_UCX_FILE_STAGING_MIB"},
-                                 std::pair{"copy_threads", "KVBM_UCX_COPY_THREADS"}}) {
+  for (const auto& [key, var] :
+       {std::pair{"same_host", "KVBM_UCX_SAME_HOST"},
+        std::pair{"file_staging_mib", "KVBM_UCX_FILE_STAGING_MIB"},
+        std::pair{"copy_threads", "KVBM_UCX_COPY_THREADS"}, std::pair{"rma", "KVBM_UCX_RMA"}}) {
     const char* env_value = std::getenv(var);
     if (env_value != nullptr && *env_value != '\0') p.emplace(key, env_value);  // params win
   }
   auto mode = parse_same_host_mode(p.count("same_host") != 0 ? p.at("same_host") : "auto");
   if (!mode) return mode.error();
+  auto rma = ucx::parse_rma_mode(p.count("rma") != 0 ? p.at("rma") : "auto");
+  if (!rma) return rma.error();
   static_assert(kFileChunkBytes == 1 << 20, "file_staging_mib counts staging buffers");
   auto staging =
       number_param("UCX", p, "file_staging_mib", ucx::FileService::kDefaultMaxStaging, 1, 1 << 16);
@@ -244,7 +256,7 @@ Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
   auto copy_threads = number_param("UCX", p, "copy_threads",
                                    kvbm::detail::ParallelCopier::default_threads(), 0, 64);
   if (!copy_threads) return copy_threads.error();
-  auto backend = std::make_unique<ucx::UcxBackend>(env, *mode, *staging, *copy_threads);
+  auto backend = std::make_unique<ucx::UcxBackend>(env, *mode, *rma, *staging, *copy_threads);
   KVBM_TRY(backend->init());
   return std::unique_ptr<Backend>(std::move(backend));
 }

@@ -3,8 +3,12 @@
 // honoured). Regions are ucp_mem_map'ed and published as packed remote keys; READ and
 // WRITE are ucp_get/put followed by an endpoint flush, and a request is done only when
 // every one of them called back without error (a flush may report success after the
-// peer failed, with gets that never landed); notifications are active messages sent after
-// that, so they arrive after the data is visible.
+// peer failed, with gets that never landed). Where UCX 1.13 would only emulate ucp_put/get
+// (no RDMA transport between the two agents: TCP, shared memory), READ and WRITE go over
+// the backend's own protocol on UCX active messages instead (am_rma.h: the target checks
+// each range against the memory it registered, and a request is done when every
+// operation's reply arrived). Notifications are active messages sent after that, so they
+// arrive after the data is visible.
 //
 // A peer's bytes: its connection data names the transport and its UCX version (another
 // major.minor is refused), and its worker address and packed keys are checked against
@@ -42,7 +46,8 @@
 namespace kvbm::xfer::detail {
 
 // Params: "same_host" = "auto" (map, else CMA, else UCX; the default, or the environment's
-// KVBM_UCX_SAME_HOST), "cma" or "off" (UCX alone). UCX reads its own UCX_* environment.
+// KVBM_UCX_SAME_HOST), "cma" or "off" (UCX alone); "rma" = "auto", "native" or "am"
+// (am_rma.h; KVBM_UCX_RMA). UCX reads its own UCX_* environment.
 Result<std::unique_ptr<Backend>> make_ucx_backend(const BackendEnv& env,
                                                   const BackendParams& params);
 

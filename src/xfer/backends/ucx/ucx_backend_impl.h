@@ -2,7 +2,8 @@
 // ucx_backend.cc (the backend: worker, peers, progress, parameters), ucx_regions.cc
 // (local and remote regions), ucx_rma.cc (READ/WRITE requests: gets and puts, and the
 // same-host path), ucx_notify.cc (notifications, after the data), file_client.cc and
-// file_service.cc (a peer's files, and ours served to peers). Not a public interface.
+// file_service.cc (a peer's files, and ours served to peers), am_rma.cc (RMA over active
+// messages where UCX would emulate it). Not a public interface.
 //
 // Thread safety: everything below UcxBackend's "mu_ held" line runs with mu_ held.
 #pragma once
@@ -25,6 +26,7 @@
 #include "copy/parallel_copy.h"
 #include "kvbm/result.h"
 #include "xfer/backend.h"
+#include "xfer/backends/ucx/am_rma.h"
 #include "xfer/backends/ucx/file_client.h"
 #include "xfer/backends/ucx/file_service.h"
 #include "xfer/backends/ucx/notifications.h"
@@ -66,6 +68,7 @@ struct UcxPeer {
   uint64_t next_seq = 0;
   bool self = false;                   // this agent: its regions are our own addresses
   std::shared_ptr<SameHostPeer> host;  // a verified process on this host, or null
+  bool am_rma = false;                 // READ/WRITE go through am_rma.h, not ucp_put/get
 };
 
 class UcxLocalRegion final : public LocalRegion {
@@ -81,6 +84,7 @@ class UcxLocalRegion final : public LocalRegion {
   std::string rkey;
   Desc file;
   int shared_fd;  // the memory file holding the region (published to same-host peers), or -1
+  Desc memory{};  // a DRAM region: what peers reach (am_rma.h serves it)
 };
 
 // A FILE region's remote_info: it only says that this agent serves the file over UCX.
@@ -103,6 +107,7 @@ struct Completion {
   // the peer failed is no proof that every get landed.
   size_t ops_pending = 0;
   ucs_status_t ops_status = UCS_OK;
+  std::optional<Error> op_error;  // what the first failed operation said, where it said more
   std::shared_ptr<Completion> ops_keep;
 };
 
@@ -113,9 +118,11 @@ class UcxBackend final : public Backend {
   // file_staging: the staging buffers (kFileChunkBytes each) this agent uses at once to
   // serve its files to peers; copy_threads: the same-host path's helper threads
   // (copy/parallel_copy.h).
-  UcxBackend(BackendEnv env, SameHostMode same_host, size_t file_staging, size_t copy_threads)
+  UcxBackend(BackendEnv env, SameHostMode same_host, RmaMode rma, size_t file_staging,
+             size_t copy_threads)
       : env_(std::move(env)),
         same_host_(same_host),
+        rma_(rma),
         copier_(copy_threads),
         files_served_(file_staging) {
     std::random_device rd;
@@ -161,6 +168,7 @@ class UcxBackend final : public Backend {
   friend class UcxLocalRegion;
   friend class UcxRemoteRegion;
   friend class FileClient;
+  friend class AmRma;
 
   // Everything below runs with mu_ held.
   std::mutex mu_;
@@ -168,10 +176,11 @@ class UcxBackend final : public Backend {
   ucp_worker_h worker_ = nullptr;
 
   void fail(Completion* c, Error e);
-  // For a request destroyed in flight, whose gets and puts cannot be cancelled: drives
-  // progress until `quiet()` (called with mu_ held) says no byte of it moves any more, or
-  // the peer timeout has passed (then logs that some may). Without mu_ held.
-  void wait_quiet(const std::string& peer, const std::function<bool()>& quiet);
+  // For a request destroyed in flight, whose gets and puts cannot be cancelled (or a region
+  // deregistered while peers' operations on it run): drives progress until `quiet()`
+  // (called with mu_ held) says no byte of `what` moves any more, or the peer timeout has
+  // passed (then logs that some may). Without mu_ held.
+  void wait_quiet(const std::string& what, const std::function<bool()>& quiet);
   void data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status);
   // One of a request's operations (see Completion::ops_pending) ended with `status`.
   void op_done(Completion* c, ucs_status_t status);
@@ -188,6 +197,7 @@ class UcxBackend final : public Backend {
   const std::string name_ = "UCX";
   BackendEnv env_;
   const SameHostMode same_host_;
+  const RmaMode rma_;
   const SameHostSelf self_;
   ParallelCopier copier_;  // thread-safe: used by requests without mu_
   std::string address_;
@@ -201,6 +211,7 @@ class UcxBackend final : public Backend {
   size_t events_ = 0;
   FileClient files_{*this};   // this agent's transfers with peers' files
   FileService files_served_;  // this agent's files, served to peers
+  AmRma am_{*this};           // READ/WRITE over active messages, both sides
 };
 
 class UcxRequest final : public BackendRequest {
@@ -236,6 +247,11 @@ class UcxRequest final : public BackendRequest {
       cma_local_.push_back({it.local, it.len});
       cma_remote_.push_back({reinterpret_cast<void*>(it.remote), it.len});
     }
+    if (!same_host_ && peer_->am_rma) {
+      am_spans_.reserve(items_.size());
+      for (const Item& it : items_)
+        am_spans_.push_back({static_cast<char*>(it.local), it.remote, it.len});
+    }
   }
 
   ~UcxRequest() override;
@@ -264,6 +280,7 @@ class UcxRequest final : public BackendRequest {
   std::vector<CopySpan> direct_;               // the items copied through mappings
   std::vector<iovec> cma_local_, cma_remote_;  // the items CMA moves
   std::vector<std::shared_ptr<SharedMapping>> mappings_;  // kept while the request lives
+  std::vector<AmSpan> am_spans_;  // the items, where the peer is reached through am_rma.h
 };
 
 }  // namespace kvbm::xfer::detail::ucx

@@ -18,6 +18,11 @@ void UcxBackend::finish(Completion* c, ucs_status_t status) {
 // The data of a request is complete at the target (the flush returned): now, and only
 // now, its notification goes out.
 void UcxBackend::data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status) {
+  if (status != UCS_OK && c->op_error) {
+    fail(c.get(), err(c->op_error->code, "transfer with agent '", c->peer->name,
+                      "' failed: ", c->op_error->message));
+    return;
+  }
   if (status != UCS_OK) {
     const char* what =
         c->peer->failure ? c->peer->failure->message.c_str() : ucs_status_string(status);

@@ -23,7 +23,15 @@ UcxLocalRegion::~UcxLocalRegion() {
     backend->files_served_.remove(file);
     return;
   }
-  std::lock_guard<std::mutex> lock(backend->mu_);
+  std::unique_lock<std::mutex> lock(backend->mu_);
+  // Peers' operations over active messages on it end first: none writes it once unmapped.
+  if (!backend->am_.unserve(memory.addr, memory.len)) {
+    lock.unlock();
+    backend->wait_quiet(
+        "peers' operations on deregistered region " + kvbm::detail::hex(memory.addr),
+        [&] { return backend->am_.unserve(memory.addr, memory.len); });
+    lock.lock();
+  }
   if (ucs_status_t s = ucp_mem_unmap(backend->context_, memh); s != UCS_OK) {
     log(LogLevel::Error, ucx_error(ErrorCode::RegistrationFailed, "ucp_mem_unmap", s).to_string());
   }
@@ -67,8 +75,11 @@ Result<std::unique_ptr<LocalRegion>> UcxBackend::register_region(MemType type, c
       }
     }
   }
-  return std::unique_ptr<LocalRegion>(
-      std::make_unique<UcxLocalRegion>(this, memh, encode_region_info(info), Desc{}, shared_fd));
+  auto local =
+      std::make_unique<UcxLocalRegion>(this, memh, encode_region_info(info), Desc{}, shared_fd);
+  local->memory = region;
+  am_.serve(region.addr, region.len);
+  return std::unique_ptr<LocalRegion>(std::move(local));
 }
 
 Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::string& agent,

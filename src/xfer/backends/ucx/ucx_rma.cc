@@ -8,6 +8,13 @@
 #include "xfer/backends/ucx/ucx_backend_impl.h"
 
 namespace kvbm::xfer::detail::ucx {
+namespace {
+
+std::string in_flight(const std::string& peer) {
+  return "a request with agent '" + peer + "' destroyed in flight";
+}
+
+}  // namespace
 
 Result<std::unique_ptr<BackendRequest>> UcxBackend::prepare(
     Op op, const std::string& agent, std::vector<Segment> segments,
@@ -75,14 +82,19 @@ UcxRequest::~UcxRequest() {
     // A READ's replies are copied only while the transfer is listed (erased below); a
     // WRITE's sends are waited for even once it failed and left the list.
     auto x = file_x_;
-    if (x && op_ == Op::Write) backend_->wait_quiet(peer_->name, [&] { return x->sending == 0; });
+    if (x && op_ == Op::Write) {
+      backend_->wait_quiet(in_flight(peer_->name), [&] { return x->sending == 0; });
+    }
   } else if (!same_host_) {  // the same-host path moved the bytes in post()
     auto c = current_;
-    backend_->wait_quiet(peer_->name, [&] {
+    backend_->wait_quiet(in_flight(peer_->name), [&] {
       return c->state.load(std::memory_order_acquire) != XferState::InProgress;
     });
   }
   std::lock_guard<std::mutex> lock(backend_->mu_);
+  // Operations over active messages still waiting for their replies (the peer timeout
+  // passed) stop waiting: a late reply then finds no operation and writes nothing.
+  if (peer_->am_rma && current_->ops_pending != 0) backend_->am_.forget(current_.get());
   // Callbacks still hold the completion; they see the flag and send no notification.
   current_->cancelled = true;
   // Replies that still arrive find no transfer and touch no local memory.
@@ -179,6 +191,13 @@ Status UcxRequest::post() {
   // and failed if any of them failed.
   c->ops_pending = 1;  // post()'s own, dropped below
   c->ops_keep = c;
+  if (peer_->am_rma) {
+    // Each operation's reply proves its bytes landed (or were read): no flush.
+    backend_->am_.post(op_, *peer_, c.get(), am_spans_);
+    backend_->op_done(c.get(), UCS_OK);
+    if (c->state.load() == XferState::Error) return c->error;
+    return {};
+  }
   ucp_request_param_t p{};
   p.op_attr_mask =
       UCP_OP_ATTR_FIELD_MEMH | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -234,7 +253,7 @@ void UcxBackend::op_done(Completion* c, ucs_status_t status) {
   data_complete(keep, status);
 }
 
-void UcxBackend::wait_quiet(const std::string& peer, const std::function<bool()>& quiet) {
+void UcxBackend::wait_quiet(const std::string& what, const std::function<bool()>& quiet) {
   const auto until = std::chrono::steady_clock::now() + env_.peer_timeout;
   for (;;) {
     {
@@ -242,9 +261,8 @@ void UcxBackend::wait_quiet(const std::string& peer, const std::function<bool()>
       if (quiet()) return;
     }
     if (std::chrono::steady_clock::now() >= until) {
-      log(LogLevel::Warn, "UCX: a request with agent '" + peer +
-                              "' destroyed in flight did not end within the peer timeout; "
-                              "its bytes may still move");
+      log(LogLevel::Warn,
+          "UCX: " + what + " did not end within the peer timeout; its bytes may still move");
       return;
     }
     progress(LockWait::Wait);
