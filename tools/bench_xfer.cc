@@ -702,8 +702,8 @@ void print_header(const XferOptions& o, const Session& s, const Target& target, 
             << " (UCX_TLS=" << (env_tls != nullptr ? env_tls : "(UCX default)")
             << ", KVBM_UCX_SAME_HOST=" << (same_host != nullptr ? same_host : "(auto)")
             << ", KVBM_UCX_COPY_THREADS=" << (copy_threads != nullptr ? copy_threads : "(auto)")
-            << ", KVBM_UCX_RMA=" << (rma != nullptr ? rma : "(auto)")
-            << "), target " << target.where << " agent '" << s.peer << "'"
+            << ", KVBM_UCX_RMA=" << (rma != nullptr ? rma : "(auto)") << "), target "
+            << target.where << " agent '" << s.peer << "'"
             << (remote            ? ""
                 : o.target_thread ? " (progress thread)"
                                   : " (spinning on progress())")
