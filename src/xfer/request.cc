@@ -53,8 +53,8 @@ Status RequestImpl::post() {
   // A same-host copy is over when post() returns: it needs no deadline, nor the clock
   // read that costs as much as the rest of a small request.
   if (request_->poll() == XferState::InProgress) {
-    deadline_ = std::chrono::steady_clock::now() + agent_->config().peer_timeout;
-    progress_at_deadline_ = request_->progress();
+    deadline_.start(std::chrono::steady_clock::now(), agent_->config().peer_timeout,
+                    request_->progress());
   }
   return {};
 }
@@ -81,13 +81,8 @@ XferState RequestImpl::state() {
   } else if (s == XferState::Error) {
     state_ = s;
     error_ = request_->error();
-  } else if (const auto now = std::chrono::steady_clock::now(); now >= deadline_) {
-    if (const uint64_t p = request_->progress(); p != progress_at_deadline_) {
-      // Part of it completed since: the peer answers; the timeout starts again.
-      progress_at_deadline_ = p;
-      deadline_ = now + agent_->config().peer_timeout;
-      return state_;
-    }
+  } else if (deadline_.expired(std::chrono::steady_clock::now(),
+                               [&] { return request_->progress(); })) {
     const auto ms = agent_->config().peer_timeout.count();
     error_ = err(ErrorCode::Timeout, "transfer with agent '", peer_ ? peer_->name : agent_->name(),
                  "' made no progress for ", ms, " ms");

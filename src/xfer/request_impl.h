@@ -11,6 +11,7 @@
 #include "kvbm/xfer/agent.h"
 #include "xfer/agent_impl.h"
 #include "xfer/backend.h"
+#include "xfer/progress_deadline.h"
 
 namespace kvbm::xfer::detail {
 
@@ -53,8 +54,7 @@ class RequestImpl final : public Request {
   XferState state_ = XferState::Idle;
   Error error_{ErrorCode::Internal, "request has not failed"};
   std::optional<Error> detached_;  // why, once the agent was destroyed
-  std::chrono::steady_clock::time_point deadline_;
-  uint64_t progress_at_deadline_ = 0;  // the backend request's progress() when it was set
+  ProgressDeadline deadline_;      // the peer timeout, from the last part the backend reported
   Backend* notifier_ = nullptr;
   std::string notify_agent_;
   std::string notify_message_;

@@ -119,6 +119,7 @@ void FileClient::on_reply(std::string_view header, const char* body, size_t len,
   if (x->op == Op::Read) std::memcpy(c.local, body, len);
   x->w.answer(h->seq);
   x->w.finish(h->seq);
+  x->c->parts_done.fetch_add(1, std::memory_order_relaxed);
   ++backend_.events_;
   if (x->w.complete()) {
     // Every byte is in place (READ: here; WRITE: in the owner's file): now the notification.

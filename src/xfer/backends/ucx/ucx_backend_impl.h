@@ -109,6 +109,9 @@ struct Completion {
   ucs_status_t ops_status = UCS_OK;
   std::optional<Error> op_error;  // what the first failed operation said, where it said more
   std::shared_ptr<Completion> ops_keep;
+  // Parts completed so far (gets, puts, file chunks; BackendRequest::progress): written
+  // under the backend lock, read without it by the request's owner.
+  std::atomic<uint64_t> parts_done{0};
 };
 
 class UcxRequest;
@@ -264,6 +267,9 @@ class UcxRequest final : public BackendRequest {
   }
   Error error() const override {
     return current_ ? current_->error : err(ErrorCode::Internal, "not posted");
+  }
+  uint64_t progress() const override {
+    return current_ ? current_->parts_done.load(std::memory_order_relaxed) : 0;
   }
 
  private:

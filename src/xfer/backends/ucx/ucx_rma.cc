@@ -242,6 +242,7 @@ void UcxBackend::on_op_done(void* request, ucs_status_t status, void* user) {
 
 void UcxBackend::op_done(Completion* c, ucs_status_t status) {
   if (status != UCS_OK && c->ops_status == UCS_OK) c->ops_status = status;
+  c->parts_done.fetch_add(1, std::memory_order_relaxed);
   if (--c->ops_pending != 0) return;
   auto keep = std::move(c->ops_keep);
   status = c->ops_status;
