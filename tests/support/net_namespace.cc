@@ -46,7 +46,7 @@ std::string NetNamespace::unavailable() {
   return {};
 }
 
-NetNamespace::NetNamespace() {
+NetNamespace::NetNamespace(Link link) {
   // Unique per process and instance, so tests running at once never share a name or subnet.
   const int n = counter++;
   const unsigned index = (static_cast<unsigned>(getpid()) * 8 + static_cast<unsigned>(n)) % 32768;
@@ -61,18 +61,32 @@ NetNamespace::NetNamespace() {
   host_addr_ = net + std::to_string((base & 255) + 1);
   peer_addr_ = net + std::to_string((base & 255) + 2);
   const std::string ip = kIp;
-  ok_ = run(ip + " netns add " + name_) &&
-        run(ip + " link add " + host_dev_ + " type veth peer name " + peer_dev_) &&
-        run(ip + " link set " + peer_dev_ + " netns " + name_) &&
+  if (!run(ip + " netns add " + name_)) {
+    why_not_ = "ip netns add " + name_ + " failed";
+    return;
+  }
+  if (link == Link::Emulated) {
+    emulator_ = LinkEmulator::create(host_dev_, peer_dev_, &why_not_);
+    if (!emulator_) return;
+  } else if (!run(ip + " link add " + host_dev_ + " type veth peer name " + peer_dev_)) {
+    why_not_ = "ip link add " + host_dev_ + " type veth failed";
+    return;
+  }
+  ok_ = run(ip + " link set " + peer_dev_ + " netns " + name_) &&
         run(ip + " addr add " + host_addr_ + "/30 dev " + host_dev_) &&
         run(ip + " link set " + host_dev_ + " up") &&
         run(ip + " -n " + name_ + " addr add " + peer_addr_ + "/30 dev " + peer_dev_) &&
         run(ip + " -n " + name_ + " link set " + peer_dev_ + " up") &&
         run(ip + " -n " + name_ + " link set lo up") && set_link(true);
+  if (!ok_) why_not_ = "setting up the link of " + name_ + " failed";
 }
 
 NetNamespace::~NetNamespace() {
-  run(std::string(kIp) + " link del " + host_dev_);  // takes its peer end with it
+  if (emulator_) {
+    emulator_.reset();  // its TAP devices go with their file descriptors
+  } else {
+    run(std::string(kIp) + " link del " + host_dev_);  // takes its peer end with it
+  }
   run(std::string(kIp) + " netns del " + name_);
 }
 
@@ -88,23 +102,14 @@ bool NetNamespace::set_peer_link(bool up) const {
          (!up || set_link(true));
 }
 
-std::string NetNamespace::add_netem(const std::string& spec) const {
-  const std::string cmd = std::string(kIp) + " netns exec " + name_ + " tc qdisc add dev " +
-                          peer_dev_ + " root netem " + spec;
-  std::string out;
-  if (run(cmd, &out)) return {};
-  while (!out.empty() && out.back() == '\n') out.pop_back();
-  return "'tc qdisc add dev " + peer_dev_ + " root netem " + spec +
-         "' failed: " + (out.empty() ? "a nonzero exit status" : out);
-}
-
 bool NetNamespace::set_link(bool up) const {
   if (!run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"))) return false;
   if (!up) return true;
-  // The namespace's end comes up a moment later (carrier, then operstate), and UCX refuses
-  // a device that is not up yet: wait for it, a bounded while.
+  // The namespace's end comes up a moment later (its carrier), and UCX refuses a device
+  // that is not running yet: wait for it, a bounded while. (A TAP device's operstate stays
+  // UNKNOWN: the flag is what counts.)
   const std::string check =
-      std::string(kIp) + " -n " + name_ + " link show " + peer_dev_ + " | grep -q 'state UP'";
+      std::string(kIp) + " -n " + name_ + " link show " + peer_dev_ + " | grep -q 'LOWER_UP'";
   for (int i = 0; i < 500; ++i) {
     if (run(check)) return true;
     usleep(10000);

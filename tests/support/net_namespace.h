@@ -1,12 +1,16 @@
 // A second host for tests: a network namespace this test makes, joined to the test's own
-// namespace by a veth pair with addresses of its own (from 198.18.0.0/15, the range set
-// aside for network tests), so that bytes between the two cross a network device (UCX
-// over TCP) rather than loopback or shared memory. Removed on destruction. Needs root and
-// iproute2; tests skip with the reason when either is missing.
+// namespace by a link with addresses of its own (from 198.18.0.0/15, the range set aside
+// for network tests), so that bytes between the two cross a network device (UCX over TCP)
+// rather than loopback or shared memory. The link is a veth pair, or two TAP devices
+// joined by a LinkEmulator (link_emulator.h) where a test wants delay and loss. Removed on
+// destruction. Needs root and iproute2; tests skip with the reason when either is missing.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "support/link_emulator.h"
 
 namespace kvbm::testing {
 
@@ -15,7 +19,8 @@ class NetNamespace {
   // Why namespaces cannot be made here, or empty when they can.
   static std::string unavailable();
 
-  NetNamespace();
+  enum class Link { Veth, Emulated };
+  explicit NetNamespace(Link link = Link::Veth);
   ~NetNamespace();
   NetNamespace(const NetNamespace&) = delete;
   NetNamespace& operator=(const NetNamespace&) = delete;
@@ -34,14 +39,15 @@ class NetNamespace {
   // The same inside the namespace: its end of the link down (the peer's host loses its
   // network) or up (returning once it is up).
   bool set_peer_link(bool up) const;
-  // Adds a netem qdisc with `spec` ("delay 20ms loss 1%") to the namespace's end (what the
-  // peer sends); empty on success, else why not (tc's message: kernels without sch_netem
-  // refuse it).
-  std::string add_netem(const std::string& spec) const;
+  // The emulated link's frame forwarder (delay and loss), or null for a veth pair.
+  LinkEmulator* emulator() const { return emulator_.get(); }
+  // Why the link could not be made, when !ok().
+  const std::string& why_not() const { return why_not_; }
 
  private:
   bool ok_ = false;
-  std::string name_, host_dev_, peer_dev_, host_addr_, peer_addr_;
+  std::string name_, host_dev_, peer_dev_, host_addr_, peer_addr_, why_not_;
+  std::unique_ptr<LinkEmulator> emulator_;
 };
 
 }  // namespace kvbm::testing
