@@ -78,8 +78,8 @@ class JobTransfer final : public Transfer::Impl {
 };
 
 // A File path job: its ops, kept until the worker's Done has finished it.
-struct FileJob : Completion {
-  explicit FileJob(std::vector<FileOp> o) : ops(std::move(o)) {}
+struct FileOpsJob : Completion {
+  explicit FileOpsJob(std::vector<FileOp> o) : ops(std::move(o)) {}
   const std::vector<FileOp> ops;
 };
 
@@ -220,7 +220,7 @@ Result<Transfer> start_file(EngineState& state, const CopyArgs& a) {
                      c.dst, reinterpret_cast<void*>(c.src), c.len});
     }
   }
-  auto job = std::make_shared<FileJob>(std::move(ops));
+  auto job = std::make_shared<FileOpsJob>(std::move(ops));
   (*worker)->submit(job->ops, [job](Status st) { job->finish(std::move(st)); });
   return Transfer(std::make_unique<JobTransfer>(TransferPath::File, std::move(job), bytes, n));
 }

@@ -226,7 +226,7 @@ void AmRma::free_reply_slot(ReplySlot& s) {
 
 // ---------------------------------------------------------------- initiator side
 
-void AmRma::post(Op op, UcxPeer& peer, Completion* c, const std::vector<AmSpan>& spans) {
+void AmRma::post(Op op, UcxPeer& peer, PostState* c, const std::vector<AmSpan>& spans) {
   ucp_request_param_t p{};
   p.op_attr_mask =
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
@@ -301,7 +301,7 @@ AmRma::OpSlot* AmRma::op_of(uint64_t id) {
 void AmRma::on_request_sent(void* request, ucs_status_t status, void* user) {
   auto* s = static_cast<OpSlot*>(user);
   AmRma* self = s->owner;
-  Completion* c = s->c;
+  PostState* c = s->c;
   s->sending = false;
   if (status != UCS_OK && !c->op_error && !endpoint_gone(status)) {
     c->op_error =
@@ -385,7 +385,7 @@ void AmRma::received(OpSlot& s, ucs_status_t status) {
 }
 
 void AmRma::resolve(OpSlot& s, ucs_status_t status, std::optional<Error> e) {
-  Completion* c = s.c;
+  PostState* c = s.c;
   s.wait = Wait::Resolved;
   if (e && !c->op_error) c->op_error = std::move(e);
   release_if_done(s);
@@ -408,7 +408,7 @@ void AmRma::fail_peer(const UcxPeer& peer) {
   }
 }
 
-void AmRma::forget(Completion* c) {
+void AmRma::forget(PostState* c) {
   for (OpSlot& s : ops_) {
     if (s.used && s.wait == Wait::Reply && s.c == c) resolve(s, UCS_ERR_CANCELED);
   }

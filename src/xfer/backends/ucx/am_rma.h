@@ -50,7 +50,7 @@ namespace kvbm::xfer::detail::ucx {
 
 class UcxBackend;
 struct UcxPeer;
-struct Completion;
+struct PostState;
 
 enum class RmaMode { Auto, Native, Am };
 // "auto", "native" or "am"; InvalidArgument naming the value otherwise.
@@ -84,13 +84,13 @@ class AmRma {
   // Sends one request per span to `peer`. Each adds to c->ops_pending what it leaves to
   // complete (the reply, and a send still in flight), calling backend op_done() as each
   // ends; a send that fails sets c->ops_status and stops the loop.
-  void post(Op op, UcxPeer& peer, Completion* c, const std::vector<AmSpan>& spans);
+  void post(Op op, UcxPeer& peer, PostState* c, const std::vector<AmSpan>& spans);
   // The peer's connection is closing: its operations that wait for a reply fail now (UCX
   // ends their sends itself).
   void fail_peer(const UcxPeer& peer);
   // A request destroyed in flight: its operations still waiting for a reply stop waiting,
   // so that a late reply finds no id and writes nothing.
-  void forget(Completion* c);
+  void forget(PostState* c);
 
   // Active-message handlers (arg: this object).
   static ucs_status_t on_request(void* arg, const void* header, size_t header_length, void* data,
@@ -118,7 +118,7 @@ class AmRma {
     bool sending = false;  // our request's send is in flight
     Wait wait = Wait::Resolved;
     Op op = Op::Read;
-    Completion* c = nullptr;
+    PostState* c = nullptr;
     char* local = nullptr;
     uint64_t remote = 0;
     size_t len = 0;

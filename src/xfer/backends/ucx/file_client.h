@@ -24,7 +24,7 @@ namespace kvbm::xfer::detail::ucx {
 
 class UcxBackend;
 struct UcxPeer;
-struct Completion;
+struct PostState;
 
 // One chunk of a transfer with a peer's file: local bytes <-> (fd, offset) at the owner.
 struct FileChunk {
@@ -38,7 +38,7 @@ struct FileChunk {
 struct FileXfer {
   uint64_t id = 0;
   Op op = Op::Read;
-  std::shared_ptr<Completion> c;
+  std::shared_ptr<PostState> c;
   std::shared_ptr<const std::vector<FileChunk>> chunks;
   staging::Window w{0};  // set by FileClient::start
   // Chunk requests UCX has not finished sending (a WRITE's read the local bytes).

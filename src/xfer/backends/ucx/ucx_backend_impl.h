@@ -91,7 +91,7 @@ class UcxLocalRegion final : public LocalRegion {
 constexpr std::string_view kFileRegionInfo = "ucx-file-1";
 
 // State one post() shares with UCX callbacks; outlives the request if it is cancelled.
-struct Completion {
+struct PostState {
   UcxBackend* backend = nullptr;
   std::shared_ptr<UcxPeer> peer;
   const std::optional<std::string>* notification = nullptr;  // the request's, or `owned`
@@ -108,7 +108,7 @@ struct Completion {
   size_t ops_pending = 0;
   ucs_status_t ops_status = UCS_OK;
   std::optional<Error> op_error;  // what the first failed operation said, where it said more
-  std::shared_ptr<Completion> ops_keep;
+  std::shared_ptr<PostState> ops_keep;
   // Parts completed so far (gets, puts, file chunks; BackendRequest::progress): written
   // under the backend lock, read without it by the request's owner.
   std::atomic<uint64_t> parts_done{0};
@@ -178,18 +178,18 @@ class UcxBackend final : public Backend {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
 
-  void fail(Completion* c, Error e);
+  void fail(PostState* c, Error e);
   // For a request destroyed in flight, whose gets and puts cannot be cancelled (or a region
   // deregistered while peers' operations on it run): drives progress until `quiet()`
   // (called with mu_ held) says no byte of `what` moves any more, or the peer timeout has
   // passed (then logs that some may). Without mu_ held.
   void wait_quiet(const std::string& what, const std::function<bool()>& quiet);
-  void data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status);
-  // One of a request's operations (see Completion::ops_pending) ended with `status`.
-  void op_done(Completion* c, ucs_status_t status);
+  void data_complete(const std::shared_ptr<PostState>& c, ucs_status_t status);
+  // One of a request's operations (see PostState::ops_pending) ended with `status`.
+  void op_done(PostState* c, ucs_status_t status);
   static void on_op_done(void* request, ucs_status_t status, void* user);
-  void finish(Completion* c, ucs_status_t status);
-  Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c);
+  void finish(PostState* c, ucs_status_t status);
+  Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<PostState> c);
   void close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why);
   static ucs_status_t on_am(void* arg, const void* header, size_t header_length, void* data,
                             size_t length, const ucp_am_recv_param_t* param);
@@ -281,7 +281,7 @@ class UcxRequest final : public BackendRequest {
   std::shared_ptr<const std::vector<FileChunk>> file_chunks_;  // set for a peer's FILE
   uint64_t file_xfer_ = 0;                                     // its FileXfer while posted
   std::shared_ptr<FileXfer> file_x_;  // the last post's FileXfer (its sends in flight)
-  std::shared_ptr<Completion> current_;
+  std::shared_ptr<PostState> current_;
   bool same_host_ = false;                     // copied by this process: post_same_host()
   std::vector<CopySpan> direct_;               // the items copied through mappings
   std::vector<iovec> cma_local_, cma_remote_;  // the items CMA moves

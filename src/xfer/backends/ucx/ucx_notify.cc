@@ -6,7 +6,7 @@
 
 namespace kvbm::xfer::detail::ucx {
 
-void UcxBackend::finish(Completion* c, ucs_status_t status) {
+void UcxBackend::finish(PostState* c, ucs_status_t status) {
   if (status != UCS_OK) {
     fail(c, ucx_error(ErrorCode::Remote, "notification to agent '" + c->peer->name + "'", status));
     return;
@@ -17,7 +17,7 @@ void UcxBackend::finish(Completion* c, ucs_status_t status) {
 
 // The data of a request is complete at the target (the flush returned): now, and only
 // now, its notification goes out.
-void UcxBackend::data_complete(const std::shared_ptr<Completion>& c, ucs_status_t status) {
+void UcxBackend::data_complete(const std::shared_ptr<PostState>& c, ucs_status_t status) {
   if (status != UCS_OK && c->op_error) {
     fail(c.get(), err(c->op_error->code, "transfer with agent '", c->peer->name,
                       "' failed: ", c->op_error->message));
@@ -37,7 +37,7 @@ void UcxBackend::data_complete(const std::shared_ptr<Completion>& c, ucs_status_
   if (auto st = send_am(*c->peer, **c->notification, c); !st) fail(c.get(), st.error());
 }
 
-Status UcxBackend::send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<Completion> c) {
+Status UcxBackend::send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<PostState> c) {
   if (peer.failure || peer.ep == nullptr) {
     return err(ErrorCode::Remote, "agent '", peer.name,
                "': ", peer.failure ? peer.failure->message : "not connected");
@@ -47,9 +47,9 @@ Status UcxBackend::send_am(UcxPeer& peer, std::string_view message, std::shared_
   p.op_attr_mask =
       UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA | UCP_OP_ATTR_FIELD_FLAGS;
   p.flags = UCP_AM_SEND_FLAG_EAGER;
-  p.user_data = new std::shared_ptr<Completion>(c);
+  p.user_data = new std::shared_ptr<PostState>(c);
   p.cb.send = [](void* request, ucs_status_t status, void* user) {
-    auto* holder = static_cast<std::shared_ptr<Completion>*>(user);
+    auto* holder = static_cast<std::shared_ptr<PostState>*>(user);
     (*holder)->backend->finish(holder->get(), status);
     delete holder;
     ucp_request_free(request);
@@ -57,7 +57,7 @@ Status UcxBackend::send_am(UcxPeer& peer, std::string_view message, std::shared_
   ucs_status_ptr_t r = ucp_am_send_nbx(peer.ep, kNotifAmId, c->notif_buffer.data(),
                                        c->notif_buffer.size(), message.data(), message.size(), &p);
   if (UCS_PTR_IS_PTR(r)) return {};  // the callback finishes, and frees the request
-  delete static_cast<std::shared_ptr<Completion>*>(p.user_data);
+  delete static_cast<std::shared_ptr<PostState>*>(p.user_data);
   if (UCS_PTR_IS_ERR(r))
     return ucx_error(ErrorCode::Remote, "ucp_am_send_nbx to agent '" + peer.name + "'",
                      UCS_PTR_STATUS(r));
@@ -74,7 +74,7 @@ Status UcxBackend::send_notification(const std::string& agent, std::string_view 
   auto it = peers_.find(agent);
   if (it == peers_.end())
     return err(ErrorCode::NotFound, "UCX is not connected to agent '", agent, "'");
-  auto c = std::make_shared<Completion>();
+  auto c = std::make_shared<PostState>();
   c->backend = this;
   c->peer = it->second;
   c->owned = std::string(message);  // alive until the send completes, with the completion

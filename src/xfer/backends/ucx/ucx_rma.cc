@@ -1,5 +1,5 @@
 // The UCX backend's READ and WRITE requests: gets and puts and an endpoint flush, each
-// calling back (ucx_backend_impl.h: Completion); on one host, copies through mappings
+// calling back (ucx_backend_impl.h: PostState); on one host, copies through mappings
 // and CMA in the caller's thread; with a peer's FILE, the chunks of file_client.h.
 #include <chrono>
 #include <cstring>
@@ -68,7 +68,7 @@ Result<std::unique_ptr<BackendRequest>> UcxBackend::prepare(
                                    std::move(notification), std::move(file_chunks)));
 }
 
-void UcxBackend::fail(Completion* c, Error e) {
+void UcxBackend::fail(PostState* c, Error e) {
   c->error = std::move(e);
   c->state.store(XferState::Error, std::memory_order_release);
   ++events_;
@@ -121,7 +121,7 @@ Status UcxRequest::post_same_host() {
     current_->state.store(XferState::Done, std::memory_order_release);
     return {};
   }
-  std::shared_ptr<Completion> c;
+  std::shared_ptr<PostState> c;
   {
     std::lock_guard<std::mutex> lock(backend_->mu_);
     if (current_ && current_->state.load() == XferState::InProgress) {
@@ -129,7 +129,7 @@ Status UcxRequest::post_same_host() {
     }
     if (peer_->failure)
       return err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message);
-    c = std::make_shared<Completion>();
+    c = std::make_shared<PostState>();
     c->backend = backend_;
     c->peer = peer_;
     c->notification = &notification_;
@@ -170,7 +170,7 @@ Status UcxRequest::post() {
   }
   if (peer_->failure)
     return err(ErrorCode::Remote, "agent '", peer_->name, "': ", peer_->failure->message);
-  auto c = std::make_shared<Completion>();
+  auto c = std::make_shared<PostState>();
   c->backend = backend_;
   c->peer = peer_;
   c->notification = &notification_;
@@ -234,13 +234,13 @@ Status UcxRequest::post() {
 }
 
 void UcxBackend::on_op_done(void* request, ucs_status_t status, void* user) {
-  auto* c = static_cast<Completion*>(user);
+  auto* c = static_cast<PostState*>(user);
   c->backend->op_done(c, status);
   // Freed here, not after posting: a request freed early never calls back.
   ucp_request_free(request);
 }
 
-void UcxBackend::op_done(Completion* c, ucs_status_t status) {
+void UcxBackend::op_done(PostState* c, ucs_status_t status) {
   if (status != UCS_OK && c->ops_status == UCS_OK) c->ops_status = status;
   c->parts_done.fetch_add(1, std::memory_order_relaxed);
   if (--c->ops_pending != 0) return;
