@@ -26,6 +26,7 @@
 #include "kvbm/storage.h"
 #include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
+#include "loopback_env.h"
 #include "options.h"
 #include "report.h"
 #include "subprocess.h"
@@ -225,7 +226,7 @@ Json Soak::document() {
 }
 
 int Soak::run() {
-  setenv("UCX_TLS", o_.transport == "shm" ? "sm,self" : "tcp,self", 1);
+  use_loopback_env(o_.transport == "shm" ? "sm,self" : "tcp,self");
   xfer::AgentConfig config;
   config.peer_timeout = 3s;
   auto agent = xfer::Agent::create("kvbm-soak", config);

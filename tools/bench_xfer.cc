@@ -41,6 +41,7 @@
 #include "kvbm/storage.h"
 #include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
+#include "loopback_env.h"
 #include "options.h"
 #include "perftest.h"
 #include "serve.h"
@@ -746,8 +747,13 @@ int run_xfer(XferOptions o) {
   for (size_t l : o.lat_sizes) s.bytes = std::max(s.bytes, l);
 
   const char* tls = ucx_tls(o.transport);
-  // Read by our UCX context, and inherited by our own target.
-  if (tls != nullptr) setenv("UCX_TLS", tls, 1);
+  // Read by our UCX context, and inherited by our own target; a peer elsewhere is
+  // reached through the user's devices.
+  if (o.peer.empty() && o.peer_etcd.empty()) {
+    use_loopback_env(tls);
+  } else if (tls != nullptr) {
+    setenv("UCX_TLS", tls, 1);
+  }
   const std::filesystem::path file_dir =
       o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
   auto target = open_target(s, o, file_dir);

@@ -30,6 +30,7 @@
 #include "kvbm/transfer.h"
 #include "kvbm/version.h"
 #include "kvbm/xfer/agent.h"
+#include "loopback_env.h"
 #include "report.h"
 #include "subprocess.h"
 #include "table.h"
@@ -401,7 +402,7 @@ std::optional<int> DemoRun::start() {
   n_ = std::max<size_t>(1, options_.bytes / demo::block_bytes());
   bytes_ = n_ * demo::block_bytes();
   tls_ = options_.transport == "shm" ? "sm,self" : "tcp,self";
-  setenv("UCX_TLS", tls_.c_str(), 1);  // read by our agent, and inherited by the peer
+  use_loopback_env(tls_.c_str());  // read by our agent, and inherited by the peer
   // The agent first: layouts registered with it must go before it does.
   auto agent = xfer::Agent::create("prefill");
   if (!agent) {

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdlib>
+#include <string_view>
 
 #include "support/test_support.h"
 
@@ -17,8 +18,22 @@ void PrintTo(const Transport& t, std::ostream* os) {
   *os << t.name;
 }
 
+// TCP between processes of this host: through the loopback device alone, so that network
+// devices other tests add and remove meanwhile (their namespaces' veths) carry nothing of
+// ours.
+namespace {
+bool over_tcp(const Transport& t) {
+  return std::string_view(t.tls).find("tcp") != std::string_view::npos;
+}
+}  // namespace
+
 void use_transport(const Transport& t) {
   setenv("UCX_TLS", t.tls, 1);
+  if (over_tcp(t)) {
+    setenv("UCX_NET_DEVICES", "lo", 1);
+  } else {
+    unsetenv("UCX_NET_DEVICES");
+  }
   setenv("KVBM_UCX_SAME_HOST", t.same_host, 1);
   if (t.copy_threads != nullptr) {
     setenv("KVBM_UCX_COPY_THREADS", t.copy_threads, 1);
@@ -39,6 +54,7 @@ std::optional<std::string> start_agent_peer(std::unique_ptr<ChildProcess>& proce
   std::vector<std::string> argv = {helper_path("agent_peer")};
   argv.insert(argv.end(), args.begin(), args.end());
   env["UCX_TLS"] = t.tls;
+  if (over_tcp(t)) env.emplace("UCX_NET_DEVICES", "lo");
   env["KVBM_UCX_SAME_HOST"] = t.same_host;
   if (t.copy_threads != nullptr) env["KVBM_UCX_COPY_THREADS"] = t.copy_threads;
   if (t.rma != nullptr) env["KVBM_UCX_RMA"] = t.rma;
