@@ -78,8 +78,7 @@ class UringBatch {
 
   // Registers [base, base + len) with the ring as fixed buffers (pieces of at most 1 GiB):
   // ops whose bytes lie inside one piece then skip the kernel's pinning of their pages on
-  // every I/O, CPU time per request (fio on the build machine's virtio disk, 1 MiB O_DIRECT
-  // reads: 1.4-2.1 GB/s plain against 2.9-3.6 fixed in one hour, equal in later runs).
+  // every I/O, CPU time per request (BENCHMARKS.md, "Figures behind the code").
   // The memory must stay mapped until remove_fixed(base); removing it while I/O into it
   // runs is safe (such an op goes on as plain I/O). Returns false where the kernel refuses
   // (RLIMIT_MEMLOCK without CAP_IPC_LOCK, a kernel before 5.19, the table full): those ops
