@@ -269,7 +269,7 @@ class PreparedDescs:
 
 class Agent:
     def __init__(self, name: str, *, backends: Optional[Sequence[str]] = None,
-                 progress_thread: bool = True, peer_timeout: float = 10.0,
+                 progress_thread: bool = True, peer_timeout: float = 5.0,
                  add_cuda_if_gpu: bool = True, max_metadata_bytes: int = 64 << 20,
                  etcd_endpoints: Optional[Sequence[str]] = None, etcd_prefix: str = "",
                  etcd_lease_ttl: float = 10.0, auth_key: Optional[BytesLike] = None) -> None: ...

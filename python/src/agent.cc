@@ -291,7 +291,7 @@ using AgentClass = py::class_<AgentBox, AgentPtr>;
 
 void bind_agent_basics(AgentClass& c) {
   c.def(py::init(&make_agent), py::arg("name"), py::kw_only(), py::arg("backends") = py::none(),
-        py::arg("progress_thread") = true, py::arg("peer_timeout") = 10.0,
+        py::arg("progress_thread") = true, py::arg("peer_timeout") = 5.0,
         py::arg("add_cuda_if_gpu") = true, py::arg("max_metadata_bytes") = 64 << 20,
         py::arg("etcd_endpoints") = py::none(), py::arg("etcd_prefix") = "",
         py::arg("etcd_lease_ttl") = 10.0, py::arg("auth_key") = py::none(),

@@ -64,7 +64,7 @@ struct KVBM_API AgentConfig {
   /// request that completes where the backend reports parts (UCX: each get, put or chunk),
   /// so a large transfer that keeps moving over a slow link is not cut off. A dead
   /// peer's endpoint error usually ends the request sooner (Remote).
-  std::chrono::milliseconds peer_timeout{10000};
+  std::chrono::milliseconds peer_timeout{5000};
   /// Largest metadata blob accepted from a peer (side channel and load_remote_metadata),
   /// and largest item this agent publishes or fetches (publish, fetch_published).
   size_t max_metadata_bytes = 64 << 20;
