@@ -200,9 +200,12 @@ TEST_F(TwoHosts, ConnectSetsUpALoadedPeerAndNamesThePeerItCannotReach) {
                "connecting to agent 'remote' over UCX: no answer within");
   EXPECT_ERROR(agent_->connect("remote"), ErrorCode::Remote, "agent 'remote' failed");
   ASSERT_TRUE(ns_->set_link(true));
-  ASSERT_TRUE(agent_->fetch_remote_metadata(ns_->peer_address(), peer.port).ok());
-  ASSERT_TRUE(agent_->connect("remote").ok());
-  ASSERT_TRUE(read(peer, 4096).ok());
+  auto fetched = agent_->fetch_remote_metadata(ns_->peer_address(), peer.port);
+  ASSERT_TRUE(fetched.ok()) << fetched.error().to_string();
+  st = agent_->connect("remote");
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
+  st = read(peer, 4096);
+  ASSERT_TRUE(st.ok()) << st.error().to_string();
 }
 
 // The peer found through etcd (on our end of the veth): killed with -9 mid-request, the

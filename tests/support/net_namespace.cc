@@ -105,11 +105,11 @@ bool NetNamespace::set_peer_link(bool up) const {
 bool NetNamespace::set_link(bool up) const {
   if (!run(std::string(kIp) + " link set " + host_dev_ + (up ? " up" : " down"))) return false;
   if (!up) return true;
-  // The namespace's end comes up a moment later (its carrier), and UCX refuses a device
-  // that is not running yet: wait for it, a bounded while. (A TAP device's operstate stays
-  // UNKNOWN: the flag is what counts.)
-  const std::string check =
-      std::string(kIp) + " -n " + name_ + " link show " + peer_dev_ + " | grep -q 'LOWER_UP'";
+  // The namespace's end comes up a moment later (carrier, then operstate), and UCX refuses
+  // a device that is not up yet: wait for it, a bounded while. (A TAP device's operstate
+  // stays UNKNOWN: its carrier is what counts.)
+  const std::string check = std::string(kIp) + " -n " + name_ + " link show " + peer_dev_ +
+                            (emulator_ ? " | grep -q 'LOWER_UP'" : " | grep -q 'state UP'");
   for (int i = 0; i < 500; ++i) {
     if (run(check)) return true;
     usleep(10000);
