@@ -34,8 +34,12 @@ std::string type_name(py::handle obj) {
 
 std::string dims(const int64_t* v, int n) {
   std::string s = "(";
-  for (int i = 0; i < n; ++i) s += (i ? ", " : "") + std::to_string(v[i]);
-  return s + (n == 1 ? ",)" : ")");
+  for (int i = 0; i < n; ++i) {
+    if (i != 0) s += ", ";
+    s += std::to_string(v[i]);
+  }
+  s += n == 1 ? ",)" : ")";
+  return s;
 }
 
 StorageType device_from_dl(int type, int64_t id) {
