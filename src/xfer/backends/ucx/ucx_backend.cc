@@ -62,6 +62,11 @@ UcxBackend::~UcxBackend() {
     close_peer_locked(peer, err(ErrorCode::Cancelled, "backend shut down"));
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
   if (context_ != nullptr) ucp_cleanup(context_);
+  // Operations toward a peer that died where UCX cannot see it (shared memory) never call
+  // back; with the worker gone none will, so their posts are freed here.
+  std::vector<std::shared_ptr<PostState>> orphans;
+  for (PostState* c : kept_) orphans.push_back(std::move(c->ops_keep));
+  kept_.clear();
 }
 
 Status UcxBackend::connect(const std::string& agent, std::string_view connection_info) {

@@ -212,6 +212,9 @@ class UcxBackend final : public Backend {
   FailedEndpoints failed_eps_;  // noted in callbacks, handled after
   uint64_t connection_seed_;
   size_t events_ = 0;
+  // Posts whose operations have not all called back (each keeps itself alive in
+  // ops_keep): released at teardown, once the worker that would call them back is gone.
+  std::set<PostState*> kept_;
   FileClient files_{*this};   // this agent's transfers with peers' files
   FileService files_served_;  // this agent's files, served to peers
   AmRma am_{*this};           // READ/WRITE over active messages, both sides

@@ -191,6 +191,7 @@ Status UcxRequest::post() {
   // and failed if any of them failed.
   c->ops_pending = 1;  // post()'s own, dropped below
   c->ops_keep = c;
+  backend_->kept_.insert(c.get());
   if (peer_->am_rma) {
     // Each operation's reply proves its bytes landed (or were read): no flush.
     backend_->am_.post(op_, *peer_, c.get(), am_spans_);
@@ -245,6 +246,7 @@ void UcxBackend::op_done(PostState* c, ucs_status_t status) {
   c->parts_done.fetch_add(1, std::memory_order_relaxed);
   if (--c->ops_pending != 0) return;
   auto keep = std::move(c->ops_keep);
+  kept_.erase(c);
   status = c->ops_status;
   // The endpoint's failure may be noted in the same progress call as a flush that still
   // reported success: that flush proves nothing.
