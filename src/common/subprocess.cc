@@ -228,6 +228,21 @@ void Subprocess::close_stdin() {
   in_ = -1;
 }
 
+std::optional<size_t> Subprocess::read_more(Clock::time_point until) {
+  for (;;) {
+    pollfd p{out_, POLLIN, 0};
+    int r = poll(&p, 1, remaining_ms(until));
+    if (r < 0 && errno == EINTR) continue;
+    if (r == 0) return std::nullopt;
+    char chunk[4096];
+    ssize_t n = read(out_, chunk, sizeof chunk);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return 0;
+    buffer_.append(chunk, static_cast<size_t>(n));
+    return static_cast<size_t>(n);
+  }
+}
+
 Result<std::string> Subprocess::read_line(std::chrono::milliseconds timeout) {
   if (out_ < 0) return err(ErrorCode::InvalidArgument, "stdout of pid ", pid_, " is not a pipe");
   const auto until = Clock::now() + timeout;
@@ -237,17 +252,11 @@ Result<std::string> Subprocess::read_line(std::chrono::milliseconds timeout) {
       buffer_.erase(0, nl + 1);
       return line;
     }
-    pollfd p{out_, POLLIN, 0};
-    int r = poll(&p, 1, remaining_ms(until));
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) {
+    const auto n = read_more(until);
+    if (!n) {
       return err(ErrorCode::Timeout, "no line from pid ", pid_, " within ", timeout.count(), " ms");
     }
-    char chunk[4096];
-    ssize_t n = read(out_, chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return err(ErrorCode::Io, "pid ", pid_, " closed its output");
-    buffer_.append(chunk, static_cast<size_t>(n));
+    if (*n == 0) return err(ErrorCode::Io, "pid ", pid_, " closed its output");
   }
 }
 
@@ -255,17 +264,11 @@ Result<std::string> Subprocess::read_all(std::chrono::milliseconds timeout) {
   if (out_ < 0) return err(ErrorCode::InvalidArgument, "stdout of pid ", pid_, " is not a pipe");
   const auto until = Clock::now() + timeout;
   for (;;) {
-    pollfd p{out_, POLLIN, 0};
-    int r = poll(&p, 1, remaining_ms(until));
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) {
+    const auto n = read_more(until);
+    if (!n) {
       return err(ErrorCode::Timeout, "pid ", pid_, " still writing after ", timeout.count(), " ms");
     }
-    char chunk[4096];
-    ssize_t n = read(out_, chunk, sizeof chunk);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) break;
-    buffer_.append(chunk, static_cast<size_t>(n));
+    if (*n == 0) break;
   }
   std::string all;
   all.swap(buffer_);

@@ -64,6 +64,9 @@ class Subprocess {
 
  private:
   Subprocess() = default;
+  // Waits until `until` for output and appends what comes to buffer_: the bytes read, 0 at
+  // the end of the output, nullopt when the time ran out.
+  std::optional<size_t> read_more(std::chrono::steady_clock::time_point until);
   pid_t pid_ = -1;
   int in_ = -1;
   int out_ = -1;
