@@ -250,6 +250,26 @@ Result<std::unique_ptr<BackendRequest>> CudaBackend::prepare_staged(
       std::make_unique<CudaStagedRequest>(this, op, std::move(peer), std::move(chunks)));
 }
 
+// Moves the chunks we serve on. A buffer that a finished chunk gives back goes to the
+// next waiting chunk in the same pass, not the next one: chunks stream through a few
+// buffers, and a waiting chunk's bytes sit in UCX until it has one.
+void CudaBackend::serve_jobs() {
+  for (;;) {
+    if (!waiting_.empty()) admit_jobs();
+    bool finished = false;
+    for (auto it = jobs_.begin(); it != jobs_.end();) {
+      if (advance_job(*it)) {
+        it = jobs_.erase(it);
+        ++events_;
+        finished = true;
+      } else {
+        ++it;
+      }
+    }
+    if (!finished || waiting_.empty()) return;
+  }
+}
+
 size_t CudaBackend::progress(LockWait wait) {
   // The progress thread never waits for the lock: a caller holding it is posting or
   // polling a copy, and a thread queued behind it makes every unlock a futex wake-up, which
@@ -274,15 +294,7 @@ size_t CudaBackend::progress(LockWait wait) {
     }
     for (Incoming& m : in) handle_incoming(m);
   }
-  if (!waiting_.empty()) admit_jobs();
-  for (auto it = jobs_.begin(); it != jobs_.end();) {
-    if (advance_job(*it)) {
-      it = jobs_.erase(it);
-      ++events_;
-    } else {
-      ++it;
-    }
-  }
+  serve_jobs();
   for (auto it = ops_.begin(); it != ops_.end();) {
     StagedOp& op = *it->second;
     for (auto f = op.flights.begin(); f != op.flights.end();) {

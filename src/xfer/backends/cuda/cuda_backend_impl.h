@@ -114,6 +114,7 @@ class CudaBackend final : public Backend {
   bool advance_job(TargetJob& job);
   bool start_job(TargetJob& j, int dev, void* target);  // advance_job's first step
   void admit_jobs();  // the waiting chunks that find a bounce buffer, to jobs_
+  void serve_jobs();  // admit_jobs, then advance_job over jobs_, while buffers come back
   static ucs_status_t on_am(unsigned id, void* arg, const void* header, size_t header_length,
                             void* data, size_t length, const ucp_am_recv_param_t* param);
   template <unsigned Id>
