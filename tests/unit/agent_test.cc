@@ -241,15 +241,18 @@ TEST(AgentMetadata, UcxPartsAreCheckedBeforeUcxSeesThem) {
   ASSERT_TRUE(md.ok()) << md.error().to_string();
   const std::string conn = md->backends.at("UCX");
   const size_t tl = conn.find('\n'), nl = conn.find('\n', tl + 1);
-  ASSERT_EQ(conn.substr(0, 15), "kvbm-ucx 1 ucx ");
+  ASSERT_EQ(conn.substr(0, 15), "kvbm-ucx 2 ucx ");
   auto with_conn = [&](std::string c) {
     auto m = *md;
     m.backends["UCX"] = std::move(c);
     return a->load_remote_metadata(detail::encode_metadata(m));
   };
-  EXPECT_ERROR(with_conn("kvbm-ucx 1 ucx 1.99.0" + conn.substr(tl)), ErrorCode::Unsupported,
+  EXPECT_ERROR(with_conn("kvbm-ucx 2 ucx 1.99.0" + conn.substr(tl)), ErrorCode::Unsupported,
                "agent 'b' runs UCX 1.99.0");
-  EXPECT_ERROR(with_conn("kvbm-ucx 2 ucx 1.13.1" + conn.substr(tl)), ErrorCode::InvalidArgument,
+  // A peer from before RMA over active messages (format 1), and one from a later format.
+  EXPECT_ERROR(with_conn("kvbm-ucx 1 ucx 1.13.1" + conn.substr(tl)), ErrorCode::InvalidArgument,
+               "another format");
+  EXPECT_ERROR(with_conn("kvbm-ucx 3 ucx 1.13.1" + conn.substr(tl)), ErrorCode::InvalidArgument,
                "another format");
   EXPECT_ERROR(with_conn(conn.substr(tl + 1)), ErrorCode::InvalidArgument, "transport line");
   std::string header = conn;

@@ -13,7 +13,9 @@
 namespace kvbm::xfer::detail {
 namespace {
 
-constexpr std::string_view kFormat = "kvbm-ucx 1 ucx ";
+// Format 2: READ and WRITE may go as the backend's own active messages (am_rma.h), which
+// a format-1 peer has no handler for.
+constexpr std::string_view kFormat = "kvbm-ucx 2 ucx ";
 // A worker address lists devices and transports; UCX's own stay well inside this.
 constexpr size_t kMinAddress = 16;
 constexpr size_t kMaxAddress = 64 << 10;

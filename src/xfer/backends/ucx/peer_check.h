@@ -19,7 +19,7 @@
 
 namespace kvbm::xfer::detail {
 
-// The first line of the UCX backend's connection data: "kvbm-ucx 1 ucx <major>.<minor>.<release>".
+// The first line of the UCX backend's connection data: "kvbm-ucx 2 ucx <major>.<minor>.<release>".
 std::string ucx_transport_line();
 // InvalidArgument (malformed, another format version) or Unsupported (another UCX
 // major.minor than this process's), naming the agent and both versions.
