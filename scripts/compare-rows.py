@@ -1,6 +1,8 @@
 """Pairs the rows of two builds' benchmark outputs (scripts/device-compare) and prints, per
 row, the best of each build's runs for every number in it and new / old of the row's last
-number (its ratio to the ceiling, in kvbm's tables)."""
+number (its ratio to the ceiling, in kvbm's tables). A row whose ceiling is itself a kvbm
+path (its text names an agent, as bench gpu's staged row does) is compared by its own GB/s
+instead: that ceiling moves with the code under comparison."""
 import re
 import sys
 
@@ -16,19 +18,21 @@ def column_value(line, at):
 
 
 def header_column(line):
-    """(position, lower_is_better) of the column a table row is compared by: our own p50
-    in a latency table, our own GB/s where a table sets us beside ucx_perftest, else the
-    ratio to the ceiling, else GB/s."""
+    """(position, lower_is_better, end of the label columns, position of our own GB/s or
+    None) of the column a table row is compared by: our own p50 in a latency table, our
+    own GB/s where a table sets us beside ucx_perftest, else the ratio to the ceiling,
+    else GB/s."""
     found = [line.find(w) for w in ("GB/s", "p50 us", "ratio") if w in line]
     if not found:
         return None
     labels = min(found)  # the row's label columns end where the first value column starts
+    gbps = line.index("GB/s") if "GB/s" in line else None
     if "p50 us" in line:
-        return line.index("p50 us"), True, labels
-    if "perftest" in line and "GB/s" in line:
-        return line.index("GB/s"), False, labels
+        return line.index("p50 us"), True, labels, gbps
+    if "perftest" in line and gbps is not None:
+        return gbps, False, labels, gbps
     m = re.search(r"\bratio\b", line) or re.search(r"GB/s", line)
-    return m.start(), False, labels
+    return m.start(), False, labels, gbps
 
 
 def rows(path):
@@ -41,7 +45,10 @@ def rows(path):
             continue
         if column is None or len(NUM.findall(line)) < 2:
             continue  # before the first table, or not a row
-        value = column_value(line, column[0])
+        at = column[0]
+        if column[3] is not None and re.search(r"\bagent\b", line[column[2]:]):
+            at = column[3]  # the ceiling is a kvbm path: our own GB/s
+        value = column_value(line, at)
         if value is None:
             continue
         key = re.sub(r"\s+", " ", line[: column[2]]).strip()
