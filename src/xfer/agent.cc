@@ -152,6 +152,7 @@ BackendEnv AgentImpl::make_env() {
   env.on_notification = [this](Notification n) { add_notification(std::move(n)); };
   env.on_completion = [this] { notify_progress(); };
   env.has_waiters = [this] { return waiters_.load(std::memory_order_acquire) > 0; };
+  env.on_connection_changed = [this] { connection_changed(); };
   return env;
 }
 
@@ -890,7 +891,18 @@ void AgentImpl::peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend*
   }
   log(LogLevel::Warn, "agent '" + name_ + "': peer '" + peer->name + "' failed: " + why.message);
   // Ends every request in flight with that peer; other peers are untouched.
-  backend->disconnect(peer->name);
+  backend->peer_failed(peer->name);
+}
+
+void AgentImpl::connection_changed() {
+  log(LogLevel::Warn, "agent '" + name_ +
+                          "': its connection data changed; peers that loaded its metadata before "
+                          "must load it again");
+  if (!discovery_ || !discovery_->publishes_metadata()) return;
+  if (auto st = publish_metadata(); !st) {
+    log(LogLevel::Warn,
+        "agent '" + name_ + "': its new metadata was not published to etcd: " + st.error().message);
+  }
 }
 
 }  // namespace detail

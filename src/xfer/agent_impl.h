@@ -136,6 +136,9 @@ class AgentImpl final : public Agent {
   bool has_progress_thread() const { return config_.progress_thread; }
   void deregister(const std::vector<RegionKey>& keys);
   void peer_timed_out(const std::shared_ptr<RemotePeer>& peer, Backend* backend, const Error& why);
+  // A backend's connection data changed (Backend::peer_failed): metadata published to etcd
+  // is published again, so that peers following it there load it anew.
+  void connection_changed();
   // The requests alive now: the agent's destructor ends them (cancels, or waits for what
   // cannot be cancelled) before its backends go, so a request may outlive its agent.
   void track(RequestImpl* request);

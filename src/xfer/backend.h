@@ -71,6 +71,9 @@ struct BackendEnv {
   // Whether a thread sleeps in Request::wait now: work done only to wake such threads
   // (polling GPU events) can be skipped while it says no. Null: assume someone does.
   std::function<bool()> has_waiters;
+  // connection_info() changed (the backend replaced its transport's state after a peer's
+  // death): peers must load the agent's metadata again. Called without the backend's lock.
+  std::function<void()> on_connection_changed;
 };
 
 class Backend {
@@ -95,6 +98,11 @@ class Backend {
   // Drops the connection and everything tied to the peer; requests in flight to it end
   // in an error.
   virtual void disconnect(const std::string& agent) = 0;
+  // The agent gave up on `agent` (a request with it made no progress within the peer
+  // timeout): drop it as disconnect() does. A backend whose transport a dead peer can
+  // leave blocked for every peer recovers here (and says so through
+  // BackendEnv::on_connection_changed where its connection data changes).
+  virtual void peer_failed(const std::string& agent) { disconnect(agent); }
   // Finishes setting up the connection to `agent` (connected already) within `timeout`,
   // so that its first request does not pay for it (Agent::connect). Default: nothing to do.
   // NotFound if not connected; Timeout if the peer does not answer in time; Remote if the

@@ -114,6 +114,11 @@ Status EtcdDiscovery::publish_metadata(const std::string& metadata) {
   return s;
 }
 
+bool EtcdDiscovery::publishes_metadata() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return metadata_.has_value();
+}
+
 Status EtcdDiscovery::withdraw() {
   std::lock_guard<std::mutex> lock(mu_);
   metadata_.reset();

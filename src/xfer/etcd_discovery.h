@@ -59,6 +59,8 @@ class EtcdDiscovery {
   // Puts this agent's metadata (replacing what was there) under the lease; nothing when it
   // is what was put last.
   Status publish_metadata(const std::string& metadata);
+  // Whether publish_metadata was called since the last withdraw().
+  bool publishes_metadata() const;
   // Puts (or deletes) one region's partial metadata under <prefix>regions/<name>/<key>.
   Status publish_region(const std::string& key, const std::string& bytes);
   Status unpublish_region(const std::string& key);
@@ -99,7 +101,7 @@ class EtcdDiscovery {
   const Callbacks callbacks_;
   std::unique_ptr<EtcdClient> client_;
 
-  std::mutex mu_;  // what we publish, the lease
+  mutable std::mutex mu_;  // what we publish, the lease
   std::optional<std::string> metadata_;
   std::map<std::string, std::string> items_;
   std::map<std::string, std::string> regions_;

@@ -152,6 +152,55 @@ TEST(AgentEtcd, APeerThatDiesIsInvalidatedAndItsRestartIsLoaded) {
   EXPECT_EQ(testing::find_pattern_mismatch(bbuf.data(), 4096, 13), SIZE_MAX);
 }
 
+// An agent that replaced its worker after a peer over UCX's shared memory died writing
+// into its receive queue (src/xfer/backends/ucx/receive_probe.h; the probe's answer is
+// forced here) publishes its new metadata, and a peer that follows it through etcd loads
+// it and reaches it again.
+TEST(AgentEtcd, AReplacedWorkerIsPublishedAgainAndFollowersReachIt) {
+  KVBM_REQUIRE_ETCD();
+  testing::EtcdServer etcd;
+  ASSERT_TRUE(etcd.ready());
+  const testing::Transport shm{"shm_ucx", "sm,self", "off"};
+  testing::use_transport(shm);
+  auto a = make_agent("a", etcd_config(etcd)), b = make_agent("b", etcd_config(etcd));
+  ASSERT_TRUE(a && b);
+  auto abuf = make_buffer(1 << 16, 5), bbuf = make_buffer(1 << 16, 6);
+  ASSERT_TRUE(a->register_storage(abuf).ok());
+  ASSERT_TRUE(b->register_storage(bbuf).ok());
+  ASSERT_TRUE(a->publish_metadata().ok());
+  ASSERT_TRUE(b->fetch_remote_metadata(std::string("a")).ok());
+  auto write_to_a = [&] {
+    return testing::transfer(*b, Op::Write, dram(bbuf.addr(), 4096), dram(abuf.addr(), 4096), "a");
+  };
+  ASSERT_TRUE(write_to_a().ok());
+  const auto before = a->local_metadata();
+  ASSERT_TRUE(before.ok());
+
+  std::unique_ptr<testing::ChildProcess> victim;
+  auto ready = testing::start_agent_peer(victim, {"victim", "65536", "3"}, shm);
+  ASSERT_TRUE(ready);
+  std::istringstream in(*ready);
+  int port = 0;
+  uint64_t addr = 0;
+  in >> port >> addr;
+  ASSERT_TRUE(a->fetch_remote_metadata("127.0.0.1", static_cast<uint16_t>(port)).ok());
+  setenv("KVBM_UCX_TEST_RECEIVE_BLOCKED", "1", 1);
+  victim->kill_now();
+  victim->wait();
+  EXPECT_FALSE(
+      testing::transfer(*a, Op::Read, dram(abuf.addr(), 4096), dram(addr, 4096), "victim").ok());
+  unsetenv("KVBM_UCX_TEST_RECEIVE_BLOCKED");
+  const auto after = a->local_metadata();
+  ASSERT_TRUE(after.ok());
+  ASSERT_NE(*after, *before) << "the worker was not replaced";
+
+  // b's watch loads a's new metadata; its writes reach a again.
+  testing::fill_pattern(bbuf.data(), 4096, 8);
+  EXPECT_TRUE(eventually([&] { return write_to_a().ok(); }, 30s));
+  a->progress();
+  EXPECT_EQ(testing::find_pattern_mismatch(abuf.data(), 4096, 8), SIZE_MAX);
+}
+
 // Partial metadata in etcd: one key per region; registering one more writes that key only
 // (the others, and the connection data, keep their revision); a fetching peer loads the
 // union, and a second fetch merges what was added without replacing the peer.

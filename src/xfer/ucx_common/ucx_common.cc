@@ -55,15 +55,20 @@ Status open_worker(uint64_t features, ucp_context_h* context, ucp_worker_h* work
   ucs_status_t s = ucp_init(&params, config, context);
   ucp_config_release(config);
   if (s != UCS_OK) return ucx_call_failed("ucp_init", s);
+  return create_worker(*context, worker, address);
+}
+
+Status create_worker(ucp_context_h context, ucp_worker_h* worker, std::string* address) {
   ucp_worker_params_t wp{};
   wp.field_mask = UCP_WORKER_PARAM_FIELD_THREAD_MODE;
   wp.thread_mode = UCS_THREAD_MODE_SERIALIZED;  // every call is made under the backend's lock
-  if (s = ucp_worker_create(*context, &wp, worker); s != UCS_OK) {
+  if (ucs_status_t s = ucp_worker_create(context, &wp, worker); s != UCS_OK) {
+    *worker = nullptr;
     return ucx_call_failed("ucp_worker_create", s);
   }
   ucp_address_t* addr = nullptr;
   size_t addr_len = 0;
-  if (s = ucp_worker_get_address(*worker, &addr, &addr_len); s != UCS_OK) {
+  if (ucs_status_t s = ucp_worker_get_address(*worker, &addr, &addr_len); s != UCS_OK) {
     return ucx_call_failed("ucp_worker_get_address", s);
   }
   address->assign(reinterpret_cast<const char*>(addr), addr_len);

@@ -31,6 +31,9 @@ void route_ucx_log_to_stderr();
 // was made is left in *context / *worker for the caller's destructor to release.
 Status open_worker(uint64_t features, ucp_context_h* context, ucp_worker_h* worker,
                    std::string* address);
+// One more serialized worker on `context`, as open_worker makes; on failure *worker is
+// null, or the worker made, for the caller to destroy.
+Status create_worker(ucp_context_h context, ucp_worker_h* worker, std::string* address);
 
 // Receives active messages `id` whole (UCP_AM_FLAG_WHOLE_MSG) in `cb(arg, ...)`.
 Status set_am_handler(ucp_worker_h worker, unsigned id, ucp_am_recv_callback_t cb, void* arg);
@@ -64,6 +67,7 @@ class FailedEndpoints {
   // The ucp_err_handler_cb_t for open_endpoint; `arg` is a FailedEndpoints*.
   static void on_error(void* arg, ucp_ep_h ep, ucs_status_t status);
   bool empty() const { return failed_.empty(); }
+  void clear() { failed_.clear(); }  // the endpoints went with their worker
   // The failure noted for `ep` and not yet taken, or UCS_OK.
   ucs_status_t status_of(ucp_ep_h ep) const;
   // For each failed endpoint, the peer in `peers` (a map of name -> shared_ptr to a peer

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
+#include <utility>
 
 #include "common/hex.h"
 #include "kvbm/log.h"
@@ -405,6 +407,26 @@ void AmRma::fail_peer(const UcxPeer& peer) {
     if (s.used && s.wait == Wait::Reply && s.c->peer.get() == &peer) {
       resolve(s, UCS_ERR_CONNECTION_RESET);
     }
+  }
+}
+
+void AmRma::worker_gone() {
+  for (OpSlot& s : ops_) {
+    if (!s.used) continue;
+    PostState* c = s.c;
+    const bool sending = std::exchange(s.sending, false);
+    const bool waiting = s.wait != Wait::Resolved;
+    s.wait = Wait::Resolved;
+    release_if_done(s);
+    // Each counted in c->ops_pending: the post ends with the last of them.
+    if (sending) backend_.op_done(c, UCS_ERR_CONNECTION_RESET);
+    if (waiting) backend_.op_done(c, UCS_ERR_CONNECTION_RESET);
+  }
+  std::set<const ReplySlot*> free(free_replies_.begin(), free_replies_.end());
+  for (ReplySlot& s : replies_) {
+    if (free.count(&s) != 0) continue;
+    if (s.region != nullptr) --s.region->busy;
+    free_reply_slot(s);
   }
 }
 

@@ -91,6 +91,9 @@ class AmRma {
   // A request destroyed in flight: its operations still waiting for a reply stop waiting,
   // so that a late reply finds no id and writes nothing.
   void forget(PostState* c);
+  // The worker was destroyed: whatever it would have called back (our sends, replies
+  // and receives, peers' operations on our regions) ends now, as a reset connection.
+  void worker_gone();
 
   // Active-message handlers (arg: this object).
   static ucs_status_t on_request(void* arg, const void* header, size_t header_length, void* data,

@@ -21,13 +21,17 @@ constexpr int kMaxProgressRounds = 64;
 Status UcxBackend::init() {
   KVBM_TRY(open_worker(UCP_FEATURE_RMA | UCP_FEATURE_AM, &context_, &worker_, &address_));
   KVBM_TRY(learn_shape());
+  return set_handlers();
+}
+
+Status UcxBackend::set_handlers() {
   KVBM_TRY(set_am_handler(worker_, kNotifAmId, &UcxBackend::on_am, this));
   for (unsigned id : {kFileRequestAmId, kFileReplyAmId}) {
     KVBM_TRY(set_am_handler(worker_, id, &UcxBackend::on_file_am, this));
   }
   KVBM_TRY(set_am_handler(worker_, kAmRmaRequestAmId, &AmRma::on_request, &am_));
   KVBM_TRY(set_am_handler(worker_, kAmRmaReplyAmId, &AmRma::on_reply, &am_));
-  return {};
+  return set_am_handler(worker_, kReceiveProbeAmId, &ReceiveProbe::on_probe, &probe_);
 }
 
 Status UcxBackend::learn_shape() {
@@ -106,8 +110,13 @@ Status UcxBackend::connect(const std::string& agent, std::string_view connection
     }
   }
   std::lock_guard<std::mutex> lock(mu_);
+  if (worker_ == nullptr) {
+    return err(ErrorCode::Internal, "UCX has no worker (replacing it failed; see the log)");
+  }
   auto peer = std::make_shared<UcxPeer>();
   peer->name = agent;
+  peer->address = connection_info.substr(nl + 1);
+  peer->shm = shm;
   peer->connection = connection_seed_++;
   peer->self = self;
   peer->host = std::move(host);
@@ -149,11 +158,115 @@ void UcxBackend::close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error w
 
 void UcxBackend::disconnect(const std::string& agent) {
   std::lock_guard<std::mutex> lock(mu_);
+  disconnect_locked(agent);
+}
+
+void UcxBackend::disconnect_locked(const std::string& agent) {
   auto it = peers_.find(agent);
   if (it == peers_.end()) return;
   auto peer = it->second;
   close_peer_locked(peer, err(ErrorCode::Remote, "agent '", agent, "' was disconnected"));
   inbox_.forget(agent);
+}
+
+void UcxBackend::peer_failed(const std::string& agent) {
+  bool replaced = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = peers_.find(agent);
+    const bool shm = it != peers_.end() && it->second->shm && !it->second->self;
+    disconnect_locked(agent);
+    replaced = shm && recover_receive_queue(agent);
+  }
+  if (replaced && env_.on_connection_changed) env_.on_connection_changed();
+}
+
+bool UcxBackend::recover_receive_queue(const std::string& failed_agent) {
+  if (worker_ == nullptr || !receive_blocked()) return false;
+  log(LogLevel::Warn, "UCX: agent '" + failed_agent +
+                          "' failed, and this worker's shared-memory receive queue is blocked "
+                          "(a peer died while writing into it): the worker is replaced");
+  if (auto st = replace_worker(); !st) {
+    log(LogLevel::Error, "UCX: replacing the worker failed: " + st.error().message);
+  }
+  return true;
+}
+
+bool UcxBackend::receive_blocked() {
+  // A test hook: the state a peer killed mid-write leaves, which no test can time.
+  if (const char* v = std::getenv("KVBM_UCX_TEST_RECEIVE_BLOCKED"); v != nullptr && *v == '1') {
+    return true;
+  }
+  // Generous: a live queue answers in microseconds, but this machine may be busy.
+  return probe_.blocked(context_, worker_, address_, std::chrono::milliseconds(500));
+}
+
+Status UcxBackend::replace_worker() {
+  retire_worker();
+  const std::string old_address = std::exchange(address_, std::string());
+  Status made = create_worker(context_, &worker_, &address_);
+  if (made) made = set_handlers();
+  if (!made) {
+    if (worker_ != nullptr) ucp_worker_destroy(worker_);
+    worker_ = nullptr;
+    auto peers = peers_;
+    for (auto& [name, peer] : peers) close_peer_locked(peer, made.error());
+    return made;
+  }
+  reconnect_peers(old_address);
+  return {};
+}
+
+// Everything tied to the worker's endpoints ends, then the worker goes: what it would
+// have called back ends here, as a reset connection.
+void UcxBackend::retire_worker() {
+  for (auto& [name, peer] : peers_) {
+    files_.fail_peer(peer);
+    am_.fail_peer(*peer);
+    for (UcxRemoteRegion* r : peer->regions) {
+      if (r->rkey != nullptr) ucp_rkey_destroy(r->rkey);
+      r->rkey = nullptr;
+    }
+    if (peer->ep != nullptr) close_endpoint(worker_, peer->ep);
+    peer->ep = nullptr;
+  }
+  files_served_.clear();  // replies owed through the old worker's endpoints
+  failed_eps_.clear();
+  ucp_worker_destroy(worker_);
+  worker_ = nullptr;
+  am_.worker_gone();
+  end_kept_posts(UCS_ERR_CONNECTION_RESET);
+}
+
+// The peers connected again from the new worker, as new connections (their notifications
+// count afresh), their keys unpacked again; one that cannot be is closed.
+void UcxBackend::reconnect_peers(const std::string& old_address) {
+  auto peers = peers_;
+  for (auto& [name, peer] : peers) {
+    if (peer->address == old_address) peer->address = address_;  // this agent itself
+    peer->connection = connection_seed_++;
+    peer->next_seq = 0;
+    ucs_status_t s = open_endpoint(worker_, peer->address, !peer->shm, &FailedEndpoints::on_error,
+                                   &failed_eps_, &peer->ep);
+    if (s != UCS_OK) peer->ep = nullptr;
+    for (UcxRemoteRegion* r : peer->regions) {
+      if (s != UCS_OK || r->file) continue;
+      s = ucp_ep_rkey_unpack(peer->ep, r->packed.data(), &r->rkey);
+      if (s != UCS_OK) r->rkey = nullptr;
+    }
+    if (s != UCS_OK) {
+      close_peer_locked(peer, ucx_error(ErrorCode::Remote,
+                                        "connecting agent '" + name + "' from a new worker", s));
+    }
+  }
+}
+
+void UcxBackend::end_kept_posts(ucs_status_t status) {
+  const std::vector<PostState*> kept(kept_.begin(), kept_.end());
+  for (PostState* c : kept) {
+    c->ops_pending = 1;  // what is left of them ends now, at once
+    op_done(c, status);
+  }
 }
 
 // Agent::connect: an endpoint flush completes once UCX has wired the endpoint up.
@@ -190,7 +303,7 @@ size_t UcxBackend::progress(LockWait wait) {
   // wake-up. Agent::progress waits: taking the lock is what orders the bytes this
   // worker copied in (UCX's emulated PUT) before the caller's reads.
   auto lock = progress_lock(mu_, wait);
-  if (!lock.owns_lock()) return 0;
+  if (!lock.owns_lock() || worker_ == nullptr) return 0;
   events_ = 0;
   // Bounded: under a steady stream of arriving messages (peers resending file chunks the
   // owner was too busy for, say) an unbounded drain never returned, and the replies

@@ -28,9 +28,13 @@
 // Failed peers: over TCP (and other transports with peer-failure reporting) UCX reports
 // a dead peer, and its requests end with an error. UCX's shared-memory transports cannot
 // (the same-host path checks the peer's process instead): with same_host=off over them,
-// requests to a dead peer end at the agent's peer timeout, and a peer killed while it
-// wrote into this worker's receive FIFO can leave that FIFO blocked, so that transfers
-// with other peers over UCX's shared memory also end at the timeout.
+// requests to a dead peer end at the agent's peer timeout. A peer killed while it wrote
+// into this worker's receive queue leaves the queue blocked for every peer: when a peer
+// over shared memory fails, the backend probes the queue (receive_probe.h) and, where it
+// is blocked, replaces its worker. Requests in flight then fail ("connection reset"),
+// peers it had connected to are connected again from the new worker, and its connection
+// data (its new address) is in the agent's metadata, published again to etcd where it was
+// published; a peer that loaded the old metadata must load the new one to reach it.
 //
 // Known UCX 1.13 issue: file requests reach the owner with UCX's reply endpoint; an owner
 // that also creates its own endpoint to such a peer (loads its metadata, e.g. to notify

@@ -31,6 +31,7 @@
 #include "xfer/backends/ucx/file_service.h"
 #include "xfer/backends/ucx/notifications.h"
 #include "xfer/backends/ucx/peer_check.h"
+#include "xfer/backends/ucx/receive_probe.h"
 #include "xfer/backends/ucx/same_host.h"
 #include "xfer/ucx_common/ucx_common.h"
 
@@ -56,10 +57,13 @@ class UcxRemoteRegion final : public RemoteRegion {
   const bool file;    // a FILE region the peer serves through active messages
   uint64_t base = 0;  // the region's address at the peer
   std::shared_ptr<SharedMapping> mapping;  // same host: the region mapped here, or null
+  std::string packed;                      // the peer's packed key, unpacked again on a new worker
 };
 
 struct UcxPeer {
   std::string name;
+  std::string address;  // its worker address, to connect again from a new worker
+  bool shm = false;     // reached over shared memory (no UCX peer error handling)
   ucp_ep_h ep = nullptr;
   std::optional<Error> failure;     // set when the connection failed or was closed
   std::atomic<bool> failed{false};  // failure is set (read without the backend lock)
@@ -147,6 +151,7 @@ class UcxBackend final : public Backend {
   }
   // "<transport line>\n<boot id>[ <same-host line>]\n<UCX worker address>" (peer_check.h)
   std::string connection_info() const override {
+    std::lock_guard<std::mutex> lock(mu_);  // the address changes with the worker
     if (same_host_ == SameHostMode::Off) return transport_ + "\n" + host_ + "\n" + address_;
     return transport_ + "\n" + host_ + " " + self_.line() + "\n" + address_;
   }
@@ -154,6 +159,9 @@ class UcxBackend final : public Backend {
   Result<std::unique_ptr<LocalRegion>> register_region(MemType type, const Desc& region) override;
   Status connect(const std::string& agent, std::string_view connection_info) override;
   void disconnect(const std::string& agent) override;
+  // A peer reached over shared memory may have died writing into our receive queue
+  // (receive_probe.h): if the queue is blocked, the worker is replaced (replace_worker).
+  void peer_failed(const std::string& agent) override;
   Status establish(const std::string& agent, std::chrono::milliseconds timeout) override;
   Result<std::unique_ptr<RemoteRegion>> load_remote_region(const std::string& agent, MemType type,
                                                            const Desc& region,
@@ -174,7 +182,7 @@ class UcxBackend final : public Backend {
   friend class AmRma;
 
   // Everything below runs with mu_ held.
-  std::mutex mu_;
+  mutable std::mutex mu_;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
 
@@ -191,6 +199,20 @@ class UcxBackend final : public Backend {
   void finish(PostState* c, ucs_status_t status);
   Status send_am(UcxPeer& peer, std::string_view message, std::shared_ptr<PostState> c);
   void close_peer_locked(const std::shared_ptr<UcxPeer>& peer, Error why);
+  void disconnect_locked(const std::string& agent);
+  Status set_handlers();  // the active-message handlers of worker_
+  // After a peer over shared memory failed: replaces the worker where its receive queue is
+  // blocked (receive_probe.h). True when it did: the caller, once it has released mu_,
+  // calls env_.on_connection_changed.
+  bool recover_receive_queue(const std::string& failed_agent);
+  bool receive_blocked();  // whether worker_'s shared-memory receive queue is blocked
+  // A new worker in place of worker_: every request in flight ends with an error, the
+  // connected peers are connected again from the new one (their keys unpacked again), and
+  // connection_info() gives its address. Peers that loaded ours before must load it again.
+  Status replace_worker();
+  void retire_worker();                                  // replace_worker's first step
+  void reconnect_peers(const std::string& old_address);  // and its last
+  void end_kept_posts(ucs_status_t status);  // posts the old worker will never call back
   static ucs_status_t on_am(void* arg, const void* header, size_t header_length, void* data,
                             size_t length, const ucp_am_recv_param_t* param);
   // Routes the remote-file protocol's messages: requests to files_served_, replies to files_.
@@ -218,6 +240,7 @@ class UcxBackend final : public Backend {
   FileClient files_{*this};   // this agent's transfers with peers' files
   FileService files_served_;  // this agent's files, served to peers
   AmRma am_{*this};           // READ/WRITE over active messages, both sides
+  ReceiveProbe probe_;
 };
 
 class UcxRequest final : public BackendRequest {

@@ -116,6 +116,7 @@ Result<std::unique_ptr<RemoteRegion>> UcxBackend::load_remote_region(const std::
   }
   auto region = std::make_unique<UcxRemoteRegion>(this, it->second, rkey);
   region->base = desc.addr;
+  region->packed = info->rkey;
   const std::shared_ptr<SameHostPeer>& host = it->second->host;
   if (host && info->file && same_host_ == SameHostMode::Auto) {
     auto mapping = SharedMapping::map(*host, *info->file, desc.len);

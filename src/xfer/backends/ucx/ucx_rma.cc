@@ -122,6 +122,7 @@ Status UcxRequest::post_same_host() {
     return {};
   }
   std::shared_ptr<PostState> c;
+  bool replaced = false;  // the peer's death made the backend replace its worker
   {
     std::lock_guard<std::mutex> lock(backend_->mu_);
     if (current_ && current_->state.load() == XferState::InProgress) {
@@ -139,8 +140,13 @@ Status UcxRequest::post_same_host() {
                                              peer_->host->pid(), ") has exited"));
       backend_->fail(c.get(), err(ErrorCode::Remote, "transfer with agent '", peer_->name,
                                   "' failed: ", peer_->failure->message));
-      return c->error;
+      // It may have died writing into our receive queue (its messages come that way).
+      replaced = backend_->recover_receive_queue(peer_->name);
     }
+  }
+  if (c->state.load() == XferState::Error) {
+    if (replaced && backend_->env_.on_connection_changed) backend_->env_.on_connection_changed();
+    return c->error;
   }
   // The bytes are in place before the notification's message is: CMA's copies are done
   // when the call returns, and UCX fences its shared-memory queue's stores before it
