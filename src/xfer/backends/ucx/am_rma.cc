@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <set>
 #include <utility>
 
 #include "common/hex.h"
@@ -216,10 +215,12 @@ AmRma::ReplySlot& AmRma::new_reply_slot() {
     s = free_replies_.back();
     free_replies_.pop_back();
   }
+  s->used = true;
   return *s;
 }
 
 void AmRma::free_reply_slot(ReplySlot& s) {
+  s.used = false;
   s.region = nullptr;
   s.ep = nullptr;
   s.text.clear();
@@ -422,9 +423,8 @@ void AmRma::worker_gone() {
     if (sending) backend_.op_done(c, UCS_ERR_CONNECTION_RESET);
     if (waiting) backend_.op_done(c, UCS_ERR_CONNECTION_RESET);
   }
-  std::set<const ReplySlot*> free(free_replies_.begin(), free_replies_.end());
   for (ReplySlot& s : replies_) {
-    if (free.count(&s) != 0) continue;
+    if (!s.used) continue;
     if (s.region != nullptr) --s.region->busy;
     free_reply_slot(s);
   }

@@ -178,7 +178,11 @@ void UcxBackend::peer_failed(const std::string& agent) {
     disconnect_locked(agent);
     replaced = shm && recover_receive_queue(agent);
   }
-  if (replaced && env_.on_connection_changed) env_.on_connection_changed();
+  if (replaced) connection_changed();
+}
+
+void UcxBackend::connection_changed() {
+  if (env_.on_connection_changed) env_.on_connection_changed();
 }
 
 bool UcxBackend::recover_receive_queue(const std::string& failed_agent) {

@@ -203,9 +203,10 @@ class UcxBackend final : public Backend {
   Status set_handlers();  // the active-message handlers of worker_
   // After a peer over shared memory failed: replaces the worker where its receive queue is
   // blocked (receive_probe.h). True when it did: the caller, once it has released mu_,
-  // calls env_.on_connection_changed.
+  // calls connection_changed().
   bool recover_receive_queue(const std::string& failed_agent);
-  bool receive_blocked();  // whether worker_'s shared-memory receive queue is blocked
+  void connection_changed();  // tells the agent (without mu_ held)
+  bool receive_blocked();     // whether worker_'s shared-memory receive queue is blocked
   // A new worker in place of worker_: every request in flight ends with an error, the
   // connected peers are connected again from the new one (their keys unpacked again), and
   // connection_info() gives its address. Peers that loaded ours before must load it again.

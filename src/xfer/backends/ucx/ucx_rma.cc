@@ -145,7 +145,7 @@ Status UcxRequest::post_same_host() {
     }
   }
   if (c->state.load() == XferState::Error) {
-    if (replaced && backend_->env_.on_connection_changed) backend_->env_.on_connection_changed();
+    if (replaced) backend_->connection_changed();
     return c->error;
   }
   // The bytes are in place before the notification's message is: CMA's copies are done
