@@ -315,10 +315,11 @@ int run_bench_transfer(const BenchTransferOptions& o) {
                   : o.kernel == "cta" ? CudaCopyKernel::Cta
                                       : CudaCopyKernel::Baseline;
   eo.cuda_tuning = std::make_shared<const detail::CudaTuning>(tuning);
-  eo.cuda_host_engine = o.host_engine == "kernel"  ? CudaHostEngine::Kernel
-                        : o.host_engine == "batch" ? CudaHostEngine::Batch
-                        : o.host_engine == "split" ? CudaHostEngine::Split
-                                                   : CudaHostEngine::Auto;
+  eo.cuda_host_engine = o.host_engine == "kernel"   ? CudaHostEngine::Kernel
+                        : o.host_engine == "batch"  ? CudaHostEngine::Batch
+                        : o.host_engine == "split"  ? CudaHostEngine::Split
+                        : o.host_engine == "gather" ? CudaHostEngine::Gather
+                                                    : CudaHostEngine::Auto;
   auto e = TransferEngine::create(eo);
   if (!e) {
     std::cerr << "kvbm bench transfer: " << e.error().to_string() << "\n";
@@ -379,9 +380,10 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
   cmd->add_option("--host-engine", o->host_engine,
                   "Pinned <-> GPU: auto (the fastest on this machine, measured once), kernel (the "
                   "copy kernel reads pinned memory), batch (copy engines, cudaMemcpyBatchAsync), "
-                  "split (both at once on disjoint blocks)")
+                  "split (both at once on disjoint blocks), gather (pinned -> GPU: CPU threads "
+                  "gather into pinned staging, one DMA, a scatter kernel)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"auto", "kernel", "batch", "split"}));
+      ->check(CLI::IsMember({"auto", "kernel", "batch", "split", "gather"}));
   cmd->add_flag("--json", o->json,
                 "One JSON object on stdout: options, every row with its ceiling, the verdict");
   cmd->add_option("--check", o->check,

@@ -1,6 +1,7 @@
 // `kvbm info`: what this machine offers kvbm, the way ucx_info shows what UCX sees: the
 // versions, UCX's transports, io_uring, O_DIRECT in the disk directory, the memlock limit,
-// cuFile, and the GPUs with their PCIe links.
+// cuFile, and the GPUs with their PCIe links, NUMA nodes and the pinned <-> GPU engines
+// the transfer engine measures on each.
 #include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
@@ -18,6 +19,7 @@
 #include "commands.h"
 #include "common/uring_batch.h"
 #include "kvbm/storage.h"
+#include "kvbm/transfer.h"
 #include "kvbm/version.h"
 #include "table.h"
 
@@ -120,8 +122,30 @@ std::string pcie_link(const std::string& address) {
   };
   const std::string speed = read("current_link_speed"), width = read("current_link_width");
   if (speed.empty() || width.empty()) return "PCIe link unknown";
-  return "PCIe " + pcie_generation(speed) + " x" + width + " (max " +
-         pcie_generation(read("max_link_speed")) + " x" + read("max_link_width") + ")";
+  std::string link = "PCIe " + pcie_generation(speed) + " x" + width + " (max " +
+                     pcie_generation(read("max_link_speed")) + " x" + read("max_link_width") + ")";
+  // -1 where the machine has one node (or does not say).
+  const std::string node = read("numa_node");
+  if (!node.empty() && node != "-1") link += ", NUMA node " + node;
+  return link;
+}
+
+// The engine the transfer engine measures on GPU `ordinal` for each chunk class, each way:
+// "pinned -> GPU 16K kernel, 64K kernel, 256K batch, 2M batch; GPU -> pinned ...".
+std::string host_engines(TransferEngine& engine, int ordinal) {
+  std::string out;
+  for (bool to_device : {true, false}) {
+    out += to_device ? "pinned -> GPU" : "; GPU -> pinned";
+    const char* sep = " ";
+    for (size_t kib : {16, 64, 256, 2048}) {
+      auto e = engine.cuda_host_engine(ordinal, to_device, kib << 10);
+      if (!e) return e.error().message;
+      out += sep + (kib < 1024 ? std::to_string(kib) + "K " : std::to_string(kib >> 10) + "M ") +
+             to_string(*e);
+      sep = ", ";
+    }
+  }
+  return out;
 }
 #endif
 
@@ -134,6 +158,7 @@ void add_gpus(Table& t) {
   auto gpus = cuda_device_count();
   t.add({"GPUs", gpus ? std::to_string(*gpus) : gpus.error().message});
 #if KVBM_HAVE_CUDA
+  std::unique_ptr<TransferEngine> engine;  // made for the first GPU, measures each
   for (int i = 0; gpus && i < *gpus; ++i) {
     cudaDeviceProp prop{};
     if (cudaGetDeviceProperties(&prop, i) != cudaSuccess) continue;
@@ -144,6 +169,11 @@ void add_gpus(Table& t) {
         {"GPU " + std::to_string(i), std::string(prop.name) + ", " +
                                          human_bytes(prop.totalGlobalMem / (1 << 20) * (1 << 20)) +
                                          ", " + bus + ", " + pcie_link(bus)});
+    if (!engine) {
+      auto made = TransferEngine::create();
+      if (made) engine = std::move(*made);
+    }
+    if (engine) t.add({"GPU " + std::to_string(i) + " host engines", host_engines(*engine, i)});
   }
 #endif
 }

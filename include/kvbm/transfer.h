@@ -63,7 +63,12 @@ struct CudaTuning;  ///< the Cuda path's kernel tuning knobs (internal: src/tran
 ///   Batch   the GPU's copy engines, the coalesced chunks through cudaMemcpyBatchAsync.
 ///   Split   both at once on disjoint blocks of a request: the kernel takes a share (its
 ///           measured part of the two engines' sum), the copy engines the rest.
-enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch, Split };
+///   Gather  host -> GPU only (GPU -> host copies forced to it use the kernel): the
+///           engine's host threads gather the chunks into a pinned staging buffer, one DMA
+///           per slice of it moves them, a kernel scatters them on the GPU. copy() returns
+///           once the CPU has read the sources; it holds 24 MiB of pinned and of device
+///           memory per GPU from its first use (or the first measurement) on.
+enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch, Split, Gather };
 KVBM_API const char* to_string(CudaHostEngine engine);
 
 /// An asynchronous copy. Destroying one that is still running waits for it (Host, Cuda,

@@ -207,6 +207,7 @@ class CudaHostEngine(enum.Enum):
     KERNEL: CudaHostEngine
     BATCH: CudaHostEngine
     SPLIT: CudaHostEngine
+    GATHER: CudaHostEngine
 
 class TransferEngineOptions:
     def __init__(self, *, host_threads: int = 0, uring_queue_depth: int = 64,

@@ -125,11 +125,14 @@ void bind_options(py::module_& m) {
   py::enum_<CudaHostEngine>(m, "CudaHostEngine",
                             "Pinned host memory <-> GPU: KERNEL (the copy kernel reads or "
                             "writes mapped pinned memory), BATCH (copy engines), SPLIT (both "
-                            "at once on disjoint blocks), or AUTO (measured per GPU).")
+                            "at once on disjoint blocks), GATHER (host -> GPU: CPU threads "
+                            "gather into pinned staging, one DMA, a scatter kernel), or AUTO "
+                            "(measured per GPU).")
       .value("AUTO", CudaHostEngine::Auto)
       .value("KERNEL", CudaHostEngine::Kernel)
       .value("BATCH", CudaHostEngine::Batch)
-      .value("SPLIT", CudaHostEngine::Split);
+      .value("SPLIT", CudaHostEngine::Split)
+      .value("GATHER", CudaHostEngine::Gather);
   const TransferEngineOptions d;
   using O = TransferEngineOptions;
   py::class_<O>(m, "TransferEngineOptions",

@@ -155,8 +155,8 @@ Result<Transfer> start_host(EngineState& state, const CopyArgs& a) {
 }
 
 // GPU <-> GPU memory of one device, and GPU <-> host: one kernel for scattered blocks, a
-// batch of copies where the engine measured faster, or (pageable memory the GPU cannot
-// address) a cudaMemcpyAsync per chunk.
+// batch of copies, both, or a CPU gather with one DMA where the engine measured faster, or
+// (pageable memory the GPU cannot address) a cudaMemcpyAsync per chunk.
 Result<Transfer> start_cuda(EngineState& state, const CopyArgs& a) {
   const StorageType s = a.src.storage_type();
   const StorageType d = a.dst.storage_type();
@@ -172,9 +172,17 @@ Result<Transfer> start_cuda(EngineState& state, const CopyArgs& a) {
     const bool host_side = s.kind != d.kind;  // pinned <-> GPU: the engine measured faster
     const bool to_device = d.kind == StorageKind::Device;
     const size_t chunk_bytes = coalesced_chunk_bytes(a.src, a.dst);
-    const CudaHostEngine engine = !pageable && host_side
-                                      ? (*copier)->host_engine(to_device, chunk_bytes)
-                                      : CudaHostEngine::Kernel;
+    CudaHostEngine engine = !pageable && host_side ? (*copier)->host_engine(to_device, chunk_bytes)
+                                                   : CudaHostEngine::Kernel;
+    if (engine == CudaHostEngine::Gather && !to_device) engine = CudaHostEngine::Kernel;
+    if (engine == CudaHostEngine::Gather) {
+      std::vector<Chunk> chunks;
+      chunks.reserve(a.src_ids.size() * c.num_layers * c.outer_dim);
+      build_chunks(a.src, a.src_ids, a.dst, a.dst_ids, chunks);
+      auto impl = (*copier)->submit_gather(chunks, bytes);
+      if (!impl) return impl.error();
+      return Transfer(std::move(*impl));
+    }
     if (engine == CudaHostEngine::Batch || engine == CudaHostEngine::Split) {
       // Split: the kernel's share of the blocks first, the copy engines' chunks the rest.
       const size_t k = engine == CudaHostEngine::Split

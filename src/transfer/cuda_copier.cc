@@ -25,11 +25,18 @@ namespace {
 constexpr size_t kSlots = 64;
 
 // The fastest engine of a probe; both at once only when that beats either alone by more
-// than the probe's noise (it costs a second stream and two events).
+// than the probe's noise (it costs a second stream and two events), and the gather only
+// when it beats the GPU's own engines by more again (it costs the host's threads).
 CudaHostEngine choose(const HostEngineRates& r) {
   const double single = std::max(r.kernel_gbps, r.batch_gbps);
-  if (r.split_gbps > single * 1.03) return CudaHostEngine::Split;
-  return r.batch_gbps > r.kernel_gbps ? CudaHostEngine::Batch : CudaHostEngine::Kernel;
+  CudaHostEngine best =
+      r.batch_gbps > r.kernel_gbps ? CudaHostEngine::Batch : CudaHostEngine::Kernel;
+  double rate = single;
+  if (r.split_gbps > single * 1.03) {
+    best = CudaHostEngine::Split;
+    rate = r.split_gbps;
+  }
+  return r.gather_gbps > rate * 1.05 ? CudaHostEngine::Gather : best;
 }
 
 CopyKernel copy_kernel(CudaCopyKernel k) {
@@ -63,8 +70,10 @@ struct CudaCopier::State {
   std::mutex mu;
   std::array<Slot, kSlots> slots;
   size_t next = 0;
-  CopyList copies;   // under mu: the copy-engine copies of the request being queued
-  BatchLanes lanes;  // under mu
+  CopyList copies;           // under mu: the copy-engine copies of the request being queued
+  BatchLanes lanes;          // under mu
+  HostPool* pool = nullptr;  // the engine's host threads (CudaHostEngine::Gather)
+  std::unique_ptr<GatherStage> gather;  // under mu: made on first use
 
   // The host engine of each direction (0: to the GPU) and chunk class, once measured.
   std::once_flag probed;
@@ -84,6 +93,15 @@ struct CudaCopier::State {
     return l;
   }
   void probe_engines();
+  // The gather stage, made on first use. Called with mu held, on the device.
+  Result<GatherStage*> gather_stage() {
+    if (!gather) {
+      auto g = GatherStage::create();
+      if (!g) return g.error();
+      gather = std::move(*g);
+    }
+    return gather.get();
+  }
   Result<size_t> enqueue_blocks(Slot& slot, const Layout& src, std::span<const size_t> src_ids,
                                 const Layout& dst, std::span<const size_t> dst_ids,
                                 cudaStream_t on);
@@ -91,6 +109,7 @@ struct CudaCopier::State {
   ~State() {
     DeviceGuard guard(ordinal);
     if (stream != nullptr) cudaStreamSynchronize(stream);
+    gather.reset();
     for (Slot& s : slots) {
       if (s.host != nullptr) cudaFreeHost(s.host);
       if (s.dev != nullptr) cudaFree(s.dev);
@@ -228,11 +247,13 @@ Result<std::unique_ptr<Transfer::Impl>> submit_in_slot(CudaCopier::State* st, ui
 }  // namespace
 
 Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int ordinal,
-                                                       const TransferEngineOptions& options) {
+                                                       const TransferEngineOptions& options,
+                                                       HostPool& pool) {
   KVBM_TRY(check_device(ordinal));
   DeviceGuard guard(ordinal);
   auto st = std::make_unique<State>();
   st->ordinal = ordinal;
+  st->pool = &pool;
   st->options = options;
   st->tuning = cuda_tuning(options);
   int v = 0;
@@ -373,10 +394,23 @@ void CudaCopier::State::probe_engines() {
   if (e == cudaSuccess) e = cudaMalloc(&device, kProbeBytes);
   if (e == cudaSuccess) e = cudaMemset(device, 0x5a, kProbeBytes);
   std::string choices;
+  GatherProbe gathering;
+  if (e == cudaSuccess) {
+    std::lock_guard lock(mu);
+    if (auto g = gather_stage(); g) {
+      gathering = {*g, pool};
+    } else {
+      log(LogLevel::Warn,
+          "GPU " + std::to_string(ordinal) + ": no gather stage to probe: " + g.error().message);
+    }
+  }
   for (int dir = 0; dir < 2 && e == cudaSuccess; ++dir) {
     for (size_t cls = 0; cls < kHostEngineClasses; ++cls) {
-      auto rates = probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device,
-                                      kProbeBytes, launch(), tuning.max_piece, stream, &lanes);
+      std::unique_lock lock(mu, std::defer_lock);  // the gather stage is used under mu
+      if (gathering.stage != nullptr) lock.lock();
+      auto rates =
+          probe_host_engines(dir == 0, host_engine_class_bytes(cls), pinned, device, kProbeBytes,
+                             launch(), tuning.max_piece, stream, &lanes, gathering);
       if (!rates) {
         log(LogLevel::Warn, "GPU " + std::to_string(ordinal) +
                                 ": probing the host copy engines: " + rates.error().message);
@@ -395,6 +429,16 @@ void CudaCopier::State::probe_engines() {
   cudaGetLastError();
   if (e == cudaSuccess)
     log(LogLevel::Debug, "GPU " + std::to_string(ordinal) + " host engines:" + choices);
+}
+
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_gather(std::span<const Chunk> chunks,
+                                                                  uint64_t bytes) {
+  State* st = state_.get();
+  return submit_in_slot(st, bytes, [&](State::Slot&) -> Result<size_t> {
+    auto stage = st->gather_stage();
+    if (!stage) return stage.error();
+    return (*stage)->enqueue(chunks, *st->pool, st->stream);
+  });
 }
 
 CudaHostEngine CudaCopier::host_engine(bool to_device, size_t chunk_bytes) {
@@ -437,7 +481,12 @@ bool CudaCopier::pageable_access() const {
 
 struct CudaCopier::State {};
 
-Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int, const TransferEngineOptions&) {
+Result<std::unique_ptr<CudaCopier>> CudaCopier::create(int, const TransferEngineOptions&,
+                                                       HostPool&) {
+  return cuda_device_count().error();
+}
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_gather(std::span<const Chunk>,
+                                                                  uint64_t) {
   return cuda_device_count().error();
 }
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit(std::span<const Chunk>, uint64_t) {

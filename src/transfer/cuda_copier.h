@@ -14,11 +14,15 @@
 
 namespace kvbm::detail {
 
+class HostPool;
+
 class CudaCopier {
  public:
-  // DeviceUnavailable without a GPU (or a CUDA build); CUDA's error otherwise.
+  // DeviceUnavailable without a GPU (or a CUDA build); CUDA's error otherwise. `pool` (the
+  // engine's host threads, which outlive the copier) gathers for CudaHostEngine::Gather.
   static Result<std::unique_ptr<CudaCopier>> create(int ordinal,
-                                                    const TransferEngineOptions& options);
+                                                    const TransferEngineOptions& options,
+                                                    HostPool& pool);
   ~CudaCopier();
 
   int ordinal() const;
@@ -45,6 +49,11 @@ class CudaCopier {
   // cudaMemcpyBatchAsync (host_engines.h: enqueue_batch).
   Result<std::unique_ptr<Transfer::Impl>> submit_batch(std::span<const Chunk> chunks,
                                                        uint64_t bytes);
+  // Starts the copy of `chunks` from pinned memory to this GPU through the gather stage
+  // (copy/gpu_gather.h, made on first use): returns once the CPU has read every source
+  // chunk, the DMAs and scatters queued.
+  Result<std::unique_ptr<Transfer::Impl>> submit_gather(std::span<const Chunk> chunks,
+                                                        uint64_t bytes);
   // CudaHostEngine::Split: how many of a request's `blocks` the kernel takes (its measured
   // share for this direction and chunk class; at least 1, fewer than `blocks` when there
   // are 2 or more).

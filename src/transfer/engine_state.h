@@ -31,7 +31,7 @@ struct EngineState {
     for (auto& c : cuda) {
       if (c->ordinal() == ordinal) return c.get();
     }
-    auto c = CudaCopier::create(ordinal, options);
+    auto c = CudaCopier::create(ordinal, options, pool);
     if (!c) return c.error();
     cuda.push_back(std::move(*c));
     return cuda.back().get();

@@ -1,7 +1,9 @@
-// The two engines of the Cuda path between pinned host memory and a GPU (CudaHostEngine,
+// The engines of the Cuda path between pinned host memory and a GPU (CudaHostEngine,
 // include/kvbm/transfer.h), and the probe that chooses between them on the machine: the
-// block copy kernel reading mapped pinned memory, or the copy engines through one
-// cudaMemcpyBatchAsync. Which wins depends on the machine and driver, and on the chunk size.
+// block copy kernel reading mapped pinned memory, the copy engines through one
+// cudaMemcpyBatchAsync, both at once, or (host -> GPU) a CPU gather into pinned staging
+// with one DMA and a scatter kernel (copy/gpu_gather.h). Which wins depends on the machine
+// and driver, and on the chunk size.
 #pragma once
 
 #if KVBM_HAVE_CUDA
@@ -15,6 +17,7 @@
 
 #include "copy/gpu_batch.h"
 #include "copy/gpu_copy.h"
+#include "copy/gpu_gather.h"
 #include "kvbm/result.h"
 #include "transfer/transfer_impl.h"
 
@@ -52,16 +55,25 @@ struct HostEngineRates {
   double batch_gbps = 0;  // 0 where the batch call is not supported
   double split_gbps = 0;  // both at once, the kernel taking kernel_share of the chunks
   double kernel_share = 0;
+  double gather_gbps = 0;  // host -> GPU only, where a gather stage was given
+};
+
+// What the gather engine needs to be timed: its stage and the host threads that gather.
+struct GatherProbe {
+  GatherStage* stage = nullptr;
+  HostPool* pool = nullptr;
 };
 
 // Times the engines on the current device copying `bytes` of `pinned` (mapped pinned
 // memory) to `device` (to_device) or back, in chunks of `chunk` bytes in a scattered order:
-// the kernel, the batch, and (where the batch works) both at once with the kernel's share
-// in proportion to the two rates; the best of a few runs each, after a warm-up. CUDA's
-// error if a copy fails.
+// the kernel, the batch, (where the batch works) both at once with the kernel's share in
+// proportion to the two rates, and (to_device, with `gather`) the gather stage, timed from
+// its call to the stream's end since its CPU part runs in the call; the best of a few runs
+// each, after a warm-up. CUDA's error if a copy fails.
 Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
                                            size_t bytes, const CopyLaunch& launch, uint64_t piece,
-                                           cudaStream_t stream, const BatchLanes* lanes);
+                                           cudaStream_t stream, const BatchLanes* lanes,
+                                           const GatherProbe& gather = {});
 
 }  // namespace kvbm::detail
 #endif

@@ -41,6 +41,8 @@ const char* to_string(CudaHostEngine engine) {
       return "batch";
     case CudaHostEngine::Split:
       return "split";
+    case CudaHostEngine::Gather:
+      return "gather";
   }
   return "?";
 }
@@ -91,9 +93,9 @@ Result<std::unique_ptr<TransferEngine>> TransferEngine::create(TransferEngineOpt
     return err(ErrorCode::InvalidArgument, "cuda_kernel ", static_cast<unsigned>(tuning.kernel),
                " is not a kernel (0..2)");
   }
-  if (options.cuda_host_engine > CudaHostEngine::Split) {
+  if (options.cuda_host_engine > CudaHostEngine::Gather) {
     return err(ErrorCode::InvalidArgument, "cuda_host_engine ",
-               static_cast<unsigned>(options.cuda_host_engine), " is not an engine (0..3)");
+               static_cast<unsigned>(options.cuda_host_engine), " is not an engine (0..4)");
   }
   // Two halves, each a whole number of pages (direct I/O); at most 64 GiB.
   if (options.staging_bytes == 0 || options.staging_bytes % 8192 != 0 ||

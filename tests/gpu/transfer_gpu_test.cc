@@ -249,6 +249,39 @@ TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
   round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the split's
 }
 
+// Host -> GPU through a CPU gather into pinned staging, one DMA per slice and a scatter
+// kernel (GPU -> host forced to it takes the kernel): every shape, and requests of several
+// slices whose chunks straddle the slices' edges, twice, so that every slice is reused.
+TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
+  KVBM_REQUIRE_GPU();
+  TransferEngineOptions o;
+  o.cuda_host_engine = CudaHostEngine::Gather;
+  auto e = TransferEngine::create(o);
+  ASSERT_TRUE(e.ok());
+  EXPECT_EQ((*e)->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Gather);
+  round_trip(**e, Host{"pinned", true}, 16, 256);
+  round_trip(**e, Host{"pinned", true}, 1, 1);
+  round_trip(**e, Host{"pinned", true}, 1024, 4096);
+  round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the gather's
+  // 384,000-byte chunks, 3 MB blocks: 16 blocks fill 6 slices of 8 MiB.
+  const LayoutConfig c = config(16, 3000, 256);
+  Layout src = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, PinnedAllocator());
+  Layout dev = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, DeviceAllocator(0));
+  Layout back = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, PinnedAllocator());
+  fill_all_blocks(src, 15);
+  std::vector<size_t> ids(16), mid(16);
+  for (size_t i = 0; i < 16; ++i) ids[i] = (i * 5) % 16, mid[i] = 15 - i;
+  for (int round = 0; round < 2; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    std::memset(back.region(0).data(), 0, back.region(0).size());
+    auto t = e.value()->copy(src, ids, dev, mid);
+    ASSERT_TRUE(t.ok()) << t.error().to_string();
+    ASSERT_TRUE(t->wait(30s).ok());
+    ASSERT_TRUE(e.value()->copy(dev, mid, back, ids)->wait(30s).ok());
+    EXPECT_EQ(check_blocks(back, ids, ids, 15), "");
+  }
+}
+
 TEST(TransferGpuHostEngine, AutoMeasuresAndKeepsAChoicePerDirectionAndSize) {
   KVBM_REQUIRE_GPU();
   auto e = TransferEngine::create();

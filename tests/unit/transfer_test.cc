@@ -126,6 +126,7 @@ TEST(TransferEngine, RejectsBadOptions) {
   EXPECT_STREQ(to_string(TransferPath::Staged), "staged");
   EXPECT_STREQ(to_string(CudaHostEngine::Batch), "batch");
   EXPECT_STREQ(to_string(CudaHostEngine::Split), "split");
+  EXPECT_STREQ(to_string(CudaHostEngine::Gather), "gather");
   auto e = engine();
   if (!cuda_device_count()) {  // no GPU: asking for its engine says why, as a copy would
     EXPECT_EQ(e->cuda_host_engine(0, true, 4096).code(), ErrorCode::DeviceUnavailable);
