@@ -66,7 +66,7 @@ struct CudaTuning;  ///< the Cuda path's kernel tuning knobs (internal: src/tran
 ///   Gather  host -> GPU only (GPU -> host copies forced to it use the kernel): the
 ///           engine's host threads gather the chunks into a pinned staging buffer, one DMA
 ///           per slice of it moves them, a kernel scatters them on the GPU. copy() returns
-///           once the CPU has read the sources; it holds 24 MiB of pinned and of device
+///           once the CPU has read the sources; it holds 48 MiB of pinned and of device
 ///           memory per GPU from its first use (or the first measurement) on.
 enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch, Split, Gather };
 KVBM_API const char* to_string(CudaHostEngine engine);

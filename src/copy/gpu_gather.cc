@@ -93,7 +93,9 @@ Result<size_t> GatherStage::enqueue_slice(Slice& s, std::span<const Chunk> parts
   if (bytes < kPoolMinBytes || pool.threads() == 0) {
     for (const Chunk& c : cpu_) HostPool::copy_bytes(c.dst, c.src, c.len, false);
   } else {
-    pool.submit(cpu_, bytes)->wait_for(std::chrono::hours(24 * 365));
+    // Streaming stores: the DMA reads the slice from memory next, and they spare the
+    // memory bus a read of every destination line, which the DMA and the sources need.
+    pool.submit(cpu_, bytes, true)->wait_for(std::chrono::hours(24 * 365));
   }
   cudaError_t e = cudaMemcpyAsync(s.dev, s.host, bytes, cudaMemcpyHostToDevice, stream);
   const char* what = "cudaMemcpyAsync of a gather staging slice";

@@ -31,8 +31,9 @@ class HostPool;
 class GatherStage {
  public:
   static constexpr size_t kSlices = 3;
-  // Bytes of one slice: a few of them keep the DMA busy while the CPU gathers the next.
-  static constexpr size_t kSliceBytes = 8 << 20;
+  // Bytes of one slice: a few of them keep the DMA busy while the CPU gathers the next,
+  // each large enough that waking the pool's threads is a small part of its time.
+  static constexpr size_t kSliceBytes = 16 << 20;
 
   // Allocates the slices (pinned and device memory) on the current device. CUDA's error
   // where an allocation fails.

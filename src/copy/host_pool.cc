@@ -19,6 +19,7 @@ struct ChunkList {
   std::vector<uint64_t> starts;
   uint64_t bytes;
   size_t parts;
+  bool stream;  // streaming stores
 
   // Copies part `part` of `parts` equal byte ranges (cutting through chunks).
   size_t copy(size_t part) const {
@@ -26,7 +27,6 @@ struct ChunkList {
     const uint64_t end = bytes * (part + 1) / parts;
     // The chunk holding byte `begin`: the last one starting at or before it.
     const size_t i = std::upper_bound(starts.begin(), starts.end(), begin) - starts.begin() - 1;
-    const bool stream = bytes >= kStreamJobBytes;
     const size_t copied =
         copy_range(std::span<const Chunk>(chunks), i, i < starts.size() ? starts[i] : 0, begin, end,
                    [&](const Chunk& c, uint64_t off, uint64_t n) {
@@ -87,7 +87,8 @@ size_t HostPool::parts_for(uint64_t bytes) const {
   return std::clamp<uint64_t>(bytes / kPartBytes, std::max<uint64_t>(1, per_thread), kMaxParts);
 }
 
-std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t bytes) {
+std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t bytes,
+                                          bool streaming_stores) {
   auto list = std::make_shared<ChunkList>();
   list->starts.reserve(chunks.size());
   uint64_t at = 0;
@@ -98,6 +99,7 @@ std::shared_ptr<HostJob> HostPool::submit(std::vector<Chunk> chunks, uint64_t by
   list->chunks = std::move(chunks);
   list->bytes = bytes;
   list->parts = parts_for(bytes);
+  list->stream = streaming_stores || bytes >= kStreamJobBytes;
   return start(
       std::make_shared<HostJob>(list->parts, [list](size_t part) { return list->copy(part); }));
 }

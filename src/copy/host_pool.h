@@ -31,7 +31,10 @@ class HostPool {
   size_t threads() const { return workers_.size(); }
 
   // Starts copying `chunks` (src/dst are host addresses) and returns the job to wait on.
-  std::shared_ptr<HostJob> submit(std::vector<Chunk> chunks, uint64_t bytes);
+  // Streaming stores from kStreamJobBytes on, or always with `streaming_stores` (for a
+  // destination that something other than this CPU reads next, such as a DMA).
+  std::shared_ptr<HostJob> submit(std::vector<Chunk> chunks, uint64_t bytes,
+                                  bool streaming_stores = false);
   // Starts `parts` calls of copy(part) (each returning the number of chunks it copied)
   // and returns the job to wait on.
   std::shared_ptr<HostJob> submit_parts(size_t parts, std::function<size_t(size_t)> copy);

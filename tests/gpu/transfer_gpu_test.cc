@@ -263,14 +263,14 @@ TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
   round_trip(**e, Host{"pinned", true}, 1, 1);
   round_trip(**e, Host{"pinned", true}, 1024, 4096);
   round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the gather's
-  // 384,000-byte chunks, 3 MB blocks: 16 blocks fill 6 slices of 8 MiB.
-  const LayoutConfig c = config(16, 3000, 256);
+  // 384,000-byte chunks, 3 MB blocks: 24 blocks fill 5 slices of 16 MiB.
+  const LayoutConfig c = config(24, 3000, 256);
   Layout src = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, PinnedAllocator());
   Layout dev = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, DeviceAllocator(0));
   Layout back = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, PinnedAllocator());
   fill_all_blocks(src, 15);
-  std::vector<size_t> ids(16), mid(16);
-  for (size_t i = 0; i < 16; ++i) ids[i] = (i * 5) % 16, mid[i] = 15 - i;
+  std::vector<size_t> ids(24), mid(24);
+  for (size_t i = 0; i < 24; ++i) ids[i] = (i * 5) % 24, mid[i] = 23 - i;
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::memset(back.region(0).data(), 0, back.region(0).size());
