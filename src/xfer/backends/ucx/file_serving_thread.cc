@@ -7,8 +7,10 @@ namespace kvbm::xfer::detail {
 using kvbm::detail::FileOp;
 using kvbm::detail::UringWorker;
 
-// Chunks of many peers and transfers in flight at once: enough to keep a disk busy.
-constexpr unsigned kQueueDepth = 16;
+// Chunks of many peers and transfers in flight at once: as many as the default staging
+// cap holds (FileService::kDefaultMaxStaging), the depth at which an NVMe disk is measured
+// (`kvbm bench xfer`'s disk ceiling); fewer left it short of the disk's rate.
+constexpr unsigned kQueueDepth = 64;
 
 void FileServingThread::submit(std::vector<FileJob>& jobs) {
   std::vector<FileJob> refused;
