@@ -382,11 +382,13 @@ size_t CudaCopier::kernel_blocks(bool to_device, size_t chunk_bytes, size_t bloc
   return std::clamp<size_t>(k, 1, blocks - 1);
 }
 
-// Times both engines for each direction and class over one pair of probe buffers, and keeps
-// the faster; the kernel where anything fails (it needs nothing the driver may lack).
+// Times the engines for each direction and class over one pair of probe buffers, and keeps
+// the fastest; the kernel where anything fails (it needs nothing the driver may lack).
 void CudaCopier::State::probe_engines() {
   for (auto& dir : engines) dir.fill(CudaHostEngine::Kernel);
-  constexpr size_t kProbeBytes = 32 << 20;
+  // As large as a request that loads many blocks: the copy engines' setup per chunk, and
+  // the CPU's work of queueing them, weigh on a small copy more than on such a request.
+  constexpr size_t kProbeBytes = 128 << 20;
   DeviceGuard guard(ordinal);
   void* pinned = nullptr;
   void* device = nullptr;
@@ -427,6 +429,13 @@ void CudaCopier::State::probe_engines() {
   if (device != nullptr) cudaFree(device);
   if (pinned != nullptr) cudaFreeHost(pinned);
   cudaGetLastError();
+  // The gather's staging stays only where it was chosen.
+  bool gathers = false;
+  for (CudaHostEngine chosen : engines[0]) gathers = gathers || chosen == CudaHostEngine::Gather;
+  if (!gathers) {
+    std::lock_guard lock(mu);
+    gather.reset();
+  }
   if (e == cudaSuccess)
     log(LogLevel::Debug, "GPU " + std::to_string(ordinal) + " host engines:" + choices);
 }

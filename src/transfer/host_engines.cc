@@ -11,9 +11,6 @@ namespace {
 
 constexpr size_t kClassBytes[kHostEngineClasses] = {16 << 10, 64 << 10, 256 << 10, 2 << 20};
 constexpr int kRuns = 3;
-// Copies queued back to back in each timed run: as in a stream of requests, the CPU's work
-// of queueing one overlaps the copies of the one before, which a single copy would not show.
-constexpr int kRepeat = 4;
 
 // Destroys what the probe created, whatever way it leaves.
 struct ProbeResources {
@@ -35,13 +32,13 @@ size_t scattered(size_t i, size_t n) {
   return (i * 7919) & (n - 1);
 }
 
-// Seconds of one copy: the fastest of kRuns runs of kRepeat `enqueue`s (after a warm-up run).
+// Seconds of the fastest of kRuns runs of `enqueue` (after a warm-up run).
 template <typename Enqueue>
 Result<double> best_seconds(ProbeResources& r, cudaStream_t stream, Enqueue enqueue) {
   double best = 0;
   for (int run = 0; run <= kRuns; ++run) {
     cudaError_t e = cudaEventRecord(r.start, stream);
-    for (int i = 0; i < kRepeat && e == cudaSuccess; ++i) e = enqueue();
+    if (e == cudaSuccess) e = enqueue();
     if (e == cudaSuccess) e = cudaEventRecord(r.stop, stream);
     if (e == cudaSuccess) e = cudaEventSynchronize(r.stop);
     float ms = 0;
@@ -52,20 +49,18 @@ Result<double> best_seconds(ProbeResources& r, cudaStream_t stream, Enqueue enqu
     }
     if (run > 0 && (best == 0 || ms / 1e3 < best)) best = ms / 1e3;
   }
-  return best / kRepeat;
+  return best;
 }
 
-// As best_seconds, by the clock from the first `enqueue` to the stream's end: for an engine
-// whose work starts on the CPU in the call.
+// As best_seconds, by the clock from the call of `enqueue` to the stream's end: for an
+// engine whose work starts on the CPU in the call.
 template <typename Enqueue>
 Result<double> best_wall_seconds(cudaStream_t stream, Enqueue enqueue) {
   double best = 0;
   for (int run = 0; run <= kRuns; ++run) {
     const auto t0 = std::chrono::steady_clock::now();
-    for (int i = 0; i < kRepeat; ++i) {
-      auto queued = enqueue();
-      if (!queued) return queued.error();
-    }
+    auto queued = enqueue();
+    if (!queued) return queued.error();
     if (cudaError_t e = cudaStreamSynchronize(stream); e != cudaSuccess) {
       cudaGetLastError();
       return cuda_error(ErrorCode::Internal, e, "timing a probe copy");
@@ -73,7 +68,7 @@ Result<double> best_wall_seconds(cudaStream_t stream, Enqueue enqueue) {
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (run > 0 && (best == 0 || s < best)) best = s;
   }
-  return best / kRepeat;
+  return best;
 }
 
 }  // namespace
