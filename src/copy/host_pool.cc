@@ -11,7 +11,6 @@ namespace {
 constexpr uint64_t kMinPartBytes = 64 << 10;
 constexpr uint64_t kPartBytes = 1 << 20;
 constexpr uint64_t kMaxParts = 4096;
-constexpr uint64_t kStreamJobBytes = HostPool::kStreamJobBytes;
 
 // A chunk list and where each chunk starts within the job's bytes.
 struct ChunkList {
