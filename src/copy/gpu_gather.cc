@@ -69,8 +69,8 @@ Status GatherStage::reserve_table(Slice& s, size_t pieces) {
 // One slice: wait until its last use is done, gather `parts` into it on the CPU, then queue
 // the DMA and the scatter and record the slice's event (also after a failed call, so that
 // its next use still waits for whatever was queued).
-Result<size_t> GatherStage::enqueue_slice(Slice& s, std::span<const Chunk> parts, uint64_t bytes,
-                                          HostPool& pool, cudaStream_t stream) {
+Status GatherStage::enqueue_slice(Slice& s, std::span<const Chunk> parts, uint64_t bytes,
+                                  HostPool& pool, cudaStream_t stream) {
   if (cudaError_t e = cudaEventSynchronize(s.done); e != cudaSuccess) {
     return failure(e, "waiting for a gather staging slice");
   }
@@ -106,18 +106,14 @@ Result<size_t> GatherStage::enqueue_slice(Slice& s, std::span<const Chunk> parts
   const cudaError_t recorded = cudaEventRecord(s.done, stream);
   if (e != cudaSuccess) return failure(e, what);
   if (recorded != cudaSuccess) return failure(recorded, "cudaEventRecord");
-  return pieces;
+  return {};
 }
 
-Result<size_t> GatherStage::enqueue(std::span<const Chunk> chunks, HostPool& pool,
-                                    cudaStream_t stream) {
-  size_t pieces = 0;
+Status GatherStage::enqueue(std::span<const Chunk> chunks, HostPool& pool, cudaStream_t stream) {
   std::vector<Chunk> parts;  // the next slice's: (source, device destination) ranges
   uint64_t used = 0;
   auto flush = [&]() -> Status {
-    auto n = enqueue_slice(slices_[next_++ % kSlices], parts, used, pool, stream);
-    if (!n) return n.error();
-    pieces += *n;
+    KVBM_TRY(enqueue_slice(slices_[next_++ % kSlices], parts, used, pool, stream));
     parts.clear();
     used = 0;
     return {};
@@ -132,7 +128,7 @@ Result<size_t> GatherStage::enqueue(std::span<const Chunk> chunks, HostPool& poo
     }
   }
   if (used > 0) KVBM_TRY(flush());
-  return pieces;
+  return {};
 }
 
 }  // namespace kvbm::detail

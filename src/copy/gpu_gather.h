@@ -44,9 +44,9 @@ class GatherStage {
   // current device, which must be the stage's) on `stream`, the CPU part on `pool`'s threads.
   // Returns once every source byte has been read into staging and the rest is queued: the
   // sources may be reused then, the destinations once the stream reaches what was queued.
-  // The number of pieces the scatter kernels copy; CUDA's error where a call fails (what
-  // was queued before it stays ordered before the slices' events).
-  Result<size_t> enqueue(std::span<const Chunk> chunks, HostPool& pool, cudaStream_t stream);
+  // CUDA's error where a call fails (what was queued before it stays ordered before the
+  // slices' events).
+  Status enqueue(std::span<const Chunk> chunks, HostPool& pool, cudaStream_t stream);
 
  private:
   struct Slice {
@@ -58,8 +58,8 @@ class GatherStage {
   };
   GatherStage() = default;
   Status reserve_table(Slice& s, size_t pieces);
-  Result<size_t> enqueue_slice(Slice& s, std::span<const Chunk> parts, uint64_t bytes,
-                               HostPool& pool, cudaStream_t stream);
+  Status enqueue_slice(Slice& s, std::span<const Chunk> parts, uint64_t bytes, HostPool& pool,
+                       cudaStream_t stream);
 
   std::array<Slice, kSlices> slices_{};
   size_t next_ = 0;

@@ -446,7 +446,8 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_gather(std::span<cons
   return submit_in_slot(st, bytes, [&](State::Slot&) -> Result<size_t> {
     auto stage = st->gather_stage();
     if (!stage) return stage.error();
-    return (*stage)->enqueue(chunks, *st->pool, st->stream);
+    KVBM_TRY((*stage)->enqueue(chunks, *st->pool, st->stream));
+    return chunks.size();
   });
 }
 

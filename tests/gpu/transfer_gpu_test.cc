@@ -78,6 +78,15 @@ void round_trip(TransferEngine& e, const Host& h, size_t page, size_t alignment)
   EXPECT_EQ(check_blocks(back, b, s, 11), "");
 }
 
+// round_trip at small, byte-sized and large chunks in pinned memory, and in pageable memory
+// (which a forced host engine does not take: the Cuda path copies it a chunk at a time).
+void round_trips_of_every_shape(TransferEngine& e) {
+  round_trip(e, Host{"pinned", true}, 16, 256);
+  round_trip(e, Host{"pinned", true}, 1, 1);
+  round_trip(e, Host{"pinned", true}, 1024, 4096);
+  round_trip(e, Host{"system", false}, 16, 256);
+}
+
 struct Kernel {
   CudaCopyKernel kernel;
   bool index64;
@@ -228,10 +237,7 @@ TEST(TransferGpuHostEngine, BatchCopiesEveryChunkOfScatteredBlocks) {
   auto e = TransferEngine::create(o);
   ASSERT_TRUE(e.ok());
   EXPECT_EQ((*e)->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Batch);
-  round_trip(**e, Host{"pinned", true}, 16, 256);
-  round_trip(**e, Host{"pinned", true}, 1, 1);
-  round_trip(**e, Host{"pinned", true}, 1024, 4096);
-  round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the batch's
+  round_trips_of_every_shape(**e);
 }
 
 // Both engines at once: the kernel's share of the blocks on its own stream, the copy
@@ -243,10 +249,7 @@ TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
   auto e = TransferEngine::create(o);
   ASSERT_TRUE(e.ok());
   EXPECT_EQ((*e)->cuda_host_engine(0, false, 64 << 10).value(), CudaHostEngine::Split);
-  round_trip(**e, Host{"pinned", true}, 16, 256);
-  round_trip(**e, Host{"pinned", true}, 1, 1);
-  round_trip(**e, Host{"pinned", true}, 1024, 4096);
-  round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the split's
+  round_trips_of_every_shape(**e);
 }
 
 // Host -> GPU through a CPU gather into pinned staging, one DMA per slice and a scatter
@@ -259,10 +262,7 @@ TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
   auto e = TransferEngine::create(o);
   ASSERT_TRUE(e.ok());
   EXPECT_EQ((*e)->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Gather);
-  round_trip(**e, Host{"pinned", true}, 16, 256);
-  round_trip(**e, Host{"pinned", true}, 1, 1);
-  round_trip(**e, Host{"pinned", true}, 1024, 4096);
-  round_trip(**e, Host{"system", false}, 16, 256);  // pageable memory: not the gather's
+  round_trips_of_every_shape(**e);
   // 384,000-byte chunks, 3 MB blocks: 24 blocks fill 5 slices of 16 MiB.
   const LayoutConfig c = config(24, 3000, 256);
   Layout src = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, PinnedAllocator());
