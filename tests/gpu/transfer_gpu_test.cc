@@ -87,6 +87,16 @@ void round_trips_of_every_shape(TransferEngine& e) {
   round_trip(e, Host{"system", false}, 16, 256);
 }
 
+// An engine whose pinned <-> GPU engine is `forced`; null (and a failure) where it cannot
+// be made.
+std::unique_ptr<TransferEngine> forced_engine(CudaHostEngine forced) {
+  TransferEngineOptions o;
+  o.cuda_host_engine = forced;
+  auto e = TransferEngine::create(o);
+  EXPECT_TRUE(e.ok()) << e.error().to_string();
+  return e ? std::move(*e) : nullptr;
+}
+
 struct Kernel {
   CudaCopyKernel kernel;
   bool index64;
@@ -232,24 +242,20 @@ TEST_P(TransferGpu, ThousandsOfBlocksInOneRequest) {
 // choice measured on the machine.
 TEST(TransferGpuHostEngine, BatchCopiesEveryChunkOfScatteredBlocks) {
   KVBM_REQUIRE_GPU();
-  TransferEngineOptions o;
-  o.cuda_host_engine = CudaHostEngine::Batch;
-  auto e = TransferEngine::create(o);
-  ASSERT_TRUE(e.ok());
-  EXPECT_EQ((*e)->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Batch);
-  round_trips_of_every_shape(**e);
+  auto e = forced_engine(CudaHostEngine::Batch);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Batch);
+  round_trips_of_every_shape(*e);
 }
 
 // Both engines at once: the kernel's share of the blocks on its own stream, the copy
 // engines the rest; every byte of every shape checked.
 TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
   KVBM_REQUIRE_GPU();
-  TransferEngineOptions o;
-  o.cuda_host_engine = CudaHostEngine::Split;
-  auto e = TransferEngine::create(o);
-  ASSERT_TRUE(e.ok());
-  EXPECT_EQ((*e)->cuda_host_engine(0, false, 64 << 10).value(), CudaHostEngine::Split);
-  round_trips_of_every_shape(**e);
+  auto e = forced_engine(CudaHostEngine::Split);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->cuda_host_engine(0, false, 64 << 10).value(), CudaHostEngine::Split);
+  round_trips_of_every_shape(*e);
 }
 
 // Host -> GPU through a CPU gather into pinned staging, one DMA per slice and a scatter
@@ -257,12 +263,10 @@ TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
 // slices whose chunks straddle the slices' edges, twice, so that every slice is reused.
 TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
   KVBM_REQUIRE_GPU();
-  TransferEngineOptions o;
-  o.cuda_host_engine = CudaHostEngine::Gather;
-  auto e = TransferEngine::create(o);
-  ASSERT_TRUE(e.ok());
-  EXPECT_EQ((*e)->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Gather);
-  round_trips_of_every_shape(**e);
+  auto e = forced_engine(CudaHostEngine::Gather);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Gather);
+  round_trips_of_every_shape(*e);
   // 384,000-byte chunks, 3 MB blocks: 24 blocks fill 5 slices of 16 MiB.
   const LayoutConfig c = config(24, 3000, 256);
   Layout src = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, PinnedAllocator());
@@ -274,10 +278,10 @@ TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::memset(back.region(0).data(), 0, back.region(0).size());
-    auto t = e.value()->copy(src, ids, dev, mid);
+    auto t = e->copy(src, ids, dev, mid);
     ASSERT_TRUE(t.ok()) << t.error().to_string();
     ASSERT_TRUE(t->wait(30s).ok());
-    ASSERT_TRUE(e.value()->copy(dev, mid, back, ids)->wait(30s).ok());
+    ASSERT_TRUE(e->copy(dev, mid, back, ids)->wait(30s).ok());
     EXPECT_EQ(check_blocks(back, ids, ids, 15), "");
   }
 }
