@@ -384,6 +384,10 @@ void add_bench_transfer(CLI::App& bench, Runner& runner) {
                   "gather into pinned staging, one DMA, a scatter kernel)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "kernel", "batch", "split", "gather"}));
+  cmd->add_option("--gather-kernel-share", o->tuning.gather_kernel_share,
+                  "With --host-engine gather: the share of each request's blocks the copy kernel "
+                  "moves beside the gather (auto measures its own)")
+      ->check(CLI::Range(0.0, 0.95));
   cmd->add_flag("--json", o->json,
                 "One JSON object on stdout: options, every row with its ceiling, the verdict");
   cmd->add_option("--check", o->check,

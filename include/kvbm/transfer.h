@@ -65,10 +65,11 @@ struct CudaTuning;  ///< the Cuda path's kernel tuning knobs (internal: src/tran
 ///           measured part of the two engines' sum), the copy engines the rest.
 ///   Gather  host -> GPU only (GPU -> host copies forced to it use the kernel): the
 ///           engine's host threads gather the chunks into a pinned staging buffer, one DMA
-///           per slice of it moves them, a kernel scatters them on the GPU. copy() returns
-///           once the CPU has read the sources; it holds 48 MiB of pinned and of device
-///           memory per GPU from its first use on (a measurement that does not choose it
-///           frees them).
+///           per slice of it moves them, a kernel scatters them on the GPU. Where Auto
+///           measured it faster so, the kernel copies a share of the blocks beside it (as in
+///           Split). copy() returns once the CPU has read the sources; it holds 48 MiB of
+///           pinned and of device memory per GPU from its first use on (a measurement that
+///           does not choose it frees them).
 enum class CudaHostEngine : uint8_t { Auto, Kernel, Batch, Split, Gather };
 KVBM_API const char* to_string(CudaHostEngine engine);
 

@@ -175,25 +175,17 @@ Result<Transfer> start_cuda(EngineState& state, const CopyArgs& a) {
     CudaHostEngine engine = !pageable && host_side ? (*copier)->host_engine(to_device, chunk_bytes)
                                                    : CudaHostEngine::Kernel;
     if (engine == CudaHostEngine::Gather && !to_device) engine = CudaHostEngine::Kernel;
-    if (engine == CudaHostEngine::Gather) {
-      std::vector<Chunk> chunks;
-      chunks.reserve(a.src_ids.size() * c.num_layers * c.outer_dim);
-      build_chunks(a.src, a.src_ids, a.dst, a.dst_ids, chunks);
-      auto impl = (*copier)->submit_gather(chunks, bytes);
-      if (!impl) return impl.error();
-      return Transfer(std::move(*impl));
-    }
-    if (engine == CudaHostEngine::Batch || engine == CudaHostEngine::Split) {
-      // Split: the kernel's share of the blocks first, the copy engines' chunks the rest.
-      const size_t k = engine == CudaHostEngine::Split
-                           ? (*copier)->kernel_blocks(to_device, chunk_bytes, a.src_ids.size())
-                           : 0;
+    if (engine != CudaHostEngine::Kernel) {
+      // The kernel's share of the blocks first (Split; Gather where it runs beside), the
+      // copy engines' or the gather's chunks the rest.
+      const size_t k = (*copier)->kernel_blocks(engine, to_device, chunk_bytes, a.src_ids.size());
       std::vector<Chunk> chunks;
       chunks.reserve((a.src_ids.size() - k) * c.num_layers * c.outer_dim);
       build_chunks(a.src, a.src_ids.subspan(k), a.dst, a.dst_ids.subspan(k), chunks);
-      auto impl = k == 0 ? (*copier)->submit_batch(chunks, bytes)
-                         : (*copier)->submit_split(a.src, a.src_ids.first(k), a.dst,
-                                                   a.dst_ids.first(k), chunks, bytes);
+      auto impl = k > 0 ? (*copier)->submit_split(a.src, a.src_ids.first(k), a.dst,
+                                                  a.dst_ids.first(k), chunks, bytes, engine)
+                  : engine == CudaHostEngine::Gather ? (*copier)->submit_gather(chunks, bytes)
+                                                     : (*copier)->submit_batch(chunks, bytes);
       if (!impl) return impl.error();
       return Transfer(std::move(*impl));
     }

@@ -6,6 +6,8 @@
 #include <array>
 #include <atomic>
 #include <mutex>
+#include <sstream>
+#include <string>
 #include <thread>
 
 #include "common/cuda_util.h"
@@ -26,8 +28,9 @@ constexpr size_t kSlots = 64;
 
 // The fastest engine of a probe; both at once only when that beats either alone by more
 // than the probe's noise (it costs a second stream and two events), and the gather only
-// when it beats the GPU's own engines by more again (it costs the host's threads).
-CudaHostEngine choose(const HostEngineRates& r) {
+// when it beats the GPU's own engines by more again (it costs the host's threads). Where
+// the gather wins, *gather_share is the kernel's share beside it (0: the gather alone).
+CudaHostEngine choose(const HostEngineRates& r, double* gather_share) {
   const double single = std::max(r.kernel_gbps, r.batch_gbps);
   CudaHostEngine best =
       r.batch_gbps > r.kernel_gbps ? CudaHostEngine::Batch : CudaHostEngine::Kernel;
@@ -36,7 +39,28 @@ CudaHostEngine choose(const HostEngineRates& r) {
     best = CudaHostEngine::Split;
     rate = r.split_gbps;
   }
-  return r.gather_gbps > rate * 1.05 ? CudaHostEngine::Gather : best;
+  double gather = r.gather_gbps;
+  *gather_share = 0;
+  if (r.gather_split_gbps > gather * 1.03) {
+    gather = r.gather_split_gbps;
+    *gather_share = r.gather_kernel_share;
+  }
+  if (gather > rate * 1.05) return CudaHostEngine::Gather;
+  *gather_share = 0;
+  return best;
+}
+
+// One line of the probe's log: each engine's rate, and the choice.
+std::string describe(const HostEngineRates& r, CudaHostEngine chosen, double gather_share) {
+  std::ostringstream o;
+  o.precision(3);
+  o << "kernel " << r.kernel_gbps << ", batch " << r.batch_gbps << ", split " << r.split_gbps;
+  if (r.gather_gbps > 0) {
+    o << ", gather " << r.gather_gbps << ", gather+kernel " << r.gather_split_gbps;
+  }
+  o << " GB/s: " << to_string(chosen);
+  if (gather_share > 0) o << "+kernel (share " << gather_share << ")";
+  return o.str();
 }
 
 CopyKernel copy_kernel(CudaCopyKernel k) {
@@ -81,6 +105,8 @@ struct CudaCopier::State {
   // Split: the kernel's share of a request's blocks, per direction and class (measured;
   // half where forced without a measurement).
   std::array<std::array<double, kHostEngineClasses>, 2> kernel_share{};
+  // Gather (to the GPU): the kernel's share beside it, per class (0: the gather alone).
+  std::array<double, kHostEngineClasses> gather_share{};
   std::atomic<bool> batch_supported{true};
 
   CopyLaunch launch() const {
@@ -105,6 +131,7 @@ struct CudaCopier::State {
   Result<size_t> enqueue_blocks(Slot& slot, const Layout& src, std::span<const size_t> src_ids,
                                 const Layout& dst, std::span<const size_t> dst_ids,
                                 cudaStream_t on);
+  Status enqueue_rest(CudaHostEngine rest, std::span<const Chunk> chunks);
 
   ~State() {
     DeviceGuard guard(ordinal);
@@ -351,33 +378,56 @@ Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_blocks(const Layout& 
 
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_split(
     const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
-    std::span<const size_t> dst_ids, std::span<const Chunk> chunks, uint64_t bytes) {
+    std::span<const size_t> dst_ids, std::span<const Chunk> chunks, uint64_t bytes,
+    CudaHostEngine rest) {
   State* st = state_.get();
   return submit_in_slot(st, bytes, [&](State::Slot& slot) -> Result<size_t> {
     BatchLanes& lanes = st->lanes;
-    // The kernel's stream forks from the request's stream, runs beside the batch, and is
+    // The kernel's stream forks from the request's stream, runs beside the rest, and is
     // joined back before the slot's event (also on failure: its table upload may be queued).
     cudaError_t e = cudaEventRecord(lanes.kernel_events[0], st->stream);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes.kernel, lanes.kernel_events[0], 0);
     if (e != cudaSuccess) return State::cuda_failure(e, "forking the kernel's stream");
     auto kernel_chunks = st->enqueue_blocks(slot, src, src_ids, dst, dst_ids, lanes.kernel);
     e = cudaEventRecord(lanes.kernel_events[1], lanes.kernel);
-    const cudaError_t batch =
-        kernel_chunks ? enqueue_batch(chunks, st->copies, st->stream, &lanes) : cudaSuccess;
+    Status rest_started;
+    if (kernel_chunks) rest_started = st->enqueue_rest(rest, chunks);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(st->stream, lanes.kernel_events[1], 0);
     if (!kernel_chunks) return kernel_chunks.error();
-    if (batch != cudaSuccess) {
-      return State::cuda_failure(
-          batch, "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
-    }
+    if (!rest_started) return rest_started.error();
     if (e != cudaSuccess) return State::cuda_failure(e, "joining the kernel's stream");
     return *kernel_chunks + chunks.size();
   });
 }
 
-size_t CudaCopier::kernel_blocks(bool to_device, size_t chunk_bytes, size_t blocks) const {
+// The copy engines' (Split) or the gather stage's (Gather) part of a request beside the
+// kernel, on the request's stream. Called with mu held.
+Status CudaCopier::State::enqueue_rest(CudaHostEngine rest, std::span<const Chunk> chunks) {
+  if (rest == CudaHostEngine::Gather) {
+    auto stage = gather_stage();
+    if (!stage) return stage.error();
+    return (*stage)->enqueue(chunks, *pool, stream);
+  }
+  if (cudaError_t e = enqueue_batch(chunks, copies, stream, &lanes); e != cudaSuccess) {
+    return cuda_failure(
+        e, "cudaMemcpyBatchAsync of " + std::to_string(chunks.size()) + " block chunks");
+  }
+  return {};
+}
+
+size_t CudaCopier::kernel_blocks(CudaHostEngine engine, bool to_device, size_t chunk_bytes,
+                                 size_t blocks) const {
+  const size_t cls = host_engine_class(chunk_bytes);
+  if (engine == CudaHostEngine::Gather) {
+    const double forced = state_->tuning.gather_kernel_share;
+    const double share = forced > 0 ? forced : state_->gather_share[cls];
+    if (!to_device || share <= 0 || blocks < 2) return 0;
+    const auto k = static_cast<size_t>(static_cast<double>(blocks) * share);
+    return std::clamp<size_t>(k, 1, blocks - 1);
+  }
+  if (engine != CudaHostEngine::Split) return 0;
   if (blocks < 2) return blocks;
-  const double share = state_->kernel_share[to_device ? 0 : 1][host_engine_class(chunk_bytes)];
+  const double share = state_->kernel_share[to_device ? 0 : 1][cls];
   const auto k = static_cast<size_t>(static_cast<double>(blocks) * (share > 0 ? share : 0.5));
   return std::clamp<size_t>(k, 1, blocks - 1);
 }
@@ -419,11 +469,13 @@ void CudaCopier::State::probe_engines() {
         e = cudaErrorUnknown;
         break;
       }
-      engines[dir][cls] = choose(*rates);
+      double share = 0;
+      engines[dir][cls] = choose(*rates, &share);
       kernel_share[dir][cls] = rates->kernel_share;
-      choices += std::string(dir == 0 ? " h2d " : " d2h ") +
+      if (dir == 0) gather_share[cls] = share;
+      choices += std::string(dir == 0 ? "; h2d " : "; d2h ") +
                  std::to_string(host_engine_class_bytes(cls) >> 10) +
-                 "K:" + to_string(engines[dir][cls]);
+                 "K: " + describe(*rates, engines[dir][cls], share);
     }
   }
   if (device != nullptr) cudaFree(device);
@@ -437,7 +489,7 @@ void CudaCopier::State::probe_engines() {
     gather.reset();
   }
   if (e == cudaSuccess)
-    log(LogLevel::Debug, "GPU " + std::to_string(ordinal) + " host engines:" + choices);
+    log(LogLevel::Debug, "GPU " + std::to_string(ordinal) + " host engines: " + choices.substr(2));
 }
 
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_gather(std::span<const Chunk> chunks,
@@ -512,14 +564,12 @@ CudaHostEngine CudaCopier::host_engine(bool, size_t) {
 Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_batch(std::span<const Chunk>, uint64_t) {
   return cuda_device_count().error();
 }
-size_t CudaCopier::kernel_blocks(bool, size_t, size_t blocks) const {
-  return blocks;
+size_t CudaCopier::kernel_blocks(CudaHostEngine, bool, size_t, size_t) const {
+  return 0;
 }
-Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_split(const Layout&,
-                                                                 std::span<const size_t>,
-                                                                 const Layout&,
-                                                                 std::span<const size_t>,
-                                                                 std::span<const Chunk>, uint64_t) {
+Result<std::unique_ptr<Transfer::Impl>> CudaCopier::submit_split(
+    const Layout&, std::span<const size_t>, const Layout&, std::span<const size_t>,
+    std::span<const Chunk>, uint64_t, CudaHostEngine) {
   return cuda_device_count().error();
 }
 int CudaCopier::ordinal() const {

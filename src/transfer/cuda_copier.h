@@ -54,15 +54,22 @@ class CudaCopier {
   // chunk, the DMAs and scatters queued.
   Result<std::unique_ptr<Transfer::Impl>> submit_gather(std::span<const Chunk> chunks,
                                                         uint64_t bytes);
-  // CudaHostEngine::Split: how many of a request's `blocks` the kernel takes (its measured
-  // share for this direction and chunk class; at least 1, fewer than `blocks` when there
-  // are 2 or more).
-  size_t kernel_blocks(bool to_device, size_t chunk_bytes, size_t blocks) const;
-  // Starts the kernel's copy of blocks src_ids[i] -> dst_ids[i] and the copy engines' copy
-  // of `chunks` (the request's other blocks) at once, as one request of `bytes`.
-  Result<std::unique_ptr<Transfer::Impl>> submit_split(
-      const Layout& src, std::span<const size_t> src_ids, const Layout& dst,
-      std::span<const size_t> dst_ids, std::span<const Chunk> chunks, uint64_t bytes);
+  // How many of a request's `blocks` the kernel copies beside `engine`'s copy of the rest:
+  // Split, the kernel's measured share for this direction and chunk class (at least 1, fewer
+  // than `blocks` when there are 2 or more); Gather, its share beside the gather where
+  // measured faster together (or forced through the tuning), else 0; Batch, 0.
+  size_t kernel_blocks(CudaHostEngine engine, bool to_device, size_t chunk_bytes,
+                       size_t blocks) const;
+  // Starts the kernel's copy of blocks src_ids[i] -> dst_ids[i] and, at once, `rest`'s copy
+  // of `chunks` (the request's other blocks): the copy engines (Split) or, to the GPU, the
+  // gather stage (Gather; returns once the CPU has read those chunks), as one request of
+  // `bytes`.
+  Result<std::unique_ptr<Transfer::Impl>> submit_split(const Layout& src,
+                                                       std::span<const size_t> src_ids,
+                                                       const Layout& dst,
+                                                       std::span<const size_t> dst_ids,
+                                                       std::span<const Chunk> chunks,
+                                                       uint64_t bytes, CudaHostEngine rest);
 
   struct State;
 

@@ -46,6 +46,9 @@ struct CudaTuning {
   CudaCopyKernel kernel = CudaCopyKernel::Warp;
   // Cta and Warp: 64-bit index arithmetic even where 32 bits suffice (for tests).
   bool index64 = false;
+  // CudaHostEngine::Gather where forced: the share of a request's blocks the kernel copies
+  // beside the gather (0: none). Auto measures it instead.
+  double gather_kernel_share = 0;
 };
 
 // The options' tuning, or the defaults where none is set.

@@ -146,6 +146,48 @@ cudaError_t enqueue_batch(std::span<const Chunk> chunks, CopyList& args, cudaStr
   return e;
 }
 
+namespace {
+
+// Gbps of `bytes` moved in `seconds`.
+double rate(size_t bytes, double seconds) {
+  return static_cast<double>(bytes) / seconds / 1e9;
+}
+
+// The gather alone, then (with a kernel stream) with the kernel beside it on the first
+// pairs of `job`, their share in proportion to the two engines' rates alone.
+Status probe_gather(const BlockCopy& job, std::span<const Chunk> chunks, const CopyLaunch& launch,
+                    cudaStream_t stream, const BatchLanes* lanes, const GatherProbe& gather,
+                    HostEngineRates& rates) {
+  const size_t bytes = job.pairs * job.chunk;
+  auto alone = best_wall_seconds(
+      stream, [&] { return gather.stage->enqueue(chunks, *gather.pool, stream); });
+  if (!alone) return alone.error();
+  rates.gather_gbps = rate(bytes, *alone);
+  const size_t n = chunks.size();
+  if (lanes == nullptr || n < 2) return {};
+  const double share = rates.kernel_gbps / (rates.kernel_gbps + rates.gather_gbps);
+  BlockCopy part = job;
+  part.pairs = std::clamp<size_t>(static_cast<size_t>(static_cast<double>(n) * share), 1, n - 1);
+  auto both = best_wall_seconds(stream, [&]() -> Status {
+    cudaError_t e = cudaEventRecord(lanes->kernel_events[0], stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes->kernel, lanes->kernel_events[0], 0);
+    if (e == cudaSuccess) e = launch_block_copy_kernel(part, launch, lanes->kernel);
+    if (e == cudaSuccess) e = cudaEventRecord(lanes->kernel_events[1], lanes->kernel);
+    if (e != cudaSuccess) return cuda_error(ErrorCode::Internal, e, "starting the probe's kernel");
+    Status gathered = gather.stage->enqueue(chunks.subspan(part.pairs), *gather.pool, stream);
+    e = cudaStreamWaitEvent(stream, lanes->kernel_events[1], 0);
+    if (!gathered) return gathered;
+    if (e != cudaSuccess) return cuda_error(ErrorCode::Internal, e, "joining the probe's kernel");
+    return {};
+  });
+  if (!both) return both.error();
+  rates.gather_split_gbps = rate(bytes, *both);
+  rates.gather_kernel_share = share;
+  return {};
+}
+
+}  // namespace
+
 Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
                                            size_t bytes, const CopyLaunch& launch, uint64_t piece,
                                            cudaStream_t stream, const BatchLanes* lanes,
@@ -187,17 +229,14 @@ Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* p
       best_seconds(r, stream, [&] { return launch_block_copy_kernel(job, launch, stream); });
   if (!kernel) return kernel.error();
   HostEngineRates rates;
-  rates.kernel_gbps = static_cast<double>(n * chunk) / *kernel / 1e9;
+  rates.kernel_gbps = rate(n * chunk, *kernel);
   if (to_device && gather.stage != nullptr && gather.pool != nullptr) {
-    auto gathered = best_wall_seconds(
-        stream, [&] { return gather.stage->enqueue(chunks, *gather.pool, stream); });
-    if (!gathered) return gathered.error();
-    rates.gather_gbps = static_cast<double>(n * chunk) / *gathered / 1e9;
+    KVBM_TRY(probe_gather(job, chunks, launch, stream, lanes, gather, rates));
   }
   CopyList args;
   auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream, lanes); });
   if (!batch || lanes == nullptr || n < 2) return rates;
-  rates.batch_gbps = static_cast<double>(n * chunk) / *batch / 1e9;
+  rates.batch_gbps = rate(n * chunk, *batch);
   // Both at once: the kernel on the first k pairs on its own stream, the batch the rest.
   rates.kernel_share = rates.kernel_gbps / (rates.kernel_gbps + rates.batch_gbps);
   const size_t k = std::clamp<size_t>(static_cast<size_t>(n * rates.kernel_share), 1, n - 1);
@@ -213,7 +252,7 @@ Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* p
     if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, lanes->kernel_events[1], 0);
     return e;
   });
-  if (split) rates.split_gbps = static_cast<double>(n * chunk) / *split / 1e9;
+  if (split) rates.split_gbps = rate(n * chunk, *split);
   return rates;
 }
 

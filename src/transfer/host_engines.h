@@ -56,6 +56,11 @@ struct HostEngineRates {
   double split_gbps = 0;  // both at once, the kernel taking kernel_share of the chunks
   double kernel_share = 0;
   double gather_gbps = 0;  // host -> GPU only, where a gather stage was given
+  // The gather with the kernel beside it on disjoint chunks, the kernel taking
+  // gather_kernel_share of them: they share the link, but not what bounds each alone (the
+  // kernel its reads in flight across PCIe, the gather the host's memory).
+  double gather_split_gbps = 0;
+  double gather_kernel_share = 0;
 };
 
 // What the gather engine needs to be timed: its stage and the host threads that gather.
@@ -67,9 +72,10 @@ struct GatherProbe {
 // Times the engines on the current device copying `bytes` of `pinned` (mapped pinned
 // memory) to `device` (to_device) or back, in chunks of `chunk` bytes in a scattered order:
 // the kernel, the batch, (where the batch works) both at once with the kernel's share in
-// proportion to the two rates, and (to_device, with `gather`) the gather stage, timed from
-// its call to the stream's end since its CPU part runs in the call; the best of a few runs
-// each, after a warm-up. CUDA's error if a copy fails.
+// proportion to the two rates, and (to_device, with `gather`) the gather stage alone and
+// with the kernel beside it (shared the same way), timed from the call to the stream's end
+// since the gather's CPU part runs in the call; the best of a few runs each, after a
+// warm-up. CUDA's error if a copy fails.
 Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* pinned, void* device,
                                            size_t bytes, const CopyLaunch& launch, uint64_t piece,
                                            cudaStream_t stream, const BatchLanes* lanes,

@@ -89,9 +89,11 @@ void round_trips_of_every_shape(TransferEngine& e) {
 
 // An engine whose pinned <-> GPU engine is `forced`; null (and a failure) where it cannot
 // be made.
-std::unique_ptr<TransferEngine> forced_engine(CudaHostEngine forced) {
+std::unique_ptr<TransferEngine> forced_engine(
+    CudaHostEngine forced, std::shared_ptr<const detail::CudaTuning> tuning = nullptr) {
   TransferEngineOptions o;
   o.cuda_host_engine = forced;
+  o.cuda_tuning = std::move(tuning);
   auto e = TransferEngine::create(o);
   EXPECT_TRUE(e.ok()) << e.error().to_string();
   return e ? std::move(*e) : nullptr;
@@ -261,13 +263,9 @@ TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
 // Host -> GPU through a CPU gather into pinned staging, one DMA per slice and a scatter
 // kernel (GPU -> host forced to it takes the kernel): every shape, and requests of several
 // slices whose chunks straddle the slices' edges, twice, so that every slice is reused.
-TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
-  KVBM_REQUIRE_GPU();
-  auto e = forced_engine(CudaHostEngine::Gather);
-  ASSERT_NE(e, nullptr);
-  EXPECT_EQ(e->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Gather);
-  round_trips_of_every_shape(*e);
-  // 384,000-byte chunks, 3 MB blocks: 24 blocks fill 5 slices of 16 MiB.
+// Chunks larger than a piece that straddle the gather's slice edges, twice, so that every
+// slice is reused: 384,000-byte chunks, 3 MB blocks; 24 blocks fill 5 slices of 16 MiB.
+void gather_rounds(TransferEngine& e) {
   const LayoutConfig c = config(24, 3000, 256);
   Layout src = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, PinnedAllocator());
   Layout dev = make(c, LayoutKind::FullyContiguous, LayerOrder::BlockMajor, DeviceAllocator(0));
@@ -278,12 +276,33 @@ TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
   for (int round = 0; round < 2; ++round) {
     SCOPED_TRACE("round " + std::to_string(round));
     std::memset(back.region(0).data(), 0, back.region(0).size());
-    auto t = e->copy(src, ids, dev, mid);
+    auto t = e.copy(src, ids, dev, mid);
     ASSERT_TRUE(t.ok()) << t.error().to_string();
     ASSERT_TRUE(t->wait(30s).ok());
-    ASSERT_TRUE(e->copy(dev, mid, back, ids)->wait(30s).ok());
+    ASSERT_TRUE(e.copy(dev, mid, back, ids)->wait(30s).ok());
     EXPECT_EQ(check_blocks(back, ids, ids, 15), "");
   }
+}
+
+TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
+  KVBM_REQUIRE_GPU();
+  auto e = forced_engine(CudaHostEngine::Gather);
+  ASSERT_NE(e, nullptr);
+  EXPECT_EQ(e->cuda_host_engine(0, true, 16 << 10).value(), CudaHostEngine::Gather);
+  round_trips_of_every_shape(*e);
+  gather_rounds(*e);
+}
+
+// The gather with the kernel beside it: the kernel copies the first share of the blocks on
+// its own stream while the host threads gather the rest; every byte of both parts checked.
+TEST(TransferGpuHostEngine, GatherWithTheKernelBesideCopiesEveryBlockOfBothParts) {
+  KVBM_REQUIRE_GPU();
+  auto tuning = std::make_shared<detail::CudaTuning>();
+  tuning->gather_kernel_share = 0.4;
+  auto e = forced_engine(CudaHostEngine::Gather, tuning);
+  ASSERT_NE(e, nullptr);
+  round_trips_of_every_shape(*e);
+  gather_rounds(*e);
 }
 
 TEST(TransferGpuHostEngine, AutoMeasuresAndKeepsAChoicePerDirectionAndSize) {
