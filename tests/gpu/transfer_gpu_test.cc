@@ -238,10 +238,7 @@ TEST_P(TransferGpu, ThousandsOfBlocksInOneRequest) {
   }
 }
 
-// host -> disk (File), disk -> device and device -> disk (Staged, under test), disk -> host
-// (File), every byte checked; staging buffers of the default size and smaller than a chunk.
-// Pinned <-> GPU through the copy engines (one cudaMemcpyBatchAsync per request), and the
-// choice measured on the machine.
+// Pinned <-> GPU through the copy engines (one cudaMemcpyBatchAsync per request).
 TEST(TransferGpuHostEngine, BatchCopiesEveryChunkOfScatteredBlocks) {
   KVBM_REQUIRE_GPU();
   auto e = forced_engine(CudaHostEngine::Batch);
@@ -260,11 +257,9 @@ TEST(TransferGpuHostEngine, SplitCopiesEveryBlockOfBothParts) {
   round_trips_of_every_shape(*e);
 }
 
-// Host -> GPU through a CPU gather into pinned staging, one DMA per slice and a scatter
-// kernel (GPU -> host forced to it takes the kernel): every shape, and requests of several
-// slices whose chunks straddle the slices' edges, twice, so that every slice is reused.
-// Chunks larger than a piece that straddle the gather's slice edges, twice, so that every
-// slice is reused: 384,000-byte chunks, 3 MB blocks; 24 blocks fill 5 slices of 16 MiB.
+// Requests of several gather slices whose chunks (larger than a piece) straddle the slices'
+// edges, twice, so that every slice is reused: 384,000-byte chunks, 3 MB blocks; 24 blocks
+// fill 5 slices of 16 MiB.
 void gather_rounds(TransferEngine& e) {
   const LayoutConfig c = config(24, 3000, 256);
   Layout src = make(c, LayoutKind::LayerSeparate, LayerOrder::OuterMajor, PinnedAllocator());
@@ -284,6 +279,8 @@ void gather_rounds(TransferEngine& e) {
   }
 }
 
+// Host -> GPU through a CPU gather into pinned staging, one DMA per slice and a scatter
+// kernel (GPU -> host forced to it takes the kernel): every shape, and gather_rounds.
 TEST(TransferGpuHostEngine, GatherCopiesEveryChunkAcrossSlices) {
   KVBM_REQUIRE_GPU();
   auto e = forced_engine(CudaHostEngine::Gather);
@@ -305,6 +302,7 @@ TEST(TransferGpuHostEngine, GatherWithTheKernelBesideCopiesEveryBlockOfBothParts
   gather_rounds(*e);
 }
 
+// The choice measured on the machine: one per direction and chunk class, kept.
 TEST(TransferGpuHostEngine, AutoMeasuresAndKeepsAChoicePerDirectionAndSize) {
   KVBM_REQUIRE_GPU();
   auto e = TransferEngine::create();
@@ -322,6 +320,8 @@ TEST(TransferGpuHostEngine, AutoMeasuresAndKeepsAChoicePerDirectionAndSize) {
   EXPECT_FALSE((*e)->cuda_host_engine(99, true, 4096).ok());
 }
 
+// host -> disk (File), disk -> device and device -> disk (Staged, under test), disk -> host
+// (File), every byte checked; staging buffers of the default size and smaller than a chunk.
 TEST(TransferGpuStaged, DiskToDeviceAndBack) {
   KVBM_REQUIRE_GPU();
   testing::TempDir dir;
