@@ -153,8 +153,31 @@ double rate(size_t bytes, double seconds) {
   return static_cast<double>(bytes) / seconds / 1e9;
 }
 
+// The kernel's share beside another engine: in proportion to the two engines' rates alone.
+double kernel_share_beside(double kernel_gbps, double other_gbps) {
+  return kernel_gbps / (kernel_gbps + other_gbps);
+}
+
+// The first pairs of `job`, `share` of `n` (at least one pair, and one left).
+BlockCopy kernel_part(const BlockCopy& job, size_t n, double share) {
+  BlockCopy part = job;
+  part.pairs = std::clamp<size_t>(static_cast<size_t>(static_cast<double>(n) * share), 1, n - 1);
+  return part;
+}
+
+// Starts `part` on the lanes' kernel stream, forked from `stream`; the caller joins it back
+// (a wait on kernel_events[1]) after queueing the other engine's share.
+cudaError_t fork_kernel(const BlockCopy& part, const CopyLaunch& launch, cudaStream_t stream,
+                        const BatchLanes& lanes) {
+  cudaError_t e = cudaEventRecord(lanes.kernel_events[0], stream);
+  if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes.kernel, lanes.kernel_events[0], 0);
+  if (e == cudaSuccess) e = launch_block_copy_kernel(part, launch, lanes.kernel);
+  if (e == cudaSuccess) e = cudaEventRecord(lanes.kernel_events[1], lanes.kernel);
+  return e;
+}
+
 // The gather alone, then (with a kernel stream) with the kernel beside it on the first
-// pairs of `job`, their share in proportion to the two engines' rates alone.
+// pairs of `job` (kernel_part).
 Status probe_gather(const BlockCopy& job, std::span<const Chunk> chunks, const CopyLaunch& launch,
                     cudaStream_t stream, const BatchLanes* lanes, const GatherProbe& gather,
                     HostEngineRates& rates) {
@@ -165,14 +188,10 @@ Status probe_gather(const BlockCopy& job, std::span<const Chunk> chunks, const C
   rates.gather_gbps = rate(bytes, *alone);
   const size_t n = chunks.size();
   if (lanes == nullptr || n < 2) return {};
-  const double share = rates.kernel_gbps / (rates.kernel_gbps + rates.gather_gbps);
-  BlockCopy part = job;
-  part.pairs = std::clamp<size_t>(static_cast<size_t>(static_cast<double>(n) * share), 1, n - 1);
+  const double share = kernel_share_beside(rates.kernel_gbps, rates.gather_gbps);
+  const BlockCopy part = kernel_part(job, n, share);
   auto both = best_wall_seconds(stream, [&]() -> Status {
-    cudaError_t e = cudaEventRecord(lanes->kernel_events[0], stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes->kernel, lanes->kernel_events[0], 0);
-    if (e == cudaSuccess) e = launch_block_copy_kernel(part, launch, lanes->kernel);
-    if (e == cudaSuccess) e = cudaEventRecord(lanes->kernel_events[1], lanes->kernel);
+    cudaError_t e = fork_kernel(part, launch, stream, *lanes);
     if (e != cudaSuccess) return cuda_error(ErrorCode::Internal, e, "starting the probe's kernel");
     Status gathered = gather.stage->enqueue(chunks.subspan(part.pairs), *gather.pool, stream);
     e = cudaStreamWaitEvent(stream, lanes->kernel_events[1], 0);
@@ -237,17 +256,12 @@ Result<HostEngineRates> probe_host_engines(bool to_device, size_t chunk, void* p
   auto batch = best_seconds(r, stream, [&] { return enqueue_batch(chunks, args, stream, lanes); });
   if (!batch || lanes == nullptr || n < 2) return rates;
   rates.batch_gbps = rate(n * chunk, *batch);
-  // Both at once: the kernel on the first k pairs on its own stream, the batch the rest.
-  rates.kernel_share = rates.kernel_gbps / (rates.kernel_gbps + rates.batch_gbps);
-  const size_t k = std::clamp<size_t>(static_cast<size_t>(n * rates.kernel_share), 1, n - 1);
-  BlockCopy part = job;
-  part.pairs = k;
-  const std::span<const Chunk> rest = std::span<const Chunk>(chunks).subspan(k);
+  // Both at once: the kernel on the first pairs on its own stream, the batch the rest.
+  rates.kernel_share = kernel_share_beside(rates.kernel_gbps, rates.batch_gbps);
+  const BlockCopy part = kernel_part(job, n, rates.kernel_share);
+  const std::span<const Chunk> rest = std::span<const Chunk>(chunks).subspan(part.pairs);
   auto split = best_seconds(r, stream, [&] {
-    cudaError_t e = cudaEventRecord(lanes->kernel_events[0], stream);
-    if (e == cudaSuccess) e = cudaStreamWaitEvent(lanes->kernel, lanes->kernel_events[0], 0);
-    if (e == cudaSuccess) e = launch_block_copy_kernel(part, launch, lanes->kernel);
-    if (e == cudaSuccess) e = cudaEventRecord(lanes->kernel_events[1], lanes->kernel);
+    cudaError_t e = fork_kernel(part, launch, stream, *lanes);
     if (e == cudaSuccess) e = enqueue_batch(rest, args, stream, lanes);
     if (e == cudaSuccess) e = cudaStreamWaitEvent(stream, lanes->kernel_events[1], 0);
     return e;
