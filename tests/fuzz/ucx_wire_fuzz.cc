@@ -1,14 +1,15 @@
 // libFuzzer target for the backends' own wire parts, all from peers: a DRAM region's
 // remote info (same_host.h), the same-host line of a peer's connection data, the headers
-// of notifications (notifications.h), the chunk request and reply headers of the
+// of notifications (notifications.h), the chunk request, reply and poll headers of the
 // chunked staging protocol (ucx_common/staging_wire.h) that remote files and the CUDA
 // staged path speak, and the request and reply headers of UCX RMA over active messages
 // (am_rma_wire.h). The first byte picks the decoder (for notifications the next two give
 // the body's length; for chunk requests the next gives the receiver's chunk size, as a
-// power of two; for RMA headers the next two give the body's length and the third whether
-// it came by rendezvous). Any input must decode or fail with its decoder's error code
-// (InvalidArgument; Remote for the staging and RMA headers, which blame the peer) and a
-// message, never crash; whatever decodes must survive a round trip through its encoder.
+// power of two; a reply's bytes are also read as a poll; for RMA headers the next two give the
+// body's length and the third whether it came by rendezvous). Any input must decode or fail with
+// its decoder's error code (InvalidArgument; Remote for the staging and RMA headers, which blame
+// the peer) and a message, never crash; whatever decodes must survive a round trip through its
+// encoder.
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -63,18 +64,26 @@ void chunk_request(std::string_view in) {
   auto again = staging::decode_chunk_request(staging::encode(*d), max_len);
   if (!again || again->op != d->op || again->space != d->space || again->xfer != d->xfer ||
       again->seq != d->seq || again->dev != d->dev || again->addr != d->addr ||
-      again->len != d->len)
+      again->len != d->len || again->token != d->token)
     fail("chunk request: round trip changed it");
 }
 
 void chunk_reply(std::string_view in) {
   auto d = staging::decode_chunk_reply(in);
   if (!d) return check_error(d, "chunk reply", kvbm::ErrorCode::Remote);
-  if (d->busy && d->error) fail("chunk reply: busy and an error at once");
+  if (int{d->busy} + int{d->error.has_value()} + int{d->poll_end} > 1)
+    fail("chunk reply: more than one of busy, an error and a poll's end");
   auto again = staging::decode_chunk_reply(staging::encode(*d));
   if (!again || again->xfer != d->xfer || again->seq != d->seq || again->error != d->error ||
-      again->busy != d->busy)
+      again->busy != d->busy || again->poll_end != d->poll_end)
     fail("chunk reply: round trip changed it");
+}
+
+void chunk_poll(std::string_view in) {
+  auto d = staging::decode_chunk_poll(in);
+  if (!d) return check_error(d, "chunk poll", kvbm::ErrorCode::Remote);
+  auto again = staging::decode_chunk_poll(staging::encode(*d));
+  if (!again || again->token != d->token) fail("chunk poll: round trip changed it");
 }
 
 void notification(std::string_view in, bool rndv) {
@@ -139,6 +148,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 3:
       chunk_reply(in);
+      chunk_poll(in);
       break;
     case 4:
     case 5:

@@ -19,6 +19,9 @@
 //   fsizelimit BYTES          -> OK         (RLIMIT_FSIZE, SIGXFSZ ignored: a write past
 //                                             BYTES of any file fails with EFBIG)
 //   expectfile MSG TIMEOUT_MS FD OFF LEN SEED POFF -> OK | BAD <index> | TIMEOUT
+//   writefile AGENT FD LEN WAIT -> OK | ERR <message>  (WRITEs its buffer's first LEN bytes
+//                                             to AGENT's FILE region of fd FD at offset 0;
+//                                             WAIT 1: once done, 0: once posted)
 //   publish                   -> OK | ERR <message>   (its metadata to etcd: KVBM_ETCD_ENDPOINTS,
 //                                             lease AGENT_PEER_ETCD_TTL_S seconds if set)
 //   quit
@@ -78,6 +81,7 @@ int main(int argc, char** argv) {
 
   std::vector<SystemStorage> extra;
   std::vector<std::unique_ptr<xfer::MemoryRegistration>> files;
+  std::vector<std::unique_ptr<xfer::Request>> writes;  // writefile's, kept until quit
   auto check_file = [&](std::istringstream& in) -> std::string {
     (*agent)->progress();  // as in check: the progress thread's writes happen before
     int fd = -1;
@@ -237,6 +241,19 @@ int main(int argc, char** argv) {
         reply = st ? "OK " + std::to_string(more->addr()) : "ERR " + st.error().to_string();
         extra.push_back(std::move(*more));
       }
+    } else if (cmd == "writefile") {
+      std::string to;
+      uint64_t fd = 0;
+      size_t len = 0;
+      int wait = 1;
+      in >> to >> fd >> len >> wait;
+      auto r = (*agent)->create_request(
+          xfer::Op::Write, xfer::DescList(xfer::MemType::Dram, {{buf->addr(), len, 0}}),
+          xfer::DescList(xfer::MemType::File, {{0, len, fd}}), to);
+      Status st = r ? (*r)->post() : Status(r.error());
+      if (st && wait == 1) st = (*r)->wait(std::chrono::seconds(30));
+      reply = st ? "OK" : "ERR " + st.error().to_string();
+      if (r) writes.push_back(std::move(*r));
     } else if (cmd == "publish") {
       auto st = (*agent)->publish_metadata();
       reply = st ? "OK" : "ERR " + st.error().to_string();
@@ -247,6 +264,7 @@ int main(int argc, char** argv) {
     }
     std::cout << reply << std::endl;
   }
+  writes.clear();
   files.clear();
   extra.clear();
   return 0;

@@ -388,6 +388,78 @@ TEST_P(RemoteFileOneStagingBuffer, WritesTheOwnerIsTooBusyForAreResentAndLand) {
   EXPECT_EQ(testing::find_pattern_mismatch(local.data(), kFileBytes, 61), SIZE_MAX);
 }
 
+// This process owns the file, with one staging buffer for peers' chunks (1 MiB); writers
+// are agent_peer processes this agent never connected to. A writer killed with its
+// chunks under way (one in the owner's file I/O, others answered busy) must leave the
+// owner serving the next writer. Over TCP, UCX destroys the endpoint it made for a
+// failed initiator, telling no one: an owner that replied on it once the chunk's I/O
+// was done crashed (staging_owed.h); replies now go only inside a poll's callback.
+class RemoteFileServedHere : public ::testing::TestWithParam<Transport> {
+ protected:
+  void SetUp() override {
+    testing::use_transport(GetParam());
+    ASSERT_EQ(setenv("KVBM_UCX_FILE_STAGING_MIB", "1", 1), 0);
+    AgentConfig config;
+    config.peer_timeout = peer_timeout();
+    auto a = Agent::create("owner", config);
+    unsetenv("KVBM_UCX_FILE_STAGING_MIB");
+    ASSERT_TRUE(a.ok()) << a.error().to_string();
+    agent = std::move(*a);
+    auto p = agent->listen("127.0.0.1", 0);
+    ASSERT_TRUE(p.ok()) << p.error().to_string();
+    port = *p;
+    ASSERT_GE(file.fd, 0);
+    ASSERT_EQ(ftruncate(file.fd, kFileBytes), 0);
+    auto reg = agent->register_memory(
+        DescList(MemType::File, {{0, kFileBytes, static_cast<uint64_t>(file.fd)}}));
+    ASSERT_TRUE(reg.ok()) << reg.error().to_string();
+    registration = std::move(*reg);
+  }
+
+  // A writer process whose buffer holds pattern `seed`, connected to this agent.
+  std::unique_ptr<ChildProcess> writer(const std::string& name, uint64_t seed) {
+    std::unique_ptr<ChildProcess> w;
+    auto ready = testing::start_agent_peer(
+        w, {name, std::to_string(kFileBytes), std::to_string(seed)}, GetParam());
+    EXPECT_TRUE(ready);
+    EXPECT_EQ(w->ask("fetch " + std::to_string(port)).value_or("<nothing>"), "OK owner");
+    return w;
+  }
+  std::string write_all(ChildProcess& w, bool wait) {
+    return w
+        .ask("writefile owner " + std::to_string(file.fd) + " " + std::to_string(kFileBytes) +
+                 (wait ? " 1" : " 0"),
+             60s)
+        .value_or("<nothing>");
+  }
+
+  testing::TempFile file;
+  std::unique_ptr<Agent> agent;
+  std::unique_ptr<MemoryRegistration> registration;
+  uint16_t port = 0;
+};
+
+TEST_P(RemoteFileServedHere, AWriterKilledMidWriteLeavesTheOwnerServingTheNext) {
+  for (int round = 0; round < 5; ++round) {
+    SCOPED_TRACE("round " + std::to_string(round));
+    auto dying = writer("dying" + std::to_string(round), 50 + round);
+    ASSERT_EQ(write_all(*dying, false), "OK");
+    std::this_thread::sleep_for(std::chrono::milliseconds(2 + 2 * round));  // under way
+    dying->kill_now();
+    ASSERT_TRUE(dying->wait().has_value());
+    auto next = writer("next" + std::to_string(round), 60 + round);
+    ASSERT_EQ(write_all(*next, true), "OK");
+    std::vector<char> got(kFileBytes);
+    ASSERT_EQ(pread(file.fd, got.data(), kFileBytes, 0), static_cast<ssize_t>(kFileBytes));
+    EXPECT_EQ(testing::find_pattern_mismatch(got.data(), kFileBytes, 60 + round), SIZE_MAX);
+    next->send("quit");
+  }
+}
+
+// TCP: where UCX handles a peer's failure (over shared memory it leaves the endpoint).
+INSTANTIATE_TEST_SUITE_P(Ucx, RemoteFileServedHere, ::testing::Values(Transport{"tcp", "tcp,self"}),
+                         [](const auto& info) { return std::string(info.param.name); });
+
 INSTANTIATE_TEST_SUITE_P(Ucx, RemoteFileOneStagingBuffer,
                          ::testing::Values(Transport{"shm", "sm,self"},
                                            Transport{"tcp", "tcp,self"}),

@@ -19,6 +19,8 @@
 #include "xfer/backends/ucx/file_service.h"
 #include "xfer/backends/ucx/file_serving_thread.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/ucx_common/staging_owed.h"
+#include "xfer/ucx_common/staging_poll.h"
 #include "xfer/ucx_common/staging_pool.h"
 #include "xfer/ucx_common/staging_window.h"
 #include "xfer/ucx_common/staging_wire.h"
@@ -38,7 +40,7 @@ struct FilePool : Pool {
 };
 
 TEST(StagingWire, RequestsAndRepliesRoundTrip) {
-  ChunkRequest req{Op::Write, MemType::File, 7, 3, 12, 4097, 65536};
+  ChunkRequest req{Op::Write, MemType::File, 7, 3, 12, 4097, 65536, 0xfeedface12345678};
   auto r = decode_chunk_request(encode(req), kFileChunkBytes);
   ASSERT_TRUE(r.ok()) << r.error().to_string();
   EXPECT_EQ(r->op, Op::Write);
@@ -48,6 +50,7 @@ TEST(StagingWire, RequestsAndRepliesRoundTrip) {
   EXPECT_EQ(r->dev, 12u);
   EXPECT_EQ(r->addr, 4097u);
   EXPECT_EQ(r->len, 65536u);
+  EXPECT_EQ(r->token, 0xfeedface12345678u);
   auto ok = decode_chunk_reply(encode(ChunkReply{7, 3, std::nullopt}));
   ASSERT_TRUE(ok.ok());
   EXPECT_FALSE(ok->error.has_value());
@@ -57,16 +60,46 @@ TEST(StagingWire, RequestsAndRepliesRoundTrip) {
   EXPECT_TRUE(busy->busy);
   EXPECT_FALSE(busy->error.has_value());
   EXPECT_EQ(busy->seq, 3u);
+  EXPECT_FALSE(busy->poll_end);
   auto bad = decode_chunk_reply(encode(ChunkReply{7, 3, ErrorCode::Io}));
   ASSERT_TRUE(bad.ok());
   EXPECT_EQ(bad->error, ErrorCode::Io);
+  // A poll's end: the token in xfer, the replies before it in seq.
+  auto end = decode_chunk_reply(encode(ChunkReply{42, 5, std::nullopt, false, true}));
+  ASSERT_TRUE(end.ok());
+  EXPECT_TRUE(end->poll_end);
+  EXPECT_FALSE(end->busy);
+  EXPECT_FALSE(end->error.has_value());
+  EXPECT_EQ(end->xfer, 42u);
+  EXPECT_EQ(end->seq, 5u);
+  auto poll = decode_chunk_poll(encode(ChunkPoll{0xabcdef0123456789}));
+  ASSERT_TRUE(poll.ok()) << poll.error().to_string();
+  EXPECT_EQ(poll->token, 0xabcdef0123456789u);
+}
+
+TEST(StagingWire, MalformedPollsAreRejected) {
+  const std::string good = encode(ChunkPoll{7});
+  EXPECT_ERROR(decode_chunk_poll(good.substr(0, good.size() - 1)), ErrorCode::Remote,
+               "chunk poll header of 15 bytes, expected 16");
+  std::string magic = good;
+  magic[0] ^= 1;
+  EXPECT_ERROR(decode_chunk_poll(magic), ErrorCode::Remote, "bad magic");
+  std::string version = good;
+  version[4] = 1;  // the wire before polls
+  EXPECT_ERROR(decode_chunk_poll(version), ErrorCode::Remote, "wire version 1");
+  // A request or a reply where a poll belongs, and the reverse.
+  EXPECT_FALSE(
+      decode_chunk_poll(encode(ChunkRequest{Op::Read, MemType::File, 1, 0, 3, 0, 1})).ok());
+  EXPECT_FALSE(decode_chunk_poll(encode(ChunkReply{1, 0, std::nullopt})).ok());
+  EXPECT_FALSE(decode_chunk_reply(good).ok());
+  EXPECT_FALSE(decode_chunk_request(good, kFileChunkBytes).ok());
 }
 
 TEST(StagingWire, MalformedBytesAreRejected) {
   const uint64_t max = kFileChunkBytes;
   const std::string good = encode(ChunkRequest{Op::Read, MemType::File, 1, 0, 3, 0, 4096});
   EXPECT_ERROR(decode_chunk_request(good.substr(0, good.size() - 1), max), ErrorCode::Remote,
-               "chunk request header of 47 bytes, expected 48");
+               "chunk request header of 55 bytes, expected 56");
   EXPECT_FALSE(decode_chunk_request(good + "x", max).ok());
   EXPECT_FALSE(decode_chunk_request("", max).ok());
   std::string magic = good;
@@ -98,7 +131,7 @@ TEST(StagingWire, MalformedBytesAreRejected) {
   std::string code = encode(ChunkReply{1, 0, ErrorCode::Io});
   code[8] = 100;
   EXPECT_ERROR(decode_chunk_reply(code), ErrorCode::Remote, "unknown error code 100");
-  code[8] = static_cast<char>(-3);  // -3: below both "no error" (-1) and "busy" (-2)
+  code[8] = static_cast<char>(-4);  // below "no error" (-1), "busy" (-2), "poll end" (-3)
   code[9] = code[10] = code[11] = static_cast<char>(0xff);
   EXPECT_FALSE(decode_chunk_reply(code).ok());
   EXPECT_FALSE(decode_chunk_reply(good).ok());
@@ -170,6 +203,110 @@ TEST(StagingWindow, TheWaitAfterBusyIsCapped) {
     t += wait;
   }
   EXPECT_EQ(wait, Window::kResendMax);
+}
+
+// Replies owed go only to a poll from their endpoint with their token, in order, once;
+// an endpoint reused by another initiator (another token) gets none of them.
+TEST(StagingOwed, AnswersOnlyThePollOfTheirEndpointAndToken) {
+  OwedReplies owed;
+  auto* ep1 = reinterpret_cast<ucp_ep_h>(0x1000);  // compared, never used
+  auto* ep2 = reinterpret_cast<ucp_ep_h>(0x2000);
+  const auto t0 = OwedReplies::Clock::now();
+  auto owe = [&](ucp_ep_h ep, uint64_t token, uint64_t seq) {
+    OwedReplies::Reply r;
+    r.h = {9, seq, std::nullopt};
+    owed.add(ep, token, std::move(r), t0);
+  };
+  owe(ep1, 7, 0);
+  owe(ep1, 7, 1);
+  owe(ep1, 8, 2);
+  owe(ep2, 7, 3);
+  EXPECT_EQ(owed.size(), 4u);
+  std::vector<uint64_t> got;
+  auto collect = [&](OwedReplies::Reply&& r) { got.push_back(r.h.seq); };
+  EXPECT_EQ(owed.answer(ep1, 9, collect), 0u);  // a token owed nothing
+  EXPECT_TRUE(got.empty());
+  EXPECT_EQ(owed.answer(ep1, 7, collect), 2u);
+  EXPECT_EQ(got, (std::vector<uint64_t>{0, 1}));
+  EXPECT_EQ(owed.answer(ep1, 7, collect), 0u);  // once
+  EXPECT_EQ(owed.size(), 2u);
+  owed.forget(ep1);  // the endpoint closes: what it was owed goes
+  EXPECT_EQ(owed.answer(ep1, 8, collect), 0u);
+  EXPECT_EQ(owed.answer(ep2, 7, collect), 1u);
+  EXPECT_EQ(got.back(), 3u);
+  EXPECT_EQ(owed.size(), 0u);
+}
+
+// An initiator that stops polling: its READ bytes go back to the pool after kHoldBytes
+// (the reply becomes a Timeout error, still owed), everything after kForget; contact
+// (a request) holds them on.
+TEST(StagingOwed, UnpolledBytesGoBackToThePoolThenEverythingIsForgotten) {
+  FilePool pool(4);
+  OwedReplies owed;
+  auto* ep = reinterpret_cast<ucp_ep_h>(0x1000);
+  const auto t0 = OwedReplies::Clock::now();
+  auto owe_read = [&](uint64_t token) {
+    OwedReplies::Reply r;
+    r.h = {1, token, std::nullopt};
+    r.bytes = pool.acquire();
+    ASSERT_TRUE(r.bytes);
+    r.len = 4096;
+    owed.add(ep, token, std::move(r), t0);
+  };
+  owe_read(1);
+  owe_read(2);
+  EXPECT_EQ(pool.in_use(), 2u);
+  const auto hold = OwedReplies::kHoldBytes;
+  EXPECT_EQ(owed.expire(t0 + hold - std::chrono::milliseconds(1)), 0u);
+  owed.heard(ep, 2, t0 + hold / 2);  // token 2 is alive
+  EXPECT_EQ(owed.expire(t0 + hold), 1u);
+  EXPECT_EQ(pool.in_use(), 1u);
+  std::vector<OwedReplies::Reply> got;
+  auto collect = [&](OwedReplies::Reply&& r) { got.push_back(std::move(r)); };
+  ASSERT_EQ(owed.answer(ep, 1, collect), 1u);
+  EXPECT_EQ(got[0].h.error, ErrorCode::Timeout);
+  EXPECT_FALSE(got[0].bytes);
+  EXPECT_EQ(got[0].len, 0u);
+  EXPECT_NE(got[0].error_text.find("did not poll for them within"), std::string::npos);
+  EXPECT_EQ(owed.expire(t0 + hold / 2 + hold), 1u);  // token 2's bytes
+  EXPECT_EQ(pool.in_use(), 0u);
+  EXPECT_EQ(owed.size(), 1u);
+  EXPECT_EQ(owed.expire(t0 + hold / 2 + OwedReplies::kForget - std::chrono::milliseconds(1)), 0u);
+  EXPECT_EQ(owed.size(), 1u);
+  EXPECT_EQ(owed.expire(t0 + hold / 2 + OwedReplies::kForget), 1u);
+  EXPECT_EQ(owed.size(), 0u);
+}
+
+// One poll out per connection; after replies the next may go at once, after an empty
+// answer only after a wait that doubles up to its cap; a lost poll stops blocking.
+TEST(StagingPoll, PacesOnePollPerConnection) {
+  Polls polls;
+  const auto t0 = Polls::Clock::now();
+  ASSERT_TRUE(polls.take(5, t0));
+  EXPECT_FALSE(polls.take(5, t0));  // one out
+  EXPECT_TRUE(polls.take(6, t0));   // another connection's own
+  polls.answered(5, 3, t0);
+  EXPECT_TRUE(polls.take(5, t0));  // replies came: at once
+  polls.answered(5, 0, t0);
+  EXPECT_FALSE(polls.take(5, t0));
+  ASSERT_TRUE(polls.take(5, t0 + Polls::kFirstWait));
+  polls.answered(5, 0, t0);
+  EXPECT_FALSE(polls.take(5, t0 + Polls::kFirstWait));
+  ASSERT_TRUE(polls.take(5, t0 + 2 * Polls::kFirstWait));
+  for (int i = 0; i < 20; ++i) {
+    polls.answered(5, 0, t0);
+    ASSERT_TRUE(polls.take(5, t0 + Polls::kMaxWait)) << "the wait is capped";
+  }
+  // Lost: unanswered for kLost, the next goes anyway.
+  EXPECT_FALSE(polls.take(5, t0 + Polls::kMaxWait + std::chrono::microseconds(1)));
+  EXPECT_TRUE(polls.take(5, t0 + Polls::kMaxWait + Polls::kLost));
+  polls.failed(5);
+  EXPECT_FALSE(polls.out(5));
+  EXPECT_TRUE(polls.out(6));
+  polls.prune();  // forgets 5 (none out), keeps 6
+  EXPECT_FALSE(polls.take(6, t0));
+  polls.answered(99, 1, t0);  // a stray answer touches nothing
+  EXPECT_FALSE(polls.out(99));
 }
 
 TEST(FileServer, ServesOnlyRegisteredRanges) {

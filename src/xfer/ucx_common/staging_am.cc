@@ -10,6 +10,12 @@ Message request(const ChunkRequest& h) {
   return m;
 }
 
+Message poll(const ChunkPoll& h) {
+  Message m;
+  m.header = encode(h);
+  return m;
+}
+
 Message reply(const ChunkReply& h, std::string error_text) {
   Message m;
   m.header = encode(h);

@@ -17,7 +17,7 @@
 namespace kvbm::xfer::detail::staging {
 
 struct Message {
-  std::string header;        // an encoded ChunkRequest or ChunkReply
+  std::string header;        // an encoded ChunkRequest, ChunkPoll or ChunkReply
   std::string error_text;    // when set, the body sent instead of the bytes given
   Buffer keep{nullptr, {}};  // a staging buffer the body is read from: back to its pool once sent
   std::function<void(ucs_status_t)> done;  // runs once sent (or failed), with the lock held
@@ -25,6 +25,8 @@ struct Message {
 
 // A request's message: its encoded header.
 Message request(const ChunkRequest& h);
+// A poll's message: its encoded header.
+Message poll(const ChunkPoll& h);
 // A reply's message: an error's text cut to kMaxErrorBytes.
 Message reply(const ChunkReply& h, std::string error_text = {});
 

@@ -7,8 +7,10 @@ namespace {
 
 constexpr uint32_t kRequestMagic = 0x4b565331;  // "KVS1"
 constexpr uint32_t kReplyMagic = 0x4b565332;    // "KVS2"
+constexpr uint32_t kPollMagic = 0x4b565333;     // "KVS3"
 constexpr int32_t kNoError = -1;
 constexpr int32_t kBusy = -2;
+constexpr int32_t kPollEnd = -3;
 
 // Fixed layouts, host byte order: both ends run this build on machines of one kind.
 struct RequestWire {
@@ -16,7 +18,7 @@ struct RequestWire {
   uint16_t version;
   uint8_t op;
   uint8_t space;
-  uint64_t xfer, seq, dev, addr, len;
+  uint64_t xfer, seq, dev, addr, len, token;
 };
 struct ReplyWire {
   uint32_t magic;
@@ -25,6 +27,12 @@ struct ReplyWire {
   int32_t code;
   uint32_t pad2;
   uint64_t xfer, seq;
+};
+struct PollWire {
+  uint32_t magic;
+  uint16_t version;
+  uint16_t pad;
+  uint64_t token;
 };
 
 template <typename T>
@@ -61,6 +69,15 @@ std::string encode(const ChunkRequest& h) {
   w.dev = h.dev;
   w.addr = h.addr;
   w.len = h.len;
+  w.token = h.token;
+  return bytes_of(w);
+}
+
+std::string encode(const ChunkPoll& h) {
+  PollWire w{};
+  w.magic = kPollMagic;
+  w.version = kWireVersion;
+  w.token = h.token;
   return bytes_of(w);
 }
 
@@ -68,7 +85,10 @@ std::string encode(const ChunkReply& h) {
   ReplyWire w{};
   w.magic = kReplyMagic;
   w.version = kWireVersion;
-  w.code = h.busy ? kBusy : h.error ? static_cast<int32_t>(*h.error) : kNoError;
+  w.code = h.poll_end ? kPollEnd
+           : h.busy   ? kBusy
+           : h.error  ? static_cast<int32_t>(*h.error)
+                      : kNoError;
   w.xfer = h.xfer;
   w.seq = h.seq;
   return bytes_of(w);
@@ -93,7 +113,8 @@ Result<ChunkRequest> decode_chunk_request(std::string_view bytes, uint64_t max_l
                       w.seq,
                       w.dev,
                       w.addr,
-                      w.len};
+                      w.len,
+                      w.token};
 }
 
 Result<ChunkReply> decode_chunk_reply(std::string_view bytes) {
@@ -101,7 +122,9 @@ Result<ChunkReply> decode_chunk_reply(std::string_view bytes) {
   if (!d) return d.error();
   const ReplyWire& w = *d;
   ChunkReply h{w.xfer, w.seq, std::nullopt};
-  if (w.code == kBusy) {
+  if (w.code == kPollEnd) {
+    h.poll_end = true;
+  } else if (w.code == kBusy) {
     h.busy = true;
   } else if (w.code != kNoError) {
     if (w.code < 0 || w.code > static_cast<int32_t>(ErrorCode::Internal))
@@ -109,6 +132,12 @@ Result<ChunkReply> decode_chunk_reply(std::string_view bytes) {
     h.error = static_cast<ErrorCode>(w.code);
   }
   return h;
+}
+
+Result<ChunkPoll> decode_chunk_poll(std::string_view bytes) {
+  auto d = decode_fixed<PollWire>(bytes, kPollMagic, "chunk poll");
+  if (!d) return d.error();
+  return ChunkPoll{d->token};
 }
 
 }  // namespace kvbm::xfer::detail::staging

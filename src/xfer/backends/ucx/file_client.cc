@@ -32,7 +32,8 @@ void FileClient::pump(const std::shared_ptr<FileXfer>& x) {
     }
     const uint64_t seq = x->w.take();
     const FileChunk& c = (*x->chunks)[seq];
-    auto m = staging::request({x->op, MemType::File, x->id, seq, c.fd, c.offset, c.len});
+    auto m = staging::request(
+        {x->op, MemType::File, x->id, seq, c.fd, c.offset, c.len, peer.connection});
     const uint64_t id = x->id;
     ++x->sending;
     m.done = [this, id, seq, x](ucs_status_t s) {
@@ -75,10 +76,37 @@ void FileClient::resend_due() {
   }
 }
 
+void FileClient::poll_due() {
+  const auto now = staging::Polls::Clock::now();
+  for (const auto& [id, x] : xfers_) {
+    const std::shared_ptr<UcxPeer>& peer = x->c->peer;
+    // Chunks sent and not yet finished: their replies wait for a poll.
+    if (x->w.in_flight() == 0 || peer->failure || peer->ep == nullptr) continue;
+    if (polls_.take(peer->connection, now)) send_poll(peer);
+  }
+}
+
+void FileClient::send_poll(const std::shared_ptr<UcxPeer>& peer) {
+  auto m = staging::poll({peer->connection});
+  m.done = [this, token = peer->connection](ucs_status_t s) {
+    // A poll that failed to go: the peer's failure ends its transfers; or the next goes.
+    if (s != UCS_OK) polls_.failed(token);
+  };
+  staging::send(peer->ep, kFilePollAmId, std::move(m), nullptr, 0,
+                UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
+}
+
 void FileClient::on_reply(std::string_view header, const char* body, size_t len, bool rndv) {
   auto h = staging::decode_chunk_reply(header);
   if (!h) {
     log(LogLevel::Warn, "UCX: dropped a file reply: " + h.error().message);
+    return;
+  }
+  if (h->poll_end) {
+    if (len != 0 || rndv) log(LogLevel::Warn, "UCX: a file poll's end came with a body");
+    polls_.answered(h->xfer, h->seq, staging::Polls::Clock::now());
+    if (xfers_.empty()) polls_.prune();
+    ++backend_.events_;
     return;
   }
   auto it = xfers_.find(h->xfer);

@@ -1,9 +1,10 @@
 // Remote files, the initiator's side of the chunked staging protocol (staging_window.h
 // keeps the accounting). The initiator sends each chunk as an active message (a WRITE's
 // bytes ride along) and keeps up to kFileWindow of a transfer in flight; the owner
-// (file_service.h) answers each chunk, a READ's bytes riding along. The owner's staging
-// memory is capped: a WRITE whose bytes find no buffer there is answered "busy" and
-// resent after a short wait.
+// (file_service.h) answers each chunk, a READ's bytes riding along, inside the callback
+// of the initiator's polls (staging_poll.h paces them; staging_owed.h says why). The
+// owner's staging memory is capped: a WRITE whose bytes find no buffer there is answered
+// "busy" and resent after a short wait.
 //
 // Thread safety: every member runs with the backend's lock held.
 #pragma once
@@ -18,6 +19,7 @@
 #include "kvbm/result.h"
 #include "kvbm/xfer/types.h"
 #include "xfer/backends/ucx/file_wire.h"
+#include "xfer/ucx_common/staging_poll.h"
 #include "xfer/ucx_common/staging_window.h"
 
 namespace kvbm::xfer::detail::ucx {
@@ -59,15 +61,20 @@ class FileClient {
   bool has_resends() const { return !resends_.empty(); }
   // Resends the chunks of the transfers whose wait is over.
   void resend_due();
+  bool has_transfers() const { return !xfers_.empty(); }
+  // Polls the owners that owe chunks' replies, as staging_poll.h paces it.
+  void poll_due();
   void on_reply(std::string_view header, const char* body, size_t len, bool rndv);
 
  private:
   void pump(const std::shared_ptr<FileXfer>& x);
   void fail(FileXfer& x, Error e);
+  void send_poll(const std::shared_ptr<UcxPeer>& peer);
 
   UcxBackend& backend_;
   std::map<uint64_t, std::shared_ptr<FileXfer>> xfers_;
   std::set<uint64_t> resends_;  // ids of xfers_ with chunks to resend (or gone)
+  staging::Polls polls_;        // by the peer's connection token
   uint64_t next_ = 1;
 };
 

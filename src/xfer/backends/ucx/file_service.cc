@@ -40,8 +40,35 @@ void FileService::on_request(std::string_view header, const char* body, size_t l
     }
     std::memcpy(job.data.get(), body, len);
   }
-  replies_[job.id] = reply_ep;
+  const auto now = staging::OwedReplies::Clock::now();
+  owed_.heard(reply_ep, h->token, now);
+  replies_[job.id] = {reply_ep, h->token};
   waiting_.push_back(std::move(job));
+}
+
+void FileService::on_poll(std::string_view header, ucp_ep_h reply_ep) {
+  auto p = staging::decode_chunk_poll(header);
+  if (!p || reply_ep == nullptr) {
+    log(LogLevel::Warn,
+        "UCX: dropped a file poll: " + (p ? std::string("no reply endpoint") : p.error().message));
+    return;
+  }
+  // Inside the poll's callback: reply_ep is valid until it returns.
+  const size_t sent = owed_.answer(reply_ep, p->token, [&](staging::OwedReplies::Reply&& r) {
+    auto m = reply(r.h, std::move(r.error_text));
+    const char* data = r.bytes.get();
+    m.keep = std::move(r.bytes);  // back to the pool once the reply has left
+    send_reply(reply_ep, std::move(m), data, r.len);
+  });
+  send_reply(reply_ep, reply({p->token, sent, std::nullopt, false, true}));
+}
+
+void FileService::owe(uint64_t id, staging::OwedReplies::Reply r) {
+  auto found = replies_.find(id);
+  if (found == replies_.end()) return;  // its peer is gone
+  owed_.add(found->second.ep, found->second.token, std::move(r),
+            staging::OwedReplies::Clock::now());
+  replies_.erase(found);
 }
 
 // Hands the waiting jobs to the serving thread, in order; a READ first gets its staging
@@ -57,40 +84,38 @@ size_t FileService::start_jobs() {
         ready.push_back(std::move(j));
       },
       [&](FileJob&& j) {
-        auto found = replies_.find(j.id);
-        if (found == replies_.end()) return;  // its peer is gone
-        send_reply(found->second, reply({j.h.xfer, j.h.seq, ErrorCode::AllocationFailed},
-                                        "no staging buffer for file fd " + std::to_string(j.h.dev) +
-                                            " offset " + std::to_string(j.h.addr)));
-        replies_.erase(found);
+        owe(j.id, {{j.h.xfer, j.h.seq, ErrorCode::AllocationFailed},
+                   "no staging buffer for file fd " + std::to_string(j.h.dev) + " offset " +
+                       std::to_string(j.h.addr)});
         ++events;
       });
   thread_.submit(ready);
   return events;
 }
 
-// Sends the replies of the jobs the serving thread has done: a READ's bytes from its
-// staging buffer (back to the pool once sent), or the error that names file and offset.
+// Owes the replies of the jobs the serving thread has done: a READ's bytes in its staging
+// buffer (back to the pool once sent), or the error that names file and offset.
 size_t FileService::reply_jobs() {
   size_t events = 0;
   for (FileJob& j : thread_.take_done()) {
     ++events;
-    auto found = replies_.find(j.id);
-    if (found == replies_.end()) continue;  // its peer is gone
-    const ucp_ep_h ep = found->second;
-    replies_.erase(found);
     const staging::ChunkRequest& h = j.h;
+    staging::OwedReplies::Reply r;
+    r.h = {h.xfer, h.seq, std::nullopt};
     if (!j.status) {
-      const Error& e = j.status.error();
-      send_reply(ep, reply({h.xfer, h.seq, e.code}, e.message));
-    } else if (h.op == Op::Write) {
-      send_reply(ep, reply({h.xfer, h.seq, std::nullopt}));
-    } else {
-      auto m = reply({h.xfer, h.seq, std::nullopt});
-      const char* data = j.data.get();
-      m.keep = std::move(j.data);  // back to the pool once the reply has left
-      send_reply(ep, std::move(m), data, h.len);
+      r.h.error = j.status.error().code;
+      r.error_text = j.status.error().message;
+    } else if (h.op == Op::Read) {
+      r.bytes = std::move(j.data);
+      r.len = h.len;
     }
+    owe(j.id, std::move(r));
+  }
+  // What dead peers left: checked now and then, not on every call.
+  const auto now = staging::OwedReplies::Clock::now();
+  if (now >= next_expiry_) {
+    events += owed_.expire(now);
+    next_expiry_ = now + std::chrono::seconds(1);
   }
   return events;
 }
@@ -101,12 +126,14 @@ void FileService::send_reply(ucp_ep_h ep, staging::Message m, const char* body, 
 }
 
 void FileService::forget_endpoint(ucp_ep_h ep) {
-  std::erase_if(replies_, [&](const auto& r) { return r.second == ep; });
+  std::erase_if(replies_, [&](const auto& r) { return r.second.ep == ep; });
+  owed_.forget(ep);
 }
 
 void FileService::clear() {
   waiting_.clear();
   replies_.clear();
+  owed_.clear();
 }
 
 }  // namespace kvbm::xfer::detail::ucx

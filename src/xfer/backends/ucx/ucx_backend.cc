@@ -29,6 +29,7 @@ Status UcxBackend::set_handlers() {
   for (unsigned id : {kFileRequestAmId, kFileReplyAmId}) {
     KVBM_TRY(set_am_handler(worker_, id, &UcxBackend::on_file_am, this));
   }
+  KVBM_TRY(set_am_handler(worker_, kFilePollAmId, &UcxBackend::on_file_poll, this));
   KVBM_TRY(set_am_handler(worker_, kAmRmaRequestAmId, &AmRma::on_request, &am_));
   KVBM_TRY(set_am_handler(worker_, kAmRmaReplyAmId, &AmRma::on_reply, &am_));
   return set_am_handler(worker_, kReceiveProbeAmId, &ReceiveProbe::on_probe, &probe_);
@@ -317,6 +318,7 @@ size_t UcxBackend::progress(LockWait wait) {
   events_ += files_served_.reply_jobs();
   if (files_served_.has_waiting()) events_ += files_served_.start_jobs();
   if (files_.has_resends()) files_.resend_due();
+  if (files_.has_transfers()) files_.poll_due();
   if (!failed_eps_.empty()) {
     failed_eps_.close_failed(peers_, [this](const std::shared_ptr<UcxPeer>& peer, Error why) {
       close_peer_locked(peer, std::move(why));
@@ -340,6 +342,17 @@ ucs_status_t UcxBackend::on_file_am(void* arg, const void* header, size_t header
     self->files_.on_reply(h, body, length, rndv);
   }
   return UCS_OK;
+}
+
+ucs_status_t UcxBackend::on_file_poll(void* arg, const void* header, size_t header_length,
+                                      void* /*data*/, size_t /*length*/,
+                                      const ucp_am_recv_param_t* param) {
+  auto* self = static_cast<UcxBackend*>(arg);
+  const bool has_ep = (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0;
+  self->files_served_.on_poll({static_cast<const char*>(header), header_length},
+                              has_ep ? param->reply_ep : nullptr);
+  ++self->events_;
+  return UCS_OK;  // a poll has no body: any that came by rendezvous is dropped
 }
 
 }  // namespace ucx

@@ -219,6 +219,9 @@ class UcxBackend final : public Backend {
   // Routes the remote-file protocol's messages: requests to files_served_, replies to files_.
   static ucs_status_t on_file_am(void* arg, const void* header, size_t header_length, void* data,
                                  size_t length, const ucp_am_recv_param_t* param);
+  // A peer's poll for the file replies owed to it (file_service.h).
+  static ucs_status_t on_file_poll(void* arg, const void* header, size_t header_length, void* data,
+                                   size_t length, const ucp_am_recv_param_t* param);
 
   const std::string name_ = "UCX";
   BackendEnv env_;
