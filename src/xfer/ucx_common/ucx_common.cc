@@ -8,6 +8,7 @@
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <random>
 #include <sstream>
 
 namespace kvbm::xfer::detail {
@@ -119,6 +120,11 @@ void close_endpoint(ucp_worker_h worker, ucp_ep_h ep) {
 
 Error ucx_error(ErrorCode code, std::string_view what, ucs_status_t s) {
   return err(code, what, ": ", ucs_status_string(s));
+}
+
+uint64_t random_seed() {
+  std::random_device rd;
+  return (uint64_t{rd()} << 32) ^ rd();
 }
 
 std::string host_boot_id() {

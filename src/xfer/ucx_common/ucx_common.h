@@ -55,6 +55,10 @@ Error ucx_error(ErrorCode code, std::string_view what, ucs_status_t s);
 // published with a worker address so that a peer knows whether it shares our host.
 std::string host_boot_id();
 
+// A random 64-bit number: where a backend's connection tokens start counting, so that
+// two processes' connections to one peer never share a token.
+uint64_t random_seed();
+
 // Whether UCX_TLS leaves UCX any shared-memory transport (which cannot report failed
 // peers, so endpoints over it are opened without peer error handling).
 bool tls_allows_shared_memory();

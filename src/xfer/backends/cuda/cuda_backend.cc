@@ -16,7 +16,7 @@ Status CudaBackend::init() {
       {kAmRequest, &CudaBackend::on_am_id<kAmRequest>},
       {kAmReply, &CudaBackend::on_am_id<kAmReply>}};
   for (auto [id, cb] : handlers) KVBM_TRY(set_am_handler(worker_, id, cb, this));
-  return {};
+  return set_am_handler(worker_, kAmPoll, &CudaBackend::on_poll, this);
 }
 
 CudaBackend::~CudaBackend() {
@@ -105,6 +105,7 @@ Status CudaBackend::connect(const std::string& agent, std::string_view connectio
     peer->mode = same_host && !force_staged_ ? Mode::Ipc : Mode::Staged;
   }
   std::lock_guard<std::mutex> lock(mu_);
+  peer->token = next_token_++;
   if (peer->mode != Mode::Self && !info->ucx_address.empty()) {
     const bool peer_errors = !(same_host && tls_allows_shared_memory());
     if (ucs_status_t st = open_endpoint(worker_, info->ucx_address, peer_errors,
@@ -140,6 +141,7 @@ void CudaBackend::close_peer_locked(const std::shared_ptr<CudaPeer>& peer, Error
     if (op->peer == peer) fail_op(*op, *peer->failure);
   }
   if (peer->ep != nullptr) {
+    owed_.forget(peer->ep);  // answers owed to the peer on our endpoint go with it
     close_endpoint(worker_, peer->ep);
     peer->ep = nullptr;
   }
@@ -316,6 +318,7 @@ size_t CudaBackend::progress(LockWait wait) {
       ++it;
     }
   }
+  poll_due();
   // Copies complete on the GPU, not through progress: report them, so sleeping waiters
   // wake. Only then: a copy reported as progress keeps the progress thread spinning on
   // this lock and on the driver, which a caller posting copies back to back pays for

@@ -27,6 +27,8 @@
 #include "xfer/backends/cuda/cuda_info.h"
 #include "xfer/backends/cuda/cuda_peer.h"
 #include "xfer/backends/cuda/staged.h"
+#include "xfer/ucx_common/staging_owed.h"
+#include "xfer/ucx_common/staging_poll.h"
 #include "xfer/ucx_common/ucx_common.h"
 
 namespace kvbm::xfer::detail::cuda {
@@ -100,9 +102,15 @@ class CudaBackend final : public Backend {
   Status ensure_pools();
   // Sends a chunk's request (a WRITE's bytes from f's bounce buffer, with f's UCX state).
   void send_request(StagedOp& op, uint64_t seq, Flight* f);
-  // Answers `j`: e's text, or success (a READ's bytes from j's bounce buffer); j's buffer
-  // goes back to its pool (once sent, where the reply carries its bytes).
+  // Owes `j`'s initiator its answer (sent inside the callback of its next poll): e's
+  // text, or success (a READ's bytes from j's bounce buffer, which goes back to its pool
+  // once sent).
   void reply(TargetJob& j, const Error* e);
+  // Polls the targets that owe our chunks' answers (staging_poll.h paces them); drops
+  // what dead initiators left unpolled.
+  void poll_due();
+  static ucs_status_t on_poll(void* arg, const void* header, size_t header_length, void* data,
+                              size_t length, const ucp_am_recv_param_t* param);
   void pump(StagedOp& op);
   bool advance(StagedOp& op, Flight& f);
   void fail_op(StagedOp& op, Error e);
@@ -146,8 +154,12 @@ class CudaBackend final : public Backend {
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   std::string address_;
-  staging::Pool send_pool_;  // the initiator's bounce buffers
-  staging::Pool recv_pool_;  // the target's
+  staging::Pool send_pool_;    // the initiator's bounce buffers
+  staging::Pool recv_pool_;    // the target's
+  staging::OwedReplies owed_;  // answers ready, waiting for their initiators' polls
+  staging::Polls polls_;       // ours, by the peer's token
+  uint64_t next_token_ = random_seed();
+  staging::OwedReplies::Clock::time_point next_expiry_{};
   bool pools_ready_ = false;
   uint64_t next_op_ = 1;
   std::map<uint64_t, std::shared_ptr<StagedOp>> ops_;

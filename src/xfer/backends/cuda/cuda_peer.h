@@ -33,6 +33,7 @@ struct CudaPeer {
   Mode mode = Mode::Self;
   uint64_t chunk_bytes = 0;  // staged chunks: at most what the peer's bounce buffers take
   ucp_ep_h ep = nullptr;
+  uint64_t token = 0;  // this connection's, in its staged chunks and polls (staging_wire.h)
   std::optional<Error> failure;
   std::map<std::string, IpcMapping> mappings;  // opened allocations, by IPC handle bytes
   std::set<CudaRemoteRegion*> regions;

@@ -73,7 +73,8 @@ Status CudaBackend::ensure_pools() {
 // A chunk's request: a WRITE's bytes from its bounce buffer, sent once its copy is done.
 void CudaBackend::send_request(StagedOp& op, uint64_t seq, Flight* f) {
   const StagedChunk& c = (*op.chunks)[seq];
-  auto m = staging::request({op.op, c.remote_type, op.id, seq, c.remote_dev, c.remote, c.len});
+  auto m = staging::request(
+      {op.op, c.remote_type, op.id, seq, c.remote_dev, c.remote, c.len, op.peer->token});
   const bool write = op.op == Op::Write;
   if (write) {
     f->ucx.pending = true;
@@ -84,14 +85,62 @@ void CudaBackend::send_request(StagedOp& op, uint64_t seq, Flight* f) {
 }
 
 void CudaBackend::reply(TargetJob& j, const Error* e) {
-  auto m = staging::reply({j.h.xfer, j.h.seq, e ? std::optional(e->code) : std::nullopt},
-                          e ? e->message : std::string());
-  const bool bytes = e == nullptr && j.h.op == Op::Read;
-  const char* body = bytes ? j.slot.get() : nullptr;
-  if (bytes) m.keep = std::move(j.slot);  // back to its pool once sent
+  staging::OwedReplies::Reply r;
+  r.h = {j.h.xfer, j.h.seq, e ? std::optional(e->code) : std::nullopt};
+  if (e != nullptr) r.error_text = e->message;
+  if (e == nullptr && j.h.op == Op::Read) {
+    r.bytes = std::move(j.slot);
+    r.len = j.h.len;
+  }
   j.slot.reset();
-  staging::send(j.reply_ep, kAmReply, std::move(m), body, bytes ? j.h.len : 0,
-                UCP_AM_SEND_FLAG_REPLY);
+  owed_.add(j.reply_ep, j.h.token, std::move(r), staging::OwedReplies::Clock::now());
+}
+
+ucs_status_t CudaBackend::on_poll(void* arg, const void* header, size_t header_length,
+                                  void* /*data*/, size_t /*length*/,
+                                  const ucp_am_recv_param_t* param) {
+  // Inside ucp_worker_progress (the lock held): the poll's endpoint is valid until this
+  // returns, so the answers go now, not after it as the other messages are handled.
+  auto* self = static_cast<CudaBackend*>(arg);
+  auto p = staging::decode_chunk_poll({static_cast<const char*>(header), header_length});
+  const ucp_ep_h ep =
+      (param->recv_attr & UCP_AM_RECV_ATTR_FIELD_REPLY_EP) != 0 ? param->reply_ep : nullptr;
+  if (!p || ep == nullptr) {
+    log(LogLevel::Warn, "CUDA: dropped a staged poll: " +
+                            (p ? std::string("no reply endpoint") : p.error().message));
+    return UCS_OK;
+  }
+  ++self->events_;
+  const size_t sent = self->owed_.answer(ep, p->token, [&](staging::OwedReplies::Reply&& r) {
+    auto m = staging::reply(r.h, std::move(r.error_text));
+    const char* body = r.bytes.get();
+    m.keep = std::move(r.bytes);  // back to its pool once sent
+    staging::send(ep, kAmReply, std::move(m), body, r.len, 0);
+  });
+  staging::send(ep, kAmReply, staging::reply({p->token, sent, std::nullopt, false, true}), nullptr,
+                0, UCP_AM_SEND_FLAG_EAGER);
+  return UCS_OK;
+}
+
+void CudaBackend::poll_due() {
+  const auto now = staging::Polls::Clock::now();
+  for (const auto& [id, op] : ops_) {
+    const std::shared_ptr<CudaPeer>& peer = op->peer;
+    // Chunks sent and not yet answered: their answers wait for a poll.
+    if (op->state.load() != XferState::InProgress || op->w.in_flight() == 0) continue;
+    if (peer->failure || peer->ep == nullptr || !polls_.take(peer->token, now)) continue;
+    auto m = staging::poll({peer->token});
+    m.done = [this, token = peer->token](ucs_status_t s) {
+      if (s != UCS_OK) polls_.failed(token);  // the peer's failure ends its ops; or the next goes
+    };
+    staging::send(peer->ep, kAmPoll, std::move(m), nullptr, 0,
+                  UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
+  }
+  if (ops_.empty()) polls_.prune();
+  if (now >= next_expiry_) {  // what dead initiators left: now and then, not every call
+    events_ += owed_.expire(now);
+    next_expiry_ = now + std::chrono::seconds(1);
+  }
 }
 
 void CudaBackend::fail_op(StagedOp& op, Error e) {

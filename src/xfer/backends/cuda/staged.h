@@ -23,9 +23,10 @@
 
 namespace kvbm::xfer::detail::cuda {
 
-// The protocol's two messages: a chunk request (a WRITE's bytes ride along) and the
-// target's one reply to it (a READ's bytes ride along).
-enum : unsigned { kAmRequest = 21, kAmReply = 23 };
+// The protocol's messages: a chunk request (a WRITE's bytes ride along), the target's
+// one reply to it (a READ's bytes ride along), and the initiator's poll, inside whose
+// callback the target sends the replies it owes (staging_owed.h).
+enum : unsigned { kAmRequest = 21, kAmReply = 23, kAmPoll = 25 };
 
 // Pinned host memory for the bounce buffers, allocated with the caller's device current.
 staging::Allocator pinned_allocator();

@@ -1,6 +1,7 @@
 // The target's side of the CUDA backend's staged path: handle_incoming() checks each
 // chunk asked of us against the registered regions and advance_job() serves it,
-// acknowledging a WRITE only once its bytes are in place; answers to our own chunks go to
+// acknowledging a WRITE only once its bytes are in place (every answer is owed to the
+// initiator's next poll: cuda_staged.cc, on_poll); answers to our own chunks go to
 // their transfers (cuda_staged.cc).
 #include <cstring>
 
@@ -89,6 +90,11 @@ void CudaBackend::handle_reply(Incoming& in) {
     return;
   }
   const staging::ChunkReply& h = *decoded;
+  if (h.poll_end) {  // our poll's answer is over: xfer is its token
+    drop(in);
+    polls_.answered(h.xfer, h.seq, staging::Polls::Clock::now());
+    return;
+  }
   auto oit = ops_.find(h.xfer);
   Flight* f = nullptr;
   if (oit != ops_.end() && oit->second->w.awaited(h.seq)) {

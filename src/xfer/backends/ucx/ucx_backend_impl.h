@@ -17,7 +17,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <random>
 #include <set>
 #include <string>
 #include <string_view>
@@ -131,10 +130,7 @@ class UcxBackend final : public Backend {
         same_host_(same_host),
         rma_(rma),
         copier_(copy_threads),
-        files_served_(file_staging) {
-    std::random_device rd;
-    connection_seed_ = (uint64_t{rd()} << 32) ^ rd();
-  }
+        files_served_(file_staging) {}
   ~UcxBackend() override;
   Status init();
 
@@ -236,7 +232,7 @@ class UcxBackend final : public Backend {
   std::map<std::string, std::shared_ptr<UcxPeer>> peers_;
   NotificationInbox inbox_;
   FailedEndpoints failed_eps_;  // noted in callbacks, handled after
-  uint64_t connection_seed_;
+  uint64_t connection_seed_ = random_seed();
   size_t events_ = 0;
   // Posts whose operations have not all called back (each keeps itself alive in
   // ops_keep): released at teardown, once the worker that would call them back is gone.
