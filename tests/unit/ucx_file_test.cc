@@ -309,6 +309,34 @@ TEST(StagingPoll, PacesOnePollPerConnection) {
   EXPECT_FALSE(polls.out(99));
 }
 
+// Requests out, per transfer and peer: polled for until each is answered (or its send
+// failed), whatever became of the transfer; a peer that is gone is polled no more.
+TEST(StagingPoll, OutstandingCountsRequestsPerTransferUntilAnswered) {
+  struct Peer {};
+  auto a = std::make_shared<Peer>(), b = std::make_shared<Peer>();
+  Outstanding<Peer> out;
+  EXPECT_TRUE(out.empty());
+  out.sent(1, a);
+  out.sent(1, a);
+  out.sent(2, b);
+  out.sent(3, a);
+  auto peers = [&] {
+    std::vector<const Peer*> seen;
+    out.for_each_peer([&](const std::shared_ptr<Peer>& p) { seen.push_back(p.get()); });
+    return seen;
+  };
+  EXPECT_EQ(peers(), (std::vector<const Peer*>{a.get(), b.get(), a.get()}));
+  out.answered(1);
+  out.answered(99);  // not asked: nothing changes
+  EXPECT_EQ(peers().size(), 3u);
+  out.answered(1);  // transfer 1's last
+  EXPECT_EQ(peers(), (std::vector<const Peer*>{b.get(), a.get()}));
+  out.drop_peer(a.get());
+  EXPECT_EQ(peers(), (std::vector<const Peer*>{b.get()}));
+  out.answered(2);
+  EXPECT_TRUE(out.empty());
+}
+
 TEST(FileServer, ServesOnlyRegisteredRanges) {
   TempFile f;
   ASSERT_GE(f.fd, 0);

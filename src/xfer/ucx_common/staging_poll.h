@@ -11,7 +11,10 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <unordered_map>
 
 namespace kvbm::xfer::detail::staging {
@@ -40,6 +43,42 @@ class Polls {
     std::chrono::microseconds wait{0};
   };
   std::unordered_map<uint64_t, State> tokens_;
+};
+
+// The chunk requests sent and not yet answered, per transfer, with the peer they went
+// to: what the initiator polls for, whatever became of the transfer since. A transfer
+// cancelled or failed with chunks at the target still polls for their answers: until
+// polled for, they hold the target's staging buffers.
+template <class Peer>
+class Outstanding {
+ public:
+  void sent(uint64_t xfer, const std::shared_ptr<Peer>& peer) {
+    Entry& e = xfers_[xfer];
+    e.peer = peer;
+    ++e.count;
+  }
+  // An answer (or a failed send) for one of `xfer`'s requests.
+  void answered(uint64_t xfer) {
+    auto it = xfers_.find(xfer);
+    if (it != xfers_.end() && --it->second.count == 0) xfers_.erase(it);
+  }
+  // `peer` is gone: nothing it owes is asked for again.
+  void drop_peer(const Peer* peer) {
+    std::erase_if(xfers_, [&](const auto& x) { return x.second.peer.get() == peer; });
+  }
+  bool empty() const { return xfers_.empty(); }
+  // f(peer) for each transfer's peer (a peer once per transfer with requests out).
+  template <class F>
+  void for_each_peer(F&& f) const {
+    for (const auto& [xfer, e] : xfers_) f(e.peer);
+  }
+
+ private:
+  struct Entry {
+    std::shared_ptr<Peer> peer;
+    size_t count = 0;
+  };
+  std::map<uint64_t, Entry> xfers_;
 };
 
 }  // namespace kvbm::xfer::detail::staging

@@ -140,6 +140,7 @@ void CudaBackend::close_peer_locked(const std::shared_ptr<CudaPeer>& peer, Error
   for (auto& [id, op] : ops_) {
     if (op->peer == peer) fail_op(*op, *peer->failure);
   }
+  outstanding_.drop_peer(peer.get());
   if (peer->ep != nullptr) {
     owed_.forget(peer->ep);  // answers owed to the peer on our endpoint go with it
     close_endpoint(worker_, peer->ep);

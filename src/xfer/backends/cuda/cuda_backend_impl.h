@@ -157,7 +157,8 @@ class CudaBackend final : public Backend {
   staging::Pool send_pool_;    // the initiator's bounce buffers
   staging::Pool recv_pool_;    // the target's
   staging::OwedReplies owed_;  // answers ready, waiting for their initiators' polls
-  staging::Polls polls_;       // ours, by the peer's token
+  staging::Outstanding<CudaPeer> outstanding_;  // our chunk requests not yet answered
+  staging::Polls polls_;                        // ours, by the peer's token
   uint64_t next_token_ = random_seed();
   staging::OwedReplies::Clock::time_point next_expiry_{};
   bool pools_ready_ = false;

@@ -76,10 +76,12 @@ void CudaBackend::send_request(StagedOp& op, uint64_t seq, Flight* f) {
   auto m = staging::request(
       {op.op, c.remote_type, op.id, seq, c.remote_dev, c.remote, c.len, op.peer->token});
   const bool write = op.op == Op::Write;
-  if (write) {
-    f->ucx.pending = true;
-    m.done = [f](ucs_status_t s) { f->ucx = {false, s}; };
-  }
+  if (write) f->ucx.pending = true;
+  m.done = [this, f, write, id = op.id](ucs_status_t s) {
+    if (write) f->ucx = {false, s};
+    if (s != UCS_OK) outstanding_.answered(id);  // never asked: no answer to poll for
+  };
+  outstanding_.sent(op.id, op.peer);
   staging::send(op.peer->ep, kAmRequest, std::move(m), write ? f->slot.get() : nullptr,
                 write ? c.len : 0, UCP_AM_SEND_FLAG_REPLY);
 }
@@ -124,19 +126,18 @@ ucs_status_t CudaBackend::on_poll(void* arg, const void* header, size_t header_l
 
 void CudaBackend::poll_due() {
   const auto now = staging::Polls::Clock::now();
-  for (const auto& [id, op] : ops_) {
-    const std::shared_ptr<CudaPeer>& peer = op->peer;
-    // Chunks sent and not yet answered: their answers wait for a poll.
-    if (op->state.load() != XferState::InProgress || op->w.in_flight() == 0) continue;
-    if (peer->failure || peer->ep == nullptr || !polls_.take(peer->token, now)) continue;
+  // Chunks asked and not yet answered (of ops cancelled or failed too: their answers hold
+  // the target's bounce buffers until polled for).
+  outstanding_.for_each_peer([&](const std::shared_ptr<CudaPeer>& peer) {
+    if (peer->failure || peer->ep == nullptr || !polls_.take(peer->token, now)) return;
     auto m = staging::poll({peer->token});
     m.done = [this, token = peer->token](ucs_status_t s) {
       if (s != UCS_OK) polls_.failed(token);  // the peer's failure ends its ops; or the next goes
     };
     staging::send(peer->ep, kAmPoll, std::move(m), nullptr, 0,
                   UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
-  }
-  if (ops_.empty()) polls_.prune();
+  });
+  if (outstanding_.empty()) polls_.prune();
   if (now >= next_expiry_) {  // what dead initiators left: now and then, not every call
     events_ += owed_.expire(now);
     next_expiry_ = now + std::chrono::seconds(1);

@@ -95,6 +95,7 @@ void CudaBackend::handle_reply(Incoming& in) {
     polls_.answered(h.xfer, h.seq, staging::Polls::Clock::now());
     return;
   }
+  outstanding_.answered(h.xfer);
   auto oit = ops_.find(h.xfer);
   Flight* f = nullptr;
   if (oit != ops_.end() && oit->second->w.awaited(h.seq)) {

@@ -39,6 +39,7 @@ void FileClient::pump(const std::shared_ptr<FileXfer>& x) {
     m.done = [this, id, seq, x](ucs_status_t s) {
       --x->sending;
       if (s == UCS_OK) return;
+      outstanding_.answered(id);  // never asked: no answer to poll for
       auto it = xfers_.find(id);
       if (it == xfers_.end()) return;
       auto keep = it->second;
@@ -49,12 +50,14 @@ void FileClient::pump(const std::shared_ptr<FileXfer>& x) {
     };
     // Eager: each chunk arrives whole in the owner's callback (file_service.h).
     const bool write = x->op == Op::Write;
+    outstanding_.sent(id, x->c->peer);
     staging::send(peer.ep, kFileRequestAmId, std::move(m), write ? c.local : nullptr,
                   write ? c.len : 0, UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
   }
 }
 
 void FileClient::fail_peer(const std::shared_ptr<UcxPeer>& peer) {
+  outstanding_.drop_peer(peer.get());
   for (auto it = xfers_.begin(); it != xfers_.end();) {
     auto x = (it++)->second;  // fail() erases it
     if (x->c->peer == peer) {
@@ -78,12 +81,10 @@ void FileClient::resend_due() {
 
 void FileClient::poll_due() {
   const auto now = staging::Polls::Clock::now();
-  for (const auto& [id, x] : xfers_) {
-    const std::shared_ptr<UcxPeer>& peer = x->c->peer;
-    // Chunks sent and not yet finished: their replies wait for a poll.
-    if (x->w.in_flight() == 0 || peer->failure || peer->ep == nullptr) continue;
+  outstanding_.for_each_peer([&](const std::shared_ptr<UcxPeer>& peer) {
+    if (peer->failure || peer->ep == nullptr) return;
     if (polls_.take(peer->connection, now)) send_poll(peer);
-  }
+  });
 }
 
 void FileClient::send_poll(const std::shared_ptr<UcxPeer>& peer) {
@@ -105,10 +106,11 @@ void FileClient::on_reply(std::string_view header, const char* body, size_t len,
   if (h->poll_end) {
     if (len != 0 || rndv) log(LogLevel::Warn, "UCX: a file poll's end came with a body");
     polls_.answered(h->xfer, h->seq, staging::Polls::Clock::now());
-    if (xfers_.empty()) polls_.prune();
+    if (outstanding_.empty()) polls_.prune();
     ++backend_.events_;
     return;
   }
+  outstanding_.answered(h->xfer);
   auto it = xfers_.find(h->xfer);
   if (it == xfers_.end()) return;  // cancelled, or failed already
   auto x = it->second;

@@ -61,7 +61,7 @@ class FileClient {
   bool has_resends() const { return !resends_.empty(); }
   // Resends the chunks of the transfers whose wait is over.
   void resend_due();
-  bool has_transfers() const { return !xfers_.empty(); }
+  bool has_outstanding() const { return !outstanding_.empty(); }
   // Polls the owners that owe chunks' replies, as staging_poll.h paces it.
   void poll_due();
   void on_reply(std::string_view header, const char* body, size_t len, bool rndv);
@@ -73,8 +73,9 @@ class FileClient {
 
   UcxBackend& backend_;
   std::map<uint64_t, std::shared_ptr<FileXfer>> xfers_;
-  std::set<uint64_t> resends_;  // ids of xfers_ with chunks to resend (or gone)
-  staging::Polls polls_;        // by the peer's connection token
+  std::set<uint64_t> resends_;                 // ids of xfers_ with chunks to resend (or gone)
+  staging::Outstanding<UcxPeer> outstanding_;  // chunk requests not yet answered
+  staging::Polls polls_;                       // by the peer's connection token
   uint64_t next_ = 1;
 };
 

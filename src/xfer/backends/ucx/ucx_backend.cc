@@ -318,7 +318,7 @@ size_t UcxBackend::progress(LockWait wait) {
   events_ += files_served_.reply_jobs();
   if (files_served_.has_waiting()) events_ += files_served_.start_jobs();
   if (files_.has_resends()) files_.resend_due();
-  if (files_.has_transfers()) files_.poll_due();
+  if (files_.has_outstanding()) files_.poll_due();
   if (!failed_eps_.empty()) {
     failed_eps_.close_failed(peers_, [this](const std::shared_ptr<UcxPeer>& peer, Error why) {
       close_peer_locked(peer, std::move(why));
