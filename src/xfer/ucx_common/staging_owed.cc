@@ -40,8 +40,9 @@ size_t OwedReplies::expire(Clock::time_point now) {
         r.bytes.reset();
         r.len = 0;
         r.h.error = ErrorCode::Timeout;
-        r.error_text = "the chunk's bytes were dropped: the initiator did not poll for them within " +
-                       std::to_string(kHoldBytes.count()) + " s";
+        r.error_text =
+            "the chunk's bytes were dropped: the initiator did not poll for them within " +
+            std::to_string(kHoldBytes.count()) + " s";
         ++dropped;
       }
     }

@@ -42,7 +42,7 @@ class OwedReplies {
 
   struct Reply {
     ChunkReply h;
-    std::string error_text;    // the body when h.error is set
+    std::string error_text;     // the body when h.error is set
     Buffer bytes{nullptr, {}};  // a READ's bytes (h.error unset), `len` of them
     size_t len = 0;
   };

@@ -18,7 +18,8 @@ void Polls::answered(uint64_t token, uint64_t replies, Clock::time_point now) {
   if (it == tokens_.end()) return;  // a connection forgotten, or a peer's stray answer
   State& s = it->second;
   s.out = false;
-  s.wait = replies > 0 ? std::chrono::microseconds{0} : std::clamp(2 * s.wait, kFirstWait, kMaxWait);
+  s.wait =
+      replies > 0 ? std::chrono::microseconds{0} : std::clamp(2 * s.wait, kFirstWait, kMaxWait);
   s.next = now + s.wait;
 }
 
