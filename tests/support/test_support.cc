@@ -1,9 +1,12 @@
 #include "support/test_support.h"
 
+#include <fcntl.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <mutex>
@@ -19,6 +22,17 @@ TempFile::TempFile() {
 
 TempFile::~TempFile() {
   if (fd >= 0) close(fd);
+}
+
+int move_fd_high(int fd) {
+  rlimit lim{};
+  if (fd < 0 || ::getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur < 256) return -1;
+  // Near the top of the limit: the numbers below stay free for everything else.
+  const rlim_t top = lim.rlim_cur == RLIM_INFINITY ? rlim_t{1} << 20 : lim.rlim_cur;
+  const int high =
+      ::fcntl(fd, F_DUPFD_CLOEXEC, static_cast<int>(std::min<rlim_t>(top, 1 << 20) - 64));
+  ::close(fd);
+  return high;
 }
 
 Pipe::Pipe() {

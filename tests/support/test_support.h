@@ -15,6 +15,17 @@
 
 namespace kvbm::testing {
 
+// True in a build under AddressSanitizer or ThreadSanitizer, from GCC or clang (clang
+// defines no __SANITIZE_*__ macro): tests that repeat work for coverage do less there.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+inline constexpr bool kSanitized =
+    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // Skips the current test (with CUDA's reason) unless a GPU is usable.
 #define KVBM_REQUIRE_GPU()                                                     \
   do {                                                                         \
@@ -53,6 +64,12 @@ struct TempFile {
   TempFile& operator=(const TempFile&) = delete;
   int fd = -1;
 };
+
+// Moves `fd` to a number far above the ones in use and returns it (the old number closed;
+// -1 on failure). Linux gives every new fd the lowest free number, so once a test closes the
+// moved fd, no thread of the process (UCX's, io_uring's) gets that number back: a test that
+// wants "a closed fd" can rely on it staying closed.
+int move_fd_high(int fd);
 
 // A pipe standing for a slow file: a read of `rd` waits until the test writes into `wr`.
 // Both ends closed on destruction; -1 if pipe() failed.

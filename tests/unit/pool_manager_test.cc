@@ -81,11 +81,7 @@ size_t count(const std::vector<Event>& events, EventKind kind, Tier tier) {
 
 size_t e2e_blocks() {
   if (const char* env = std::getenv("KVBM_POOL_E2E_BLOCKS")) return std::strtoull(env, nullptr, 10);
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  return 512;
-#else
-  return 4096;
-#endif
+  return testing::kSanitized ? 512 : 4096;
 }
 
 // The test: 4096 blocks of 256 KiB registered, offloaded to G2 and G3, G1 and G2

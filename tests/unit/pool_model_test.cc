@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kvbm/pool/block_pool.h"
+#include "support/test_support.h"
 
 namespace kvbm {
 namespace {
@@ -16,11 +17,7 @@ namespace {
 // Fewer operations under the sanitizers (several times slower), so CI stays quick.
 size_t op_count() {
   if (const char* env = std::getenv("KVBM_POOL_MODEL_OPS")) return std::strtoull(env, nullptr, 10);
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-  return 100'000;
-#else
-  return 1'000'000;
-#endif
+  return testing::kSanitized ? 100'000 : 1'000'000;
 }
 
 // The reference: what a pool of `total` blocks must do, in the plainest terms.

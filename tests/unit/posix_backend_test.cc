@@ -127,9 +127,9 @@ TEST(PosixBackend, RegisteredDramIsPinnedOnceAsAFixedBuffer) {
 TEST(PosixBackend, FileRegistrationNeedsAnOpenFd) {
   TempDir dir;
   auto a = make_agent("a");
-  const int fd = make_file(dir.path() / "f", 4096);
+  const int fd = testing::move_fd_high(make_file(dir.path() / "f", 4096));
   ASSERT_GE(fd, 0);
-  ::close(fd);
+  ::close(fd);  // stays closed: the agent's threads open files too
   EXPECT_ERROR(a->register_memory(file(fd, 0, 4096)), ErrorCode::RegistrationFailed,
                "fd " + std::to_string(fd) + " is not open");
   EXPECT_ERROR(a->register_memory(file(-1, 0, 4096)), ErrorCode::RegistrationFailed,
@@ -312,7 +312,7 @@ TEST(PosixBackend, ClosedFdFailsOnlyItsOwnRequest) {
   TempDir dir;
   auto a = make_agent("a", AgentConfig{.backends = {"POSIX"}});
   const int good = make_file(dir.path() / "good", 1 << 20);
-  const int bad = make_file(dir.path() / "bad", 1 << 20);
+  const int bad = testing::move_fd_high(make_file(dir.path() / "bad", 1 << 20));
   ASSERT_GE(good, 0);
   ASSERT_GE(bad, 0);
   auto rg = a->register_memory(file(good, 0, 1 << 20));
