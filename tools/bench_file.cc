@@ -33,6 +33,7 @@
 #include "report.h"
 #include "subprocess.h"
 #include "table.h"
+#include "timing.h"
 
 #if KVBM_HAVE_CUDA
 #include <cuda_runtime_api.h>
@@ -44,10 +45,6 @@ namespace {
 using namespace kvbm::xfer;
 using Clock = std::chrono::steady_clock;
 using Times = std::pair<double, double>;  // {write s, read s}
-
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
 
 struct FileOptions {
   size_t mib = 1024;

@@ -142,9 +142,9 @@ int serve_target(const BenchGpuOptions& o) {
 }
 
 // A target process behind pipes; its stdin is closed, and it is reaped, on destruction.
-class Target {
+class GpuTarget {
  public:
-  Target(const BenchGpuOptions& o, const std::string& mode) {
+  GpuTarget(const BenchGpuOptions& o, const std::string& mode) {
     Subprocess::Options opt;
     opt.pipe_stdin = true;
     opt.pipe_stdout = true;
@@ -317,7 +317,7 @@ struct OtherAgent {
 // the order they are made: storages registered with the agents go before the agents do.
 class GpuBench {
  public:
-  GpuBench(const BenchGpuOptions& o, const Target& ipc, const Target& staged)
+  GpuBench(const BenchGpuOptions& o, const GpuTarget& ipc, const GpuTarget& staged)
       : o_(o),
         ipc_(ipc),
         staged_(staged),
@@ -366,8 +366,8 @@ class GpuBench {
   }
 
   const BenchGpuOptions& o_;
-  const Target& ipc_;
-  const Target& staged_;
+  const GpuTarget& ipc_;
+  const GpuTarget& staged_;
   const size_t max_;
   const std::string inflight_;
   xfer::AgentConfig config_;
@@ -698,11 +698,11 @@ int GpuBench::finish() {
 int run_bench_gpu(const BenchGpuOptions& o) {
   if (!o.target.empty()) return serve_target(o);
   // Peers first: they must start before this process initializes CUDA.
-  Target ipc(o, "ipc");
-  Target staged(o, "staged");
+  GpuTarget ipc(o, "ipc");
+  GpuTarget staged(o, "staged");
   auto gpus = cuda_device_count();
   if (!gpus) return skipped(o, gpus.error().to_string());
-  for (const Target* t : {&ipc, &staged}) {
+  for (const GpuTarget* t : {&ipc, &staged}) {
     if (!t->error().empty()) {
       std::cerr << "bench gpu: " << t->error() << "\n";
       return 1;

@@ -21,6 +21,7 @@
 #include "kvbm/version.h"
 #include "report.h"
 #include "table.h"
+#include "timing.h"
 
 namespace kvbm::tools {
 namespace {
@@ -40,15 +41,6 @@ struct BenchPoolOptions {
   std::string dir;
   bool json = false;  // one JSON document on stdout instead of the tables
 };
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
-}
 
 std::vector<SequenceHash> chain(size_t n, uint64_t salt) {
   std::vector<SequenceHash> h(n);

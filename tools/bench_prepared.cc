@@ -23,6 +23,7 @@
 #include "options.h"
 #include "report.h"
 #include "table.h"
+#include "timing.h"
 
 namespace kvbm::tools {
 namespace {
@@ -162,11 +163,6 @@ Status verify(Pair& p, const Shape& s, size_t len) {
   return {};
 }
 
-double median(std::vector<double> v) {
-  std::nth_element(v.begin(), v.begin() + static_cast<ptrdiff_t>(v.size() / 2), v.end());
-  return v[v.size() / 2];
-}
-
 // Microseconds to make one request of `s` (not posted) by descriptor lists and by prepared
 // lists: batches of the two alternate, so that both meet the machine in the same state, and
 // each path's median batch counts. Destroying the requests is left out of the time.
@@ -229,11 +225,6 @@ std::string env_or(const char* name, const char* fallback) {
   return v != nullptr ? v : fallback;
 }
 
-int fail(const Error& e) {
-  std::cerr << "kvbm bench prepared: " << e.to_string() << "\n";
-  return 1;
-}
-
 // The cost of making a request, per descriptor count: a table row and a JSON row each.
 Status made_rows(Pair& p, const PreparedOptions& o, Table& made, Json& rows) {
   for (size_t n : o.descs) {
@@ -275,11 +266,11 @@ Status latency_rows(Pair& p, const PreparedOptions& o, Table& lat, Json& rows) {
 int run_prepared(const PreparedOptions& o) {
   const size_t blocks = std::max(*std::max_element(o.descs.begin(), o.descs.end()), o.regions);
   if (blocks % o.regions != 0) {
-    return fail(err(ErrorCode::InvalidArgument, "--regions ", o.regions, " must divide ", blocks,
-                    " blocks (the largest --descs)"));
+    return fail("bench prepared", err(ErrorCode::InvalidArgument, "--regions ", o.regions,
+                                      " must divide ", blocks, " blocks (the largest --descs)"));
   }
   auto pair = make_pair(o, blocks);
-  if (!pair) return fail(pair.error());
+  if (!pair) return fail("bench prepared", pair.error());
   Pair& p = *pair;
   std::ostream& out = o.json ? std::cerr : std::cout;  // with --json, stdout is the document
   out << "kvbm bench prepared: agents 'bench-a' (polling) and 'bench-b' in one process over "
@@ -291,14 +282,14 @@ int run_prepared(const PreparedOptions& o) {
 
   Table made({"descs", "DescList us", "prepared us", "saved us", "prepared / DescList"});
   Json made_json = Json::array();
-  if (auto st = made_rows(p, o, made, made_json); !st) return fail(st.error());
+  if (auto st = made_rows(p, o, made, made_json); !st) return fail("bench prepared", st.error());
   out << "making a request (create_request, not posted): median of alternating batches\n";
   made.print(out);
 
   Table lat({"op", "size", "reused p50 us", "DescList p50 us", "prepared p50 us", "saved p50 us",
              "DescList mean us", "prepared mean us"});
   Json lat_json = Json::array();
-  if (auto st = latency_rows(p, o, lat, lat_json); !st) return fail(st.error());
+  if (auto st = latency_rows(p, o, lat, lat_json); !st) return fail("bench prepared", st.error());
   out << "\nlatency: make + post + wait (+ destroy) per round trip; reused: post + wait of "
          "one request made once; "
       << o.lat_iters << " round trips each, the three interleaved\n";

@@ -50,7 +50,7 @@ struct SoakOptions {
 };
 
 // The target process and what lanes need to address it; replaced on every restart.
-struct Target {
+struct SoakTarget {
   std::unique_ptr<Subprocess> process;
   uint64_t addr = 0;
   uint16_t port = 0;
@@ -89,7 +89,7 @@ class Soak {
   const SoakOptions& o_;
   std::unique_ptr<xfer::Agent> agent_;
   std::mutex target_mu_;  // target_, and (re)loading its metadata
-  Target target_;
+  SoakTarget target_;
   std::atomic<bool> stop_{false};
   Totals totals_;
 };
@@ -111,7 +111,7 @@ Status Soak::start_target() {
   while (line && line->rfind("READY ", 0) != 0) line = p->read_line(30s);
   if (!line) return line.error();
   std::istringstream in(line->substr(6));
-  Target t;
+  SoakTarget t;
   in >> t.port >> t.addr;
   t.process = std::make_unique<Subprocess>(std::move(*p));
   auto name = agent_->fetch_remote_metadata("127.0.0.1", t.port);

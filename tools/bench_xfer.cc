@@ -44,9 +44,11 @@
 #include "loopback_env.h"
 #include "options.h"
 #include "perftest.h"
+#include "report.h"
 #include "serve.h"
 #include "subprocess.h"
 #include "table.h"
+#include "timing.h"
 
 namespace kvbm::tools {
 namespace {
@@ -91,12 +93,6 @@ const char* ucx_tls(const std::string& transport) {
 
 double gbps(double bytes, double seconds) {
   return seconds > 0 ? bytes / seconds / 1e9 : 0;
-}
-
-double median(std::vector<double> v) {
-  if (v.empty()) return 0;
-  std::nth_element(v.begin(), v.begin() + v.size() / 2, v.end());
-  return v[v.size() / 2];
 }
 
 // ---- our side ----------------------------------------------------------------------
@@ -237,11 +233,6 @@ std::string ratio(double ours, const std::optional<double>& theirs) {
   return fixed(ours / *theirs, 2);
 }
 
-int fail(const Error& e) {
-  std::cerr << "kvbm bench xfer: " << e.to_string() << "\n";
-  return 1;
-}
-
 // What the run prints: the tables as it goes, or (--json) one document at the end.
 struct Report {
   bool json = false;
@@ -346,13 +337,13 @@ Status file_section(Session& s, const XferOptions& o, const std::vector<Op>& ops
 // The other end: our own target process (`kvbm bench xfer-target`, serve.h) on loopback, or
 // a served agent given by --peer / --peer-etcd. Either way its buffer (and file) come from
 // the descriptors it publishes, and its metadata is loaded.
-struct Target {
+struct XferTarget {
   std::unique_ptr<Subprocess> process;  // ours; none with a peer
   std::string where;                    // for the header: "127.0.0.1:PORT", "etcd agent NAME"
 };
 
-Result<Target> start_own_target(const XferOptions& o, size_t bytes,
-                                const std::filesystem::path& file_dir, uint16_t* port) {
+Result<XferTarget> start_own_target(const XferOptions& o, size_t bytes,
+                                    const std::filesystem::path& file_dir, uint16_t* port) {
   Subprocess::Options topt;
   topt.pipe_stdin = true;
   topt.pipe_stdout = true;
@@ -378,7 +369,7 @@ Result<Target> start_own_target(const XferOptions& o, size_t bytes,
     return err(ErrorCode::Remote, "target did not start: ", *ready);
   }
   *port = static_cast<uint16_t>(p);
-  Target t;
+  XferTarget t;
   t.process = std::make_unique<Subprocess>(std::move(*target));
   t.where = "pid " + std::to_string(t.process->pid()) + " at 127.0.0.1:" + std::to_string(p);
   return t;
@@ -444,9 +435,9 @@ Status load_peer(Session& s, const XferOptions& o, const std::string& host, uint
   return {};
 }
 
-Result<Target> open_target(Session& s, const XferOptions& o,
-                           const std::filesystem::path& file_dir) {
-  Target t;
+Result<XferTarget> open_target(Session& s, const XferOptions& o,
+                               const std::filesystem::path& file_dir) {
+  XferTarget t;
   std::string host = "127.0.0.1";
   uint16_t port = 0;
   if (!o.peer.empty()) {
@@ -681,7 +672,7 @@ Result<Perftest> find_perftest(const XferOptions& o, Session& s, const char* tls
 }
 
 // The JSON document's head: what ran, against which target.
-nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const Target& target,
+nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const XferTarget& target,
                                    bool perftest) {
   const char* env_tls = std::getenv("UCX_TLS");
   return {
@@ -693,7 +684,7 @@ nlohmann::ordered_json report_head(const XferOptions& o, const Session& s, const
 }
 
 // The table's head: the transport, the target, and where the ratios come from.
-void print_header(const XferOptions& o, const Session& s, const Target& target, bool remote,
+void print_header(const XferOptions& o, const Session& s, const XferTarget& target, bool remote,
                   const Result<Perftest>& perftest) {
   const char* same_host = std::getenv("KVBM_UCX_SAME_HOST");
   const char* copy_threads = std::getenv("KVBM_UCX_COPY_THREADS");
@@ -719,7 +710,7 @@ void print_header(const XferOptions& o, const Session& s, const Target& target, 
 }
 
 // Our own target, if any, told to quit; Remote when it exits badly.
-Status stop_target(Target& target) {
+Status stop_target(XferTarget& target) {
   if (!target.process) return {};
   target.process->send("quit");
   target.process->close_stdin();
@@ -739,8 +730,8 @@ int run_xfer(XferOptions o) {
   if (o.op != "write") ops.push_back(Op::Read);
   const std::vector<Point> points = points_of(o);
   if (points.empty()) {
-    return fail(err(ErrorCode::InvalidArgument, "every size x descs exceeds --max-request ",
-                    o.max_request));
+    return fail("bench xfer", err(ErrorCode::InvalidArgument,
+                                  "every size x descs exceeds --max-request ", o.max_request));
   }
   Session s;
   for (const Point& p : points) s.bytes = std::max(s.bytes, p.size * p.count);
@@ -757,8 +748,8 @@ int run_xfer(XferOptions o) {
   const std::filesystem::path file_dir =
       o.dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(o.dir);
   auto target = open_target(s, o, file_dir);
-  if (!target) return fail(target.error());
-  if (auto st = verify(s); !st) return fail(st.error());
+  if (!target) return fail("bench xfer", target.error());
+  if (auto st = verify(s); !st) return fail("bench xfer", st.error());
 
   const Result<Perftest> found = find_perftest(o, s, tls);
   const std::optional<Perftest> perftest = found ? std::optional<Perftest>(*found) : std::nullopt;
@@ -767,17 +758,19 @@ int run_xfer(XferOptions o) {
   report.doc = report_head(o, s, *target, perftest.has_value());
   if (!o.json) print_header(o, s, *target, remote, found);
   if (auto st = bandwidth_section(s, o, ops, points, perftest, report); !st)
-    return fail(st.error());
-  if (auto st = latency_section(s, o, ops, perftest, report); !st) return fail(st.error());
+    return fail("bench xfer", st.error());
+  if (auto st = latency_section(s, o, ops, perftest, report); !st)
+    return fail("bench xfer", st.error());
   if (perftest && !o.json) print_targets(report);
   const bool missed = perftest && targets_missed(report);
   report.doc["verdict"] = missed ? "missed" : "ok";
   if (o.file_mib > 0 && s.file) {
-    if (auto st = file_section(s, o, ops, file_dir, report); !st) return fail(st.error());
+    if (auto st = file_section(s, o, ops, file_dir, report); !st)
+      return fail("bench xfer", st.error());
   }
   if (o.json) std::cout << report.doc.dump(2) << "\n";
 
-  if (auto st = stop_target(*target); !st) return fail(st.error());
+  if (auto st = stop_target(*target); !st) return fail("bench xfer", st.error());
   if (o.check && missed) {
     std::cerr << "kvbm bench xfer: a target against ucx_perftest was missed (--check)\n";
     return 1;
@@ -859,7 +852,7 @@ void add_bench_xfer(CLI::App& bench, Runner& runner) {
       ->check(CLI::IsMember({"read", "write", "both"}));
   cmd->add_option("--perftest", o->perftest, "The ucx_perftest program")->capture_default_str();
   cmd->add_flag("--target-thread", o->target_thread,
-                "Target agent uses its progress thread (default: it spins on progress())");
+                "XferTarget agent uses its progress thread (default: it spins on progress())");
   auto* peer = cmd->add_option("--peer", o->peer,
                                "A served agent's side channel HOST:PORT (`kvbm serve` on another "
                                "host) instead of our own target process");

@@ -73,6 +73,11 @@ void print_json(const Json& j) {
   std::cout << j.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) << std::endl;
 }
 
+int fail(std::string_view command, const Error& e) {
+  std::cerr << "kvbm " << command << ": " << e.to_string() << "\n";
+  return 1;
+}
+
 void progress(const std::string& line) {
   static const bool tty = isatty(STDERR_FILENO) == 1;
   if (tty) std::cerr << line << std::endl;

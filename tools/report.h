@@ -4,9 +4,12 @@
 
 #include <ostream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
+
+#include "kvbm/result.h"
 
 namespace kvbm::tools {
 
@@ -19,6 +22,8 @@ Json machine_json();
 Json versions_json();
 // `j` on stdout, indented; invalid UTF-8 in strings replaced rather than thrown on.
 void print_json(const Json& j);
+// "kvbm <command>: <error>" on stderr; returns 1, the exit status of a run that failed.
+int fail(std::string_view command, const Error& e);
 // `line` on stderr when stderr is a terminal (a long run's progress); nothing otherwise.
 void progress(const std::string& line);
 

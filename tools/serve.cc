@@ -22,15 +22,11 @@
 #include "kvbm/xfer/agent.h"
 #include "options.h"
 #include "perftest.h"
+#include "report.h"
 #include "table.h"
 
 namespace kvbm::tools {
 namespace {
-
-int fail(const Error& e) {
-  std::cerr << "kvbm serve: " << e.to_string() << "\n";
-  return 1;
-}
 
 // The bench's target: spins on progress() (or sleeps, with a progress thread) until stdin
 // says quit or closes (the parent is gone).
@@ -134,29 +130,29 @@ int run_serve(const ServeOptions& o) {
   config.etcd_endpoints = o.etcd;
   config.etcd_prefix = o.etcd_prefix;
   auto made = xfer::Agent::create(o.name, config);
-  if (!made) return fail(made.error());
+  if (!made) return fail("serve", made.error());
   xfer::Agent& agent = **made;
   // Shareable: a peer on this same host maps it rather than going through UCX.
   auto buf = SystemAllocator(SystemMemory::Shareable).allocate(o.bytes);
-  if (!buf) return fail(buf.error());
-  if (auto st = agent.register_storage(*buf); !st) return fail(st.error());
+  if (!buf) return fail("serve", buf.error());
+  if (auto st = agent.register_storage(*buf); !st) return fail("serve", st.error());
   std::optional<DiskStorage> file;
   if (o.file_bytes > 0) {
     auto f = DiskAllocator(o.dir.empty() ? std::filesystem::temp_directory_path().string() : o.dir)
                  .allocate(o.file_bytes);
-    if (!f) return fail(f.error());
+    if (!f) return fail("serve", f.error());
     // Served by fd: registering it unlinks its name, so a killed server leaves no file.
     file.emplace(std::move(*f));
-    if (auto st = agent.register_storage(*file); !st) return fail(st.error());
+    if (auto st = agent.register_storage(*file); !st) return fail("serve", st.error());
   }
   std::optional<uint16_t> port;
   std::string host;
   if (!o.listen.empty()) {
     auto hp = parse_host_port(o.listen, true);
-    if (!hp) return fail(hp.error());
+    if (!hp) return fail("serve", hp.error());
     host = hp->first;
     auto p = agent.listen(host, hp->second);
-    if (!p) return fail(p.error());
+    if (!p) return fail("serve", p.error());
     port = *p;
   }
   // With etcd, publish() also puts the items there, under this agent's lease.
@@ -164,8 +160,8 @@ int run_serve(const ServeOptions& o) {
                               {kServeFileKey, file ? &*file : nullptr}}) {
     if (storage == nullptr) continue;
     auto d = remote_descriptor_of(*storage);
-    if (!d) return fail(d.error());
-    if (auto st = publish_descriptor(agent, key, *d); !st) return fail(st.error());
+    if (!d) return fail("serve", d.error());
+    if (auto st = publish_descriptor(agent, key, *d); !st) return fail("serve", st.error());
   }
   bool etcd = false;
   std::string etcd_note = "published";
@@ -175,11 +171,12 @@ int run_serve(const ServeOptions& o) {
     if (!st) etcd_note = "not reachable yet (" + st.error().message + "); published once it is";
   }
   if (!port && !etcd) {
-    return fail(err(ErrorCode::InvalidArgument,
+    return fail("serve",
+                err(ErrorCode::InvalidArgument,
                     "nothing to serve on: --listen is empty and no etcd endpoints are set"));
   }
   auto perftest = start_perftest(o, agent);
-  if (!perftest) return fail(perftest.error());
+  if (!perftest) return fail("serve", perftest.error());
   if (o.bench_target) {
     std::cout << "READY " << port.value_or(0) << " " << buf->addr();
     if (file) std::cout << " " << file->fd();

@@ -163,6 +163,9 @@ std::unique_ptr<Storage> storage_over(const ImportedMemory& m, bool pin);
 
 // ---- argument helpers -------------------------------------------------------------------
 
+// The name of obj's Python type, for error messages.
+std::string type_name(py::handle obj);
+
 // A list of block ids from a sequence of ints or a 1-D integer numpy array; TypeError for
 // other objects, ValueError naming a negative id.
 std::vector<size_t> to_ids(py::handle obj, const char* name);
@@ -176,8 +179,7 @@ T cast_arg(py::handle obj, const char* name, const char* expected) {
   try {
     return obj.cast<T>();
   } catch (const py::cast_error&) {
-    throw py::type_error(std::string(name) + " must be " + expected + ", got " +
-                         std::string(py::str(py::type::of(obj).attr("__name__"))));
+    throw py::type_error(std::string(name) + " must be " + expected + ", got " + type_name(obj));
   }
 }
 // Non-negative index; ValueError otherwise.

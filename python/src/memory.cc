@@ -28,10 +28,6 @@ class ExternalStorage final : public RegisterableStorage {
   StorageType type_;
 };
 
-std::string type_name(py::handle obj) {
-  return std::string(py::str(py::type::of(obj).attr("__name__")));
-}
-
 std::string dims(const int64_t* v, int n) {
   std::string s = "(";
   for (int i = 0; i < n; ++i) {

@@ -99,6 +99,10 @@ std::vector<size_t> to_ids(py::handle obj, const char* name) {
   return ids;
 }
 
+std::string type_name(py::handle obj) {
+  return std::string(py::str(py::type::of(obj).attr("__name__")));
+}
+
 std::string bytes_arg(py::handle obj, const char* name) {
   if (PyBytes_Check(obj.ptr())) return std::string(py::reinterpret_borrow<py::bytes>(obj));
   if (PyUnicode_Check(obj.ptr())) return obj.cast<std::string>();

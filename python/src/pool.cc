@@ -26,10 +26,6 @@ namespace {
 
 // ---- arguments --------------------------------------------------------------------------
 
-std::string type_name(py::handle obj) {
-  return std::string(py::str(py::type::of(obj).attr("__name__")));
-}
-
 // One int of 0..max; TypeError for a non-int, ValueError naming `what` out of range.
 uint64_t uint_item(PyObject* item, const std::string& what, uint64_t max) {
   if (PyFloat_Check(item) || PyBool_Check(item)) throw py::type_error(what + " must be an int");
@@ -285,7 +281,7 @@ void bind_token_sequence(py::module_& m) {
 
 // ---- enums, events, counters ------------------------------------------------------------
 
-void bind_enums(py::module_& m) {
+void bind_pool_enums(py::module_& m) {
   py::enum_<Tier>(m, "Tier", "G1: GPU (host memory without one), G2: host, G3: disk.")
       .value("G1", Tier::G1)
       .value("G2", Tier::G2)
@@ -546,7 +542,7 @@ BlockManagerConfig make_config(const LayoutConfig& block, int64_t g1, int64_t g2
   return c;
 }
 
-void bind_config(py::module_& m) {
+void bind_pool_config(py::module_& m) {
   using C = BlockManagerConfig;
   py::class_<C>(m, "BlockManagerConfig",
                 "The tiers of a BlockManager: one block's shape (block; its num_blocks is "
@@ -956,11 +952,11 @@ void bind_external_g1(py::module_& m) {
 void bind_pool(py::module_& m) {
   bind_hashes(m);
   bind_token_sequence(m);
-  bind_enums(m);
+  bind_pool_enums(m);
   bind_handles(m);
   bind_results(m);
   bind_offload_options(m);
-  bind_config(m);
+  bind_pool_config(m);
   bind_pool_ref(m);
   bind_manager(m);
   bind_external_g1(m);

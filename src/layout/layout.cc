@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/json_fields.h"
 #include "common/nesting.h"
 #include "kvbm/remote/agent_registration.h"
 #include "kvbm/remote/remote_storage.h"
@@ -19,10 +20,10 @@ namespace kvbm {
 namespace {
 
 using json = nlohmann::json;
-constexpr size_t kMaxEncodedBytes = 16 << 20;
+constexpr size_t kMaxLayoutBytes = 16 << 20;
 // The layout object nests three levels (object, regions, descriptor); the limit leaves room
 // for additions and stays far from the stack's limit (see common/nesting.h).
-constexpr size_t kMaxDepth = 32;
+constexpr size_t kMaxLayoutDepth = 32;
 
 bool mul(size_t a, size_t b, size_t* out) {
   return !__builtin_mul_overflow(a, b, out);
@@ -84,23 +85,6 @@ const char* kind_name(LayoutKind k) {
 }
 const char* order_name(LayerOrder o) {
   return o == LayerOrder::BlockMajor ? "BlockMajor" : "OuterMajor";
-}
-
-Result<uint64_t> get_uint(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end()) return err(ErrorCode::InvalidArgument, "layout lacks '", key, "'");
-  if (!it->is_number_unsigned()) {
-    return err(ErrorCode::InvalidArgument, "layout field '", key, "' is not an unsigned integer");
-  }
-  return it->get<uint64_t>();
-}
-
-Result<std::string> get_string(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end() || !it->is_string()) {
-    return err(ErrorCode::InvalidArgument, "layout lacks the string '", key, "'");
-  }
-  return it->get<std::string>();
 }
 
 }  // namespace
@@ -314,7 +298,7 @@ namespace {
 
 // The layout's kind and order, by name.
 Result<std::pair<LayoutKind, LayerOrder>> kind_and_order_of(const json& j) {
-  auto kind_s = get_string(j, "kind");
+  auto kind_s = detail::json_string(j, "layout", "kind");
   if (!kind_s) return kind_s.error();
   LayoutKind kind;
   if (*kind_s == "FullyContiguous") {
@@ -324,7 +308,7 @@ Result<std::pair<LayoutKind, LayerOrder>> kind_and_order_of(const json& j) {
   } else {
     return err(ErrorCode::InvalidArgument, "layout has unknown kind '", *kind_s, "'");
   }
-  auto order_s = get_string(j, "order");
+  auto order_s = detail::json_string(j, "layout", "order");
   if (!order_s) return order_s.error();
   LayerOrder order;
   if (*order_s == "BlockMajor") {
@@ -348,7 +332,7 @@ Result<LayoutConfig> config_of(const json& j) {
       {"page", &c.page_size},    {"inner", &c.inner_dim},   {"dtype", &c.dtype_bytes},
       {"align", &c.alignment}};
   for (const auto& [key, dst] : fields) {
-    auto f = get_uint(*cj, key);
+    auto f = detail::json_uint(*cj, "layout", key);
     if (!f) return f.error();
     *dst = *f;
   }
@@ -396,7 +380,7 @@ Result<RemoteDescriptor> region_of(const json& e, size_t i, bool binary,
 Result<Layout> from_object(const json& j, bool binary) {
   if (j.is_discarded()) return err(ErrorCode::InvalidArgument, "layout does not parse");
   if (!j.is_object()) return err(ErrorCode::InvalidArgument, "layout is not an object");
-  auto v = get_uint(j, "v");
+  auto v = detail::json_uint(j, "layout", "v");
   if (!v) return v.error();
   if (*v != Layout::kVersion) {
     return err(ErrorCode::InvalidArgument, "layout version ", *v, " (this build reads ",
@@ -427,14 +411,6 @@ Result<Layout> from_object(const json& j, bool binary) {
   return Layout::from_remote(*c, kind, std::move(descs), order);
 }
 
-Status check_size(std::string_view bytes) {
-  if (bytes.size() > kMaxEncodedBytes) {
-    return err(ErrorCode::InvalidArgument, "layout of ", bytes.size(), " bytes exceeds ",
-               kMaxEncodedBytes);
-  }
-  return {};
-}
-
 }  // namespace
 
 Result<Layout> Layout::from_remote(const LayoutConfig& config, LayoutKind kind,
@@ -457,9 +433,9 @@ Result<Layout> Layout::from_remote(const LayoutConfig& config, LayoutKind kind,
 }
 
 Result<Layout> Layout::from_bytes(std::string_view bytes) {
-  KVBM_TRY(check_size(bytes));
-  if (detail::cbor_nests_deeper_than(bytes, kMaxDepth)) {
-    return err(ErrorCode::InvalidArgument, "layout nests deeper than ", kMaxDepth, " levels");
+  KVBM_TRY(detail::check_encoded_size(bytes, "layout", kMaxLayoutBytes));
+  if (detail::cbor_nests_deeper_than(bytes, kMaxLayoutDepth)) {
+    return err(ErrorCode::InvalidArgument, "layout nests deeper than ", kMaxLayoutDepth, " levels");
   }
   // Even without exceptions enabled, nlohmann throws for some hostile input (a huge
   // declared array size); nothing may escape.
@@ -471,9 +447,9 @@ Result<Layout> Layout::from_bytes(std::string_view bytes) {
 }
 
 Result<Layout> Layout::from_json(std::string_view text) {
-  KVBM_TRY(check_size(text));
-  if (detail::json_nests_deeper_than(text, kMaxDepth)) {
-    return err(ErrorCode::InvalidArgument, "layout nests deeper than ", kMaxDepth, " levels");
+  KVBM_TRY(detail::check_encoded_size(text, "layout", kMaxLayoutBytes));
+  if (detail::json_nests_deeper_than(text, kMaxLayoutDepth)) {
+    return err(ErrorCode::InvalidArgument, "layout nests deeper than ", kMaxLayoutDepth, " levels");
   }
   try {
     return from_object(json::parse(text.begin(), text.end(), nullptr, false), false);

@@ -11,18 +11,19 @@
 
 #include <vector>
 
+#include "common/json_fields.h"
 #include "common/nesting.h"
 
 namespace kvbm {
 namespace {
 
 using json = nlohmann::json;
-constexpr size_t kMaxEncodedBytes = 1 << 20;
+constexpr size_t kMaxDescriptorBytes = 1 << 20;
 // Our object nests one level; room for later additions, and far from the stack's limit
 // (common/nesting.h says why the decoders need a limit).
-constexpr size_t kMaxDepth = 32;
-constexpr size_t kMaxCborDepth = kMaxDepth;
-constexpr size_t kMaxJsonDepth = kMaxDepth;
+constexpr size_t kMaxDescriptorDepth = 32;
+constexpr size_t kMaxCborDepth = kMaxDescriptorDepth;
+constexpr size_t kMaxJsonDepth = kMaxDescriptorDepth;
 // Values of any kind, at any depth: ours has 7; room for later additions.
 constexpr size_t kMaxValues = 4096;
 
@@ -38,37 +39,18 @@ json to_object(const RemoteDescriptor& d) {
   return j;
 }
 
-Result<uint64_t> get_uint(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end()) return err(ErrorCode::InvalidArgument, "remote descriptor lacks '", key, "'");
-  if (!it->is_number_unsigned()) {
-    return err(ErrorCode::InvalidArgument, "remote descriptor field '", key,
-               "' is not an unsigned integer");
-  }
-  return it->get<uint64_t>();
-}
-
-Result<std::string> get_string(const json& j, const char* key) {
-  auto it = j.find(key);
-  if (it == j.end()) return err(ErrorCode::InvalidArgument, "remote descriptor lacks '", key, "'");
-  if (!it->is_string()) {
-    return err(ErrorCode::InvalidArgument, "remote descriptor field '", key, "' is not a string");
-  }
-  return it->get<std::string>();
-}
-
 Result<RemoteDescriptor> from_object(const json& j) {
   if (j.is_discarded()) return err(ErrorCode::InvalidArgument, "remote descriptor does not parse");
   if (!j.is_object()) return err(ErrorCode::InvalidArgument, "remote descriptor is not an object");
-  auto v = get_uint(j, "v");
+  auto v = detail::json_uint(j, "remote descriptor", "v");
   if (!v) return v.error();
   if (*v != RemoteDescriptor::kVersion) {
     return err(ErrorCode::InvalidArgument, "remote descriptor version ", *v, " (this build reads ",
                RemoteDescriptor::kVersion, ")");
   }
-  auto addr = get_uint(j, "addr");
-  auto size = get_uint(j, "size");
-  auto dev = get_uint(j, "dev");
+  auto addr = detail::json_uint(j, "remote descriptor", "addr");
+  auto size = detail::json_uint(j, "remote descriptor", "size");
+  auto dev = detail::json_uint(j, "remote descriptor", "dev");
   for (auto* r : {&addr, &size, &dev}) {
     if (!*r) return r->error();
   }
@@ -76,10 +58,10 @@ Result<RemoteDescriptor> from_object(const json& j) {
     return err(ErrorCode::InvalidArgument, "remote descriptor addr ", *addr, " + size ", *size,
                " overflows");
   }
-  auto agent = get_string(j, "agent");
+  auto agent = detail::json_string(j, "remote descriptor", "agent");
   if (!agent) return agent.error();
   if (agent->empty()) return err(ErrorCode::InvalidArgument, "remote descriptor 'agent' is empty");
-  auto mem = get_string(j, "mem");
+  auto mem = detail::json_string(j, "remote descriptor", "mem");
   if (!mem) return mem.error();
   std::optional<xfer::MemType> type;
   for (auto t :
@@ -183,14 +165,6 @@ Result<RemoteDescriptor> decode_flat(const Input& in, json::input_format_t forma
   return from_object(sax.result);
 }
 
-Status check_size(std::string_view bytes) {
-  if (bytes.size() > kMaxEncodedBytes) {
-    return err(ErrorCode::InvalidArgument, "remote descriptor of ", bytes.size(), " bytes exceeds ",
-               kMaxEncodedBytes);
-  }
-  return {};
-}
-
 }  // namespace
 
 std::string RemoteDescriptor::to_bytes() const {
@@ -206,10 +180,10 @@ std::string RemoteDescriptor::to_json() const {
 }
 
 Result<RemoteDescriptor> RemoteDescriptor::from_bytes(std::string_view bytes) {
-  KVBM_TRY(check_size(bytes));
-  if (detail::cbor_nests_deeper_than(bytes, kMaxDepth)) {
-    return err(ErrorCode::InvalidArgument, "remote descriptor nests deeper than ", kMaxDepth,
-               " levels");
+  KVBM_TRY(detail::check_encoded_size(bytes, "remote descriptor", kMaxDescriptorBytes));
+  if (detail::cbor_nests_deeper_than(bytes, kMaxDescriptorDepth)) {
+    return err(ErrorCode::InvalidArgument, "remote descriptor nests deeper than ",
+               kMaxDescriptorDepth, " levels");
   }
   // Even without exceptions enabled, nlohmann throws for some hostile input (a huge
   // declared array size); nothing may escape.
@@ -221,7 +195,7 @@ Result<RemoteDescriptor> RemoteDescriptor::from_bytes(std::string_view bytes) {
 }
 
 Result<RemoteDescriptor> RemoteDescriptor::from_json(std::string_view text) {
-  KVBM_TRY(check_size(text));
+  KVBM_TRY(detail::check_encoded_size(text, "remote descriptor", kMaxDescriptorBytes));
   try {
     return decode_flat(text, json::input_format_t::json);
   } catch (const std::exception& e) {

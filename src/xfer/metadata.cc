@@ -30,7 +30,7 @@ constexpr std::string_view kMacContext = "kvbm metadata";
 
 // A name from the wire, fit for an error message: quoted, non-printable bytes escaped,
 // long ones cut (they may be up to a MiB of anything).
-std::string quoted(std::string_view s) {
+std::string quoted_name(std::string_view s) {
   constexpr size_t kShown = 64;
   std::string out = "'";
   for (size_t i = 0; i < s.size() && i < kShown; ++i) {
@@ -147,7 +147,8 @@ Result<std::string_view> open_metadata(std::string_view bytes, size_t max_bytes,
                " bytes is shorter than its ", kEnvelopeHeaderBytes, "-byte envelope header");
   }
   if (std::memcmp(bytes.data(), kEnvelopeMagic, 4) != 0) {
-    return err(ErrorCode::InvalidArgument, "metadata envelope magic ", quoted(bytes.substr(0, 4)),
+    return err(ErrorCode::InvalidArgument, "metadata envelope magic ",
+               quoted_name(bytes.substr(0, 4)),
                " is not 'KVMD' (not kvbm metadata, or from a kvbm without the envelope)");
   }
   const auto version = static_cast<uint8_t>(bytes[4]);
@@ -226,16 +227,16 @@ Result<RegionMetadata> region_from_wire(const wire::AgentMetadata& w, int i, boo
     // Regions sent without connection data are checked against the loaded peer's.
     if (backend.size() > kMaxBackendFieldBytes) {
       return err(ErrorCode::InvalidArgument, "metadata region ", i, ": backend name ",
-                 quoted(backend), " exceeds ", kMaxBackendFieldBytes, " bytes");
+                 quoted_name(backend), " exceeds ", kMaxBackendFieldBytes, " bytes");
     }
     const bool regions_only = partial && w.backends().empty();
     if (!regions_only && w.backends().find(backend) == w.backends().end()) {
       return err(ErrorCode::InvalidArgument, "metadata region ", i, ": remote_info names backend ",
-                 quoted(backend), ", which the metadata does not list");
+                 quoted_name(backend), ", which the metadata does not list");
     }
     if (info.size() > kMaxBackendFieldBytes) {
       return err(ErrorCode::InvalidArgument, "metadata region ", i, ": remote_info of backend ",
-                 quoted(backend), " is ", info.size(), " bytes, over the limit of ",
+                 quoted_name(backend), " is ", info.size(), " bytes, over the limit of ",
                  kMaxBackendFieldBytes);
     }
     region.remote_info.emplace(backend, info);
@@ -267,12 +268,12 @@ Result<AgentMetadata> decode_metadata_payload(std::string_view bytes) {
   }
   if (w.name().empty()) return err(ErrorCode::InvalidArgument, "metadata: agent name is empty");
   if (w.name().size() > kMaxNameBytes) {
-    return err(ErrorCode::InvalidArgument, "metadata: agent name ", quoted(w.name()), " of ",
+    return err(ErrorCode::InvalidArgument, "metadata: agent name ", quoted_name(w.name()), " of ",
                w.name().size(), " bytes exceeds ", kMaxNameBytes, " bytes");
   }
   for (const auto& [backend, data] : w.backends()) {
     if (backend.size() > kMaxBackendFieldBytes) {
-      return err(ErrorCode::InvalidArgument, "metadata: backend name ", quoted(backend),
+      return err(ErrorCode::InvalidArgument, "metadata: backend name ", quoted_name(backend),
                  " exceeds ", kMaxBackendFieldBytes, " bytes");
     }
   }

@@ -724,9 +724,9 @@ TEST(SideChannelAbuse, StartRejectsZeroBounds) {
 
 // --- Authentication: a keyed server serves only requests made with its key ---
 
-constexpr std::string_view kKey = "the shared key, 16+ bytes";
+constexpr std::string_view kSharedKey = "the shared key, 16+ bytes";
 
-SideChannelOptions keyed(std::string_view key = kKey) {
+SideChannelOptions keyed(std::string_view key = kSharedKey) {
   SideChannelOptions options;
   options.auth_key = std::string(key);
   return options;
@@ -735,10 +735,11 @@ SideChannelOptions keyed(std::string_view key = kKey) {
 TEST(SideChannelAuth, MatchingKeysWork) {
   auto server = serve(items_provider(), "127.0.0.1", keyed());
   ASSERT_TRUE(server);
-  auto got = fetch_blob("127.0.0.1", server->port(), "a", 2s, 64, kKey);
+  auto got = fetch_blob("127.0.0.1", server->port(), "a", 2s, 64, kSharedKey);
   ASSERT_TRUE(got.ok()) << got.error().to_string();
   EXPECT_EQ(*got, "item a");
-  EXPECT_EQ(fetch_blob("127.0.0.1", server->port(), "", 2s, 64, kKey).value(), "the metadata");
+  EXPECT_EQ(fetch_blob("127.0.0.1", server->port(), "", 2s, 64, kSharedKey).value(),
+            "the metadata");
 }
 
 TEST(SideChannelAuth, UnkeyedOrWrongKeyedClientsAreRefused) {
@@ -762,7 +763,7 @@ TEST(SideChannelAuth, UnkeyedOrWrongKeyedClientsAreRefused) {
 TEST(SideChannelAuth, KeyedClientRefusesAnUnauthenticatedServer) {
   auto server = serve(items_provider());
   ASSERT_TRUE(server);
-  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), "a", 2s, 64, kKey),
+  EXPECT_ERROR(fetch_blob("127.0.0.1", server->port(), "a", 2s, 64, kSharedKey),
                ErrorCode::InvalidArgument, "the server sent item 'a' unauthenticated");
 }
 
@@ -770,7 +771,7 @@ TEST(SideChannelAuth, ReplayedRequestIsRefused) {
   auto server = serve(items_provider(), "127.0.0.1", keyed());
   ASSERT_TRUE(server);
   const Nonce nonce{1, 2, 3};
-  const std::string request = encode_request("a", kKey, wall_clock_ns(), nonce);
+  const std::string request = encode_request("a", kSharedKey, wall_clock_ns(), nonce);
   const std::string first = exchange(server->port(), request);
   ASSERT_GE(first.size(), kAuthReplyHeaderBytes);
   EXPECT_EQ(first.substr(0, 8), "KVBMMD02");
@@ -783,12 +784,12 @@ TEST(SideChannelAuth, StaleOrFutureRequestIsRefused) {
   auto server = serve(items_provider(), "127.0.0.1", keyed());
   ASSERT_TRUE(server);
   const uint64_t minute = 60'000'000'000;
-  EXPECT_NE(error_text(exchange(server->port(),
-                                encode_request("a", kKey, wall_clock_ns() - minute, Nonce{4})))
+  EXPECT_NE(error_text(exchange(server->port(), encode_request("a", kSharedKey,
+                                                               wall_clock_ns() - minute, Nonce{4})))
                 .find("request timestamp is -6"),
             std::string::npos);
-  EXPECT_NE(error_text(exchange(server->port(),
-                                encode_request("a", kKey, wall_clock_ns() + minute, Nonce{5})))
+  EXPECT_NE(error_text(exchange(server->port(), encode_request("a", kSharedKey,
+                                                               wall_clock_ns() + minute, Nonce{5})))
                 .find("s off this agent's clock (the window is +-30 s)"),
             std::string::npos);
 }
@@ -796,7 +797,8 @@ TEST(SideChannelAuth, StaleOrFutureRequestIsRefused) {
 TEST(SideChannelAuth, TamperedReplyIsRefused) {
   // A server that answers with a MAC it could not have made with the key.
   FakeServer fake("KVBMMD02" + le64(2) + std::string(32, 'm') + "ok");
-  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 64, kKey), ErrorCode::InvalidArgument,
+  EXPECT_ERROR(fetch_blob("127.0.0.1", fake.port(), "", 2s, 64, kSharedKey),
+               ErrorCode::InvalidArgument,
                "fails authentication: its MAC does not match this agent's key");
 }
 
@@ -819,8 +821,8 @@ std::unique_ptr<Agent> bare_agent(const std::string& name, std::string key = {})
 }
 
 TEST(AgentAuth, AgentsWithTheSameKeyExchangeMetadataAndItems) {
-  auto a = bare_agent("a", std::string(kKey));
-  auto b = bare_agent("b", std::string(kKey));
+  auto a = bare_agent("a", std::string(kSharedKey));
+  auto b = bare_agent("b", std::string(kSharedKey));
   ASSERT_TRUE(a && b);
   const uint16_t port = a->listen("127.0.0.1", 0).value();
   ASSERT_TRUE(a->publish("blocks/7", "descriptor").ok());
@@ -832,7 +834,7 @@ TEST(AgentAuth, AgentsWithTheSameKeyExchangeMetadataAndItems) {
 }
 
 TEST(AgentAuth, KeyedAgentRefusesUnkeyedAndWrongKeyedPeers) {
-  auto a = bare_agent("a", std::string(kKey));
+  auto a = bare_agent("a", std::string(kSharedKey));
   auto plain = bare_agent("plain");
   auto other = bare_agent("other", "a different key, 16+");
   ASSERT_TRUE(a && plain && other);
@@ -900,22 +902,22 @@ class ScopedEnv {
 
 TEST(AgentAuth, KeyFromTheEnvironmentOrAFile) {
   {
-    ScopedEnv env("KVBM_AUTH_KEY", std::string(kKey));
+    ScopedEnv env("KVBM_AUTH_KEY", std::string(kSharedKey));
     auto a = bare_agent("a");
     ASSERT_TRUE(a);
-    EXPECT_TRUE(decode_metadata(a->local_metadata().value(), 1 << 20, kKey).ok());
+    EXPECT_TRUE(decode_metadata(a->local_metadata().value(), 1 << 20, kSharedKey).ok());
   }
   {
     testing::TempDir dir;
     const auto path = dir.path() / "key";
     FILE* f = std::fopen(path.c_str(), "w");
     ASSERT_NE(f, nullptr);
-    std::fprintf(f, "%s\n", std::string(kKey).c_str());  // the newline is not part of the key
+    std::fprintf(f, "%s\n", std::string(kSharedKey).c_str());  // the newline is not part of the key
     std::fclose(f);
     ScopedEnv env("KVBM_AUTH_KEY_FILE", path.string());
     auto a = bare_agent("a");
     ASSERT_TRUE(a);
-    EXPECT_TRUE(decode_metadata(a->local_metadata().value(), 1 << 20, kKey).ok());
+    EXPECT_TRUE(decode_metadata(a->local_metadata().value(), 1 << 20, kSharedKey).ok());
   }
   ScopedEnv env("KVBM_AUTH_KEY", "short");
   AgentConfig config;

@@ -5,14 +5,14 @@
 namespace kvbm::xfer::detail {
 namespace {
 
-constexpr uint32_t kConnMagic = 0x4b564343;    // "KVCC"
-constexpr uint32_t kRegionMagic = 0x4b564352;  // "KVCR"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kCudaConnMagic = 0x4b564343;    // "KVCC"
+constexpr uint32_t kCudaRegionMagic = 0x4b564352;  // "KVCR"
+constexpr uint32_t kCudaInfoVersion = 1;
 constexpr size_t kMaxBootId = 64;
 constexpr size_t kMaxAddress = 64 << 10;
 
 // A little-endian writer and a bounds-checked reader: enough for fixed records.
-struct Writer {
+struct RecordWriter {
   std::string out;
   template <typename T>
   void put(T v) {
@@ -24,7 +24,7 @@ struct Writer {
   }
 };
 
-struct Reader {
+struct RecordReader {
   std::string_view in;
   bool ok = true;
   template <typename T>
@@ -53,9 +53,9 @@ struct Reader {
 }  // namespace
 
 std::string CudaConnectionInfo::encode() const {
-  Writer w;
-  w.put(kConnMagic);
-  w.put(kVersion);
+  RecordWriter w;
+  w.put(kCudaConnMagic);
+  w.put(kCudaInfoVersion);
   w.put(pid);
   w.put_bytes(boot_id);
   w.put_bytes(ucx_address);
@@ -64,16 +64,16 @@ std::string CudaConnectionInfo::encode() const {
 }
 
 Result<CudaConnectionInfo> CudaConnectionInfo::decode(std::string_view bytes) {
-  Reader r{bytes};
+  RecordReader r{bytes};
   const auto magic = r.get<uint32_t>();
   const auto version = r.get<uint32_t>();
-  if (!r.ok || magic != kConnMagic) {
+  if (!r.ok || magic != kCudaConnMagic) {
     return err(ErrorCode::InvalidArgument, "malformed CUDA connection data (", bytes.size(),
                " bytes)");
   }
-  if (version != kVersion) {
+  if (version != kCudaInfoVersion) {
     return err(ErrorCode::InvalidArgument, "CUDA connection data version ", version,
-               " is not supported (this build speaks ", kVersion, ")");
+               " is not supported (this build speaks ", kCudaInfoVersion, ")");
   }
   CudaConnectionInfo info;
   info.pid = r.get<int64_t>();
@@ -89,9 +89,9 @@ Result<CudaConnectionInfo> CudaConnectionInfo::decode(std::string_view bytes) {
 }
 
 std::string CudaRegionInfo::encode() const {
-  Writer w;
-  w.put(kRegionMagic);
-  w.put(kVersion);
+  RecordWriter w;
+  w.put(kCudaRegionMagic);
+  w.put(kCudaInfoVersion);
   w.out.append(handle.data(), handle.size());
   w.put(alloc_base);
   w.put(alloc_size);
@@ -102,13 +102,13 @@ std::string CudaRegionInfo::encode() const {
 }
 
 Result<CudaRegionInfo> CudaRegionInfo::decode(std::string_view bytes, uint64_t addr, uint64_t len) {
-  Reader r{bytes};
+  RecordReader r{bytes};
   const auto magic = r.get<uint32_t>();
   const auto version = r.get<uint32_t>();
-  if (!r.ok || magic != kRegionMagic) {
+  if (!r.ok || magic != kCudaRegionMagic) {
     return err(ErrorCode::InvalidArgument, "malformed CUDA region info (", bytes.size(), " bytes)");
   }
-  if (version != kVersion) {
+  if (version != kCudaInfoVersion) {
     return err(ErrorCode::InvalidArgument, "CUDA region info version ", version,
                " is not supported");
   }
