@@ -74,8 +74,7 @@ const BackendCase kCases[] = {
 // The first byte of [p, p + len) off the pattern of `seed` (seed 0: zeros), or SIZE_MAX.
 size_t first_off(const char* p, size_t len, uint64_t seed) {
   if (seed != 0) return find_pattern_mismatch(p, len, seed);
-  const char* nz = std::find_if(p, p + len, [](char c) { return c != 0; });
-  return nz == p + len ? SIZE_MAX : static_cast<size_t>(nz - p);
+  return testing::first_byte_not(p, len, 0);
 }
 
 // A page-aligned host buffer of kLen bytes (O_DIRECT files read and write only such).

@@ -197,10 +197,9 @@ TEST_P(TwoAgents, ReadDestroyedInFlightLandsNothingAfterward) {
       ASSERT_TRUE(run(Op::Read, local_descs({{kLen, 4096}}), peer_descs({{0, 4096}})).ok());
       std::this_thread::sleep_for(5ms);
     }
-    const auto* p = static_cast<const unsigned char*>(local.data());
-    const size_t changed = static_cast<size_t>(
-        std::find_if(p, p + kLen, [](unsigned char b) { return b != 0xab; }) - p);
-    EXPECT_EQ(changed, kLen) << "byte " << changed << " changed after the request was destroyed";
+    const size_t changed = testing::first_byte_not(local.data(), kLen, 0xab);
+    EXPECT_EQ(changed, SIZE_MAX) << "byte " << changed
+                                 << " changed after the request was destroyed";
   }
 }
 

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 namespace kvbm::testing {
 
@@ -22,6 +23,20 @@ TempFile::TempFile() {
 
 TempFile::~TempFile() {
   if (fd >= 0) close(fd);
+}
+
+size_t first_byte_not(const void* p, size_t len, unsigned char value) {
+  constexpr size_t kBlock = 64 << 10;
+  const std::vector<unsigned char> ref(kBlock, value);
+  const auto* b = static_cast<const unsigned char*>(p);
+  for (size_t at = 0; at < len; at += kBlock) {
+    const size_t n = std::min(kBlock, len - at);
+    if (std::memcmp(b + at, ref.data(), n) == 0) continue;
+    for (size_t i = at; i < at + n; ++i) {
+      if (b[i] != value) return i;
+    }
+  }
+  return SIZE_MAX;
 }
 
 int move_fd_high(int fd) {

@@ -65,6 +65,10 @@ struct TempFile {
   int fd = -1;
 };
 
+// The index of the first byte of [p, p + len) that is not `value`, or SIZE_MAX. Compares
+// in blocks through memcmp, which sanitizers check per block rather than per byte.
+size_t first_byte_not(const void* p, size_t len, unsigned char value);
+
 // Moves `fd` to a number far above the ones in use and returns it (the old number closed;
 // -1 on failure). Linux gives every new fd the lowest free number, so once a test closes the
 // moved fd, no thread of the process (UCX's, io_uring's) gets that number back: a test that
