@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "common/sanitizers.h"
+
 namespace kvbm::detail {
 namespace {
 
@@ -23,16 +25,6 @@ inline uint8_t pattern_byte(uint64_t seed, size_t i) {
 // and TSan's first touch of the shadow of every filled byte made the fill several times
 // slower than the test it prepares. The check (find_pattern_mismatch) stays instrumented:
 // it reads what other threads wrote, which is where a missing synchronization shows.
-#if defined(__SANITIZE_THREAD__)
-#define KVBM_NO_TSAN __attribute__((no_sanitize("thread")))
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define KVBM_NO_TSAN __attribute__((no_sanitize("thread")))
-#endif
-#endif
-#ifndef KVBM_NO_TSAN
-#define KVBM_NO_TSAN
-#endif
 
 KVBM_NO_TSAN void fill_pattern(void* dst, size_t size, uint64_t seed, size_t offset) {
   auto* p = static_cast<uint8_t*>(dst);

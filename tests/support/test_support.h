@@ -9,19 +9,17 @@
 #include <vector>
 
 #include "common/pattern.h"
+#include "common/sanitizers.h"
 #include "kvbm/cuda.h"
 #include "kvbm/log.h"
 #include "kvbm/result.h"
 
 namespace kvbm::testing {
 
-// True in a build under AddressSanitizer or ThreadSanitizer, from GCC or clang (clang
-// defines no __SANITIZE_*__ macro): tests that repeat work for coverage do less there.
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+// True in a build under AddressSanitizer or ThreadSanitizer (common/sanitizers.h): tests
+// that repeat work for coverage do less there.
+#if defined(KVBM_ASAN) || defined(KVBM_TSAN)
 inline constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-inline constexpr bool kSanitized =
-    __has_feature(address_sanitizer) || __has_feature(thread_sanitizer);
 #else
 inline constexpr bool kSanitized = false;
 #endif
