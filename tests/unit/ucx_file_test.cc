@@ -277,6 +277,28 @@ TEST(StagingOwed, UnpolledBytesGoBackToThePoolThenEverythingIsForgotten) {
   EXPECT_EQ(owed.size(), 0u);
 }
 
+// expire_due looks for what dead initiators left at most once per kExpiryPeriod: a call
+// within the period after one that looked drops nothing, the first after it does.
+TEST(StagingOwed, ExpiryRunsAtMostOncePerPeriod) {
+  FilePool pool(2);
+  OwedReplies owed;
+  auto* ep = reinterpret_cast<ucp_ep_h>(0x1000);
+  const auto t0 = OwedReplies::Clock::now();
+  OwedReplies::Reply r;
+  r.h = {1, 1, std::nullopt};
+  r.bytes = pool.acquire();
+  ASSERT_TRUE(r.bytes);
+  r.len = 4096;
+  owed.add(ep, 1, std::move(r), t0);
+  const auto hold = OwedReplies::kHoldBytes;
+  const std::chrono::milliseconds period = OwedReplies::kExpiryPeriod;
+  EXPECT_EQ(owed.expire_due(t0 + hold - period / 2), 0u);  // looked: nothing due yet
+  EXPECT_EQ(owed.expire_due(t0 + hold), 0u);               // due, but within the period: not looked
+  EXPECT_EQ(pool.in_use(), 1u);
+  EXPECT_EQ(owed.expire_due(t0 + hold - period / 2 + period), 1u);
+  EXPECT_EQ(pool.in_use(), 0u);
+}
+
 // One poll out per connection; after replies the next may go at once, after an empty
 // answer only after a wait that doubles up to its cap; a lost poll stops blocking.
 TEST(StagingPoll, PacesOnePollPerConnection) {

@@ -67,4 +67,24 @@ void send(ucp_ep_h ep, unsigned id, Message m, const void* body, size_t len, uin
   if (ctx->done) ctx->done(UCS_PTR_STATUS(r));
 }
 
+void send_poll(Polls& polls, ucp_ep_h ep, uint64_t token, unsigned poll_id) {
+  Message m = poll({token});
+  m.done = [&polls, token](ucs_status_t s) {
+    if (s != UCS_OK) polls.failed(token);
+  };
+  send(ep, poll_id, std::move(m), nullptr, 0, UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
+}
+
+void answer_poll(OwedReplies& owed, ucp_ep_h ep, uint64_t token, unsigned reply_id,
+                 uint32_t flags) {
+  const size_t sent = owed.answer(ep, token, [&](OwedReplies::Reply&& r) {
+    Message m = reply(r.h, std::move(r.error_text));
+    const char* body = r.bytes.get();
+    m.keep = std::move(r.bytes);  // back to its pool once sent
+    send(ep, reply_id, std::move(m), body, r.len, flags);
+  });
+  send(ep, reply_id, reply({token, sent, std::nullopt, false, true}), nullptr, 0,
+       UCP_AM_SEND_FLAG_EAGER);
+}
+
 }  // namespace kvbm::xfer::detail::staging

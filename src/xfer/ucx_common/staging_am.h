@@ -1,7 +1,7 @@
 // Sends the chunked staging protocol's messages (staging_wire.h), the initiator's chunk
-// requests and the target's replies alike: one active message each, whose header (and
-// error text, and the staging buffer its body is read from) live until UCX is done
-// with them; and receives a rendezvous message's bytes into a staging buffer.
+// requests and polls and the target's replies alike: one active message each, whose
+// header (and error text, and the staging buffer its body is read from) live until UCX is
+// done with them; and receives a rendezvous message's bytes into a staging buffer.
 //
 // Thread safety: with the lock that serializes the worker held.
 #pragma once
@@ -11,6 +11,8 @@
 #include <functional>
 #include <string>
 
+#include "xfer/ucx_common/staging_owed.h"
+#include "xfer/ucx_common/staging_poll.h"
 #include "xfer/ucx_common/staging_pool.h"
 #include "xfer/ucx_common/staging_wire.h"
 
@@ -44,5 +46,15 @@ void receive(ucp_worker_h worker, void* desc, void* buf, size_t len, Pending* op
 // Sends `m` as active message `id` with `body` (ignored where m.error_text is set) and
 // `flags` (UCP_AM_SEND_FLAG_*); m.done runs once UCX is done with it.
 void send(ucp_ep_h ep, unsigned id, Message m, const void* body, size_t len, uint32_t flags);
+
+// The initiator: sends `token`'s poll on `ep` as active message `poll_id`, asking for a
+// reply endpoint. One that fails to go is reported to `polls`, so the next may go at once
+// (a failed peer's transfers end by its failure).
+void send_poll(Polls& polls, ucp_ep_h ep, uint64_t token, unsigned poll_id);
+
+// The target, inside the callback of `token`'s poll (where `ep`, its reply endpoint, is
+// valid): sends every reply `owed` to it as active message `reply_id` with `flags`, then
+// the poll's end, which says how many went.
+void answer_poll(OwedReplies& owed, ucp_ep_h ep, uint64_t token, unsigned reply_id, uint32_t flags);
 
 }  // namespace kvbm::xfer::detail::staging

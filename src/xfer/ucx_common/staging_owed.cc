@@ -51,6 +51,12 @@ size_t OwedReplies::expire(Clock::time_point now) {
   return dropped;
 }
 
+size_t OwedReplies::expire_due(Clock::time_point now) {
+  if (now < next_expiry_) return 0;
+  next_expiry_ = now + kExpiryPeriod;
+  return expire(now);
+}
+
 void OwedReplies::forget(ucp_ep_h ep) {
   std::erase_if(owed_, [&](const auto& o) { return o.first.first == ep; });
 }

@@ -39,6 +39,7 @@ class OwedReplies {
   static constexpr std::chrono::seconds kHoldBytes{10};
   // Unpolled this long, every reply owed to the connection is dropped.
   static constexpr std::chrono::seconds kForget{600};
+  static constexpr std::chrono::seconds kExpiryPeriod{1};
 
   struct Reply {
     ChunkReply h;
@@ -59,6 +60,9 @@ class OwedReplies {
   // Drops what initiators left (see above); returns the replies dropped or whose bytes
   // went.
   size_t expire(Clock::time_point now);
+  // expire(now), where kExpiryPeriod has passed since it last ran here: what dead
+  // initiators left is looked for now and then, not on every progress call.
+  size_t expire_due(Clock::time_point now);
   // The replies owed on `ep` go: it is closing.
   void forget(ucp_ep_h ep);
   void clear() { owed_.clear(); }
@@ -71,6 +75,7 @@ class OwedReplies {
     std::vector<Reply> replies;
   };
   std::map<std::pair<ucp_ep_h, uint64_t>, Owed> owed_;
+  Clock::time_point next_expiry_{};
 };
 
 }  // namespace kvbm::xfer::detail::staging

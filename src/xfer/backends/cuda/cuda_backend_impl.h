@@ -160,7 +160,6 @@ class CudaBackend final : public Backend {
   staging::Outstanding<CudaPeer> outstanding_;  // our chunk requests not yet answered
   staging::Polls polls_;                        // ours, by the peer's token
   uint64_t next_token_ = random_seed();
-  staging::OwedReplies::Clock::time_point next_expiry_{};
   bool pools_ready_ = false;
   uint64_t next_op_ = 1;
   std::map<uint64_t, std::shared_ptr<StagedOp>> ops_;

@@ -113,14 +113,7 @@ ucs_status_t CudaBackend::on_poll(void* arg, const void* header, size_t header_l
     return UCS_OK;
   }
   ++self->events_;
-  const size_t sent = self->owed_.answer(ep, p->token, [&](staging::OwedReplies::Reply&& r) {
-    auto m = staging::reply(r.h, std::move(r.error_text));
-    const char* body = r.bytes.get();
-    m.keep = std::move(r.bytes);  // back to its pool once sent
-    staging::send(ep, kAmReply, std::move(m), body, r.len, 0);
-  });
-  staging::send(ep, kAmReply, staging::reply({p->token, sent, std::nullopt, false, true}), nullptr,
-                0, UCP_AM_SEND_FLAG_EAGER);
+  staging::answer_poll(self->owed_, ep, p->token, kAmReply, 0);
   return UCS_OK;
 }
 
@@ -130,18 +123,10 @@ void CudaBackend::poll_due() {
   // the target's bounce buffers until polled for).
   outstanding_.for_each_peer([&](const std::shared_ptr<CudaPeer>& peer) {
     if (peer->failure || peer->ep == nullptr || !polls_.take(peer->token, now)) return;
-    auto m = staging::poll({peer->token});
-    m.done = [this, token = peer->token](ucs_status_t s) {
-      if (s != UCS_OK) polls_.failed(token);  // the peer's failure ends its ops; or the next goes
-    };
-    staging::send(peer->ep, kAmPoll, std::move(m), nullptr, 0,
-                  UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
+    staging::send_poll(polls_, peer->ep, peer->token, kAmPoll);
   });
   if (outstanding_.empty()) polls_.prune();
-  if (now >= next_expiry_) {  // what dead initiators left: now and then, not every call
-    events_ += owed_.expire(now);
-    next_expiry_ = now + std::chrono::seconds(1);
-  }
+  events_ += owed_.expire_due(now);
 }
 
 void CudaBackend::fail_op(StagedOp& op, Error e) {

@@ -83,18 +83,9 @@ void FileClient::poll_due() {
   const auto now = staging::Polls::Clock::now();
   outstanding_.for_each_peer([&](const std::shared_ptr<UcxPeer>& peer) {
     if (peer->failure || peer->ep == nullptr) return;
-    if (polls_.take(peer->connection, now)) send_poll(peer);
+    if (polls_.take(peer->connection, now))
+      staging::send_poll(polls_, peer->ep, peer->connection, kFilePollAmId);
   });
-}
-
-void FileClient::send_poll(const std::shared_ptr<UcxPeer>& peer) {
-  auto m = staging::poll({peer->connection});
-  m.done = [this, token = peer->connection](ucs_status_t s) {
-    // A poll that failed to go: the peer's failure ends its transfers; or the next goes.
-    if (s != UCS_OK) polls_.failed(token);
-  };
-  staging::send(peer->ep, kFilePollAmId, std::move(m), nullptr, 0,
-                UCP_AM_SEND_FLAG_EAGER | UCP_AM_SEND_FLAG_REPLY);
 }
 
 void FileClient::on_reply(std::string_view header, const char* body, size_t len, bool rndv) {

@@ -69,7 +69,6 @@ class FileClient {
  private:
   void pump(const std::shared_ptr<FileXfer>& x);
   void fail(FileXfer& x, Error e);
-  void send_poll(const std::shared_ptr<UcxPeer>& peer);
 
   UcxBackend& backend_;
   std::map<uint64_t, std::shared_ptr<FileXfer>> xfers_;

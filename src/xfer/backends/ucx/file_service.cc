@@ -53,14 +53,9 @@ void FileService::on_poll(std::string_view header, ucp_ep_h reply_ep) {
         "UCX: dropped a file poll: " + (p ? std::string("no reply endpoint") : p.error().message));
     return;
   }
-  // Inside the poll's callback: reply_ep is valid until it returns.
-  const size_t sent = owed_.answer(reply_ep, p->token, [&](staging::OwedReplies::Reply&& r) {
-    auto m = reply(r.h, std::move(r.error_text));
-    const char* data = r.bytes.get();
-    m.keep = std::move(r.bytes);  // back to the pool once the reply has left
-    send_reply(reply_ep, std::move(m), data, r.len);
-  });
-  send_reply(reply_ep, reply({p->token, sent, std::nullopt, false, true}));
+  // Inside the poll's callback: reply_ep is valid until it returns. Eager, as the requests
+  // (file_client.cc).
+  staging::answer_poll(owed_, reply_ep, p->token, kFileReplyAmId, UCP_AM_SEND_FLAG_EAGER);
 }
 
 void FileService::owe(uint64_t id, staging::OwedReplies::Reply r) {
@@ -111,18 +106,12 @@ size_t FileService::reply_jobs() {
     }
     owe(j.id, std::move(r));
   }
-  // What dead peers left: checked now and then, not on every call.
-  const auto now = staging::OwedReplies::Clock::now();
-  if (now >= next_expiry_) {
-    events += owed_.expire(now);
-    next_expiry_ = now + std::chrono::seconds(1);
-  }
-  return events;
+  return events + owed_.expire_due(staging::OwedReplies::Clock::now());
 }
 
-void FileService::send_reply(ucp_ep_h ep, staging::Message m, const char* body, size_t len) {
+void FileService::send_reply(ucp_ep_h ep, staging::Message m) {
   // Eager, as the requests (file_client.cc).
-  staging::send(ep, kFileReplyAmId, std::move(m), body, len, UCP_AM_SEND_FLAG_EAGER);
+  staging::send(ep, kFileReplyAmId, std::move(m), nullptr, 0, UCP_AM_SEND_FLAG_EAGER);
 }
 
 void FileService::forget_endpoint(ucp_ep_h ep) {

@@ -62,7 +62,8 @@ class FileService {
   // Staging buffers kept while idle.
   static constexpr size_t kKeepFree = 8;
 
-  void send_reply(ucp_ep_h ep, staging::Message m, const char* body = nullptr, size_t len = 0);
+  // A reply without a body, sent at once (inside the callback of the request it answers).
+  void send_reply(ucp_ep_h ep, staging::Message m);
   // Owes job `id`'s peer `r` (unless the peer is gone).
   void owe(uint64_t id, staging::OwedReplies::Reply r);
 
@@ -79,8 +80,7 @@ class FileService {
   // Requests accepted and not yet answered: where their replies are owed, by job id. A
   // closed peer's entries go: its jobs then end without a reply.
   std::map<uint64_t, ReplyTo> replies_;
-  staging::OwedReplies owed_;  // replies ready, waiting for their peers' polls
-  staging::OwedReplies::Clock::time_point next_expiry_{};
+  staging::OwedReplies owed_;    // replies ready, waiting for their peers' polls
   std::deque<FileJob> waiting_;  // for the thread; READs wait here for staging
   uint64_t next_job_ = 1;
   FileServingThread thread_{server_};  // declared after server_: stops first
